@@ -1,0 +1,573 @@
+"""Run configuration: frozen dataclasses, the paper's size tables, the two profiles and the config hash.
+
+Every number has one home. The paper's tables (Table 1 transformer sizes, Table 9 training settings) are the
+``PAPER`` profile; the ``TINY`` profile maps the same experiment names onto CPU-sized numbers. Study code names only
+what varies (sizes, 1D/2D, lambda, layer, encoder, epochs) and calls :func:`tokenizer_run`.
+
+All dataclasses validate themselves in ``__post_init__``, so an invalid configuration is rejected when it is built,
+before any work starts, with a :class:`ConfigError` that names the field at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+CONFIG_SCHEMA_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message starts with the dotted field name."""
+
+
+def _require(condition: bool, field_name: str, why: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field_name}: {why}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Size tables
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransformerSize:
+    """Width, depth and heads of one transformer stack (a tokenizer encoder or decoder)."""
+
+    width: int
+    depth: int
+    heads: int
+
+    def __post_init__(self) -> None:
+        _require(self.width > 0 and self.depth > 0 and self.heads > 0, "size", "width, depth, heads must be > 0")
+        _require(self.width % self.heads == 0, "size", f"width {self.width} not divisible by {self.heads} heads")
+
+
+SIZE_NAMES = ("S", "B", "L", "XL", "XXL")
+
+# Table 1 of the paper: width / depth / heads.
+PAPER_TRANSFORMER_SIZES: dict[str, TransformerSize] = {
+    "S": TransformerSize(512, 6, 8),
+    "B": TransformerSize(768, 12, 12),
+    "L": TransformerSize(1024, 24, 16),
+    "XL": TransformerSize(1280, 36, 20),
+    "XXL": TransformerSize(1536, 48, 24),
+}
+
+# CPU scale: same ordering of capacity (wider and deeper with the size name), head width 16. Depth of S is 4 so
+# that the default alignment layer l = 3 exists at every size, as in the paper.
+TINY_TRANSFORMER_SIZES: dict[str, TransformerSize] = {
+    "S": TransformerSize(64, 4, 4),
+    "B": TransformerSize(96, 5, 6),
+    "L": TransformerSize(128, 6, 8),
+    "XL": TransformerSize(160, 7, 10),
+    "XXL": TransformerSize(192, 8, 12),
+}
+
+# Output channels of each frozen semantic encoder's patch features (the projector's output width).
+# dinov2-b: DINOv2 ViT-B/14; clip: DFN CLIP ViT-L/14; siglip: SigLIP So400m/14; inception: the 2015 TF-Inception's
+# Mixed_6e block (the only ImageNet-pretrained network installable offline, used by the tiny profile).
+SEMANTIC_ENCODER_DIMS: dict[str, int] = {"dinov2-b": 768, "clip": 1024, "siglip": 1152, "inception": 768}
+
+
+def parse_tokenizer_name(name: str) -> tuple[str, str]:
+    """'S-B' -> ('S', 'B'): an X-Y tokenizer has an X encoder and a Y decoder."""
+    parts = name.split("-")
+    _require(len(parts) == 2, "tokenizer name", f"{name!r} is not of the form ENC-DEC, e.g. 'S-B'")
+    for part in parts:
+        _require(part in SIZE_NAMES, "tokenizer name", f"unknown size {part!r} in {name!r}; known: {SIZE_NAMES}")
+    return parts[0], parts[1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model configuration
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """The CNN encoder/decoder, of fixed size across tokenizer sizes."""
+
+    base_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    encoder_res_blocks: int = 2
+    decoder_res_blocks: int = 3
+    latent_channels: int = 256
+    norm_groups: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.base_channels > 0, "cnn.base_channels", "must be > 0")
+        _require(len(self.channel_mult) >= 1, "cnn.channel_mult", "needs at least one level")
+        _require(all(m > 0 for m in self.channel_mult), "cnn.channel_mult", "multipliers must be > 0")
+        for m in self.channel_mult:
+            _require(
+                (self.base_channels * m) % self.norm_groups == 0,
+                "cnn.norm_groups",
+                f"{self.norm_groups} groups do not divide {self.base_channels * m} channels",
+            )
+        _require(self.encoder_res_blocks >= 1, "cnn.encoder_res_blocks", "must be >= 1")
+        _require(self.decoder_res_blocks >= 1, "cnn.decoder_res_blocks", "must be >= 1")
+        _require(self.latent_channels > 0, "cnn.latent_channels", "must be > 0")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    codebook_size: int = 16384
+    codebook_dim: int = 8
+    commitment_beta: float = 0.25
+    codebook_weight: float = 1.0
+    entropy_weight: float = 0.0
+    entropy_temperature: float = 0.01
+    rotation_trick: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.codebook_size >= 2, "quantizer.codebook_size", "must be >= 2")
+        _require(self.codebook_dim >= 1, "quantizer.codebook_dim", "must be >= 1")
+        _require(self.commitment_beta >= 0, "quantizer.commitment_beta", "must be >= 0 (a negative weight)")
+        _require(self.codebook_weight >= 0, "quantizer.codebook_weight", "must be >= 0 (a negative weight)")
+        _require(self.entropy_weight >= 0, "quantizer.entropy_weight", "must be >= 0 (a negative weight)")
+        _require(self.entropy_temperature > 0, "quantizer.entropy_temperature", "must be > 0")
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    """Semantic regularization (Eq. 1-2): decoder layer ``layer`` -> MLP -> cosine with a frozen encoder."""
+
+    weight: float = 0.5  # lambda; 0 turns the regularization (and its projector) off
+    layer: int = 3  # 1-based index of the decoder transformer layer whose output is aligned
+    encoder: str = "dinov2-b"
+    encoder_resolution: int = 224  # images are resized to this before the frozen encoder
+    cache_features: bool = False  # the encoder is frozen: reuse its features per sample when data is unaugmented
+
+    def __post_init__(self) -> None:
+        _require(self.weight >= 0, "semantic.weight", f"lambda must be >= 0, got {self.weight} (a negative weight)")
+        _require(self.layer >= 1, "semantic.layer", f"alignment layer must be >= 1, got {self.layer}")
+        _require(
+            self.encoder in SEMANTIC_ENCODER_DIMS,
+            "semantic.encoder",
+            f"unknown semantic encoder {self.encoder!r}; known: {sorted(SEMANTIC_ENCODER_DIMS)}",
+        )
+        _require(self.encoder_resolution >= 32, "semantic.encoder_resolution", "must be >= 32")
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+    @property
+    def feature_dim(self) -> int:
+        return SEMANTIC_ENCODER_DIMS[self.encoder]
+
+
+Kind = Literal["1d", "2d"]
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """The hybrid CNN-Transformer VQ tokenizer. ``name`` is 'X-Y' (X encoder, Y decoder)."""
+
+    name: str
+    kind: Kind
+    encoder: TransformerSize
+    decoder: TransformerSize
+    image_size: int = 256
+    num_tokens: int = 256
+    cnn: CNNConfig = field(default_factory=CNNConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        parse_tokenizer_name(self.name)
+        _require(self.kind in ("1d", "2d"), "tokenizer.kind", f"must be '1d' or '2d', got {self.kind!r}")
+        ds = self.cnn.downsample
+        _require(self.image_size > 0, "tokenizer.image_size", "must be > 0")
+        _require(
+            self.image_size % ds == 0,
+            "tokenizer.image_size",
+            f"{self.image_size} is not divisible by the downsample factor {ds}",
+        )
+        grid_cells = self.grid_size**2
+        if self.kind == "2d":
+            _require(
+                self.num_tokens == grid_cells,
+                "tokenizer.num_tokens",
+                f"a 2D tokenizer has one token per grid cell: {self.grid_size}x{self.grid_size} = {grid_cells}, "
+                f"got {self.num_tokens}",
+            )
+        else:
+            n = self.num_tokens
+            _require(
+                n >= 2 and n & (n - 1) == 0,
+                "tokenizer.num_tokens",
+                f"multi-level average pooling produces 2^L tokens; {n} is not a power of two >= 2",
+            )
+            # The finest level splits the grid into num_tokens/2 regions; each needs at least one grid cell.
+            rows, cols = pooling_regions(int(math.log2(n)) - 1)
+            _require(
+                rows <= self.grid_size and cols <= self.grid_size,
+                "tokenizer.num_tokens",
+                f"{n} tokens need a {rows}x{cols} pooling level, finer than the "
+                f"{self.grid_size}x{self.grid_size} feature grid",
+            )
+        _require(self.mlp_ratio > 0, "tokenizer.mlp_ratio", "must be > 0")
+        _require(0 <= self.dropout < 1, "tokenizer.dropout", "must be in [0, 1)")
+        if self.semantic.enabled:
+            _require(
+                self.semantic.layer <= self.decoder.depth,
+                "semantic.layer",
+                f"alignment layer {self.semantic.layer} is deeper than the decoder ({self.decoder.depth} layers)",
+            )
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.cnn.downsample
+
+
+def pooling_regions(level: int) -> tuple[int, int]:
+    """Rows x cols of the 2^level regions that level ``level`` of the 1D-query pooling splits the grid into.
+
+    Level k halves alternately along rows then columns: 1x1, 2x1, 2x2, 4x2, 4x4, ...
+    """
+    return 2 ** ((level + 1) // 2), 2 ** (level // 2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training configuration
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The VQGAN objective's weights; the quantizer and semantic weights live with their modules."""
+
+    pixel_weight: float = 1.0  # L2 on pixels
+    perceptual_weight: float = 1.0  # LPIPS (VGG)
+    gan_weight: float = 0.5  # PatchGAN hinge
+    gan_start_step: int = 20_000
+    disc_channels: int = 64
+    disc_layers: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("pixel_weight", "perceptual_weight", "gan_weight"):
+            value = getattr(self, name)
+            _require(value >= 0, f"loss.{name}", f"must be >= 0, got {value} (a negative weight)")
+        _require(self.gan_start_step >= 0, "loss.gan_start_step", "must be >= 0")
+        _require(self.disc_channels > 0 and self.disc_layers > 0, "loss.disc_channels", "must be > 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    grad_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", "must be > 0")
+        _require(0 <= self.min_lr <= self.lr, "optim.min_lr", f"must be in [0, lr={self.lr}]")
+        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1", "betas must be in [0, 1)")
+        _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _require(self.grad_clip > 0, "optim.grad_clip", "must be > 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``builtin``: the offline photo dataset shipped inside installed packages; ``imagefolder``: ImageNet layout."""
+
+    dataset: Literal["builtin", "imagefolder"] = "imagefolder"
+    # imagefolder: folder holding train/ and val/ class folders; None reads GIGATOK_DATA_ROOT when the data is
+    # opened. A machine-local path, so it is left out of the config hash.
+    root: str | None = field(default=None, metadata={"hash": False})
+    crops_per_image: int = 64  # builtin: deterministic crops taken from each source photograph
+    hflip: bool = True  # random horizontal flips of training images
+    num_workers: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.dataset in ("builtin", "imagefolder"), "data.dataset", f"unknown dataset {self.dataset!r}")
+        _require(self.dataset != "builtin" or self.root is None, "data.root", "the builtin dataset takes no root")
+        _require(self.crops_per_image >= 1, "data.crops_per_image", "must be >= 1")
+        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 100.0
+    batch_size: int = 128
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 5_000
+    keep_checkpoints: int = 2
+    max_steps: int | None = None  # caps the schedule (smoke runs); None trains the whole ``epochs``
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, "train.epochs", "must be > 0")
+        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TokenizerRunConfig:
+    """Everything that determines one tokenizer training run (and so its hash)."""
+
+    profile: str
+    tokenizer: TokenizerConfig
+    loss: LossConfig
+    optim: OptimConfig
+    data: DataConfig
+    train: TrainConfig
+
+    def __post_init__(self) -> None:
+        _require(self.profile in PROFILES, "profile", f"unknown profile {self.profile!r}; known: {sorted(PROFILES)}")
+        if self.tokenizer.semantic.enabled and self.tokenizer.semantic.cache_features:
+            _require(
+                not self.data.hflip,
+                "semantic.cache_features",
+                "cached semantic features assume unaugmented images; turn data.hflip off or the cache off",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def hash(self) -> str:
+        return config_hash(self)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How one experiment maps onto numbers: the paper's scale or CPU scale."""
+
+    name: str
+    sizes: dict[str, TransformerSize]
+    image_size: int
+    num_tokens: int
+    cnn: CNNConfig
+    codebook_size: int
+    codebook_dim: int
+    semantic_encoder: str
+    semantic_resolution: int
+    cache_semantic_features: bool
+    data: DataConfig
+    loss: LossConfig
+    optim: OptimConfig
+    # Table 9, per tokenizer name: training epochs and batch size; XL-XXL adds warm-up and entropy loss.
+    epochs: dict[str, float]
+    batch_size: dict[str, int]
+    large_warmup_steps: int
+    large_entropy_weight: float
+    log_every: int
+    checkpoint_every: int
+
+    def default_epochs(self, name: str) -> float:
+        return self.epochs.get(name, self.epochs["default"])
+
+    def default_batch_size(self, name: str) -> int:
+        return self.batch_size.get(name, self.batch_size["default"])
+
+
+_LARGE = ("XL", "XXL")
+
+PAPER = Profile(
+    name="paper",
+    sizes=PAPER_TRANSFORMER_SIZES,
+    image_size=256,
+    num_tokens=256,
+    cnn=CNNConfig(),
+    codebook_size=16384,
+    codebook_dim=8,
+    semantic_encoder="dinov2-b",
+    semantic_resolution=224,
+    cache_semantic_features=False,
+    data=DataConfig(dataset="imagefolder", hflip=True, num_workers=8),
+    loss=LossConfig(),
+    optim=OptimConfig(),
+    epochs={"S-S": 100, "S-B": 200, "S-L": 200, "B-L": 200, "XL-XXL": 300, "default": 100},
+    batch_size={"S-S": 128, "S-B": 128, "S-L": 256, "B-L": 256, "XL-XXL": 256, "default": 128},
+    large_warmup_steps=5_000,
+    large_entropy_weight=5e-3,
+    log_every=50,
+    checkpoint_every=5_000,
+)
+
+TINY = Profile(
+    name="tiny",
+    sizes=TINY_TRANSFORMER_SIZES,
+    image_size=64,
+    num_tokens=16,
+    cnn=CNNConfig(
+        base_channels=32, channel_mult=(1, 1, 2, 2, 4), encoder_res_blocks=1, decoder_res_blocks=1,
+        latent_channels=64, norm_groups=8,
+    ),
+    codebook_size=256,
+    codebook_dim=8,
+    semantic_encoder="inception",
+    semantic_resolution=139,  # the smallest input whose Mixed_6e map is still spatial (7x7)
+    cache_semantic_features=True,
+    data=DataConfig(dataset="builtin", root=None, crops_per_image=64, hflip=False, num_workers=0),
+    loss=LossConfig(gan_start_step=400),
+    optim=OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=20, grad_clip=10.0),
+    epochs={"default": 8},
+    batch_size={"default": 16},
+    large_warmup_steps=50,
+    large_entropy_weight=5e-3,
+    log_every=10,
+    checkpoint_every=100,
+)
+
+PROFILES: dict[str, Profile] = {"paper": PAPER, "tiny": TINY}
+
+
+def get_profile(name: str) -> Profile:
+    _require(name in PROFILES, "profile", f"unknown profile {name!r}; known: {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def tokenizer_run(
+    name: str = "S-S",
+    *,
+    profile: str = "tiny",
+    kind: Kind = "1d",
+    semantic_weight: float | None = None,
+    align_layer: int = 3,
+    semantic_encoder: str | None = None,
+    entropy_weight: float | None = None,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    data_root: str | None = None,
+    max_steps: int | None = None,
+) -> TokenizerRunConfig:
+    """Build a tokenizer run from what varies; everything else comes from the profile (Table 9 at ``paper``).
+
+    ``semantic_weight`` None means the paper's default lambda = 0.5; pass 0 for a vanilla tokenizer.
+    """
+    prof = get_profile(profile)
+    enc_name, dec_name = parse_tokenizer_name(name)
+    large = enc_name in _LARGE or dec_name in _LARGE
+    quantizer = QuantizerConfig(
+        codebook_size=prof.codebook_size,
+        codebook_dim=prof.codebook_dim,
+        entropy_weight=(prof.large_entropy_weight if large else 0.0) if entropy_weight is None else entropy_weight,
+    )
+    semantic = SemanticConfig(
+        weight=0.5 if semantic_weight is None else semantic_weight,
+        layer=align_layer,
+        encoder=semantic_encoder or prof.semantic_encoder,
+        encoder_resolution=prof.semantic_resolution,
+        cache_features=prof.cache_semantic_features,
+    )
+    tokenizer = TokenizerConfig(
+        name=name,
+        kind=kind,
+        encoder=prof.sizes[enc_name],
+        decoder=prof.sizes[dec_name],
+        image_size=prof.image_size,
+        num_tokens=prof.num_tokens if kind == "1d" else (prof.image_size // prof.cnn.downsample) ** 2,
+        cnn=prof.cnn,
+        quantizer=quantizer,
+        semantic=semantic,
+    )
+    data = prof.data if data_root is None else dataclasses.replace(prof.data, root=data_root)
+    optim = prof.optim
+    if large:
+        optim = dataclasses.replace(optim, warmup_steps=prof.large_warmup_steps)
+    train = TrainConfig(
+        epochs=prof.default_epochs(name) if epochs is None else epochs,
+        batch_size=prof.default_batch_size(name) if batch_size is None else batch_size,
+        seed=seed,
+        log_every=prof.log_every,
+        checkpoint_every=prof.checkpoint_every,
+        max_steps=max_steps,
+    )
+    return TokenizerRunConfig(
+        profile=profile, tokenizer=tokenizer, loss=prof.loss, optim=optim, data=data, train=train
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Serialisation and hashing
+# --------------------------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_hash(cfg: Any, length: int = 12) -> str:
+    """Stable content hash: canonical JSON (sorted keys, fixed separators) of the config, sha256, hex prefix.
+
+    It depends only on the field values and the schema version, never on object identity, dict order or the
+    process, so the same config hashes the same on every machine.
+    """
+    payload = {"schema": CONFIG_SCHEMA_VERSION, "type": type(cfg).__name__, "config": _hashed_fields(cfg)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _hashed_fields(cfg: Any) -> Any:
+    """The config as plain data, without fields marked ``metadata={"hash": False}`` (machine-local paths)."""
+    if dataclasses.is_dataclass(cfg):
+        return {
+            f.name: _hashed_fields(getattr(cfg, f.name))
+            for f in dataclasses.fields(cfg)
+            if f.metadata.get("hash", True)
+        }
+    if isinstance(cfg, tuple | list):
+        return [_hashed_fields(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {str(k): _hashed_fields(v) for k, v in cfg.items()}
+    return cfg
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) frozen dataclass from :func:`to_dict` output, validating as it goes."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name])
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value)
+    origin = typing.get_origin(tp)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return from_dict(arg, value)
+    return value
+
+
+def run_config_from_dict(data: dict[str, Any]) -> TokenizerRunConfig:
+    return from_dict(TokenizerRunConfig, data)

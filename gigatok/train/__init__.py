@@ -1,0 +1,1 @@
+"""Training loops: resumable, checkpointed on disk."""
