@@ -1,0 +1,107 @@
+"""Vector quantizer: low-dimensional projection, L2-normalised codebook, straight-through or rotation trick,
+codebook + commitment losses and the entropy loss of the paper's Eq. 3/5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gigatok.config import QuantizerConfig
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: torch.Tensor  # (B, N, latent_channels): codes projected back up, gradients reach the encoder
+    indices: torch.Tensor  # (B, N) int64
+    codebook_loss: torch.Tensor  # ||sg[z] - q||^2
+    commitment_loss: torch.Tensor  # beta * ||z - sg[q]||^2
+    entropy_loss: torch.Tensor  # E[H(q|z)] - H(q), weight not applied
+    usage: torch.Tensor  # fraction of codebook entries used in this batch
+    perplexity: torch.Tensor  # exp(entropy of the batch's code histogram)
+
+
+def rotate_to(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Rotation trick (Fifty et al., 2024): returns a tensor equal to ``tgt`` whose gradient w.r.t. ``src`` is
+    ``src``'s gradient rotated and rescaled by the (constant) map taking ``src`` onto ``tgt``, instead of the
+    identity of the straight-through estimator.
+    """
+    eps = 1e-6
+    src_norm = src.norm(dim=-1, keepdim=True).clamp_min(eps)
+    tgt_norm = tgt.norm(dim=-1, keepdim=True).clamp_min(eps)
+    u = (src / src_norm).detach()
+    q = (tgt / tgt_norm).detach()
+    w = F.normalize(u + q, dim=-1, eps=eps).detach()
+    # Householder reflection about w followed by the reflection taking u to q: a rotation R with R u = q.
+    rotated = src - 2 * (src * w).sum(-1, keepdim=True) * w + 2 * (src * u).sum(-1, keepdim=True) * q
+    return rotated * (tgt_norm / src_norm).detach()
+
+
+def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: mean per-sample entropy E_z[H(q|z)] minus the entropy H(q) of the batch-averaged assignment."""
+    probs = logits.softmax(dim=-1)
+    log_probs = logits.log_softmax(dim=-1)
+    sample_entropy = -(probs * log_probs).sum(-1).mean()
+    avg_probs = probs.mean(0)
+    codebook_entropy = -(avg_probs * torch.log(avg_probs.clamp_min(1e-10))).sum()
+    return sample_entropy - codebook_entropy
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, cfg: QuantizerConfig, latent_channels: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.proj_in = nn.Linear(latent_channels, cfg.codebook_dim)
+        self.proj_out = nn.Linear(cfg.codebook_dim, latent_channels)
+        self.codebook = nn.Embedding(cfg.codebook_size, cfg.codebook_dim)
+        nn.init.uniform_(self.codebook.weight, -1.0 / cfg.codebook_size, 1.0 / cfg.codebook_size)
+
+    def normalized_codebook(self) -> torch.Tensor:
+        return F.normalize(self.codebook.weight, dim=-1)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z: (B, N, latent_channels)."""
+        b, n, _ = z.shape
+        z = F.normalize(self.proj_in(z), dim=-1)
+        flat = z.reshape(-1, z.shape[-1])
+        codebook = self.normalized_codebook()
+        # Both sides unit-norm: ||z - c||^2 = 2 - 2 z.c, so the nearest code is the largest dot product.
+        similarity = flat @ codebook.t()
+        indices = similarity.argmax(dim=-1)
+        q = codebook[indices]
+
+        codebook_loss = F.mse_loss(q, flat.detach())
+        commitment_loss = self.cfg.commitment_beta * F.mse_loss(flat, q.detach())
+        if self.cfg.entropy_weight > 0:
+            distance = 2 - 2 * similarity
+            ent = entropy_loss(-distance / self.cfg.entropy_temperature)
+        else:
+            ent = flat.new_zeros(())
+
+        if not (self.training and torch.is_grad_enabled()):
+            q_st = q  # no gradient needed: the exact codes, so decoding indices reproduces the forward pass
+        elif self.cfg.rotation_trick:
+            q_st = rotate_to(flat, q)
+        else:
+            q_st = flat + (q - flat).detach()
+        with torch.no_grad():
+            counts = torch.bincount(indices, minlength=self.cfg.codebook_size).float()
+            usage = (counts > 0).float().mean()
+            p = counts / counts.sum()
+            perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
+        return QuantizerOutput(
+            quantized=self.proj_out(q_st.view(b, n, -1)),
+            indices=indices.view(b, n),
+            codebook_loss=codebook_loss,
+            commitment_loss=commitment_loss,
+            entropy_loss=ent,
+            usage=usage,
+            perplexity=perplexity,
+        )
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        """Token indices (B, N) -> decoder input (B, N, latent_channels)."""
+        return self.proj_out(self.normalized_codebook()[indices])
