@@ -1,1 +1,50 @@
 """Datasets: the ImageNet-style image folder and the built-in offline photo dataset."""
+
+from __future__ import annotations
+
+import os
+
+from torch.utils.data import Dataset
+
+from gigatok.config import DataConfig
+from gigatok.data.builtin import SOURCES, BuiltinImages, BuiltinSource
+from gigatok.data.errors import DataError
+from gigatok.data.imagefolder import ImageFolderDataset
+from gigatok.data.transforms import adm_center_crop
+
+DATA_ROOT_ENV = "GIGATOK_DATA_ROOT"
+
+__all__ = [
+    "DATA_ROOT_ENV",
+    "SOURCES",
+    "BuiltinImages",
+    "BuiltinSource",
+    "DataError",
+    "ImageFolderDataset",
+    "adm_center_crop",
+    "build_dataset",
+    "resolve_data_root",
+]
+
+
+def resolve_data_root(data_cfg: DataConfig) -> str:
+    """``data_cfg.root``, else $GIGATOK_DATA_ROOT; read at open time, since the root is machine-local."""
+    root = data_cfg.root or os.environ.get(DATA_ROOT_ENV)
+    if not root:
+        raise DataError(
+            f"imagefolder dataset needs a root: set data.root or the {DATA_ROOT_ENV} environment variable "
+            "to a folder holding train/ and val/"
+        )
+    return root
+
+
+def build_dataset(data_cfg: DataConfig, split: str, image_size: int, seed: int = 0) -> Dataset:
+    """The dataset ``data_cfg`` names, for ``split`` ('train' or 'val'); every one exposes ``.num_classes``.
+
+    ``seed`` picks the builtin dataset's crops; the image folder is deterministic and ignores it.
+    """
+    if data_cfg.dataset == "builtin":
+        return BuiltinImages(split, image_size, data_cfg.crops_per_image, seed=seed)
+    if data_cfg.dataset == "imagefolder":
+        return ImageFolderDataset(resolve_data_root(data_cfg), split, image_size)
+    raise DataError(f"unknown dataset {data_cfg.dataset!r}")

@@ -1,0 +1,221 @@
+"""Data layer: the builtin photo crops, the ADM centre crop, the image folder and build_dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gigatok.config import DataConfig
+from gigatok.data import (
+    DATA_ROOT_ENV,
+    SOURCES,
+    BuiltinImages,
+    DataError,
+    ImageFolderDataset,
+    adm_center_crop,
+    build_dataset,
+)
+from gigatok.data.builtin import crop_side_range, val_crops_per_image
+
+SIZE = 32
+CROPS = 8
+
+
+@pytest.fixture(scope="module")
+def train() -> BuiltinImages:
+    return BuiltinImages("train", SIZE, CROPS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def val() -> BuiltinImages:
+    return BuiltinImages("val", SIZE, CROPS, seed=0)
+
+
+# ---- builtin -----------------------------------------------------------------------------------------------
+
+
+def test_sources_sorted_and_loadable(train: BuiltinImages) -> None:
+    names = [s.class_name for s in SOURCES]
+    assert names == sorted(names) and len(set(names)) == len(names)
+    assert train.class_names == names and train.num_classes == len(SOURCES)
+    for source in train.sources:
+        assert source.package in ("skimage", "sklearn", "matplotlib") and source.licence and source.name
+        assert source.path().is_file()
+
+
+def test_builtin_deterministic(train: BuiltinImages) -> None:
+    again = BuiltinImages("train", SIZE, CROPS, seed=0)
+    assert again.boxes == train.boxes
+    assert torch.equal(again.crops, train.crops) and torch.equal(again.labels, train.labels)
+    assert again.fingerprint == train.fingerprint
+    other = BuiltinImages("train", SIZE, CROPS, seed=1)
+    assert other.boxes != train.boxes
+
+
+def test_builtin_shapes_dtype_range(train: BuiltinImages, val: BuiltinImages) -> None:
+    assert len(train) == CROPS * len(SOURCES)
+    assert len(val) == val_crops_per_image(CROPS) * len(SOURCES)
+    for ds in (train, val):
+        image, label = ds[len(ds) - 1]
+        assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32
+        assert isinstance(label, int)
+        assert ds.crops.dtype == torch.uint8
+        batch = torch.stack([ds[i][0] for i in range(0, len(ds), 7)])
+        assert batch.min() >= -1.0 and batch.max() <= 1.0
+        assert batch.min() < -0.5 and batch.max() > 0.5  # real photos, not blank
+
+
+def test_builtin_labels_cover_sources(train: BuiltinImages, val: BuiltinImages) -> None:
+    for ds in (train, val):
+        assert sorted(set(ds.labels.tolist())) == list(range(len(SOURCES)))
+        assert all(ds[i][1] == ds.boxes[i][0] for i in range(len(ds)))
+
+
+def test_builtin_grayscale_replicated(train: BuiltinImages) -> None:
+    camera = train.class_names.index("skimage/camera")
+    crops = train.crops[train.labels == camera]
+    assert torch.equal(crops[:, 0], crops[:, 1]) and torch.equal(crops[:, 1], crops[:, 2])
+
+
+def test_builtin_train_val_pixels_disjoint(train: BuiltinImages, val: BuiltinImages) -> None:
+    assert train.source_sizes == val.source_sizes
+    for idx, (height, width) in enumerate(train.source_sizes):
+        masks = []
+        for ds in (train, val):
+            mask = np.zeros((height, width), dtype=bool)
+            for source_idx, left, top, side in ds.boxes:
+                if source_idx == idx:
+                    assert left >= 0 and left + side <= width and top >= 0 and top + side <= height
+                    mask[top : top + side, left : left + side] = True
+            masks.append(mask)
+        assert masks[0].any() and masks[1].any()
+        assert not (masks[0] & masks[1]).any(), f"train and val crops overlap in {SOURCES[idx].class_name}"
+
+
+def test_builtin_crop_sides_shared_and_not_upsampled(train: BuiltinImages, val: BuiltinImages) -> None:
+    for ds in (train, val):
+        for source_idx, _, _, side in ds.boxes:
+            low, high = crop_side_range(*ds.source_sizes[source_idx], SIZE)
+            assert low <= side <= high and side >= SIZE
+
+
+def test_builtin_rejects_bad_split() -> None:
+    with pytest.raises(DataError, match="split"):
+        BuiltinImages("test", SIZE, CROPS)
+
+
+# ---- ADM centre crop ---------------------------------------------------------------------------------------
+
+
+def _three_bands(width: int, height: int) -> Image.Image:
+    """Blue | green | red vertical thirds."""
+    array = np.zeros((height, width, 3), dtype=np.uint8)
+    third = width // 3
+    array[:, :third, 2] = 255
+    array[:, third : 2 * third, 1] = 255
+    array[:, 2 * third :, 0] = 255
+    return Image.fromarray(array)
+
+
+def test_adm_center_crop_size_and_centre() -> None:
+    # 300x100 -> halved once (BOX) to 150x50 -> BICUBIC to 96x32 -> the centre 32 columns: the green band.
+    out = np.asarray(adm_center_crop(_three_bands(300, 100), SIZE)).astype(float)
+    assert out.shape == (SIZE, SIZE, 3)
+    inner = out[:, 2:-2]  # bicubic blurs a pixel or two at the band edges
+    assert inner[..., 1].min() > 200 and inner[..., 0].max() < 60 and inner[..., 2].max() < 60
+    # A portrait image crops vertically: the centre of a tall image is kept.
+    tall = np.zeros((300, 90, 3), dtype=np.uint8)
+    tall[100:200] = 255
+    out = np.asarray(adm_center_crop(Image.fromarray(tall), SIZE))
+    assert out.shape == (SIZE, SIZE, 3) and out[2:-2].min() > 200
+
+
+# ---- image folder ------------------------------------------------------------------------------------------
+
+
+def _make_folder(root: Path) -> None:
+    for split, count in (("train", 2), ("val", 1)):
+        for name in ("zebra", "apple"):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                _three_bands(120, 80).save(folder / f"img{i}.JPEG")
+
+
+def test_imagefolder_layout(tmp_path: Path) -> None:
+    _make_folder(tmp_path)
+    (tmp_path / "train" / "apple" / "notes.txt").write_text("not an image")
+    ds = ImageFolderDataset(tmp_path, "train", SIZE)
+    assert ds.classes == ["apple", "zebra"] and ds.num_classes == 2 and len(ds) == 4
+    assert [label for _, label in ds.samples] == [0, 0, 1, 1]
+    image, label = ds[3]
+    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32 and label == 1
+    assert image.min() >= -1.0 and image.max() <= 1.0
+    assert len(ImageFolderDataset(tmp_path, "val", SIZE)) == 2
+
+
+def test_imagefolder_corrupt_file(tmp_path: Path) -> None:
+    _make_folder(tmp_path)
+    bad = tmp_path / "train" / "zebra" / "broken.JPEG"
+    bad.write_bytes(b"\x00\x01 definitely not a jpeg " * 20)
+    ds = ImageFolderDataset(tmp_path, "train", SIZE)
+    index = next(i for i, (path, _) in enumerate(ds.samples) if path == bad)
+    with pytest.raises(DataError, match="broken.JPEG") as info:
+        ds[index]
+    assert "\n" not in str(info.value)
+
+
+def test_imagefolder_truncated_file(tmp_path: Path) -> None:
+    _make_folder(tmp_path)
+    good = tmp_path / "val" / "apple" / "img0.JPEG"
+    good.write_bytes(good.read_bytes()[:200])
+    ds = ImageFolderDataset(tmp_path, "val", SIZE)
+    with pytest.raises(DataError, match="img0.JPEG"):
+        ds[0]
+
+
+def test_imagefolder_missing_paths(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match="nowhere"):
+        ImageFolderDataset(missing, "train", SIZE)
+    tmp_path.joinpath("train", "cls").mkdir(parents=True)
+    with pytest.raises(DataError, match="val"):
+        ImageFolderDataset(tmp_path, "val", SIZE)
+    with pytest.raises(DataError, match="no images"):
+        ImageFolderDataset(tmp_path, "train", SIZE)
+
+
+def test_imagefolder_val_class_unknown_to_train(tmp_path: Path) -> None:
+    _make_folder(tmp_path)
+    extra = tmp_path / "val" / "mango"
+    extra.mkdir()
+    _three_bands(60, 60).save(extra / "a.JPEG")
+    with pytest.raises(DataError, match="mango"):
+        ImageFolderDataset(tmp_path, "val", SIZE)
+
+
+# ---- build_dataset -----------------------------------------------------------------------------------------
+
+
+def test_build_dataset_builtin() -> None:
+    ds = build_dataset(DataConfig(dataset="builtin", crops_per_image=4), "val", SIZE, seed=3)
+    assert isinstance(ds, BuiltinImages) and ds.seed == 3
+    assert len(ds) == val_crops_per_image(4) * len(SOURCES) and ds.num_classes == len(SOURCES)
+
+
+def test_build_dataset_imagefolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _make_folder(tmp_path)
+    ds = build_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path)), "train", SIZE)
+    assert isinstance(ds, ImageFolderDataset) and ds.num_classes == 2
+
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
+    ds = build_dataset(DataConfig(dataset="imagefolder"), "val", SIZE)
+    assert isinstance(ds, ImageFolderDataset) and len(ds) == 2
+
+    monkeypatch.delenv(DATA_ROOT_ENV)
+    with pytest.raises(DataError, match=DATA_ROOT_ENV):
+        build_dataset(DataConfig(dataset="imagefolder"), "train", SIZE)
