@@ -36,7 +36,8 @@ def test_forward_shapes_tiny(kind: str, name: str) -> None:
 def test_vanilla_tokenizer_has_no_projector() -> None:
     model = build_tokenizer(tokenizer_run("S-S", semantic_weight=0).tokenizer)
     assert model.semantic_projector is None
-    assert model(torch.zeros(1, 3, 64, 64)).semantic_projection is None
+    size = model.cfg.image_size
+    assert model(torch.zeros(1, 3, size, size)).semantic_projection is None
 
 
 # Table 9 totals (M) and Table 1 transformer parts (M) of the paper.

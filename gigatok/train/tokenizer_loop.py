@@ -1,0 +1,274 @@
+"""Tokenizer training: a thin recipe of named steps, resumable from the newest checkpoint in the run directory.
+
+Run directory layout::
+
+    config.json         the resolved run config and its hash (a different config in the same folder is refused)
+    metrics.jsonl       one JSON record per logged step (records after the resumed step are dropped on resume)
+    checkpoints/        step-NNNNNNNN.pt: model, discriminator, optimizers, step, RNG state (the LR is a function
+                        of the step)
+    tokenizer.pt        final weights (written last, atomically)
+    summary.json        final metrics and the substitute networks used, if any (its presence means finished)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from gigatok.config import TokenizerRunConfig, run_config_from_dict
+from gigatok.data import build_dataset
+from gigatok.losses import adversarial_active, generator_loss, hinge_discriminator_loss
+from gigatok.models.discriminator import PatchDiscriminator
+from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer
+from gigatok.perceptual import build_perceptual_loss
+from gigatok.semantic_encoders import build_semantic_encoder
+from gigatok.semantic_targets import SemanticTargets
+from gigatok.train.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from gigatok.train.sampling import IndexedDataset, ResumableBatchSampler, flip_mask
+
+LogFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    finished: bool
+    final_metrics: dict[str, float]
+    substitutes: list[str] = field(default_factory=list)
+
+
+def cosine_schedule(cfg: TokenizerRunConfig, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up, then cosine decay from lr to min_lr over the remaining steps."""
+    o = cfg.optim
+    floor = o.min_lr / o.lr
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        span = max(1, total_steps - o.warmup_steps)
+        progress = min(1.0, (step - o.warmup_steps) / span)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def total_steps_for(cfg: TokenizerRunConfig, dataset_size: int) -> int:
+    steps = math.ceil(cfg.train.epochs * (dataset_size // cfg.train.batch_size))
+    return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+
+
+def _prepare_run_dir(cfg: TokenizerRunConfig, run_dir: Path) -> None:
+    """Write config.json, or check that the one already there is this config (same hash)."""
+    path = run_dir / "config.json"
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if existing.get("hash") != cfg.hash():
+            raise ValueError(
+                f"{run_dir}: holds run {existing.get('hash')}, not {cfg.hash()}; use a fresh run directory"
+            )
+        run_config_from_dict(existing["config"])  # still a valid config
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"hash": cfg.hash(), "config": cfg.to_dict()})
+
+
+class MetricsLog:
+    """Append-only JSON lines; on resume, records logged after the checkpoint are dropped (they will be redone)."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            atomic_write_bytes(path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def build_optimizer(cfg: TokenizerRunConfig, params: Any) -> torch.optim.AdamW:
+    o = cfg.optim
+    return torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+
+
+def _semantic_targets(
+    cfg: TokenizerRunConfig, dataset: Any, device: torch.device, weights_dir: str | None,
+    allow_substitutes: bool, progress: bool,
+) -> tuple[SemanticTargets | None, list[str]]:
+    sem = cfg.tokenizer.semantic
+    if not sem.enabled:
+        return None, []
+    encoder = build_semantic_encoder(sem.encoder, sem.encoder_resolution, weights_dir, allow_substitutes).to(device)
+    targets = SemanticTargets(encoder, cfg.tokenizer.grid_size, device)
+    if sem.cache_features:
+        key = {
+            "encoder": encoder.network_name, "resolution": sem.encoder_resolution,
+            "grid": cfg.tokenizer.grid_size, "image_size": cfg.tokenizer.image_size,
+            "data": {k: v for k, v in cfg.to_dict()["data"].items() if k != "num_workers"},
+            "seed": cfg.train.seed, "split": "train", "n": len(dataset),
+        }
+        targets.fill_cache(dataset, key, progress)
+    return targets, [encoder.network_name] if encoder.substitute else []
+
+
+def train_tokenizer(
+    cfg: TokenizerRunConfig,
+    run_dir: str | Path,
+    *,
+    weights_dir: str | None = None,
+    allow_substitutes: bool = False,
+    device: str | torch.device | None = None,
+    stop_at_step: int | None = None,
+    progress: bool = True,
+    log_fn: LogFn | None = None,
+) -> TrainResult:
+    """Train (or resume training) the tokenizer of ``cfg`` in ``run_dir``.
+
+    ``stop_at_step`` ends the process early with a checkpoint at that step, as a preemption would; calling again
+    resumes. ``allow_substitutes`` lets randomly initialised stand-ins replace missing pretrained networks; every
+    metric logged is then marked with the substitutes used.
+    """
+    run_dir = Path(run_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _prepare_run_dir(cfg, run_dir)
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():  # already finished: nothing to redo
+        summary = json.loads(summary_path.read_text())
+        return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"])
+    torch.manual_seed(cfg.train.seed)
+
+    dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed)
+    total_steps = total_steps_for(cfg, len(dataset))
+
+    model: GigaTokenizer = build_tokenizer(cfg.tokenizer).to(device)
+    disc = PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device)
+    perceptual = build_perceptual_loss(weights_dir, allow_substitutes).to(device)
+    substitutes = [perceptual.network_name] if perceptual.substitute else []
+    semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, progress)
+    substitutes += sem_subs
+
+    opt_g = build_optimizer(cfg, model.parameters())
+    opt_d = build_optimizer(cfg, disc.parameters())
+    schedule = cosine_schedule(cfg, total_steps)  # the LR is a function of the step alone: nothing to save
+
+    step = 0
+    ckpt_path = latest_checkpoint(run_dir)
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        disc.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        step = int(state["step"])
+    log = MetricsLog(run_dir / "metrics.jsonl", step)
+
+    def checkpoint(at: int) -> None:
+        state = {
+            "step": at, "model": model.state_dict(), "discriminator": disc.state_dict(),
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+            "rng_cpu": torch.get_rng_state(), "config_hash": cfg.hash(),
+        }
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        save_checkpoint(run_dir, at, state, cfg.train.keep_checkpoints)
+
+    end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
+    sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, step, end)
+    loader = DataLoader(
+        IndexedDataset(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    model.train()
+    disc.train()
+    last: dict[str, float] = {}
+    bar = tqdm(total=total_steps, initial=step, desc=f"tokenizer {cfg.tokenizer.name}", disable=not progress)
+    for images, _labels, indices in loader:
+        images = images.to(device, non_blocking=True)
+        if cfg.data.hflip:
+            flip = flip_mask(cfg.train.seed, step, images.shape[0]).to(device)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        target = semantic(images, indices) if semantic is not None else None
+        gan_on = adversarial_active(cfg, step)
+        lr = cfg.optim.lr * schedule(step)
+        for group in (*opt_g.param_groups, *opt_d.param_groups):
+            group["lr"] = lr
+
+        out = model(images)
+        fake_logits = disc(out.reconstruction) if gan_on else None
+        terms = generator_loss(cfg, images, out, perceptual, target, fake_logits)
+        opt_g.zero_grad(set_to_none=True)
+        terms["total_loss"].backward()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt_g.step()
+
+        if gan_on:
+            d_loss = hinge_discriminator_loss(disc(images), disc(out.reconstruction.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            nn.utils.clip_grad_norm_(disc.parameters(), cfg.optim.grad_clip)
+            opt_d.step()
+            terms["discriminator_loss"] = d_loss.detach()
+
+        step += 1
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == end:
+            last = {k: float(v.detach()) for k, v in terms.items()}
+            last.update(
+                codebook_usage=float(out.quant.usage), codebook_perplexity=float(out.quant.perplexity),
+                grad_norm=float(grad_norm), lr=lr,
+            )
+            record: dict[str, Any] = {"step": step, **last}
+            if substitutes:
+                record["substitutes"] = substitutes
+            log.append(record)
+            if log_fn is not None:
+                log_fn(step, last)
+            bar.set_postfix(
+                loss=f"{last['total_loss']:.3f}", pix=f"{last['pixel_loss']:.4f}",
+                lpips=f"{last['perceptual_loss']:.3f}", usage=f"{last['codebook_usage']:.2f}",
+            )
+        if step % cfg.train.checkpoint_every == 0 or step == end:
+            checkpoint(step)
+    bar.close()
+
+    finished = step >= total_steps
+    if finished:
+        atomic_write_bytes(run_dir / "tokenizer.pt", lambda f: torch.save(model.state_dict(), f))
+        atomic_write_json(
+            summary_path,
+            {"hash": cfg.hash(), "steps": step, "final_metrics": last, "substitutes": substitutes},
+        )
+    return TrainResult(run_dir, step, finished, last, substitutes)
+
+
+def load_trained_tokenizer(run_dir: str | Path, device: str | torch.device = "cpu") -> GigaTokenizer:
+    """The final tokenizer of a finished run, built from the run's own config.json."""
+    run_dir = Path(run_dir)
+    cfg = run_config_from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    model = build_tokenizer(cfg.tokenizer)
+    model.load_state_dict(torch.load(run_dir / "tokenizer.pt", map_location="cpu", weights_only=True))
+    return model.to(device).eval()
