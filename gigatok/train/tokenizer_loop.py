@@ -102,6 +102,36 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
+class MeanWindow:
+    """Running sums of each logged term since the last log, so a record is the mean over its interval.
+
+    Kept on the device between logs (no per-step synchronisation) and saved in checkpoints, so a resumed run
+    logs exactly the means an uninterrupted one would. Terms that start mid-window (the discriminator loss when
+    the GAN starts) are averaged over the steps that had them.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: float(v) / self.counts[k] for k, v in self.sums.items()}
+
+    def reset(self) -> None:
+        self.sums, self.counts = {}, {}
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts)}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
@@ -151,6 +181,8 @@ def train_tokenizer(
     """
     run_dir = Path(run_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # Open the data before touching the run directory: bad input leaves nothing behind.
+    dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed)
     _prepare_run_dir(cfg, run_dir)
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():  # already finished: nothing to redo
@@ -158,7 +190,6 @@ def train_tokenizer(
         return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"])
     torch.manual_seed(cfg.train.seed)
 
-    dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed)
     total_steps = total_steps_for(cfg, len(dataset))
 
     model: GigaTokenizer = build_tokenizer(cfg.tokenizer).to(device)
@@ -173,6 +204,7 @@ def train_tokenizer(
     schedule = cosine_schedule(cfg, total_steps)  # the LR is a function of the step alone: nothing to save
 
     step = 0
+    window = MeanWindow()
     ckpt_path = latest_checkpoint(run_dir)
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path)
@@ -184,13 +216,14 @@ def train_tokenizer(
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
         step = int(state["step"])
+        window.load(state["log_window"])
     log = MetricsLog(run_dir / "metrics.jsonl", step)
 
     def checkpoint(at: int) -> None:
         state = {
             "step": at, "model": model.state_dict(), "discriminator": disc.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "rng_cpu": torch.get_rng_state(), "config_hash": cfg.hash(),
+            "rng_cpu": torch.get_rng_state(), "config_hash": cfg.hash(), "log_window": window.state(),
         }
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state()
@@ -233,14 +266,16 @@ def train_tokenizer(
             opt_d.step()
             terms["discriminator_loss"] = d_loss.detach()
 
+        terms.update(
+            codebook_usage=out.quant.usage, codebook_perplexity=out.quant.perplexity, grad_norm=grad_norm,
+        )
+        window.add(terms)
         step += 1
         bar.update(1)
-        if step % cfg.train.log_every == 0 or step == end:
-            last = {k: float(v.detach()) for k, v in terms.items()}
-            last.update(
-                codebook_usage=float(out.quant.usage), codebook_perplexity=float(out.quant.perplexity),
-                grad_norm=float(grad_norm), lr=lr,
-            )
+        # A stop before the end (preemption) logs nothing partial: the open window is saved with the checkpoint.
+        if step % cfg.train.log_every == 0 or step == total_steps:
+            last = {**window.means(), "lr": lr}
+            window.reset()
             record: dict[str, Any] = {"step": step, **last}
             if substitutes:
                 record["substitutes"] = substitutes

@@ -1,0 +1,121 @@
+"""Short tokenizer training runs at tiny profile on the built-in dataset (CPU, about 1 s per step)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gigatok.config import TokenizerRunConfig, tokenizer_run
+from gigatok.data import build_dataset
+from gigatok.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from gigatok.train.tokenizer_loop import load_trained_tokenizer, read_metrics, train_tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+def _run(steps: int, log_every: int = 10, **kwargs: object) -> TokenizerRunConfig:
+    cfg = tokenizer_run("S-S", profile="tiny", max_steps=steps, **kwargs)  # type: ignore[arg-type]
+    train = dataclasses.replace(cfg.train, log_every=log_every, checkpoint_every=10)
+    return dataclasses.replace(cfg, train=train)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TokenizerRunConfig, Path]:
+    """One 150-step run with semantic regularization, shared by several checks."""
+    cfg = _run(150)
+    run_dir = tmp_path_factory.mktemp("run")
+    result = train_tokenizer(cfg, run_dir, allow_substitutes=True, progress=False)
+    assert result.finished and result.steps == 150
+    return cfg, run_dir
+
+
+def test_training_lowers_reconstruction_loss(trained: tuple[TokenizerRunConfig, Path]) -> None:
+    _, run_dir = trained
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(10, 151, 10))
+    first, last = records[0]["pixel_loss"], records[-1]["pixel_loss"]
+    assert last < 0.75 * first, (first, last)
+    assert records[-1]["perceptual_loss"] < records[0]["perceptual_loss"]
+
+
+def test_semantic_loss_falls_with_lambda(trained: tuple[TokenizerRunConfig, Path]) -> None:
+    _, run_dir = trained
+    records = read_metrics(run_dir)
+    first, last = records[0]["semantic_loss"], records[-1]["semantic_loss"]
+    assert last < first - 0.2, (first, last)  # cosine similarity to the frozen encoder's features rises
+    assert -1.0 <= last <= 1.0
+
+
+def test_substitutes_are_recorded(trained: tuple[TokenizerRunConfig, Path]) -> None:
+    _, run_dir = trained
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = read_metrics(run_dir)
+    if summary["substitutes"]:  # no local VGG16 file: every record must say so
+        assert all(r.get("substitutes") == summary["substitutes"] for r in records)
+        assert all("SUBSTITUTE" in name for name in summary["substitutes"])
+    else:
+        assert all("substitutes" not in r for r in records)
+
+
+def test_finished_run_is_not_retrained(trained: tuple[TokenizerRunConfig, Path]) -> None:
+    cfg, run_dir = trained
+    before = (run_dir / "tokenizer.pt").stat().st_mtime_ns
+    result = train_tokenizer(cfg, run_dir, allow_substitutes=True, progress=False)
+    assert result.finished and result.steps == 150
+    assert (run_dir / "tokenizer.pt").stat().st_mtime_ns == before
+    model = load_trained_tokenizer(run_dir)
+    assert model.cfg == cfg.tokenizer
+
+
+def test_run_dir_refuses_another_config(trained: tuple[TokenizerRunConfig, Path]) -> None:
+    _, run_dir = trained
+    with pytest.raises(ValueError, match="use a fresh run directory"):
+        train_tokenizer(_run(150, semantic_weight=0.25), run_dir, allow_substitutes=True, progress=False)
+
+
+def _val_usage(cfg: TokenizerRunConfig, run_dir: Path) -> float:
+    model = load_trained_tokenizer(run_dir)
+    val = build_dataset(cfg.data, "val", cfg.tokenizer.image_size)
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    with torch.no_grad():
+        indices = model.tokenize(images)
+    return indices.unique().numel() / cfg.tokenizer.quantizer.codebook_size
+
+
+def test_entropy_loss_raises_codebook_usage(tmp_path: Path) -> None:
+    usage = {}
+    for weight in (0.0, 0.05):
+        cfg = _run(40, semantic_weight=0.0, entropy_weight=weight)
+        train_tokenizer(cfg, tmp_path / f"ent{weight}", allow_substitutes=True, progress=False)
+        usage[weight] = _val_usage(cfg, tmp_path / f"ent{weight}")
+    assert usage[0.05] > usage[0.0] + 0.05, usage
+
+
+def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    cfg = _run(24, log_every=4)  # the interruption at 13 falls inside a logging window
+    train_tokenizer(cfg, tmp_path / "full", allow_substitutes=True, progress=False)
+    part = train_tokenizer(cfg, tmp_path / "resumed", allow_substitutes=True, progress=False, stop_at_step=13)
+    assert not part.finished and part.steps == 13
+    assert latest_checkpoint(tmp_path / "resumed").name == "step-00000013.pt"
+    # A log record written after the checkpoint (as a crash would leave) must not survive the resume.
+    with (tmp_path / "resumed" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 16, "pixel_loss": 123.0}) + "\n")
+    resumed = train_tokenizer(cfg, tmp_path / "resumed", allow_substitutes=True, progress=False)
+    assert resumed.finished and resumed.steps == 24
+
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "resumed")
+    assert [r["step"] for r in b] == list(range(4, 25, 4))
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("total_loss", "pixel_loss", "perceptual_loss", "semantic_loss", "codebook_usage"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7), (ra["step"], key)
+    wa = torch.load(tmp_path / "full" / "tokenizer.pt", weights_only=True)
+    wb = torch.load(tmp_path / "resumed" / "tokenizer.pt", weights_only=True)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    # Checkpoints are pruned to keep_checkpoints and load with weights_only.
+    ckpts = list_checkpoints(tmp_path / "resumed")
+    assert len(ckpts) <= cfg.train.keep_checkpoints
+    assert load_checkpoint(ckpts[-1])["step"] == 24
