@@ -358,6 +358,121 @@ class TokenizerRunConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# AR models (Table 8) and their training
+# --------------------------------------------------------------------------------------------------------------
+
+AR_SIZE_NAMES = ("B", "L", "XL", "XXL")
+
+# Table 8: LlamaGen sizes, width / depth (blocks) / heads.
+PAPER_AR_SIZES: dict[str, TransformerSize] = {
+    "B": TransformerSize(768, 12, 12),
+    "L": TransformerSize(1024, 24, 16),
+    "XL": TransformerSize(1280, 36, 20),
+    "XXL": TransformerSize(1536, 48, 24),
+}
+
+# CPU scale, same ordering; depth >= 4 so the linear probe's middle layer (depth // 2) is a real middle.
+TINY_AR_SIZES: dict[str, TransformerSize] = {
+    "B": TransformerSize(128, 4, 4),
+    "L": TransformerSize(160, 6, 5),
+    "XL": TransformerSize(192, 8, 6),
+    "XXL": TransformerSize(256, 8, 8),
+}
+
+
+@dataclass(frozen=True)
+class ARConfig:
+    width: int
+    depth: int
+    heads: int
+    vocab_size: int
+    num_tokens: int  # tokens per image
+    num_classes: int
+    dropout: float = 0.1
+    class_dropout: float = 0.1
+    ffn_multiple_of: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("width", "depth", "heads", "vocab_size", "num_tokens", "num_classes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ar.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise ConfigError(f"ar.heads: width {self.width} is not divisible by {self.heads} heads")
+        for name in ("dropout", "class_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"ar.{name}: must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def ffn_hidden(self) -> int:
+        """LlamaGen's SwiGLU width: 2/3 of 4*width, rounded up to a multiple of ``ffn_multiple_of``."""
+        hidden = int(2 * 4 * self.width / 3)
+        return self.ffn_multiple_of * -(-hidden // self.ffn_multiple_of)
+
+
+
+@dataclass(frozen=True)
+class ARTrainConfig:
+    """AdamW with weight decay 0.05 and clipping 1.0; WSD schedule: warm-up, constant, decay over the last 20%."""
+
+    epochs: float = 50.0
+    batch_size: int = 256
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    warmup_epochs: float = 1.0
+    decay_fraction: float = 0.2
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 5_000
+    keep_checkpoints: int = 2
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, "ar_train.epochs", "must be > 0")
+        _require(self.batch_size >= 1, "ar_train.batch_size", "must be >= 1")
+        _require(self.lr > 0 and 0 <= self.min_lr <= self.lr, "ar_train.lr", "need lr > 0 and 0 <= min_lr <= lr")
+        _require(self.weight_decay >= 0, "ar_train.weight_decay", "must be >= 0")
+        _require(self.grad_clip > 0, "ar_train.grad_clip", "must be > 0")
+        _require(self.warmup_epochs >= 0, "ar_train.warmup_epochs", "must be >= 0")
+        _require(0 <= self.decay_fraction <= 1, "ar_train.decay_fraction", "must be in [0, 1]")
+        _require(self.max_steps is None or self.max_steps >= 1, "ar_train.max_steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ARRunConfig:
+    """One AR probe (or system-level AR model) trained on the token cache of one tokenizer run."""
+
+    profile: str
+    size: str
+    tokenizer: TokenizerRunConfig
+    model: ARConfig
+    train: ARTrainConfig
+
+    def __post_init__(self) -> None:
+        _require(self.size in AR_SIZE_NAMES, "ar.size", f"unknown AR size {self.size!r}; known: {AR_SIZE_NAMES}")
+        codebook = self.tokenizer.tokenizer.quantizer.codebook_size
+        _require(
+            self.model.vocab_size == codebook,
+            "ar.vocab_size",
+            f"{self.model.vocab_size} differs from the tokenizer's codebook ({codebook})",
+        )
+        _require(
+            self.model.num_tokens == self.tokenizer.tokenizer.num_tokens,
+            "ar.num_tokens",
+            f"{self.model.num_tokens} differs from the tokenizer's {self.tokenizer.tokenizer.num_tokens} tokens",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def hash(self) -> str:
+        return config_hash(self)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Profiles
 # --------------------------------------------------------------------------------------------------------------
 
@@ -387,6 +502,10 @@ class Profile:
     large_entropy_weight: float
     log_every: int
     checkpoint_every: int
+    # AR probing (Table 8, Appendix B)
+    ar_sizes: dict[str, TransformerSize]
+    num_classes: int
+    ar_train: ARTrainConfig
 
     def default_epochs(self, name: str) -> float:
         return self.epochs.get(name, self.epochs["default"])
@@ -418,6 +537,9 @@ PAPER = Profile(
     large_entropy_weight=5e-3,
     log_every=50,
     checkpoint_every=5_000,
+    ar_sizes=PAPER_AR_SIZES,
+    num_classes=1000,
+    ar_train=ARTrainConfig(),  # the AR probe: 50 epochs, batch 256, lr 1e-4 (system level: epochs=300)
 )
 
 TINY = Profile(
@@ -449,6 +571,9 @@ TINY = Profile(
     large_entropy_weight=0.05,
     log_every=10,
     checkpoint_every=100,
+    ar_sizes=TINY_AR_SIZES,
+    num_classes=14,  # the built-in dataset's source photographs
+    ar_train=ARTrainConfig(epochs=10, batch_size=32, lr=1e-3, log_every=10, checkpoint_every=100),
 )
 
 PROFILES: dict[str, Profile] = {"paper": PAPER, "tiny": TINY}
@@ -523,6 +648,33 @@ def tokenizer_run(
     )
 
 
+def ar_run(
+    tokenizer: TokenizerRunConfig,
+    size: str = "B",
+    *,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    max_steps: int | None = None,
+) -> ARRunConfig:
+    """An AR model of Table 8 size ``size`` trained on ``tokenizer``'s tokens, numbers from its profile."""
+    prof = get_profile(tokenizer.profile)
+    _require(size in prof.ar_sizes, "ar.size", f"unknown AR size {size!r}; known: {AR_SIZE_NAMES}")
+    dims = prof.ar_sizes[size]
+    model = ARConfig(
+        width=dims.width, depth=dims.depth, heads=dims.heads,
+        vocab_size=tokenizer.tokenizer.quantizer.codebook_size,
+        num_tokens=tokenizer.tokenizer.num_tokens, num_classes=prof.num_classes,
+    )
+    train = dataclasses.replace(
+        prof.ar_train,
+        epochs=prof.ar_train.epochs if epochs is None else epochs,
+        batch_size=prof.ar_train.batch_size if batch_size is None else batch_size,
+        seed=seed, max_steps=max_steps,
+    )
+    return ARRunConfig(profile=tokenizer.profile, size=size, tokenizer=tokenizer, model=model, train=train)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Serialisation and hashing
 # --------------------------------------------------------------------------------------------------------------
@@ -588,3 +740,7 @@ def _coerce(tp: Any, value: Any) -> Any:
 
 def run_config_from_dict(data: dict[str, Any]) -> TokenizerRunConfig:
     return from_dict(TokenizerRunConfig, data)
+
+
+def ar_run_config_from_dict(data: dict[str, Any]) -> ARRunConfig:
+    return from_dict(ARRunConfig, data)

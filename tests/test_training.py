@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from gigatok.config import TokenizerRunConfig, tokenizer_run
+from gigatok.config import TokenizerRunConfig
 from gigatok.data import build_dataset
 from gigatok.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from gigatok.train.tokenizer_loop import load_trained_tokenizer, read_metrics, train_tokenizer
@@ -17,24 +16,8 @@ from gigatok.train.tokenizer_loop import load_trained_tokenizer, read_metrics, t
 pytestmark = pytest.mark.slow
 
 
-def _run(steps: int, log_every: int = 10, **kwargs: object) -> TokenizerRunConfig:
-    cfg = tokenizer_run("S-S", profile="tiny", max_steps=steps, **kwargs)  # type: ignore[arg-type]
-    train = dataclasses.replace(cfg.train, log_every=log_every, checkpoint_every=10)
-    return dataclasses.replace(cfg, train=train)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TokenizerRunConfig, Path]:
-    """One 150-step run with semantic regularization, shared by several checks."""
-    cfg = _run(150)
-    run_dir = tmp_path_factory.mktemp("run")
-    result = train_tokenizer(cfg, run_dir, allow_substitutes=True, progress=False)
-    assert result.finished and result.steps == 150
-    return cfg, run_dir
-
-
-def test_training_lowers_reconstruction_loss(trained: tuple[TokenizerRunConfig, Path]) -> None:
-    _, run_dir = trained
+def test_training_lowers_reconstruction_loss(trained_tokenizer: tuple[TokenizerRunConfig, Path]) -> None:
+    _, run_dir = trained_tokenizer
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == list(range(10, 151, 10))
     first, last = records[0]["pixel_loss"], records[-1]["pixel_loss"]
@@ -42,16 +25,16 @@ def test_training_lowers_reconstruction_loss(trained: tuple[TokenizerRunConfig, 
     assert records[-1]["perceptual_loss"] < records[0]["perceptual_loss"]
 
 
-def test_semantic_loss_falls_with_lambda(trained: tuple[TokenizerRunConfig, Path]) -> None:
-    _, run_dir = trained
+def test_semantic_loss_falls_with_lambda(trained_tokenizer: tuple[TokenizerRunConfig, Path]) -> None:
+    _, run_dir = trained_tokenizer
     records = read_metrics(run_dir)
     first, last = records[0]["semantic_loss"], records[-1]["semantic_loss"]
     assert last < first - 0.2, (first, last)  # cosine similarity to the frozen encoder's features rises
     assert -1.0 <= last <= 1.0
 
 
-def test_substitutes_are_recorded(trained: tuple[TokenizerRunConfig, Path]) -> None:
-    _, run_dir = trained
+def test_substitutes_are_recorded(trained_tokenizer: tuple[TokenizerRunConfig, Path]) -> None:
+    _, run_dir = trained_tokenizer
     summary = json.loads((run_dir / "summary.json").read_text())
     records = read_metrics(run_dir)
     if summary["substitutes"]:  # no local VGG16 file: every record must say so
@@ -61,8 +44,8 @@ def test_substitutes_are_recorded(trained: tuple[TokenizerRunConfig, Path]) -> N
         assert all("substitutes" not in r for r in records)
 
 
-def test_finished_run_is_not_retrained(trained: tuple[TokenizerRunConfig, Path]) -> None:
-    cfg, run_dir = trained
+def test_finished_run_is_not_retrained(trained_tokenizer: tuple[TokenizerRunConfig, Path]) -> None:
+    cfg, run_dir = trained_tokenizer
     before = (run_dir / "tokenizer.pt").stat().st_mtime_ns
     result = train_tokenizer(cfg, run_dir, allow_substitutes=True, progress=False)
     assert result.finished and result.steps == 150
@@ -71,10 +54,10 @@ def test_finished_run_is_not_retrained(trained: tuple[TokenizerRunConfig, Path])
     assert model.cfg == cfg.tokenizer
 
 
-def test_run_dir_refuses_another_config(trained: tuple[TokenizerRunConfig, Path]) -> None:
-    _, run_dir = trained
+def test_run_dir_refuses_another_config(trained_tokenizer: tuple[TokenizerRunConfig, Path], make_tiny_run) -> None:
+    _, run_dir = trained_tokenizer
     with pytest.raises(ValueError, match="use a fresh run directory"):
-        train_tokenizer(_run(150, semantic_weight=0.25), run_dir, allow_substitutes=True, progress=False)
+        train_tokenizer(make_tiny_run(150, semantic_weight=0.25), run_dir, allow_substitutes=True, progress=False)
 
 
 def _val_usage(cfg: TokenizerRunConfig, run_dir: Path) -> float:
@@ -86,17 +69,17 @@ def _val_usage(cfg: TokenizerRunConfig, run_dir: Path) -> float:
     return indices.unique().numel() / cfg.tokenizer.quantizer.codebook_size
 
 
-def test_entropy_loss_raises_codebook_usage(tmp_path: Path) -> None:
+def test_entropy_loss_raises_codebook_usage(tmp_path: Path, make_tiny_run) -> None:
     usage = {}
     for weight in (0.0, 0.05):
-        cfg = _run(40, semantic_weight=0.0, entropy_weight=weight)
+        cfg = make_tiny_run(40, semantic_weight=0.0, entropy_weight=weight)
         train_tokenizer(cfg, tmp_path / f"ent{weight}", allow_substitutes=True, progress=False)
         usage[weight] = _val_usage(cfg, tmp_path / f"ent{weight}")
     assert usage[0.05] > usage[0.0] + 0.05, usage
 
 
-def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
-    cfg = _run(24, log_every=4)  # the interruption at 13 falls inside a logging window
+def test_resume_matches_uninterrupted_run(tmp_path: Path, make_tiny_run) -> None:
+    cfg = make_tiny_run(24, log_every=4)  # the interruption at 13 falls inside a logging window
     train_tokenizer(cfg, tmp_path / "full", allow_substitutes=True, progress=False)
     part = train_tokenizer(cfg, tmp_path / "resumed", allow_substitutes=True, progress=False, stop_at_step=13)
     assert not part.finished and part.steps == 13

@@ -39,7 +39,10 @@ from gigatok.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from gigatok.train.run_dir import MeanWindow, MetricsLog, prepare_run_dir, read_metrics, read_summary
 from gigatok.train.sampling import IndexedDataset, ResumableBatchSampler, flip_mask
+
+__all__ = ["TrainResult", "load_trained_tokenizer", "read_metrics", "read_run_config", "train_tokenizer"]
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -71,70 +74,6 @@ def cosine_schedule(cfg: TokenizerRunConfig, total_steps: int) -> Callable[[int]
 def total_steps_for(cfg: TokenizerRunConfig, dataset_size: int) -> int:
     steps = math.ceil(cfg.train.epochs * (dataset_size // cfg.train.batch_size))
     return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
-
-
-def _prepare_run_dir(cfg: TokenizerRunConfig, run_dir: Path) -> None:
-    """Write config.json, or check that the one already there is this config (same hash)."""
-    path = run_dir / "config.json"
-    if path.is_file():
-        existing = json.loads(path.read_text())
-        if existing.get("hash") != cfg.hash():
-            raise ValueError(
-                f"{run_dir}: holds run {existing.get('hash')}, not {cfg.hash()}; use a fresh run directory"
-            )
-        run_config_from_dict(existing["config"])  # still a valid config
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"hash": cfg.hash(), "config": cfg.to_dict()})
-
-
-class MetricsLog:
-    """Append-only JSON lines; on resume, records logged after the checkpoint are dropped (they will be redone)."""
-
-    def __init__(self, path: Path, resume_step: int) -> None:
-        self.path = path
-        if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            atomic_write_bytes(path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
-
-    def append(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-class MeanWindow:
-    """Running sums of each logged term since the last log, so a record is the mean over its interval.
-
-    Kept on the device between logs (no per-step synchronisation) and saved in checkpoints, so a resumed run
-    logs exactly the means an uninterrupted one would. Terms that start mid-window (the discriminator loss when
-    the GAN starts) are averaged over the steps that had them.
-    """
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor | float] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, terms: dict[str, torch.Tensor]) -> None:
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
-            self.counts[k] = self.counts.get(k, 0) + 1
-
-    def means(self) -> dict[str, float]:
-        return {k: float(v) / self.counts[k] for k, v in self.sums.items()}
-
-    def reset(self) -> None:
-        self.sums, self.counts = {}, {}
-
-    def state(self) -> dict[str, Any]:
-        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts)}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
 def build_optimizer(cfg: TokenizerRunConfig, params: Any) -> torch.optim.AdamW:
@@ -183,10 +122,9 @@ def train_tokenizer(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Open the data before touching the run directory: bad input leaves nothing behind.
     dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed)
-    _prepare_run_dir(cfg, run_dir)
+    prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), run_config_from_dict)
     summary_path = run_dir / "summary.json"
-    if summary_path.is_file():  # already finished: nothing to redo
-        summary = json.loads(summary_path.read_text())
+    if (summary := read_summary(run_dir)) is not None:  # already finished: nothing to redo
         return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"])
     torch.manual_seed(cfg.train.seed)
 
@@ -300,10 +238,15 @@ def train_tokenizer(
     return TrainResult(run_dir, step, finished, last, substitutes)
 
 
+def read_run_config(run_dir: str | Path) -> TokenizerRunConfig:
+    """The config a tokenizer run directory was made for (validated)."""
+    return run_config_from_dict(json.loads((Path(run_dir) / "config.json").read_text())["config"])
+
+
 def load_trained_tokenizer(run_dir: str | Path, device: str | torch.device = "cpu") -> GigaTokenizer:
     """The final tokenizer of a finished run, built from the run's own config.json."""
     run_dir = Path(run_dir)
-    cfg = run_config_from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    cfg = read_run_config(run_dir)
     model = build_tokenizer(cfg.tokenizer)
     model.load_state_dict(torch.load(run_dir / "tokenizer.pt", map_location="cpu", weights_only=True))
     return model.to(device).eval()

@@ -1,0 +1,1 @@
+"""Evaluation metrics: FID / IS / precision-recall on streamed images, and the reconstruction metrics."""

@@ -1,0 +1,188 @@
+"""AR training on a tokenizer's token cache: AdamW, WSD schedule, resumable like the tokenizer loop.
+
+Run directory: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``ar.pt`` and ``summary.json`` (with the
+teacher-forced validation loss), as for tokenizer runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from gigatok.config import ARRunConfig, ARTrainConfig, ar_run_config_from_dict
+from gigatok.models.ar import ARModel, build_ar_model
+from gigatok.token_cache import TokenCache, build_token_cache
+from gigatok.train.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from gigatok.train.run_dir import MeanWindow, MetricsLog, prepare_run_dir, read_summary
+from gigatok.train.sampling import ResumableBatchSampler
+from gigatok.train.tokenizer_loop import read_run_config
+
+
+@dataclass
+class ARTrainResult:
+    run_dir: Path
+    steps: int
+    finished: bool
+    val_loss: float | None
+    final_metrics: dict[str, float]
+
+
+def wsd_schedule(train: ARTrainConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """Warm-up (linear, ``warmup_epochs``), stable at the base LR, then linear decay over the last
+    ``decay_fraction`` of the steps down to ``min_lr``."""
+    warmup = min(total_steps, round(train.warmup_epochs * steps_per_epoch))
+    decay_start = total_steps - round(train.decay_fraction * total_steps)
+    floor = train.min_lr / train.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if step < decay_start:
+            return 1.0
+        progress = (step - decay_start + 1) / max(1, total_steps - decay_start)
+        return floor + (1 - floor) * max(0.0, 1 - progress)
+
+    return factor
+
+
+def build_ar_optimizer(model: nn.Module, train: ARTrainConfig) -> torch.optim.AdamW:
+    """Weight decay on matrices and embeddings, not on norm gains (LlamaGen's grouping)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2))
+
+
+@torch.no_grad()
+def validation_loss(model: ARModel, cache: TokenCache, batch_size: int = 256) -> float:
+    """Mean token cross-entropy, teacher-forced, over the whole cache (the paper's AR validation loss)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(cache), batch_size):
+        tokens, labels = cache.batch(torch.arange(start, min(len(cache), start + batch_size)))
+        tokens, labels = tokens.to(device), labels.to(device)
+        logits = model(tokens, labels).float()
+        total += nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="sum").item()
+        count += tokens.numel()
+    model.train(was_training)
+    return total / count
+
+
+def train_ar(
+    cfg: ARRunConfig,
+    run_dir: str | Path,
+    tokenizer_run_dir: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    stop_at_step: int | None = None,
+    progress: bool = True,
+    log_fn: Callable[[int, dict[str, float]], None] | None = None,
+) -> ARTrainResult:
+    """Train (or resume) the AR model of ``cfg`` on the token cache of the finished tokenizer run."""
+    run_dir, tokenizer_run_dir = Path(run_dir), Path(tokenizer_run_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tok_hash = read_run_config(tokenizer_run_dir).hash()
+    if tok_hash != cfg.tokenizer.hash():
+        raise ValueError(
+            f"{tokenizer_run_dir}: holds tokenizer {tok_hash}, but this AR run needs {cfg.tokenizer.hash()}"
+        )
+    train_cache = build_token_cache(tokenizer_run_dir, "train", device=device, progress=progress)
+    val_cache = build_token_cache(tokenizer_run_dir, "val", device=device, progress=progress)
+    prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), ar_run_config_from_dict)
+    if (summary := read_summary(run_dir)) is not None:
+        return ARTrainResult(run_dir, summary["steps"], True, summary["val_loss"], summary["final_metrics"])
+
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    steps_per_epoch = len(train_cache) // t.batch_size
+    total_steps = math.ceil(t.epochs * steps_per_epoch)
+    total_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    model = build_ar_model(cfg.model).to(device)
+    opt = build_ar_optimizer(model, t)
+    schedule = wsd_schedule(t, total_steps, steps_per_epoch)
+
+    step, window = 0, MeanWindow()
+    if (ckpt := latest_checkpoint(run_dir)) is not None:
+        state = load_checkpoint(ckpt)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        step = int(state["step"])
+        window.load(state["log_window"])
+    log = MetricsLog(run_dir / "metrics.jsonl", step)
+
+    def checkpoint(at: int) -> None:
+        state: dict[str, Any] = {
+            "step": at, "model": model.state_dict(), "opt": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
+            "config_hash": cfg.hash(), "log_window": window.state(),
+        }
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        save_checkpoint(run_dir, at, state, t.keep_checkpoints)
+
+    end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
+    sampler = ResumableBatchSampler(len(train_cache), t.batch_size, t.seed, step, end)
+    model.train()
+    last: dict[str, float] = {}
+    bar = tqdm(total=total_steps, initial=step, desc=f"AR-{cfg.size}", disable=not progress)
+    for indices in sampler:
+        tokens, labels = train_cache.batch(torch.tensor(indices))
+        tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        lr = t.lr * schedule(step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = model.loss(tokens, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        window.add({"train_loss": loss, "grad_norm": grad_norm})
+        step += 1
+        bar.update(1)
+        if step % t.log_every == 0 or step == total_steps:
+            last = {**window.means(), "lr": lr}
+            window.reset()
+            log.append({"step": step, **last})
+            if log_fn is not None:
+                log_fn(step, last)
+            bar.set_postfix(loss=f"{last['train_loss']:.3f}")
+        if step % t.checkpoint_every == 0 or step == end:
+            checkpoint(step)
+    bar.close()
+
+    if step < total_steps:
+        return ARTrainResult(run_dir, step, False, None, last)
+    val = validation_loss(model, val_cache)
+    atomic_write_bytes(run_dir / "ar.pt", lambda f: torch.save(model.state_dict(), f))
+    atomic_write_json(
+        run_dir / "summary.json",
+        {"hash": cfg.hash(), "steps": step, "val_loss": val, "final_metrics": last, "tokenizer_hash": tok_hash},
+    )
+    return ARTrainResult(run_dir, step, True, val, last)
+
+
+def load_trained_ar(run_dir: str | Path, device: str | torch.device = "cpu") -> ARModel:
+    """The final AR model of a finished run, built from the run's own config.json."""
+    run_dir = Path(run_dir)
+    cfg = ar_run_config_from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    model = build_ar_model(cfg.model)
+    model.load_state_dict(torch.load(run_dir / "ar.pt", map_location="cpu", weights_only=True))
+    return model.to(device).eval()
