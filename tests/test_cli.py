@@ -66,3 +66,10 @@ def test_plot_training_curves(tmp_path: Path) -> None:
         assert (tmp_path / "fig" / name).stat().st_size > 1000
     bad = _run("analysis/plot_training.py", str(tmp_path / "missing"), cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+def test_train_ar_cli_needs_a_finished_tokenizer_run(tmp_path: Path) -> None:
+    result = _run("studies/train_ar.py", str(tmp_path / "nope"), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nope'}: not a finished tokenizer run (no summary.json)"
+    assert not (tmp_path / "runs").exists()
