@@ -25,6 +25,8 @@ from gigatok.train.checkpoint import (
     atomic_write_json,
     latest_checkpoint,
     load_checkpoint,
+    restore_rng,
+    rng_state,
     save_checkpoint,
 )
 from gigatok.train.run_dir import MeanWindow, MetricsLog, prepare_run_dir, read_summary
@@ -122,20 +124,16 @@ def train_ar(
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
+        restore_rng(state, device)
         step = int(state["step"])
         window.load(state["log_window"])
     log = MetricsLog(run_dir / "metrics.jsonl", step)
 
     def checkpoint(at: int) -> None:
         state: dict[str, Any] = {
-            "step": at, "model": model.state_dict(), "opt": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
-            "config_hash": cfg.hash(), "log_window": window.state(),
+            "step": at, "model": model.state_dict(), "opt": opt.state_dict(), "config_hash": cfg.hash(),
+            "log_window": window.state(), **rng_state(device),
         }
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state()
         save_checkpoint(run_dir, at, state, t.keep_checkpoints)
 
     end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)

@@ -37,6 +37,8 @@ from gigatok.train.checkpoint import (
     atomic_write_json,
     latest_checkpoint,
     load_checkpoint,
+    restore_rng,
+    rng_state,
     save_checkpoint,
 )
 from gigatok.train.run_dir import MeanWindow, MetricsLog, prepare_run_dir, read_metrics, read_summary
@@ -150,9 +152,7 @@ def train_tokenizer(
         disc.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
+        restore_rng(state, device)
         step = int(state["step"])
         window.load(state["log_window"])
     log = MetricsLog(run_dir / "metrics.jsonl", step)
@@ -161,10 +161,8 @@ def train_tokenizer(
         state = {
             "step": at, "model": model.state_dict(), "discriminator": disc.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "rng_cpu": torch.get_rng_state(), "config_hash": cfg.hash(), "log_window": window.state(),
+            "config_hash": cfg.hash(), "log_window": window.state(), **rng_state(device),
         }
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state()
         save_checkpoint(run_dir, at, state, cfg.train.keep_checkpoints)
 
     end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
