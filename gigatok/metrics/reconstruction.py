@@ -1,0 +1,198 @@
+"""Reconstruction metrics of a tokenizer over a whole validation set, streamed in batches.
+
+:func:`evaluate_reconstruction` encodes and decodes every image once and reports, with provenance:
+
+* PSNR and SSIM (:mod:`gigatok.metrics.pixel`), mean over images;
+* LPIPS (VGG) from :mod:`gigatok.perceptual`, mean over images; whether its VGG trunk was a random SUBSTITUTE;
+* codebook usage (fraction of codes used at least once) and perplexity (exp of the entropy of the code
+  histogram) over the whole set, not averaged per batch: a per-batch figure is capped by the batch's token count;
+* rFID of the reconstructions against the same validation images (Inception features streamed; the validation
+  side can be cached with :func:`~gigatok.metrics.generation.reference_summary`'s key, and is shared with gFID
+  evaluations against the same split).
+
+Every metric sees the images as they would be saved: reconstructions clamped to [-1, 1] and quantised to uint8,
+like the originals. Nothing but per-set sums and FID moments is kept, so memory does not grow with the set.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
+
+from gigatok.metrics.accumulators import FeatureMoments, FeatureReservoir
+from gigatok.metrics.features import FeatureNetwork, load_feature_network
+from gigatok.metrics.generation import (
+    DEFAULT_PRC_CAPACITY,
+    FeatureSummary,
+    frechet_distance,
+    network_provenance,
+    reference_cache_path,
+)
+from gigatok.metrics.images import describe_dataset, image_batches, to_uint8
+from gigatok.metrics.pixel import psnr, ssim
+from gigatok.models.tokenizer import GigaTokenizer
+from gigatok.perceptual import PerceptualLoss, build_perceptual_loss
+
+__all__ = ["codebook_statistics", "evaluate_reconstruction", "psnr", "ssim"]
+
+
+def codebook_statistics(counts: torch.Tensor) -> tuple[float, float]:
+    """(usage, perplexity) of a code histogram: share of codes used at least once, exp(entropy)."""
+    counts = counts.double()
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("empty code histogram")
+    p = counts / total
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return float((counts > 0).double().mean()), float(entropy.exp())
+
+
+class _SetMeans:
+    """Running sums of per-image values."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, count: int, **values: torch.Tensor) -> None:
+        self.count += count
+        for name, v in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(v.double().sum())
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.count for name, total in self.sums.items()}
+
+
+@torch.inference_mode()
+def evaluate_reconstruction(
+    tokenizer: GigaTokenizer,
+    dataset: Dataset,
+    *,
+    batch_size: int = 32,
+    max_images: int | None = None,
+    description: str | None = None,
+    rfid: bool = True,
+    feature_network: FeatureNetwork | None = None,
+    perceptual: PerceptualLoss | None = None,
+    weights_dir: str | os.PathLike[str] | None = None,
+    allow_substitute_lpips: bool = False,
+    reference_cache_dir: str | os.PathLike[str] | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """PSNR, SSIM, LPIPS, codebook usage/perplexity and rFID of ``tokenizer`` on ``dataset`` (images in [-1, 1]).
+
+    ``max_images`` evaluates the first images only (the description says so). ``feature_network`` defaults to
+    :func:`~gigatok.metrics.features.load_feature_network` ("auto", 299 px, pool3) on the tokenizer's device;
+    ``perceptual`` to LPIPS-VGG from the registry (a random-trunk SUBSTITUTE only with
+    ``allow_substitute_lpips``, recorded in the result). With ``reference_cache_dir`` the validation images'
+    Inception statistics are read from (or written to) the cache shared with gFID evaluations.
+    """
+    description = description or describe_dataset(dataset)
+    if max_images is not None and max_images < len(dataset):
+        dataset = Subset(dataset, range(max_images))
+        description = f"first {max_images} of {description}"
+    device = next(tokenizer.parameters()).device
+    if perceptual is None:
+        perceptual = build_perceptual_loss(weights_dir, allow_substitute=allow_substitute_lpips)
+    perceptual = perceptual.to(device)
+
+    # rFID: the reconstructions' moments, and the validation images' unless a cached summary exists.
+    reference: FeatureSummary | None = None
+    reference_path = None
+    real_moments = real_reservoir = recon_moments = None
+    if rfid:
+        if feature_network is None:
+            feature_network = load_feature_network("auto", weights_dir, device=device)
+        dim = int(feature_network.info.layer)
+        recon_moments = FeatureMoments(dim)
+        if reference_cache_dir is not None:
+            reference_path = reference_cache_path(
+                reference_cache_dir, feature_network.info, description, DEFAULT_PRC_CAPACITY, seed=0
+            )
+            if reference_path.is_file():
+                reference = FeatureSummary.load(reference_path)
+        if reference is None:
+            real_moments = FeatureMoments(dim)
+            real_reservoir = FeatureReservoir(DEFAULT_PRC_CAPACITY, dim, seed=0)
+
+    codebook_size = tokenizer.cfg.quantizer.codebook_size
+    counts = torch.zeros(codebook_size, dtype=torch.long)
+    means = _SetMeans()
+    was_training = tokenizer.training
+    tokenizer.eval()
+    try:
+        with tqdm(total=len(dataset), unit="img", desc="reconstruction metrics", disable=not progress,
+                  leave=False) as bar:
+            for images in image_batches(dataset, batch_size, num_workers):
+                x = images.to(device, torch.float32)
+                quant = tokenizer.encode(x)
+                recon = tokenizer.decode(quant.quantized)
+                counts += torch.bincount(quant.indices.flatten().cpu(), minlength=codebook_size)
+
+                real_u8, recon_u8 = to_uint8(x), to_uint8(recon)
+                lpips = perceptual(real_u8.float() / 127.5 - 1.0, recon_u8.float() / 127.5 - 1.0)
+                means.add(x.shape[0], psnr=psnr(real_u8, recon_u8), ssim=ssim(real_u8, recon_u8), lpips=lpips)
+                if recon_moments is not None:
+                    recon_moments.update(feature_network(recon_u8)[0])
+                if real_moments is not None:
+                    real_features = feature_network(real_u8)[0]
+                    real_moments.update(real_features)
+                    real_reservoir.update(real_features)
+                bar.update(x.shape[0])
+    finally:
+        tokenizer.train(was_training)
+
+    usage, perplexity = codebook_statistics(counts)
+    result: dict[str, Any] = {
+        **means.means(),
+        "codebook_usage": usage,
+        "codebook_perplexity": perplexity,
+        "rfid": None,
+        "count": means.count,
+        "lpips_network": perceptual.network_name,
+    }
+    provenance: dict[str, Any] = {
+        "dataset": description,
+        "count": means.count,
+        "tokenizer": {
+            "name": tokenizer.cfg.name, "kind": tokenizer.cfg.kind, "image_size": tokenizer.cfg.image_size,
+            "num_tokens": tokenizer.cfg.num_tokens, "codebook_size": codebook_size,
+        },
+        "images": "originals and reconstructions (clamped to [-1, 1]) quantised to uint8, round((x + 1) * 127.5), "
+        "as saved to PNG, before every metric",
+        "psnr": "per image over all RGB pixels, data range 255 on uint8 (= 1.0 on [0, 1]); mean over images",
+        "ssim": "Wang et al.: Gaussian 11x11 window, sigma 1.5, K1 0.01, K2 0.03, data range 255 on uint8, valid "
+        "positions, mean over channels; mean over images",
+        "lpips": {"network": perceptual.network_name, "substitute": perceptual.substitute},
+        "codebook": f"usage and perplexity of the code histogram over all {means.count} images",
+    }
+    if rfid:
+        if reference is None:
+            reference = FeatureSummary(
+                network=feature_network.info, description=description, count=real_moments.count,
+                mean=real_moments.mean, covariance=real_moments.covariance, prc_features=real_reservoir.features,
+                prc_seed=0,
+            )
+            if reference_path is not None:
+                reference = FeatureSummary.load(reference.save(reference_path))
+        recon_summary = FeatureSummary(
+            network=feature_network.info, description=f"reconstructions of {description}",
+            count=recon_moments.count, mean=recon_moments.mean, covariance=recon_moments.covariance,
+            prc_features=np.zeros((0, recon_moments.dim), np.float32), prc_seed=0,
+        )
+        result["rfid"] = frechet_distance(recon_summary, reference)
+        provenance["rfid"] = {
+            "feature_network": network_provenance(feature_network.info),
+            "inception_input_size": feature_network.info.input_size,
+            "reference": {"description": reference.description, "count": reference.count,
+                          "cache": reference.cache_path},
+            "samples": {"description": recon_summary.description, "count": recon_summary.count},
+        }
+    result["provenance"] = provenance
+    return result
