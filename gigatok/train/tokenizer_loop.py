@@ -12,7 +12,6 @@ Run directory layout::
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +40,14 @@ from gigatok.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from gigatok.train.run_dir import MeanWindow, MetricsLog, prepare_run_dir, read_metrics, read_summary
+from gigatok.train.run_dir import (
+    MeanWindow,
+    MetricsLog,
+    finished_summary,
+    prepare_run_dir,
+    read_config,
+    read_metrics,
+)
 from gigatok.train.sampling import IndexedDataset, ResumableBatchSampler, flip_mask
 
 __all__ = ["TrainResult", "load_trained_tokenizer", "read_metrics", "read_run_config", "train_tokenizer"]
@@ -122,12 +128,12 @@ def train_tokenizer(
     """
     run_dir = Path(run_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
+        return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"])
     # Open the data before touching the run directory: bad input leaves nothing behind.
     dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed)
     prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), run_config_from_dict)
     summary_path = run_dir / "summary.json"
-    if (summary := read_summary(run_dir)) is not None:  # already finished: nothing to redo
-        return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"])
     torch.manual_seed(cfg.train.seed)
 
     total_steps = total_steps_for(cfg, len(dataset))
@@ -238,7 +244,7 @@ def train_tokenizer(
 
 def read_run_config(run_dir: str | Path) -> TokenizerRunConfig:
     """The config a tokenizer run directory was made for (validated)."""
-    return run_config_from_dict(json.loads((Path(run_dir) / "config.json").read_text())["config"])
+    return read_config(Path(run_dir), run_config_from_dict)
 
 
 def load_trained_tokenizer(run_dir: str | Path, device: str | torch.device = "cpu") -> GigaTokenizer:
