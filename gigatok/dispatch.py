@@ -1,0 +1,174 @@
+"""Dispatch with Submitit: Slurm job arrays on a cluster, local processes otherwise, in-process for debugging.
+
+A job is a group of runs that share a tokenizer (so the tokenizer is trained once, by the job that needs it,
+and never by two jobs at once); a Slurm submission is one job array over the groups, capped by
+``array_parallelism``. Each job is a :class:`RunJob`, a Submitit ``Checkpointable``: on time-out or preemption
+Submitit requeues it with the same arguments (the run specs), and it resumes from the checkpoints on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import submitit
+
+from gigatok.pipeline import RunContext, RunSpec, execute_run
+
+ExecutorName = Literal["auto", "slurm", "local", "debug"]
+EXECUTORS = ("auto", "slurm", "local", "debug")
+
+
+class DispatchError(RuntimeError):
+    """The requested executor cannot be used here."""
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """Slurm resources of one job (one run group); from flags, or a TOML cluster file with the same keys."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 1  # one DDP process per GPU
+    cpus_per_task: int = 10
+    mem_gb: int | None = None
+    time_min: int = 24 * 60
+    array_parallelism: int = 64
+    setup: tuple[str, ...] = ()  # shell lines run before the job (module load, conda activate, ...)
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "cpus_per_task", "time_min", "array_parallelism"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"slurm.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"slurm.gpus_per_node: must be >= 0, got {self.gpus_per_node}")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> SlurmSettings:
+        """Settings from a TOML file (``[slurm]`` table or top level), then ``overrides`` that are not None."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: cluster config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML ({exc})") from None
+        data = data.get("slurm", data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        if "setup" in data:
+            data["setup"] = tuple(data["setup"])
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def submitit_parameters(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "nodes": self.nodes,
+            "tasks_per_node": max(1, self.gpus_per_node),
+            "cpus_per_task": self.cpus_per_task,
+            "timeout_min": self.time_min,
+            "slurm_array_parallelism": self.array_parallelism,
+            "slurm_signal_delay_s": 120,  # time to write a checkpoint before the job is stopped
+        }
+        if self.gpus_per_node:
+            params["gpus_per_node"] = self.gpus_per_node
+        if self.mem_gb is not None:
+            params["mem_gb"] = self.mem_gb
+        for name in ("partition", "account", "qos", "constraint"):
+            if getattr(self, name):
+                params[f"slurm_{name}"] = getattr(self, name)
+        if self.setup:
+            params["slurm_setup"] = list(self.setup)
+        return params
+
+
+def slurm_available() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def resolve_executor(name: str) -> str:
+    """``auto`` is Slurm where ``sbatch`` exists and local processes elsewhere."""
+    if name not in EXECUTORS:
+        raise DispatchError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")
+    if name == "auto":
+        return "slurm" if slurm_available() else "local"
+    if name == "slurm" and not slurm_available():
+        raise DispatchError("Slurm was requested (--executor slurm) but sbatch is not on PATH: no cluster here")
+    return name
+
+
+def make_executor(name: str, folder: str | os.PathLike[str], slurm: SlurmSettings | None = None,
+                  local_tasks: int = 1, timeout_min: int = 24 * 60) -> submitit.Executor:
+    """A Submitit executor writing its logs and pickles under ``folder/%j``."""
+    folder = Path(folder) / "%j"
+    if name == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    if name == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=timeout_min, tasks_per_node=local_tasks)
+        return executor
+    if name == "slurm":
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(name="gigatok", **(slurm or SlurmSettings()).submitit_parameters())
+        return executor
+    raise DispatchError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")
+
+
+def group_by_tokenizer(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """Runs that share a tokenizer go to one job, in plan order."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.tokenizer.hash(), []).append(spec)
+    return list(groups.values())
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """One job: the runs of one group, one after the other. Holds configs only; all state is on disk.
+
+    A failing run is recorded (FAILED in MLflow, with its error) and the job goes on with the next run; the
+    job itself fails at the end if any run did, so Slurm's accounting shows it too.
+    """
+
+    def __init__(self, specs: Sequence[RunSpec], ctx: RunContext, run_ids: Sequence[str | None]) -> None:
+        self.specs = list(specs)
+        self.ctx = ctx
+        self.run_ids = list(run_ids)
+
+    def __call__(self) -> dict[str, dict[str, float]]:
+        import torch
+
+        from gigatok.distributed import cleanup, init_distributed
+
+        env = init_distributed("cuda" if torch.cuda.is_available() and self.ctx.device != "cpu" else "cpu")
+        results: dict[str, dict[str, float]] = {}
+        failures: list[str] = []
+        try:
+            for spec, run_id in zip(self.specs, self.run_ids, strict=True):
+                try:
+                    results[spec.hash] = execute_run(spec, self.ctx, run_id, rank=env.rank)
+                except Exception as exc:  # recorded in MLflow by execute_run; the other runs go on
+                    failures.append(f"{spec.label} ({spec.hash}): {type(exc).__name__}: {exc}")
+        finally:
+            cleanup()
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(self.specs)} runs failed: " + "; ".join(failures))
+        return results
+
+
+def job_state(job: submitit.Job) -> str:
+    """Submitit's view of a job's state (PENDING, RUNNING, COMPLETED, FAILED, ...), UNKNOWN if it cannot tell."""
+    try:
+        return str(job.state)
+    except Exception:  # sacct unavailable or transient
+        return "UNKNOWN"

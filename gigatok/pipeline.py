@@ -1,0 +1,618 @@
+"""The run pipeline: a planned run is a chain of stages, each stored on disk under its own config hash.
+
+Stages, in the order a run executes them::
+
+    tokenizer        train the tokenizer                      RUNS/tokenizer-<tokenizer hash>/
+    token_cache      tokenize train and val once              RUNS/tokenizer-<hash>/token_cache/
+    ar               train the AR probe on the token cache     RUNS/ar-<AR hash>/
+    reconstruction   rFID, LPIPS, PSNR, SSIM, codebook stats  RUNS/tokenizer-<hash>/eval/reconstruction-<key>.json
+    tokenizer_probe  linear probe on the tokenizer encoder     RUNS/tokenizer-<hash>/eval/probe-<key>.json
+    generation       gFID, IS, precision, recall of samples    RUNS/ar-<hash>/eval/generation-<key>.json
+    ar_probe         linear probe on AR layer n/2              RUNS/ar-<hash>/eval/probe-<key>.json
+    decode_cost      Table 4: decoding time / generation time RUNS/ar-<hash>/eval/decode-cost-<key>.json
+
+Because a stage's folder is named by the hash of what it depends on, two runs that share a tokenizer (two AR
+probes of one tokenizer, or the same tokenizer in two studies) train it once; a finished stage is never redone; a
+stage killed half-way resumes from its newest checkpoint, found on disk when the stage starts. A file lock per
+stage folder keeps two processes from working on the same stage at once.
+
+Training stages run on every process of a multi-process (DDP) job; evaluation and tracking run on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from gigatok.config import (
+    ARRunConfig,
+    EvalConfig,
+    TokenizerRunConfig,
+    _hashed_fields,
+    ar_run_config_from_dict,
+    from_dict,
+    run_config_from_dict,
+)
+
+STAGES = ("tokenizer", "token_cache", "ar", "reconstruction", "tokenizer_probe", "generation", "ar_probe",
+          "decode_cost")
+TOKENIZER_STAGES = ("tokenizer", "reconstruction", "tokenizer_probe")
+PROBE_STAGES = (*TOKENIZER_STAGES, "token_cache", "ar", "generation", "ar_probe")
+TRAINING_STAGES = ("tokenizer", "ar")
+NEEDS_AR = ("token_cache", "ar", "generation", "ar_probe", "decode_cost")
+
+# Final metrics a run reports, by stage (names as logged to MLflow).
+STAGE_METRICS = {
+    "reconstruction": ("rfid", "lpips", "psnr", "ssim", "codebook_usage", "codebook_perplexity"),
+    "tokenizer_probe": ("tokenizer_probe_acc",),
+    "ar": ("ar_val_loss",),
+    "generation": ("gfid", "inception_score", "precision", "recall"),
+    "ar_probe": ("ar_probe_acc",),
+    "decode_cost": ("decode_fraction", "sampling_seconds", "decoding_seconds"),
+}
+
+
+def _short_hash(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One planned run: what to train, how to score it, and which of the study's factors it stands for."""
+
+    study: str
+    factors: tuple[tuple[str, Any], ...]  # (name, value) pairs of what varies in the study, in display order
+    tokenizer: TokenizerRunConfig
+    ar: ARRunConfig | None
+    eval: EvalConfig
+    stages: tuple[str, ...] = PROBE_STAGES
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"run stages: unknown {unknown}; known: {STAGES}")
+        if self.ar is None and any(s in NEEDS_AR for s in self.stages):
+            raise ValueError(f"run {self.label}: stages {self.stages} need an AR config")
+        if self.ar is not None and self.ar.tokenizer != self.tokenizer:
+            raise ValueError(f"run {self.label}: the AR config is for another tokenizer")
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.factors) or self.tokenizer.tokenizer.name
+
+    @property
+    def factor_dict(self) -> dict[str, Any]:
+        return dict(self.factors)
+
+    @property
+    def profile(self) -> str:
+        return self.tokenizer.profile
+
+    @cached_property
+    def hash(self) -> str:
+        """The run's identity: what is trained, how it is scored and which stages run (not the study's name)."""
+        return _short_hash({
+            "tokenizer": self.tokenizer.hash(),
+            "ar": self.ar.hash() if self.ar is not None else None,
+            "eval": _hashed_fields(self.eval),
+            "stages": sorted(self.stages),
+        })
+
+    def ordered_stages(self) -> list[str]:
+        return [s for s in STAGES if s in self.stages]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study,
+            "factors": [[k, v] for k, v in self.factors],
+            "tokenizer": self.tokenizer.to_dict(),
+            "ar": None if self.ar is None else self.ar.to_dict(),
+            "eval": dataclasses.asdict(self.eval),
+            "stages": list(self.stages),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        return cls(
+            study=data["study"],
+            factors=tuple((k, v) for k, v in data["factors"]),
+            tokenizer=run_config_from_dict(data["tokenizer"]),
+            ar=None if data["ar"] is None else ar_run_config_from_dict(data["ar"]),
+            eval=from_dict(EvalConfig, data["eval"]),
+            stages=tuple(data["stages"]),
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The flattened config for MLflow: ``tokenizer.*``, ``ar.*`` (model and training), ``eval.*``."""
+        from gigatok.tracking import flatten
+
+        out = flatten(self.tokenizer.to_dict(), "tokenizer.")
+        if self.ar is not None:
+            ar = self.ar.to_dict()
+            ar.pop("tokenizer")
+            out.update(flatten(ar, "ar."))
+        out.update(flatten(dataclasses.asdict(self.eval), "eval."))
+        out.update({f"factor.{k}": str(v) for k, v in self.factors})
+        out["stages"] = ",".join(self.ordered_stages())
+        return out
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how runs execute: the same for every run of one submission."""
+
+    runs_dir: str
+    tracking_uri: str
+    weights_dir: str | None = None
+    allow_substitutes: bool = False
+    device: str | None = None
+    progress: bool = True
+    cache_dir: str | None = None  # FID reference statistics; default RUNS/cache
+
+    @property
+    def root(self) -> Path:
+        return Path(self.runs_dir)
+
+    def tokenizer_dir(self, cfg: TokenizerRunConfig) -> Path:
+        return self.root / f"tokenizer-{cfg.hash()}"
+
+    def ar_dir(self, cfg: ARRunConfig) -> Path:
+        return self.root / f"ar-{cfg.hash()}"
+
+    @property
+    def reference_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else self.root / "cache" / "fid-reference"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Where each stage's result lives, and whether it is done
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _eval_key(spec: RunSpec, *names: str) -> str:
+    return _short_hash({n: getattr(spec.eval, n) for n in names})
+
+
+def stage_result_path(spec: RunSpec, ctx: RunContext, stage: str) -> Path:
+    """The file whose presence means ``stage`` of ``spec`` is complete."""
+    if stage == "tokenizer":
+        return ctx.tokenizer_dir(spec.tokenizer) / "summary.json"
+    if stage == "token_cache":
+        return ctx.tokenizer_dir(spec.tokenizer) / "token_cache" / "val.pt"
+    if stage == "reconstruction":
+        key = _eval_key(spec, "recon_images", "inception_input")
+        return ctx.tokenizer_dir(spec.tokenizer) / "eval" / f"reconstruction-{key}.json"
+    if stage == "tokenizer_probe":
+        key = _eval_key(spec, "probe_max_iter")
+        return ctx.tokenizer_dir(spec.tokenizer) / "eval" / f"probe-{key}.json"
+    assert spec.ar is not None, stage
+    if stage == "ar":
+        return ctx.ar_dir(spec.ar) / "summary.json"
+    if stage == "generation":
+        key = _eval_key(spec, "gen_samples", "reference_images", "inception_input", "cfg_scale", "cfg_schedule",
+                        "step_fraction", "temperature", "top_k", "top_p")
+        return ctx.ar_dir(spec.ar) / "eval" / f"generation-{key}.json"
+    if stage == "ar_probe":
+        key = _eval_key(spec, "probe_max_iter")
+        return ctx.ar_dir(spec.ar) / "eval" / f"probe-{key}.json"
+    if stage == "decode_cost":
+        key = _eval_key(spec, "batch_size", "cfg_scale", "cfg_schedule")
+        return ctx.ar_dir(spec.ar) / "eval" / f"decode-cost-{key}.json"
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def completed_stages(spec: RunSpec, ctx: RunContext) -> list[str]:
+    """Stages of ``spec`` whose results are on disk (a dry run shows these as done)."""
+    done = []
+    for stage in spec.ordered_stages():
+        path = stage_result_path(spec, ctx, stage)
+        if stage == "token_cache":
+            done_here = path.is_file() and path.with_name("train.pt").is_file()
+        else:
+            done_here = path.is_file()
+        if done_here:
+            done.append(stage)
+    return done
+
+
+@contextlib.contextmanager
+def stage_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock beside a stage's result: a second process waits, then finds the stage done."""
+    lock_path = path.parent / f".{path.stem}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_result(path: Path, result: dict[str, Any]) -> None:
+    from gigatok.train.checkpoint import atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result)
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Executing a run
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    metrics: dict[str, float]
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+    records: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # training curves
+    substitutes: list[str] = field(default_factory=list)
+
+
+class _Workspace:
+    """Per-process objects that several stages of several runs share (the Inception network, datasets)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        import torch
+
+        self.ctx = ctx
+        self.device = torch.device(ctx.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._networks: dict[int, Any] = {}
+
+    def feature_network(self, input_size: int) -> Any:
+        from gigatok.metrics.features import load_feature_network
+
+        if input_size not in self._networks:
+            self._networks[input_size] = load_feature_network(
+                "auto", self.ctx.weights_dir, device=self.device, input_size=input_size
+            )
+        return self._networks[input_size]
+
+
+def _val_subset(spec: RunSpec, count: int | None) -> tuple[Any, str]:
+    """The first ``count`` validation images and the description every FID records (and caches under)."""
+    from torch.utils.data import Subset
+
+    from gigatok.data import build_dataset
+    from gigatok.metrics.images import describe_dataset
+
+    tok = spec.tokenizer
+    val = build_dataset(tok.data, "val", tok.tokenizer.image_size, seed=tok.train.seed)
+    description = describe_dataset(val)
+    if count is not None and count < len(val):
+        return Subset(val, range(count)), f"first {count} of {description}"
+    return val, description
+
+
+def _save_grid(images: Any, path: Path, nrow: int = 8) -> Path:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((images.float().clamp(-1, 1) + 1) / 2, path, nrow=nrow)
+    return path
+
+
+def _provenance_tag(provenance: dict[str, Any], samples: str, reference: str) -> str:
+    network = provenance["feature_network"]
+    return (f"{network['registry_name']} ({network['title']}), {provenance['inception_input_size']} px, "
+            f"{samples} vs {reference}")
+
+
+class StageRunner:
+    """Runs the stages of one spec; each method returns a :class:`StageOutcome` read from or written to disk."""
+
+    def __init__(self, spec: RunSpec, ctx: RunContext, workspace: _Workspace, log_fn: Any = None,
+                 rank: int = 0) -> None:
+        self.spec, self.ctx, self.ws = spec, ctx, workspace
+        self.log_fn = log_fn  # (stage, step, values) for live training curves
+        self.rank = rank
+
+    @property
+    def tok_dir(self) -> Path:
+        return self.ctx.tokenizer_dir(self.spec.tokenizer)
+
+    @property
+    def ar_dir(self) -> Path:
+        assert self.spec.ar is not None
+        return self.ctx.ar_dir(self.spec.ar)
+
+    def run(self, stage: str) -> StageOutcome:
+        path = stage_result_path(self.spec, self.ctx, stage)
+        if stage in TRAINING_STAGES:  # the loops resume and skip by themselves, and take their own care of ranks
+            return getattr(self, f"_{stage}")()
+        with stage_lock(path):
+            return getattr(self, f"_{stage}")()
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def _tokenizer(self) -> StageOutcome:
+        from gigatok.train.run_dir import read_metrics
+        from gigatok.train.tokenizer_loop import train_tokenizer
+
+        def log(step: int, values: dict[str, float]) -> None:
+            if self.log_fn is not None:
+                self.log_fn("tokenizer", step, values)
+
+        result = train_tokenizer(
+            self.spec.tokenizer, self.tok_dir, weights_dir=self.ctx.weights_dir,
+            allow_substitutes=self.ctx.allow_substitutes, device=self.ws.device, progress=self.ctx.progress,
+            log_fn=log,
+        )
+        if not result.finished:
+            raise RuntimeError(f"tokenizer stopped at step {result.steps} before the end of its schedule")
+        records = [(r["step"], {k: v for k, v in r.items() if k not in ("step", "substitutes")})
+                   for r in read_metrics(self.tok_dir)]
+        return StageOutcome("tokenizer", {}, records=records, substitutes=list(result.substitutes))
+
+    def _token_cache(self) -> StageOutcome:
+        from gigatok.token_cache import build_token_cache
+
+        for split in ("train", "val"):
+            build_token_cache(self.tok_dir, split, device=self.ws.device, progress=self.ctx.progress)
+        return StageOutcome("token_cache", {})
+
+    def _ar(self) -> StageOutcome:
+        from gigatok.train.ar_loop import train_ar
+        from gigatok.train.run_dir import read_metrics
+
+        assert self.spec.ar is not None
+
+        def log(step: int, values: dict[str, float]) -> None:
+            if self.log_fn is not None:
+                self.log_fn("ar", step, values)
+
+        result = train_ar(self.spec.ar, self.ar_dir, self.tok_dir, device=self.ws.device,
+                          progress=self.ctx.progress, log_fn=log)
+        if not result.finished:
+            raise RuntimeError(f"AR model stopped at step {result.steps} before the end of its schedule")
+        records = [(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in read_metrics(self.ar_dir)]
+        return StageOutcome("ar", {"ar_val_loss": float(result.val_loss)}, records=records)
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def _reconstruction(self) -> StageOutcome:
+        path = stage_result_path(self.spec, self.ctx, "reconstruction")
+        if not path.is_file():
+            import torch
+
+            from gigatok.metrics.reconstruction import evaluate_reconstruction
+            from gigatok.train.tokenizer_loop import load_trained_tokenizer
+
+            e = self.spec.eval
+            tokenizer = load_trained_tokenizer(self.tok_dir, self.ws.device)
+            val, description = _val_subset(self.spec, e.recon_images)
+            result = evaluate_reconstruction(
+                tokenizer, val, batch_size=e.batch_size, description=description,
+                feature_network=self.ws.feature_network(e.inception_input), weights_dir=self.ctx.weights_dir,
+                allow_substitute_lpips=self.ctx.allow_substitutes, reference_cache_dir=self.ctx.reference_dir,
+                progress=self.ctx.progress,
+            )
+            if e.grid_images:
+                n = min(e.grid_images, len(val))
+                originals = torch.stack([val[i][0] for i in range(n)]).to(self.ws.device)
+                with torch.no_grad():
+                    recon = tokenizer.decode(tokenizer.encode(originals).quantized)
+                grid = torch.stack([originals, recon], dim=1).flatten(0, 1).cpu()
+                _save_grid(grid, path.with_suffix(".png"), nrow=8)
+            _write_result(path, result)
+        result = _read_result(path)
+        prov = result["provenance"]
+        metrics = {k: result[k] for k in STAGE_METRICS["reconstruction"] if result.get(k) is not None}
+        tags = {
+            "gigatok.provenance.rfid": _provenance_tag(prov["rfid"], "reconstructions", prov["rfid"]["reference"][
+                "description"]) if "rfid" in prov else "not computed",
+            "gigatok.provenance.lpips": result["lpips_network"],
+        }
+        subs = [result["lpips_network"]] if prov["lpips"]["substitute"] else []
+        artifacts = [path] + ([path.with_suffix(".png")] if path.with_suffix(".png").is_file() else [])
+        return StageOutcome("reconstruction", metrics, tags, artifacts, substitutes=subs)
+
+    def _tokenizer_probe(self) -> StageOutcome:
+        path = stage_result_path(self.spec, self.ctx, "tokenizer_probe")
+        if not path.is_file():
+            from gigatok.data import build_dataset
+            from gigatok.metrics.linear_probe import linear_probe, tokenizer_features
+            from gigatok.train.tokenizer_loop import load_trained_tokenizer
+
+            tok = self.spec.tokenizer
+            tokenizer = load_trained_tokenizer(self.tok_dir, self.ws.device)
+            train = build_dataset(tok.data, "train", tok.tokenizer.image_size, seed=tok.train.seed)
+            val = build_dataset(tok.data, "val", tok.tokenizer.image_size, seed=tok.train.seed)
+            probe = linear_probe(
+                tokenizer_features(tokenizer, train), tokenizer_features(tokenizer, val),
+                features="tokenizer encoder output (mean over tokens, before quantization)",
+                max_iter=self.spec.eval.probe_max_iter,
+            )
+            _write_result(path, dataclasses.asdict(probe))
+        probe = _read_result(path)
+        return StageOutcome("tokenizer_probe", {"tokenizer_probe_acc": probe["accuracy"]},
+                            {"gigatok.provenance.tokenizer_probe_acc": probe["features"]}, [path])
+
+    def _generation(self) -> StageOutcome:
+        path = stage_result_path(self.spec, self.ctx, "generation")
+        if not path.is_file():
+            import torch
+
+            from gigatok.generation import generate_batches
+            from gigatok.metrics.generation import evaluate_generation, reference_summary
+            from gigatok.sampling import SamplingConfig
+            from gigatok.train.ar_loop import load_trained_ar
+            from gigatok.train.tokenizer_loop import load_trained_tokenizer
+
+            e = self.spec.eval
+            network = self.ws.feature_network(e.inception_input)
+            val, description = _val_subset(self.spec, e.reference_images)
+            reference = reference_summary(val, network, description, cache_dir=self.ctx.reference_dir,
+                                          batch_size=e.batch_size, progress=self.ctx.progress)
+            ar = load_trained_ar(self.ar_dir, self.ws.device)
+            tokenizer = load_trained_tokenizer(self.tok_dir, self.ws.device)
+            sampling = SamplingConfig(e.cfg_scale, e.cfg_schedule, e.step_fraction, e.temperature, e.top_k, e.top_p)
+            grid: list[Any] = []
+
+            def samples() -> Iterator[Any]:
+                for images, _labels in generate_batches(ar, tokenizer, e.gen_samples, sampling, e.batch_size,
+                                                        seed=self.spec.ar.train.seed):
+                    if sum(len(g) for g in grid) < e.grid_images:
+                        grid.append(images[: e.grid_images].cpu())
+                    yield images
+
+            result = evaluate_generation(
+                samples(), reference, network,
+                samples_description=f"{e.gen_samples} samples of AR-{self.spec.ar.size} on tokenizer "
+                f"{self.spec.tokenizer.hash()}, cfg {e.cfg_scale} ({e.cfg_schedule})",
+                batch_size=e.batch_size, progress=self.ctx.progress,
+            )
+            result["sampling"] = dataclasses.asdict(sampling)
+            if grid:
+                _save_grid(torch.cat(grid)[: e.grid_images], path.with_suffix(".png"), nrow=8)
+            _write_result(path, result)
+        result = _read_result(path)
+        metrics = {"gfid": result["fid"], "inception_score": result["inception_score"],
+                   "precision": result["precision"], "recall": result["recall"]}
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        prov = result["provenance"]
+        tag = _provenance_tag(prov, prov["samples"]["description"], prov["reference"]["description"])
+        tags = {f"gigatok.provenance.{k}": tag for k in ("gfid", "precision", "recall")}
+        tags["gigatok.provenance.inception_score"] = (
+            tag if result["inception_score"] is not None else str(result["inception_score_note"])
+        )
+        tags["gigatok.cfg_scale"] = str(result["sampling"]["cfg_scale"])
+        artifacts = [path] + ([path.with_suffix(".png")] if path.with_suffix(".png").is_file() else [])
+        return StageOutcome("generation", metrics, tags, artifacts)
+
+    def _ar_probe(self) -> StageOutcome:
+        path = stage_result_path(self.spec, self.ctx, "ar_probe")
+        if not path.is_file():
+            from gigatok.metrics.linear_probe import ar_features, linear_probe
+            from gigatok.token_cache import TokenCache, load_token_cache
+            from gigatok.train.ar_loop import load_trained_ar
+
+            ar = load_trained_ar(self.ar_dir, self.ws.device)
+            train, val = load_token_cache(self.tok_dir, "train"), load_token_cache(self.tok_dir, "val")
+            plain = (~train.flipped).nonzero().flatten()  # the probe sees each image once, unflipped
+            train = TokenCache(train.tokens[plain], train.labels[plain], train.flipped[plain])
+            probe = linear_probe(
+                ar_features(ar, train), ar_features(ar, val),
+                features=f"AR-{self.spec.ar.size} layer {ar.cfg.depth // 2} (mean over tokens)",
+                max_iter=self.spec.eval.probe_max_iter,
+            )
+            _write_result(path, dataclasses.asdict(probe))
+        probe = _read_result(path)
+        return StageOutcome("ar_probe", {"ar_probe_acc": probe["accuracy"]},
+                            {"gigatok.provenance.ar_probe_acc": probe["features"]}, [path])
+
+    def _decode_cost(self) -> StageOutcome:
+        path = stage_result_path(self.spec, self.ctx, "decode_cost")
+        if not path.is_file():
+            from gigatok.generation import decode_cost
+            from gigatok.models.ar import build_ar_model
+            from gigatok.models.tokenizer import build_tokenizer
+            from gigatok.sampling import SamplingConfig
+
+            # Time does not depend on the weights: untrained models of the right shapes measure Table 4.
+            assert self.spec.ar is not None
+            e = self.spec.eval
+            ar = build_ar_model(self.spec.ar.model).to(self.ws.device).eval()
+            tokenizer = build_tokenizer(self.spec.tokenizer.tokenizer).to(self.ws.device).eval()
+            cost = decode_cost(ar, tokenizer, SamplingConfig(e.cfg_scale, e.cfg_schedule), batch_size=e.batch_size)
+            _write_result(path, {"sampling_seconds": cost.sampling_seconds, "decoding_seconds": cost.decoding_seconds,
+                                 "decode_fraction": cost.decode_fraction, "device": str(self.ws.device),
+                                 "batch_size": e.batch_size, "weights": "untrained (timing only)"})
+        result = _read_result(path)
+        metrics = {k: result[k] for k in STAGE_METRICS["decode_cost"]}
+        return StageOutcome("decode_cost", metrics, {"gigatok.decode_device": result["device"]}, [path])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A run with its tracking
+# ----------------------------------------------------------------------------------------------------------
+
+
+def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 0) -> dict[str, float]:
+    """Run every stage of ``spec``, logging to the MLflow run ``run_id`` (rank 0 only); returns its metrics.
+
+    The MLflow run goes RUNNING -> FINISHED, or FAILED with the error in ``gigatok.error`` (and the traceback as
+    an artifact) before the exception propagates. Stages already logged to this MLflow run are not logged again;
+    a resumed training stage logs only the steps after those already in MLflow, so a metric history never has a
+    step twice.
+    """
+    from gigatok.tracking import RunLogger, connect
+
+    logger = RunLogger(connect(ctx.tracking_uri), run_id) if (run_id is not None and rank == 0) else None
+    workspace = _Workspace(ctx)
+    logged: set[str] = set()
+    last_step: dict[str, int] = {}
+    if logger is not None:
+        run = logger.client.get_run(run_id)
+        logged = {k.removeprefix("gigatok.logged.") for k, v in run.data.tags.items()
+                  if k.startswith("gigatok.logged.") and v == "1"}
+        for stage in TRAINING_STAGES:
+            if stage in spec.stages and stage not in logged:
+                last_step[stage] = logger.last_step(f"{stage}/lr")
+        env_job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+        logger.tags({"gigatok.host": os.uname().nodename, **({"gigatok.slurm_job_id": env_job} if env_job else {})})
+        logger.client.delete_tag(run_id, "gigatok.error") if "gigatok.error" in run.data.tags else None
+        logger.set_status("RUNNING")
+
+    def stream(stage: str, step: int, values: dict[str, float]) -> None:
+        if logger is not None and step > last_step.get(stage, -1):
+            logger.metrics(values, step=step, prefix=f"{stage}/")
+            last_step[stage] = step
+
+    runner = StageRunner(spec, ctx, workspace, log_fn=stream, rank=rank)
+    metrics: dict[str, float] = {}
+    substitutes: set[str] = set()
+    stage = "start"
+    try:
+        for stage in spec.ordered_stages():
+            if rank != 0 and stage not in TRAINING_STAGES:
+                continue
+            if logger is not None:
+                logger.tags({"gigatok.stage": stage})
+            outcome = runner.run(stage)
+            metrics.update(outcome.metrics)
+            substitutes.update(outcome.substitutes)
+            if logger is None or stage in logged:
+                continue
+            # Curves: whatever the live stream did not deliver (a stage finished by another run or process).
+            missing = [(s, v) for s, v in outcome.records if s > last_step.get(stage, -1)]
+            logger.metric_records(missing, prefix=f"{stage}/")
+            logger.metrics(outcome.metrics)
+            for artifact in outcome.artifacts:
+                logger.artifact(artifact, f"eval/{stage}" if artifact.suffix != ".png" else "images")
+            tags = dict(outcome.tags)
+            if substitutes:
+                tags["gigatok.substitutes"] = ",".join(sorted(substitutes))
+            tags[f"gigatok.logged.{stage}"] = "1"
+            logger.flush()
+            logger.tags(tags)  # the "logged" tag goes last: a crash before it means the stage is logged again
+    except BaseException as exc:
+        if logger is not None:
+            reason = f"{stage}: {type(exc).__name__}: {exc}".splitlines()[0][:1000]
+            with contextlib.suppress(Exception):
+                logger.tags({"gigatok.error": reason, "gigatok.failed_stage": stage})
+                error_file = (ctx.root / "errors" / f"{spec.hash}.txt")
+                error_file.parent.mkdir(parents=True, exist_ok=True)
+                error_file.write_text(traceback.format_exc())
+                logger.artifact(error_file, "errors")
+                status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+                logger.set_status(status)
+        raise
+    if logger is not None:
+        logger.tags({"gigatok.stage": "done"})
+        logger.set_status("FINISHED")
+    return metrics

@@ -1,0 +1,227 @@
+"""Studies: a named grid of runs. A study is a short function that states only what varies.
+
+::
+
+    @study("reg_weight", reproduces="Table 7", about="lambda = 0.25, 0.5, 0.75, 1.0 on S-S")
+    def reg_weight(p: Planner) -> list[RunSpec]:
+        return [p.probe({"lambda": w}, p.tokenizer("S-S", semantic_weight=w)) for w in (0.25, 0.5, 0.75, 1.0)]
+
+The :class:`Planner` fills in everything else from the profile (``tiny`` or ``paper``), applies the data folder
+and the ``--set key=value`` overrides, and validates every config as it is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gigatok.config import (
+    ARRunConfig,
+    ConfigError,
+    EvalConfig,
+    Profile,
+    TokenizerRunConfig,
+    ar_run,
+    get_profile,
+    tokenizer_run,
+)
+from gigatok.pipeline import PROBE_STAGES, RunSpec
+
+StudyFn = Callable[["Planner"], list[RunSpec]]
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    reproduces: str  # the paper's figure or table
+    about: str  # one line: what varies
+    build: StudyFn
+
+    def plan(self, planner: Planner) -> list[RunSpec]:
+        specs = self.build(dataclasses.replace(planner, study=self.name))
+        hashes = [s.hash for s in specs]
+        duplicates = {h for h in hashes if hashes.count(h) > 1}
+        if duplicates:
+            raise ConfigError(f"study {self.name}: runs {sorted(duplicates)} are planned twice")
+        return specs
+
+
+STUDIES: dict[str, Study] = {}
+
+
+def study(name: str, *, reproduces: str, about: str) -> Callable[[StudyFn], StudyFn]:
+    """Register a study function under ``name``."""
+
+    def register(fn: StudyFn) -> StudyFn:
+        if name in STUDIES:
+            raise ValueError(f"study {name!r} is defined twice")
+        STUDIES[name] = Study(name, reproduces, about, fn)
+        return fn
+
+    return register
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise KeyError(f"unknown study {name!r}; known: {', '.join(sorted(STUDIES))}")
+    return STUDIES[name]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Overrides: --set key=value
+# ----------------------------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. tokenizer.train.max_steps=20")
+    return key.strip(), value.strip()
+
+
+def _convert(tp: Any, raw: str, key: str) -> Any:
+    """``raw`` as the field's declared type (int, float, bool, str, None, tuple as JSON)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if type(None) in options and raw.lower() in ("none", "null"):
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, raw, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot read {raw!r}")
+    if origin is typing.Literal:
+        if raw not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {raw!r} is not one of {list(typing.get_args(tp))}")
+        return raw
+    if tp is bool:
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{key}: {raw!r} is not a boolean (true/false)")
+    if tp in (int, float):
+        try:
+            value = float(raw) if tp is float else int(raw)
+        except ValueError:
+            raise ConfigError(f"{key}: {raw!r} is not {'a number' if tp is float else 'an integer'}") from None
+        return value
+    if tp is str:
+        return raw
+    if origin is tuple:
+        try:
+            return tuple(json.loads(raw))
+        except (json.JSONDecodeError, TypeError):
+            raise ConfigError(f"{key}: {raw!r} is not a JSON list") from None
+    raise ConfigError(f"{key}: cannot be set from the command line")
+
+
+def _set_path(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        raise ConfigError(f"--set {full_key}: unknown key")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    name = path[0]
+    if name not in fields:
+        raise ConfigError(f"--set {full_key}: unknown key ({type(obj).__name__} has {', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(type(obj))
+    if len(path) == 1:
+        if dataclasses.is_dataclass(hints[name]):
+            raise ConfigError(f"--set {full_key}: is a group of settings; name one of its fields")
+        value = _convert(hints[name], raw, full_key)
+    else:
+        value = _set_path(getattr(obj, name), path[1:], raw, full_key)
+    return dataclasses.replace(obj, **{name: value})  # __post_init__ validates the new value
+
+
+OVERRIDE_ROOTS = ("tokenizer", "ar", "eval")
+
+
+def apply_overrides(spec: RunSpec, overrides: tuple[tuple[str, str], ...]) -> RunSpec:
+    """``spec`` with each ``key=value`` applied: keys are dotted paths rooted at tokenizer., ar. or eval.
+
+    ``tokenizer.train.max_steps=20`` shortens the tokenizer's schedule, ``ar.train.epochs=1`` the AR model's,
+    ``eval.gen_samples=50`` the sample count. Tokenizer overrides reach the AR config's copy of it as well.
+    """
+    tok, ar, ev = spec.tokenizer, spec.ar, spec.eval
+    for key, raw in overrides:
+        root, _, rest = key.partition(".")
+        if root not in OVERRIDE_ROOTS or not rest:
+            roots = ", ".join(r + "." for r in OVERRIDE_ROOTS)
+            raise ConfigError(f"--set {key}: unknown key (keys start with {roots})")
+        if root == "tokenizer":
+            tok = _set_path(tok, rest.split("."), raw, key)
+        elif root == "eval":
+            ev = _set_path(ev, rest.split("."), raw, key)
+        elif ar is not None:
+            if rest.split(".")[0] == "tokenizer":
+                raise ConfigError(f"--set {key}: set tokenizer fields with tokenizer.*")
+            ar = _set_path(ar, rest.split("."), raw, key)
+        # an ar.* override on a run without an AR model has nothing to change
+    if ar is not None:
+        ar = dataclasses.replace(ar, tokenizer=tok)
+    return dataclasses.replace(spec, tokenizer=tok, ar=ar, eval=ev)
+
+
+def check_override_keys(overrides: tuple[tuple[str, str], ...], profile: str) -> None:
+    """Reject unknown keys and bad values even when no planned run would use them (e.g. ar.* on a tokenizer-only
+    study), by applying them to a representative run of the profile."""
+    tok = tokenizer_run("S-S", profile=profile)
+    probe = RunSpec("check", (), tok, ar_run(tok, "B"), get_profile(profile).eval)
+    apply_overrides(probe, overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The planner a study function receives
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Planner:
+    """Builds a study's runs at one profile: the study states what varies, the profile gives the rest."""
+
+    profile_name: str = "tiny"
+    data_root: str | None = None
+    overrides: tuple[tuple[str, str], ...] = ()
+    study: str = ""
+
+    @property
+    def profile(self) -> Profile:
+        return get_profile(self.profile_name)
+
+    def paper_epochs(self, epochs: float) -> float:
+        """This profile's training length for a run the paper trains ``epochs`` epochs."""
+        return self.profile.paper_epochs(epochs)
+
+    def tokenizer(self, name: str, **kwargs: Any) -> TokenizerRunConfig:
+        """:func:`gigatok.config.tokenizer_run` at this profile and data folder."""
+        return tokenizer_run(name, profile=self.profile_name, data_root=self.data_root, **kwargs)
+
+    def ar(self, tokenizer: TokenizerRunConfig, size: str = "B", **kwargs: Any) -> ARRunConfig:
+        return ar_run(tokenizer, size, **kwargs)
+
+    def run(
+        self,
+        factors: dict[str, Any],
+        tokenizer: TokenizerRunConfig,
+        ar: ARRunConfig | None = None,
+        stages: tuple[str, ...] = PROBE_STAGES,
+        eval: EvalConfig | None = None,
+    ) -> RunSpec:
+        spec = RunSpec(self.study, tuple(factors.items()), tokenizer, ar, eval or self.profile.eval, stages)
+        return apply_overrides(spec, self.overrides)
+
+    def probe(self, factors: dict[str, Any], tokenizer: TokenizerRunConfig, ar_size: str = "B",
+              **ar_kwargs: Any) -> RunSpec:
+        """The standard run: train the tokenizer, score reconstruction, train an AR probe, score generation and
+        both linear probes."""
+        return self.run(factors, tokenizer, self.ar(tokenizer, ar_size, **ar_kwargs))

@@ -1,0 +1,1 @@
+"""The paper's studies (``studies.catalog``) and the command lines that run them."""

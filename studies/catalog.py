@@ -1,0 +1,109 @@
+"""Every grid of the paper, one short function each. Only what varies is stated; the profile gives the rest.
+
+Factor names are shared across studies so the analysis can put any two side by side: ``size`` (ENC-DEC),
+``kind`` (1d/2d), ``semreg`` (semantic regularization on/off), ``align_layer``, ``encoder``, ``lambda``,
+``epochs`` (paper epochs), ``entropy`` (on/off), ``ar_size``, ``decoder``.
+"""
+
+from __future__ import annotations
+
+from gigatok.pipeline import RunSpec
+from gigatok.study import Planner, study
+
+PROBE_SIZES = ("S-S", "S-B", "B-L")
+
+
+@study("scaling_vanilla", reproduces="Fig. 3",
+       about="1D S-S, S-B, B-L without semantic regularization: reconstruction improves, generation does not")
+def scaling_vanilla(p: Planner) -> list[RunSpec]:
+    return [p.probe({"size": n, "semreg": False}, p.tokenizer(n, semantic_weight=0)) for n in PROBE_SIZES]
+
+
+@study("scaling_semreg", reproduces="Fig. 1 and 7",
+       about="S-S, S-B, B-L, XL-XXL with and without semantic regularization")
+def scaling_semreg(p: Planner) -> list[RunSpec]:
+    return [
+        p.probe({"size": n, "semreg": reg}, p.tokenizer(n, semantic_weight=None if reg else 0))
+        for n in (*PROBE_SIZES, "XL-XXL")
+        for reg in (False, True)
+    ]
+
+
+@study("scaling_1d_vs_2d", reproduces="Fig. 9",
+       about="S-S, S-B, B-L as 1D (Q-Former) and 2D (ViT) tokenizers, with semantic regularization")
+def scaling_1d_vs_2d(p: Planner) -> list[RunSpec]:
+    return [p.probe({"size": n, "kind": kind}, p.tokenizer(n, kind=kind)) for n in PROBE_SIZES for kind in ("1d", "2d")]
+
+
+@study("enc_dec_asymmetry", reproduces="Table 2", about="encoder against decoder scaling: B-S, S-B, S-L, B-L")
+def enc_dec_asymmetry(p: Planner) -> list[RunSpec]:
+    # Table 2 trains all four "under the same setting for 100 epochs".
+    return [p.probe({"size": n}, p.tokenizer(n, epochs=p.paper_epochs(100))) for n in ("B-S", "S-B", "S-L", "B-L")]
+
+
+@study("align_layer", reproduces="Table 5", about="semantic alignment at decoder layer l = 2, 3, 4 (S-S)")
+def align_layer(p: Planner) -> list[RunSpec]:
+    return [p.probe({"align_layer": layer}, p.tokenizer("S-S", align_layer=layer)) for layer in (2, 3, 4)]
+
+
+@study("semantic_encoder", reproduces="Table 6", about="CLIP, SigLIP and DINOv2-B as the semantic teacher (S-B)")
+def semantic_encoder(p: Planner) -> list[RunSpec]:
+    return [
+        p.probe({"encoder": enc}, p.tokenizer("S-B", semantic_encoder=enc)) for enc in ("clip", "siglip", "dinov2-b")
+    ]
+
+
+@study("reg_weight", reproduces="Table 7", about="semantic regularization weight lambda = 0.25 to 1.0 (S-S)")
+def reg_weight(p: Planner) -> list[RunSpec]:
+    return [p.probe({"lambda": w}, p.tokenizer("S-S", semantic_weight=w)) for w in (0.25, 0.5, 0.75, 1.0)]
+
+
+@study("train_duration", reproduces="Fig. 12",
+       about="S-S trained 40 to 120 epochs, with and without semantic regularization")
+def train_duration(p: Planner) -> list[RunSpec]:
+    return [
+        p.probe({"epochs": e, "semreg": reg},
+                p.tokenizer("S-S", epochs=p.paper_epochs(e), semantic_weight=None if reg else 0))
+        for e in (40, 60, 80, 100, 120)
+        for reg in (False, True)
+    ]
+
+
+@study("entropy_loss", reproduces="Fig. 5",
+       about="XL-XXL with and without entropy loss: training curves of codebook usage and losses")
+def entropy_loss(p: Planner) -> list[RunSpec]:
+    # Only the tokenizer is trained and scored: the figure is its training curves.
+    return [
+        p.run({"size": "XL-XXL", "entropy": on}, p.tokenizer("XL-XXL", entropy_weight=None if on else 0.0),
+              stages=("tokenizer", "reconstruction"))
+        for on in (False, True)
+    ]
+
+
+@study("ar_probe_vs_large", reproduces="Fig. 6",
+       about="S-S, S-L, B-L probed by the 111M AR probe and by the 343M AR-L")
+def ar_probe_vs_large(p: Planner) -> list[RunSpec]:
+    return [p.probe({"size": n, "ar_size": ar}, p.tokenizer(n), ar) for n in ("S-S", "S-L", "B-L") for ar in ("B", "L")]
+
+
+@study("system_level", reproduces="Tables 3 and 10",
+       about="the final tokenizers with AR-B, and B-L / XL-XXL with the 1.4B AR-XXL, AR trained 300 epochs")
+def system_level(p: Planner) -> list[RunSpec]:
+    pairs = [("S-S", "B"), ("S-B", "B"), ("B-L", "B"), ("XL-XXL", "B"), ("B-L", "XXL"), ("XL-XXL", "XXL")]
+    return [
+        p.probe({"size": n, "ar_size": ar}, p.tokenizer(n), ar, epochs=p.profile.system_ar_epochs)
+        for n, ar in pairs
+    ]
+
+
+@study("decode_cost", reproduces="Table 4",
+       about="share of generation time spent decoding: decoders B, L, XXL against AR models B, L, XXL")
+def decode_cost(p: Planner) -> list[RunSpec]:
+    # Timing needs the shapes, not trained weights: nothing is trained (the decoder sizes of S-B, S-L, XL-XXL).
+    decoders = {"B": "S-B", "L": "S-L", "XXL": "XL-XXL"}
+    runs = []
+    for dec, name in decoders.items():
+        tok = p.tokenizer(name)
+        for ar in ("B", "L", "XXL"):
+            runs.append(p.run({"decoder": dec, "ar_size": ar}, tok, p.ar(tok, ar), stages=("decode_cost",)))
+    return runs
