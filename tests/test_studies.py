@@ -1,0 +1,217 @@
+"""Study plans, overrides and the study command line's bad-input handling (fast: nothing is trained)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import studies.catalog  # noqa: F401  (registers the studies)
+from gigatok.config import ConfigError
+from gigatok.dispatch import DispatchError, RunJob, group_by_tokenizer, resolve_executor, slurm_available
+from gigatok.pipeline import RunContext, RunSpec, completed_stages
+from gigatok.study import STUDIES, Planner, apply_overrides, get_study
+from studies import run as cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_STUDIES = {
+    "scaling_vanilla": 3, "scaling_semreg": 8, "scaling_1d_vs_2d": 6, "enc_dec_asymmetry": 4, "align_layer": 3,
+    "semantic_encoder": 3, "reg_weight": 4, "train_duration": 10, "entropy_loss": 2, "ar_probe_vs_large": 6,
+    "system_level": 6, "decode_cost": 9,
+}
+
+
+@pytest.mark.parametrize("profile", ["tiny", "paper"])
+def test_every_study_plans_and_validates(profile: str) -> None:
+    assert set(STUDIES) == set(PAPER_STUDIES)
+    for name, count in PAPER_STUDIES.items():
+        specs = get_study(name).plan(Planner(profile))
+        assert len(specs) == count, name
+        assert len({s.hash for s in specs}) == count, f"{name}: two runs share a hash"
+        for spec in specs:
+            assert spec.study == name and spec.profile == profile
+            assert spec.factors, f"{name}: a run without factors"
+            assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).hash == spec.hash
+
+
+def test_studies_vary_what_the_paper_varies() -> None:
+    p = Planner("paper")
+    fig9 = get_study("scaling_1d_vs_2d").plan(p)
+    assert {(s.tokenizer.tokenizer.name, s.tokenizer.tokenizer.kind) for s in fig9} == {
+        (n, k) for n in ("S-S", "S-B", "B-L") for k in ("1d", "2d")
+    }
+    assert all(s.tokenizer.tokenizer.semantic.enabled for s in fig9)
+    vanilla = get_study("scaling_vanilla").plan(p)
+    assert not any(s.tokenizer.tokenizer.semantic.enabled for s in vanilla)
+    assert [s.tokenizer.tokenizer.semantic.weight for s in get_study("reg_weight").plan(p)] == [0.25, 0.5, 0.75, 1.0]
+    assert [s.tokenizer.tokenizer.semantic.layer for s in get_study("align_layer").plan(p)] == [2, 3, 4]
+    assert [s.tokenizer.train.epochs for s in get_study("train_duration").plan(p)][::2] == [40, 60, 80, 100, 120]
+    assert {s.tokenizer.train.epochs for s in get_study("train_duration").plan(Planner("tiny"))} == {
+        0.8, 1.2, 1.6, 2.0, 2.4
+    }
+    entropy = get_study("entropy_loss").plan(p)
+    assert [s.tokenizer.tokenizer.quantizer.entropy_weight for s in entropy] == [0.0, 5e-3]
+    assert all(s.ar is None and s.stages == ("tokenizer", "reconstruction") for s in entropy)
+    system = get_study("system_level").plan(p)
+    assert all(s.ar.train.epochs == 300 for s in system)
+    assert {s.stages for s in get_study("decode_cost").plan(p)} == {("decode_cost",)}
+
+
+def test_runs_sharing_a_tokenizer_go_to_one_job() -> None:
+    specs = get_study("ar_probe_vs_large").plan(Planner("tiny"))
+    groups = group_by_tokenizer(specs)
+    assert [len(g) for g in groups] == [2, 2, 2]
+    assert all(len({s.tokenizer.hash() for s in g}) == 1 for g in groups)
+    assert {s.ar.size for s in groups[0]} == {"B", "L"}
+
+
+def test_run_hash_is_stable_across_processes() -> None:
+    code = (
+        "import studies.catalog; from gigatok.study import get_study, Planner; "
+        "print(' '.join(s.hash for s in get_study('scaling_1d_vs_2d').plan(Planner('paper'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [s.hash for s in get_study("scaling_1d_vs_2d").plan(Planner("paper"))]
+
+
+def test_overrides_are_typed_validated_and_change_the_hash() -> None:
+    spec = get_study("reg_weight").plan(Planner("tiny"))[0]
+    changed = apply_overrides(spec, (("tokenizer.train.max_steps", "7"), ("ar.train.epochs", "1.5"),
+                                     ("eval.gen_samples", "64"), ("eval.recon_images", "none")))
+    assert changed.tokenizer.train.max_steps == 7 and changed.ar.train.epochs == 1.5
+    assert changed.ar.tokenizer == changed.tokenizer  # the AR run trains on the overridden tokenizer
+    assert changed.eval.gen_samples == 64 and changed.eval.recon_images is None
+    assert changed.hash != spec.hash
+    bad = [
+        (("tokenizer.train.max_step", "3"), "tokenizer.train.max_step: unknown key"),
+        (("tokenizer.train.max_steps", "abc"), "not an integer"),
+        (("tokenizer.train.max_steps", "0"), "train.max_steps"),
+        (("eval.cfg_schedule", "linear"), "eval.cfg_schedule"),
+        (("optim.lr", "1"), "unknown key"),
+        (("tokenizer.train", "1"), "group of settings"),
+    ]
+    for override, message in bad:
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            apply_overrides(spec, (override,))
+
+
+def test_executor_resolution() -> None:
+    assert resolve_executor("auto") == ("slurm" if slurm_available() else "local")
+    assert resolve_executor("debug") == "debug"
+    with pytest.raises(DispatchError, match="unknown executor"):
+        resolve_executor("kubernetes")
+    if not slurm_available():
+        with pytest.raises(DispatchError, match="sbatch is not on PATH"):
+            resolve_executor("slurm")
+
+
+def test_job_holds_configs_only(tmp_path: Path) -> None:
+    """What Submitit pickles at submission is the run specs and paths: resuming reads state from disk."""
+    import pickle
+
+    specs = get_study("ar_probe_vs_large").plan(Planner("tiny"))[:2]
+    ctx = RunContext(str(tmp_path / "runs"), f"sqlite:///{tmp_path}/mlflow.db")
+    job = RunJob(specs, ctx, ["a", "b"])
+    restored = pickle.loads(pickle.dumps(job))
+    assert [s.hash for s in restored.specs] == [s.hash for s in specs] and restored.ctx == ctx
+    delayed = job.checkpoint()  # what Submitit requeues on preemption: the same callable, same arguments
+    assert delayed.function is job
+    assert completed_stages(specs[0], ctx) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+            ) -> tuple[int, str, str]:
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+                          ) -> None:
+    code, out, _ = run_cli(["--list", "--json"], tmp_path, monkeypatch, capsys)
+    assert code == 0
+    listed = {r["study"]: r for r in json.loads(out)}
+    assert {k: v["runs"] for k, v in listed.items()} == PAPER_STUDIES
+    assert listed["scaling_1d_vs_2d"]["reproduces"] == "Fig. 9"
+
+    code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--profile", "paper", "--json"], tmp_path, monkeypatch,
+                           capsys)
+    assert code == 0
+    plan = json.loads(out)
+    runs = {(r["tokenizer"], r["kind"]): r for r in plan["runs"]}
+    assert len(runs) == 6
+    # Table 9 / Table 8: S-S 136M tokenizer, B-L 622M; the 111M AR probe.
+    assert round(runs[("S-S", "1d")]["tokenizer_params"] / 1e6) == 136
+    assert abs(runs[("B-L", "1d")]["tokenizer_params"] / 1e6 - 622) < 2
+    assert round(runs[("S-S", "1d")]["ar_params"] / 1e6) == 111
+    assert runs[("S-S", "2d")]["factors"] == {"size": "S-S", "kind": "2d"}
+    assert all(r["stages_done"] == [] and r["mlflow_status"] is None for r in plan["runs"])
+
+    code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--only", "size=S-B"], tmp_path, monkeypatch, capsys)
+    assert code == 0 and out.count("size=S-B") == 2 and "S-S" not in out.split("\n", 1)[1]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no_such_study"], "unknown study 'no_such_study'; known: align_layer"),
+        (["reg_weight", "--set", "tokenizer.train.max_step=3"], "tokenizer.train.max_step: unknown key"),
+        (["reg_weight", "--set", "tokenizer.train.max_steps=abc"], "'abc' is not an integer"),
+        (["reg_weight", "--set", "eval.gen_samples"], "expected key=value"),
+        (["reg_weight", "--data", "/no/such/folder"], "--data /no/such/folder: no such directory"),
+        (["reg_weight", "--only", "colour=red"], "--only: unknown factor 'colour'"),
+        (["reg_weight", "--profile", "huge"], "unknown profile 'huge'"),
+        (["reg_weight", "--executor", "kubernetes"], "unknown executor 'kubernetes'"),
+        (["reg_weight", "--tracking-uri", "http://127.0.0.1:{port}"], "is unreachable"),
+        (["reg_weight", "--profile", "paper", "--executor", "local"], "pass --data /path/to/imagenet"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("GIGATOK_DATA_ROOT", raising=False)
+    args = [a.replace("{port}", str(_free_port())) for a in args]
+    code, _, err = run_cli(args, tmp_path, monkeypatch, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not (tmp_path / "runs").exists()
+    if (tmp_path / "mlflow.db").exists():  # the paper/--data check comes after connecting: no run was made
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+@pytest.mark.skipif(slurm_available(), reason="this machine has Slurm")
+def test_slurm_requested_where_there_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["reg_weight", "--executor", "slurm"], tmp_path, monkeypatch, capsys)
+    assert code == 2 and "sbatch is not on PATH" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_script_entry_point_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "studies" / "run.py"), "--list"], capture_output=True,
+                         text=True, cwd=tmp_path, check=True).stdout
+    assert "scaling_1d_vs_2d" in out and "Fig. 9" in out
+

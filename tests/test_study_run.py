@@ -1,0 +1,161 @@
+"""A tiny study end to end: local Submitit processes, the run pipeline and MLflow; re-runs and kills.
+
+Runs are shortened with ``--set`` (a few steps, 20 images scored) so each test takes a minute or two on two cores;
+the code path is the one ``python studies/run.py NAME`` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = [
+    "--set", "tokenizer.train.max_steps=6", "--set", "tokenizer.train.log_every=2",
+    "--set", "tokenizer.train.checkpoint_every=2",
+    "--set", "ar.train.max_steps=6", "--set", "ar.train.log_every=2",
+    "--set", "eval.recon_images=20", "--set", "eval.reference_images=20", "--set", "eval.gen_samples=20",
+    "--set", "eval.batch_size=20", "--set", "eval.probe_max_iter=200",
+]
+FINAL_METRICS = {
+    "rfid", "lpips", "psnr", "ssim", "codebook_usage", "codebook_perplexity", "tokenizer_probe_acc", "ar_val_loss",
+    "gfid", "precision", "recall", "ar_probe_acc",
+}
+
+pytestmark = pytest.mark.slow
+
+
+def study_cli(args: list[str], cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, str(ROOT / "studies" / "run.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def mlflow_runs(cwd: Path, experiment: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment}"
+    return client.search_runs([exp.experiment_id]), client
+
+
+def test_tiny_study_end_to_end_with_local_processes(tmp_path: Path) -> None:
+    # Two AR probes (B and L) of one tokenizer: the tokenizer is trained once, by one job.
+    args = ["ar_probe_vs_large", "--only", "size=S-S", "--executor", "local", *SHORT]
+    first = study_cli(args, tmp_path, timeout=1500)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "2 runs to go" in first.stdout and "tiny profile" in first.stdout and "--profile paper" in first.stdout
+
+    runs, client = mlflow_runs(tmp_path, "ar_probe_vs_large-tiny")
+    assert len(runs) == 2
+    assert {r.data.tags["gigatok.factor.ar_size"] for r in runs} == {"B", "L"}
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        missing = FINAL_METRICS - set(run.data.metrics)
+        assert not missing, f"{run.info.run_name}: missing {missing}"
+        tags = run.data.tags
+        for key in ("study", "run_hash", "profile", "tokenizer_hash", "ar_hash", "git_commit"):
+            assert tags.get(f"gigatok.{key}"), key
+        assert "299 px" in tags["gigatok.provenance.gfid"] and "299 px" in tags["gigatok.provenance.rfid"]
+        assert tags["gigatok.provenance.inception_score"]  # the score, or why the network cannot give it
+        assert "SUBSTITUTE" in tags["gigatok.substitutes"]  # no VGG16 file on a fresh machine: marked
+        params = run.data.params
+        assert params["tokenizer.tokenizer.name"] == "S-S" and params["tokenizer.train.max_steps"] == "6"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "tokenizer/total_loss")]
+        assert steps == [2, 4, 6]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "ar/train_loss")] == [2, 4, 6]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+        assert any("reconstruction" in a for a in artifacts) and any("generation" in a for a in artifacts)
+    tokenizer_dirs = list((tmp_path / "runs").glob("tokenizer-*"))
+    assert len(tokenizer_dirs) == 1  # shared, trained once
+    assert [json.loads(line)["step"] for line in (tokenizer_dirs[0] / "metrics.jsonl").read_text().splitlines()] == [
+        2, 4, 6
+    ]
+    assert len(list((tmp_path / "runs").glob("ar-*"))) == 2
+
+    # A second invocation finds both runs FINISHED with one query and starts no job and no training.
+    jobs_before = sorted((tmp_path / "runs" / "jobs").iterdir())
+    stamp = (tokenizer_dirs[0] / "summary.json").stat().st_mtime_ns
+    second = study_cli(args, tmp_path, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do" in second.stdout
+    assert sorted((tmp_path / "runs" / "jobs").iterdir()) == jobs_before
+    assert (tokenizer_dirs[0] / "summary.json").stat().st_mtime_ns == stamp
+    assert len(mlflow_runs(tmp_path, "ar_probe_vs_large-tiny")[0]) == 2
+
+    status = study_cli(["ar_probe_vs_large", "--only", "size=S-S", "--status", "--json", *SHORT], tmp_path,
+                       timeout=300)
+    assert status.returncode == 0, status.stderr
+    assert [r["status"] for r in json.loads(status.stdout)] == ["FINISHED", "FINISHED"]
+
+
+def test_killed_run_resumes_without_gaps_or_duplicates(tmp_path: Path) -> None:
+    args = ["entropy_loss", "--only", "entropy=True", "--executor", "debug",
+            "--set", "tokenizer.train.max_steps=24", "--set", "tokenizer.train.log_every=2",
+            "--set", "tokenizer.train.checkpoint_every=4", "--set", "eval.recon_images=20"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "studies" / "run.py"), *args], cwd=tmp_path, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    metrics_file = None
+    deadline = time.monotonic() + 900
+    try:
+        while time.monotonic() < deadline:  # kill it hard once it is past a checkpoint, between two checkpoints
+            found = list((tmp_path / "runs").glob("tokenizer-*/metrics.jsonl"))
+            if found:
+                metrics_file = found[0]
+                steps = [json.loads(x)["step"] for x in metrics_file.read_text().splitlines() if x.strip()]
+                if steps and steps[-1] >= 10:
+                    break
+            assert proc.poll() is None, "ended before it could be killed: " + (tmp_path / "first.log").read_text()
+            time.sleep(0.2)
+        else:
+            pytest.fail("training did not reach step 10")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    runs, client = mlflow_runs(tmp_path, "entropy_loss-tiny")
+    assert [r.info.status for r in runs] == ["RUNNING"]  # SIGKILL leaves no chance to say more
+    assert not (metrics_file.parent / "summary.json").exists()  # an unfinished run never looks finished
+
+    resumed = study_cli(args, tmp_path, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "1 runs to go" in resumed.stdout
+    runs, client = mlflow_runs(tmp_path, "entropy_loss-tiny")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, now finished
+    for key in ("tokenizer/total_loss", "tokenizer/codebook_usage", "tokenizer/lr"):
+        steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, key)]
+        assert sorted(steps) == list(range(2, 25, 2)), f"{key}: {sorted(steps)}"
+    on_disk = [json.loads(x)["step"] for x in metrics_file.read_text().splitlines()]
+    assert on_disk == list(range(2, 25, 2))
+    assert {"rfid", "lpips", "psnr", "ssim", "codebook_usage"} <= set(runs[0].data.metrics)
+
+
+@pytest.mark.parametrize("executor", ["debug"])
+def test_failed_run_is_recorded_with_its_error(tmp_path: Path, executor: str) -> None:
+    """Without substitutes and without the VGG16 file, training cannot start: the run is FAILED, says why, and
+    the study exits non-zero; the error is in the status view."""
+    from gigatok.weights import find_weight
+
+    if find_weight("vgg16") is not None:
+        pytest.skip("this machine has the VGG16 weights")
+    args = ["reg_weight", "--only", "lambda=0.5,lambda=1.0", "--no-substitutes", "--executor", executor, *SHORT]
+    result = study_cli(args, tmp_path, timeout=600)
+    assert result.returncode == 1
+    runs, _ = mlflow_runs(tmp_path, "reg_weight-tiny")
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "FAILED"
+        assert "vgg16" in run.data.tags["gigatok.error"] and run.data.tags["gigatok.failed_stage"] == "tokenizer"
+    status = study_cli(["reg_weight", "--only", "lambda=0.5,lambda=1.0", "--status", *SHORT], tmp_path, timeout=300)
+    assert status.stdout.count("FAILED") == 2 and status.stdout.count("error: tokenizer: MissingWeightsError") == 2
