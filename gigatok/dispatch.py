@@ -151,6 +151,15 @@ class RunJob(submitit.helpers.Checkpointable):
         from gigatok.distributed import cleanup, init_distributed
 
         env = init_distributed("cuda" if torch.cuda.is_available() and self.ctx.device != "cpu" else "cpu")
+        # Rank 0 alone evaluates (50k samples can take hours); the other ranks wait for it before the next run's
+        # training on a gloo group whose time-out outlasts any evaluation, not at a collective that times out.
+        sync = None
+        if env.world_size > 1:
+            import datetime
+
+            import torch.distributed as dist
+
+            sync = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=48))
         results: dict[str, dict[str, float]] = {}
         failures: list[str] = []
         try:
@@ -159,6 +168,9 @@ class RunJob(submitit.helpers.Checkpointable):
                     results[spec.hash] = execute_run(spec, self.ctx, run_id, rank=env.rank)
                 except Exception as exc:  # recorded in MLflow by execute_run; the other runs go on
                     failures.append(f"{spec.label} ({spec.hash}): {type(exc).__name__}: {exc}")
+                finally:
+                    if sync is not None:
+                        dist.barrier(group=sync)
         finally:
             cleanup()
         if failures:
