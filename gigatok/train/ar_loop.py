@@ -1,7 +1,8 @@
 """AR training on a tokenizer's token cache: AdamW, WSD schedule, resumable like the tokenizer loop.
 
 Run directory: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``ar.pt`` and ``summary.json`` (with the
-teacher-forced validation loss), as for tokenizer runs.
+teacher-forced validation loss), as for tokenizer runs. Several processes (see gigatok.distributed) split each
+global batch and average gradients, as in the tokenizer loop; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gigatok.config import ARRunConfig, ARTrainConfig, ar_run_config_from_dict
+from gigatok.distributed import (
+    RankShard,
+    barrier,
+    init_distributed,
+    is_main,
+    local_device,
+    main_first,
+    mean_across_ranks,
+    rank_rng_states,
+    restore_rank_rng,
+    seed_for_rank,
+    wrap_ddp,
+)
 from gigatok.models.ar import ARModel, build_ar_model
 from gigatok.token_cache import TokenCache, build_token_cache
 from gigatok.train.checkpoint import (
@@ -24,7 +38,6 @@ from gigatok.train.checkpoint import (
     atomic_write_json,
     latest_checkpoint,
     load_checkpoint,
-    restore_rng,
     rng_state,
     save_checkpoint,
 )
@@ -40,6 +53,17 @@ class ARTrainResult:
     finished: bool
     val_loss: float | None
     final_metrics: dict[str, float]
+
+
+class _TrainingLoss(nn.Module):
+    """``ARModel.loss`` as a module's forward: DistributedDataParallel only averages gradients of its forward."""
+
+    def __init__(self, model: ARModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(tokens, labels)
 
 
 def wsd_schedule(train: ARTrainConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
@@ -98,6 +122,9 @@ def train_ar(
     """Train (or resume) the AR model of ``cfg`` on the token cache of the finished tokenizer run."""
     run_dir, tokenizer_run_dir = Path(run_dir), Path(tokenizer_run_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    env = init_distributed(device.type)
+    device = local_device(env, device)
+    progress = progress and is_main(env)
     tok_hash = read_run_config(tokenizer_run_dir).hash()
     if tok_hash != cfg.tokenizer.hash():
         raise ValueError(
@@ -105,12 +132,15 @@ def train_ar(
         )
     if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
         return ARTrainResult(run_dir, summary["steps"], True, summary["val_loss"], summary["final_metrics"])
-    train_cache = build_token_cache(tokenizer_run_dir, "train", device=device, progress=progress)
-    val_cache = build_token_cache(tokenizer_run_dir, "val", device=device, progress=progress)
-    prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), ar_run_config_from_dict)
+    # Rank 0 tokenizes the data and writes the caches and config.json; the other ranks then read them.
+    def token_cache(split: str) -> TokenCache:
+        return build_token_cache(tokenizer_run_dir, split, device=device, progress=progress)
+
+    train_cache, val_cache = main_first(env, lambda: token_cache("train")), main_first(env, lambda: token_cache("val"))
+    main_first(env, lambda: prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), ar_run_config_from_dict))
 
     t = cfg.train
-    torch.manual_seed(t.seed)
+    torch.manual_seed(seed_for_rank(t.seed, env))  # each rank its own dropout; DDP starts all from rank 0's weights
     steps_per_epoch = len(train_cache) // t.batch_size
     total_steps = math.ceil(t.epochs * steps_per_epoch)
     total_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
@@ -123,30 +153,38 @@ def train_ar(
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        restore_rng(state, device)
+        restore_rank_rng(state, env, device, t.seed)
         step = int(state["step"])
         window.load(state["log_window"])
-    log = MetricsLog(run_dir / "metrics.jsonl", step)
+    barrier(env)  # every rank has read the checkpoint before rank 0 may write a newer one
+    log = MetricsLog(run_dir / "metrics.jsonl", step) if is_main(env) else None
+    training_loss = wrap_ddp(_TrainingLoss(model), env)
 
     def checkpoint(at: int) -> None:
-        state: dict[str, Any] = {
-            "step": at, "model": model.state_dict(), "opt": opt.state_dict(), "config_hash": cfg.hash(),
-            "log_window": window.state(), **rng_state(device),
-        }
-        save_checkpoint(run_dir, at, state, t.keep_checkpoints)
+        if env.world_size > 1:  # the open window's rank means: a resumed run logs what an uninterrupted one would
+            window.sums = dict(mean_across_ranks(window.sums, env))
+        rank_states = rank_rng_states(env, device)
+        if is_main(env):
+            state: dict[str, Any] = {
+                "step": at, "model": model.state_dict(), "opt": opt.state_dict(), "config_hash": cfg.hash(),
+                "log_window": window.state(), **rng_state(device), **rank_states,
+            }
+            save_checkpoint(run_dir, at, state, t.keep_checkpoints)
+        barrier(env)
 
     end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
     sampler = ResumableBatchSampler(len(train_cache), t.batch_size, t.seed, step, end)
+    shards = RankShard(sampler, t.batch_size, env)
     model.train()
     last: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=step, desc=f"AR-{cfg.size}", disable=not progress)
-    for indices in sampler:
+    for indices in shards:
         tokens, labels = train_cache.batch(torch.tensor(indices))
         tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         lr = t.lr * schedule(step)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = model.loss(tokens, labels)
+        loss = training_loss(tokens, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -155,10 +193,11 @@ def train_ar(
         step += 1
         bar.update(1)
         if step % t.log_every == 0 or step == total_steps:
-            last = {**window.means(), "lr": lr}
+            last = {**mean_across_ranks(window.means(), env), "lr": lr}
             window.reset()
-            log.append({"step": step, **last})
-            if log_fn is not None:
+            if log is not None:
+                log.append({"step": step, **last})
+            if log_fn is not None and is_main(env):
                 log_fn(step, last)
             bar.set_postfix(loss=f"{last['train_loss']:.3f}")
         if step % t.checkpoint_every == 0 or step == end:
@@ -167,12 +206,14 @@ def train_ar(
 
     if step < total_steps:
         return ARTrainResult(run_dir, step, False, None, last)
-    val = validation_loss(model, val_cache)
-    atomic_write_bytes(run_dir / "ar.pt", lambda f: torch.save(model.state_dict(), f))
-    atomic_write_json(
-        run_dir / "summary.json",
-        {"hash": cfg.hash(), "steps": step, "val_loss": val, "final_metrics": last, "tokenizer_hash": tok_hash},
-    )
+    val = validation_loss(model, val_cache)  # on every rank (identical weights), so every rank returns it
+    if is_main(env):
+        atomic_write_bytes(run_dir / "ar.pt", lambda f: torch.save(model.state_dict(), f))
+        atomic_write_json(
+            run_dir / "summary.json",
+            {"hash": cfg.hash(), "steps": step, "val_loss": val, "final_metrics": last, "tokenizer_hash": tok_hash},
+        )
+    barrier(env)  # no rank returns before the run's files are there
     return ARTrainResult(run_dir, step, True, val, last)
 
 

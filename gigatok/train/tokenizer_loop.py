@@ -8,6 +8,10 @@ Run directory layout::
                         of the step)
     tokenizer.pt        final weights (written last, atomically)
     summary.json        final metrics and the substitute networks used, if any (its presence means finished)
+
+Started as several processes (see gigatok.distributed), each rank trains on its shard of every global batch behind
+DistributedDataParallel; rank 0 alone writes the run directory, logs metrics averaged over the ranks, and shows
+progress. Checkpoints hold the unwrapped modules, so they resume with any number of processes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,20 @@ from tqdm.auto import tqdm
 
 from gigatok.config import TokenizerRunConfig, run_config_from_dict
 from gigatok.data import build_dataset
+from gigatok.distributed import (
+    DistEnv,
+    RankShard,
+    barrier,
+    init_distributed,
+    is_main,
+    local_device,
+    main_first,
+    mean_across_ranks,
+    rank_rng_states,
+    restore_rank_rng,
+    seed_for_rank,
+    wrap_ddp,
+)
 from gigatok.losses import adversarial_active, generator_loss, hinge_discriminator_loss
 from gigatok.models.discriminator import PatchDiscriminator
 from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer
@@ -36,7 +54,6 @@ from gigatok.train.checkpoint import (
     atomic_write_json,
     latest_checkpoint,
     load_checkpoint,
-    restore_rng,
     rng_state,
     save_checkpoint,
 )
@@ -91,7 +108,7 @@ def build_optimizer(cfg: TokenizerRunConfig, params: Any) -> torch.optim.AdamW:
 
 def _semantic_targets(
     cfg: TokenizerRunConfig, dataset: Any, device: torch.device, weights_dir: str | None,
-    allow_substitutes: bool, progress: bool,
+    allow_substitutes: bool, progress: bool, env: DistEnv,
 ) -> tuple[SemanticTargets | None, list[str]]:
     sem = cfg.tokenizer.semantic
     if not sem.enabled:
@@ -105,7 +122,8 @@ def _semantic_targets(
             "data": {k: v for k, v in cfg.to_dict()["data"].items() if k != "num_workers"},
             "seed": cfg.train.seed, "split": "train", "n": len(dataset),
         }
-        targets.fill_cache(dataset, key, progress)
+        # Rank 0 computes and saves the features; the others then load them from disk.
+        main_first(env, lambda: targets.fill_cache(dataset, key, progress))
     return targets, [encoder.network_name] if encoder.substitute else []
 
 
@@ -128,13 +146,16 @@ def train_tokenizer(
     """
     run_dir = Path(run_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    env = init_distributed(device.type)
+    device = local_device(env, device)
+    progress = progress and is_main(env)
     if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
         return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"])
     # Open the data before touching the run directory: bad input leaves nothing behind.
     dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed)
-    prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), run_config_from_dict)
+    main_first(env, lambda: prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), run_config_from_dict))
     summary_path = run_dir / "summary.json"
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(seed_for_rank(cfg.train.seed, env))
 
     total_steps = total_steps_for(cfg, len(dataset))
 
@@ -142,7 +163,7 @@ def train_tokenizer(
     disc = PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device)
     perceptual = build_perceptual_loss(weights_dir, allow_substitutes).to(device)
     substitutes = [perceptual.network_name] if perceptual.substitute else []
-    semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, progress)
+    semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, progress, env)
     substitutes += sem_subs
 
     opt_g = build_optimizer(cfg, model.parameters())
@@ -158,23 +179,32 @@ def train_tokenizer(
         disc.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
-        restore_rng(state, device)
+        restore_rank_rng(state, env, device, cfg.train.seed)
         step = int(state["step"])
         window.load(state["log_window"])
-    log = MetricsLog(run_dir / "metrics.jsonl", step)
+    barrier(env)  # every rank has read the checkpoint before rank 0 may write a newer one
+    log = MetricsLog(run_dir / "metrics.jsonl", step) if is_main(env) else None
+    # DDP averages the gradients in backward; its constructor also broadcasts rank 0's weights.
+    net, disc_net = wrap_ddp(model, env), wrap_ddp(disc, env)
 
     def checkpoint(at: int) -> None:
-        state = {
-            "step": at, "model": model.state_dict(), "discriminator": disc.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "config_hash": cfg.hash(), "log_window": window.state(), **rng_state(device),
-        }
-        save_checkpoint(run_dir, at, state, cfg.train.keep_checkpoints)
+        if env.world_size > 1:  # the open window's rank means: a resumed run logs what an uninterrupted one would
+            window.sums = dict(mean_across_ranks(window.sums, env))
+        rank_states = rank_rng_states(env, device)
+        if is_main(env):
+            state = {
+                "step": at, "model": model.state_dict(), "discriminator": disc.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "config_hash": cfg.hash(), "log_window": window.state(), **rng_state(device), **rank_states,
+            }
+            save_checkpoint(run_dir, at, state, cfg.train.keep_checkpoints)
+        barrier(env)
 
     end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
     sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, step, end)
+    shards = RankShard(sampler, cfg.train.batch_size, env)
     loader = DataLoader(
-        IndexedDataset(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+        IndexedDataset(dataset), batch_sampler=shards, num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     model.train()
@@ -184,7 +214,7 @@ def train_tokenizer(
     for images, _labels, indices in loader:
         images = images.to(device, non_blocking=True)
         if cfg.data.hflip:
-            flip = flip_mask(cfg.train.seed, step, images.shape[0]).to(device)
+            flip = flip_mask(cfg.train.seed, step, cfg.train.batch_size)[env.rank :: env.world_size].to(device)
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         target = semantic(images, indices) if semantic is not None else None
         gan_on = adversarial_active(cfg, step)
@@ -192,7 +222,8 @@ def train_tokenizer(
         for group in (*opt_g.param_groups, *opt_d.param_groups):
             group["lr"] = lr
 
-        out = model(images)
+        out = net(images)
+        # The unwrapped discriminator: this pass only carries gradients to the generator (its own are discarded).
         fake_logits = disc(out.reconstruction) if gan_on else None
         terms = generator_loss(cfg, images, out, perceptual, target, fake_logits)
         opt_g.zero_grad(set_to_none=True)
@@ -201,7 +232,7 @@ def train_tokenizer(
         opt_g.step()
 
         if gan_on:
-            d_loss = hinge_discriminator_loss(disc(images), disc(out.reconstruction.detach()))
+            d_loss = hinge_discriminator_loss(disc_net(images), disc_net(out.reconstruction.detach()))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             nn.utils.clip_grad_norm_(disc.parameters(), cfg.optim.grad_clip)
@@ -216,13 +247,14 @@ def train_tokenizer(
         bar.update(1)
         # A stop before the end (preemption) logs nothing partial: the open window is saved with the checkpoint.
         if step % cfg.train.log_every == 0 or step == total_steps:
-            last = {**window.means(), "lr": lr}
+            last = {**mean_across_ranks(window.means(), env), "lr": lr}
             window.reset()
             record: dict[str, Any] = {"step": step, **last}
             if substitutes:
                 record["substitutes"] = substitutes
-            log.append(record)
-            if log_fn is not None:
+            if log is not None:
+                log.append(record)
+            if log_fn is not None and is_main(env):
                 log_fn(step, last)
             bar.set_postfix(
                 loss=f"{last['total_loss']:.3f}", pix=f"{last['pixel_loss']:.4f}",
@@ -233,12 +265,13 @@ def train_tokenizer(
     bar.close()
 
     finished = step >= total_steps
-    if finished:
+    if finished and is_main(env):
         atomic_write_bytes(run_dir / "tokenizer.pt", lambda f: torch.save(model.state_dict(), f))
         atomic_write_json(
             summary_path,
             {"hash": cfg.hash(), "steps": step, "final_metrics": last, "substitutes": substitutes},
         )
+    barrier(env)  # no rank returns before the run's files are there
     return TrainResult(run_dir, step, finished, last, substitutes)
 
 
