@@ -133,6 +133,27 @@ def group_by_tokenizer(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
     return list(groups.values())
 
 
+def spread(groups: Sequence[list[RunSpec]], workers: int) -> list[list[RunSpec]]:
+    """Groups dealt round-robin onto ``workers`` local worker processes, each running its runs in turn (one
+    process per worker: imports and networks are loaded once, not once per run)."""
+    bins: list[list[RunSpec]] = [[] for _ in range(min(workers, len(groups)))]
+    for i, group in enumerate(groups):
+        bins[i % len(bins)].extend(group)
+    return bins
+
+
+def default_local_workers() -> tuple[int, int]:
+    """(workers, threads each): one worker per GPU; on a CPU machine two workers sharing the cores, which
+    overlaps one worker's single-threaded stretches (start-up, sampling, probes, tracking) with the other's work."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count(), max(1, (os.cpu_count() or 1) // torch.cuda.device_count())
+    cpus = os.cpu_count() or 1
+    workers = 2 if cpus >= 2 else 1
+    return workers, max(1, cpus // workers)
+
+
 class RunJob(submitit.helpers.Checkpointable):
     """One job: the runs of one group, one after the other. Holds configs only; all state is on disk.
 
@@ -149,6 +170,9 @@ class RunJob(submitit.helpers.Checkpointable):
         import torch
 
         from gigatok.distributed import cleanup, init_distributed
+
+        if self.ctx.threads:
+            torch.set_num_threads(self.ctx.threads)
 
         env = init_distributed("cuda" if torch.cuda.is_available() and self.ctx.device != "cpu" else "cpu")
         # Rank 0 alone evaluates (50k samples can take hours); the other ranks wait for it before the next run's

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -159,6 +160,7 @@ class RunContext:
     device: str | None = None
     progress: bool = True
     cache_dir: str | None = None  # FID reference statistics; default RUNS/cache
+    threads: int | None = None  # torch intra-op threads per job (local workers share the machine's cores)
 
     @property
     def root(self) -> Path:
@@ -266,7 +268,7 @@ class StageOutcome:
 
 
 class _Workspace:
-    """Per-process objects that several stages of several runs share (the Inception network, datasets)."""
+    """Per-process objects that the stages of every run in a job share (the Inception and LPIPS networks)."""
 
     def __init__(self, ctx: RunContext) -> None:
         import torch
@@ -274,6 +276,14 @@ class _Workspace:
         self.ctx = ctx
         self.device = torch.device(ctx.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._networks: dict[int, Any] = {}
+        self._perceptual: Any = None
+
+    def perceptual(self) -> Any:
+        from gigatok.perceptual import build_perceptual_loss
+
+        if self._perceptual is None:
+            self._perceptual = build_perceptual_loss(self.ctx.weights_dir, self.ctx.allow_substitutes).to(self.device)
+        return self._perceptual
 
     def feature_network(self, input_size: int) -> Any:
         from gigatok.metrics.features import load_feature_network
@@ -283,6 +293,12 @@ class _Workspace:
                 "auto", self.ctx.weights_dir, device=self.device, input_size=input_size
             )
         return self._networks[input_size]
+
+
+@functools.cache
+def workspace_for(ctx: RunContext) -> _Workspace:
+    """One workspace per process and context: a job's runs load each network once."""
+    return _Workspace(ctx)
 
 
 def _val_subset(spec: RunSpec, count: int | None) -> tuple[Any, str]:
@@ -397,8 +413,8 @@ class StageRunner:
             val, description = _val_subset(self.spec, e.recon_images)
             result = evaluate_reconstruction(
                 tokenizer, val, batch_size=e.batch_size, description=description,
-                feature_network=self.ws.feature_network(e.inception_input), weights_dir=self.ctx.weights_dir,
-                allow_substitute_lpips=self.ctx.allow_substitutes, reference_cache_dir=self.ctx.reference_dir,
+                feature_network=self.ws.feature_network(e.inception_input), perceptual=self.ws.perceptual(),
+                reference_cache_dir=self.ctx.reference_dir,
                 progress=self.ctx.progress,
             )
             if e.grid_images:
@@ -553,7 +569,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
     from gigatok.tracking import RunLogger, connect
 
     logger = RunLogger(connect(ctx.tracking_uri), run_id) if (run_id is not None and rank == 0) else None
-    workspace = _Workspace(ctx)
+    workspace = workspace_for(ctx)
     logged: set[str] = set()
     last_step: dict[str, int] = {}
     if logger is not None:

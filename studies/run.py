@@ -15,7 +15,11 @@ their checkpoints. ``--set key=value`` changes any config field (``tokenizer.tra
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -59,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-wait", action="store_true", help="local executor: submit and return (default: wait)")
     p.add_argument("--wait", action="store_true", help="slurm executor: wait for the jobs and show progress")
-    p.add_argument("--local-parallel", type=int, default=1, help="local executor: runs at once (default 1)")
+    p.add_argument("--local-parallel", type=int, default=None,
+                   help="local executor: worker processes (default: one per GPU, or 2 sharing the CPU cores)")
     p.add_argument("--local-tasks", type=int, default=1, help="local executor: DDP processes per run (default 1)")
     slurm = p.add_argument_group("Slurm (flags override --cluster-config)")
     slurm.add_argument("--cluster-config", default=None, help="TOML file with the keys below ([slurm] table)")
@@ -303,7 +308,15 @@ def announce(args: argparse.Namespace, executor: str, ctx: RunContext, n_run: in
 
 
 def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> int:
-    from gigatok.dispatch import RunJob, SlurmSettings, group_by_tokenizer, make_executor, resolve_executor
+    from gigatok.dispatch import (
+        RunJob,
+        SlurmSettings,
+        default_local_workers,
+        group_by_tokenizer,
+        make_executor,
+        resolve_executor,
+        spread,
+    )
     from gigatok.tracking import (
         TAG,
         connect,
@@ -315,6 +328,13 @@ def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> 
     )
 
     executor_name = resolve_executor(args.executor)
+    if args.local_parallel is not None and args.local_parallel < 1:
+        raise UsageError(f"--local-parallel {args.local_parallel}: must be >= 1")
+    local_workers, threads = default_local_workers()
+    if args.local_parallel is not None:
+        local_workers, threads = args.local_parallel, max(1, (os.cpu_count() or 1) // args.local_parallel)
+    if executor_name == "local":
+        ctx = dataclasses.replace(ctx, threads=threads)
     slurm = None
     if executor_name == "slurm":
         flags = {k: getattr(args, k) for k in ("partition", "account", "qos", "constraint", "nodes", "gpus_per_node",
@@ -323,12 +343,9 @@ def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> 
             slurm = SlurmSettings.from_file(args.cluster_config, **flags)
         else:
             slurm = SlurmSettings(**{k: v for k, v in flags.items() if v is not None})
-    if args.profile == "paper" and args.data is None:
-        import os
-
-        if not os.environ.get("GIGATOK_DATA_ROOT"):
-            raise UsageError("the paper profile trains on ImageNet: pass --data /path/to/imagenet "
-                             "(or set GIGATOK_DATA_ROOT)")
+    if args.profile == "paper" and args.data is None and not os.environ.get("GIGATOK_DATA_ROOT"):
+        raise UsageError("the paper profile trains on ImageNet: pass --data /path/to/imagenet "
+                         "(or set GIGATOK_DATA_ROOT)")
 
     client = connect(ctx.tracking_uri)  # fails fast, before anything is written
     study = get_study(args.study)
@@ -340,6 +357,9 @@ def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> 
     finished = [s for s in specs if tracked.get(s.hash) and tracked[s.hash].status == "FINISHED"]
     todo = [s for s in specs if s not in finished]
     announce(args, executor_name, ctx, len(todo), len(finished))
+    if executor_name == "local" and not args.no_wait:
+        print(f"  {min(local_workers, len(group_by_tokenizer(todo)))} local worker process(es), {threads} thread(s) "
+              f"each; job logs in {ctx.root / 'jobs'}")
     if not todo:
         print("nothing to do: every run of the plan is FINISHED in MLflow")
         return 0
@@ -391,8 +411,9 @@ def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> 
                 except Exception as exc:
                     print(f"error: {exc}".splitlines()[0], file=sys.stderr)
             return report(client, experiment_id, todo)
-        # local: at most --local-parallel groups at once, each a child process
-        return wait_for(client, experiment_id, todo, groups, ctx, parallel=max(1, args.local_parallel),
+        # local: the groups spread over worker processes, each running its runs one after the other
+        workers = spread(groups, local_workers)
+        return wait_for(client, experiment_id, todo, workers, ctx, parallel=len(workers),
                         submit=lambda g: executor.submit(RunJob(g, ctx, [run_ids[s.hash] for s in g])),
                         no_wait=args.no_wait)
     except BaseException:
@@ -420,22 +441,40 @@ def _training_step(spec: RunSpec, ctx: RunContext, stage: str | None) -> str:
 
 def wait_for(client: Any, experiment_id: str, specs: list[RunSpec], work: list[Any], ctx: RunContext,
              parallel: int, submit: Any = None, no_wait: bool = False) -> int:
-    """Show progress until every run is terminal; with ``submit``, feed it groups ``parallel`` at a time."""
-    from tqdm.auto import tqdm
-
-    from gigatok.tracking import study_runs
-
+    """Show progress until every job has ended; with ``submit``, feed it groups ``parallel`` at a time."""
     pending = list(work) if submit is not None else []
     running: list[tuple[Any, Any]] = [] if submit is not None else list(work)
-    terminal = {"FINISHED", "FAILED", "KILLED"}
     if no_wait:
         for group in pending:
             job = submit(group)
             print(f"started local job {job.job_id} for {len(group)} runs (logs in {ctx.root / 'jobs'})")
         return 0
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # a terminated study stops its local jobs as Ctrl-C does
+    try:
+        _follow(client, experiment_id, specs, ctx, parallel, submit, pending, running)
+    except KeyboardInterrupt:
+        # Local jobs are this command's children: stop them too. Their runs resume on the next invocation.
+        for _group, job in running:
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
+        print("interrupted: the runs resume from their checkpoints on the next invocation", file=sys.stderr)
+        return 130
+    return report(client, experiment_id, specs)
+
+
+def _follow(client: Any, experiment_id: str, specs: list[RunSpec], ctx: RunContext, parallel: int, submit: Any,
+            pending: list[Any], running: list[tuple[Any, Any]]) -> None:
+    from tqdm.auto import tqdm
+
+    from gigatok.tracking import study_runs
+
+    terminal = {"FINISHED", "FAILED", "KILLED"}
     with tqdm(total=len(specs), unit="run", desc="study", dynamic_ncols=True) as bar:
         while True:
-            running = [(g, j) for g, j in running if not j.done()]
+            running[:] = [(g, j) for g, j in running if not j.done()]
             while pending and len(running) < parallel:
                 group = pending.pop(0)
                 running.append((group, submit(group)))
@@ -445,15 +484,13 @@ def wait_for(client: Any, experiment_id: str, specs: list[RunSpec], work: list[A
             bar.n = done
             active = [s for s in specs if s.hash in states and states[s.hash].status == "RUNNING"]
             if active:
-                stage = states[active[0].hash].tags.get("gigatok.stage")
-                bar.set_postfix_str(f"{active[0].label}: {stage}{_training_step(active[0], ctx, stage)}")
+                stages = {s.hash: states[s.hash].tags.get("gigatok.stage") for s in active}
+                bar.set_postfix_str("; ".join(f"{s.label}: {stages[s.hash]}{_training_step(s, ctx, stages[s.hash])}"
+                                              for s in active), refresh=False)
             bar.refresh()
             if not running and not pending:
                 break
             time.sleep(2.0)
-    for _group, job in running:
-        job.wait() if hasattr(job, "wait") else None
-    return report(client, experiment_id, specs)
 
 
 def report(client: Any, experiment_id: str, specs: list[RunSpec]) -> int:

@@ -49,7 +49,7 @@ def test_wsd_schedule_shape() -> None:
 
 def test_ar_probe_learns_and_resumes(trained_tokenizer: tuple[TokenizerRunConfig, Path], tmp_path: Path) -> None:
     tok_cfg, tok_dir = trained_tokenizer
-    cfg = ar_run(tok_cfg, "B", max_steps=120)
+    cfg = ar_run(tok_cfg, "B", epochs=10, max_steps=120)  # 120 steps of a 10-epoch schedule
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, log_every=10, checkpoint_every=50))
     full = train_ar(cfg, tmp_path / "full", tok_dir, progress=False)
     assert full.finished and full.val_loss is not None
