@@ -1,0 +1,163 @@
+"""Regenerate the paper's scaling figures from the runs tracked in MLflow.
+
+    python analysis/plot_scaling.py                             every figure with FINISHED runs: ./mlflow.db -> figures/
+    python analysis/plot_scaling.py --study scaling_1d_vs_2d --out figs
+    python analysis/plot_scaling.py --snapshot runs.parquet      also save the loaded runs, to redraw without the store
+    python analysis/plot_scaling.py --from-snapshot runs.parquet redraw from a saved snapshot
+
+Each figure is written per profile as PNG and PDF (``fig9_1d_vs_2d-tiny.png``: a tiny-profile figure never
+overwrites a paper one), and ``index.md`` lists the figures, the runs behind them and what was skipped and why.
+Exit status 2, with a one-line error, when the store cannot be read or holds no matching runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.figures import FIGURES, FigureSpec, finished_runs
+from analysis.load import StoreError, load_runs, load_snapshot, save_snapshot
+
+EXIT_NO_RUNS = 2
+
+
+@dataclass(frozen=True)
+class Made:
+    spec: FigureSpec
+    profile: str
+    paths: tuple[Path, ...]
+    runs: int
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    spec: FigureSpec
+    profile: str
+    reason: str
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="analysis/plot_scaling.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--study", action="append", default=[], help="only the figures of this study (repeatable)")
+    p.add_argument("--profile", default=None, help="only runs of this profile (default: every profile, separately)")
+    p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default ./figures)")
+    p.add_argument("--snapshot", type=Path, default=None, help="also save the loaded runs to this parquet file")
+    p.add_argument("--from-snapshot", type=Path, default=None, help="read runs from a snapshot instead of MLflow")
+    return p.parse_args(argv)
+
+
+def read_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
+    """The runs and where they came from; raises :class:`StoreError` when there are none."""
+    if args.from_snapshot is None:
+        df = load_runs(args.tracking_uri, args.study or None, args.profile)
+        return df, df.attrs.get("source", "MLflow")
+    df = load_snapshot(args.from_snapshot)
+    if args.study:
+        df = df[df["study"].isin(args.study)]
+    if args.profile:
+        df = df[df["profile"] == args.profile]
+    if df.empty:
+        raise StoreError(f"snapshot {args.from_snapshot} holds no runs of the requested studies and profile")
+    return df, f"snapshot {args.from_snapshot}"
+
+
+def make_figures(df: pd.DataFrame, out: Path, studies: Sequence[str] = ()) -> tuple[list[Made], list[Skipped]]:
+    """Every figure, once per profile, for which FINISHED runs exist; the others with the reason they were not."""
+    made, skipped = [], []
+    for profile in sorted(df["profile"].dropna().unique()):
+        at_profile = df[df["profile"] == profile]
+        for spec in FIGURES:
+            if studies and spec.study not in studies:
+                continue
+            runs = at_profile[at_profile["study"] == spec.study]
+            if runs.empty:
+                skipped.append(Skipped(spec, profile, f"no runs of study {spec.study}"))
+                continue
+            if finished_runs(runs).empty:
+                states = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().sort_index().items())
+                skipped.append(Skipped(spec, profile, f"no FINISHED runs of study {spec.study} ({states})"))
+                continue
+            try:
+                plot = spec.make(runs)
+            except ValueError as exc:
+                skipped.append(Skipped(spec, profile, str(exc)))
+                continue
+            paths = plot.save(out, f"{spec.name}-{profile}")
+            made.append(Made(spec, profile, tuple(paths), plot.data["run_id"].nunique(), plot.notes))
+    return made, skipped
+
+
+def _cell(value: object, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return "-"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value).replace("|", "/")
+
+
+def write_index(out: Path, df: pd.DataFrame, source: str, made: list[Made], skipped: list[Skipped]) -> Path:
+    lines = ["# Scaling figures", "",
+             f"From {source}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, by `analysis/plot_scaling.py`.", ""]
+    for profile in sorted(df["profile"].dropna().unique()):
+        lines += [f"## Profile `{profile}`", ""]
+        if profile != "paper":
+            lines += [f"{profile}-scale models: the trends of the pipeline, not the paper's numbers.", ""]
+        here = [m for m in made if m.profile == profile]
+        if here:
+            lines += ["| figure | reproduces | study | runs drawn | files | notes |", "|---|---|---|---|---|---|"]
+            for m in here:
+                files = " ".join(f"[{p.suffix[1:]}]({p.name})" for p in m.paths)
+                lines.append(f"| {m.spec.name} | {m.spec.reproduces} | {m.spec.study} | {m.runs} | {files} | "
+                             f"{'; '.join(m.notes) or '-'} |")
+            lines.append("")
+            lines += [f"![{m.spec.name}]({m.paths[0].name})" for m in here] + [""]
+        gaps = [s for s in skipped if s.profile == profile]
+        if gaps:
+            lines += ["Skipped:", ""] + [f"- {s.spec.name} ({s.spec.reproduces}): {s.reason}" for s in gaps] + [""]
+        runs = df[df["profile"] == profile].sort_values(["study", "run_name"])
+        lines += ["### Runs", "",
+                  "| study | run | status | hash | tokenizer params (M) | rFID | gFID | AR val loss | AR probe acc "
+                  "| substitutes |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in runs.itertuples(index=False):
+            params = r.tokenizer_params / 1e6 if pd.notna(r.tokenizer_params) else None
+            lines.append(" | ".join([
+                f"| {r.study}", _cell(r.run_name), _cell(r.status), _cell(r.run_hash), _cell(params, 4),
+                *(_cell(getattr(r, m)) for m in ("rfid", "gfid", "ar_val_loss", "ar_probe_acc")),
+                _cell(r.substitutes) + " |",
+            ]))
+        lines.append("")
+    path = out / "index.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        df, source = read_runs(args)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NO_RUNS
+    if args.snapshot is not None:
+        print(f"snapshot of {len(df)} runs: {save_snapshot(df, args.snapshot)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    made, skipped = make_figures(df, args.out, args.study)
+    for m in made:
+        print(f"{m.spec.name} ({m.spec.reproduces}, {m.profile}, {m.runs} runs): {', '.join(map(str, m.paths))}")
+        for note in m.notes:
+            print(f"    note: {note}")
+    for s in skipped:
+        print(f"skipped {s.spec.name} ({s.spec.reproduces}, {s.profile}): {s.reason}")
+    print(f"index: {write_index(args.out, df, source, made, skipped)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
