@@ -335,6 +335,8 @@ def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> 
         local_workers, threads = args.local_parallel, max(1, (os.cpu_count() or 1) // args.local_parallel)
     if executor_name == "local":
         ctx = dataclasses.replace(ctx, threads=threads)
+    if executor_name == "debug":  # in this process: the training loops' own progress bars are the display
+        ctx = dataclasses.replace(ctx, progress=True)
     slurm = None
     if executor_name == "slurm":
         flags = {k: getattr(args, k) for k in ("partition", "account", "qos", "constraint", "nodes", "gpus_per_node",
