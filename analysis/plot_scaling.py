@@ -6,7 +6,9 @@
     python analysis/plot_scaling.py --from-snapshot runs.parquet redraw from a saved snapshot
 
 Each figure is written per profile as PNG and PDF (``fig9_1d_vs_2d-tiny.png``: a tiny-profile figure never
-overwrites a paper one), and ``index.md`` lists the figures, the runs behind them and what was skipped and why.
+overwrites a paper one), and each table of ``analysis/tables.py`` as markdown and LaTeX
+(``table5_align_layer-tiny.md``).
+``index.md`` lists the figures and tables, the runs behind them and what was skipped and why.
 Exit status 2, with a one-line error, when the store cannot be read or holds no matching runs.
 """
 
@@ -23,6 +25,7 @@ import pandas as pd
 
 from analysis.figures import FIGURES, FigureSpec, finished_runs
 from analysis.load import StoreError, load_runs, load_snapshot, save_snapshot
+from analysis.tables import SkippedTable, WrittenTable, index_lines, write_tables
 
 EXIT_NO_RUNS = 2
 
@@ -102,7 +105,8 @@ def _cell(value: object, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value).replace("|", "/")
 
 
-def write_index(out: Path, df: pd.DataFrame, source: str, made: list[Made], skipped: list[Skipped]) -> Path:
+def write_index(out: Path, df: pd.DataFrame, source: str, made: list[Made], skipped: list[Skipped],
+                tables: Sequence[WrittenTable] = (), skipped_tables: Sequence[SkippedTable] = ()) -> Path:
     lines = ["# Scaling figures", "",
              f"From {source}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, by `analysis/plot_scaling.py`.", ""]
     for profile in sorted(df["profile"].dropna().unique()):
@@ -121,6 +125,7 @@ def write_index(out: Path, df: pd.DataFrame, source: str, made: list[Made], skip
         gaps = [s for s in skipped if s.profile == profile]
         if gaps:
             lines += ["Skipped:", ""] + [f"- {s.spec.name} ({s.spec.reproduces}): {s.reason}" for s in gaps] + [""]
+        lines += index_lines(profile, tables, skipped_tables)
         runs = df[df["profile"] == profile].sort_values(["study", "run_name"])
         lines += ["### Runs", "",
                   "| study | run | status | hash | tokenizer params (M) | rFID | gFID | AR val loss | AR probe acc "
@@ -155,7 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"    note: {note}")
     for s in skipped:
         print(f"skipped {s.spec.name} ({s.spec.reproduces}, {s.profile}): {s.reason}")
-    print(f"index: {write_index(args.out, df, source, made, skipped)}")
+    tables, skipped_tables = write_tables(df, args.out, args.study)
+    for t in tables:
+        print(f"{t.spec.name} ({t.spec.source}, {t.profile}, {t.runs} runs): {', '.join(map(str, t.paths))}")
+    for s in skipped_tables:
+        print(f"skipped {s.spec.name} ({s.spec.source}, {s.profile}): {s.reason}")
+    print(f"index: {write_index(args.out, df, source, made, skipped, tables, skipped_tables)}")
     return 0
 
 

@@ -1,0 +1,259 @@
+"""The paper's tables reproduced from tracked runs, each number beside the paper's and their difference.
+
+The paper's numbers live in ``analysis/paper_values.csv`` (one row per table, row key, metric), transcribed from
+the paper as printed, with a ``unit`` column: accuracies and decoding times are percent there, fractions in our runs,
+so reproduced values are converted to the paper's unit before the difference is taken.
+
+A table is built from the FINISHED runs of its study at one profile, the newest run per row. A row whose run used
+a random stand-in network is marked :data:`SUBSTITUTE_MARK`; a row or metric without a run shows :data:`MISSING`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.figures import finished_runs
+
+PAPER_VALUES = Path(__file__).with_name("paper_values.csv")
+SUBSTITUTE_MARK = "†SUBSTITUTE"
+MISSING = "—"
+
+# Paper unit -> from the value a run logs to the value as the paper prints it.
+UNIT_SCALE: dict[str, float] = {"": 1.0, "dB": 1.0, "%": 100.0, "M params": 1e-6, "B params": 1e-9}
+
+METRIC_LABELS = {
+    "rfid": "rFID", "lpips": "LPIPS", "psnr": "PSNR", "ssim": "SSIM", "gfid": "gFID", "ar_probe_acc": "Lin Acc.",
+    "decode_fraction": "decoding time", "inception_score": "IS", "precision": "Precision", "recall": "Recall",
+    "tokenizer_params": "tokenizer params",
+}
+
+COLUMNS = ["row", "label", "metric", "unit", "reproduced", "paper", "difference", "substitute", "run_id"]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str  # file stem: "table5_align_layer"
+    source: str  # as in paper_values.csv: "Table 5"
+    study: str
+    factors: tuple[str, ...]  # the study's factors that make the row key, joined by "/"
+    about: str
+
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec("table2_enc_dec", "Table 2", "enc_dec_asymmetry", ("size",), "encoder/decoder scaling"),
+    TableSpec("table4_decode_cost", "Table 4", "decode_cost", ("decoder", "ar_size"),
+              "share of generation time spent decoding; rows decoder/AR size"),
+    TableSpec("table5_align_layer", "Table 5", "align_layer", ("align_layer",), "semantic alignment layer (S-S)"),
+    TableSpec("table6_semantic_encoder", "Table 6", "semantic_encoder", ("encoder",), "semantic teacher (S-B)"),
+    TableSpec("table7_reg_weight", "Table 7", "reg_weight", ("lambda",), "semantic regularization weight (S-S)"),
+    TableSpec("table10_system_level", "Table 10", "system_level", ("size", "ar_size"),
+              "final tokenizers and AR models; rows tokenizer/AR size"),
+)
+
+
+@cache
+def paper_values(path: Path = PAPER_VALUES) -> pd.DataFrame:
+    """The transcribed numbers: source, row, label, metric, value (float, as printed), unit, comment."""
+    with open(path, newline="") as f:
+        records = list(csv.DictReader(f))
+    df = pd.DataFrame(records, columns=["source", "row", "label", "metric", "value", "unit", "comment"])
+    return df.astype({"value": "float64"}).fillna({"unit": "", "comment": ""})
+
+
+def row_key(values: Sequence[object]) -> str:
+    """The CSV's row key for a run's factor values: ``0.5`` not ``0.50``, text as is, joined by ``/``."""
+    return "/".join(str(float(v)) if isinstance(v, float) else str(v) for v in values)
+
+
+def newest_per_row(runs: pd.DataFrame, spec: TableSpec) -> dict[str, pd.Series]:
+    """The newest FINISHED run of each row of ``spec`` (rows without a run are absent)."""
+    done = finished_runs(runs[runs["study"] == spec.study])
+    columns = [f"factor_{f}" for f in spec.factors]
+    if done.empty or not set(columns) <= set(done.columns):
+        return {}
+    done = done.sort_values("start_time") if "start_time" in done else done
+    newest: dict[str, pd.Series] = {}
+    for _, run in done.iterrows():
+        values = [run[c] for c in columns]
+        if any(pd.isna(v) for v in values):
+            continue
+        newest[row_key([v.item() if hasattr(v, "item") else v for v in values])] = run  # later runs win
+    return newest
+
+
+def build_table(spec: TableSpec, runs: pd.DataFrame, profile: str, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One line per (row, metric) of the paper's table: reproduced value (in the paper's unit), paper, difference.
+
+    Every row has every metric of the table: a cell the paper leaves blank has no paper value, and rows our runs
+    have that the paper lacks come last.
+    """
+    paper = paper_values() if paper is None else paper
+    printed = paper[paper["source"] == spec.source]
+    at_profile = runs[runs["profile"] == profile]
+    found = newest_per_row(at_profile, spec)
+    units = dict(zip(printed["metric"][::-1], printed["unit"][::-1], strict=True))  # first printed unit wins
+    labels = dict(zip(printed["row"], printed["label"], strict=True))
+    values = {(r, m): (u, v) for r, m, u, v in zip(printed["row"], printed["metric"], printed["unit"],
+                                                    printed["value"], strict=True)}
+    metrics = list(dict.fromkeys(printed["metric"]))
+    rows = list(labels) + [key for key in found if key not in labels]  # the paper's rows, then any others we ran
+    cells = [(key, labels.get(key, key), m, *values.get((key, m), (units[m], math.nan))) for key in rows
+             for m in metrics]
+    out = []
+    for key, label, metric, unit, value in cells:
+        run = found.get(key)
+        logged = run[metric] if run is not None and metric in run.index else math.nan
+        reproduced = float(logged) * UNIT_SCALE[unit] if pd.notna(logged) else math.nan
+        out.append({
+            "row": key, "label": label, "metric": metric, "unit": unit, "reproduced": reproduced, "paper": value,
+            "difference": reproduced - value, "substitute": bool(run is not None and run["substitute"]),
+            "run_id": None if run is None else run["run_id"],
+        })
+    df = pd.DataFrame(out, columns=COLUMNS)
+    df.attrs.update(source=spec.source, study=spec.study, profile=profile, about=spec.about,
+                    runs=df["run_id"].dropna().nunique())
+    return df
+
+
+def _table(source: str) -> Callable[[pd.DataFrame, str], pd.DataFrame]:
+    spec = next(s for s in TABLES if s.source == source)
+
+    def build(runs: pd.DataFrame, profile: str) -> pd.DataFrame:
+        return build_table(spec, runs, profile)
+
+    build.__doc__ = f"{spec.source} ({spec.about}) from the runs of study {spec.study} at ``profile``."
+    return build
+
+
+table2 = _table("Table 2")
+table4 = _table("Table 4")
+table5 = _table("Table 5")
+table6 = _table("Table 6")
+table7 = _table("Table 7")
+table10 = _table("Table 10")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _number(value: float, spec: str = ".4g") -> str:
+    return MISSING if pd.isna(value) else f"{value:{spec}}"
+
+
+def _rendered(df: pd.DataFrame) -> list[list[str]]:
+    lines = []
+    for r in df.itertuples(index=False):
+        metric = METRIC_LABELS.get(r.metric, r.metric) + (f" ({r.unit})" if r.unit else "")
+        lines.append([r.label, metric, _number(r.reproduced), _number(r.paper, ".6g"), _number(r.difference, "+.4g"),
+                      SUBSTITUTE_MARK if r.substitute else ""])
+    return lines
+
+
+HEADER = ["row", "metric", "reproduced", "paper", "difference", "note"]
+
+
+def _title(df: pd.DataFrame) -> str:
+    a = df.attrs
+    return f"{a.get('source', 'Table')} ({a.get('about', '')}), profile {a.get('profile', '?')}"
+
+
+def _caveat(df: pd.DataFrame) -> str:
+    profile = df.attrs.get("profile", "?")
+    scale = "" if profile == "paper" else f" {profile}-scale models: compare trends, not values."
+    return (f"Study {df.attrs.get('study', '?')}, {df.attrs.get('runs', 0)} FINISHED runs (newest per row); "
+            f"difference = reproduced - paper; {MISSING}: no run or no paper value; {SUBSTITUTE_MARK}: a random "
+            f"stand-in network was used.{scale}")
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """The table as GitHub markdown, titled with its source and profile."""
+    lines = [f"# {_title(df)}", "", _caveat(df), "", "| " + " | ".join(HEADER) + " |",
+             "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in _rendered(df)]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for old, new in (("\\", r"\textbackslash{}"), ("%", r"\%"), ("_", r"\_"), ("&", r"\&"), ("#", r"\#"),
+                     (SUBSTITUTE_MARK, r"$^\dagger$SUBSTITUTE"), (MISSING, "---"), ("‡", r"$^\ddagger$")):
+        text = text.replace(old, new)
+    return text
+
+
+def to_latex(df: pd.DataFrame) -> str:
+    """The table as a LaTeX ``table`` (booktabs), captioned with its source and profile."""
+    lines = [f"% {_title(df)}: generated by analysis/tables.py", r"\begin{table}[t]", r"\centering",
+             r"\begin{tabular}{llrrrl}", r"\toprule", " & ".join(HEADER) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_escape(c) for c in cells) + r" \\" for cells in _rendered(df)]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_latex_escape(_title(df) + '. ' + _caveat(df))}}}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing every table (called by analysis/plot_scaling.py)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrittenTable:
+    spec: TableSpec
+    profile: str
+    paths: tuple[Path, ...]
+    runs: int
+
+
+@dataclass(frozen=True)
+class SkippedTable:
+    spec: TableSpec
+    profile: str
+    reason: str
+
+
+def write_tables(df: pd.DataFrame, out: Path, studies: Sequence[str] = ()
+                 ) -> tuple[list[WrittenTable], list[SkippedTable]]:
+    """``<table>-<profile>.md`` and ``.tex`` for every table whose study has FINISHED runs at a profile."""
+    written, skipped = [], []
+    for profile in sorted(df["profile"].dropna().unique()):
+        at_profile = df[df["profile"] == profile]
+        for spec in TABLES:
+            if studies and spec.study not in studies:
+                continue
+            runs = at_profile[at_profile["study"] == spec.study]
+            if runs.empty:
+                skipped.append(SkippedTable(spec, profile, f"no runs of study {spec.study}"))
+                continue
+            if finished_runs(runs).empty:
+                states = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().sort_index().items())
+                skipped.append(SkippedTable(spec, profile, f"no FINISHED runs of study {spec.study} ({states})"))
+                continue
+            table = build_table(spec, df, profile)
+            stem = out / f"{spec.name}-{profile}"
+            paths = (stem.with_suffix(".md"), stem.with_suffix(".tex"))
+            paths[0].write_text(to_markdown(table))
+            paths[1].write_text(to_latex(table))
+            written.append(WrittenTable(spec, profile, paths, table.attrs["runs"]))
+    return written, skipped
+
+
+def index_lines(profile: str, written: Sequence[WrittenTable], skipped: Sequence[SkippedTable]) -> list[str]:
+    """The tables section of ``index.md`` for one profile."""
+    here = [t for t in written if t.profile == profile]
+    gaps = [s for s in skipped if s.profile == profile]
+    lines = []
+    if here:
+        lines += ["| table | reproduces | study | runs | files |", "|---|---|---|---|---|"]
+        lines += [f"| {t.spec.name} | {t.spec.source} | {t.spec.study} | {t.runs} | "
+                  + " ".join(f"[{p.suffix[1:]}]({p.name})" for p in t.paths) + " |" for t in here] + [""]
+    if gaps:
+        lines += ["Skipped tables:", ""] + [f"- {s.spec.name} ({s.spec.source}): {s.reason}" for s in gaps] + [""]
+    return lines
