@@ -58,6 +58,16 @@ class Plot:
 DATA_COLUMNS = ["figure", "panel", "series", "run_id", "run_name", "size", "x", "value", "y", "substitute"]
 
 
+def missing_runs_reason(runs: pd.DataFrame, study: str) -> str | None:
+    """Why ``runs`` (one study at one profile) cannot feed a figure or table, or None when FINISHED runs exist."""
+    if runs.empty:
+        return f"no runs of study {study}"
+    if finished_runs(runs).empty:
+        states = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().sort_index().items())
+        return f"no FINISHED runs of study {study} ({states})"
+    return None
+
+
 def finished_runs(df: pd.DataFrame) -> pd.DataFrame:
     """FINISHED runs only; where one configuration (run hash) finished twice, the newest run."""
     done = df[df["status"] == "FINISHED"]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import FIGURES, FigureSpec, finished_runs
+from analysis.figures import FIGURES, FigureSpec, missing_runs_reason
 from analysis.load import StoreError, load_runs, load_snapshot, save_snapshot
 from analysis.tables import SkippedTable, WrittenTable, index_lines, write_tables
 
@@ -82,12 +82,8 @@ def make_figures(df: pd.DataFrame, out: Path, studies: Sequence[str] = ()) -> tu
             if studies and spec.study not in studies:
                 continue
             runs = at_profile[at_profile["study"] == spec.study]
-            if runs.empty:
-                skipped.append(Skipped(spec, profile, f"no runs of study {spec.study}"))
-                continue
-            if finished_runs(runs).empty:
-                states = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().sort_index().items())
-                skipped.append(Skipped(spec, profile, f"no FINISHED runs of study {spec.study} ({states})"))
+            if (reason := missing_runs_reason(runs, spec.study)) is not None:
+                skipped.append(Skipped(spec, profile, reason))
                 continue
             try:
                 plot = spec.make(runs)

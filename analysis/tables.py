@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import finished_runs
+from analysis.figures import finished_runs, missing_runs_reason
 
 PAPER_VALUES = Path(__file__).with_name("paper_values.csv")
 SUBSTITUTE_MARK = "†SUBSTITUTE"
@@ -229,12 +229,8 @@ def write_tables(df: pd.DataFrame, out: Path, studies: Sequence[str] = ()
             if studies and spec.study not in studies:
                 continue
             runs = at_profile[at_profile["study"] == spec.study]
-            if runs.empty:
-                skipped.append(SkippedTable(spec, profile, f"no runs of study {spec.study}"))
-                continue
-            if finished_runs(runs).empty:
-                states = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().sort_index().items())
-                skipped.append(SkippedTable(spec, profile, f"no FINISHED runs of study {spec.study} ({states})"))
+            if (reason := missing_runs_reason(runs, spec.study)) is not None:
+                skipped.append(SkippedTable(spec, profile, reason))
                 continue
             table = build_table(spec, df, profile)
             stem = out / f"{spec.name}-{profile}"
