@@ -201,10 +201,3 @@ class RunJob(submitit.helpers.Checkpointable):
             raise RuntimeError(f"{len(failures)} of {len(self.specs)} runs failed: " + "; ".join(failures))
         return results
 
-
-def job_state(job: submitit.Job) -> str:
-    """Submitit's view of a job's state (PENDING, RUNNING, COMPLETED, FAILED, ...), UNKNOWN if it cannot tell."""
-    try:
-        return str(job.state)
-    except Exception:  # sacct unavailable or transient
-        return "UNKNOWN"

@@ -330,14 +330,26 @@ def _provenance_tag(provenance: dict[str, Any], samples: str, reference: str) ->
             f"{samples} vs {reference}")
 
 
+def _result_files(path: Path) -> list[Path]:
+    """A stage's result JSON and, when the stage drew one, its image grid beside it."""
+    grid = path.with_suffix(".png")
+    return [path, grid] if grid.is_file() else [path]
+
+
+def _probe_outcome(stage: str, path: Path) -> StageOutcome:
+    """A linear-probe stage's metric (``<stage>_acc``) and what was probed, from its stored result."""
+    probe = _read_result(path)
+    metric = f"{stage}_acc"
+    return StageOutcome(stage, {metric: probe["accuracy"]}, {f"gigatok.provenance.{metric}": probe["features"]},
+                        [path])
+
+
 class StageRunner:
     """Runs the stages of one spec; each method returns a :class:`StageOutcome` read from or written to disk."""
 
-    def __init__(self, spec: RunSpec, ctx: RunContext, workspace: _Workspace, log_fn: Any = None,
-                 rank: int = 0) -> None:
+    def __init__(self, spec: RunSpec, ctx: RunContext, workspace: _Workspace, log_fn: Any = None) -> None:
         self.spec, self.ctx, self.ws = spec, ctx, workspace
         self.log_fn = log_fn  # (stage, step, values) for live training curves
-        self.rank = rank
 
     @property
     def tok_dir(self) -> Path:
@@ -434,8 +446,7 @@ class StageRunner:
             "gigatok.provenance.lpips": result["lpips_network"],
         }
         subs = [result["lpips_network"]] if prov["lpips"]["substitute"] else []
-        artifacts = [path] + ([path.with_suffix(".png")] if path.with_suffix(".png").is_file() else [])
-        return StageOutcome("reconstruction", metrics, tags, artifacts, substitutes=subs)
+        return StageOutcome("reconstruction", metrics, tags, _result_files(path), substitutes=subs)
 
     def _tokenizer_probe(self) -> StageOutcome:
         path = stage_result_path(self.spec, self.ctx, "tokenizer_probe")
@@ -454,9 +465,7 @@ class StageRunner:
                 max_iter=self.spec.eval.probe_max_iter,
             )
             _write_result(path, dataclasses.asdict(probe))
-        probe = _read_result(path)
-        return StageOutcome("tokenizer_probe", {"tokenizer_probe_acc": probe["accuracy"]},
-                            {"gigatok.provenance.tokenizer_probe_acc": probe["features"]}, [path])
+        return _probe_outcome("tokenizer_probe", path)
 
     def _generation(self) -> StageOutcome:
         path = stage_result_path(self.spec, self.ctx, "generation")
@@ -507,8 +516,7 @@ class StageRunner:
             tag if result["inception_score"] is not None else str(result["inception_score_note"])
         )
         tags["gigatok.cfg_scale"] = str(result["sampling"]["cfg_scale"])
-        artifacts = [path] + ([path.with_suffix(".png")] if path.with_suffix(".png").is_file() else [])
-        return StageOutcome("generation", metrics, tags, artifacts)
+        return StageOutcome("generation", metrics, tags, _result_files(path))
 
     def _ar_probe(self) -> StageOutcome:
         path = stage_result_path(self.spec, self.ctx, "ar_probe")
@@ -527,9 +535,7 @@ class StageRunner:
                 max_iter=self.spec.eval.probe_max_iter,
             )
             _write_result(path, dataclasses.asdict(probe))
-        probe = _read_result(path)
-        return StageOutcome("ar_probe", {"ar_probe_acc": probe["accuracy"]},
-                            {"gigatok.provenance.ar_probe_acc": probe["features"]}, [path])
+        return _probe_outcome("ar_probe", path)
 
     def _decode_cost(self) -> StageOutcome:
         path = stage_result_path(self.spec, self.ctx, "decode_cost")
@@ -581,7 +587,8 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
                 last_step[stage] = logger.last_step(f"{stage}/lr")
         env_job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
         logger.tags({"gigatok.host": os.uname().nodename, **({"gigatok.slurm_job_id": env_job} if env_job else {})})
-        logger.client.delete_tag(run_id, "gigatok.error") if "gigatok.error" in run.data.tags else None
+        if "gigatok.error" in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
+            logger.client.delete_tag(run_id, "gigatok.error")
         logger.set_status("RUNNING")
 
     def stream(stage: str, step: int, values: dict[str, float]) -> None:
@@ -589,7 +596,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
             logger.metrics(values, step=step, prefix=f"{stage}/")
             last_step[stage] = step
 
-    runner = StageRunner(spec, ctx, workspace, log_fn=stream, rank=rank)
+    runner = StageRunner(spec, ctx, workspace, log_fn=stream)
     metrics: dict[str, float] = {}
     substitutes: set[str] = set()
     stage = "start"

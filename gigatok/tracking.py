@@ -167,6 +167,19 @@ def git_commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
+def _metric_list(records: Iterable[tuple[int, dict[str, float]]], prefix: str) -> list[Any]:
+    """MLflow Metric entities of (step, values) records; NaN and non-numbers are left out (MLflow cannot plot them)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [
+        Metric(prefix + key, float(value), now, step)
+        for step, values in records
+        for key, value in values.items()
+        if isinstance(value, int | float) and value == value
+    ]
+
+
 class RunLogger:
     """Writes to one MLflow run from inside a job: metrics batched and sent asynchronously.
 
@@ -181,28 +194,13 @@ class RunLogger:
         self._pending: list[Any] = []
 
     def metrics(self, values: dict[str, float], step: int = 0, prefix: str = "") -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(prefix + key, float(value), now, step)
-            for key, value in values.items()
-            if isinstance(value, int | float) and value == value  # NaN is not a number MLflow can plot
-        ]
+        batch = _metric_list([(step, values)], prefix)
         if batch:
             self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
 
     def metric_records(self, records: Iterable[tuple[int, dict[str, float]]], prefix: str = "") -> None:
         """Many (step, values) records in as few calls as MLflow allows (1000 metrics per batch)."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(prefix + key, float(value), now, step)
-            for step, values in records
-            for key, value in values.items()
-            if isinstance(value, int | float) and value == value
-        ]
+        batch = _metric_list(records, prefix)
         for start in range(0, len(batch), 1000):
             self.client.log_batch(self.run_id, metrics=batch[start : start + 1000], synchronous=True)
 

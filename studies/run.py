@@ -210,16 +210,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tracked_if_store_exists(uri: str) -> tuple[dict[str, Any], str | None]:
+def _tracked_if_store_exists(uri: str) -> tuple[Any, str | None]:
     """A dry run reads the store only if there is one: it must not create a database."""
     from gigatok.tracking import TrackingError, connect
 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return {}, None
+        return None, None
     try:
         client = connect(uri)
     except TrackingError as exc:
-        return {}, str(exc)
+        return None, str(exc)
     return client, None
 
 
