@@ -22,6 +22,10 @@ from typing import Any, Literal
 CONFIG_SCHEMA_VERSION = 1
 
 
+UNLESS_DEFAULT = "unless-default"
+NEW_FIELD = {"hash": UNLESS_DEFAULT}  # metadata of fields added after runs were hashed
+
+
 class ConfigError(ValueError):
     """An invalid configuration value; the message starts with the dotted field name."""
 
@@ -34,6 +38,7 @@ def _require(condition: bool, field_name: str, why: str) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Size tables
 # --------------------------------------------------------------------------------------------------------------
+
 
 
 @dataclass(frozen=True)
@@ -320,14 +325,45 @@ class TrainConfig:
     checkpoint_every: int = 5_000
     keep_checkpoints: int = 2
     max_steps: int | None = None  # caps the schedule (smoke runs); None trains the whole ``epochs``
+    # Epochs at which the model is also kept as a snapshot that runs can evaluate (Fig. 13: probes over training).
+    snapshot_epochs: tuple[float, ...] = field(default=(), metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "train.epochs", "must be > 0")
+        _require(all(0 < e <= self.epochs for e in self.snapshot_epochs), "train.snapshot_epochs",
+                 f"each must be in (0, epochs={self.epochs:g}], got {list(self.snapshot_epochs)}")
+        _require(len(set(self.snapshot_epochs)) == len(self.snapshot_epochs), "train.snapshot_epochs",
+                 "has a repeated epoch")
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")
         _require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PerformanceConfig:
+    """How a run is computed, never what it computes: every switch keeps the model, the data and the objective, and
+    changes at most the rounding. Run configs hold it with ``metadata={"hash": False}``, so a run keeps its hash (and
+    resumes) whichever switches it is computed with. ``bench/tokenizer_step.py`` measures each one.
+
+    ``channels_last`` is off by default: on a CPU it made the paper S-S step slower (0.75x; within noise at tiny),
+    GroupNorm between every pair of convolutions reducing over channels-then-space, and CUDA's GroupNorm has
+    returned contiguous tensors, which makes the next convolution convert back. ``bench/gpu_mfu.py`` measures it on
+    a GPU.
+    """
+
+    fused_attention: bool = True  # F.scaled_dot_product_attention; False: the explicit softmax(q k^T) v reference
+    channels_last: bool = False  # NHWC activations and convolution weights in the CNNs, LPIPS and the discriminator
+    autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere (CPU bf16 is emulated)
+    compile: bool = False  # torch.compile the training forward; pays minutes of compilation at the first step
+
+    def __post_init__(self) -> None:
+        _require(
+            self.autocast in ("auto", "bf16", "off"),
+            "performance.autocast",
+            f"'auto', 'bf16' or 'off', got {self.autocast!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -340,6 +376,8 @@ class TokenizerRunConfig:
     optim: OptimConfig
     data: DataConfig
     train: TrainConfig
+    # How, not what: left out of the hash (see PerformanceConfig).
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig, metadata={"hash": False})
 
     def __post_init__(self) -> None:
         _require(self.profile in PROFILES, "profile", f"unknown profile {self.profile!r}; known: {sorted(PROFILES)}")
@@ -354,7 +392,7 @@ class TokenizerRunConfig:
         return to_dict(self)
 
     def hash(self) -> str:
-        return config_hash(self)
+        return run_hash(self)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -450,6 +488,8 @@ class ARRunConfig:
     tokenizer: TokenizerRunConfig
     model: ARConfig
     train: ARTrainConfig
+    # How, not what: left out of the hash (see PerformanceConfig).
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig, metadata={"hash": False})
 
     def __post_init__(self) -> None:
         _require(self.size in AR_SIZE_NAMES, "ar.size", f"unknown AR size {self.size!r}; known: {AR_SIZE_NAMES}")
@@ -469,12 +509,62 @@ class ARRunConfig:
         return to_dict(self)
 
     def hash(self) -> str:
-        return config_hash(self)
+        return run_hash(self)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CfgSearchConfig:
+    """The search for the CFG scale of a run whose stages include ``cfg_search`` (:mod:`gigatok.cfg_search`).
+
+    Appendix B: the scale is searched in steps of 0.25 and the lowest gFID is reported. Each point is scored first on
+    ``low_fraction`` of the full budget (``full_samples``, default the run's ``gen_samples``); the median pruner stops
+    a point whose small-budget gFID is worse than the median of the points already scored in full, and the rest are
+    scored on the full budget. ``fraction_min``/``fraction_max`` add the step schedule's unguided share of tokens as
+    a second dimension (None: the run's ``step_fraction``, 0.18).
+    """
+
+    scale_min: float = 1.0
+    scale_max: float = 3.0
+    scale_step: float = 0.25
+    fraction_min: float | None = None
+    fraction_max: float | None = None
+    fraction_step: float = 0.02
+    sampler: Literal["grid", "tpe"] = "grid"
+    trials: int | None = None  # the TPE sampler's budget of trials; a grid runs every point once
+    low_fraction: float = 0.1  # 0: no small-budget rung (every point is scored in full)
+    full_samples: int | None = None
+    pruner: Literal["median", "none"] = "median"
+    startup_trials: int = 3  # points scored in full before the pruner may stop any
+    seed: int = 0  # the samplers' seed (the grid's visiting order, TPE's proposals)
+
+    def __post_init__(self) -> None:
+        name = "eval.cfg_search"
+        _require(self.scale_min >= 0, f"{name}.scale_min", f"must be >= 0, got {self.scale_min}")
+        _require(self.scale_step > 0, f"{name}.scale_step", f"must be > 0, got {self.scale_step}")
+        _require(self.scale_min <= self.scale_max, f"{name}.scale_max",
+                 f"the range {self.scale_min}:{self.scale_max} is empty (scale_max is below scale_min)")
+        _require((self.fraction_min is None) == (self.fraction_max is None), f"{name}.fraction_min",
+                 "set fraction_min and fraction_max together (or neither)")
+        if self.fraction_min is not None and self.fraction_max is not None:
+            _require(0 <= self.fraction_min <= self.fraction_max <= 1, f"{name}.fraction_max",
+                     f"the range {self.fraction_min}:{self.fraction_max} must be non-empty and inside [0, 1]")
+        _require(self.fraction_step > 0, f"{name}.fraction_step", f"must be > 0, got {self.fraction_step}")
+        _require(self.sampler in ("grid", "tpe"), f"{name}.sampler", f"'grid' or 'tpe', got {self.sampler!r}")
+        _require(self.sampler != "tpe" or self.trials is not None, f"{name}.trials",
+                 "the TPE sampler needs a budget of trials")
+        _require(self.sampler != "grid" or self.trials is None, f"{name}.trials",
+                 "only the TPE sampler takes a budget of trials (a grid runs every point once)")
+        _require(self.trials is None or self.trials >= 1, f"{name}.trials", f"must be >= 1, got {self.trials}")
+        _require(0 <= self.low_fraction < 1, f"{name}.low_fraction", f"must be in [0, 1), got {self.low_fraction}")
+        _require(self.full_samples is None or self.full_samples >= 2, f"{name}.full_samples",
+                 "must be None (the run's gen_samples) or >= 2")
+        _require(self.pruner in ("median", "none"), f"{name}.pruner", f"'median' or 'none', got {self.pruner!r}")
+        _require(self.startup_trials >= 0, f"{name}.startup_trials", f"must be >= 0, got {self.startup_trials}")
 
 
 @dataclass(frozen=True)
@@ -499,6 +589,11 @@ class EvalConfig:
     top_p: float = 1.0
     probe_max_iter: int = 2000
     grid_images: int = 16  # reconstruction / sample grids logged as artifacts
+    # Only runs with the cfg_search stage depend on it (RunSpec.hash leaves it out of the others).
+    cfg_search: CfgSearchConfig = field(default_factory=CfgSearchConfig)
+    # Fig. 8: PCA of the first decoder layer's features over a group of same-class validation images.
+    pca_images: int = field(default=8, metadata=NEW_FIELD)
+    pca_class: int | None = field(default=None, metadata=NEW_FIELD)  # None: the class with most validation images
 
     def __post_init__(self) -> None:
         for name in ("recon_images", "reference_images"):
@@ -515,6 +610,8 @@ class EvalConfig:
         _require(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
         _require(self.probe_max_iter >= 1, "eval.probe_max_iter", "must be >= 1")
         _require(self.grid_images >= 0, "eval.grid_images", "must be >= 0")
+        _require(self.pca_images >= 2, "eval.pca_images", "must be >= 2 (a PCA across images)")
+        _require(self.pca_class is None or self.pca_class >= 0, "eval.pca_class", "must be None or a class index")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -594,7 +691,8 @@ PAPER = Profile(
     ar_sizes=PAPER_AR_SIZES,
     num_classes=1000,
     ar_train=ARTrainConfig(),  # the AR probe: 50 epochs, batch 256, lr 1e-4 (system level: epochs=300)
-    eval=EvalConfig(),  # 50k samples against the whole ImageNet val split, 299 px Inception
+    # 50k samples against the whole ImageNet val split, 299 px Inception; Fig. 8 shows "golden retriever" (207).
+    eval=EvalConfig(pca_class=207),
     epochs_per_paper_epoch=1.0,
     system_ar_epochs=300,
 )
@@ -638,6 +736,8 @@ TINY = Profile(
     # counts, not the resolution, are cut. Numbers this small are for plumbing and trends, never for comparison.
     eval=EvalConfig(
         recon_images=96, reference_images=96, gen_samples=96, batch_size=48, cfg_scale=2.0, probe_max_iter=500,
+        # Five scales (1.0-2.0), each scored first on one batch of 48 samples.
+        cfg_search=CfgSearchConfig(scale_max=2.0, low_fraction=0.5, startup_trials=2),
     ),
     epochs_per_paper_epoch=0.01,  # the paper's 100 epochs are one here
     system_ar_epochs=20,
@@ -665,6 +765,7 @@ def tokenizer_run(
     seed: int = 0,
     data_root: str | None = None,
     max_steps: int | None = None,
+    performance: PerformanceConfig | None = None,
 ) -> TokenizerRunConfig:
     """Build a tokenizer run from what varies; everything else comes from the profile (Table 9 at ``paper``).
 
@@ -711,7 +812,8 @@ def tokenizer_run(
         max_steps=max_steps,
     )
     return TokenizerRunConfig(
-        profile=profile, tokenizer=tokenizer, loss=prof.loss, optim=optim, data=data, train=train
+        profile=profile, tokenizer=tokenizer, loss=prof.loss, optim=optim, data=data, train=train,
+        performance=performance or PerformanceConfig(),
     )
 
 
@@ -723,8 +825,12 @@ def ar_run(
     batch_size: int | None = None,
     seed: int = 0,
     max_steps: int | None = None,
+    performance: PerformanceConfig | None = None,
 ) -> ARRunConfig:
-    """An AR model of Table 8 size ``size`` trained on ``tokenizer``'s tokens, numbers from its profile."""
+    """An AR model of Table 8 size ``size`` trained on ``tokenizer``'s tokens, numbers from its profile.
+
+    ``performance`` None computes it as the tokenizer run is computed.
+    """
     prof = get_profile(tokenizer.profile)
     _require(size in prof.ar_sizes, "ar.size", f"unknown AR size {size!r}; known: {AR_SIZE_NAMES}")
     dims = prof.ar_sizes[size]
@@ -739,7 +845,10 @@ def ar_run(
         batch_size=prof.ar_train.batch_size if batch_size is None else batch_size,
         seed=seed, max_steps=max_steps,
     )
-    return ARRunConfig(profile=tokenizer.profile, size=size, tokenizer=tokenizer, model=model, train=train)
+    return ARRunConfig(
+        profile=tokenizer.profile, size=size, tokenizer=tokenizer, model=model, train=train,
+        performance=performance or tokenizer.performance,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -763,13 +872,28 @@ def config_hash(cfg: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def run_hash(cfg: Any) -> str:
+    """:func:`config_hash` of a frozen run config, computed once per object: the config cannot change, and planning
+    or dry-running a 1,000-run study asks for the same hashes ~10,000 times (~1 ms each)."""
+    cached = cfg.__dict__.get("_run_hash")
+    if cached is None:
+        cached = config_hash(cfg)
+        object.__setattr__(cfg, "_run_hash", cached)  # not a field: equality, to_dict and replace() ignore it
+    return cached
+
+
 def _hashed_fields(cfg: Any) -> Any:
-    """The config as plain data, without fields marked ``metadata={"hash": False}`` (machine-local paths)."""
+    """The config as plain data, without fields marked ``metadata={"hash": False}`` (machine-local paths).
+
+    A field marked ``metadata={"hash": "unless-default"}`` counts only when set to something other than its
+    default: a field added later then leaves the hashes of existing runs (and their files on disk) untouched.
+    """
     if dataclasses.is_dataclass(cfg):
         return {
             f.name: _hashed_fields(getattr(cfg, f.name))
             for f in dataclasses.fields(cfg)
             if f.metadata.get("hash", True)
+            and not (f.metadata.get("hash") == UNLESS_DEFAULT and getattr(cfg, f.name) == f.default)
         }
     if isinstance(cfg, tuple | list):
         return [_hashed_fields(v) for v in cfg]

@@ -9,7 +9,14 @@ import torch
 
 from gigatok.config import ConfigError, ar_run, tokenizer_run
 from gigatok.models.ar import ARModel, build_ar_model
-from gigatok.sampling import SamplingConfig, cfg_scales, class_balanced_labels, filter_logits, sample_tokens
+from gigatok.sampling import (
+    SamplingConfig,
+    cfg_scales,
+    class_balanced_labels,
+    draw,
+    filter_logits,
+    sample_tokens,
+)
 
 TABLE8 = {"B": 111e6, "L": 343e6, "XL": 775e6, "XXL": 1.4e9}
 
@@ -56,6 +63,17 @@ def test_cached_and_uncached_sampling_agree() -> None:
     b = sample_tokens(model, labels, cfg, torch.Generator().manual_seed(3), use_cache=False)
     assert a.shape == (2, model.cfg.num_tokens)
     assert torch.equal(a, b)
+
+
+def test_draw_follows_the_probabilities_and_never_picks_a_masked_code() -> None:
+    probs = torch.tensor([[0.0, 1.0, 0.0, 3.0, 0.0]]).expand(20_000, -1)  # unnormalised; the last code masked too
+    picks = draw(probs, torch.Generator().manual_seed(0))
+    assert picks.shape == (20_000, 1)
+    counts = torch.bincount(picks.squeeze(1), minlength=5)
+    assert counts[[0, 2, 4]].sum() == 0
+    assert abs(counts[3] / 20_000 - 0.75) < 0.015  # ~5 standard deviations
+    seeded = [draw(probs[:50], torch.Generator().manual_seed(1)) for _ in range(2)]
+    assert torch.equal(*seeded)
 
 
 def test_cfg_schedules() -> None:

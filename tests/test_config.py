@@ -57,6 +57,20 @@ def test_hash_is_stable_and_content_based() -> None:
     ).hash()
 
 
+def test_hash_is_computed_once_per_config_object() -> None:
+    import pickle
+
+    from gigatok.config import config_hash
+
+    a = tokenizer_run("S-S")
+    first = a.hash()
+    assert a.hash() == first == config_hash(a) and "_run_hash" in a.__dict__  # cached on the object ...
+    assert a == tokenizer_run("S-S") and a.to_dict() == tokenizer_run("S-S").to_dict()  # ... and invisible
+    changed = dataclasses.replace(a, train=dataclasses.replace(a.train, seed=1))
+    assert changed.hash() == config_hash(changed) != first  # a changed copy hashes its own content
+    assert pickle.loads(pickle.dumps(a)).hash() == first
+
+
 def test_hash_is_the_same_in_another_process() -> None:
     code = "from gigatok.config import tokenizer_run; print(tokenizer_run('B-L', profile='paper', kind='2d').hash())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

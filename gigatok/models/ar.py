@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gigatok.config import ARConfig
+from gigatok.models.attention import AttentionModule
 
 
 class RMSNorm(nn.Module):
@@ -35,7 +36,7 @@ class KVCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.depth)]
 
 
-class Attention(nn.Module):
+class Attention(AttentionModule):
     def __init__(self, cfg: ARConfig) -> None:
         super().__init__()
         self.heads = cfg.heads
@@ -50,16 +51,15 @@ class Attention(nn.Module):
         b, t, c = x.shape
         q, k, v = self.wqkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         if cache is None:
-            out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
+            out = self.attend(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         else:
             cache.keys[layer][:, :, start : start + t] = k
             cache.values[layer][:, :, start : start + t] = v
             k, v = cache.keys[layer][:, :, : start + t], cache.values[layer][:, :, : start + t]
-            # Query i (absolute position start + i) sees keys 0 .. start + i.
-            mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            # Query i (absolute position start + i) sees keys 0 .. start + i; a single query sees them all, and
+            # without a mask the fused kernels can take their decoding fast path.
+            mask = None if t == 1 else torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
+            out = self.attend(q, k, v, attn_mask=mask)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, t, c)))
 
 
@@ -153,8 +153,12 @@ class ARModel(nn.Module):
     def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> KVCache:
         return KVCache(self.cfg, batch, device, dtype)
 
-    def decode_step(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
-        """Logits for the last position of the embedded chunk ``x`` placed at ``start``, filling the cache."""
+    def decode_step(self, x: torch.Tensor, cache: KVCache | None, start: int) -> torch.Tensor:
+        """Logits for the last position of the embedded chunk ``x`` placed at ``start``, filling the cache.
+
+        Without a cache ``x`` must be the whole sequence so far (``start`` 0): every position is recomputed.
+        """
+        assert cache is not None or start == 0, "without a KV cache the chunk must start at position 0"
         for i, layer in enumerate(self.layers):
             x = layer(x, cache, i, start)
         return self.output(self.norm(x[:, -1]))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gigatok.config import CNNConfig
+from gigatok.models.attention import AttentionModule
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -33,7 +34,7 @@ class ResnetBlock(nn.Module):
         return self.shortcut(x) + h
 
 
-class AttnBlock(nn.Module):
+class AttnBlock(AttentionModule):
     """Single-head spatial self-attention with 1x1 projections."""
 
     def __init__(self, channels: int, groups: int) -> None:
@@ -45,7 +46,7 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        out = self.attend(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 

@@ -64,6 +64,12 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z: (B, N, latent_channels)."""
+        # In fp32 even under bf16 autocast: with an 8-bit mantissa, 16384 unit codes' similarities to a latent tie
+        # or reorder in the third digit, which changes the chosen codes, not only the rounding.
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor) -> QuantizerOutput:
         b, n, _ = z.shape
         z = F.normalize(self.proj_in(z), dim=-1)
         flat = z.reshape(-1, z.shape[-1])

@@ -2,7 +2,8 @@
 
 A Q-Former block (the reference's layer) is: query self-attention, cross-attention from the queries to the other
 side's tokens, then a 4x MLP, each pre-norm with a residual. Attention goes through
-``scaled_dot_product_attention`` so fused kernels are used where the hardware has them.
+``scaled_dot_product_attention`` so fused kernels are used where the hardware has them (see
+:mod:`gigatok.models.attention` for the switch to the written-out reference).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gigatok.models.attention import AttentionModule
 
-class Attention(nn.Module):
+
+class Attention(AttentionModule):
     """Multi-head attention; self-attention when ``context`` is None, cross-attention otherwise."""
 
     def __init__(self, width: int, heads: int, dropout: float = 0.0) -> None:
@@ -28,7 +31,7 @@ class Attention(nn.Module):
         context = x if context is None else context
         q = self.q(x).view(b, n, self.heads, c // self.heads).transpose(1, 2)
         k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = self.attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 

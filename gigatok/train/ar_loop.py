@@ -32,16 +32,24 @@ from gigatok.distributed import (
     wrap_ddp,
 )
 from gigatok.models.ar import ARModel, build_ar_model
+from gigatok.performance import autocast, maybe_compile, prepare_module
 from gigatok.token_cache import TokenCache, build_token_cache
 from gigatok.train.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
-    latest_checkpoint,
-    load_checkpoint,
+    load_latest_checkpoint,
+    load_weights,
     rng_state,
     save_checkpoint,
 )
-from gigatok.train.run_dir import MeanWindow, MetricsLog, finished_summary, prepare_run_dir, read_config
+from gigatok.train.run_dir import (
+    MeanWindow,
+    MetricsLog,
+    finished_summary,
+    prepare_run_dir,
+    read_config,
+    require_finite,
+)
 from gigatok.train.sampling import ResumableBatchSampler
 from gigatok.train.tokenizer_loop import read_run_config
 
@@ -144,13 +152,16 @@ def train_ar(
     steps_per_epoch = len(train_cache) // t.batch_size
     total_steps = math.ceil(t.epochs * steps_per_epoch)
     total_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
-    model = build_ar_model(cfg.model).to(device)
+    perf = cfg.performance
+    model = prepare_module(build_ar_model(cfg.model).to(device), perf)
     opt = build_ar_optimizer(model, t)
     schedule = wsd_schedule(t, total_steps, steps_per_epoch)
 
     step, window = 0, MeanWindow()
-    if (ckpt := latest_checkpoint(run_dir)) is not None:
-        state = load_checkpoint(ckpt)
+    if (found := load_latest_checkpoint(run_dir)) is not None:
+        ckpt, state = found
+        if is_main(env):  # in the job log: where a requeued job picked up
+            print(f"resuming {run_dir.name} from {ckpt.name}", flush=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         restore_rank_rng(state, env, device, t.seed)
@@ -158,7 +169,7 @@ def train_ar(
         window.load(state["log_window"])
     barrier(env)  # every rank has read the checkpoint before rank 0 may write a newer one
     log = MetricsLog(run_dir / "metrics.jsonl", step) if is_main(env) else None
-    training_loss = wrap_ddp(_TrainingLoss(model), env)
+    training_loss = maybe_compile(wrap_ddp(_TrainingLoss(model), env), perf)
 
     def checkpoint(at: int) -> None:
         if env.world_size > 1:  # the open window's rank means: a resumed run logs what an uninterrupted one would
@@ -184,7 +195,8 @@ def train_ar(
         lr = t.lr * schedule(step)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = training_loss(tokens, labels)
+        with autocast(perf, device):  # the loss itself is taken on fp32 logits (ARModel.loss)
+            loss = training_loss(tokens, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -194,6 +206,7 @@ def train_ar(
         bar.update(1)
         if step % t.log_every == 0 or step == total_steps:
             last = {**mean_across_ranks(window.means(), env), "lr": lr}
+            require_finite(last, step, run_dir)
             window.reset()
             if log is not None:
                 log.append({"step": step, **last})
@@ -201,6 +214,8 @@ def train_ar(
                 log_fn(step, last)
             bar.set_postfix(loss=f"{last['train_loss']:.3f}")
         if step % t.checkpoint_every == 0 or step == end:
+            # Weights are about to be saved: the steps since the last log record must have been finite too.
+            require_finite(mean_across_ranks(window.means(), env), step, run_dir)
             checkpoint(step)
     bar.close()
 
@@ -222,5 +237,5 @@ def load_trained_ar(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir, ar_run_config_from_dict)
     model = build_ar_model(cfg.model)
-    model.load_state_dict(torch.load(run_dir / "ar.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(load_weights(run_dir / "ar.pt"))
     return model.to(device).eval()

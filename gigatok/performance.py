@@ -1,0 +1,54 @@
+"""Applying a :class:`~gigatok.config.PerformanceConfig`: the attention kernel, the memory format of convolutions,
+bf16 autocast and ``torch.compile``.
+
+The training loops, ``bench/tokenizer_step.py`` and ``bench/gpu_mfu.py`` all go through these few functions, so a
+benchmark measures what training runs. Imports torch and this package's models only (the GPU benchmark runs where
+nothing else is installed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from gigatok.config import PerformanceConfig
+from gigatok.models.attention import set_fused_attention
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def autocast_dtype(perf: PerformanceConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype on ``device``, or None for full fp32. ``auto`` is bf16 on CUDA only: CPUs without
+    AVX512-BF16/AMX emulate bf16 matmuls and run them slower than fp32."""
+    if perf.autocast == "off" or (perf.autocast == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def autocast(perf: PerformanceConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The context the forward pass and the loss run in (backward and the optimizer step run outside it)."""
+    dtype = autocast_dtype(perf, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def prepare_module(module: M, perf: PerformanceConfig) -> M:
+    """Set ``module``'s attention kernel and convolution memory format in place (before building its optimizer)."""
+    set_fused_attention(module, perf.fused_attention)
+    if perf.channels_last:
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
+def prepare_images(images: torch.Tensor, perf: PerformanceConfig) -> torch.Tensor:
+    """Images in the memory format the convolutions expect."""
+    return images.contiguous(memory_format=torch.channels_last) if perf.channels_last else images
+
+
+def maybe_compile(fn: Callable[..., Any], perf: PerformanceConfig) -> Callable[..., Any]:
+    """``torch.compile(fn)`` when asked. The loops compile the DDP-wrapped module: compile then splits its graph at
+    DDP's gradient buckets, so the all-reduces still overlap the backward pass."""
+    return torch.compile(fn) if perf.compile else fn

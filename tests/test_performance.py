@@ -1,0 +1,149 @@
+"""Performance switches: each computes what the plain path computes, none changes a run's hash, and the training
+loops apply them. (Their speed is measured by bench/, never here.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gigatok.config import PerformanceConfig, ar_run, ar_run_config_from_dict, run_config_from_dict, tokenizer_run
+from gigatok.models.ar import build_ar_model
+from gigatok.models.attention import AttentionModule, math_attention, set_fused_attention
+from gigatok.models.quantizer import VectorQuantizer
+from gigatok.models.tokenizer import build_tokenizer
+from gigatok.performance import autocast, autocast_dtype, prepare_images, prepare_module
+
+PLAIN = PerformanceConfig(fused_attention=False, channels_last=False, autocast="off")
+ALL_ON = PerformanceConfig(fused_attention=True, channels_last=True, autocast="bf16")
+
+
+def test_performance_switches_leave_the_hash_alone() -> None:
+    base = tokenizer_run("S-S", profile="paper")
+    for perf in (PLAIN, ALL_ON, PerformanceConfig(compile=True)):
+        other = tokenizer_run("S-S", profile="paper", performance=perf)
+        assert other.hash() == base.hash() and other.performance == perf
+        assert ar_run(other, "B").hash() == ar_run(base, "B").hash()
+    assert ar_run(base, "B", performance=ALL_ON).performance == ALL_ON
+    assert ar_run(tokenizer_run(performance=PLAIN)).performance == PLAIN  # AR follows its tokenizer by default
+
+
+def test_performance_round_trips_and_old_configs_still_load() -> None:
+    cfg = tokenizer_run("S-S", performance=ALL_ON)
+    assert run_config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    ar = ar_run(cfg)
+    assert ar_run_config_from_dict(json.loads(json.dumps(ar.to_dict()))) == ar
+    old = cfg.to_dict()
+    del old["performance"]  # a config.json written before the switches existed
+    assert run_config_from_dict(old).performance == PerformanceConfig()
+
+
+def test_invalid_autocast_is_rejected() -> None:
+    with pytest.raises(ValueError, match="performance.autocast"):
+        PerformanceConfig(autocast="fp16")  # type: ignore[arg-type]
+
+
+def test_autocast_defaults_to_bf16_on_cuda_only() -> None:
+    auto = PerformanceConfig()
+    assert autocast_dtype(auto, torch.device("cuda")) is torch.bfloat16
+    assert autocast_dtype(auto, torch.device("cpu")) is None
+    assert autocast_dtype(PerformanceConfig(autocast="bf16"), torch.device("cpu")) is torch.bfloat16
+    assert autocast_dtype(PerformanceConfig(autocast="off"), torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize(
+    "shape_q, shape_kv, causal, masked",
+    [((2, 3, 5, 8), (2, 3, 5, 8), False, False), ((2, 3, 4, 8), (2, 3, 7, 8), False, False),
+     ((2, 3, 6, 8), (2, 3, 6, 8), True, False), ((2, 3, 3, 8), (2, 3, 7, 8), False, True)],
+)
+def test_math_attention_matches_sdpa(shape_q: tuple, shape_kv: tuple, causal: bool, masked: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(shape_q, generator=g), torch.randn(shape_kv, generator=g), torch.randn(shape_kv, generator=g)
+    mask = torch.ones(shape_q[2], shape_kv[2], dtype=torch.bool).tril(shape_kv[2] - shape_q[2]) if masked else None
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    assert torch.allclose(math_attention(q, k, v, attn_mask=mask, is_causal=causal), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_tokenizer_is_the_same_function_under_every_kernel_and_layout(kind: str) -> None:
+    torch.manual_seed(0)
+    cfg = tokenizer_run("S-B", kind=kind).tokenizer
+    model = build_tokenizer(cfg).eval()
+    images = torch.rand(2, 3, cfg.image_size, cfg.image_size) * 2 - 1
+    with torch.no_grad():
+        fused = model(images)
+        prepare_module(model, PLAIN)
+        kernels = {m.fused_attention for m in model.modules() if isinstance(m, AttentionModule)}
+        plain = model(images)
+        prepare_module(model, ALL_ON)
+        nhwc = model(prepare_images(images, ALL_ON))
+    assert kernels == {False}  # the transformers' and the CNN decoder's attention alike
+    for other in (plain, nhwc):
+        assert torch.equal(other.quant.indices, fused.quant.indices)
+        assert torch.allclose(other.reconstruction, fused.reconstruction, atol=1e-4)
+    assert prepare_images(images, ALL_ON).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_ar_model_is_the_same_function_under_both_kernels() -> None:
+    torch.manual_seed(0)
+    model = build_ar_model(ar_run(tokenizer_run("S-S")).model).eval()
+    tokens = torch.randint(0, model.cfg.vocab_size, (3, model.cfg.num_tokens))
+    labels = torch.tensor([0, 1, model.null_class])
+    with torch.no_grad():
+        fused = model(tokens, labels)
+        plain = set_fused_attention(model, False)(tokens, labels)
+    assert torch.allclose(plain, fused, atol=1e-5)
+
+
+def test_quantizer_searches_codes_in_fp32_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    cfg = tokenizer_run("S-S", profile="paper").tokenizer.quantizer
+    quantizer = VectorQuantizer(cfg, 64).eval()
+    z = torch.randn(2, 256, 64)
+    with torch.no_grad():
+        exact = quantizer(z)
+        with autocast(PerformanceConfig(autocast="bf16"), torch.device("cpu")):
+            mixed = quantizer(z.bfloat16().float())  # the same latent, as a bf16 encoder would hand it over
+    reference = quantizer(z.bfloat16().float())
+    assert mixed.quantized.dtype == torch.float32
+    assert torch.equal(mixed.indices, reference.indices)
+    assert (mixed.indices == exact.indices).float().mean() > 0.9  # only the input's rounding moved any code
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, module: object) -> list[PerformanceConfig]:
+    """Record the PerformanceConfig every ``prepare_module``/``autocast`` call of a loop module receives."""
+    seen: list[PerformanceConfig] = []
+    for name in ("prepare_module", "autocast"):
+        real = getattr(module, name)
+
+        def spy(*args: object, _real=real) -> object:
+            seen.extend(a for a in args if isinstance(a, PerformanceConfig))
+            return _real(*args)
+
+        monkeypatch.setattr(module, name, spy)
+    return seen
+
+
+@pytest.mark.slow
+def test_training_loops_apply_the_run_performance_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both loops train with every non-default switch (on CPU: written-out attention, NHWC, bf16 autocast)."""
+    import gigatok.train.ar_loop as ar_loop
+    import gigatok.train.tokenizer_loop as tokenizer_loop
+
+    perf = PerformanceConfig(fused_attention=False, channels_last=True, autocast="bf16")
+    cfg = tokenizer_run("S-S", semantic_weight=0, max_steps=2, performance=perf)
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, gan_start_step=1))  # the GAN step runs too
+    seen = _spy(monkeypatch, tokenizer_loop)
+    result = tokenizer_loop.train_tokenizer(cfg, tmp_path / "tok", allow_substitutes=True, progress=False)
+    assert result.finished and all(torch.isfinite(torch.tensor(v)) for v in result.final_metrics.values())
+    assert seen == [perf] * 6  # 3 modules prepared; autocast at both steps and at the discriminator's one
+
+    ar_cfg = ar_run(cfg, "B", max_steps=2)
+    seen = _spy(monkeypatch, ar_loop)
+    ar_result = ar_loop.train_ar(ar_cfg, tmp_path / "ar", tmp_path / "tok", progress=False)
+    assert ar_result.finished and ar_result.val_loss is not None and ar_result.val_loss > 0
+    assert seen == [perf] * 3  # the model prepared; autocast at both steps
