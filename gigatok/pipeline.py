@@ -7,6 +7,7 @@ Stages, in the order a run executes them::
     ar               train the AR probe on the token cache     RUNS/ar-<AR hash>/
     reconstruction   rFID, LPIPS, PSNR, SSIM, codebook stats  RUNS/tokenizer-<hash>/eval/reconstruction-<key>.json
     tokenizer_probe  linear probe on the tokenizer encoder     RUNS/tokenizer-<hash>/eval/probe-<key>.json
+    cfg_search       Optuna search of the CFG scale (App. B)   RUNS/ar-<hash>/eval/cfg-search-<key>.json
     generation       gFID, IS, precision, recall of samples    RUNS/ar-<hash>/eval/generation-<key>.json
     ar_probe         linear probe on AR layer n/2              RUNS/ar-<hash>/eval/probe-<key>.json
     decode_cost      Table 4: decoding time / generation time RUNS/ar-<hash>/eval/decode-cost-<key>.json
@@ -17,6 +18,9 @@ stage killed half-way resumes from its newest checkpoint, found on disk when the
 stage folder keeps two processes from working on the same stage at once.
 
 Training stages run on every process of a multi-process (DDP) job; evaluation and tracking run on rank 0 only.
+
+A run with the ``cfg_search`` stage reports gFID at the best sampler setting its search found: the generation
+stage samples at that setting (and finds the search's full-budget result for it already on disk).
 """
 
 from __future__ import annotations
@@ -45,18 +49,20 @@ from gigatok.config import (
     run_config_from_dict,
 )
 
-STAGES = ("tokenizer", "token_cache", "ar", "reconstruction", "tokenizer_probe", "generation", "ar_probe",
-          "decode_cost")
+STAGES = ("tokenizer", "token_cache", "ar", "reconstruction", "tokenizer_probe", "feature_pca", "cfg_search",
+          "generation", "ar_probe", "decode_cost")
 TOKENIZER_STAGES = ("tokenizer", "reconstruction", "tokenizer_probe")
 PROBE_STAGES = (*TOKENIZER_STAGES, "token_cache", "ar", "generation", "ar_probe")
 TRAINING_STAGES = ("tokenizer", "ar")
-NEEDS_AR = ("token_cache", "ar", "generation", "ar_probe", "decode_cost")
+NEEDS_AR = ("token_cache", "ar", "cfg_search", "generation", "ar_probe", "decode_cost")
 
 # Final metrics a run reports, by stage (names as logged to MLflow).
 STAGE_METRICS = {
     "reconstruction": ("rfid", "lpips", "psnr", "ssim", "codebook_usage", "codebook_perplexity"),
     "tokenizer_probe": ("tokenizer_probe_acc",),
+    "feature_pca": ("feature_pca_variance",),  # variance explained by the 3 components drawn in Fig. 8
     "ar": ("ar_val_loss",),
+    "cfg_search": ("cfg_best_scale", "cfg_best_gfid"),  # the best CFG scale and its gFID (Appendix B)
     "generation": ("gfid", "inception_score", "precision", "recall"),
     "ar_probe": ("ar_probe_acc",),
     "decode_cost": ("decode_fraction", "sampling_seconds", "decoding_seconds"),
@@ -78,8 +84,15 @@ class RunSpec:
     ar: ARRunConfig | None
     eval: EvalConfig
     stages: tuple[str, ...] = PROBE_STAGES
+    # Evaluate the tokenizer as it was at this epoch of its training (one of its train.snapshot_epochs), not its
+    # final weights: everything after the tokenizer stage (token cache, AR probe, metrics) uses that snapshot.
+    tokenizer_snapshot: float | None = None
 
     def __post_init__(self) -> None:
+        snapshots = self.tokenizer.train.snapshot_epochs
+        if self.tokenizer_snapshot is not None and self.tokenizer_snapshot not in snapshots:
+            raise ValueError(f"run {self.label}: tokenizer_snapshot {self.tokenizer_snapshot:g} is not one of the "
+                             f"tokenizer's train.snapshot_epochs {list(snapshots)}")
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"run stages: unknown {unknown}; known: {STAGES}")
@@ -106,9 +119,18 @@ class RunSpec:
         return _short_hash({
             "tokenizer": self.tokenizer.hash(),
             "ar": self.ar.hash() if self.ar is not None else None,
-            "eval": _hashed_fields(self.eval),
+            "eval": self._eval_fields(_hashed_fields(self.eval)),
             "stages": sorted(self.stages),
+            # only when set, so the hashes of runs of final tokenizers did not change when snapshots came
+            **({"tokenizer_snapshot": self.tokenizer_snapshot} if self.tokenizer_snapshot is not None else {}),
         })
+
+    def _eval_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Scoring settings that matter to this run: the CFG-search settings only with the cfg_search stage (so the
+        runs of other studies kept their hashes when the search came)."""
+        if "cfg_search" not in self.stages:
+            fields.pop("cfg_search", None)
+        return fields
 
     def ordered_stages(self) -> list[str]:
         return [s for s in STAGES if s in self.stages]
@@ -121,6 +143,7 @@ class RunSpec:
             "ar": None if self.ar is None else self.ar.to_dict(),
             "eval": dataclasses.asdict(self.eval),
             "stages": list(self.stages),
+            "tokenizer_snapshot": self.tokenizer_snapshot,
         }
 
     @classmethod
@@ -132,6 +155,7 @@ class RunSpec:
             ar=None if data["ar"] is None else ar_run_config_from_dict(data["ar"]),
             eval=from_dict(EvalConfig, data["eval"]),
             stages=tuple(data["stages"]),
+            tokenizer_snapshot=data.get("tokenizer_snapshot"),
         )
 
     def params(self) -> dict[str, Any]:
@@ -143,9 +167,11 @@ class RunSpec:
             ar = self.ar.to_dict()
             ar.pop("tokenizer")
             out.update(flatten(ar, "ar."))
-        out.update(flatten(dataclasses.asdict(self.eval), "eval."))
+        out.update(flatten(self._eval_fields(dataclasses.asdict(self.eval)), "eval."))
         out.update({f"factor.{k}": str(v) for k, v in self.factors})
         out["stages"] = ",".join(self.ordered_stages())
+        if self.tokenizer_snapshot is not None:
+            out["tokenizer_snapshot"] = self.tokenizer_snapshot
         return out
 
 
@@ -186,31 +212,69 @@ def _eval_key(spec: RunSpec, *names: str) -> str:
     return _short_hash({n: getattr(spec.eval, n) for n in names})
 
 
+def tokenizer_dir_of(spec: RunSpec, ctx: RunContext) -> Path:
+    """The tokenizer run directory a spec evaluates: the trained tokenizer's, or that of its snapshot."""
+    from gigatok.train.tokenizer_loop import snapshot_dir
+
+    base = ctx.tokenizer_dir(spec.tokenizer)
+    return base if spec.tokenizer_snapshot is None else snapshot_dir(base, spec.tokenizer_snapshot)
+
+
+def ar_dir_of(spec: RunSpec, ctx: RunContext) -> Path:
+    """The AR run directory of a spec: one per AR config and tokenizer snapshot."""
+    assert spec.ar is not None
+    base = ctx.ar_dir(spec.ar)
+    return base if spec.tokenizer_snapshot is None else base.with_name(f"{base.name}-epoch-{spec.tokenizer_snapshot:g}")
+
+
+def generation_eval(spec: RunSpec, ctx: RunContext) -> EvalConfig | None:
+    """The settings the generation stage samples with: the run's own, or with the cfg_search stage the best
+    point its search found (None until that search has finished)."""
+    if "cfg_search" not in spec.stages:
+        return spec.eval
+    path = stage_result_path(spec, ctx, "cfg_search")
+    if not path.is_file():
+        return None
+    best = _read_result(path)
+    return dataclasses.replace(spec.eval, cfg_scale=best["best_scale"], step_fraction=best["best_step_fraction"],
+                               cfg_schedule=best["schedule"])
+
+
 def stage_result_path(spec: RunSpec, ctx: RunContext, stage: str) -> Path:
     """The file whose presence means ``stage`` of ``spec`` is complete."""
     if stage == "tokenizer":
-        return ctx.tokenizer_dir(spec.tokenizer) / "summary.json"
+        return ctx.tokenizer_dir(spec.tokenizer) / "summary.json"  # the whole schedule, snapshots included
     if stage == "token_cache":
-        return ctx.tokenizer_dir(spec.tokenizer) / "token_cache" / "val.pt"
+        return tokenizer_dir_of(spec, ctx) / "token_cache" / "val.pt"
     if stage == "reconstruction":
         key = _eval_key(spec, "recon_images", "inception_input")
-        return ctx.tokenizer_dir(spec.tokenizer) / "eval" / f"reconstruction-{key}.json"
+        return tokenizer_dir_of(spec, ctx) / "eval" / f"reconstruction-{key}.json"
     if stage == "tokenizer_probe":
         key = _eval_key(spec, "probe_max_iter")
-        return ctx.tokenizer_dir(spec.tokenizer) / "eval" / f"probe-{key}.json"
+        return tokenizer_dir_of(spec, ctx) / "eval" / f"probe-{key}.json"
+    if stage == "feature_pca":
+        key = _eval_key(spec, "pca_images", "pca_class")
+        return tokenizer_dir_of(spec, ctx) / "eval" / f"feature-pca-{key}.json"
     assert spec.ar is not None, stage
     if stage == "ar":
-        return ctx.ar_dir(spec.ar) / "summary.json"
+        return ar_dir_of(spec, ctx) / "summary.json"
+    if stage == "cfg_search":
+        from gigatok.cfg_search import SearchPlan
+
+        return SearchPlan.for_run(spec, ctx).result_path
     if stage == "generation":
-        key = _eval_key(spec, "gen_samples", "reference_images", "inception_input", "cfg_scale", "cfg_schedule",
-                        "step_fraction", "temperature", "top_k", "top_p")
-        return ctx.ar_dir(spec.ar) / "eval" / f"generation-{key}.json"
+        e = generation_eval(spec, ctx)
+        if e is None:  # sampled at the point the search will choose: no result can exist yet
+            return ar_dir_of(spec, ctx) / "eval" / "generation-after-cfg-search.json"
+        key = _short_hash({n: getattr(e, n) for n in ("gen_samples", "reference_images", "inception_input",
+                           "cfg_scale", "cfg_schedule", "step_fraction", "temperature", "top_k", "top_p")})
+        return ar_dir_of(spec, ctx) / "eval" / f"generation-{key}.json"
     if stage == "ar_probe":
         key = _eval_key(spec, "probe_max_iter")
-        return ctx.ar_dir(spec.ar) / "eval" / f"probe-{key}.json"
+        return ar_dir_of(spec, ctx) / "eval" / f"probe-{key}.json"
     if stage == "decode_cost":
         key = _eval_key(spec, "batch_size", "cfg_scale", "cfg_schedule")
-        return ctx.ar_dir(spec.ar) / "eval" / f"decode-cost-{key}.json"
+        return ar_dir_of(spec, ctx) / "eval" / f"decode-cost-{key}.json"
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -347,18 +411,25 @@ def _probe_outcome(stage: str, path: Path) -> StageOutcome:
 class StageRunner:
     """Runs the stages of one spec; each method returns a :class:`StageOutcome` read from or written to disk."""
 
-    def __init__(self, spec: RunSpec, ctx: RunContext, workspace: _Workspace, log_fn: Any = None) -> None:
+    def __init__(self, spec: RunSpec, ctx: RunContext, workspace: _Workspace, log_fn: Any = None,
+                 run_id: str | None = None) -> None:
         self.spec, self.ctx, self.ws = spec, ctx, workspace
         self.log_fn = log_fn  # (stage, step, values) for live training curves
+        self.run_id = run_id  # the MLflow run (the parent of a CFG search's trial runs); None: not tracked
 
     @property
     def tok_dir(self) -> Path:
+        return tokenizer_dir_of(self.spec, self.ctx)
+
+    @property
+    def train_dir(self) -> Path:
+        """Where the tokenizer trains (the same as ``tok_dir`` unless the spec evaluates a snapshot)."""
         return self.ctx.tokenizer_dir(self.spec.tokenizer)
 
     @property
     def ar_dir(self) -> Path:
         assert self.spec.ar is not None
-        return self.ctx.ar_dir(self.spec.ar)
+        return ar_dir_of(self.spec, self.ctx)
 
     def run(self, stage: str) -> StageOutcome:
         path = stage_result_path(self.spec, self.ctx, stage)
@@ -377,14 +448,17 @@ class StageRunner:
                 self.log_fn("tokenizer", step, values)
 
         result = train_tokenizer(
-            self.spec.tokenizer, self.tok_dir, weights_dir=self.ctx.weights_dir,
+            self.spec.tokenizer, self.train_dir, weights_dir=self.ctx.weights_dir,
             allow_substitutes=self.ctx.allow_substitutes, device=self.ws.device, progress=self.ctx.progress,
             log_fn=log,
         )
         if not result.finished:
             raise RuntimeError(f"tokenizer stopped at step {result.steps} before the end of its schedule")
         records = [(r["step"], {k: v for k, v in r.items() if k not in ("step", "substitutes")})
-                   for r in read_metrics(self.tok_dir)]
+                   for r in read_metrics(self.train_dir)]
+        if not (self.tok_dir / "summary.json").is_file():
+            raise RuntimeError(f"tokenizer finished without its snapshot at epoch {self.spec.tokenizer_snapshot:g} "
+                               f"({self.tok_dir})")
         return StageOutcome("tokenizer", {}, records=records, substitutes=list(result.substitutes))
 
     def _token_cache(self) -> StageOutcome:
@@ -467,6 +541,52 @@ class StageRunner:
             _write_result(path, dataclasses.asdict(probe))
         return _probe_outcome("tokenizer_probe", path)
 
+    def _feature_pca(self) -> StageOutcome:
+        path = stage_result_path(self.spec, self.ctx, "feature_pca")
+        arrays = path.with_suffix(".npz")
+        if not path.is_file():
+            import torch
+
+            from gigatok.feature_pca import class_group, decoder_feature_pca, labels_of
+            from gigatok.train.tokenizer_loop import load_trained_tokenizer
+
+            e = self.spec.eval
+            val, description = _val_subset(self.spec, None)
+            class_index, members = class_group(labels_of(val), e.pca_images, e.pca_class)
+            images = torch.stack([val[i][0] for i in members]).to(self.ws.device)
+            tokenizer = load_trained_tokenizer(self.tok_dir, self.ws.device)
+            pca = decoder_feature_pca(tokenizer, images, class_index)
+            pca.save(arrays)
+            _write_result(path, {
+                "class_index": class_index, "images": len(members), "dataset": description, "layer": pca.layer,
+                "explained_variance_ratio": pca.explained_variance_ratio.tolist(), "arrays": arrays.name,
+            })
+        result = _read_result(path)
+        tags = {"gigatok.artifact.feature_pca": f"eval/feature_pca/{arrays.name}",
+                "gigatok.provenance.feature_pca_variance":
+                    f"decoder layer {result['layer']}, {result['images']} images of class {result['class_index']} "
+                    f"of {result['dataset']}"}
+        return StageOutcome("feature_pca", {"feature_pca_variance": float(sum(result["explained_variance_ratio"]))},
+                            tags, [path, arrays])
+
+    def _cfg_search(self) -> StageOutcome:
+        from gigatok.cfg_search import SearchPlan, run_here, sync_records
+
+        plan = SearchPlan.for_run(self.spec, self.ctx, parent_run_id=self.run_id)
+        if plan.result_path.is_file():
+            sync_records(plan)  # the trial runs under this run, when another run's search did the work
+        else:
+            # One worker in this process; a search started (or finished) by the cfg_search CLI resumes here. The
+            # best point goes to the parent run with this stage's metrics, not from inside the search.
+            run_here(plan, workspace=self.ws, record_parent=False,
+                     log=lambda line: print(f"cfg_search: {line}", flush=True))
+        best = _read_result(plan.result_path)
+        metrics = {"cfg_best_scale": best["best_scale"], "cfg_best_gfid": best["best_gfid"]}
+        if best.get("fractions"):
+            metrics["cfg_best_step_fraction"] = best["best_step_fraction"]
+        tags = {"gigatok.cfg_search": plan.study_name, "gigatok.cfg_schedule": plan.schedule}
+        return StageOutcome("cfg_search", metrics, tags, [plan.result_path])
+
     def _generation(self) -> StageOutcome:
         path = stage_result_path(self.spec, self.ctx, "generation")
         if not path.is_file():
@@ -478,7 +598,9 @@ class StageRunner:
             from gigatok.train.ar_loop import load_trained_ar
             from gigatok.train.tokenizer_loop import load_trained_tokenizer
 
-            e = self.spec.eval
+            e = generation_eval(self.spec, self.ctx)
+            if e is None:
+                raise RuntimeError("generation needs the best CFG scale, but the cfg_search stage has not finished")
             network = self.ws.feature_network(e.inception_input)
             val, description = _val_subset(self.spec, e.reference_images)
             reference = reference_summary(val, network, description, cache_dir=self.ctx.reference_dir,
@@ -585,18 +707,23 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
         for stage in TRAINING_STAGES:
             if stage in spec.stages and stage not in logged:
                 last_step[stage] = logger.last_step(f"{stage}/lr")
-        env_job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+        # An array task's own id (123_4): sacct reports every task of the array for the bare array id.
+        array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        env_job = f"{array_job}_{array_task}" if array_job and array_task else os.environ.get("SLURM_JOB_ID")
         logger.tags({"gigatok.host": os.uname().nodename, **({"gigatok.slurm_job_id": env_job} if env_job else {})})
         if "gigatok.error" in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
             logger.client.delete_tag(run_id, "gigatok.error")
         logger.set_status("RUNNING")
+    stored = dict(last_step)  # the last step of each curve that MLflow held when this process started
+    streamed: dict[str, set[int]] = {stage: set() for stage in TRAINING_STAGES}
 
     def stream(stage: str, step: int, values: dict[str, float]) -> None:
         if logger is not None and step > last_step.get(stage, -1):
             logger.metrics(values, step=step, prefix=f"{stage}/")
             last_step[stage] = step
+            streamed[stage].add(step)
 
-    runner = StageRunner(spec, ctx, workspace, log_fn=stream)
+    runner = StageRunner(spec, ctx, workspace, log_fn=stream, run_id=logger.run_id if logger is not None else None)
     metrics: dict[str, float] = {}
     substitutes: set[str] = set()
     stage = "start"
@@ -611,8 +738,11 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
             substitutes.update(outcome.substitutes)
             if logger is None or stage in logged:
                 continue
-            # Curves: whatever the live stream did not deliver (a stage finished by another run or process).
-            missing = [(s, v) for s, v in outcome.records if s > last_step.get(stage, -1)]
+            # Curves: whatever MLflow lacks, i.e. what neither an earlier process stored nor this one streamed: a
+            # stage finished by another run or process, or the steps a killed process still held in RunLogger's
+            # buffer (up to its last few seconds, possibly before the checkpoint this process resumed from).
+            missing = [(s, v) for s, v in outcome.records
+                       if s > stored.get(stage, -1) and s not in streamed.get(stage, ())]
             logger.metric_records(missing, prefix=f"{stage}/")
             logger.metrics(outcome.metrics)
             for artifact in outcome.artifacts:

@@ -216,8 +216,10 @@ class Planner:
         ar: ARRunConfig | None = None,
         stages: tuple[str, ...] = PROBE_STAGES,
         eval: EvalConfig | None = None,
+        tokenizer_snapshot: float | None = None,
     ) -> RunSpec:
-        spec = RunSpec(self.study, tuple(factors.items()), tokenizer, ar, eval or self.profile.eval, stages)
+        spec = RunSpec(self.study, tuple(factors.items()), tokenizer, ar, eval or self.profile.eval, stages,
+                       tokenizer_snapshot)
         return apply_overrides(spec, self.overrides)
 
     def probe(self, factors: dict[str, Any], tokenizer: TokenizerRunConfig, ar_size: str = "B",

@@ -7,10 +7,13 @@ Factor names are shared across studies so the analysis can put any two side by s
 
 from __future__ import annotations
 
-from gigatok.pipeline import RunSpec
+import dataclasses
+
+from gigatok.pipeline import PROBE_STAGES, RunSpec
 from gigatok.study import Planner, study
 
 PROBE_SIZES = ("S-S", "S-B", "B-L")
+CFG_SEARCHED = (*PROBE_STAGES, "cfg_search")  # the probe, reporting gFID at the best CFG scale it searched
 
 
 @study("scaling_vanilla", reproduces="Fig. 3",
@@ -83,17 +86,27 @@ def entropy_loss(p: Planner) -> list[RunSpec]:
 @study("ar_probe_vs_large", reproduces="Fig. 6",
        about="S-S, S-L, B-L probed by the 111M AR probe and by the 343M AR-L")
 def ar_probe_vs_large(p: Planner) -> list[RunSpec]:
-    return [p.probe({"size": n, "ar_size": ar}, p.tokenizer(n), ar) for n in ("S-S", "S-L", "B-L") for ar in ("B", "L")]
+    # gFID at the best constant-schedule CFG scale of each AR model (Appendix B), found by the cfg_search stage.
+    runs = []
+    for n in ("S-S", "S-L", "B-L"):
+        tok = p.tokenizer(n)
+        for ar in ("B", "L"):
+            runs.append(p.run({"size": n, "ar_size": ar}, tok, p.ar(tok, ar), stages=CFG_SEARCHED))
+    return runs
 
 
 @study("system_level", reproduces="Tables 3 and 10",
        about="the final tokenizers with AR-B, and B-L / XL-XXL with the 1.4B AR-XXL, AR trained 300 epochs")
 def system_level(p: Planner) -> list[RunSpec]:
     pairs = [("S-S", "B"), ("S-B", "B"), ("B-L", "B"), ("XL-XXL", "B"), ("B-L", "XXL"), ("XL-XXL", "XXL")]
-    return [
-        p.probe({"size": n, "ar_size": ar}, p.tokenizer(n), ar, epochs=p.profile.system_ar_epochs)
-        for n, ar in pairs
-    ]
+    # Appendix B: system-level gFID uses the step schedule (the first 18% of tokens unguided) at the best scale.
+    step = dataclasses.replace(p.profile.eval, cfg_schedule="step")
+    runs = []
+    for n, ar in pairs:
+        tok = p.tokenizer(n)
+        runs.append(p.run({"size": n, "ar_size": ar}, tok, p.ar(tok, ar, epochs=p.profile.system_ar_epochs),
+                          stages=CFG_SEARCHED, eval=step))
+    return runs
 
 
 @study("decode_cost", reproduces="Table 4",
@@ -106,4 +119,32 @@ def decode_cost(p: Planner) -> list[RunSpec]:
         tok = p.tokenizer(name)
         for ar in ("B", "L", "XXL"):
             runs.append(p.run({"decoder": dec, "ar_size": ar}, tok, p.ar(tok, ar), stages=("decode_cost",)))
+    return runs
+
+
+@study("feature_pca", reproduces="Fig. 8",
+       about="PCA of B-L decoder features over same-class images, with and without semantic regularization")
+def feature_pca(p: Planner) -> list[RunSpec]:
+    # The tokenizers are scaling_semreg's B-L pair (same configs, so trained once for both studies).
+    return [
+        p.run({"size": "B-L", "semreg": reg}, p.tokenizer("B-L", semantic_weight=None if reg else 0),
+              stages=("tokenizer", "feature_pca"))
+        for reg in (False, True)
+    ]
+
+
+@study("tokenizer_checkpoints", reproduces="Fig. 13",
+       about="B-L and XL-XXL probed at five checkpoints of their training (tokenizer and AR linear probes, gFID)")
+def tokenizer_checkpoints(p: Planner) -> list[RunSpec]:
+    runs = []
+    for name in ("B-L", "XL-XXL"):
+        base = p.tokenizer(name)
+        epochs = base.train.epochs
+        snapshots = tuple(round(epochs * k / 5, 6) for k in range(1, 6))  # 20%, 40%, ... 100% of training
+        tok = dataclasses.replace(base, train=dataclasses.replace(base.train, snapshot_epochs=snapshots))
+        for at in snapshots:
+            # The factor is in paper epochs, so tiny and paper runs of this study share the figure's x axis.
+            paper = round(at / p.profile.epochs_per_paper_epoch, 3)
+            runs.append(p.run({"size": name, "checkpoint": int(paper) if paper.is_integer() else paper}, tok,
+                              p.ar(tok, "B"), tokenizer_snapshot=at))
     return runs

@@ -1,0 +1,122 @@
+"""Scoring a point of a CFG search: gFID of the trained AR model sampled at that point's settings.
+
+A scorer is any callable ``score(point, report) -> metrics``: it returns the full-budget metrics (at least
+``gfid``) and, part-way, calls ``report(samples, gfid)``, which raises :class:`optuna.TrialPruned` when the pruner
+stops the point. The search driver takes the scorer as a parameter; :class:`GenerationScorer` is the real one.
+
+The real score is the run's own generation stage at the point's settings (:meth:`SearchPlan.trial_spec`), so a
+trial's full-budget result is the very file the run's generation stage reads at the best point. The small-budget
+score is the FID of the first ``low_samples`` images of that same stream, taken from the Inception features on
+their way into the full statistics: the small rung costs nothing beyond the Frechet distance itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gigatok.cfg_search.plan import SearchPlan, SearchPoint
+from gigatok.pipeline import StageRunner, _val_subset, stage_lock, workspace_for
+
+Report = Callable[[int, float], None]
+
+
+class Scorer(Protocol):
+    def __call__(self, point: SearchPoint, report: Report) -> dict[str, float]: ...
+
+
+class _SmallBudgetFid:
+    """Accumulates the first ``samples`` feature rows of a stream and reports their FID against the reference."""
+
+    def __init__(self, reference: Any, samples: int, report: Report) -> None:
+        from gigatok.metrics.accumulators import FeatureMoments
+
+        self.reference = reference
+        self.samples = samples
+        self.report = report
+        self.moments = FeatureMoments(reference.mean.shape[0])
+
+    def __call__(self, features: Any) -> None:
+        from gigatok.metrics.fid import frechet_distance_gaussians
+
+        missing = self.samples - self.moments.count
+        if missing <= 0:
+            return
+        self.moments.update(features[:missing])
+        if self.moments.count == self.samples:
+            fid = frechet_distance_gaussians(self.moments.mean, self.moments.covariance, self.reference.mean,
+                                             self.reference.covariance)
+            self.report(self.samples, fid)  # raises optuna.TrialPruned to stop the stream here
+
+
+class _TappedNetwork:
+    """The Inception network, passing each batch's features to ``tap`` as well."""
+
+    def __init__(self, network: Any, tap: _SmallBudgetFid) -> None:
+        self.network, self.tap = network, tap
+        self.info, self.device = network.info, network.device
+
+    @property
+    def has_logits(self) -> bool:
+        return self.network.has_logits
+
+    def __call__(self, images: Any) -> tuple[Any, Any]:
+        features, logits = self.network(images)
+        self.tap(features)
+        return features, logits
+
+
+class _TappedWorkspace:
+    """A stage workspace whose feature network is tapped (the generation stage reads nothing else of it)."""
+
+    def __init__(self, workspace: Any, tap: _SmallBudgetFid) -> None:
+        self.workspace, self.tap = workspace, tap
+        self.device = workspace.device
+
+    def feature_network(self, input_size: int) -> _TappedNetwork:
+        return _TappedNetwork(self.workspace.feature_network(input_size), self.tap)
+
+    def perceptual(self) -> Any:
+        return self.workspace.perceptual()
+
+
+class GenerationScorer:
+    """gFID of ``plan``'s AR model at a point, through the run's generation stage."""
+
+    def __init__(self, plan: SearchPlan, workspace: Any = None) -> None:
+        self.plan = plan
+        self.workspace = workspace
+        self.reference: Any = None
+
+    def prepare(self) -> None:
+        """Load the networks and the reference statistics. The reference is computed once, by whichever worker
+        comes first (the others wait on its lock), and cached where every trial and the generation stage read it."""
+        if self.reference is not None:
+            return
+        from gigatok.metrics.generation import reference_summary
+
+        if self.workspace is None:
+            self.workspace = workspace_for(self.plan.ctx)
+        ctx, e = self.plan.ctx, self.plan.spec.eval
+        network = self.workspace.feature_network(e.inception_input)
+        val, description = _val_subset(self.plan.spec, e.reference_images)
+        # The same call as the generation stage's, so both find the same cache file.
+        with stage_lock(ctx.reference_dir / "reference"):
+            self.reference = reference_summary(val, network, description, cache_dir=ctx.reference_dir,
+                                               batch_size=e.batch_size, progress=ctx.progress)
+
+    def __call__(self, point: SearchPoint, report: Report) -> dict[str, float]:
+        self.prepare()
+        spec = self.plan.trial_spec(point, self.plan.full_samples)
+        low = self.plan.low_samples
+        # The reference is cached by prepare(), so the stage's network sees generated images only.
+        workspace = self.workspace if low is None else _TappedWorkspace(
+            self.workspace, _SmallBudgetFid(self.reference, low, report))
+        outcome = StageRunner(spec, self.plan.ctx, workspace).run("generation")
+        return dict(outcome.metrics)
+
+    def rescore(self, point: SearchPoint, samples: int) -> dict[str, float]:
+        """The run's generation stage at ``point`` with ``samples`` samples (the best point at the run's budget)."""
+        self.prepare()
+        return dict(StageRunner(self.plan.trial_spec(point, samples), self.plan.ctx, self.workspace)
+                    .run("generation").metrics)
