@@ -11,6 +11,7 @@ per point), so tests and tables check numbers, not pixels. Rules every figure fo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class Panel:
     title: str
     ylabel: str
     scale: float = 1.0  # drawn value = logged value * scale (probe accuracies are logged as fractions)
+    twin: bool = False  # the second series on a right-hand y axis of its own
 
 
 RFID = Panel("rfid", "Reconstruction", "rFID (lower is better)")
@@ -78,6 +80,18 @@ def finished_runs(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([done[~hashed], newest]).sort_index()
 
 
+@dataclass(frozen=True)
+class XAxis:
+    column: str  # the runs-table column placing each run
+    label: str
+    log: bool = False
+    unit: float = 1.0  # drawn x = column value / unit
+    what: str = "a parameter count"  # for the note on runs that lack it
+
+
+TOKENIZER_PARAMS = XAxis("tokenizer_params", "tokenizer parameters (M, log scale)", log=True, unit=1e6)
+
+
 def scaling_plot(
     df: pd.DataFrame,
     *,
@@ -87,11 +101,15 @@ def scaling_plot(
     series: Callable[[pd.DataFrame], pd.Series],
     order: Sequence[str],
     panels: Sequence[Panel],
+    x_axis: XAxis = TOKENIZER_PARAMS,
+    correlate: bool = False,
 ) -> Plot:
-    """Metrics against tokenizer parameters: one panel per metric, one line per series, points named by size.
+    """Metrics against ``x_axis`` (tokenizer parameters by default): one panel per metric, one line per series,
+    points named by tokenizer size.
 
     ``series`` maps each run to its line's label, one of ``order`` (which also fixes the colours, so 1D is the
-    same colour in every figure); a run it maps to NA is left out.
+    same colour in every figure); a run it maps to NA is left out. A panel with ``twin`` draws its second series
+    on its own right-hand y axis (the paper does so where two series live on different scales).
     """
     runs = finished_runs(df if study is None else df[df["study"] == study])
     if runs.empty:
@@ -101,13 +119,15 @@ def scaling_plot(
         raise ValueError(f"{name}: runs of several profiles ({', '.join(profiles)}); pass one profile's runs")
     profile = profiles[0] if profiles else "unknown"
     notes: list[str] = []
-    unplaced = runs["tokenizer_params"].isna()
+    column = runs[x_axis.column] if x_axis.column in runs else pd.Series(pd.NA, index=runs.index)
+    unplaced = column.isna()
     if unplaced.any():
-        notes.append(f"left out, no parameter count: {', '.join(runs.loc[unplaced, 'run_name'].astype(str))}")
-    runs = runs[~unplaced].assign(series=series(runs[~unplaced]), x=lambda r: r["tokenizer_params"] / 1e6)
+        notes.append(f"left out, no {x_axis.what}: {', '.join(runs.loc[unplaced, 'run_name'].astype(str))}")
+    placed = runs[~unplaced]
+    runs = placed.assign(series=series(placed), x=column[~unplaced].astype("float64") / x_axis.unit)
     runs = runs[runs["series"].notna()]
     if runs.empty:
-        raise ValueError(f"{name}: no FINISHED run has both a parameter count and a line to belong to")
+        raise ValueError(f"{name}: no FINISHED run has both {x_axis.what} and a line to belong to")
     labels = [label for label in order if (runs["series"] == label).any()]
     substitutes = bool(runs["substitute"].any())
 
@@ -127,25 +147,43 @@ def scaling_plot(
         if len(logged) < len(runs):
             lacking = runs.loc[values.isna(), "run_name"]
             notes.append(f"panel '{panel.title}': {', '.join(lacking.astype(str))} did not log {panel.metric}")
+        twin = None
         for label in labels:
             points = logged[logged["series"] == label].sort_values("x")
-            if not points.empty:
-                records.extend(_draw_series(ax, points, panel, label, f"C{list(order).index(label)}", name))
-        _style_axes(ax, panel, logged["x"])
+            if points.empty:
+                continue
+            color = f"C{list(order).index(label)}"
+            target = ax
+            if panel.twin and len({r["series"] for r in records if r["panel"] == panel.metric}) == 1:
+                twin = target = ax.twinx()
+                twin.set_ylabel(f"{panel.ylabel}, {label}", color=color, fontsize=8)
+            records.extend(_draw_series(ax=target, points=points, panel=panel, label=label, color=color,
+                                        figure=name))
+        _style_axes(ax, panel, logged["x"], x_axis)
+        if correlate and (r := series_correlation(records, panel.metric)) is not None:
+            ax.set_title(f"{panel.title}\nPearson r = {r[0]:.2f} over {r[1]} points", fontsize=10)
+        if twin is not None:
+            first = next(r["series"] for r in records if r["panel"] == panel.metric)
+            ax.set_ylabel(f"{panel.ylabel}, {first}", color=f"C{list(order).index(first)}", fontsize=8)
         if not legend_drawn:
-            _legend(ax, substitutes)
+            _legend(ax, substitutes, twin)
             legend_drawn = True
-    heading = f"{title} ({profile} profile)"
-    if profile != "paper":
-        heading += f": {profile}-scale models, trends only, not the paper's numbers"
-    if substitutes:
-        heading += f"\nhollow hatched points: runs scored with {SUBSTITUTE_NOTE}, not comparable to real ones"
-    fig.suptitle(heading, fontsize=10)
+    fig.suptitle(profile_heading(title, profile, substitutes, "hollow hatched points"), fontsize=10)
     data = pd.DataFrame.from_records(records, columns=DATA_COLUMNS)
     return Plot(name, fig, data, tuple(notes))
 
 
-def _draw_series(ax: Axes, points: pd.DataFrame, panel: Panel, label: str, color: str, figure: str) -> list[dict]:
+def profile_heading(title: str, profile: str, substitutes: bool, marked_as: str) -> str:
+    """A figure's title naming its profile, and saying how runs scored with substitute networks are drawn."""
+    heading = f"{title} ({profile} profile)"
+    if profile != "paper":
+        heading += f": {profile}-scale models, trends only, not the paper's numbers"
+    if substitutes:
+        heading += f"\n{marked_as}: runs scored with {SUBSTITUTE_NOTE}, not comparable to real ones"
+    return heading
+
+
+def _draw_series(*, ax: Axes, points: pd.DataFrame, panel: Panel, label: str, color: str, figure: str) -> list[dict]:
     x, y = points["x"], points[panel.metric] * panel.scale
     ax.plot(x, y, "-", color=color, label=label, zorder=2)
     real = ~points["substitute"].astype(bool)
@@ -163,12 +201,28 @@ def _draw_series(ax: Axes, points: pd.DataFrame, panel: Panel, label: str, color
     ]
 
 
-def _style_axes(ax: Axes, panel: Panel, x: pd.Series) -> None:
-    ax.set_xscale("log")
-    ticks = log_ticks(float(x.min()), float(x.max()))
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("tokenizer parameters (M, log scale)")
+def series_correlation(records: list[dict], metric: str) -> tuple[float, int] | None:
+    """Pearson r between the first two series of a panel over the x positions both have (None below 3 points)."""
+    drawn = pd.DataFrame.from_records([r for r in records if r["panel"] == metric], columns=DATA_COLUMNS)
+    labels = list(dict.fromkeys(drawn["series"]))
+    if len(labels) < 2:
+        return None
+    table = drawn.pivot_table(index="x", columns="series", values="value", aggfunc="last")[labels[:2]].dropna()
+    if len(table) < 3 or table.std().eq(0).any():
+        return None
+    return float(table[labels[0]].corr(table[labels[1]])), len(table)
+
+
+def _style_axes(ax: Axes, panel: Panel, x: pd.Series, x_axis: XAxis) -> None:
+    if x_axis.log:
+        ax.set_xscale("log")
+        ticks = log_ticks(float(x.min()), float(x.max()))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ticks = sorted(x.unique())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlabel(x_axis.label)
     ax.set_ylabel(panel.ylabel)
     ax.set_title(panel.title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -186,8 +240,11 @@ def log_ticks(low: float, high: float) -> list[float]:
     return ticks or [float(f"{low:.3g}")]
 
 
-def _legend(ax: Axes, substitutes: bool) -> None:
+def _legend(ax: Axes, substitutes: bool, twin: Axes | None = None) -> None:
     handles, labels = ax.get_legend_handles_labels()
+    if twin is not None:
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
     if substitutes:
         handles.append(Line2D([], [], marker="s", linestyle="none", markerfacecolor="none", markeredgecolor="0.3",
                               markersize=8))
@@ -234,16 +291,41 @@ def scaling_vanilla(df: pd.DataFrame, study: str | None = "scaling_vanilla") -> 
                         series=semreg_series, order=list(SEMREG_LABELS.values()), panels=(RFID, GFID, VAL_LOSS))
 
 
-@dataclass(frozen=True)
-class FigureSpec:
-    name: str
-    reproduces: str
-    study: str  # the study whose runs it draws
-    make: Callable[[pd.DataFrame], Plot]
+AR_SIZE_LABELS = {"B": "AR-B probe (111M)", "L": "AR-L (343M)", "XL": "AR-XL (775M)", "XXL": "AR-XXL (1.4B)"}
+TOKENIZER_PROBE = Panel("tokenizer_probe_acc", "Tokenizer encoder: linear probe", "top-1 accuracy (%)", scale=100.0)
+EPOCHS = XAxis("factor_epochs", "tokenizer training (paper epochs)", what="a training length")
+CHECKPOINT = XAxis("factor_checkpoint", "tokenizer checkpoint (paper epochs of training)", what="a checkpoint epoch")
 
 
-FIGURES: tuple[FigureSpec, ...] = (
-    FigureSpec("fig3_scaling_vanilla", "Fig. 3", "scaling_vanilla", scaling_vanilla),
-    FigureSpec("fig7_scaling_semreg", "Figs. 1 and 7", "scaling_semreg", scaling_semreg),
-    FigureSpec("fig9_1d_vs_2d", "Fig. 9", "scaling_1d_vs_2d", fig9_1d_vs_2d),
-)
+def ar_size_series(runs: pd.DataFrame) -> pd.Series:
+    sizes = runs["factor_ar_size"] if "factor_ar_size" in runs else runs["ar_size"]
+    return sizes.astype("object").map(AR_SIZE_LABELS)
+
+
+def size_series(runs: pd.DataFrame) -> pd.Series:
+    return runs["tokenizer_name"].astype("object").map(lambda v: f"{v} tokenizer" if pd.notna(v) else None)
+
+
+def fig6_ar_probe_vs_large(df: pd.DataFrame, study: str | None = "ar_probe_vs_large") -> Plot:
+    """Fig. 6: the AR probe's metrics against the larger AR-L's, over the same tokenizers (two y axes each)."""
+    twin = [dataclasses.replace(p, twin=True) for p in (GFID, VAL_LOSS, LIN_ACC)]
+    return scaling_plot(df, name="fig6_ar_probe_vs_large", title="Fig. 6: AR probing against a larger AR model",
+                        study=study, series=ar_size_series, order=list(AR_SIZE_LABELS.values()), panels=twin,
+                        correlate=True)
+
+
+def fig12_train_duration(df: pd.DataFrame, study: str | None = "train_duration") -> Plot:
+    """Fig. 12: S-S tokenizers trained 40-120 epochs, with and without semantic regularization."""
+    panels = (RFID, GFID, dataclasses.replace(VAL_LOSS, twin=True), dataclasses.replace(LIN_ACC, twin=True))
+    return scaling_plot(df, name="fig12_train_duration", title="Fig. 12: tokenizer training duration", study=study,
+                        series=semreg_series, order=list(SEMREG_LABELS.values()), panels=panels, x_axis=EPOCHS)
+
+
+def fig13_checkpoint_probes(df: pd.DataFrame, study: str | None = "tokenizer_checkpoints") -> Plot:
+    """Fig. 13: tokenizer-encoder against AR-probe linear-probe accuracy (and gFID) over training checkpoints."""
+    return scaling_plot(df, name="fig13_checkpoint_probes", title="Fig. 13: linear probes over tokenizer training",
+                        study=study, series=size_series, order=[f"{n} tokenizer" for n in SIZE_ORDER],
+                        panels=(TOKENIZER_PROBE, LIN_ACC, GFID), x_axis=CHECKPOINT)
+
+
+SIZE_ORDER = ("S-S", "S-B", "B-S", "S-L", "B-L", "XL-XXL")

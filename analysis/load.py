@@ -13,7 +13,9 @@ Columns of :func:`load_runs`:
   ``align_layer``, ``entropy_weight``, ``tokenizer_epochs``, ``ar_size``, ``ar_epochs`` and ``tokenizer_params``;
 - every final metric (``rfid``, ``gfid``, ... as floats, NaN where a run did not log it);
 - ``substitute`` (True when any number came from a random stand-in network), ``substitutes`` (which ones), and
-  ``provenance.<metric>`` (the feature network and sets behind each metric).
+  ``provenance.<metric>`` (the feature network and sets behind each metric), ``artifact.<name>`` (where a run's
+  stored arrays are, e.g. Fig. 8's PCA maps);
+- CFG-search trials (child runs tagged ``gigatok.kind=cfg_trial``) are not rows: :func:`load_trials` reads them.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from typing import Any
 import pandas as pd
 
 from gigatok.pipeline import STAGE_METRICS
-from gigatok.tracking import SEARCH_PAGE, TAG, TrackingError, connect, resolve_tracking_uri
+from gigatok.tracking import SEARCH_PAGE, TAG, TrackingError, connect, experiment_runs, resolve_tracking_uri
 
+CFG_TRIAL = "cfg_trial"  # gigatok.kind of the child runs a CFG search records under the AR run it tunes
 FINAL_METRICS: tuple[str, ...] = tuple(m for names in STAGE_METRICS.values() for m in names)
 FACTOR_PREFIX = "factor_"
 PROVENANCE_PREFIX = "provenance."
+ARTIFACT_PREFIX = "artifact."  # artifact.<name>: where a run's stored arrays are (Fig. 8's PCA maps)
 
 # Table column -> (MLflow param, type). Params are stored as text; these are the ones the figures and tables use.
 PARAMS: dict[str, tuple[str, type]] = {
@@ -99,15 +103,23 @@ def study_experiments(client: Any, studies: Sequence[str] | None = None, profile
 
 
 def load_runs(tracking_uri: str | None = None, studies: Sequence[str] | None = None,
-              profile: str | None = None) -> pd.DataFrame:
-    """Every run of the selected studies and profile, one row each (see the module docstring for the columns)."""
+              profile: str | None = None, direct_sql: bool = True) -> pd.DataFrame:
+    """Every run of the selected studies and profile, one row each (see the module docstring for the columns).
+
+    ``direct_sql`` reads a SQLite store's tables directly (:func:`gigatok.tracking.sqlite_runs`: the same rows,
+    ~20x faster); False always goes through MLflow's ``search_runs``.
+    """
     client = open_store(tracking_uri)
     uri = resolve_tracking_uri(tracking_uri)
     experiments = study_experiments(client, studies, profile)
     rows = []
     for experiment in experiments:
-        # One query per experiment; paging only matters past SEARCH_PAGE runs.
-        for run in _pages(client.search_runs, experiment_ids=[experiment.experiment_id], max_results=SEARCH_PAGE):
+        # One query per experiment. Curves ("stage/key") are not final metrics: run_row leaves them out.
+        runs = (experiment_runs(client, experiment.experiment_id, params=ROW_PARAMS, curves=False) if direct_sql
+                else _pages(client.search_runs, experiment_ids=[experiment.experiment_id], max_results=SEARCH_PAGE))
+        for run in runs:
+            if run.data.tags.get(TAG + "kind") == CFG_TRIAL:
+                continue  # a CFG-search trial is a child of a study run, not a run of the study: load_trials
             row = run_row(run, experiment)
             if (studies and row["study"] not in studies) or (profile and row["profile"] != profile):
                 continue
@@ -117,6 +129,10 @@ def load_runs(tracking_uri: str | None = None, studies: Sequence[str] | None = N
     df = runs_frame(rows)
     df.attrs["source"] = uri
     return df
+
+
+# The params run_row reads: a direct read of a SQLite store leaves the other ~110 of each run unread.
+ROW_PARAMS = (*(key for key, _ in PARAMS.values()), "tokenizer.profile")
 
 
 def _nothing_found(client: Any, uri: str, studies: Sequence[str] | None, profile: str | None) -> str:
@@ -197,6 +213,8 @@ def run_row(run: Any, experiment: Any) -> dict[str, Any]:
     row["substitutes"] = substitutes or None
     prefix = TAG + "provenance."
     row.update({PROVENANCE_PREFIX + k.removeprefix(prefix): v for k, v in tags.items() if k.startswith(prefix)})
+    prefix = TAG + "artifact."
+    row.update({ARTIFACT_PREFIX + k.removeprefix(prefix): v for k, v in tags.items() if k.startswith(prefix)})
     return row
 
 
@@ -231,8 +249,8 @@ def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 "end_time"]
     config = [*PARAMS, "tokenizer_params"]
     metrics = [c for c in df.columns if c not in identity and c not in config and c not in ("substitute", "substitutes")
-               and not c.startswith(PROVENANCE_PREFIX)]
-    provenance = sorted(c for c in df.columns if c.startswith(PROVENANCE_PREFIX))
+               and not c.startswith((PROVENANCE_PREFIX, ARTIFACT_PREFIX))]
+    provenance = sorted(c for c in df.columns if c.startswith((PROVENANCE_PREFIX, ARTIFACT_PREFIX)))
     factors = pd.DataFrame(factor_columns, index=df.index)
     substitute = df[["substitute", "substitutes"]]
     out = pd.concat([df[identity], factors, df[config], df[metrics].astype("float64"), substitute, df[provenance]],
@@ -304,3 +322,40 @@ def load_snapshot(path: str | Path) -> pd.DataFrame:
     if df.empty:
         raise StoreError(f"snapshot {path} holds no runs")
     return df
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CFG-search trials
+# ----------------------------------------------------------------------------------------------------------
+
+TRIAL_COLUMNS = ["parent_run_id", "run_id", "study", "profile", "search", "trial_number", "state", "cfg_scale",
+                 "cfg_schedule", "step_fraction", "sample_budget", "gfid"]
+
+
+def load_trials(tracking_uri: str | None, experiments: Iterable[str]) -> pd.DataFrame:
+    """The CFG-search trials recorded under the runs of ``experiments`` (names): one query per experiment.
+
+    Each trial is a child run (``mlflow.parentRunId``) with the scale it tried; ``gfid`` is its latest value, the
+    full-budget score of a COMPLETE trial and the small-budget score a PRUNED trial was stopped at.
+    """
+    client = open_store(tracking_uri)
+    rows = []
+    for name in dict.fromkeys(experiments):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            continue
+        query = f"tags.`{TAG}kind` = '{CFG_TRIAL}'"
+        for run in _pages(client.search_runs, experiment_ids=[experiment.experiment_id], filter_string=query,
+                          max_results=SEARCH_PAGE):
+            tags, params = run.data.tags, run.data.params
+            rows.append({
+                "parent_run_id": tags.get("mlflow.parentRunId"), "run_id": run.info.run_id,
+                "study": tags.get(TAG + "study"), "profile": tags.get(TAG + "profile"),
+                "search": tags.get(TAG + "cfg_search"), "trial_number": _param(params, "trial_number", int),
+                "state": tags.get(TAG + "trial_state"), "cfg_scale": _param(params, "cfg_scale", float),
+                "cfg_schedule": params.get("cfg_schedule"), "step_fraction": _param(params, "step_fraction", float),
+                "sample_budget": _param(params, "sample_budget", int), "gfid": run.data.metrics.get("gfid", math.nan),
+            })
+    df = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    return df.astype({"trial_number": "Int64", "sample_budget": "Int64", "cfg_scale": "float64",
+                      "step_fraction": "float64", "gfid": "float64"})

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import FIGURES, FigureSpec, missing_runs_reason
-from analysis.load import StoreError, load_runs, load_snapshot, save_snapshot
+from analysis.catalog import FIGURES, FigureSpec
+from analysis.figures import missing_runs_reason
+from analysis.load import StoreError, load_runs
+from analysis.sources import SnapshotSource, Source, StoreSource, save_snapshot_bundle
 from analysis.tables import SkippedTable, WrittenTable, index_lines, write_tables
 
 EXIT_NO_RUNS = 2
@@ -58,35 +60,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
-    """The runs and where they came from; raises :class:`StoreError` when there are none."""
+def read_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Source]:
+    """The runs, where they came from, and the source of their curves, trials and arrays; raises
+    :class:`StoreError` when there are no runs."""
     if args.from_snapshot is None:
         df = load_runs(args.tracking_uri, args.study or None, args.profile)
-        return df, df.attrs.get("source", "MLflow")
-    df = load_snapshot(args.from_snapshot)
+        return df, df.attrs.get("source", "MLflow"), StoreSource(args.tracking_uri)
+    source = SnapshotSource(args.from_snapshot)
+    df = source.runs()
     if args.study:
         df = df[df["study"].isin(args.study)]
     if args.profile:
         df = df[df["profile"] == args.profile]
     if df.empty:
         raise StoreError(f"snapshot {args.from_snapshot} holds no runs of the requested studies and profile")
-    return df, f"snapshot {args.from_snapshot}"
+    return df, f"snapshot {args.from_snapshot}", source
 
 
-def make_figures(df: pd.DataFrame, out: Path, studies: Sequence[str] = ()) -> tuple[list[Made], list[Skipped]]:
+def make_figures(df: pd.DataFrame, out: Path, source: Source, studies: Sequence[str] = ()
+                 ) -> tuple[list[Made], list[Skipped]]:
     """Every figure, once per profile, for which FINISHED runs exist; the others with the reason they were not."""
     made, skipped = [], []
     for profile in sorted(df["profile"].dropna().unique()):
         at_profile = df[df["profile"] == profile]
         for spec in FIGURES:
-            if studies and spec.study not in studies:
+            if studies and spec.study is not None and spec.study not in studies:
                 continue
-            runs = at_profile[at_profile["study"] == spec.study]
-            if (reason := missing_runs_reason(runs, spec.study)) is not None:
+            runs = at_profile if spec.study is None else at_profile[at_profile["study"] == spec.study]
+            if spec.study is not None and (reason := missing_runs_reason(runs, spec.study)) is not None:
                 skipped.append(Skipped(spec, profile, reason))
                 continue
             try:
-                plot = spec.make(runs)
+                plot = spec.make(runs, source)
             except ValueError as exc:
                 skipped.append(Skipped(spec, profile, str(exc)))
                 continue
@@ -114,7 +119,8 @@ def write_index(out: Path, df: pd.DataFrame, source: str, made: list[Made], skip
             lines += ["| figure | reproduces | study | runs drawn | files | notes |", "|---|---|---|---|---|---|"]
             for m in here:
                 files = " ".join(f"[{p.suffix[1:]}]({p.name})" for p in m.paths)
-                lines.append(f"| {m.spec.name} | {m.spec.reproduces} | {m.spec.study} | {m.runs} | {files} | "
+                lines.append(f"| {m.spec.name} | {m.spec.reproduces} | {m.spec.study or 'all with CFG trials'} | "
+                             f"{m.runs} | {files} | "
                              f"{'; '.join(m.notes) or '-'} |")
             lines.append("")
             lines += [f"![{m.spec.name}]({m.paths[0].name})" for m in here] + [""]
@@ -142,14 +148,17 @@ def write_index(out: Path, df: pd.DataFrame, source: str, made: list[Made], skip
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        df, source = read_runs(args)
+        df, origin, source = read_runs(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        made, skipped = make_figures(df, args.out, source, args.study)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_RUNS
-    if args.snapshot is not None:
-        print(f"snapshot of {len(df)} runs: {save_snapshot(df, args.snapshot)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    made, skipped = make_figures(df, args.out, args.study)
+    if args.snapshot is not None and isinstance(source, StoreSource):
+        written = save_snapshot_bundle(df, source, args.snapshot)
+        print(f"snapshot of {len(df)} runs and what the figures fetched: {', '.join(map(str, written))}")
+    if isinstance(source, StoreSource):
+        source.close()
     for m in made:
         print(f"{m.spec.name} ({m.spec.reproduces}, {m.profile}, {m.runs} runs): {', '.join(map(str, m.paths))}")
         for note in m.notes:
@@ -161,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{t.spec.name} ({t.spec.source}, {t.profile}, {t.runs} runs): {', '.join(map(str, t.paths))}")
     for s in skipped_tables:
         print(f"skipped {s.spec.name} ({s.spec.source}, {s.profile}): {s.reason}")
-    print(f"index: {write_index(args.out, df, source, made, skipped, tables, skipped_tables)}")
+    print(f"index: {write_index(args.out, df, origin, made, skipped, tables, skipped_tables)}")
     return 0
 
 

@@ -162,6 +162,26 @@ def test_missing_and_empty_stores_fail_in_one_line(tmp_path: Path) -> None:
         load_snapshot(tmp_path / "absent.parquet")
 
 
+def test_sqlite_tables_read_as_mlflow_search_returns(store: dict, tmp_path: Path) -> None:
+    # The direct read of a SQLite store's tables is a speed-up only: the same table as MLflow's search_runs.
+    pd.testing.assert_frame_equal(load_runs(store["uri"]), load_runs(store["uri"], direct_sql=False))
+    from gigatok.tracking import connect, ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = connect(uri)
+    experiment = ensure_experiment(client, "scaling_1d_vs_2d-tiny", "Fig. 9",
+                                   {"gigatok.study": "scaling_1d_vs_2d", "gigatok.profile": PROFILE})
+    kept = _log_run(client, experiment, "scaling_1d_vs_2d", {"size": "S-S", "kind": "1d"}, "1d", "S-S", 0.5,
+                    {"rfid": math.nan, "gfid": 40.0})
+    deleted = _log_run(client, experiment, "scaling_1d_vs_2d", {"size": "S-B", "kind": "1d"}, "1d", "S-B", 0.5,
+                       {"rfid": 8.0})
+    client.delete_run(deleted)
+    fast = load_runs(uri)
+    pd.testing.assert_frame_equal(fast, load_runs(uri, direct_sql=False))
+    assert fast["run_id"].tolist() == [kept]  # deleted runs stay out
+    assert math.isnan(fast["rfid"].iloc[0]) and fast["gfid"].iloc[0] == 40.0  # NaN comes back as NaN
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------------------

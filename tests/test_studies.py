@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_STUDIES = {
     "scaling_vanilla": 3, "scaling_semreg": 8, "scaling_1d_vs_2d": 6, "enc_dec_asymmetry": 4, "align_layer": 3,
     "semantic_encoder": 3, "reg_weight": 4, "train_duration": 10, "entropy_loss": 2, "ar_probe_vs_large": 6,
-    "system_level": 6, "decode_cost": 9,
+    "system_level": 6, "decode_cost": 9, "feature_pca": 2, "tokenizer_checkpoints": 10,
 }
 
 
@@ -163,6 +164,27 @@ def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()  # a dry run writes nothing
 
 
+def test_parameter_counts_build_each_architecture_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A sweep over seeds has one model shape per size: the dry run of a 1,000-run study must not build 1,000 models.
+    import gigatok.models.tokenizer
+
+    built = []
+    real = gigatok.models.tokenizer.build_tokenizer
+
+    def counted(cfg: object, device: str) -> object:
+        built.append(cfg)
+        return real(cfg, device)
+
+    monkeypatch.setattr(gigatok.models.tokenizer, "build_tokenizer", counted)
+    monkeypatch.setattr(cli, "_param_cache", {})
+    p = Planner("tiny")
+    seeds = [p.tokenizer("S-S", seed=s) for s in range(3)]
+    assert len({t.hash() for t in seeds}) == 3  # three runs ...
+    counts = {cli.parameter_count("tokenizer", t) for t in seeds}
+    assert len(counts) == 1 and len(built) == 1  # ... one architecture, built once
+    assert cli.parameter_count("tokenizer", p.tokenizer("S-B")) != counts.pop() and len(built) == 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -215,3 +237,18 @@ def test_script_entry_point_runs(tmp_path: Path) -> None:
                          text=True, cwd=tmp_path, check=True).stdout
     assert "scaling_1d_vs_2d" in out and "Fig. 9" in out
 
+
+
+def test_snapshot_runs_have_their_own_tokenizer_and_ar_folders(tmp_path) -> None:
+    from gigatok.pipeline import RunContext, ar_dir_of, stage_result_path, tokenizer_dir_of
+
+    specs = get_study("tokenizer_checkpoints").plan(Planner("tiny"))
+    ctx = RunContext(str(tmp_path), "sqlite:///unused.db")
+    bl = [s for s in specs if s.factor_dict["size"] == "B-L"]
+    assert [s.factor_dict["checkpoint"] for s in bl] == [20, 40, 60, 80, 100]
+    assert len({s.tokenizer.hash() for s in bl}) == 1  # one training serves the five checkpoints
+    assert len({tokenizer_dir_of(s, ctx) for s in bl}) == 5 and len({ar_dir_of(s, ctx) for s in bl}) == 5
+    assert len({stage_result_path(s, ctx, "tokenizer") for s in bl}) == 1
+    assert len({stage_result_path(s, ctx, "ar_probe") for s in bl}) == 5
+    with pytest.raises(ValueError, match="tokenizer_snapshot 0.5 is not one of"):
+        dataclasses.replace(bl[0], tokenizer_snapshot=0.5)

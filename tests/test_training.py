@@ -102,3 +102,26 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, make_tiny_run) -> None
     ckpts = list_checkpoints(tmp_path / "resumed")
     assert len(ckpts) <= cfg.train.keep_checkpoints
     assert load_checkpoint(ckpts[-1])["step"] == 24
+
+
+def test_snapshots_are_the_model_at_their_epoch(tmp_path: Path, make_tiny_run) -> None:
+    import dataclasses
+
+    from gigatok.train.tokenizer_loop import snapshot_dir
+
+    cfg = make_tiny_run(12, log_every=3)  # 8 epochs of schedule capped at 12 steps: epoch 2 is step 3
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=3, keep_checkpoints=10,
+                                                             snapshot_epochs=(2.0, 8.0)))
+    run_dir = tmp_path / "run"
+    train_tokenizer(cfg, run_dir, allow_substitutes=True, progress=False, stop_at_step=2)  # resumes across it
+    assert not (snapshot_dir(run_dir, 2.0) / "summary.json").exists()
+    train_tokenizer(cfg, run_dir, allow_substitutes=True, progress=False)
+    early = snapshot_dir(run_dir, 2.0)
+    assert json.loads((early / "summary.json").read_text())["steps"] == 3
+    at_step_3 = load_checkpoint(run_dir / "checkpoints" / "step-00000003.pt")["model"]
+    snapshot = load_trained_tokenizer(early).state_dict()
+    assert all(torch.equal(snapshot[k], at_step_3[k]) for k in at_step_3)
+    final = torch.load(run_dir / "tokenizer.pt", weights_only=True)
+    last = load_trained_tokenizer(snapshot_dir(run_dir, 8.0)).state_dict()
+    assert all(torch.equal(last[k], final[k]) for k in final)
+    assert not all(torch.equal(snapshot[k], final[k]) for k in final)

@@ -8,6 +8,9 @@ Run directory layout::
                         of the step)
     tokenizer.pt        final weights (written last, atomically)
     summary.json        final metrics and the substitute networks used, if any (its presence means finished)
+    snapshots/epoch-E/  with ``train.snapshot_epochs``: the model as it was at epoch E, laid out as a finished
+                        run directory (config.json, tokenizer.pt, summary.json) so anything that evaluates a
+                        tokenizer run can evaluate it
 
 Started as several processes (see gigatok.distributed), each rank trains on its shard of every global batch behind
 DistributedDataParallel; rank 0 alone writes the run directory, logs metrics averaged over the ranks, and shows
@@ -16,6 +19,7 @@ progress. Checkpoints hold the unwrapped modules, so they resume with any number
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,13 +51,14 @@ from gigatok.losses import adversarial_active, generator_loss, hinge_discriminat
 from gigatok.models.discriminator import PatchDiscriminator
 from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer
 from gigatok.perceptual import build_perceptual_loss
+from gigatok.performance import autocast, maybe_compile, prepare_images, prepare_module
 from gigatok.semantic_encoders import build_semantic_encoder
 from gigatok.semantic_targets import SemanticTargets
 from gigatok.train.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
-    latest_checkpoint,
-    load_checkpoint,
+    load_latest_checkpoint,
+    load_weights,
     rng_state,
     save_checkpoint,
 )
@@ -64,10 +69,14 @@ from gigatok.train.run_dir import (
     prepare_run_dir,
     read_config,
     read_metrics,
+    require_finite,
 )
 from gigatok.train.sampling import IndexedDataset, ResumableBatchSampler, flip_mask
 
-__all__ = ["TrainResult", "load_trained_tokenizer", "read_metrics", "read_run_config", "train_tokenizer"]
+__all__ = [
+    "StepModules", "TrainResult", "load_trained_tokenizer", "read_metrics", "read_run_config", "train_tokenizer",
+    "training_step",
+]
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -104,6 +113,55 @@ def total_steps_for(cfg: TokenizerRunConfig, dataset_size: int) -> int:
 def build_optimizer(cfg: TokenizerRunConfig, params: Any) -> torch.optim.AdamW:
     o = cfg.optim
     return torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+
+
+@dataclass
+class StepModules:
+    """What one training step runs and updates. The passes go through ``net`` and ``disc_net`` (DDP-wrapped and/or
+    compiled forms); ``model`` and ``disc`` are the bare modules whose gradients are clipped and that are saved."""
+
+    model: GigaTokenizer
+    disc: PatchDiscriminator
+    perceptual: nn.Module
+    semantic: SemanticTargets | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    net: Callable[..., Any]
+    disc_net: Callable[..., Any]
+
+
+def training_step(
+    cfg: TokenizerRunConfig, m: StepModules, images: torch.Tensor, indices: torch.Tensor, step: int
+) -> dict[str, torch.Tensor]:
+    """One generator update and, once the GAN is on, one discriminator update, at the LR already set.
+
+    Returns the loss terms and the codebook statistics, as tensors (reading them would synchronise a GPU).
+    """
+    perf = cfg.performance
+    images = prepare_images(images, perf)
+    gan_on = adversarial_active(cfg, step)
+    with autocast(perf, images.device):  # forward and losses only: backward follows the forward's dtypes
+        target = m.semantic(images, indices) if m.semantic is not None else None
+        out = m.net(images)
+        # The unwrapped discriminator: this pass only carries gradients to the generator (its own are discarded).
+        fake_logits = m.disc(out.reconstruction) if gan_on else None
+        terms = generator_loss(cfg, images, out, m.perceptual, target, fake_logits)
+    m.opt_g.zero_grad(set_to_none=True)
+    terms["total_loss"].backward()
+    grad_norm = nn.utils.clip_grad_norm_(m.model.parameters(), cfg.optim.grad_clip)
+    m.opt_g.step()
+
+    if gan_on:
+        with autocast(perf, images.device):
+            d_loss = hinge_discriminator_loss(m.disc_net(images), m.disc_net(out.reconstruction.detach()))
+        m.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        nn.utils.clip_grad_norm_(m.disc.parameters(), cfg.optim.grad_clip)
+        m.opt_d.step()
+        terms["discriminator_loss"] = d_loss.detach()
+
+    terms.update(codebook_usage=out.quant.usage, codebook_perplexity=out.quant.perplexity, grad_norm=grad_norm)
+    return terms
 
 
 def _semantic_targets(
@@ -159,9 +217,10 @@ def train_tokenizer(
 
     total_steps = total_steps_for(cfg, len(dataset))
 
-    model: GigaTokenizer = build_tokenizer(cfg.tokenizer).to(device)
-    disc = PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device)
-    perceptual = build_perceptual_loss(weights_dir, allow_substitutes).to(device)
+    perf = cfg.performance  # kernels, memory format, autocast, compile: set before the optimizers see the weights
+    model: GigaTokenizer = prepare_module(build_tokenizer(cfg.tokenizer).to(device), perf)
+    disc = prepare_module(PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device), perf)
+    perceptual = prepare_module(build_perceptual_loss(weights_dir, allow_substitutes).to(device), perf)
     substitutes = [perceptual.network_name] if perceptual.substitute else []
     semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, progress, env)
     substitutes += sem_subs
@@ -172,9 +231,10 @@ def train_tokenizer(
 
     step = 0
     window = MeanWindow()
-    ckpt_path = latest_checkpoint(run_dir)
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path)
+    if (found := load_latest_checkpoint(run_dir)) is not None:
+        ckpt_path, state = found
+        if is_main(env):  # in the job log: where a requeued job picked up
+            print(f"resuming {run_dir.name} from {ckpt_path.name}", flush=True)
         model.load_state_dict(state["model"])
         disc.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
@@ -185,7 +245,8 @@ def train_tokenizer(
     barrier(env)  # every rank has read the checkpoint before rank 0 may write a newer one
     log = MetricsLog(run_dir / "metrics.jsonl", step) if is_main(env) else None
     # DDP averages the gradients in backward; its constructor also broadcasts rank 0's weights.
-    net, disc_net = wrap_ddp(model, env), wrap_ddp(disc, env)
+    net, disc_net = maybe_compile(wrap_ddp(model, env), perf), maybe_compile(wrap_ddp(disc, env), perf)
+    modules = StepModules(model, disc, perceptual, semantic, opt_g, opt_d, net, disc_net)
 
     def checkpoint(at: int) -> None:
         if env.world_size > 1:  # the open window's rank means: a resumed run logs what an uninterrupted one would
@@ -200,6 +261,7 @@ def train_tokenizer(
             save_checkpoint(run_dir, at, state, cfg.train.keep_checkpoints)
         barrier(env)
 
+    snapshots = snapshot_steps(cfg, total_steps)
     end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
     sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, step, end)
     shards = RankShard(sampler, cfg.train.batch_size, env)
@@ -216,38 +278,17 @@ def train_tokenizer(
         if cfg.data.hflip:
             flip = flip_mask(cfg.train.seed, step, cfg.train.batch_size)[env.rank :: env.world_size].to(device)
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        target = semantic(images, indices) if semantic is not None else None
-        gan_on = adversarial_active(cfg, step)
         lr = cfg.optim.lr * schedule(step)
         for group in (*opt_g.param_groups, *opt_d.param_groups):
             group["lr"] = lr
-
-        out = net(images)
-        # The unwrapped discriminator: this pass only carries gradients to the generator (its own are discarded).
-        fake_logits = disc(out.reconstruction) if gan_on else None
-        terms = generator_loss(cfg, images, out, perceptual, target, fake_logits)
-        opt_g.zero_grad(set_to_none=True)
-        terms["total_loss"].backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt_g.step()
-
-        if gan_on:
-            d_loss = hinge_discriminator_loss(disc_net(images), disc_net(out.reconstruction.detach()))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            nn.utils.clip_grad_norm_(disc.parameters(), cfg.optim.grad_clip)
-            opt_d.step()
-            terms["discriminator_loss"] = d_loss.detach()
-
-        terms.update(
-            codebook_usage=out.quant.usage, codebook_perplexity=out.quant.perplexity, grad_norm=grad_norm,
-        )
+        terms = training_step(cfg, modules, images, indices, step)
         window.add(terms)
         step += 1
         bar.update(1)
         # A stop before the end (preemption) logs nothing partial: the open window is saved with the checkpoint.
         if step % cfg.train.log_every == 0 or step == total_steps:
             last = {**mean_across_ranks(window.means(), env), "lr": lr}
+            require_finite(last, step, run_dir)
             window.reset()
             record: dict[str, Any] = {"step": step, **last}
             if substitutes:
@@ -260,6 +301,11 @@ def train_tokenizer(
                 loss=f"{last['total_loss']:.3f}", pix=f"{last['pixel_loss']:.4f}",
                 lpips=f"{last['perceptual_loss']:.3f}", usage=f"{last['codebook_usage']:.2f}",
             )
+        if step in snapshots or step % cfg.train.checkpoint_every == 0 or step == end:
+            # Weights are about to be saved: the steps since the last log record must have been finite too.
+            require_finite(mean_across_ranks(window.means(), env), step, run_dir)
+        if step in snapshots and is_main(env):  # before the checkpoint of this step: a resume never skips it
+            save_snapshot(run_dir, snapshots[step], step, model, last, substitutes)
         if step % cfg.train.checkpoint_every == 0 or step == end:
             checkpoint(step)
     bar.close()
@@ -275,6 +321,31 @@ def train_tokenizer(
     return TrainResult(run_dir, step, finished, last, substitutes)
 
 
+def snapshot_steps(cfg: TokenizerRunConfig, total_steps: int) -> dict[int, float]:
+    """Step -> epoch of each snapshot: epoch E of an ``epochs``-long schedule is step round(E / epochs * total),
+    so a schedule shortened by ``max_steps`` keeps its snapshots at the same fractions of training."""
+    return {max(1, round(e / cfg.train.epochs * total_steps)): e for e in cfg.train.snapshot_epochs}
+
+
+def snapshot_dir(run_dir: str | Path, epoch: float) -> Path:
+    return Path(run_dir) / "snapshots" / f"epoch-{epoch:g}"
+
+
+def save_snapshot(run_dir: Path, epoch: float, step: int, model: nn.Module, last: dict[str, float],
+                  substitutes: list[str]) -> Path:
+    """The model at ``step`` as a finished run directory of its own; summary.json is written last."""
+    folder = snapshot_dir(run_dir, epoch)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = (run_dir / "config.json").read_bytes()
+    atomic_write_bytes(folder / "config.json", lambda f: f.write(config))
+    atomic_write_bytes(folder / "tokenizer.pt", lambda f: torch.save(model.state_dict(), f))
+    atomic_write_json(folder / "summary.json", {
+        "hash": json.loads(config)["hash"], "steps": step, "snapshot_epoch": epoch, "final_metrics": last,
+        "substitutes": substitutes,
+    })
+    return folder
+
+
 def read_run_config(run_dir: str | Path) -> TokenizerRunConfig:
     """The config a tokenizer run directory was made for (validated)."""
     return read_config(Path(run_dir), run_config_from_dict)
@@ -285,5 +356,5 @@ def load_trained_tokenizer(run_dir: str | Path, device: str | torch.device = "cp
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     model = build_tokenizer(cfg.tokenizer)
-    model.load_state_dict(torch.load(run_dir / "tokenizer.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(load_weights(run_dir / "tokenizer.pt"))
     return model.to(device).eval()

@@ -1,0 +1,51 @@
+"""Every figure ``analysis/plot_scaling.py`` makes: its name, the paper figure it reproduces and the study it draws.
+
+A figure is a function of the study's runs (one profile) and a :class:`~analysis.sources.Source` for what the runs
+table does not hold (curves, CFG trials, stored arrays); it returns a :class:`~analysis.figures.Plot`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from analysis.fig_cfg import cfg_curve
+from analysis.fig_curves import fig5_entropy_curves
+from analysis.fig_features import fig8_feature_pca
+from analysis.figures import (
+    Plot,
+    fig6_ar_probe_vs_large,
+    fig9_1d_vs_2d,
+    fig12_train_duration,
+    fig13_checkpoint_probes,
+    scaling_semreg,
+    scaling_vanilla,
+)
+from analysis.sources import Source
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    reproduces: str
+    study: str | None  # the study whose runs it draws; None: every study's runs (the CFG curve)
+    make: Callable[[pd.DataFrame, Source], Plot]
+
+
+def _runs_only(make: Callable[[pd.DataFrame], Plot]) -> Callable[[pd.DataFrame, Source], Plot]:
+    return lambda runs, _source: make(runs)
+
+
+FIGURES: tuple[FigureSpec, ...] = (
+    FigureSpec("fig3_scaling_vanilla", "Fig. 3", "scaling_vanilla", _runs_only(scaling_vanilla)),
+    FigureSpec("fig5_entropy_curves", "Fig. 5", "entropy_loss", fig5_entropy_curves),
+    FigureSpec("fig6_ar_probe_vs_large", "Fig. 6", "ar_probe_vs_large", _runs_only(fig6_ar_probe_vs_large)),
+    FigureSpec("fig7_scaling_semreg", "Figs. 1 and 7", "scaling_semreg", _runs_only(scaling_semreg)),
+    FigureSpec("fig8_feature_pca", "Fig. 8", "feature_pca", fig8_feature_pca),
+    FigureSpec("fig9_1d_vs_2d", "Fig. 9", "scaling_1d_vs_2d", _runs_only(fig9_1d_vs_2d)),
+    FigureSpec("fig12_train_duration", "Fig. 12", "train_duration", _runs_only(fig12_train_duration)),
+    FigureSpec("fig13_checkpoint_probes", "Fig. 13", "tokenizer_checkpoints", _runs_only(fig13_checkpoint_probes)),
+    FigureSpec("cfg_curve", "App. B (CFG search)", None, cfg_curve),
+)

@@ -1,0 +1,99 @@
+"""Fig. 5: tokenizer training curves with and without the entropy loss, from the runs' MLflow metric histories.
+
+Only the histories this figure draws are fetched (one request per run and key), never every curve of a study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.figures import DATA_COLUMNS, SUBSTITUTE_NOTE, Plot, finished_runs, profile_heading
+from analysis.sources import Source
+
+
+@dataclass(frozen=True)
+class CurvePanel:
+    key: str  # MLflow metric history, e.g. "tokenizer/codebook_usage"
+    title: str
+    ylabel: str
+    scale: float = 1.0
+
+
+FIG5_PANELS = (
+    CurvePanel("tokenizer/codebook_usage", "Codebook usage", "codebook usage (% of entries, per batch)", 100.0),
+    CurvePanel("tokenizer/perceptual_loss", "Perceptual loss", "LPIPS perceptual loss"),
+    CurvePanel("tokenizer/pixel_loss", "Reconstruction loss", "L2 pixel loss"),
+)
+ENTROPY_LABELS = {False: "without entropy loss", True: "with entropy loss"}
+
+
+def entropy_series(runs: pd.DataFrame) -> pd.Series:
+    """The study's ``entropy`` factor where it has one, else whether the entropy weight is above zero."""
+    on = runs["entropy_weight"].gt(0).where(runs["entropy_weight"].notna())
+    if "factor_entropy" in runs:
+        on = runs["factor_entropy"].astype("object").where(runs["factor_entropy"].notna(), on)
+    return on.map(lambda v: ENTROPY_LABELS.get(bool(v)) if pd.notna(v) else None)
+
+
+def fig5_entropy_curves(df: pd.DataFrame, source: Source, study: str | None = "entropy_loss") -> Plot:
+    """Fig. 5: codebook usage and losses against the training step, one line per run, with and without entropy."""
+    name = "fig5_entropy_curves"
+    runs = finished_runs(df if study is None else df[df["study"] == study])
+    if runs.empty:
+        raise ValueError(f"{name}: no FINISHED runs" + (f" of study {study}" if study else ""))
+    runs = runs.assign(series=entropy_series(runs))
+    runs = runs[runs["series"].notna()]
+    if runs.empty:
+        raise ValueError(f"{name}: no FINISHED run says whether it used the entropy loss")
+    profile = _one_profile(runs, name)
+    curves = source.curves(list(runs["run_id"]), [p.key for p in FIG5_PANELS])
+    if curves.empty:
+        raise ValueError(f"{name}: no run of study {study} logged {', '.join(p.key for p in FIG5_PANELS)}")
+    order = list(ENTROPY_LABELS.values())
+    substitutes = bool(runs["substitute"].any())
+    fig = Figure(figsize=(4.3 * len(FIG5_PANELS), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(FIG5_PANELS), squeeze=False)[0]
+    records: list[dict] = []
+    notes: list[str] = []
+    for ax, panel in zip(axes, FIG5_PANELS, strict=True):
+        here = curves[curves["key"] == panel.key]
+        if here.empty:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"{panel.title}\n\nskipped: no run logged {panel.key}", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9, color="0.4")
+            notes.append(f"panel '{panel.title}' skipped: no run logged {panel.key}")
+            continue
+        for run in runs.sort_values("series", key=lambda s: s.map(order.index)).itertuples(index=False):
+            points = here[here["run_id"] == run.run_id].sort_values("step")
+            if points.empty:
+                notes.append(f"panel '{panel.title}': {run.run_name} did not log {panel.key}")
+                continue
+            y = points["value"] * panel.scale
+            label = f"{run.tokenizer_name} {run.series}" + (f" ({SUBSTITUTE_NOTE})" if run.substitute else "")
+            ax.plot(points["step"], y, color=f"C{order.index(run.series)}", label=label,
+                    linestyle="--" if run.substitute else "-")
+            records += [
+                {"figure": name, "panel": panel.key, "series": run.series, "run_id": run.run_id,
+                 "run_name": run.run_name, "size": run.tokenizer_name, "x": int(step), "value": float(value),
+                 "y": float(value) * panel.scale, "substitute": bool(run.substitute)}
+                for step, value in zip(points["step"], points["value"], strict=True)
+            ]
+        ax.set_xlabel("tokenizer training step")
+        ax.set_ylabel(panel.ylabel)
+        ax.set_title(panel.title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    heading = profile_heading("Fig. 5: training curves with and without entropy loss", profile, substitutes,
+                              "dashed lines")
+    fig.suptitle(heading, fontsize=10)
+    return Plot(name, fig, pd.DataFrame.from_records(records, columns=DATA_COLUMNS), tuple(notes))
+
+
+def _one_profile(runs: pd.DataFrame, name: str) -> str:
+    profiles = sorted(runs["profile"].dropna().unique())
+    if len(profiles) > 1:
+        raise ValueError(f"{name}: runs of several profiles ({', '.join(profiles)}); pass one profile's runs")
+    return profiles[0] if profiles else "unknown"
