@@ -171,7 +171,7 @@ class RunSpec:
         out.update({f"factor.{k}": str(v) for k, v in self.factors})
         out["stages"] = ",".join(self.ordered_stages())
         if self.tokenizer_snapshot is not None:
-            out["tokenizer_snapshot"] = self.tokenizer_snapshot
+            out["tokenizer_snapshot"] = str(self.tokenizer_snapshot)
         return out
 
 

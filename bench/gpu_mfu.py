@@ -1,0 +1,310 @@
+"""Model FLOPs utilisation of tokenizer and AR training steps on one GPU (achieved FLOP/s on a CPU).
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one step (matmuls, convolutions and attention,
+forward and backward: the usual "model FLOPs"; norms, activations and the optimizer are not counted), then divided by
+the median wall time of the timed steps. MFU is that rate over the GPU's dense bf16 peak (``--peak-tflops``, or the
+table below by ``torch.cuda.get_device_name()``); fp32 rows are divided by the same bf16 peak, to show what bf16 buys.
+
+What one step is:
+
+- tokenizer: the generator update of the training loop (tokenizer forward, pixel, codebook, commitment, entropy and
+  semantic losses, the adversarial term through the PatchGAN discriminator, a perceptual loss, backward, clipping,
+  AdamW) and the discriminator's update. Two stand-ins keep this script to torch and this repository (the GPU
+  machine has no lpips/timm): the perceptual loss is a VGG16-shaped trunk with random weights (LPIPS's network, same
+  FLOPs; lpips' 1x1 calibration layers left out), and the semantic target is a fixed random feature map (the frozen
+  DINOv2 forward, ~1.5% of an S-S step's FLOPs, is not run).
+- AR: ``ARModel.loss`` on random tokens (teacher-forced, class dropout on), backward, clipping, AdamW.
+
+Sizes: on a GPU the paper profile, per-GPU batches of Table 9 / Appendix B over 8 GPUs (tokenizer S-S 16, B-L 16; AR-B
+32, AR-L 32); on a CPU the tiny profile. Everything runs through ``gigatok.performance`` as the training loops do.
+
+    python bench/gpu_mfu.py                 # on a GPU: ~2 minutes on an H100/H200
+    python bench/gpu_mfu.py --quick         # fewer steps
+    python bench/gpu_mfu.py --peak-tflops 989 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the project importable without installing it
+    sys.path.insert(0, str(ROOT))
+
+# torch and this repository only: nothing here may import lpips, timm, torchvision, mlflow or torch-fidelity.
+from bench.common import Row, add_common_args, add_threads_arg, log_to_mlflow, print_table, set_threads  # noqa: E402
+from gigatok.config import PerformanceConfig, ar_run, tokenizer_run  # noqa: E402
+from gigatok.losses import generator_loss, hinge_discriminator_loss  # noqa: E402
+from gigatok.models.ar import build_ar_model  # noqa: E402
+from gigatok.models.discriminator import PatchDiscriminator  # noqa: E402
+from gigatok.models.tokenizer import build_tokenizer  # noqa: E402
+from gigatok.performance import autocast, maybe_compile, prepare_images, prepare_module  # noqa: E402
+
+# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets; first match wins.
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("A10G", 70.0),
+)
+
+VGG16_CHANNELS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+class VGGPerceptualStandIn(nn.Module):
+    """LPIPS's trunk (VGG16 conv1_1 .. relu5_3) with random frozen weights: the perceptual loss's FLOPs without lpips.
+
+    Distance: per stage, channel-normalised features, squared difference, spatial mean, summed over the stages.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        stages, c_in = [], 3
+        for widths in VGG16_CHANNELS:
+            layers: list[nn.Module] = [nn.MaxPool2d(2)] if stages else []
+            for c_out in widths:
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True)]
+                c_in = c_out
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        distance = x.new_zeros(x.shape[0])
+        for stage in self.stages:
+            x, y = stage(x), stage(y)
+            diff = F.normalize(x, dim=1) - F.normalize(y, dim=1)
+            distance = distance + diff.pow(2).sum(1).mean(dim=(1, 2))
+        return distance
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # "tokenizer" (a training step), "tokenize" (inference) or "ar" (a training step)
+    model: str  # tokenizer name ("S-S") or AR size ("B")
+    batch: int
+    perf: PerformanceConfig
+
+
+def tokenizer_step(case: Case, profile: str, device: torch.device) -> Callable[[], None]:
+    cfg = tokenizer_run(case.model, profile=profile, batch_size=case.batch, performance=case.perf)
+    perf = cfg.performance
+    model = prepare_module(build_tokenizer(cfg.tokenizer, device), perf)
+    disc = prepare_module(PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device), perf)
+    perceptual = prepare_module(VGGPerceptualStandIn().to(device), perf)
+    o = cfg.optim
+    opt_g = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    net, disc_net = maybe_compile(model, perf), maybe_compile(disc, perf)
+    size, grid = cfg.tokenizer.image_size, cfg.tokenizer.grid_size
+    g = torch.Generator(device).manual_seed(0)
+    images = prepare_images(torch.rand(case.batch, 3, size, size, device=device, generator=g) * 2 - 1, perf)
+    sem = cfg.tokenizer.semantic
+    target = torch.randn(case.batch, sem.feature_dim, grid, grid, device=device, generator=g) if sem.enabled else None
+
+    def step() -> None:
+        with autocast(perf, device):
+            out = net(images)
+            terms = generator_loss(cfg, images, out, perceptual, target, disc(out.reconstruction))
+        opt_g.zero_grad(set_to_none=True)
+        terms["total_loss"].backward()
+        nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        opt_g.step()
+        with autocast(perf, device):
+            d_loss = hinge_discriminator_loss(disc_net(images), disc_net(out.reconstruction.detach()))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        nn.utils.clip_grad_norm_(disc.parameters(), o.grad_clip)
+        opt_d.step()
+
+    return step
+
+
+def tokenize_step(case: Case, profile: str, device: torch.device) -> Callable[[], None]:
+    """Tokenizing a batch (no gradients): what the token cache saves each AR epoch."""
+    cfg = tokenizer_run(case.model, profile=profile, performance=case.perf)
+    model = prepare_module(build_tokenizer(cfg.tokenizer, device), cfg.performance).eval()
+    size = cfg.tokenizer.image_size
+    g = torch.Generator(device).manual_seed(0)
+    images = prepare_images(torch.rand(case.batch, 3, size, size, device=device, generator=g) * 2 - 1, cfg.performance)
+
+    @torch.no_grad()
+    def step() -> None:
+        with autocast(cfg.performance, device):
+            model.tokenize(images)
+
+    return step
+
+
+def ar_step(case: Case, profile: str, device: torch.device) -> Callable[[], None]:
+    cfg = ar_run(tokenizer_run("S-S", profile=profile), case.model, batch_size=case.batch, performance=case.perf)
+    perf, t = cfg.performance, cfg.train
+    model = prepare_module(build_ar_model(cfg.model, device), perf).train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # the AR loop's grouping
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay,
+                             "weight_decay": 0.0}], lr=t.lr, betas=(t.beta1, t.beta2))
+    loss_fn = maybe_compile(model.loss, perf)
+    g = torch.Generator(device).manual_seed(0)
+    tokens = torch.randint(0, cfg.model.vocab_size, (case.batch, cfg.model.num_tokens), device=device, generator=g)
+    labels = torch.randint(0, cfg.model.num_classes, (case.batch,), device=device, generator=g)
+
+    def step() -> None:
+        with autocast(perf, device):
+            loss = loss_fn(tokens, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+
+    return step
+
+
+def cases(device: torch.device, with_compile: bool) -> tuple[str, list[Case]]:
+    bf16, fp32 = PerformanceConfig(autocast="bf16"), PerformanceConfig(autocast="off")
+    if device.type == "cuda":
+        out = [
+            Case("tokenizer S-S bf16", "tokenizer", "S-S", 16, bf16),
+            Case("tokenizer S-S bf16 channels-last", "tokenizer", "S-S", 16, dataclasses.replace(bf16,
+                                                                                                 channels_last=True)),
+            Case("tokenizer S-S fp32", "tokenizer", "S-S", 16, fp32),
+            Case("tokenizer B-L bf16", "tokenizer", "B-L", 16, bf16),
+            Case("tokenize S-S bf16", "tokenize", "S-S", 64, bf16),
+            Case("AR-B bf16", "ar", "B", 32, bf16),
+            Case("AR-B fp32", "ar", "B", 32, fp32),
+            Case("AR-L bf16", "ar", "L", 32, bf16),
+        ]
+        profile = "paper"
+    else:
+        out = [
+            Case("tokenizer S-S fp32", "tokenizer", "S-S", 16, fp32),
+            Case("tokenize S-S fp32", "tokenize", "S-S", 32, fp32),
+            Case("AR-B fp32", "ar", "B", 32, fp32),
+        ]
+        profile = "tiny"
+    if with_compile:
+        out += [dataclasses.replace(c, name=f"{c.name} compiled", perf=dataclasses.replace(c.perf, compile=True))
+                for c in out if c.name in ("tokenizer S-S bf16", "AR-B bf16", "tokenizer S-S fp32", "AR-B fp32")]
+    return profile, out
+
+
+def peak_tflops(device: torch.device, flag: float | None) -> tuple[float | None, str]:
+    if flag:
+        return flag, "--peak-tflops"
+    if device.type != "cuda":
+        return None, "CPU: no peak"
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_TFLOPS:
+        if key in name:
+            return value, f"table ({key})"
+    return None, f"{name!r} not in the table; pass --peak-tflops"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> tuple[float, float]:
+    """(FLOPs of one step, median seconds of ``repeats`` steps after ``warmup``)."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return float(counter.get_total_flops()), statistics.median(times)
+
+
+def token_cache_ratios(per_sample: dict[str, float]) -> list[Row]:
+    """An AR epoch tokenizing on the fly against one from the token cache, from the measured seconds per sample:
+    (tokenize + AR step) / AR step, at the same precision (bench/token_cache.py measures it end to end on a CPU)."""
+    out = []
+    for tokenize in (n for n in per_sample if n.startswith("tokenize ")):
+        precision = tokenize.split()[-1]
+        for ar in (n for n in per_sample if n.startswith("AR-") and n.endswith(precision)):
+            ratio = (per_sample[tokenize] + per_sample[ar]) / per_sample[ar]
+            note = f"per sample: tokenize {per_sample[tokenize] * 1e3:.3g} ms, AR step {per_sample[ar] * 1e3:.3g} ms"
+            out.append(Row(f"token cache: {ar} epoch on the fly / from cache", ratio, "x", {"note": note}))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer warm-up and timed steps")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense bf16 peak; default: looked up from the device name")
+    parser.add_argument("--compile", action="store_true", help="also the compiled forms (minutes of compilation)")
+    parser.add_argument("--only", default=None, help="run only the cases whose name contains this text")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_args(parser)
+    add_threads_arg(parser, default=0 if torch.cuda.is_available() else 1)  # 0: torch's own choice
+    args = parser.parse_args()
+    set_threads(args.threads)
+    device = torch.device(args.device)
+    profile, todo = cases(device, args.compile)
+    if args.only:
+        todo = [c for c in todo if args.only in c.name]
+    peak, peak_source = peak_tflops(device, args.peak_tflops)
+    gpu = device.type == "cuda"
+    warmup, repeats = ((2, 5) if args.quick else (3, 10)) if gpu else ((1, 2) if args.quick else (1, 3))
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{name}, torch {torch.__version__}, {profile} profile, peak "
+          f"{f'{peak:g} TFLOP/s bf16' if peak else 'n/a'} ({peak_source}); {warmup} warm-up + {repeats} timed steps",
+          flush=True)
+    rows, per_sample = [], {}
+    for case in todo:
+        start = time.perf_counter()
+        if gpu:
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            build = {"tokenizer": tokenizer_step, "tokenize": tokenize_step, "ar": ar_step}[case.kind]
+            flops, seconds = measure(build(case, profile, device), device, warmup, repeats)
+        except Exception as err:  # one case failing (OOM, a compile error) must not cost the others
+            traceback.print_exc()
+            rows.append(Row(case.name, float("nan"), "TFLOP/s", {"error": f"{type(err).__name__}: {err}"[:80]}))
+            continue
+        finally:
+            gc.collect()
+            if gpu:
+                torch.cuda.empty_cache()
+        achieved = flops / seconds
+        per_sample[case.name] = seconds / case.batch
+        extra: dict[str, object] = {
+            "batch": case.batch, "TFLOP/step": f"{flops / 1e12:.3g}", "step ms": f"{seconds * 1e3:.1f}",
+            "samples/s": f"{case.batch / seconds:.1f}", "MFU": f"{achieved / (peak * 1e12):.1%}" if peak else "n/a",
+        }
+        if gpu:
+            extra["peak GiB"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}"
+        rows.append(Row(case.name, achieved / 1e12, "TFLOP/s", extra))
+        print(f"  {case.name}: {achieved / 1e12:.3g} TFLOP/s ({time.perf_counter() - start:.0f} s)", flush=True)
+    rows += token_cache_ratios(per_sample)
+    print_table(f"Training-step FLOP/s and MFU ({name}, {profile} profile)", rows)
+    log_to_mlflow(args.mlflow, "gpu_mfu", rows, {"device": name, "peak_tflops": peak, "profile": profile})
+
+
+if __name__ == "__main__":
+    main()
