@@ -1,0 +1,115 @@
+"""RunLogger's batching: what a training loop logs reaches MLflow in few transactions, all of it, in order."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from gigatok.tracking import MAX_BATCH_METRICS, RunLogger
+
+
+class Operation:
+    def __init__(self) -> None:
+        self.waited = False
+
+    def wait(self) -> None:
+        self.waited = True
+
+
+class FakeClient:
+    """Records every log_batch call: (run id, metric (key, step) pairs, synchronous)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[str, int]], bool]] = []
+        self.operations: list[Operation] = []
+
+    def log_batch(self, run_id: str, metrics: list[Any], synchronous: bool) -> Operation:
+        self.calls.append((run_id, [(m.key, m.step) for m in metrics], synchronous))
+        self.operations.append(Operation())
+        return self.operations[-1]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_fast_loop_sends_one_batch_per_interval_and_flush_sends_the_rest() -> None:
+    client, clock = FakeClient(), Clock()
+    logger = RunLogger(client, "run", batch_seconds=5.0, clock=clock)
+    for step in range(1, 11):  # ten steps, one second apart
+        logger.metrics({"loss": 1.0 / step, "lr": 0.1}, step=step, prefix="ar/")
+        clock.now += 1.0
+    # Step 1 goes at once (nothing was sent yet); steps 2-6 wait until five seconds have passed since then.
+    assert [sorted({s for _, s in metrics}) for _, metrics, _ in client.calls] == [[1], [2, 3, 4, 5, 6]]
+    assert all(not sync for _, _, sync in client.calls)  # the loop never waits for the store
+    logger.flush()
+    sent = [pair for _, metrics, _ in client.calls for pair in metrics]
+    assert sorted(sent) == sorted((f"ar/{k}", s) for s in range(1, 11) for k in ("loss", "lr"))  # all, once each
+    assert len(client.calls) == 3 and all(op.waited for op in client.operations)
+
+
+def test_a_slow_loop_sends_every_step_at_once() -> None:
+    client, clock = FakeClient(), Clock()
+    logger = RunLogger(client, "run", batch_seconds=5.0, clock=clock)
+    for step in range(3):
+        logger.metrics({"loss": 1.0}, step=step)
+        clock.now += 60.0  # a minute between logging steps: nothing may wait for the next one
+    assert [[s for _, s in metrics] for _, metrics, _ in client.calls] == [[0], [1], [2]]
+
+
+def test_batches_respect_mlflow_limit_and_nan_is_left_out() -> None:
+    client, clock = FakeClient(), Clock()
+    logger = RunLogger(client, "run", batch_seconds=1e9, clock=clock)
+    logger.metrics({"first": 0.0}, step=0)  # sent at once; every later call stays in the buffer until its size says
+    wide = {f"k{i}": float(i) for i in range(300)}
+    for step in range(1, 5):
+        logger.metrics({**wide, "nan": float("nan")}, step=step)
+    logger.flush()
+    sizes = [len(metrics) for _, metrics, _ in client.calls]
+    assert max(sizes) <= MAX_BATCH_METRICS and sum(sizes) == 1 + 4 * 300
+    assert all(key != "nan" for _, metrics, _ in client.calls for key, _ in metrics)
+
+
+def test_sqlite_tables_read_as_mlflow_search_returns(tmp_path: Path) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    from gigatok.tracking import _search_pages, connect, sqlite_runs, study_runs
+
+    db = tmp_path / "mlflow.db"
+    client = connect(f"sqlite:///{db}")
+    experiment = client.create_experiment("study-tiny")
+    other = client.create_experiment("other")  # runs of another experiment stay out
+    client.create_run(other, tags={"gigatok.run_hash": "h1"})
+
+    def logged(run_hash: str, status: str, start: int, metrics: dict[str, float]) -> str:
+        run_id = client.create_run(experiment, start_time=start, run_name=f"run {run_hash}",
+                                   tags={"gigatok.run_hash": run_hash}).info.run_id
+        client.log_batch(run_id, metrics=[Metric(k, v, start, 3) for k, v in metrics.items()],
+                         params=[Param("a", "1"), Param("b", "two")], tags=[RunTag("gigatok.stage", "done")])
+        client.set_terminated(run_id, status)
+        return run_id
+
+    finished = logged("h1", "FINISHED", 1_000, {"rfid": 9.0, "gfid": math.nan, "tokenizer/total_loss": 0.5})
+    logged("h1", "FAILED", 2_000, {"rfid": 1.0})  # a newer attempt of the same config, which failed
+    other_hash = logged("h2", "FINISHED", 3_000, {"rfid": 8.0})
+    client.delete_run(logged("h3", "FINISHED", 4_000, {}))  # deleted runs stay out
+
+    def shape(run: Any) -> tuple:
+        metrics = {k: "nan" if math.isnan(v) else v for k, v in run.data.metrics.items()}
+        return (run.info.run_id, run.info.run_name, run.info.status, run.info.start_time, run.info.end_time,
+                dict(run.data.tags), dict(run.data.params), metrics)
+
+    searched = [shape(r) for r in _search_pages(client, experiment)]
+    assert [shape(r) for r in sqlite_runs(db, experiment)] == searched  # same runs, order, values, NaN
+    subset = sqlite_runs(db, experiment, params=("b",), curves=False)
+    assert [r.data.params for r in subset] == [{"b": "two"}] * 3
+    assert all("tokenizer/total_loss" not in r.data.metrics for r in subset)
+
+    runs = study_runs(client, experiment)
+    assert {h: r.run_id for h, r in runs.items()} == {"h1": finished, "h2": other_hash}  # FINISHED wins
+    assert runs["h1"].metrics["tokenizer/total_loss"] == 0.5
