@@ -171,8 +171,11 @@ class RunJob(submitit.helpers.Checkpointable):
 
         from gigatok.distributed import cleanup, init_distributed
 
-        if self.ctx.threads:
-            torch.set_num_threads(self.ctx.threads)
+        # Slurm without CPU binding (task/none) leaves torch one thread per core of the node: several jobs on one
+        # node would each take every core. A job uses the CPUs it was given.
+        threads = self.ctx.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
+        if threads:
+            torch.set_num_threads(threads)
 
         env = init_distributed("cuda" if torch.cuda.is_available() and self.ctx.device != "cpu" else "cpu")
         # Rank 0 alone evaluates (50k samples can take hours); the other ranks wait for it before the next run's

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,51 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with ``weights_only=True``: tensors and plain containers only, no arbitrary unpickling."""
+class CheckpointError(RuntimeError):
+    """A checkpoint or weights file that cannot be read; the one-line message names the file."""
+
+
+def _load(path: Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: {what} file not found") from None
     except Exception as exc:  # a truncated or foreign file: name it
-        raise RuntimeError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: cannot load {what} ({type(exc).__name__}: {reason})") from exc
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with ``weights_only=True``: tensors and plain containers only, no arbitrary unpickling."""
+    return _load(path, "checkpoint")
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """A finished run's final weights (``tokenizer.pt``, ``ar.pt``); CheckpointError names a missing or bad file."""
+    return _load(path, "weights")
+
+
+def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads, with its state; None when the run has none.
+
+    Checkpoints are written atomically, so a damaged one came from outside the training loop (a truncated copy,
+    a failing disk). An older good checkpoint is then used, with a warning naming the damaged file, which is left
+    in place for inspection (the resumed run overwrites it when it reaches that step again). When no checkpoint
+    loads, the error names the newest: starting over from step 0 would silently discard the run's progress.
+    """
+    newest_error: CheckpointError | None = None
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as exc:
+            newest_error = newest_error or exc
+            warnings.warn(f"{exc}; trying the previous checkpoint", RuntimeWarning, stacklevel=2)
+            continue
+        return path, state
+    if newest_error is not None:
+        raise CheckpointError(f"{newest_error}; no older checkpoint loads either: remove the damaged file(s) "
+                              "to restart the stage from step 0") from newest_error
+    return None
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:

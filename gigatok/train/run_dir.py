@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,25 @@ class MeanWindow:
 
     def load(self, state: dict[str, Any]) -> None:
         self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: a loss or gradient norm is NaN or infinite. Raised before anything of it is written."""
+
+
+def require_finite(values: Mapping[str, float], step: int, run_dir: Path) -> None:
+    """Raise :class:`NonFiniteLossError` if any value is NaN or infinite.
+
+    Called where the loops read their running means anyway (a log record) and before weights are saved, so a
+    GPU is never synchronised per step for it, and no checkpoint ever holds the weights of a diverged step.
+    """
+    bad = sorted((k, v) for k, v in values.items() if not math.isfinite(v))
+    if bad:
+        terms = ", ".join(f"{k}={v}" for k, v in bad)
+        raise NonFiniteLossError(
+            f"{run_dir}: training diverged by step {step} ({terms}); nothing after the newest checkpoint in "
+            f"{Path(run_dir) / 'checkpoints'} was saved (lower the learning rate or raise the gradient clipping)"
+        )
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
