@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.figures import DATA_COLUMNS, SUBSTITUTE_NOTE, Plot, finished_runs, profile_heading
+from analysis.figures import DATA_COLUMNS, SUBSTITUTE_NOTE, Plot, finished_runs, profile_heading, single_profile
 from analysis.sources import Source
 
 SCHEDULE_TITLES = {"constant": "constant CFG (AR probing)", "step": "step CFG (system level)"}
@@ -20,9 +20,7 @@ def cfg_curve(df: pd.DataFrame, source: Source) -> Plot:
     """gFID against CFG scale for every searched AR run among ``df``'s runs (one profile)."""
     name = "cfg_curve"
     runs = finished_runs(df)
-    profiles = sorted(runs["profile"].dropna().unique())
-    if len(profiles) > 1:
-        raise ValueError(f"{name}: runs of several profiles ({', '.join(profiles)}); pass one profile's runs")
+    profile = single_profile(runs, name)
     trials = source.trials(sorted(runs["experiment"].dropna().unique())) if not runs.empty else pd.DataFrame()
     if trials.empty:
         raise ValueError(f"{name}: no CFG-search trials recorded (run `python studies/run.py cfg_search ...`)")
@@ -30,7 +28,6 @@ def cfg_curve(df: pd.DataFrame, source: Source) -> Plot:
     trials = trials[trials["parent_run_id"].isin(parents.index) & trials["gfid"].notna()]
     if trials.empty:
         raise ValueError(f"{name}: no CFG-search trial with a gFID belongs to a FINISHED run")
-    profile = profiles[0] if profiles else "unknown"
     schedules = sorted(trials["cfg_schedule"].fillna("constant").unique(), key=lambda s: (s != "constant", s))
     fig = Figure(figsize=(5.2 * len(schedules), 4.0), layout="constrained")
     axes = fig.subplots(1, len(schedules), squeeze=False)[0]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.figures import DATA_COLUMNS, SUBSTITUTE_NOTE, Plot, finished_runs, profile_heading
+from analysis.figures import DATA_COLUMNS, SUBSTITUTE_NOTE, Plot, finished_runs, profile_heading, single_profile
 from analysis.sources import Source
 
 
@@ -48,7 +48,7 @@ def fig5_entropy_curves(df: pd.DataFrame, source: Source, study: str | None = "e
     runs = runs[runs["series"].notna()]
     if runs.empty:
         raise ValueError(f"{name}: no FINISHED run says whether it used the entropy loss")
-    profile = _one_profile(runs, name)
+    profile = single_profile(runs, name)
     curves = source.curves(list(runs["run_id"]), [p.key for p in FIG5_PANELS])
     if curves.empty:
         raise ValueError(f"{name}: no run of study {study} logged {', '.join(p.key for p in FIG5_PANELS)}")
@@ -91,9 +91,3 @@ def fig5_entropy_curves(df: pd.DataFrame, source: Source, study: str | None = "e
     fig.suptitle(heading, fontsize=10)
     return Plot(name, fig, pd.DataFrame.from_records(records, columns=DATA_COLUMNS), tuple(notes))
 
-
-def _one_profile(runs: pd.DataFrame, name: str) -> str:
-    profiles = sorted(runs["profile"].dropna().unique())
-    if len(profiles) > 1:
-        raise ValueError(f"{name}: runs of several profiles ({', '.join(profiles)}); pass one profile's runs")
-    return profiles[0] if profiles else "unknown"

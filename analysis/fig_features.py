@@ -10,7 +10,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.figures import SEMREG_LABELS, SUBSTITUTE_NOTE, Plot, finished_runs, profile_heading, semreg_series
+from analysis.figures import (
+    SEMREG_LABELS,
+    SUBSTITUTE_NOTE,
+    Plot,
+    finished_runs,
+    profile_heading,
+    semreg_series,
+    single_profile,
+)
 from analysis.sources import Source
 from gigatok.feature_pca import FeaturePCA
 
@@ -24,9 +32,7 @@ def fig8_feature_pca(df: pd.DataFrame, source: Source, study: str | None = "feat
     runs = finished_runs(df if study is None else df[df["study"] == study])
     if runs.empty:
         raise ValueError(f"{name}: no FINISHED runs" + (f" of study {study}" if study else ""))
-    profiles = sorted(runs["profile"].dropna().unique())
-    if len(profiles) > 1:
-        raise ValueError(f"{name}: runs of several profiles ({', '.join(profiles)}); pass one profile's runs")
+    profile = single_profile(runs, name)
     if ARTIFACT_COLUMN not in runs:
         raise ValueError(f"{name}: no run of study {study} stored its PCA maps (stage feature_pca)")
     order = list(SEMREG_LABELS.values())
@@ -79,6 +85,6 @@ def fig8_feature_pca(df: pd.DataFrame, source: Source, study: str | None = "feat
     first = loaded[0][1]
     title = (f"Fig. 8: decoder layer {first.layer} features, first 3 PCA components as RGB, "
              f"{count} images of class {first.class_index}")
-    fig.suptitle(profile_heading(title, profiles[0] if profiles else "unknown", substitutes,
+    fig.suptitle(profile_heading(title, profile, substitutes,
                                  "rows labelled SUBSTITUTE"), fontsize=9)
     return Plot(name, fig, pd.DataFrame.from_records(records, columns=DATA_COLUMNS), tuple(notes))

@@ -114,10 +114,7 @@ def scaling_plot(
     runs = finished_runs(df if study is None else df[df["study"] == study])
     if runs.empty:
         raise ValueError(f"{name}: no FINISHED runs" + (f" of study {study}" if study else ""))
-    profiles = sorted(runs["profile"].dropna().unique())
-    if len(profiles) > 1:
-        raise ValueError(f"{name}: runs of several profiles ({', '.join(profiles)}); pass one profile's runs")
-    profile = profiles[0] if profiles else "unknown"
+    profile = single_profile(runs, name)
     notes: list[str] = []
     column = runs[x_axis.column] if x_axis.column in runs else pd.Series(pd.NA, index=runs.index)
     unplaced = column.isna()
@@ -171,6 +168,14 @@ def scaling_plot(
     fig.suptitle(profile_heading(title, profile, substitutes, "hollow hatched points"), fontsize=10)
     data = pd.DataFrame.from_records(records, columns=DATA_COLUMNS)
     return Plot(name, fig, data, tuple(notes))
+
+
+def single_profile(runs: pd.DataFrame, name: str) -> str:
+    """The one profile of a figure's runs ("unknown" if none says); several profiles are refused."""
+    profiles = sorted(runs["profile"].dropna().unique())
+    if len(profiles) > 1:
+        raise ValueError(f"{name}: runs of several profiles ({', '.join(profiles)}); pass one profile's runs")
+    return profiles[0] if profiles else "unknown"
 
 
 def profile_heading(title: str, profile: str, substitutes: bool, marked_as: str) -> str:
