@@ -1,0 +1,263 @@
+"""A study on a real Slurm cluster: a job array, a preempted job, a failing run, re-submission, the figure.
+
+Needs the single-node cluster of ``scripts/slurm-cluster up`` (``.ci/run`` starts it); skipped where ``sbatch`` is
+missing. The runs log to a real MLflow server on loopback, the setup the README recommends for Slurm.
+
+The tests form one story, in file order, on one study (``entropy_loss``: two tokenizer runs, so a two-task array):
+
+1. Submit it with one run's folder holding a truncated checkpoint (its only one), and preempt the other run's job
+   in the middle of tokenizer training with Submitit's ``job._interrupt()`` (SIGTERM then USR2, as Slurm does
+   before preempting). The preempted job is requeued and resumes from its checkpoint: its metric history has every
+   step once, and its curve and weights equal those of an uninterrupted run of the same config. The damaged run
+   fails, and ``--status`` shows its error, naming the file, while the other task finishes.
+2. Remove the damaged file and submit again: only the failed run is submitted; then the figure is drawn.
+3. Submit once more: nothing is submitted.
+
+Runs are shrunk with ``--set`` (``services.SMALL_RUN``: 12 steps of batch 4, one transformer layer, 8 images
+scored at 75 px) so that the whole story takes a few minutes on two cores. ``--time-min`` is 30 because below 10
+minutes Submitit counts every interruption as a time-out (``has_timed_out()`` is then always true) and would stop
+requeuing after three.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+from services import ROOT, SMALL_RUN, SMALL_STEPS, MlflowServer, listening_addresses, need, study_cli
+
+pytestmark = pytest.mark.cluster
+
+STUDY = "entropy_loss"
+STEPS = SMALL_STEPS
+SHORT = SMALL_RUN
+SLURM = ["--executor", "slurm", "--gpus-per-node", "0", "--cpus-per-task", "1", "--time-min", "30"]
+LOGGED = list(range(2, STEPS + 1, 2))
+
+
+def _slurm(*args: str) -> str:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    need(shutil.which("sbatch") is not None, "no Slurm here (sbatch missing); start one: sudo scripts/slurm-cluster up")
+    try:
+        states = _slurm("sinfo", "-h", "-o", "%T").split()
+    except (subprocess.SubprocessError, OSError) as exc:
+        states = [f"sinfo failed: {exc}"]
+    need(any(s in ("idle", "mixed") for s in states),
+         f"Slurm is installed but no node is idle ({states}); start the cluster: sudo scripts/slurm-cluster up")
+
+
+@dataclass
+class Study:
+    folder: Path
+    uri: str
+
+    def cli(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return study_cli([STUDY, "--tracking-uri", self.uri, *args, *SHORT], self.folder, timeout=timeout)
+
+    def plan(self) -> dict[bool, dict]:
+        """The dry-run rows, keyed by the run's ``entropy`` factor."""
+        result = self.cli("--dry-run", "--json", timeout=300)
+        assert result.returncode == 0, result.stderr
+        return {row["factors"]["entropy"]: row for row in json.loads(result.stdout)["runs"]}
+
+    def tokenizer_dir(self, row: dict) -> Path:
+        return self.folder / "runs" / f"tokenizer-{row['tokenizer_hash']}"
+
+    def runs(self) -> dict[str, object]:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.uri)
+        experiment = client.get_experiment_by_name(f"{STUDY}-tiny")
+        return {r.data.tags["gigatok.run_hash"]: r for r in client.search_runs([experiment.experiment_id])}
+
+
+@pytest.fixture(scope="module")
+def study(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
+    folder = tmp_path_factory.mktemp("cluster-study")
+    with MlflowServer(folder / "mlflow-server") as server:
+        yield Study(folder, server.uri)
+    # Leave no job behind if a test failed half-way (the cluster outlives this module).
+    for line in _slurm("squeue", "-h", "-o", "%A %o").splitlines():
+        job, command = line.split(maxsplit=1)
+        if str(folder) in command:
+            subprocess.run(["scancel", job], timeout=60)
+
+
+def _submitted_jobs(stdout: str) -> list[str]:
+    match = re.search(r"submitted \d+ Slurm jobs: (.+)", stdout)
+    assert match, stdout
+    return match.group(1).split()
+
+
+def _queued(jobs: list[str]) -> list[str]:
+    """Which of the array tasks ``jobs`` are still queued or running (a pending array shows as ``12_[0-1]``)."""
+    arrays = {j.split("_")[0] for j in jobs}
+    return [j for j in _slurm("squeue", "-h", "-o", "%i").split() if j.split("_")[0] in arrays]
+
+
+def _wait_for_jobs(jobs: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _queued(jobs):
+        assert time.monotonic() < deadline, _slurm("squeue", "-o", "%i %T %r")
+        time.sleep(2)
+
+
+def _job_log(study: Study, job: str) -> str:
+    return "".join(p.read_text() for p in sorted((study.folder / "runs" / "jobs" / job).glob("*_log.*")))
+
+
+def _truncated_checkpoint(path: Path) -> None:
+    """A checkpoint file cut short, as a copy interrupted by a full disk leaves it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"step": 4, "model": {"w": torch.zeros(4096)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def test_accounting_database_binds_loopback_only(cluster: None) -> None:
+    """MariaDB (Slurm's accounting store) listens on 127.0.0.1 only. Slurm 22.05's own daemons have no
+    listen-address setting (README, Testing and CI)."""
+    port = int(os.environ.get("GIGATOK_SLURM_DB_PORT", "3307"))
+    assert listening_addresses(port) == {"127.0.0.1"}
+    _slurm("sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID")  # raises unless accounting answers
+
+
+def test_job_array_survives_preemption_and_a_failing_run(study: Study, tmp_path: Path) -> None:
+    plan = study.plan()
+    preempted, damaged = plan[True], plan[False]
+    bad_file = study.tokenizer_dir(damaged) / "checkpoints" / "step-00000004.pt"
+    _truncated_checkpoint(bad_file)
+
+    submit = study.cli(*SLURM, timeout=300)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    jobs = _submitted_jobs(submit.stdout)
+    assert len(jobs) == 2 and len({j.split("_")[0] for j in jobs}) == 1, jobs  # one array of two tasks
+    job_of = {h: r.data.tags["gigatok.slurm_job_id"] for h, r in study.runs().items()}
+    job = job_of[preempted["hash"]]
+
+    # Preempt once the run is past its first checkpoint (step 4) and before it ends.
+    metrics_file = study.tokenizer_dir(preempted) / "metrics.jsonl"
+    deadline = time.monotonic() + 900
+    while True:
+        steps = [json.loads(x)["step"] for x in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
+        if steps and steps[-1] >= 6:
+            break
+        assert time.monotonic() < deadline, "the preempted run never reached step 6:\n" + _job_log(study, job)
+        time.sleep(0.2)
+    import submitit
+
+    submitit.SlurmJob(study.folder / "runs" / "jobs" / "%j", job)._interrupt()
+    interrupted_at = steps[-1]
+    _wait_for_jobs(jobs, timeout=1200)
+
+    runs = study.runs()
+    # The preempted job was requeued, resumed from a checkpoint taken before its end, and finished.
+    assert "REQUEUED" in _slurm("sacct", "-n", "-D", "-X", "-j", job, "-o", "State").split()
+    log = _job_log(study, job)
+    assert "this job is preempted" in log, log
+    resumed = re.findall(r"resuming tokenizer-\w+ from step-(\d+)\.pt", log)
+    assert resumed and int(resumed[-1]) < STEPS, log
+    assert interrupted_at < STEPS  # the signal came in the middle of training
+    done = runs[preempted["hash"]]
+    assert done.info.status == "FINISHED"
+    assert _slurm("sacct", "-n", "-X", "-j", job, "-o", "State").split() == ["COMPLETED"]
+
+    # Its history has every logged step exactly once, in MLflow and on disk.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(study.uri)
+    for key in ("tokenizer/total_loss", "tokenizer/codebook_usage", "tokenizer/lr"):
+        steps = [m.step for m in client.get_metric_history(done.info.run_id, key)]
+        assert sorted(steps) == LOGGED, f"{key}: {sorted(steps)}"
+    on_disk = [json.loads(x) for x in metrics_file.read_text().splitlines()]
+    assert [r["step"] for r in on_disk] == LOGGED
+
+    # And it trained exactly what an uninterrupted run of the same config trains (one thread, as the job had).
+    from gigatok.train.tokenizer_loop import read_run_config, train_tokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = train_tokenizer(read_run_config(metrics_file.parent), tmp_path / "uninterrupted",
+                                    allow_substitutes=True, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    expected = [json.loads(x) for x in (tmp_path / "uninterrupted" / "metrics.jsonl").read_text().splitlines()]
+    for got, want in zip(on_disk, expected, strict=True):
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (got["step"], key)
+    for key, value in reference.final_metrics.items():
+        assert done.data.metrics[f"tokenizer/{key}"] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    weights = torch.load(metrics_file.parent / "tokenizer.pt", weights_only=True)
+    for name, tensor in torch.load(tmp_path / "uninterrupted" / "tokenizer.pt", weights_only=True).items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+    # The damaged run failed, saying which file, and the study status shows it with Slurm's view.
+    failed = runs[damaged["hash"]]
+    assert failed.info.status == "FAILED"
+    assert str(bad_file) in failed.data.tags["gigatok.error"]
+    assert failed.data.tags["gigatok.failed_stage"] == "tokenizer"
+    failed_job = job_of[damaged["hash"]]
+    assert _slurm("sacct", "-n", "-X", "-j", failed_job, "-o", "State").split() == ["FAILED"]
+    status = study.cli("--status", timeout=300)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith(damaged["hash"]))
+    assert "FAILED" in lines[row] and f"slurm={failed_job}:FAILED" in lines[row]
+    assert lines[row + 1].strip().startswith("error: tokenizer: CheckpointError:") and str(bad_file) in lines[row + 1]
+    ok_row = next(line for line in lines if line.startswith(preempted["hash"]))
+    assert "FINISHED" in ok_row and f"slurm={job}:COMPLETED" in ok_row
+
+
+def test_resubmission_submits_only_the_failed_run(study: Study, tmp_path: Path) -> None:
+    plan = study.plan()
+    damaged = plan[False]
+    before = study.runs()
+    assert before[damaged["hash"]].info.status == "FAILED", "needs the previous test's state"
+    shutil.rmtree(study.tokenizer_dir(damaged) / "checkpoints")  # the operator's fix: the run starts over
+
+    again = study.cli(*SLURM, "--wait", timeout=1200)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 runs to go, 1 already finished" in again.stdout
+    assert len(_submitted_jobs(again.stdout)) == 1
+    after = study.runs()
+    assert {h: r.info.status for h, r in after.items()} == {h: "FINISHED" for h in before}
+    assert after[damaged["hash"]].info.run_id == before[damaged["hash"]].info.run_id  # the same MLflow run, resumed
+    assert "gigatok.error" not in after[damaged["hash"]].data.tags
+
+    # Fig. 5 from what the cluster's runs logged.
+    figures = tmp_path / "figures"
+    plot = subprocess.run([sys.executable, str(ROOT / "analysis" / "plot_scaling.py"), "--study", STUDY,
+                           "--tracking-uri", study.uri, "--out", str(figures)],
+                          capture_output=True, text=True, timeout=600, cwd=study.folder)
+    assert plot.returncode == 0, plot.stdout + plot.stderr
+    assert (figures / "fig5_entropy_curves-tiny.png").stat().st_size > 10_000
+    index = (figures / "index.md").read_text()
+    assert all(h in index for h in after)
+
+
+def test_resubmitting_a_finished_study_submits_nothing(study: Study) -> None:
+    assert {r.info.status for r in study.runs().values()} == {"FINISHED"}, "needs the previous tests' state"
+    since = datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
+    jobs_dirs = sorted((study.folder / "runs" / "jobs").iterdir())
+    result = study.cli(*SLURM, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing to do" in result.stdout and "submitted" not in result.stdout
+    assert sorted((study.folder / "runs" / "jobs").iterdir()) == jobs_dirs
+    assert _slurm("sacct", "-n", "-X", "-S", since, "-o", "JobID").split() == []
