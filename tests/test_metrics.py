@@ -286,6 +286,35 @@ def test_fid_formula_matches_torch_fidelity() -> None:
     assert abs(frechet_distance_gaussians(stats[0]["mu"], stats[0]["sigma"], stats[0]["mu"], stats[0]["sigma"])) < 1e-8
 
 
+def test_fid_from_rows_equals_the_full_formula() -> None:
+    """Fewer rows than dimensions: the r x r route (rows given for either side, or both) gives the value of the two
+    d x d eigendecompositions; rows that are not the covariance's are refused."""
+    rng = np.random.default_rng(1)
+    d = 300
+    mixing = rng.standard_normal((d, d)) / 10
+    a = rng.standard_normal((25, d)) @ mixing
+    b = rng.standard_normal((40, d)) @ mixing * 1.2 + 0.1
+    moments = []
+    for x in (a, b):
+        acc = FeatureMoments(d)
+        acc.update(x[:7])
+        acc.update(x[7:])
+        moments.append((acc.mean, acc.covariance))
+    (mu1, s1), (mu2, s2) = moments
+    # Independent exact value: the nonzero eigenvalues of S1 S2 are the squared singular values of F1 F2^T.
+    f1, f2 = (a - mu1) / np.sqrt(len(a) - 1), (b - mu2) / np.sqrt(len(b) - 1)
+    exact = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.linalg.svd(f1 @ f2.T).S.sum()
+    full = frechet_distance_gaussians(mu1, s1, mu2, s2)
+    assert full > 1.0 and full == pytest.approx(exact, rel=1e-7)  # square roots of a singular d x d matrix
+    for rows in ({"rows1": a}, {"rows2": b}, {"rows1": a, "rows2": b}):
+        assert frechet_distance_gaussians(mu1, s1, mu2, s2, **rows) == pytest.approx(exact, rel=1e-8), rows
+    assert abs(frechet_distance_gaussians(mu1, s1, mu1, s1, rows1=a)) < 1e-8 * np.trace(s1)  # round-off of 2 tr(S1)
+    with pytest.raises(ValueError, match="do not reproduce the covariance"):
+        frechet_distance_gaussians(mu1, s1, mu2, s2, rows1=a[:20])
+    with pytest.raises(ValueError, match="do not match 300-d"):
+        frechet_distance_gaussians(mu1, s1, mu2, s2, rows1=a[:, :10])
+
+
 def test_streamed_moments_match_numpy() -> None:
     rng = np.random.default_rng(0)
     features = rng.standard_normal((103, 16)) * 3 + 50  # a large mean: the naive sum-of-squares would lose digits

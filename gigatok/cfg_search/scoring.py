@@ -35,17 +35,26 @@ class _SmallBudgetFid:
         self.samples = samples
         self.report = report
         self.moments = FeatureMoments(reference.mean.shape[0])
+        self.rows: list[Any] = []  # kept while fewer than the feature dimension: the fast FID route needs them
 
     def __call__(self, features: Any) -> None:
+        import numpy as np
+
         from gigatok.metrics.fid import frechet_distance_gaussians
 
         missing = self.samples - self.moments.count
         if missing <= 0:
             return
-        self.moments.update(features[:missing])
+        batch = np.asarray(features[:missing].detach().cpu() if hasattr(features, "detach") else features[:missing],
+                           dtype=np.float32)
+        self.moments.update(batch)
+        if self.samples < self.moments.dim:
+            self.rows.append(batch)
         if self.moments.count == self.samples:
             fid = frechet_distance_gaussians(self.moments.mean, self.moments.covariance, self.reference.mean,
-                                             self.reference.covariance)
+                                             self.reference.covariance,
+                                             rows1=np.concatenate(self.rows) if self.rows else None,
+                                             rows2=self.reference.all_rows())
             self.report(self.samples, fid)  # raises optuna.TrialPruned to stop the stream here
 
 
