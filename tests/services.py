@@ -70,6 +70,27 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+def non_loopback_address() -> str | None:
+    """This machine's address on its default route (None without one): a client connecting to it is not on
+    loopback as far as a listener or a firewall can tell. A UDP connect sends no packet; it only picks the route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("198.51.100.1", 9))  # TEST-NET-2, a unicast address: only used to choose the route
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def reachable(host: str, port: int) -> bool:
+    """Whether a TCP connection to ``host:port`` is accepted (refused, reset or timed out: False)."""
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
 class MlflowServer:
     """``scripts/mlflow-server`` on a free loopback port with its own SQLite store under ``folder``."""
 

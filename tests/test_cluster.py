@@ -35,7 +35,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from services import ROOT, SMALL_RUN, SMALL_STEPS, MlflowServer, listening_addresses, need, study_cli
+from services import (
+    ROOT,
+    SMALL_RUN,
+    SMALL_STEPS,
+    MlflowServer,
+    listening_addresses,
+    need,
+    non_loopback_address,
+    reachable,
+    study_cli,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -129,12 +139,20 @@ def _truncated_checkpoint(path: Path) -> None:
     path.write_bytes(data[: len(data) // 3])
 
 
-def test_accounting_database_binds_loopback_only(cluster: None) -> None:
-    """MariaDB (Slurm's accounting store) listens on 127.0.0.1 only. Slurm 22.05's own daemons have no
-    listen-address setting (README, Testing and CI)."""
-    port = int(os.environ.get("GIGATOK_SLURM_DB_PORT", "3307"))
-    assert listening_addresses(port) == {"127.0.0.1"}
+def test_cluster_services_answer_loopback_clients_only(cluster: None) -> None:
+    """MariaDB (Slurm's accounting store) listens on 127.0.0.1 only. Slurm 22.05's daemons have no listen-address
+    setting and bind every interface, so ``scripts/slurm-cluster up`` adds an iptables chain refusing their ports to
+    non-loopback clients: each answers on 127.0.0.1 and refuses a connection made to this machine's own network
+    address (whose source is that address, not loopback)."""
+    db_port = int(os.environ.get("GIGATOK_SLURM_DB_PORT", "3307"))
+    assert listening_addresses(db_port) == {"127.0.0.1"}
     _slurm("sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID")  # raises unless accounting answers
+    outside = non_loopback_address()
+    need(outside is not None, "this machine has no non-loopback address to connect from")
+    for port in (6817, 6818, 6819, db_port):  # slurmctld, slurmd, slurmdbd, MariaDB
+        assert listening_addresses(port), f"nothing listens on port {port}"
+        assert reachable("127.0.0.1", port), f"port {port} refuses loopback"
+        assert not reachable(outside, port), f"port {port} answers on {outside}, not only on loopback"
 
 
 def test_job_array_survives_preemption_and_a_failing_run(study: Study, tmp_path: Path) -> None:
