@@ -799,7 +799,9 @@ def tokenizer_run(
         quantizer=quantizer,
         semantic=semantic,
     )
-    data = prof.data if data_root is None else dataclasses.replace(prof.data, root=data_root)
+    # A data root means an image folder, whatever the profile's default (tiny trains on the built-in dataset
+    # unless one is given): the profile's sizes and schedule on the user's images.
+    data = prof.data if data_root is None else dataclasses.replace(prof.data, dataset="imagefolder", root=data_root)
     optim = prof.optim
     if large:
         optim = dataclasses.replace(optim, warmup_steps=prof.large_warmup_steps)

@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--status", action="store_true", help="show each run's state from MLflow and Slurm and exit")
     p.add_argument("--profile", default="tiny", help="tiny (CPU, built-in data; default) or paper (Table 9, ImageNet)")
     p.add_argument("--executor", default="auto", help="auto (slurm if sbatch exists, else local), slurm, local, debug")
-    p.add_argument("--data", default=None, help="ImageNet folder with train/ and val/ (paper profile)")
+    p.add_argument("--data", default=None, help="image folder with train/ and val/ class folders: ImageNet at the "
+                   "paper profile; at tiny, your images in place of the built-in dataset")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--runs-dir", default="runs", help="stage outputs and job logs (default ./runs)")
     p.add_argument("--weights-dir", default=None, help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
@@ -582,7 +583,8 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--executor", default="auto", help="auto (slurm if sbatch exists, else local), slurm, local, debug")
     p.add_argument("--wait", action="store_true", help="slurm executor: wait for the workers and show the trials")
     p.add_argument("--profile", default="tiny", help="the profile the run was planned at (default tiny)")
-    p.add_argument("--data", default=None, help="ImageNet folder with train/ and val/ (paper profile)")
+    p.add_argument("--data", default=None, help="image folder with train/ and val/ class folders: ImageNet at the "
+                   "paper profile; at tiny, your images in place of the built-in dataset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="the overrides the study was run with (they are part of the run's hash)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")

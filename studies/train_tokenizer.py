@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="cap the schedule (smoke runs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default=None, help="ImageNet folder (train/, val/); or GIGATOK_DATA_ROOT")
+    p.add_argument("--data-root", default=None, help="image folder (train/, val/; ImageNet at paper), in place of "
+                   "tiny's built-in dataset; or GIGATOK_DATA_ROOT")
     p.add_argument("--weights-dir", default=None, help="pretrained files; or GIGATOK_WEIGHTS_DIR")
     p.add_argument("--allow-substitutes", action="store_true",
                    help="let randomly initialised stand-ins replace missing pretrained networks (marked in results)")

@@ -55,6 +55,10 @@ def test_hash_is_stable_and_content_based() -> None:
     assert tokenizer_run("S-S", profile="paper", data_root="/x").hash() == tokenizer_run(
         "S-S", profile="paper", data_root="/y"
     ).hash()
+    # At tiny a data root replaces the built-in dataset: other images, another run.
+    mine = tokenizer_run("S-S", data_root="/x")
+    assert (mine.data.dataset, mine.data.root) == ("imagefolder", "/x") and mine.hash() != a.hash()
+    assert mine.tokenizer == a.tokenizer and mine.train == a.train
 
 
 def test_hash_is_computed_once_per_config_object() -> None:
