@@ -283,7 +283,7 @@ def test_corrupt_image_fails_the_run_naming_the_file(tmp_path: Path) -> None:
     bad = data / "train" / "b" / "3.png"
     _truncate(bad)
     result = study_cli(["entropy_loss", "--only", "entropy=True", "--executor", "debug", *SMALL_RUN,
-                        "--set", "tokenizer.data.dataset=imagefolder", "--set", f"tokenizer.data.root={data}"],
+                        "--data", str(data)],
                        tmp_path, timeout=900)
     assert result.returncode == 1, result.stdout + result.stderr
     (run,) = _mlflow_runs(tmp_path, "entropy_loss-tiny").values()
