@@ -123,7 +123,7 @@ class MlflowServer:
 
 def study_cli(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     """``python studies/run.py ARGS`` in ``cwd`` (no inherited MLFLOW_TRACKING_URI: each test names its store)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONBREAKPOINT": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, str(ROOT / "studies" / "run.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

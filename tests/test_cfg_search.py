@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from services import study_cli
 
 import studies.catalog  # noqa: F401  (registers the studies)
 from gigatok.cfg_search import (
@@ -35,7 +34,6 @@ from gigatok.pipeline import RunContext, RunSpec, generation_eval, stage_result_
 from gigatok.study import Planner, apply_overrides, get_study
 from studies import run as cli
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL, FULL = 8, 16
 
 
@@ -468,13 +466,6 @@ SHORT = [
     "--set", f"eval.batch_size={SMALL}", "--set", "eval.probe_max_iter=200", "--set", "eval.grid_images=0",
     "--set", "eval.inception_input=75", "--set", "eval.cfg_search.scale_max=1.5",  # 75 px: Inception is the cost
 ]
-
-
-def study_cli(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONBREAKPOINT": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, str(ROOT / "studies" / "run.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow

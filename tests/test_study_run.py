@@ -10,14 +10,11 @@ the code path is the one ``python studies/run.py NAME`` takes.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from services import study_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 SHORT = [
     "--set", "tokenizer.train.max_steps=6", "--set", "tokenizer.train.log_every=2",
     "--set", "tokenizer.train.checkpoint_every=2",
@@ -33,13 +30,6 @@ FINAL_METRICS = {
 }
 
 pytestmark = pytest.mark.slow
-
-
-def study_cli(args: list[str], cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, str(ROOT / "studies" / "run.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
 
 
 def mlflow_runs(cwd: Path, experiment: str) -> list:
