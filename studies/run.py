@@ -58,12 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a config field, e.g. tokenizer.train.max_steps=20 (repeatable)")
     p.add_argument("--only", default=None,
                    help="comma-separated run hashes (or prefixes) or factor=value filters, e.g. size=S-S,kind=1d")
-    subs = p.add_mutually_exclusive_group()
-    subs.add_argument("--allow-substitutes", dest="substitutes", action="store_true", default=None,
-                      help="let random stand-ins replace missing pretrained networks (default at tiny profile)")
-    subs.add_argument("--no-substitutes", dest="substitutes", action="store_false",
-                      help="refuse substitutes (default at paper profile)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_substitute_and_device_options(p)
     p.add_argument("--no-wait", action="store_true", help="local executor: submit and return (default: wait)")
     p.add_argument("--wait", action="store_true", help="slurm executor: wait for the jobs and show progress")
     p.add_argument("--local-parallel", type=int, default=None,
@@ -71,6 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--local-tasks", type=int, default=1, help="local executor: DDP processes per run (default 1)")
     add_slurm_options(p)
     return p.parse_args(argv)
+
+
+def add_substitute_and_device_options(p: argparse.ArgumentParser) -> None:
+    """What every command that runs stages takes: whether stand-ins may replace missing networks, and the device."""
+    subs = p.add_mutually_exclusive_group()
+    subs.add_argument("--allow-substitutes", dest="substitutes", action="store_true", default=None,
+                      help="let random stand-ins replace missing pretrained networks (default at tiny profile)")
+    subs.add_argument("--no-substitutes", dest="substitutes", action="store_false",
+                      help="refuse substitutes (default at paper profile)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
 def add_slurm_options(p: argparse.ArgumentParser) -> None:
@@ -590,12 +595,7 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--runs-dir", default="runs", help="stage outputs and job logs (default ./runs)")
     p.add_argument("--weights-dir", default=None, help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
-    subs = p.add_mutually_exclusive_group()
-    subs.add_argument("--allow-substitutes", dest="substitutes", action="store_true", default=None,
-                      help="let random stand-ins replace missing pretrained networks (default at tiny profile)")
-    subs.add_argument("--no-substitutes", dest="substitutes", action="store_false",
-                      help="refuse substitutes (default at paper profile)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_substitute_and_device_options(p)
     add_slurm_options(p)
     return p.parse_args(argv)
 

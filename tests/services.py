@@ -129,6 +129,19 @@ def study_cli(args: list[str], cwd: Path, timeout: float) -> subprocess.Complete
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+            ) -> tuple[int, str, str]:
+    """``studies/run.py``'s ``main(args)`` in this process, in ``cwd``, with no inherited MLFLOW_TRACKING_URI: (exit
+    code, stdout, stderr)."""
+    from studies import run as cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

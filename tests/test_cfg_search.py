@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from services import study_cli
+from services import run_cli, study_cli
 
 import studies.catalog  # noqa: F401  (registers the studies)
 from gigatok.cfg_search import (
@@ -32,7 +32,6 @@ from gigatok.cfg_search.trials import claim_lock, find_study, open_storage
 from gigatok.config import CfgSearchConfig, ConfigError
 from gigatok.pipeline import RunContext, RunSpec, generation_eval, stage_result_path
 from gigatok.study import Planner, apply_overrides, get_study
-from studies import run as cli
 
 SMALL, FULL = 8, 16
 
@@ -370,15 +369,6 @@ def test_two_dimensional_step_schedule_search(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 TARGET = ["cfg_search", "--study", "scaling_1d_vs_2d", "--only", "size=S-S,kind=1d"]
-
-
-def run_cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-            ) -> tuple[int, str, str]:
-    monkeypatch.chdir(cwd)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    code = cli.main(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def fake_trained_ar(tmp_path: Path) -> None:

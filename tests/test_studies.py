@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from services import run_cli
 
 import studies.catalog  # noqa: F401  (registers the studies)
 from gigatok.config import ConfigError
@@ -127,15 +128,6 @@ def test_job_holds_configs_only(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # The command line
 # ----------------------------------------------------------------------------------------------------------
-
-
-def run_cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-            ) -> tuple[int, str, str]:
-    monkeypatch.chdir(cwd)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    code = cli.main(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
