@@ -10,7 +10,15 @@ from dataclasses import dataclass
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.figures import DATA_COLUMNS, SUBSTITUTE_NOTE, Plot, finished_runs, profile_heading, single_profile
+from analysis.figures import (
+    DATA_COLUMNS,
+    SUBSTITUTE_NOTE,
+    Plot,
+    finished_runs,
+    profile_heading,
+    single_profile,
+    skip_panel,
+)
 from analysis.sources import Source
 
 
@@ -61,10 +69,7 @@ def fig5_entropy_curves(df: pd.DataFrame, source: Source, study: str | None = "e
     for ax, panel in zip(axes, FIG5_PANELS, strict=True):
         here = curves[curves["key"] == panel.key]
         if here.empty:
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, f"{panel.title}\n\nskipped: no run logged {panel.key}", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=9, color="0.4")
-            notes.append(f"panel '{panel.title}' skipped: no run logged {panel.key}")
+            notes.append(skip_panel(ax, panel.title, panel.key))
             continue
         for run in runs.sort_values("series", key=lambda s: s.map(order.index)).itertuples(index=False):
             points = here[here["run_id"] == run.run_id].sort_values("step")

@@ -136,10 +136,7 @@ def scaling_plot(
         values = runs[panel.metric] if panel.metric in runs else pd.Series(float("nan"), index=runs.index)
         logged = runs[values.notna()]
         if logged.empty:
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, f"{panel.title}\n\nskipped: no run logged {panel.metric}", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=9, color="0.4")
-            notes.append(f"panel '{panel.title}' skipped: no run logged {panel.metric}")
+            notes.append(skip_panel(ax, panel.title, panel.metric))
             continue
         if len(logged) < len(runs):
             lacking = runs.loc[values.isna(), "run_name"]
@@ -168,6 +165,14 @@ def scaling_plot(
     fig.suptitle(profile_heading(title, profile, substitutes, "hollow hatched points"), fontsize=10)
     data = pd.DataFrame.from_records(records, columns=DATA_COLUMNS)
     return Plot(name, fig, data, tuple(notes))
+
+
+def skip_panel(ax: Axes, title: str, key: str) -> str:
+    """Blank a panel whose metric no run logged, saying so on the figure; returns the note for the figure's index."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, f"{title}\n\nskipped: no run logged {key}", ha="center", va="center",
+            transform=ax.transAxes, fontsize=9, color="0.4")
+    return f"panel '{title}' skipped: no run logged {key}"
 
 
 def single_profile(runs: pd.DataFrame, name: str) -> str:

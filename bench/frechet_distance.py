@@ -20,9 +20,11 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the project importable without installing it
+    sys.path.insert(0, str(ROOT))
 
-from bench.common import Row, add_common_args, interleaved, log_to_mlflow, median, paired_ratio, print_table
+from bench.common import Row, add_common_args, interleaved, log_to_mlflow, median, paired_ratio, print_table  # noqa: E402
 
 DIM = 2048
 
