@@ -126,6 +126,11 @@ class TokenizerOutput:
     reconstruction: torch.Tensor
     quant: QuantizerOutput
     semantic_projection: torch.Tensor | None  # (B, h*w, D) when semantic regularization is on
+    # The two ends of the transformer path, both (B, latent_channels, h, w): the CNN encoder's output and the
+    # transformer decoder's output (the CNN decoder's input). The small tokenizers' shortcut (fidelity item 1)
+    # decodes the first directly and pulls the second towards it.
+    cnn_features: torch.Tensor | None = None
+    decoder_features: torch.Tensor | None = None
 
 
 class GigaTokenizer(nn.Module):
@@ -155,11 +160,12 @@ class GigaTokenizer(nn.Module):
         return self.encode(images).indices
 
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
-        quant = self.encode(images)
+        cnn_features = self.cnn_encoder(images)
+        quant = self.quantizer(self.encoder(cnn_features))
         capture = self.cfg.semantic.layer if self.semantic_projector is not None else None
         features, captured = self.decoder(quant.quantized, capture_layer=capture)
         projection = self.semantic_projector(captured) if self.semantic_projector is not None else None
-        return TokenizerOutput(self.cnn_decoder(features), quant, projection)
+        return TokenizerOutput(self.cnn_decoder(features), quant, projection, cnn_features, features)
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part and in total (the discriminator is separate, as in the paper's counts)."""
