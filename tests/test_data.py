@@ -17,6 +17,7 @@ from gigatok.data import (
     DataError,
     ImageFolderDataset,
     adm_center_crop,
+    adm_random_crop,
     build_dataset,
 )
 from gigatok.data.builtin import crop_side_range, val_crops_per_image
@@ -132,6 +133,24 @@ def test_adm_center_crop_size_and_centre() -> None:
     tall[100:200] = 255
     out = np.asarray(adm_center_crop(Image.fromarray(tall), SIZE))
     assert out.shape == (SIZE, SIZE, 3) and out[2:-2].min() > 200
+
+
+def test_adm_random_crop_covers_the_configured_fraction() -> None:
+    import random
+
+    # A 300x100 image, crop fractions 0.8-1.0 at SIZE: the short side is resized to 32..40, so each crop is a
+    # SIZE square, and over many draws both the left (blue) and right (red) bands appear while the crop never
+    # covers all three at once (the resized image is at least 96 px wide).
+    rng = random.Random(0)
+    reds = blues = 0
+    for _ in range(60):
+        out = np.asarray(adm_random_crop(_three_bands(300, 100), SIZE, rng=rng)).astype(float)
+        assert out.shape == (SIZE, SIZE, 3)
+        reds += out[..., 0].mean() > 100
+        blues += out[..., 2].mean() > 100
+    assert reds > 0 and blues > 0
+    with pytest.raises(ValueError, match="random crop fractions"):
+        adm_random_crop(_three_bands(300, 100), SIZE, min_crop_frac=0.0)
 
 
 # ---- image folder ------------------------------------------------------------------------------------------

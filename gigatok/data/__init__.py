@@ -10,7 +10,7 @@ from gigatok.config import DataConfig
 from gigatok.data.builtin import SOURCES, BuiltinImages, BuiltinSource
 from gigatok.data.errors import DataError
 from gigatok.data.imagefolder import ImageFolderDataset
-from gigatok.data.transforms import adm_center_crop
+from gigatok.data.transforms import adm_center_crop, adm_random_crop
 
 DATA_ROOT_ENV = "GIGATOK_DATA_ROOT"
 
@@ -22,6 +22,7 @@ __all__ = [
     "DataError",
     "ImageFolderDataset",
     "adm_center_crop",
+    "adm_random_crop",
     "build_dataset",
     "resolve_data_root",
 ]

@@ -1,6 +1,9 @@
-"""Image preprocessing shared by the datasets: the ADM centre crop and the uint8 -> [-1, 1] conversion."""
+"""Image preprocessing shared by the datasets: the ADM centre and random crops and the uint8 -> [-1, 1] conversion."""
 
 from __future__ import annotations
+
+import math
+import random
 
 import numpy as np
 import torch
@@ -14,12 +17,36 @@ def adm_center_crop(image: Image.Image, image_size: int) -> Image.Image:
     resize a small step, so large photos are downsampled without aliasing; the BICUBIC resize then sets the
     short side to ``image_size`` and the centre square is cut out.
     """
-    while min(image.size) >= 2 * image_size:
-        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.Resampling.BOX)
-    scale = image_size / min(image.size)
-    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.Resampling.BICUBIC)
+    image = _halve_then_resize(image, image_size)
     left = (image.width - image_size) // 2
     top = (image.height - image_size) // 2
+    return image.crop((left, top, left + image_size, top + image_size))
+
+
+def _halve_then_resize(image: Image.Image, short_side: int) -> Image.Image:
+    """BOX-halve while the short side is at least twice ``short_side``, then BICUBIC to exactly ``short_side``."""
+    while min(image.size) >= 2 * short_side:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.Resampling.BOX)
+    scale = short_side / min(image.size)
+    return image.resize(tuple(round(x * scale) for x in image.size), resample=Image.Resampling.BICUBIC)
+
+
+def adm_random_crop(
+    image: Image.Image, image_size: int, min_crop_frac: float = 0.8, max_crop_frac: float = 1.0,
+    rng: random.Random | None = None,
+) -> Image.Image:
+    """The training crop of guided-diffusion (ADM) ``random_crop_arr``, which the authors' tokenizer and linear
+    probe training use: the short side is resized to a random length in
+    [ceil(image_size / max_crop_frac), ceil(image_size / min_crop_frac)], so the square cut out at a random
+    position covers between ``min_crop_frac`` and ``max_crop_frac`` of it.
+    """
+    if not 0 < min_crop_frac <= max_crop_frac <= 1:
+        raise ValueError(f"random crop fractions need 0 < min <= max <= 1, got {min_crop_frac}, {max_crop_frac}")
+    rng = rng or random
+    low, high = math.ceil(image_size / max_crop_frac), math.ceil(image_size / min_crop_frac)
+    image = _halve_then_resize(image, rng.randrange(low, high + 1))
+    left = rng.randrange(image.width - image_size + 1)
+    top = rng.randrange(image.height - image_size + 1)
     return image.crop((left, top, left + image_size, top + image_size))
 
 
