@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
+from analysis.load import ar_parameters
+
 SUBSTITUTE_NOTE = "SUBSTITUTE networks"
 
 
@@ -301,15 +303,30 @@ def scaling_vanilla(df: pd.DataFrame, study: str | None = "scaling_vanilla") -> 
                         series=semreg_series, order=list(SEMREG_LABELS.values()), panels=(RFID, GFID, VAL_LOSS))
 
 
-AR_SIZE_LABELS = {"B": "AR-B probe (111M)", "L": "AR-L (343M)", "XL": "AR-XL (775M)", "XXL": "AR-XXL (1.4B)"}
+AR_SIZES = ("B", "L", "XL", "XXL")
 TOKENIZER_PROBE = Panel("tokenizer_probe_acc", "Tokenizer encoder: linear probe", "top-1 accuracy (%)", scale=100.0)
 EPOCHS = XAxis("factor_epochs", "tokenizer training (paper epochs)", what="a training length")
 CHECKPOINT = XAxis("factor_checkpoint", "tokenizer checkpoint (paper epochs of training)", what="a checkpoint epoch")
 
 
+def ar_size_label(profile: str, size: str) -> str:
+    """'AR-B probe (111M)' at the paper profile, with the parameter count of the profile's own model of that size
+    (a tiny-profile figure must not print the paper's sizes)."""
+    count = ar_parameters(profile, size)
+    name = f"AR-{size} probe" if size == "B" else f"AR-{size}"
+    return name if count is None else f"{name} ({human_count(count)})"
+
+
+def human_count(count: int) -> str:
+    if count >= 1e9:
+        return f"{count / 1e9:.1f}B"
+    return f"{count / 1e6:.0f}M" if count >= 1e7 else f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k"
+
+
 def ar_size_series(runs: pd.DataFrame) -> pd.Series:
     sizes = runs["factor_ar_size"] if "factor_ar_size" in runs else runs["ar_size"]
-    return sizes.astype("object").map(AR_SIZE_LABELS)
+    return pd.Series([ar_size_label(str(p), s) if isinstance(s, str) else None
+                      for p, s in zip(runs["profile"], sizes.astype("object"), strict=True)], index=runs.index)
 
 
 def size_series(runs: pd.DataFrame) -> pd.Series:
@@ -320,8 +337,12 @@ def fig6_ar_probe_vs_large(df: pd.DataFrame, study: str | None = "ar_probe_vs_la
     """Fig. 6: the AR probe's metrics against the larger AR-L's, over the same tokenizers (two y axes each)."""
     twin = [dataclasses.replace(p, twin=True) for p in (GFID, VAL_LOSS, LIN_ACC)]
     return scaling_plot(df, name="fig6_ar_probe_vs_large", title="Fig. 6: AR probing against a larger AR model",
-                        study=study, series=ar_size_series, order=list(AR_SIZE_LABELS.values()), panels=twin,
+                        study=study, series=ar_size_series, order=ar_size_order(df), panels=twin,
                         correlate=True)
+
+
+def ar_size_order(df: pd.DataFrame) -> list[str]:
+    return [ar_size_label(str(p), s) for p in sorted(df["profile"].dropna().unique()) for s in AR_SIZES]
 
 
 def fig12_train_duration(df: pd.DataFrame, study: str | None = "train_duration") -> Plot:

@@ -160,6 +160,11 @@ def test_fig6_pairs_probe_and_large_model(runs: pd.DataFrame) -> None:
         for row in drawn.itertuples():
             ar = "B" if row.series.startswith("AR-B") else "L"
             assert row.value == FIG6[row.size, ar][index]
+    # The legend names the profile's own model sizes, not the paper's: AR-B is about 1M parameters at tiny.
+    from analysis.figures import ar_size_label
+
+    assert set(plot.data["series"]) == {ar_size_label(PROFILE, "B"), ar_size_label(PROFILE, "L")}
+    assert not any("111M" in label or "343M" in label for label in plot.data["series"])
     # every pair moves together in this data: the correlation shown in each panel title is 1 (or close)
     titles = [ax.get_title() for ax in plot.figure.axes if ax.get_title()]
     assert sum("Pearson r" in t for t in titles) == 3
