@@ -426,9 +426,16 @@ class ARConfig:
     vocab_size: int
     num_tokens: int  # tokens per image
     num_classes: int
-    dropout: float = 0.1
+    dropout: float = 0.1  # token-embedding, residual and FFN dropout (LlamaGen's token/resid/ffn_dropout_p)
     class_dropout: float = 0.1
     ffn_multiple_of: int = 256
+    # Dropout on the attention probabilities; None: the same as ``dropout``. The authors' ModelArgs.attn_dropout_p
+    # is 0.0 and train_c2i.py never sets it (gpt_1d.py).
+    attn_dropout: float | None = field(default=None, metadata=NEW_FIELD)
+    # "normal": every Linear and Embedding N(0, 0.02), positions zero. "llamagen": the authors'
+    # Transformer.initialize_weights (gpt_1d.py): the same N(0, 0.02), but the output head zero and the positions
+    # N(0, 1) * width**-0.5.
+    init: Literal["normal", "llamagen"] = field(default="normal", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "heads", "vocab_size", "num_tokens", "num_classes"):
@@ -439,6 +446,16 @@ class ARConfig:
         for name in ("dropout", "class_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"ar.{name}: must be in [0, 1), got {getattr(self, name)}")
+        if self.attn_dropout is not None and not 0 <= self.attn_dropout < 1:
+            raise ConfigError(f"ar.attn_dropout: must be None or in [0, 1), got {self.attn_dropout}")
+        if self.init not in ("normal", "llamagen"):
+            raise ConfigError(f"ar.init: 'normal' or 'llamagen', got {self.init!r}")
+        if self.ffn_multiple_of < 1:
+            raise ConfigError(f"ar.ffn_multiple_of: must be >= 1, got {self.ffn_multiple_of}")
+
+    @property
+    def attention_dropout(self) -> float:
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
     @property
     def ffn_hidden(self) -> int:
@@ -653,6 +670,8 @@ class Profile:
     eval: EvalConfig
     epochs_per_paper_epoch: float
     system_ar_epochs: float  # the system-level AR models (Sec. 5.4: 300 epochs)
+    # ARConfig fields this profile sets beyond the size table (the paper: the authors' gpt_1d recipe).
+    ar_model_options: dict[str, Any] = field(default_factory=dict)
 
     def paper_epochs(self, epochs: float) -> float:
         """This profile's length of a run the paper trains for ``epochs`` epochs."""
@@ -695,6 +714,9 @@ PAPER = Profile(
     eval=EvalConfig(pca_class=207),
     epochs_per_paper_epoch=1.0,
     system_ar_epochs=300,
+    # The authors' gpt_1d.py: ModelArgs.attn_dropout_p 0.0 (train_c2i.py sets only token/resid/ffn dropout, 0.1)
+    # and Transformer.initialize_weights (zero output head, positions scaled by width**-0.5).
+    ar_model_options={"attn_dropout": 0.0, "init": "llamagen"},
 )
 
 TINY = Profile(
@@ -839,7 +861,7 @@ def ar_run(
     model = ARConfig(
         width=dims.width, depth=dims.depth, heads=dims.heads,
         vocab_size=tokenizer.tokenizer.quantizer.codebook_size,
-        num_tokens=tokenizer.tokenizer.num_tokens, num_classes=prof.num_classes,
+        num_tokens=tokenizer.tokenizer.num_tokens, num_classes=prof.num_classes, **prof.ar_model_options,
     )
     train = dataclasses.replace(
         prof.ar_train,

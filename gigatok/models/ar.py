@@ -42,7 +42,7 @@ class Attention(AttentionModule):
         self.heads = cfg.heads
         self.wqkv = nn.Linear(cfg.width, 3 * cfg.width, bias=False)
         self.wo = nn.Linear(cfg.width, cfg.width, bias=False)
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attention_dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -100,6 +100,11 @@ class ARModel(nn.Module):
         self.norm = RMSNorm(cfg.width)
         self.output = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
         self.apply(self._init)
+        if cfg.init == "llamagen":
+            # The authors' Transformer.initialize_weights (gpt_1d.py): a zero output head, so every code starts
+            # equally likely, and positions drawn as randn * width**-0.5 (their positional_embedding).
+            nn.init.zeros_(self.output.weight)
+            nn.init.normal_(self.pos_embeddings, std=cfg.width**-0.5)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
