@@ -601,6 +601,9 @@ class EvalConfig:
     cfg_scale: float = 2.0
     cfg_schedule: Literal["constant", "step"] = "constant"
     step_fraction: float = 0.18
+    # Where the step schedule's step falls: "workbench" (the first ceil(step_fraction * N) tokens unguided) or
+    # "authors" (autoregressive/models/generate.py: the first token guided, then j / (N - 1) >= step_fraction).
+    cfg_step_rule: Literal["workbench", "authors"] = field(default="workbench", metadata=NEW_FIELD)
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -622,6 +625,7 @@ class EvalConfig:
         _require(self.cfg_scale >= 0, "eval.cfg_scale", "must be >= 0")
         _require(self.cfg_schedule in ("constant", "step"), "eval.cfg_schedule", "'constant' or 'step'")
         _require(0 <= self.step_fraction <= 1, "eval.step_fraction", "must be in [0, 1]")
+        _require(self.cfg_step_rule in ("workbench", "authors"), "eval.cfg_step_rule", "'workbench' or 'authors'")
         _require(self.temperature > 0, "eval.temperature", "must be > 0")
         _require(self.top_k >= 0, "eval.top_k", "must be >= 0")
         _require(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
@@ -711,7 +715,7 @@ PAPER = Profile(
     num_classes=1000,
     ar_train=ARTrainConfig(),  # the AR probe: 50 epochs, batch 256, lr 1e-4 (system level: epochs=300)
     # 50k samples against the whole ImageNet val split, 299 px Inception; Fig. 8 shows "golden retriever" (207).
-    eval=EvalConfig(pca_class=207),
+    eval=EvalConfig(pca_class=207, cfg_step_rule="authors"),
     epochs_per_paper_epoch=1.0,
     system_ar_epochs=300,
     # The authors' gpt_1d.py: ModelArgs.attn_dropout_p 0.0 (train_c2i.py sets only token/resid/ffn dropout, 0.1)

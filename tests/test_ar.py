@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gigatok.config import ConfigError, _hashed_fields, ar_run, tokenizer_run
+from gigatok.config import ConfigError, _hashed_fields, ar_run, get_profile, tokenizer_run
 from gigatok.models.ar import ARModel, build_ar_model
 from gigatok.sampling import (
     SamplingConfig,
@@ -190,3 +190,4 @@ def test_authors_step_rule() -> None:
     assert scales[1:3] == [1.0001] * 2 and scales[3:] == [3.0] * 8  # 3 / 10 >= 0.3
     plain = cfg_scales(SamplingConfig(cfg_scale=3.0, cfg_schedule="step", step_fraction=0.3), 11)
     assert plain == [1.0] * 4 + [3.0] * 7  # ceil(0.3 * 11) unguided
+    assert (get_profile("paper").eval.cfg_step_rule, get_profile("tiny").eval.cfg_step_rule) == ("authors", "workbench")
