@@ -59,6 +59,29 @@ def test_teacher_forced_logits_match(fixture: dict[str, Any], model: ARModel) ->
     assert torch.allclose(logits, expected, atol=ATOL, rtol=0), (logits - expected).abs().max()
 
 
+def test_training_loss_matches(fixture: dict[str, Any], model: ARModel) -> None:
+    with torch.no_grad():
+        loss = model.loss(fixture["inputs"]["tokens"], fixture["inputs"]["labels"])  # eval: no class dropout
+    assert torch.allclose(loss, fixture["outputs"]["loss"], atol=ATOL, rtol=0)
+
+
+def test_llamagen_init_matches_the_authors_statistics(fixture: dict[str, Any], model: ARModel) -> None:
+    """init "llamagen": per tensor, the mean and spread their initialize_weights gives (zero head, N(0, 0.02),
+    positions N(0, width**-0.5)), within sampling error of these small tensors."""
+    _, ours = load_authors_ar(_authors_layout(model.cfg, "cpu", seed=1), heads=model.cfg.heads)
+    outputs = fixture["outputs"]
+    for key in fixture["state_dict"]:
+        theirs_std, theirs_mean = outputs[f"init_std/{key}"].item(), outputs[f"init_mean/{key}"].item()
+        name = {"positional_embedding": "pos_embeddings",
+                "cls_embedding.embedding_table.weight": "class_embeddings.weight"}.get(key, key)
+        mine = ours[name]
+        assert abs(mine.mean().item() - theirs_mean) < 0.1 * max(theirs_std, 1e-3) + 1e-6, key
+        if theirs_std == 0:
+            assert mine.std().item() == 0, key
+        else:
+            assert abs(mine.std().item() / theirs_std - 1) < 0.1, key
+
+
 def test_linear_probe_features_match(fixture: dict[str, Any], model: ARModel) -> None:
     """lin_probe.py: null class, the hidden states after n_layer // 2 blocks, mean over positions."""
     with torch.no_grad():
@@ -99,8 +122,9 @@ def test_cfg_sampling_matches(fixture: dict[str, Any], model: ARModel, schedule:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _authors_layout(model_cfg: ARConfig, device: str = "meta") -> dict[str, torch.Tensor]:
+def _authors_layout(model_cfg: ARConfig, device: str = "meta", seed: int = 0) -> dict[str, torch.Tensor]:
     """A state dict in gpt_1d.Transformer's key layout for a workbench-shaped model (a released-file stand-in)."""
+    torch.manual_seed(seed)
     weights = dict(build_ar_model(model_cfg, device).state_dict())
     pos = weights.pop("pos_embeddings")[0]
     weights["positional_embedding"] = torch.cat([pos, pos[-1:]])  # their extra, never-used row
@@ -118,17 +142,19 @@ def test_released_sizes_convert_with_the_authors_heads(size: str, heads: int) ->
     assert set(weights) == set(build_ar_model(cfg, "meta").state_dict())
 
 
-def test_training_checkpoint_file_prefers_ema_and_reads_args(fixture: dict[str, Any], tmp_path: Path) -> None:
-    ema = fixture["state_dict"]
-    raw = {k: torch.zeros_like(v) for k, v in ema.items()}
+def test_training_checkpoint_file_reads_model_and_args(fixture: dict[str, Any], tmp_path: Path) -> None:
+    """train_c2i.py's checkpoint: their GPT loaders read "model" even beside an "ema"; args names the size."""
+    trained = fixture["state_dict"]
+    ema = {k: torch.zeros_like(v) for k, v in trained.items()}
     path = tmp_path / "GPT_stand_in.pt"
-    # train_c2i.py saves its argparse Namespace; gpt_model names the size (heads 4 is not in their table).
-    torch.save({"model": raw, "ema": ema, "steps": 5, "args": argparse.Namespace(gpt_model="GPT-B")}, path)
+    torch.save({"model": trained, "ema": ema, "steps": 5, "args": argparse.Namespace(gpt_model="GPT-B")}, path)
     with pytest.raises(ConversionError, match="args.gpt_model names a 768-wide GPT, but the weights are 64 wide"):
         load_authors_ar(path)
-    torch.save({"model": raw, "ema": ema, "steps": 5}, path)
+    torch.save({"model": trained, "ema": ema, "steps": 5, "args": argparse.Namespace(gpt_model=None)}, path)
     _, weights = load_authors_ar(path, heads=4)
-    assert torch.equal(weights["output.weight"], ema["output.weight"])
+    assert torch.equal(weights["output.weight"], trained["output.weight"])
+    _, only_ema = load_authors_ar({"ema": trained}, heads=4)
+    assert torch.equal(only_ema["output.weight"], trained["output.weight"])
 
 
 def test_wrapper_prefixes_and_sampling_buffers_are_dropped(fixture: dict[str, Any]) -> None:

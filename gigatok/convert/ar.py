@@ -2,9 +2,10 @@
 
 Their released AR models (``GPT_B256_e300_VQ_SS.pt``, ``..._VQ_SB``, ``..._VQ_BL``, ``..._VQ_BL_dino_disc``,
 ``..._VQ_XLXXL``; ``GPT_XL256_e300_VQ_BL.pt``, ``GPT_XXL256_e300_VQ_BL.pt``, ``GPT_XXL256_e300_VQ_XLXXL.pt``) are
-training checkpoints of ``train_c2i.py``: the weights under ``"model"`` (and ``"ema"`` when EMA was on). Their
-class-conditional GPT with 1D absolute positions computes the same function as :class:`gigatok.models.ar.ARModel`
-(tests/test_parity_ar.py); the key layout is the same but for the class and position embeddings.
+training checkpoints of ``train_c2i.py``: the weights under ``"model"``, which their sampler and linear probe
+load. Their class-conditional GPT with 1D absolute positions computes the same function as
+:class:`gigatok.models.ar.ARModel` (tests/test_parity_ar.py); the key layout is the same but for the class and
+position embeddings.
 
 What the shapes say: width and vocabulary (``tok_embeddings``), depth (the ``layers.<i>`` blocks), the FFN width
 (``feed_forward.w1``), the number of classes (``cls_embedding`` rows less the null class their LabelEmbedder adds
@@ -58,9 +59,10 @@ def load_authors_ar(
 ) -> tuple[ARConfig, dict[str, torch.Tensor]]:
     """A workbench :class:`ARConfig` and a state dict that ``ARModel(config)`` loads with ``strict=True``.
 
-    ``source``: a file path, a loaded training checkpoint (``"ema"`` preferred over ``"model"``) or a bare state
-    dict. ``heads`` overrides the head count the shapes cannot determine. Recipe values the weights do not
-    determine (dropout, initialisation) are the ``paper`` profile's. Raises :class:`ConversionError` (one line).
+    ``source``: a file path, a loaded training checkpoint (its ``"model"``, as the authors' GPT loaders read it;
+    ``"ema"`` only without one) or a bare state dict. ``heads`` overrides the head count the shapes cannot
+    determine. Recipe values the weights do not determine (dropout, initialisation) are the ``paper`` profile's.
+    Raises :class:`ConversionError` (one line).
     """
     name = str(source) if isinstance(source, str | Path) else "checkpoint"
     checkpoint = _read(Path(source)) if isinstance(source, str | Path) else source
@@ -85,7 +87,9 @@ def _read(path: Path) -> Any:
 def _state_dict(checkpoint: Any, name: str) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, Mapping):
         raise ConversionError(f"{name}: expected a checkpoint dict, got {type(checkpoint).__name__}")
-    for key in ("ema", "model", "module", "state_dict"):  # "ema" first: the authors evaluate the EMA weights
+    # "model" first: the authors' GPT loaders (sample_c2i_cfg_search.py, lin_probe.py) read checkpoint["model"]
+    # even when train_c2i.py --ema also saved "ema" (their scripts never pass --ema).
+    for key in ("model", "ema", "module", "state_dict"):
         if isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
             break

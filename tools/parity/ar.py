@@ -9,11 +9,14 @@ everything else (1D absolute positions, no RoPE, no adaLN, no QK-norm, RMSNorm e
 overwritten with seeded random values (their init leaves the output head zero), and in eval mode, fp32 on the
 CPU, their code computes:
 
-- ``logits``: teacher-forced logits (B, 16, V) for [class, t_0 .. t_14], one row with the null class;
+- ``logits``, ``loss``: teacher-forced logits (B, 16, V) for [class, t_0 .. t_14] (one row with the null class)
+  and their cross-entropy against t_0 .. t_15;
 - ``features``: the linear-probe features of ``autoregressive/lin_probe/lin_probe.py`` (null class, the hidden
   states after n_layer // 2 blocks, mean over positions);
 - ``sample_*``: their ``generate`` (KV cache, CFG over a cond/uncond batch) with top-k 1 (deterministic) for the
-  constant schedule and the step schedule, the sampled tokens and the guided logits of every step.
+  constant schedule and the step schedule, the sampled tokens and the guided logits of every step;
+- ``init_mean/<key>``, ``init_std/<key>``: each tensor's mean and standard deviation after their own
+  initialisation (seed 0), before the weights are randomised.
 
 Nothing here is imported by the project: the fixture holds numbers, and tests/test_parity_ar.py checks the
 workbench against them without the authors' code. The output is bit-for-bit reproducible (fixed seeds, one thread).
@@ -92,6 +95,9 @@ def build_fixture(root: Path) -> dict[str, Any]:
     gpt_1d, generate = import_authors(root)
     torch.manual_seed(SEED)
     model = gpt_1d.Transformer(gpt_1d.ModelArgs(**AUTHORS_CONFIG))
+    # Their initialisation, as per-tensor statistics (the weights themselves are overwritten below).
+    init_stats = {f"init_{stat}/{k}": getattr(v.float(), stat)() for k, v in model.state_dict().items()
+                  for stat in ("mean", "std")}
     gen = torch.Generator().manual_seed(SEED)
     randomise(model, gen)
     model.eval()
@@ -105,6 +111,7 @@ def build_fixture(root: Path) -> dict[str, Any]:
     sample_labels = torch.tensor([2, 9])
     with torch.no_grad():
         logits, _ = model(idx=tokens[:, :-1], cond_idx=labels)
+        _, loss = model(idx=tokens[:, :-1], cond_idx=labels, targets=tokens)
         probe_labels = torch.full((tokens.shape[0],), null)
         inner = model(idx=tokens[:, :-1], cond_idx=probe_labels, ret_inner_feat_layer=cfg["n_layer"] // 2)
         features = inner.mean(dim=1)
@@ -124,9 +131,10 @@ def build_fixture(root: Path) -> dict[str, Any]:
             "cfg_scale": torch.tensor(CFG_SCALE), "step_window_start": torch.tensor(STEP_WINDOW_START),
         },
         "outputs": {
-            "logits": logits.float(), "features": features.float(),
+            "logits": logits.float(), "loss": loss.float(), "features": features.float(),
             "sample_constant_tokens": const_tokens, "sample_constant_logits": const_logits,
             "sample_step_tokens": step_tokens, "sample_step_logits": step_logits,
+            **init_stats,
         },
     }
 
