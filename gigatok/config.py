@@ -426,9 +426,16 @@ class ARConfig:
     vocab_size: int
     num_tokens: int  # tokens per image
     num_classes: int
-    dropout: float = 0.1
+    dropout: float = 0.1  # token-embedding, residual and FFN dropout (LlamaGen's token/resid/ffn_dropout_p)
     class_dropout: float = 0.1
     ffn_multiple_of: int = 256
+    # Dropout on the attention probabilities; None: the same as ``dropout``. The authors' ModelArgs.attn_dropout_p
+    # is 0.0 and train_c2i.py never sets it (gpt_1d.py).
+    attn_dropout: float | None = field(default=None, metadata=NEW_FIELD)
+    # "normal": every Linear and Embedding N(0, 0.02), positions zero. "llamagen": the authors'
+    # Transformer.initialize_weights (gpt_1d.py): the same N(0, 0.02), but the output head zero and the positions
+    # N(0, 1) * width**-0.5.
+    init: Literal["normal", "llamagen"] = field(default="normal", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "heads", "vocab_size", "num_tokens", "num_classes"):
@@ -439,6 +446,16 @@ class ARConfig:
         for name in ("dropout", "class_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"ar.{name}: must be in [0, 1), got {getattr(self, name)}")
+        if self.attn_dropout is not None and not 0 <= self.attn_dropout < 1:
+            raise ConfigError(f"ar.attn_dropout: must be None or in [0, 1), got {self.attn_dropout}")
+        if self.init not in ("normal", "llamagen"):
+            raise ConfigError(f"ar.init: 'normal' or 'llamagen', got {self.init!r}")
+        if self.ffn_multiple_of < 1:
+            raise ConfigError(f"ar.ffn_multiple_of: must be >= 1, got {self.ffn_multiple_of}")
+
+    @property
+    def attention_dropout(self) -> float:
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
     @property
     def ffn_hidden(self) -> int:
@@ -584,6 +601,9 @@ class EvalConfig:
     cfg_scale: float = 2.0
     cfg_schedule: Literal["constant", "step"] = "constant"
     step_fraction: float = 0.18
+    # Where the step schedule's step falls: "workbench" (the first ceil(step_fraction * N) tokens unguided) or
+    # "authors" (autoregressive/models/generate.py: the first token guided, then j / (N - 1) >= step_fraction).
+    cfg_step_rule: Literal["workbench", "authors"] = field(default="workbench", metadata=NEW_FIELD)
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -605,6 +625,7 @@ class EvalConfig:
         _require(self.cfg_scale >= 0, "eval.cfg_scale", "must be >= 0")
         _require(self.cfg_schedule in ("constant", "step"), "eval.cfg_schedule", "'constant' or 'step'")
         _require(0 <= self.step_fraction <= 1, "eval.step_fraction", "must be in [0, 1]")
+        _require(self.cfg_step_rule in ("workbench", "authors"), "eval.cfg_step_rule", "'workbench' or 'authors'")
         _require(self.temperature > 0, "eval.temperature", "must be > 0")
         _require(self.top_k >= 0, "eval.top_k", "must be >= 0")
         _require(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
@@ -653,6 +674,8 @@ class Profile:
     eval: EvalConfig
     epochs_per_paper_epoch: float
     system_ar_epochs: float  # the system-level AR models (Sec. 5.4: 300 epochs)
+    # ARConfig fields this profile sets beyond the size table (the paper: the authors' gpt_1d recipe).
+    ar_model_options: dict[str, Any] = field(default_factory=dict)
 
     def paper_epochs(self, epochs: float) -> float:
         """This profile's length of a run the paper trains for ``epochs`` epochs."""
@@ -692,9 +715,12 @@ PAPER = Profile(
     num_classes=1000,
     ar_train=ARTrainConfig(),  # the AR probe: 50 epochs, batch 256, lr 1e-4 (system level: epochs=300)
     # 50k samples against the whole ImageNet val split, 299 px Inception; Fig. 8 shows "golden retriever" (207).
-    eval=EvalConfig(pca_class=207),
+    eval=EvalConfig(pca_class=207, cfg_step_rule="authors"),
     epochs_per_paper_epoch=1.0,
     system_ar_epochs=300,
+    # The authors' gpt_1d.py: ModelArgs.attn_dropout_p 0.0 (train_c2i.py sets only token/resid/ffn dropout, 0.1)
+    # and Transformer.initialize_weights (zero output head, positions scaled by width**-0.5).
+    ar_model_options={"attn_dropout": 0.0, "init": "llamagen"},
 )
 
 TINY = Profile(
@@ -839,7 +865,7 @@ def ar_run(
     model = ARConfig(
         width=dims.width, depth=dims.depth, heads=dims.heads,
         vocab_size=tokenizer.tokenizer.quantizer.codebook_size,
-        num_tokens=tokenizer.tokenizer.num_tokens, num_classes=prof.num_classes,
+        num_tokens=tokenizer.tokenizer.num_tokens, num_classes=prof.num_classes, **prof.ar_model_options,
     )
     train = dataclasses.replace(
         prof.ar_train,

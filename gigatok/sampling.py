@@ -3,6 +3,7 @@
 CFG runs the conditional and the unconditional (null-class) sequences as one batch of 2B through the model, and
 mixes their logits as uncond + scale * (cond - uncond). Two schedules (Appendix B): ``constant`` (AR probing)
 and ``step``, where the first ``step_fraction`` (18%) of the tokens use scale 1 and the rest the full scale.
+``step_rule`` "authors" places that step as the authors' ``generate.py`` does (see :func:`cfg_scales`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
+    step_rule: Literal["workbench", "authors"] = "workbench"
 
     def __post_init__(self) -> None:
         if self.cfg_scale < 0:
@@ -35,6 +37,8 @@ class SamplingConfig:
             raise ConfigError(f"sampling.step_fraction: must be in [0, 1], got {self.step_fraction}")
         if self.temperature <= 0:
             raise ConfigError(f"sampling.temperature: must be > 0, got {self.temperature}")
+        if self.step_rule not in ("workbench", "authors"):
+            raise ConfigError(f"sampling.step_rule: 'workbench' or 'authors', got {self.step_rule!r}")
         if self.top_k < 0:
             raise ConfigError(f"sampling.top_k: must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -42,9 +46,20 @@ class SamplingConfig:
 
 
 def cfg_scales(cfg: SamplingConfig, num_tokens: int) -> list[float]:
-    """The guidance scale used for each token position."""
+    """The guidance scale used for each token position.
+
+    The step schedule's "workbench" rule leaves the first ceil(step_fraction * N) tokens unguided. The "authors"
+    rule is generate.py's: the first token (their prefill) is always guided, token j >= 1 is guided when
+    j / (N - 1) >= step_fraction (their step_schedule's ratio and window_start), and the others use 1 + 1e-4.
+    """
     if cfg.cfg_schedule == "constant":
         return [cfg.cfg_scale] * num_tokens
+    if cfg.step_rule == "authors":
+        unguided = 1.0 + 1e-4  # step_schedule's value outside the window; cfg 1 exactly only when cfg_scale is 1
+        return [cfg.cfg_scale] + [
+            cfg.cfg_scale if cfg.cfg_scale == 1.0 or cfg.step_fraction <= j / (num_tokens - 1) else unguided
+            for j in range(1, num_tokens)
+        ]
     unguided = math.ceil(cfg.step_fraction * num_tokens)
     return [1.0 if i < unguided else cfg.cfg_scale for i in range(num_tokens)]
 

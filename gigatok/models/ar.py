@@ -4,6 +4,11 @@ RMSNorm, SwiGLU, no biases, a learned 1D absolute position embedding (the paper'
 positions), and the class as a one-token prefix: the input [class, t_0, ..., t_{N-2}] predicts t_0, ..., t_{N-1}.
 During training the class is replaced by the null class with probability ``class_dropout`` so the same model gives
 the unconditional logits that classifier-free guidance needs.
+
+It computes the same function as the authors' ``autoregressive/models/gpt_1d.py`` Transformer (LlamaGen's GPT with
+1D absolute positions, the class of their GPT probes and system-level models): tests/test_parity_ar.py checks the
+logits, probe features and CFG sampling against numbers their code computed, and :mod:`gigatok.convert.ar` loads
+their checkpoints. Their position table has one more row (cls_token_num + block_size) that no input reaches.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class Attention(AttentionModule):
         self.heads = cfg.heads
         self.wqkv = nn.Linear(cfg.width, 3 * cfg.width, bias=False)
         self.wo = nn.Linear(cfg.width, cfg.width, bias=False)
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attention_dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -100,6 +105,11 @@ class ARModel(nn.Module):
         self.norm = RMSNorm(cfg.width)
         self.output = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
         self.apply(self._init)
+        if cfg.init == "llamagen":
+            # The authors' Transformer.initialize_weights (gpt_1d.py): a zero output head, so every code starts
+            # equally likely, and positions drawn as randn * width**-0.5 (their positional_embedding).
+            nn.init.zeros_(self.output.weight)
+            nn.init.normal_(self.pos_embeddings, std=cfg.width**-0.5)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
