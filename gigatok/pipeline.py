@@ -58,7 +58,8 @@ NEEDS_AR = ("token_cache", "ar", "cfg_search", "generation", "ar_probe", "decode
 
 # Final metrics a run reports, by stage (names as logged to MLflow).
 STAGE_METRICS = {
-    "reconstruction": ("rfid", "lpips", "psnr", "ssim", "codebook_usage", "codebook_perplexity"),
+    # ssim_authors: SSIM as the authors' evaluation computes it, a comparison number beside ours
+    "reconstruction": ("rfid", "lpips", "psnr", "ssim", "ssim_authors", "codebook_usage", "codebook_perplexity"),
     "tokenizer_probe": ("tokenizer_probe_acc",),
     "feature_pca": ("feature_pca_variance",),  # variance explained by the 3 components drawn in Fig. 8
     "ar": ("ar_val_loss",),
