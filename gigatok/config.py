@@ -568,6 +568,60 @@ class CfgSearchConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """How a linear probe (tokenizer encoder or AR layer n/2) is trained on frozen features.
+
+    ``logistic_regression``: standardised features and scikit-learn's multinomial logistic regression on the CPU
+    (``EvalConfig.probe_max_iter`` iterations of L-BFGS), the workbench's first probe. ``lars``: the authors'
+    protocol (``autoregressive/lin_probe/lin_probe.py`` and ``tokenizer/lin_probe/lin_probe.py``, after MAE's
+    ``main_linprobe.py``) on the run's device: BatchNorm without affine (eps 1e-6) and a linear head
+    (trunc-normal std 0.01), cross-entropy, LARS (momentum 0.9, trust coefficient 0.001, no weight decay or
+    scaling of 1-D tensors) at ``base_lr * batch_size / 256``, a linear warm-up of ``warmup_epochs`` then a
+    half-cycle cosine to ``min_lr``, set every step. Their scripts (``scripts/composite_cmd/train_*_lin_probe_and_
+    eval.sh``): 90 epochs, ``--blr 0.1``, 128 per GPU on 64 GPUs (8192; "we mostly use 128*64 global batch
+    size"); ``lin_probe.py`` defaults: warm-up 10 epochs, weight decay 0, min lr 0.
+
+    ``views``: ``random_crop`` trains on a fresh ADM random crop (fraction 0.8-1.0) plus a random horizontal flip
+    of each training image at every step, running the frozen model inside the loop as the authors do (image
+    folders only); ``fixed`` extracts the features of one centre-cropped view once. Validation is one centre crop.
+    """
+
+    method: Literal["logistic_regression", "lars"] = "logistic_regression"
+    epochs: float = 90.0
+    warmup_epochs: float = 10.0
+    batch_size: int = 8192  # one optimiser step's batch; clipped to the training set when that is smaller
+    base_lr: float = 0.1
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    trust_coefficient: float = 1e-3
+    views: Literal["fixed", "random_crop"] = "fixed"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        name = "eval.probe"
+        _require(self.method in ("logistic_regression", "lars"), f"{name}.method",
+                 f"'logistic_regression' or 'lars', got {self.method!r}")
+        _require(self.views in ("fixed", "random_crop"), f"{name}.views",
+                 f"'fixed' or 'random_crop', got {self.views!r}")
+        _require(self.epochs > 0, f"{name}.epochs", f"must be > 0, got {self.epochs}")
+        _require(0 <= self.warmup_epochs < self.epochs, f"{name}.warmup_epochs",
+                 f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        _require(self.batch_size >= 2, f"{name}.batch_size", f"must be >= 2 (BatchNorm), got {self.batch_size}")
+        _require(self.base_lr > 0, f"{name}.base_lr", f"must be > 0, got {self.base_lr}")
+        _require(0 <= self.min_lr <= self.base_lr, f"{name}.min_lr", f"must be in [0, base_lr], got {self.min_lr}")
+        _require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(0 <= self.momentum < 1, f"{name}.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.trust_coefficient > 0, f"{name}.trust_coefficient", f"must be > 0, got {self.trust_coefficient}")
+        _require(self.method == "lars" or self.views == "fixed", f"{name}.views",
+                 "random crops need the 'lars' probe (the logistic regression fits fixed features once)")
+
+
+# The authors' linear probe (ProbeConfig's docstring): the paper profile's.
+AUTHORS_PROBE = ProbeConfig(method="lars", views="random_crop")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """How a run is scored once trained: sample counts, the Inception input, the sampler and the probes.
 
@@ -594,6 +648,8 @@ class EvalConfig:
     # Fig. 8: PCA of the first decoder layer's features over a group of same-class validation images.
     pca_images: int = field(default=8, metadata=NEW_FIELD)
     pca_class: int | None = field(default=None, metadata=NEW_FIELD)  # None: the class with most validation images
+    # Both linear probes' protocol (``probe_max_iter`` applies to the logistic regression only).
+    probe: ProbeConfig = field(default=ProbeConfig(), metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         for name in ("recon_images", "reference_images"):
@@ -692,7 +748,7 @@ PAPER = Profile(
     num_classes=1000,
     ar_train=ARTrainConfig(),  # the AR probe: 50 epochs, batch 256, lr 1e-4 (system level: epochs=300)
     # 50k samples against the whole ImageNet val split, 299 px Inception; Fig. 8 shows "golden retriever" (207).
-    eval=EvalConfig(pca_class=207),
+    eval=EvalConfig(pca_class=207, probe=AUTHORS_PROBE),
     epochs_per_paper_epoch=1.0,
     system_ar_epochs=300,
 )
