@@ -625,7 +625,12 @@ AUTHORS_PROBE = ProbeConfig(method="lars", views="random_crop")
 class EvalConfig:
     """How a run is scored once trained: sample counts, the Inception input, the sampler and the probes.
 
-    ``recon_images`` / ``reference_images`` None means the whole validation split (the paper: 50k ImageNet val).
+    ``recon_images`` / ``reference_images`` None means the whole split (rFID: 50k ImageNet val).
+
+    ``gen_reference`` is what gFID, precision and recall are scored against: ``val`` the validation split (the
+    workbench's first choice); ``adm`` ADM's ImageNet-train reference batch ``VIRTUAL_imagenet256_labeled.npz``
+    from the weights registry, as the authors score (``evaluations/c2i/evaluator.py``; ``reference_images`` does
+    not apply); ``train`` the run's training split with the same ADM centre crop, for when that file is absent.
     The sampler fields mirror :class:`gigatok.sampling.SamplingConfig`; the CFG scale here is the fixed one used
     until a CFG search has recorded a better scale for the AR run.
     """
@@ -650,6 +655,7 @@ class EvalConfig:
     pca_class: int | None = field(default=None, metadata=NEW_FIELD)  # None: the class with most validation images
     # Both linear probes' protocol (``probe_max_iter`` applies to the logistic regression only).
     probe: ProbeConfig = field(default=ProbeConfig(), metadata=NEW_FIELD)
+    gen_reference: Literal["val", "adm", "train"] = field(default="val", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         for name in ("recon_images", "reference_images"):
@@ -666,6 +672,8 @@ class EvalConfig:
         _require(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
         _require(self.probe_max_iter >= 1, "eval.probe_max_iter", "must be >= 1")
         _require(self.grid_images >= 0, "eval.grid_images", "must be >= 0")
+        _require(self.gen_reference in ("val", "adm", "train"), "eval.gen_reference",
+                 f"'val', 'adm' (ADM's ImageNet-train reference batch) or 'train', got {self.gen_reference!r}")
         _require(self.pca_images >= 2, "eval.pca_images", "must be >= 2 (a PCA across images)")
         _require(self.pca_class is None or self.pca_class >= 0, "eval.pca_class", "must be None or a class index")
 
@@ -747,8 +755,9 @@ PAPER = Profile(
     ar_sizes=PAPER_AR_SIZES,
     num_classes=1000,
     ar_train=ARTrainConfig(),  # the AR probe: 50 epochs, batch 256, lr 1e-4 (system level: epochs=300)
-    # 50k samples against the whole ImageNet val split, 299 px Inception; Fig. 8 shows "golden retriever" (207).
-    eval=EvalConfig(pca_class=207, probe=AUTHORS_PROBE),
+    # 50k samples against ADM's ImageNet-train reference batch (rFID: the whole val split), 299 px Inception;
+    # Fig. 8 shows "golden retriever" (207).
+    eval=EvalConfig(pca_class=207, probe=AUTHORS_PROBE, gen_reference="adm"),
     epochs_per_paper_epoch=1.0,
     system_ar_epochs=300,
 )

@@ -274,8 +274,11 @@ def stage_result_path(spec: RunSpec, ctx: RunContext, stage: str) -> Path:
         e = generation_eval(spec, ctx)
         if e is None:  # sampled at the point the search will choose: no result can exist yet
             return ar_dir_of(spec, ctx) / "eval" / "generation-after-cfg-search.json"
-        key = _short_hash({n: getattr(e, n) for n in ("gen_samples", "reference_images", "inception_input",
-                           "cfg_scale", "cfg_schedule", "step_fraction", "temperature", "top_k", "top_p")})
+        payload = {n: getattr(e, n) for n in ("gen_samples", "reference_images", "inception_input",
+                   "cfg_scale", "cfg_schedule", "step_fraction", "temperature", "top_k", "top_p")}
+        if e.gen_reference != "val":  # only when set, so results scored against val keep their names
+            payload["gen_reference"] = e.gen_reference
+        key = _short_hash(payload)
         return ar_dir_of(spec, ctx) / "eval" / f"generation-{key}.json"
     if stage == "ar_probe":
         return ar_dir_of(spec, ctx) / "eval" / f"probe-{_probe_key(spec)}.json"
@@ -372,19 +375,35 @@ def workspace_for(ctx: RunContext) -> _Workspace:
     return _Workspace(ctx)
 
 
-def _val_subset(spec: RunSpec, count: int | None) -> tuple[Any, str]:
-    """The first ``count`` validation images and the description every FID records (and caches under)."""
+def _val_subset(spec: RunSpec, count: int | None, split: str = "val") -> tuple[Any, str]:
+    """The first ``count`` images of ``split`` and the description every FID records (and caches under)."""
     from torch.utils.data import Subset
 
     from gigatok.data import build_dataset
     from gigatok.metrics.images import describe_dataset
 
     tok = spec.tokenizer
-    val = build_dataset(tok.data, "val", tok.tokenizer.image_size, seed=tok.train.seed)
+    val = build_dataset(tok.data, split, tok.tokenizer.image_size, seed=tok.train.seed)
     description = describe_dataset(val)
     if count is not None and count < len(val):
         return Subset(val, range(count)), f"first {count} of {description}"
     return val, description
+
+
+def generation_reference(spec: RunSpec, ctx: RunContext, network: Any, e: EvalConfig) -> Any:
+    """The summary gFID, precision and recall are scored against (``eval.gen_reference``), cached in
+    ``ctx.reference_dir``; its description names the data (and for ADM's file, the file's sha256)."""
+    from gigatok.metrics.generation import ADM_REFERENCE, adm_reference_summary, reference_summary
+
+    if e.gen_reference == "adm":
+        from gigatok.weights import file_sha256, resolve_weight
+
+        path = resolve_weight(ADM_REFERENCE, ctx.weights_dir)
+        return adm_reference_summary(path, network, sha256=file_sha256(path), cache_dir=ctx.reference_dir,
+                                     batch_size=e.batch_size, progress=ctx.progress)
+    images, description = _val_subset(spec, e.reference_images, split=e.gen_reference)
+    return reference_summary(images, network, description, cache_dir=ctx.reference_dir, batch_size=e.batch_size,
+                             progress=ctx.progress)
 
 
 def _save_grid(images: Any, path: Path, nrow: int = 8) -> Path:
@@ -605,7 +624,7 @@ class StageRunner:
             import torch
 
             from gigatok.generation import generate_batches
-            from gigatok.metrics.generation import evaluate_generation, reference_summary
+            from gigatok.metrics.generation import evaluate_generation
             from gigatok.sampling import SamplingConfig
             from gigatok.train.ar_loop import load_trained_ar
             from gigatok.train.tokenizer_loop import load_trained_tokenizer
@@ -614,9 +633,7 @@ class StageRunner:
             if e is None:
                 raise RuntimeError("generation needs the best CFG scale, but the cfg_search stage has not finished")
             network = self.ws.feature_network(e.inception_input)
-            val, description = _val_subset(self.spec, e.reference_images)
-            reference = reference_summary(val, network, description, cache_dir=self.ctx.reference_dir,
-                                          batch_size=e.batch_size, progress=self.ctx.progress)
+            reference = generation_reference(self.spec, self.ctx, network, e)
             ar = load_trained_ar(self.ar_dir, self.ws.device)
             tokenizer = load_trained_tokenizer(self.tok_dir, self.ws.device)
             sampling = SamplingConfig(e.cfg_scale, e.cfg_schedule, e.step_fraction, e.temperature, e.top_k, e.top_p)
