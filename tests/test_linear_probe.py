@@ -182,3 +182,11 @@ def test_probe_stage_key_unchanged_by_default_and_tokenizer_probe_on_random_crop
     cfg = ProbeConfig(method="lars", epochs=2, warmup_epochs=1, batch_size=4, views="random_crop")
     result = lars_probe_on_images(cfg, tokenizer_feature_fn(model), train, val, "encoder", batch_size=4)
     assert result.num_train == 12 and result.num_val == 4 and 0 <= result.accuracy <= 1
+
+
+def test_lars_probe_head_covers_every_training_label() -> None:
+    """Labels need not be contiguous: the head is sized by the largest label of either split."""
+    x, y = blobs(64, dim=8, classes=2)
+    result = lars_probe((x, y * 5), (x[:8], torch.zeros(8, dtype=torch.long)), "sparse labels",
+                        ProbeConfig(method="lars", epochs=2, warmup_epochs=1, batch_size=16))
+    assert result.chance == pytest.approx(0.5) and 0 <= result.accuracy <= 1

@@ -264,13 +264,14 @@ def lars_probe(
         x_train, y_train = train
         size = len(x_train)
         classes_seen = int(torch.unique(y_train).numel())
+        labels_need = int(y_train.max()) + 1
     else:
         feature_fn, dataset = train
         size = len(dataset)
-        classes_seen = int(getattr(dataset, "num_classes", 0))
+        classes_seen = labels_need = int(getattr(dataset, "num_classes", 0))
     if size < 2:
         raise ValueError(f"linear probe: needs at least 2 training items, got {size}")
-    num_classes = num_classes or max(int(y_val.max()) + 1, classes_seen)
+    num_classes = num_classes or max(int(y_val.max()) + 1, labels_need)
     batch = min(cfg.batch_size, size)
     steps_per_epoch = size // batch
     peak_lr = cfg.base_lr * batch / 256
