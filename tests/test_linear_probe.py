@@ -190,3 +190,19 @@ def test_lars_probe_head_covers_every_training_label() -> None:
     result = lars_probe((x, y * 5), (x[:8], torch.zeros(8, dtype=torch.long)), "sparse labels",
                         ProbeConfig(method="lars", epochs=2, warmup_epochs=1, batch_size=16))
     assert result.chance == pytest.approx(0.5) and 0 <= result.accuracy <= 1
+
+
+def test_ar_image_features_tokenize_then_read_layer_half() -> None:
+    from gigatok.config import ar_run, tokenizer_run
+    from gigatok.metrics.linear_probe import ar_image_feature_fn
+    from gigatok.models.ar import build_ar_model
+    from gigatok.models.tokenizer import build_tokenizer
+
+    tok_cfg = tokenizer_run("S-S")
+    torch.manual_seed(0)
+    tokenizer, ar = build_tokenizer(tok_cfg.tokenizer), build_ar_model(ar_run(tok_cfg).model)
+    images = torch.rand(3, 3, tok_cfg.tokenizer.image_size, tok_cfg.tokenizer.image_size) * 2 - 1
+    features = ar_image_feature_fn(tokenizer, ar)(images)
+    with torch.no_grad():
+        expected = ar.features(tokenizer.tokenize(images))
+    assert features.shape == (3, ar.cfg.width) and torch.allclose(features, expected)
