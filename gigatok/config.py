@@ -585,10 +585,69 @@ class CfgSearchConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """How a linear probe (tokenizer encoder or AR layer n/2) is trained on frozen features.
+
+    ``logistic_regression``: standardised features and scikit-learn's multinomial logistic regression on the CPU
+    (``EvalConfig.probe_max_iter`` iterations of L-BFGS), the workbench's first probe. ``lars``: the authors'
+    protocol (``autoregressive/lin_probe/lin_probe.py`` and ``tokenizer/lin_probe/lin_probe.py``, after MAE's
+    ``main_linprobe.py``) on the run's device: BatchNorm without affine (eps 1e-6) and a linear head
+    (trunc-normal std 0.01), cross-entropy, LARS (momentum 0.9, trust coefficient 0.001, no weight decay or
+    scaling of 1-D tensors) at ``base_lr * batch_size / 256``, a linear warm-up of ``warmup_epochs`` then a
+    half-cycle cosine to ``min_lr``, set every step. Their scripts (``scripts/composite_cmd/train_*_lin_probe_and_
+    eval.sh``): 90 epochs, ``--blr 0.1``, 128 per GPU on 64 GPUs (8192; "we mostly use 128*64 global batch
+    size"); ``lin_probe.py`` defaults: warm-up 10 epochs, weight decay 0, min lr 0.
+
+    ``views``: ``random_crop`` trains on a fresh ADM random crop (fraction 0.8-1.0) plus a random horizontal flip
+    of each training image at every step, running the frozen model inside the loop as the authors do (image
+    folders only); ``fixed`` extracts the features of one centre-cropped view once. Validation is one centre crop.
+    """
+
+    method: Literal["logistic_regression", "lars"] = "logistic_regression"
+    epochs: float = 90.0
+    warmup_epochs: float = 10.0
+    batch_size: int = 8192  # one optimiser step's batch; clipped to the training set when that is smaller
+    base_lr: float = 0.1
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    trust_coefficient: float = 1e-3
+    views: Literal["fixed", "random_crop"] = "fixed"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        name = "eval.probe"
+        _require(self.method in ("logistic_regression", "lars"), f"{name}.method",
+                 f"'logistic_regression' or 'lars', got {self.method!r}")
+        _require(self.views in ("fixed", "random_crop"), f"{name}.views",
+                 f"'fixed' or 'random_crop', got {self.views!r}")
+        _require(self.epochs > 0, f"{name}.epochs", f"must be > 0, got {self.epochs}")
+        _require(0 <= self.warmup_epochs < self.epochs, f"{name}.warmup_epochs",
+                 f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        _require(self.batch_size >= 2, f"{name}.batch_size", f"must be >= 2 (BatchNorm), got {self.batch_size}")
+        _require(self.base_lr > 0, f"{name}.base_lr", f"must be > 0, got {self.base_lr}")
+        _require(0 <= self.min_lr <= self.base_lr, f"{name}.min_lr", f"must be in [0, base_lr], got {self.min_lr}")
+        _require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(0 <= self.momentum < 1, f"{name}.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.trust_coefficient > 0, f"{name}.trust_coefficient", f"must be > 0, got {self.trust_coefficient}")
+        _require(self.method == "lars" or self.views == "fixed", f"{name}.views",
+                 "random crops need the 'lars' probe (the logistic regression fits fixed features once)")
+
+
+# The authors' linear probe (ProbeConfig's docstring): the paper profile's.
+AUTHORS_PROBE = ProbeConfig(method="lars", views="random_crop")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """How a run is scored once trained: sample counts, the Inception input, the sampler and the probes.
 
-    ``recon_images`` / ``reference_images`` None means the whole validation split (the paper: 50k ImageNet val).
+    ``recon_images`` / ``reference_images`` None means the whole split (rFID: 50k ImageNet val).
+
+    ``gen_reference`` is what gFID, precision and recall are scored against: ``val`` the validation split (the
+    workbench's first choice); ``adm`` ADM's ImageNet-train reference batch ``VIRTUAL_imagenet256_labeled.npz``
+    from the weights registry, as the authors score (``evaluations/c2i/evaluator.py``; ``reference_images`` does
+    not apply); ``train`` the run's training split with the same ADM centre crop, for when that file is absent.
     The sampler fields mirror :class:`gigatok.sampling.SamplingConfig`; the CFG scale here is the fixed one used
     until a CFG search has recorded a better scale for the AR run.
     """
@@ -614,6 +673,9 @@ class EvalConfig:
     # Fig. 8: PCA of the first decoder layer's features over a group of same-class validation images.
     pca_images: int = field(default=8, metadata=NEW_FIELD)
     pca_class: int | None = field(default=None, metadata=NEW_FIELD)  # None: the class with most validation images
+    # Both linear probes' protocol (``probe_max_iter`` applies to the logistic regression only).
+    probe: ProbeConfig = field(default=ProbeConfig(), metadata=NEW_FIELD)
+    gen_reference: Literal["val", "adm", "train"] = field(default="val", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         for name in ("recon_images", "reference_images"):
@@ -631,6 +693,8 @@ class EvalConfig:
         _require(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
         _require(self.probe_max_iter >= 1, "eval.probe_max_iter", "must be >= 1")
         _require(self.grid_images >= 0, "eval.grid_images", "must be >= 0")
+        _require(self.gen_reference in ("val", "adm", "train"), "eval.gen_reference",
+                 f"'val', 'adm' (ADM's ImageNet-train reference batch) or 'train', got {self.gen_reference!r}")
         _require(self.pca_images >= 2, "eval.pca_images", "must be >= 2 (a PCA across images)")
         _require(self.pca_class is None or self.pca_class >= 0, "eval.pca_class", "must be None or a class index")
 
@@ -714,8 +778,9 @@ PAPER = Profile(
     ar_sizes=PAPER_AR_SIZES,
     num_classes=1000,
     ar_train=ARTrainConfig(),  # the AR probe: 50 epochs, batch 256, lr 1e-4 (system level: epochs=300)
-    # 50k samples against the whole ImageNet val split, 299 px Inception; Fig. 8 shows "golden retriever" (207).
-    eval=EvalConfig(pca_class=207, cfg_step_rule="authors"),
+    # 50k samples against ADM's ImageNet-train reference batch (rFID: the whole val split), 299 px Inception;
+    # Fig. 8 shows "golden retriever" (207).
+    eval=EvalConfig(pca_class=207, probe=AUTHORS_PROBE, gen_reference="adm", cfg_step_rule="authors"),
     epochs_per_paper_epoch=1.0,
     system_ar_epochs=300,
     # The authors' gpt_1d.py: ModelArgs.attn_dropout_p 0.0 (train_c2i.py sets only token/resid/ffn dropout, 0.1)

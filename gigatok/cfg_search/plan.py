@@ -139,7 +139,8 @@ class SearchPlan:
             "fixed_fraction": e.step_fraction if self.schedule == "step" and not self.searches_fraction else None,
             "sampler": s.sampler, "trials": s.trials, "seed": s.seed, "pruner": s.pruner,
             "startup_trials": s.startup_trials, "low": self.low_samples, "full": self.full_samples,
-            "sampling": [e.temperature, e.top_k, e.top_p], "reference": [e.reference_images, e.inception_input],
+            "sampling": [e.temperature, e.top_k, e.top_p], "reference": [e.reference_images, e.inception_input,
+                          *([e.gen_reference] if e.gen_reference != "val" else [])],
             "batch_size": e.batch_size,  # the samples drawn depend on how the generator's stream is batched
         })
 

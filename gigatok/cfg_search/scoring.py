@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gigatok.cfg_search.plan import SearchPlan, SearchPoint
-from gigatok.pipeline import StageRunner, _val_subset, stage_lock, workspace_for
+from gigatok.pipeline import StageRunner, generation_reference, stage_lock, workspace_for
 
 Report = Callable[[int, float], None]
 
@@ -102,17 +102,13 @@ class GenerationScorer:
         comes first (the others wait on its lock), and cached where every trial and the generation stage read it."""
         if self.reference is not None:
             return
-        from gigatok.metrics.generation import reference_summary
-
         if self.workspace is None:
             self.workspace = workspace_for(self.plan.ctx)
         ctx, e = self.plan.ctx, self.plan.spec.eval
         network = self.workspace.feature_network(e.inception_input)
-        val, description = _val_subset(self.plan.spec, e.reference_images)
         # The same call as the generation stage's, so both find the same cache file.
         with stage_lock(ctx.reference_dir / "reference"):
-            self.reference = reference_summary(val, network, description, cache_dir=ctx.reference_dir,
-                                               batch_size=e.batch_size, progress=ctx.progress)
+            self.reference = generation_reference(self.plan.spec, ctx, network, e)
 
     def __call__(self, point: SearchPoint, report: Report) -> dict[str, float]:
         self.prepare()

@@ -11,6 +11,11 @@ Reference summaries (a dataset split) are computed once and cached as ``.npz`` u
 network (registry name + sha256, input size, layer), the reference description and the reservoir settings,
 so a changed network or dataset never reuses a stale cache.
 
+The authors score generation against ADM's ImageNet-train reference batch (:func:`adm_reference_summary`): its FID
+moments are read from the file (computed by ADM's TensorFlow evaluator over the train set; torch-fidelity's
+Inception is a port of the same 2015 TF graph with its resize and scaling, so its pool3 features are
+interchangeable with them), and its 10,000 images give the precision/recall rows, as in ADM's evaluator.
+
 Every result records where its numbers come from: the feature network, the image size fed to Inception, the
 sample and reference descriptions and counts. The same reconstructions can score twice the rFID against another
 reference set (validation vs training images, 1k vs 50k images); a number without its reference cannot be compared.
@@ -23,6 +28,8 @@ import json
 import os
 import re
 import tempfile
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +39,13 @@ import torch
 from tqdm.auto import tqdm
 
 from gigatok.metrics.accumulators import FeatureMoments, FeatureReservoir, InceptionScoreAccumulator
-from gigatok.metrics.features import IS_UNAVAILABLE, OFFICIAL, FeatureNetwork, FeatureNetworkInfo
+from gigatok.metrics.features import (
+    FID_INPUT_SIZE,
+    IS_UNAVAILABLE,
+    OFFICIAL,
+    FeatureNetwork,
+    FeatureNetworkInfo,
+)
 from gigatok.metrics.fid import frechet_distance_gaussians
 from gigatok.metrics.images import ImageSource, ValueRange, image_batches, source_length, to_uint8
 
@@ -199,6 +212,79 @@ def reference_summary(
     if path is not None:
         summary.save(path)
         summary = FeatureSummary.load(path)  # records cache_path, and proves the file reads back
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ADM's reference batch
+# ----------------------------------------------------------------------------------------------------------
+
+ADM_REFERENCE = "adm-imagenet256-reference"  # its registry name (gigatok.weights)
+# ImageNet-1k train, which the reference batch's mu / sigma summarise ("pre-computed statistics over the whole
+# dataset", guided-diffusion's evaluations README); 10,000 of its images are stored beside them.
+ADM_TRAIN_IMAGES = 1_281_167
+
+
+def npz_row_batches(path: str | os.PathLike[str], name: str, batch_size: int) -> Iterator[np.ndarray]:
+    """Rows of array ``name`` of an .npz, ``batch_size`` at a time, without loading the array (ADM's reference
+    images are 2 GB)."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(member)
+        if fortran_order or not shape:
+            raise ValueError(f"{path}: {name} must be a C-ordered array of rows")
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        for start in range(0, shape[0], batch_size):
+            count = min(batch_size, shape[0] - start)
+            yield np.frombuffer(member.read(count * row_bytes), dtype=dtype).reshape(count, *shape[1:])
+
+
+def adm_reference_summary(
+    path: str | os.PathLike[str],
+    network: FeatureNetwork,
+    *,
+    sha256: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 64,
+    prc_capacity: int = DEFAULT_PRC_CAPACITY,
+    seed: int = 0,
+    progress: bool = True,
+) -> FeatureSummary:
+    """ADM's reference batch (``VIRTUAL_imagenet256_labeled.npz``) as a summary: FID moments from its ``mu`` and
+    ``sigma``; precision/recall rows from ``network``'s features of its ``arr_0`` images (uint8 N x 256 x 256 x 3).
+
+    ``sha256`` (of the file) goes into the description, so every result names the exact file and the cache is
+    keyed on it. The moments are pool3 of TF-Inception at 299 px: ``network`` must be the same (2048-d, 299 px).
+    """
+    if network.info.input_size != FID_INPUT_SIZE or int(network.info.layer) != 2048:
+        raise ValueError(f"ADM's reference statistics are 2048-d pool3 at {FID_INPUT_SIZE} px; the feature network "
+                         f"gives layer {network.info.layer} at {network.info.input_size} px (set eval.inception_input="
+                         f"{FID_INPUT_SIZE})")
+    with np.load(path, allow_pickle=False) as data:
+        missing = {"mu", "sigma", "arr_0"} - set(data.files)
+        if missing:
+            raise ValueError(f"{path}: not an ADM reference batch (missing {sorted(missing)})")
+        mean, covariance = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    if mean.shape != (2048,) or covariance.shape != (2048, 2048):
+        raise ValueError(f"{path}: mu / sigma have shapes {mean.shape} / {covariance.shape}, expected 2048-d")
+    description = (f"ADM reference batch {Path(path).name} (sha256 {sha256}): ImageNet train mu/sigma from the "
+                   "file (ADM's TF evaluator), precision/recall on its images")
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = reference_cache_path(cache_dir, network.info, description, prc_capacity, seed)
+        if cache_path.is_file():
+            return FeatureSummary.load(cache_path)
+    reservoir = FeatureReservoir(prc_capacity, int(network.info.layer), seed=seed)
+    with tqdm(unit="img", desc="Inception features: ADM reference images", disable=not progress, leave=False) as bar:
+        for rows in npz_row_batches(path, "arr_0", batch_size):
+            images = torch.from_numpy(rows.copy()).permute(0, 3, 1, 2)  # NHWC -> NCHW, uint8 (a writable copy)
+            reservoir.update(network(images)[0])
+            bar.update(len(rows))
+    summary = FeatureSummary(network=network.info, description=description, count=ADM_TRAIN_IMAGES, mean=mean,
+                             covariance=covariance, prc_features=reservoir.features, prc_seed=seed)
+    if cache_path is not None:
+        summary = FeatureSummary.load(summary.save(cache_path))
     return summary
 
 

@@ -8,9 +8,12 @@ population (not sample) statistics, averaged over the valid (unpadded) window po
 It equals scikit-image's ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=..., channel_axis=...)``.
 
-The GigaTok / LlamaGen reference evaluation calls scikit-image with ``data_range=2.0`` on [0, 1] images (which
-inflates SSIM: C1 and C2 become 4x larger) and with its default 7x7 uniform window and sample covariance;
-numbers from that code are not comparable with these.
+The GigaTok / LlamaGen reference evaluation (``tokenizer/tokenizer_image/reconstruction_ddp.py``) calls
+scikit-image's ``structural_similarity(restored, original, data_range=2.0, channel_axis=-1)`` on [0, 1] images:
+its default 7x7 uniform window, sample covariance (N / (N - 1)) and a data range twice the real one, which makes
+C1 and C2 4x larger and inflates SSIM. Numbers from that code are not comparable with :func:`ssim`;
+:func:`ssim_authors` reproduces them, so a workbench run can be set beside the paper's table (a comparison
+number, never the headline SSIM).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+# The authors' call: scikit-image defaults (7x7 uniform window, sample covariance) with data_range=2.0 on [0, 1].
+AUTHORS_SSIM_WINDOW = 7
+AUTHORS_SSIM_DATA_RANGE = 2.0
 
 
 def data_range_of(images: torch.Tensor) -> float:
@@ -60,9 +66,30 @@ def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float | None = None) -> torch.Tensor:
     """Per-image SSIM (Gaussian 11x11, sigma 1.5), mean over valid positions and channels; images >= 11 px."""
     a, b, rng = _pair(x, y, data_range)
-    if min(a.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW} px, got {tuple(a.shape[-2:])}")
-    g = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA).to(a.device)
+    return _ssim(a, b, rng, _gaussian_window(SSIM_WINDOW, SSIM_SIGMA), covariance_norm=1.0)
+
+
+def ssim_authors(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM as the GigaTok / LlamaGen evaluation computes it: 7x7 uniform window, sample covariance,
+    data range 2.0 on images in [0, 1] (uint8 input is divided by 255 first, as their code does); images >= 7 px.
+
+    Equals scikit-image's ``structural_similarity(x, y, data_range=2.0, channel_axis=-1)`` on HxWx3 [0, 1] arrays.
+    """
+    if x.dtype == torch.uint8 and y.dtype == torch.uint8:
+        x, y = x.double() / 255.0, y.double() / 255.0
+    a, b, _ = _pair(x, y, None)  # checks shapes and the [0, 1] range; the data range is the authors' 2.0
+    window = torch.full((AUTHORS_SSIM_WINDOW,), 1.0 / AUTHORS_SSIM_WINDOW, dtype=torch.float64)
+    positions = AUTHORS_SSIM_WINDOW**2
+    return _ssim(a, b, AUTHORS_SSIM_DATA_RANGE, window, covariance_norm=positions / (positions - 1))
+
+
+def _ssim(a: torch.Tensor, b: torch.Tensor, rng: float, g: torch.Tensor, covariance_norm: float) -> torch.Tensor:
+    """SSIM with the separable window ``g``, mean over valid positions and channels; variances and covariance are
+    scaled by ``covariance_norm`` (1: population statistics; N / (N - 1): sample statistics)."""
+    size = len(g)
+    if min(a.shape[-2:]) < size:
+        raise ValueError(f"SSIM needs images of at least {size} px, got {tuple(a.shape[-2:])}")
+    g = g.to(a.device)
     channels = a.shape[1]
     # Separable filtering, one channel per group: rows then columns, 'valid' positions only.
     row = g.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
@@ -72,9 +99,9 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float | None = None) -> t
         return F.conv2d(F.conv2d(t, row, groups=channels), col, groups=channels)
 
     mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
+    var_a = covariance_norm * (blur(a * a) - mu_a**2)
+    var_b = covariance_norm * (blur(b * b) - mu_b**2)
+    cov = covariance_norm * (blur(a * b) - mu_a * mu_b)
     c1 = (SSIM_K1 * rng) ** 2
     c2 = (SSIM_K2 * rng) ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))

@@ -2,7 +2,8 @@
 
 :func:`evaluate_reconstruction` encodes and decodes every image once and reports, with provenance:
 
-* PSNR and SSIM (:mod:`gigatok.metrics.pixel`), mean over images;
+* PSNR and SSIM (:mod:`gigatok.metrics.pixel`), mean over images, and beside them ``ssim_authors``, SSIM as the
+  authors' evaluation computes it (7x7 uniform window, data range 2.0), a comparison number only;
 * LPIPS (VGG) from :mod:`gigatok.perceptual`, mean over images; whether its VGG trunk was a random SUBSTITUTE;
 * codebook usage (fraction of codes used at least once) and perplexity (exp of the entropy of the code
   histogram) over the whole set, not averaged per batch: a per-batch figure is capped by the batch's token count;
@@ -34,7 +35,7 @@ from gigatok.metrics.generation import (
     reference_cache_path,
 )
 from gigatok.metrics.images import describe_dataset, image_batches, to_uint8
-from gigatok.metrics.pixel import psnr, ssim
+from gigatok.metrics.pixel import psnr, ssim, ssim_authors
 from gigatok.models.tokenizer import GigaTokenizer
 from gigatok.perceptual import PerceptualLoss, build_perceptual_loss
 
@@ -137,7 +138,8 @@ def evaluate_reconstruction(
 
                 real_u8, recon_u8 = to_uint8(x), to_uint8(recon)
                 lpips = perceptual(real_u8.float() / 127.5 - 1.0, recon_u8.float() / 127.5 - 1.0)
-                means.add(x.shape[0], psnr=psnr(real_u8, recon_u8), ssim=ssim(real_u8, recon_u8), lpips=lpips)
+                means.add(x.shape[0], psnr=psnr(real_u8, recon_u8), ssim=ssim(real_u8, recon_u8),
+                          ssim_authors=ssim_authors(real_u8, recon_u8), lpips=lpips)
                 if recon_moments is not None:
                     recon_moments.update(feature_network(recon_u8)[0])
                 if real_moments is not None:
@@ -169,6 +171,9 @@ def evaluate_reconstruction(
         "psnr": "per image over all RGB pixels, data range 255 on uint8 (= 1.0 on [0, 1]); mean over images",
         "ssim": "Wang et al.: Gaussian 11x11 window, sigma 1.5, K1 0.01, K2 0.03, data range 255 on uint8, valid "
         "positions, mean over channels; mean over images",
+        "ssim_authors": "for comparison with the paper only: SSIM as tokenizer/tokenizer_image/reconstruction_ddp.py "
+        "computes it (scikit-image defaults: 7x7 uniform window, sample covariance; data_range=2.0 on [0, 1] images, "
+        "which inflates it); mean over images",
         "lpips": {"network": perceptual.network_name, "substitute": perceptual.substitute},
         "codebook": f"usage and perplexity of the code histogram over all {means.count} images",
     }
