@@ -148,3 +148,18 @@ def tokenizer_checkpoints(p: Planner) -> list[RunSpec]:
             runs.append(p.run({"size": name, "checkpoint": int(paper) if paper.is_integer() else paper}, tok,
                               p.ar(tok, "B"), tokenizer_snapshot=at))
     return runs
+
+
+@study("dino_discriminator", reproduces="Tables 3 and 10 (B-L double dagger)",
+       about="B-L trained against the PatchGAN and against the frozen-DINO discriminator, each with AR-B 300 epochs")
+def dino_discriminator(p: Planner) -> list[RunSpec]:
+    # VQ_BL256_dino_disc.yaml is VQ_BL256.yaml with disc_type "dinodisc" and disc_start 80000; the released
+    # GPT_B256_e300_VQ_BL_dino_disc.pt probes it with AR-B for 300 epochs. The PatchGAN run is system_level's B-L
+    # with AR-B (same config, so trained once for both); gFID as there, the step schedule at the best scale.
+    step = dataclasses.replace(p.profile.eval, cfg_schedule="step")
+    runs = []
+    for disc in ("patchgan", "dino"):
+        tok = p.tokenizer("B-L", discriminator=disc)
+        runs.append(p.run({"size": "B-L", "ar_size": "B", "discriminator": disc}, tok,
+                          p.ar(tok, "B", epochs=p.profile.system_ar_epochs), stages=CFG_SEARCHED, eval=step))
+    return runs

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_STUDIES = {
     "scaling_vanilla": 3, "scaling_semreg": 8, "scaling_1d_vs_2d": 6, "enc_dec_asymmetry": 4, "align_layer": 3,
     "semantic_encoder": 3, "reg_weight": 4, "train_duration": 10, "entropy_loss": 2, "ar_probe_vs_large": 6,
-    "system_level": 6, "decode_cost": 9, "feature_pca": 2, "tokenizer_checkpoints": 10,
+    "system_level": 6, "decode_cost": 9, "feature_pca": 2, "tokenizer_checkpoints": 10, "dino_discriminator": 2,
 }
 
 
@@ -61,6 +61,33 @@ def test_studies_vary_what_the_paper_varies() -> None:
     system = get_study("system_level").plan(p)
     assert all(s.ar.train.epochs == 300 for s in system)
     assert {s.stages for s in get_study("decode_cost").plan(p)} == {("decode_cost",)}
+
+
+@pytest.mark.parametrize(("profile", "start"), [("paper", 80_000), ("tiny", 1_600)])
+def test_dino_discriminator_study_is_the_b_l_double_dagger_row(profile: str, start: int) -> None:
+    p = Planner(profile)
+    plain, dino = get_study("dino_discriminator").plan(p)
+    assert dict(plain.factors)["discriminator"] == "patchgan" and dict(dino.factors)["discriminator"] == "dino"
+    assert dino.tokenizer.loss.discriminator == "dino" and dino.tokenizer.loss.gan_start_step == start
+    assert dino.tokenizer.tokenizer == plain.tokenizer.tokenizer and dino.tokenizer.tokenizer.name == "B-L"
+    assert dino.ar.size == "B" and dino.ar.train.epochs == p.profile.system_ar_epochs
+    assert dino.stages == plain.stages and "cfg_search" in dino.stages and dino.eval.cfg_schedule == "step"
+    # The PatchGAN run is system_level's B-L with AR-B: one run folder serves both studies.
+    system = {(dict(s.factors)["size"], dict(s.factors)["ar_size"]): s for s in get_study("system_level").plan(p)}
+    assert plain.hash == system[("B-L", "B")].hash and dino.hash not in {s.hash for s in system.values()}
+
+
+def test_dino_discriminator_study_dry_runs_at_paper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(["dino_discriminator", "--dry-run", "--profile", "paper", "--json"], tmp_path, monkeypatch,
+                           capsys)
+    assert code == 0
+    runs = {r["factors"]["discriminator"]: r for r in json.loads(out)["runs"]}
+    assert set(runs) == {"patchgan", "dino"}
+    # The discriminator is not part of the tokenizer's count (Table 9's 622M for B-L), whichever is used.
+    assert runs["dino"]["tokenizer_params"] == runs["patchgan"]["tokenizer_params"]
+    assert abs(runs["dino"]["tokenizer_params"] / 1e6 - 622) < 2
 
 
 def test_runs_sharing_a_tokenizer_go_to_one_job() -> None:
