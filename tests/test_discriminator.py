@@ -132,6 +132,20 @@ def test_substitute_is_the_same_network_every_time(substitute: DinoDiscriminator
     assert torch.equal(again.backbone.vit.pos_embed, substitute.backbone.vit.pos_embed)
 
 
+def test_state_dict_is_the_heads_only(substitute: DinoDiscriminator) -> None:
+    """Checkpoints hold the trainable heads under the authors' keys, not a copy of the frozen pretrained ViT."""
+    state = substitute.state_dict()
+    assert state and all(k.startswith("heads.") for k in state)
+    assert "heads.1.1.fn.0.weight_orig" in state and "heads.4.2.weight_u" in state  # DinoDisc's key names
+    other = DinoDiscriminator(create_dino_vit(NARROW), NARROW)
+    other.load_state_dict(state, strict=True)  # the ViT's keys are not missing: it comes from the registry file
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(RuntimeError, match="Missing key"):
+        other.load_state_dict({k: v for k, v in state.items() if not k.startswith("heads.0.")}, strict=True)
+    wrapped = torch.nn.ModuleDict({"disc": other})  # the hooks work at any depth
+    assert all(k.startswith("disc.heads.") for k in wrapped.state_dict())
+
+
 def test_full_size_dino_has_the_authors_parameter_count() -> None:
     disc = DinoDiscriminator(create_dino_vit(DinoArch()))
     heads = sum(p.numel() for p in disc.parameters() if p.requires_grad)
@@ -182,9 +196,12 @@ def test_tokenizer_trains_against_the_dino_discriminator(
                         functools.partial(discriminator.build_dino_discriminator, arch=NARROW))
     cfg = make_tiny_run(2, log_every=1, semantic_weight=0)
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, discriminator="dino", gan_start_step=0))
-    with pytest.warns(UserWarning, match="SUBSTITUTE"):
+    with pytest.warns(UserWarning, match="SUBSTITUTE"):  # stopped after one step, as a preemption would
+        assert not train_tokenizer(cfg, tmp_path / "run", allow_substitutes=True, progress=False,
+                                   stop_at_step=1).finished
+    with pytest.warns(UserWarning, match="SUBSTITUTE"):  # the resumed run loads the heads from the checkpoint
         result = train_tokenizer(cfg, tmp_path / "run", allow_substitutes=True, progress=False)
-    assert result.finished
+    assert result.finished and result.steps == 2
     records = read_metrics(tmp_path / "run")
     assert all("discriminator_loss" in r and r["adversarial_loss"] != 0 for r in records)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

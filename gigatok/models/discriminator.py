@@ -19,6 +19,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -270,8 +271,9 @@ class DinoDiscriminator(nn.Module):
     """Frozen DINO ViT plus one trainable head per readout; ``forward`` on images in [-1, 1] gives B x (n*L) logits.
 
     ``augment`` applies :func:`diff_augment` to every input first, as the authors' ``VQLoss`` does to both real and
-    reconstructed images. The heads' state-dict keys are those of the authors' ``DinoDisc`` (``heads.*``); the ViT
-    sits under ``backbone.vit.*`` in timm's (= DINO's) layout.
+    reconstructed images. The state dict is the trainable heads only, with the authors' ``DinoDisc`` keys
+    (``heads.*``; they hold the ViT outside the module): checkpoints do not repeat the frozen pretrained file, and
+    the authors' discriminator checkpoints load as they are. The ViT (timm's = DINO's layout) is ``backbone.vit``.
     """
 
     def __init__(self, vit: nn.Module, arch: DinoArch = DinoArch(), augment: bool = True,
@@ -287,6 +289,8 @@ class DinoDiscriminator(nn.Module):
         mean, std = torch.tensor(_IMAGENET_MEAN), torch.tensor(_IMAGENET_STD)
         self.register_buffer("x_scale", (0.5 / std).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("x_shift", ((0.5 - mean) / std).reshape(1, 3, 1, 1), persistent=False)
+        self.register_state_dict_post_hook(_drop_backbone)
+        self.register_load_state_dict_post_hook(_backbone_not_missing)
 
     def sample_crop(self, x: torch.Tensor) -> tuple[int, int] | None:
         """Where to crop a larger-than-input image, or None to resize it: a crop half of the time, as the authors'
@@ -319,6 +323,20 @@ class DinoDiscriminator(nn.Module):
         if self.augment:
             x = diff_augment(x)
         return self.logits(x, self.sample_crop(x))
+
+
+def _is_backbone_key(key: str) -> bool:
+    return key.startswith("backbone.") or ".backbone." in key
+
+
+def _drop_backbone(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, metadata: object) -> None:
+    for key in [k for k in state if k.startswith(prefix) and _is_backbone_key(k[len(prefix):])]:
+        del state[key]
+
+
+def _backbone_not_missing(module: nn.Module, incompatible: Any) -> None:
+    # The frozen ViT is built from the registry file, never from a checkpoint: its absence there is expected.
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not _is_backbone_key(k)]
 
 
 def build_dino_discriminator(
