@@ -265,17 +265,27 @@ class LossConfig:
 
     pixel_weight: float = 1.0  # L2 on pixels
     perceptual_weight: float = 1.0  # LPIPS (VGG)
-    gan_weight: float = 0.5  # PatchGAN hinge
+    gan_weight: float = 0.5  # hinge GAN, generator side (the authors' disc_weight; no adaptive weight)
     gan_start_step: int = 20_000
-    disc_channels: int = 64
-    disc_layers: int = 3
+    disc_channels: int = 64  # PatchGAN only
+    disc_layers: int = 3  # PatchGAN only
+    # "dino": the frozen-DINO discriminator of VQ_BL256_dino_disc.yaml (disc_type "dinodisc"; Table 3's B-L row
+    # marked with a double dagger), with DiffAug on its inputs; see gigatok/models/discriminator.py.
+    discriminator: Literal["patchgan", "dino"] = field(default="patchgan", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
+        _require(self.discriminator in ("patchgan", "dino"), "loss.discriminator",
+                 f"must be 'patchgan' or 'dino', got {self.discriminator!r}")
         for name in ("pixel_weight", "perceptual_weight", "gan_weight"):
             value = getattr(self, name)
             _require(value >= 0, f"loss.{name}", f"must be >= 0, got {value} (a negative weight)")
         _require(self.gan_start_step >= 0, "loss.gan_start_step", "must be >= 0")
         _require(self.disc_channels > 0 and self.disc_layers > 0, "loss.disc_channels", "must be > 0")
+
+
+# VQ_BL256_dino_disc.yaml starts its DINO discriminator at step 80,000, four times VQ_BL256.yaml's PatchGAN start
+# (disc_start 20,000): a profile's DINO start is four times its PatchGAN start.
+DINO_GAN_START_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -857,10 +867,12 @@ def tokenizer_run(
     data_root: str | None = None,
     max_steps: int | None = None,
     performance: PerformanceConfig | None = None,
+    discriminator: Literal["patchgan", "dino"] = "patchgan",
 ) -> TokenizerRunConfig:
     """Build a tokenizer run from what varies; everything else comes from the profile (Table 9 at ``paper``).
 
     ``semantic_weight`` None means the paper's default lambda = 0.5; pass 0 for a vanilla tokenizer.
+    ``discriminator="dino"`` trains against the frozen-DINO discriminator, started as late as the authors start it.
     """
     prof = get_profile(profile)
     enc_name, dec_name = parse_tokenizer_name(name)
@@ -904,8 +916,13 @@ def tokenizer_run(
         checkpoint_every=prof.checkpoint_every,
         max_steps=max_steps,
     )
+    loss = prof.loss
+    if discriminator == "dino":
+        loss = dataclasses.replace(
+            loss, discriminator="dino", gan_start_step=loss.gan_start_step * DINO_GAN_START_FACTOR
+        )
     return TokenizerRunConfig(
-        profile=profile, tokenizer=tokenizer, loss=prof.loss, optim=optim, data=data, train=train,
+        profile=profile, tokenizer=tokenizer, loss=loss, optim=optim, data=data, train=train,
         performance=performance or PerformanceConfig(),
     )
 

@@ -158,6 +158,16 @@ REGISTRY: dict[str, WeightFile] = {
             "first 8 hex digits are the file-name prefix 6726825d",
         ),
         WeightFile(
+            name="dino-vits16",
+            filename="dino_deitsmall16_pretrain.pth",
+            sha256=UNPUBLISHED,
+            description="DINO ViT-S/16 (facebookresearch/dino, 86.7 MB): the frozen backbone of the DINO "
+            "discriminator (the authors' discriminator_dino.py loads this file)",
+            source="https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+            sha256_source="not established: no public source found that states this file's sha256 (its name "
+            "carries no hash prefix); the hash of the copy used is recorded with every run that loads it",
+        ),
+        WeightFile(
             name="lpips-vgg-lin",
             filename="lpips-v0.1-vgg.pth",
             sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",

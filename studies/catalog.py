@@ -96,7 +96,8 @@ def ar_probe_vs_large(p: Planner) -> list[RunSpec]:
 
 
 @study("system_level", reproduces="Tables 3 and 10",
-       about="the final tokenizers with AR-B, and B-L / XL-XXL with the 1.4B AR-XXL, AR trained 300 epochs")
+       about="the final tokenizers with AR-B, and B-L / XL-XXL with the 1.4B AR-XXL, AR trained 300 epochs; B-L "
+       "with the frozen-DINO discriminator and AR-B (the double-dagger row)")
 def system_level(p: Planner) -> list[RunSpec]:
     pairs = [("S-S", "B"), ("S-B", "B"), ("B-L", "B"), ("XL-XXL", "B"), ("B-L", "XXL"), ("XL-XXL", "XXL")]
     # Appendix B: system-level gFID uses the step schedule (the first 18% of tokens unguided) at the best scale.
@@ -106,6 +107,11 @@ def system_level(p: Planner) -> list[RunSpec]:
         tok = p.tokenizer(n)
         runs.append(p.run({"size": n, "ar_size": ar}, tok, p.ar(tok, ar, epochs=p.profile.system_ar_epochs),
                           stages=CFG_SEARCHED, eval=step))
+    # The B-L row marked with a double dagger: VQ_BL256_dino_disc.yaml (VQ_BL256.yaml with disc_type "dinodisc" and
+    # disc_start 80000), probed by AR-B for 300 epochs (the released GPT_B256_e300_VQ_BL_dino_disc.pt).
+    dino = p.tokenizer("B-L", discriminator="dino")
+    runs.append(p.run({"size": "B-L-dino", "ar_size": "B"}, dino, p.ar(dino, "B", epochs=p.profile.system_ar_epochs),
+                      stages=CFG_SEARCHED, eval=step))
     return runs
 
 
@@ -148,3 +154,4 @@ def tokenizer_checkpoints(p: Planner) -> list[RunSpec]:
             runs.append(p.run({"size": name, "checkpoint": int(paper) if paper.is_integer() else paper}, tok,
                               p.ar(tok, "B"), tokenizer_snapshot=at))
     return runs
+

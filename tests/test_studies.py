@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_STUDIES = {
     "scaling_vanilla": 3, "scaling_semreg": 8, "scaling_1d_vs_2d": 6, "enc_dec_asymmetry": 4, "align_layer": 3,
     "semantic_encoder": 3, "reg_weight": 4, "train_duration": 10, "entropy_loss": 2, "ar_probe_vs_large": 6,
-    "system_level": 6, "decode_cost": 9, "feature_pca": 2, "tokenizer_checkpoints": 10,
+    "system_level": 7, "decode_cost": 9, "feature_pca": 2, "tokenizer_checkpoints": 10,
 }
 
 
@@ -61,6 +61,36 @@ def test_studies_vary_what_the_paper_varies() -> None:
     system = get_study("system_level").plan(p)
     assert all(s.ar.train.epochs == 300 for s in system)
     assert {s.stages for s in get_study("decode_cost").plan(p)} == {("decode_cost",)}
+
+
+@pytest.mark.parametrize(("profile", "start"), [("paper", 80_000), ("tiny", 1_600)])
+def test_system_level_has_the_b_l_dino_discriminator_row(profile: str, start: int) -> None:
+    p = Planner(profile)
+    runs = {(dict(s.factors)["size"], dict(s.factors)["ar_size"]): s for s in get_study("system_level").plan(p)}
+    plain, dino = runs[("B-L", "B")], runs[("B-L-dino", "B")]  # analysis/paper_values.csv's Table 10 row keys
+    assert plain.tokenizer.loss.discriminator == "patchgan"
+    assert dino.tokenizer.loss.discriminator == "dino" and dino.tokenizer.loss.gan_start_step == start
+    assert dino.tokenizer.tokenizer == plain.tokenizer.tokenizer and dino.tokenizer.tokenizer.name == "B-L"
+    # Everything but the discriminator and its start is the B-L/B run's.
+    loss = dataclasses.replace(dino.tokenizer.loss, discriminator="patchgan",
+                               gan_start_step=plain.tokenizer.loss.gan_start_step)
+    assert dataclasses.replace(dino.tokenizer, loss=loss) == plain.tokenizer
+    assert dino.ar.size == "B" and dino.ar.train == plain.ar.train
+    assert dino.ar.train.epochs == p.profile.system_ar_epochs
+    assert dino.stages == plain.stages and dino.eval == plain.eval and dino.eval.cfg_schedule == "step"
+
+
+def test_system_level_dry_runs_at_paper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(["system_level", "--dry-run", "--profile", "paper", "--json", "--only", "ar_size=B"],
+                           tmp_path, monkeypatch, capsys)
+    assert code == 0
+    runs = {r["factors"]["size"]: r for r in json.loads(out)["runs"]}
+    assert set(runs) == {"S-S", "S-B", "B-L", "XL-XXL", "B-L-dino"}
+    # The discriminator is not part of the tokenizer's count (Table 9's 622M for B-L), whichever is used.
+    assert runs["B-L-dino"]["tokenizer_params"] == runs["B-L"]["tokenizer_params"]
+    assert abs(runs["B-L-dino"]["tokenizer_params"] / 1e6 - 622) < 2
 
 
 def test_runs_sharing_a_tokenizer_go_to_one_job() -> None:

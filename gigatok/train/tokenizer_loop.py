@@ -48,7 +48,7 @@ from gigatok.distributed import (
     wrap_ddp,
 )
 from gigatok.losses import adversarial_active, generator_loss, hinge_discriminator_loss
-from gigatok.models.discriminator import PatchDiscriminator
+from gigatok.models.discriminator import DinoDiscriminator, PatchDiscriminator, build_discriminator
 from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer
 from gigatok.perceptual import build_perceptual_loss
 from gigatok.performance import autocast, maybe_compile, prepare_images, prepare_module
@@ -121,7 +121,7 @@ class StepModules:
     compiled forms); ``model`` and ``disc`` are the bare modules whose gradients are clipped and that are saved."""
 
     model: GigaTokenizer
-    disc: PatchDiscriminator
+    disc: PatchDiscriminator | DinoDiscriminator
     perceptual: nn.Module
     semantic: SemanticTargets | None
     opt_g: torch.optim.Optimizer
@@ -219,14 +219,17 @@ def train_tokenizer(
 
     perf = cfg.performance  # kernels, memory format, autocast, compile: set before the optimizers see the weights
     model: GigaTokenizer = prepare_module(build_tokenizer(cfg.tokenizer).to(device), perf)
-    disc = prepare_module(PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device), perf)
+    disc = build_discriminator(cfg.loss.discriminator, channels=cfg.loss.disc_channels, layers=cfg.loss.disc_layers,
+                               weights_dir=weights_dir, allow_substitute=allow_substitutes)
+    disc = prepare_module(disc.to(device), perf)
     perceptual = prepare_module(build_perceptual_loss(weights_dir, allow_substitutes).to(device), perf)
     substitutes = [perceptual.network_name] if perceptual.substitute else []
+    substitutes += [disc.network_name] if getattr(disc, "substitute", False) else []
     semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, progress, env)
     substitutes += sem_subs
 
     opt_g = build_optimizer(cfg, model.parameters())
-    opt_d = build_optimizer(cfg, disc.parameters())
+    opt_d = build_optimizer(cfg, [p for p in disc.parameters() if p.requires_grad])  # not a frozen backbone
     schedule = cosine_schedule(cfg, total_steps)  # the LR is a function of the step alone: nothing to save
 
     step = 0
@@ -315,7 +318,8 @@ def train_tokenizer(
         atomic_write_bytes(run_dir / "tokenizer.pt", lambda f: torch.save(model.state_dict(), f))
         atomic_write_json(
             summary_path,
-            {"hash": cfg.hash(), "steps": step, "final_metrics": last, "substitutes": substitutes},
+            {"hash": cfg.hash(), "steps": step, "final_metrics": last, "substitutes": substitutes,
+             "discriminator": getattr(disc, "network_name", "patchgan")},
         )
     barrier(env)  # no rank returns before the run's files are there
     return TrainResult(run_dir, step, finished, last, substitutes)
