@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _released_name(path: Path, name: str | None) -> str | None:
     if name is not None:
         return name
-    return path.stem if path.stem in RELEASED else None
+    return path.name if path.stem in RELEASED else None  # with its suffix, so an error names the file
 
 
 def _own_source(path: Path) -> str:
