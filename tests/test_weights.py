@@ -133,6 +133,23 @@ def test_env_var_folder_is_honoured_and_explicit_folder_wins(
     assert weights.weights_folder() == weights.DEFAULT_WEIGHTS_DIR
 
 
+def test_released_checkpoints_are_registered_by_name_without_a_published_hash(tmp_path: Path) -> None:
+    from gigatok.convert.released import RELEASED
+
+    assert set(RELEASED) <= set(weights.REGISTRY)
+    for name in RELEASED:
+        entry = weights.REGISTRY[name]
+        assert entry.filename == f"{name}.pt" and not entry.hash_published
+        assert "not published" in entry.sha256_source and "drive.google.com" in entry.source
+    with pytest.raises(MissingWeightsError, match="VQ_SS256_e100.pt \\(no published sha256\\)"):
+        resolve_weight("VQ_SS256_e100", tmp_path)
+    (tmp_path / "VQ_SS256_e100.pt").write_bytes(b"any copy")  # found by name; the user of it records its hash
+    assert resolve_weight("VQ_SS256_e100", tmp_path) == tmp_path / "VQ_SS256_e100.pt"
+    assert "not verified" in weights.describe_registry(tmp_path, verify=True)
+    with pytest.raises(ValueError, match="must say why"):
+        weights.WeightFile("x", "x.pt", "", "d", "s")
+
+
 def test_describe_registry_lists_every_entry(tmp_path: Path) -> None:
     text = weights.describe_registry(tmp_path)
     for entry in weights.REGISTRY.values():
