@@ -286,42 +286,81 @@ _CONVERTERS_MISSING = (importlib.util.find_spec("gigatok.convert.tokenizer") is 
                        or importlib.util.find_spec("gigatok.convert.ar") is None)
 
 
-def _overrides(prefix: str, planned: object, found: object) -> list[str]:
-    """``--set`` arguments that make a planned config's architecture the one a file holds."""
-    a, b = rel._flat(found), rel._flat(planned)
-    out = []
-    for key, value in a.items():
-        if b.get(key) != value:
-            text = json.dumps(list(value)) if isinstance(value, list | tuple) else str(value)
-            out += ["--set", f"{prefix}{key}={text}"]
-    return out
+def _fixture_as_checkpoint(fixture: str, target: Path) -> dict:
+    """A parity fixture's state dict saved as the authors' training checkpoints hold it (under "model")."""
+    data = torch.load(FIXTURES / fixture, weights_only=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": data["state_dict"]}, target)
+    return data["authors_config"]
+
+
+def _evaluate(runs: Path, tokenizer_dir: Path, ar_dir: Path | None, stages: tuple[str, ...]) -> dict[str, float]:
+    """Run ``stages`` on converted folders, through the pipeline as a study would (no MLflow)."""
+    from gigatok.config import EvalConfig, ar_run_config_from_dict, run_config_from_dict
+    from gigatok.pipeline import RunSpec, execute_run
+
+    def config(folder: Path) -> dict:
+        return json.loads((folder / "config.json").read_text())["config"]
+
+    tok = run_config_from_dict(config(tokenizer_dir))
+    ar = ar_run_config_from_dict(config(ar_dir)) if ar_dir is not None else None
+    small = EvalConfig(recon_images=8, reference_images=8, gen_samples=8, batch_size=8, inception_input=75,
+                       grid_images=0, probe_max_iter=50)
+    spec = RunSpec("released_checkpoints", (("file", tokenizer_dir.name),), tok, ar, small, stages)
+    ctx = RunContext(runs_dir=str(runs), tracking_uri="unused", allow_substitutes=True, device="cpu", progress=False)
+    assert tokenizer_dir_of(spec, ctx) == tokenizer_dir and (ar is None or ar_dir_of(spec, ctx) == ar_dir)
+    return execute_run(spec, ctx, run_id=None)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(_CONVERTERS_MISSING, reason="gigatok.convert.tokenizer / gigatok.convert.ar (the converters of "
                     "the authors' files) are not in this checkout yet")
-def test_study_runs_on_the_parity_fixtures_through_the_real_converters(
+def test_parity_fixtures_convert_through_the_real_converters_and_are_evaluated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from services import SMALL_RUN, run_cli
+    from gigatok.convert.ar import load_authors_ar
+    from gigatok.convert.tokenizer import load_authors_tokenizer
 
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    tok_file, ar_file = weights / "VQ_SS256_e100.pt", weights / "GPT_B256_e300_VQ_SS.pt"
-    for fixture, target in (("parity_tokenizer_1d.pt", tok_file), ("parity_gpt1d.pt", ar_file)):
-        # The authors' training-checkpoint layout around the fixture's state dict.
-        torch.save({"model": torch.load(FIXTURES / fixture, weights_only=True)["state_dict"]}, target)
-    tok_cfg, _ = rel.read_authors(tok_file, "tokenizer")
-    ar_cfg, _ = rel.read_authors(ar_file, "ar")
-    spec = next(s for s in get_study("released_checkpoints").plan(Planner("tiny")) if s.factor_dict["size"] == "S-S")
-    arch = (_overrides("tokenizer.tokenizer.", spec.tokenizer.tokenizer, tok_cfg)
-            + _overrides("ar.model.", spec.ar.model, ar_cfg))
-    small_eval = [x for a in (*[a for a in SMALL_RUN if a.startswith("eval.")], "eval.gen_samples=8")
-                  for x in ("--set", a)]
-    args = ["released_checkpoints", "--only", "size=S-S", "--executor", "debug", "--weights-dir", str(weights),
-            *arch, *small_eval]
-    code, _, err = run_cli(args, tmp_path, monkeypatch, capsys)
+    files, runs = tmp_path / "files", tmp_path / "runs"
+    tok_args = _fixture_as_checkpoint("parity_tokenizer_1d.pt", files / "authors_tokenizer.pt")
+    ar_args = _fixture_as_checkpoint("parity_gpt1d.pt", files / "authors_gpt.pt")
+    # Head counts are what the shapes cannot say; the fixtures' reduced sizes are outside the authors' size tables.
+    table = tok_args["size_table"]
+    heads = (table[tok_args["encoder_size"]]["heads"], table[tok_args["decoder_size"]]["heads"])
+    monkeypatch.setitem(rel.LOADERS, "tokenizer", lambda p: load_authors_tokenizer(p, heads=heads))
+    monkeypatch.setitem(rel.LOADERS, "ar", lambda p: load_authors_ar(p, heads=ar_args["n_head"]))
+
+    code, out, err = _convert(["tokenizer", str(files / "authors_tokenizer.pt"), "--profile", "tiny",
+                               "--runs-dir", str(runs)], capsys)
     assert code == 0, err
+    tok_dir = Path(out.split(":")[0])
+    metrics = _evaluate(runs, tok_dir, None, ("reconstruction",))
+    assert {"rfid", "lpips", "psnr", "ssim"} <= set(metrics)
+
+    # The two fixtures were made independently: the GPT's vocabulary and token count are not this tokenizer's.
+    before = _tree(runs)
+    code, _, err = _convert(["ar", str(files / "authors_gpt.pt"), "--tokenizer-run", str(tok_dir),
+                             "--runs-dir", str(runs)], capsys)
+    assert code == 2 and "authors_gpt.pt: does not fit the tokenizer" in err and len(err.strip().splitlines()) == 1
+    assert _tree(runs) == before
+
+    # On a tokenizer of its vocabulary and token count (a stand-in), the GPT converts and samples.
+    fitting = dataclasses.replace(tokenizer_run("S-S", profile="tiny").tokenizer,
+                                  num_tokens=ar_args["block_size"])
+    fitting = dataclasses.replace(fitting, quantizer=dataclasses.replace(fitting.quantizer,
+                                                                          codebook_size=ar_args["vocab_size"]))
+    monkeypatch.setitem(rel.LOADERS, "tokenizer", standin_loader("tokenizer"))
+    standin = write_standin(files / "fitting_tokenizer.pt", "tokenizer", fitting)
+    code, out, err = _convert(["tokenizer", str(standin), "--profile", "tiny", "--runs-dir", str(runs)], capsys)
+    assert code == 0, err
+    fitting_dir = Path(out.split(":")[0])
+    code, out, err = _convert(["ar", str(files / "authors_gpt.pt"), "--tokenizer-run", str(fitting_dir),
+                               "--runs-dir", str(runs)], capsys)
+    assert code == 0, err
+    ar_dir = Path(out.split(":")[0])
+    assert json.loads((ar_dir / "converted.json").read_text())["sha256"] == file_sha256(files / "authors_gpt.pt")
+    metrics = _evaluate(runs, fitting_dir, ar_dir, ("token_cache", "generation", "ar_probe"))
+    assert {"gfid", "precision", "recall", "ar_probe_acc"} <= set(metrics)
 
 
 def test_standin_loader_refuses_other_files(tmp_path: Path) -> None:
