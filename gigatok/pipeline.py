@@ -440,10 +440,9 @@ class StageRunner:
 
     # -- training ---------------------------------------------------------------------------------------------
     def _tokenizer(self) -> StageOutcome:
-        from gigatok.train.run_dir import read_metrics
-
         if self.spec.tokenizer.source:  # released weights: converted into the stage folder, never trained
             return self._converted("tokenizer", self.spec.tokenizer, self.train_dir)
+        from gigatok.train.run_dir import read_metrics
         from gigatok.train.tokenizer_loop import train_tokenizer
 
         def log(step: int, values: dict[str, float]) -> None:
