@@ -44,6 +44,7 @@ class TableSpec:
     study: str
     factors: tuple[str, ...]  # the study's factors that make the row key, joined by "/"
     about: str
+    extra_metrics: tuple[str, ...] = ()  # measured beside the printed ones, which the source does not print
 
 
 TABLES: tuple[TableSpec, ...] = (
@@ -55,6 +56,10 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("table7_reg_weight", "Table 7", "reg_weight", ("lambda",), "semantic regularization weight (S-S)"),
     TableSpec("table10_system_level", "Table 10", "system_level", ("size", "ar_size"),
               "final tokenizers and AR models; rows tokenizer/AR size"),
+    # The authors' released checkpoints evaluated here, beside the numbers their README prints for them.
+    TableSpec("released_checkpoints", "README", "released_checkpoints", ("size", "disc", "ar_size"),
+              "the authors' released models; rows tokenizer/discriminator/AR size",
+              extra_metrics=("psnr", "ssim", "inception_score", "precision", "recall")),
 )
 
 
@@ -102,9 +107,9 @@ def build_table(spec: TableSpec, runs: pd.DataFrame, profile: str, paper: pd.Dat
     labels = dict(zip(printed["row"], printed["label"], strict=True))
     values = {(r, m): (u, v) for r, m, u, v in zip(printed["row"], printed["metric"], printed["unit"],
                                                     printed["value"], strict=True)}
-    metrics = list(dict.fromkeys(printed["metric"]))
+    metrics = list(dict.fromkeys([*printed["metric"], *spec.extra_metrics]))
     rows = list(labels) + [key for key in found if key not in labels]  # the paper's rows, then any others we ran
-    cells = [(key, labels.get(key, key), m, *values.get((key, m), (units[m], math.nan))) for key in rows
+    cells = [(key, labels.get(key, key), m, *values.get((key, m), (units.get(m, ""), math.nan))) for key in rows
              for m in metrics]
     out = []
     for key, label, metric, unit, value in cells:
@@ -138,6 +143,7 @@ table5 = _table("Table 5")
 table6 = _table("Table 6")
 table7 = _table("Table 7")
 table10 = _table("Table 10")
+released_checkpoints = _table("README")
 
 
 # ----------------------------------------------------------------------------------------------------------

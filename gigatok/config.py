@@ -388,6 +388,9 @@ class TokenizerRunConfig:
     train: TrainConfig
     # How, not what: left out of the hash (see PerformanceConfig).
     performance: PerformanceConfig = field(default_factory=PerformanceConfig, metadata={"hash": False})
+    # "" when the workbench trains the tokenizer; else the released checkpoint its weights are converted from
+    # (gigatok.convert.released), so converted and trained weights never share a run folder.
+    source: str = field(default="", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.profile in PROFILES, "profile", f"unknown profile {self.profile!r}; known: {sorted(PROFILES)}")
@@ -517,6 +520,7 @@ class ARRunConfig:
     train: ARTrainConfig
     # How, not what: left out of the hash (see PerformanceConfig).
     performance: PerformanceConfig = field(default_factory=PerformanceConfig, metadata={"hash": False})
+    source: str = field(default="", metadata=NEW_FIELD)  # as TokenizerRunConfig.source, for a released AR model
 
     def __post_init__(self) -> None:
         _require(self.size in AR_SIZE_NAMES, "ar.size", f"unknown AR size {self.size!r}; known: {AR_SIZE_NAMES}")

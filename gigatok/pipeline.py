@@ -469,6 +469,8 @@ class StageRunner:
 
     # -- training ---------------------------------------------------------------------------------------------
     def _tokenizer(self) -> StageOutcome:
+        if self.spec.tokenizer.source:  # released weights: converted into the stage folder, never trained
+            return self._converted("tokenizer", self.spec.tokenizer, self.train_dir)
         from gigatok.train.run_dir import read_metrics
         from gigatok.train.tokenizer_loop import train_tokenizer
 
@@ -502,6 +504,8 @@ class StageRunner:
         from gigatok.train.run_dir import read_metrics
 
         assert self.spec.ar is not None
+        if self.spec.ar.source:
+            return self._converted("ar", self.spec.ar, self.ar_dir)
 
         def log(step: int, values: dict[str, float]) -> None:
             if self.log_fn is not None:
@@ -513,6 +517,18 @@ class StageRunner:
             raise RuntimeError(f"AR model stopped at step {result.steps} before the end of its schedule")
         records = [(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in read_metrics(self.ar_dir)]
         return StageOutcome("ar", {"ar_val_loss": float(result.val_loss)}, records=records)
+
+    def _converted(self, kind: Any, cfg: Any, run_dir: Path) -> StageOutcome:
+        """A released checkpoint's stage: its folder converted from the file the config's ``source`` names."""
+        from gigatok.convert.released import install, source_tags
+        from gigatok.distributed import barrier, init_distributed, is_main
+
+        env = init_distributed(self.ws.device.type)
+        origin = install(kind, cfg, run_dir, self.ctx.weights_dir) if is_main(env) else None
+        barrier(env)  # the other ranks read the folder rank 0 wrote
+        if origin is None:
+            origin = json.loads((run_dir / "converted.json").read_text())
+        return StageOutcome(kind, {}, source_tags(kind, origin), [run_dir / "converted.json"])
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def _reconstruction(self) -> StageOutcome:

@@ -75,6 +75,37 @@ class WeightFile:
 
 _HUB = "https://huggingface.co"
 
+# The authors' released checkpoints (SilentView/GigaTok README, "Download Checkpoints"): registry name (the file
+# stem), Google Drive file id, what it is. The README links Google Drive only and publishes no hash (nor does any
+# model card), so these entries are matched by name; gigatok.convert records the sha256 of the copy it converts in
+# the run folder and in MLflow.
+_RELEASED_FILES: tuple[tuple[str, str, str], ...] = (
+    ("VQ_SS256_e100", "1Q_WHCT6mdNnu0GkHCm0CbXaP6kFeTe5h", "GigaTok S-S tokenizer (136M), 100 epochs"),
+    ("VQ_SB256_e200", "17K-h2Jwep53RUEf6CEOV3ro7Cz_DaIWC", "GigaTok S-B tokenizer (232M), 200 epochs"),
+    ("VQ_BL256_e200", "1VnBu4aj0N7lFa1_wKBdTgLNZmaNgFvwi", "GigaTok B-L tokenizer (622M), 200 epochs"),
+    ("VQ_BL256_dino_disc", "11bXyg6y15hIWYnIsl7YbwDtRAJMK7jjn", "GigaTok B-L tokenizer (622M), DINO discriminator"),
+    ("VQ_XLXXL256_e300", "1HK_bV_zklLfGmIHGE4gMwjfhLLKi6Z3G", "GigaTok XL-XXL tokenizer (2.9B), 300 epochs"),
+    ("GPT_B256_e300_VQ_SS", "1VTaBPP-UUE6wc148vQQejfYNVjyYm4IS", "GPT-B (111M) on the S-S tokenizer"),
+    ("GPT_B256_e300_VQ_SB", "1aeMpU5ybvs0s5wsuhBoTZDhYYc4WHZh7", "GPT-B (111M) on the S-B tokenizer"),
+    ("GPT_B256_e300_VQ_BL", "1ZiRAk9pHhcrrbVMP1qSf4rDfSJMCsY6Y", "GPT-B (111M) on the B-L tokenizer"),
+    ("GPT_B256_e300_VQ_BL_dino_disc", "1BckVcQ7NPipa8tjAazwBy0usJnO8pdHp",
+     "GPT-B (111M) on the B-L (DINO discriminator) tokenizer"),
+    ("GPT_B256_e300_VQ_XLXXL", "1zIIy6TVo8WIHiGKFp83CfyFaUytFQ1uR", "GPT-B (111M) on the XL-XXL tokenizer"),
+    ("GPT_XL256_e300_VQ_BL", "1ABRaQ8h-mv-JE6gHlAnTPUJTlbd25yQt", "GPT-XL (775M) on the B-L tokenizer"),
+    ("GPT_XXL256_e300_VQ_BL", "1qC1wkF99IV2cptGR_ALuqqXz0oKBiKp9", "GPT-XXL (1.4B) on the B-L tokenizer"),
+    ("GPT_XXL256_e300_VQ_XLXXL", "1yMPOYx3oR1PZpZynEotQAO720UVxL0iL", "GPT-XXL (1.4B) on the XL-XXL tokenizer"),
+)
+
+
+def _released(name: str, drive_id: str, description: str) -> WeightFile:
+    return WeightFile(
+        name=name, filename=f"{name}.pt", sha256="",
+        description=f"{description} (authors' release; convert with python -m gigatok.convert)",
+        source=f"https://drive.google.com/file/d/{drive_id}/view (linked from the SilentView/GigaTok README)",
+        sha256_source="not published (Google Drive link only); the sha256 of the converted copy is recorded in "
+        "its run folder (converted.json) and in MLflow",
+    )
+
 REGISTRY: dict[str, WeightFile] = {
     w.name: w
     for w in (
@@ -189,6 +220,7 @@ REGISTRY: dict[str, WeightFile] = {
             sha256_source="none published (guided-diffusion's evaluations README gives the URL only); the sha256 "
             "of the file used is recorded in every gFID it scores",
         ),
+        *(_released(*row) for row in _RELEASED_FILES),
     )
 }
 

@@ -155,3 +155,28 @@ def tokenizer_checkpoints(p: Planner) -> list[RunSpec]:
                               p.ar(tok, "B"), tokenizer_snapshot=at))
     return runs
 
+
+# Released models are converted, not trained: the tokenizer and ar stages convert the authors' files (found in the
+# weights folder under their registry names) into the run folders every later stage reads.
+RELEASED_STAGES = ("tokenizer", "reconstruction", "tokenizer_probe", "token_cache", "ar", "cfg_search", "generation",
+                   "ar_probe")
+
+
+@study("released_checkpoints", reproduces="README (released checkpoints)",
+       about="the authors' released tokenizers and AR models, evaluated without training: reconstruction, "
+       "CFG-searched gFID, linear probes")
+def released_checkpoints(p: Planner) -> list[RunSpec]:
+    from gigatok.convert.released import RELEASED, RELEASED_AR_MODELS, released_ar_run, released_tokenizer_run
+
+    # The README's GPT-B numbers are probe gFIDs, searched with the constant schedule (train_c2i_and_eval.sh); its
+    # GPT-XL/XXL numbers are Table 3's system-level ones, with the step schedule (as the system_level study).
+    step = dataclasses.replace(p.profile.eval, cfg_schedule="step")
+    runs = []
+    for name in RELEASED_AR_MODELS:
+        ar_model = RELEASED[name]
+        tok_model = RELEASED[ar_model.tokenizer]
+        tok = released_tokenizer_run(tok_model.name, p.profile_name, p.data_root)
+        factors = {"size": tok_model.size, "disc": tok_model.disc, "ar_size": ar_model.size}
+        runs.append(p.run(factors, tok, released_ar_run(name, tok), stages=RELEASED_STAGES,
+                          eval=None if ar_model.size == "B" else step))
+    return runs

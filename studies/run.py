@@ -324,6 +324,21 @@ def announce(args: argparse.Namespace, executor: str, ctx: RunContext, n_run: in
                   "run is tagged gigatok.substitutes (pass --no-substitutes to refuse)")
 
 
+def check_converted_inputs(specs: list[RunSpec], ctx: RunContext) -> None:
+    """Refuse, before MLflow is touched, runs of released checkpoints whose files are neither converted nor there."""
+    from gigatok.convert.released import missing_inputs
+
+    stages = []
+    for spec in specs:
+        stages.append((spec.tokenizer, ctx.tokenizer_dir(spec.tokenizer)))
+        if spec.ar is not None:
+            stages.append((spec.ar, ar_dir_of(spec, ctx)))
+    problems = missing_inputs(stages, ctx.weights_dir)
+    if problems:
+        more = f" (and {len(problems) - 1} more released file(s) missing)" if len(problems) > 1 else ""
+        raise UsageError(problems[0] + more)
+
+
 def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> int:
     from gigatok.dispatch import (
         RunJob,
@@ -366,6 +381,7 @@ def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> 
         raise UsageError("the paper profile trains on ImageNet: pass --data /path/to/imagenet "
                          "(or set GIGATOK_DATA_ROOT)")
 
+    check_converted_inputs(specs, ctx)
     client = connect(ctx.tracking_uri)  # fails fast, before anything is written
     study = get_study(args.study)
     experiment_id = ensure_experiment(

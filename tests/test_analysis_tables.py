@@ -16,6 +16,7 @@ from analysis.tables import (
     SUBSTITUTE_MARK,
     TABLES,
     paper_values,
+    released_checkpoints,
     table4,
     table5,
     to_latex,
@@ -29,6 +30,9 @@ PROFILE = "tiny"
 ALIGN = {2: (9.0, 0.30, 40.0, 0.20), 3: (8.5, 0.29, 41.0, 0.25), 4: (8.0, 0.28, 42.0, 0.30)}
 ALIGN_STALE = (99.0, 0.9, 99.0, 0.01)  # an older FINISHED layer-2 run: the newest one must win
 DECODE = {("B", "B"): 0.05, ("B", "XXL"): 0.02, ("XXL", "B"): 0.40}  # decoder/AR -> decode_fraction
+# released_checkpoints: (size, disc, ar_size) -> logged metrics (ar_probe_acc a fraction; psnr the paper lacks)
+RELEASED = {("S-S", "patchgan", "B"): {"rfid": 1.5, "lpips": 0.25, "gfid": 5.0, "ar_probe_acc": 0.6, "psnr": 21.0},
+            ("B-L", "patchgan", "XXL"): {"rfid": 0.9, "lpips": 0.21, "gfid": 2.5, "ar_probe_acc": 0.7}}
 
 
 def _log_run(client, experiment_id: str, study: str, factors: dict, metrics: dict[str, float], start: int,
@@ -66,6 +70,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     for i, ((dec, ar), fraction) in enumerate(DECODE.items()):
         _log_run(client, decode, "decode_cost", {"decoder": dec, "ar_size": ar}, {"decode_fraction": fraction},
                  3000 + i)
+    released = ensure_experiment(client, "released_checkpoints-tiny", "README",
+                                 {"gigatok.study": "released_checkpoints", "gigatok.profile": PROFILE})
+    for i, ((size, disc, ar), metrics) in enumerate(RELEASED.items()):
+        _log_run(client, released, "released_checkpoints", {"size": size, "disc": disc, "ar_size": ar}, metrics,
+                 4000 + i)
     return uri
 
 
@@ -141,3 +150,21 @@ def test_cli_writes_tables_and_lists_them(store: str, tmp_path: Path) -> None:
     index = (out / "index.md").read_text()
     assert f"[md](table5_align_layer-{PROFILE}.md)" in index
     assert "table2_enc_dec (Table 2): no runs of study enc_dec_asymmetry" in index
+
+
+def test_released_checkpoints_beside_the_readme(runs: pd.DataFrame) -> None:
+    df = released_checkpoints(runs, PROFILE)
+    assert df.attrs["source"] == "README" and df["row"].nunique() == 8
+    assert set(df["metric"]) == {"rfid", "lpips", "gfid", "ar_probe_acc", "psnr", "ssim", "inception_score",
+                                 "precision", "recall"}
+    ss = "S-S/patchgan/B"
+    assert _cell(df, ss, "rfid")["paper"] == 1.01 and _cell(df, ss, "rfid")["reproduced"] == pytest.approx(1.5)
+    acc = _cell(df, ss, "ar_probe_acc")
+    assert acc["unit"] == "%" and acc["paper"] == 62.6 and acc["reproduced"] == pytest.approx(60.0)
+    assert acc["difference"] == pytest.approx(60.0 - 62.6)
+    psnr = _cell(df, ss, "psnr")  # measured here, not printed in the README
+    assert psnr["reproduced"] == pytest.approx(21.0) and pd.isna(psnr["paper"])
+    xxl = "B-L/patchgan/XXL"  # the README's larger-AR table prints gFID and accuracy only
+    assert pd.isna(_cell(df, xxl, "rfid")["paper"]) and _cell(df, xxl, "gfid")["paper"] == 2.03
+    assert pd.isna(_cell(df, "B-L/dino/B", "gfid")["reproduced"]) and _cell(df, "B-L/dino/B", "rfid")["paper"] == 0.51
+    assert "| B-L (DINO disc), GPT-B | rFID |" in to_markdown(df)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_STUDIES = {
     "scaling_vanilla": 3, "scaling_semreg": 8, "scaling_1d_vs_2d": 6, "enc_dec_asymmetry": 4, "align_layer": 3,
     "semantic_encoder": 3, "reg_weight": 4, "train_duration": 10, "entropy_loss": 2, "ar_probe_vs_large": 6,
-    "system_level": 7, "decode_cost": 9, "feature_pca": 2, "tokenizer_checkpoints": 10,
+    "system_level": 7, "decode_cost": 9, "feature_pca": 2, "tokenizer_checkpoints": 10, "released_checkpoints": 8,
 }
 
 

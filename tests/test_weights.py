@@ -151,6 +151,23 @@ def test_an_entry_without_a_published_hash_accepts_the_file_and_reports_its_hash
         dataclasses.replace(entry, sha256="abc123")
 
 
+def test_released_checkpoints_are_registered_by_name_without_a_published_hash(tmp_path: Path) -> None:
+    from gigatok.convert.released import RELEASED
+
+    assert set(RELEASED) <= set(weights.REGISTRY)
+    for name in RELEASED:
+        entry = weights.REGISTRY[name]
+        assert entry.filename == f"{name}.pt" and not entry.published
+        assert "not published" in entry.sha256_source and "drive.google.com" in entry.source
+    with pytest.raises(MissingWeightsError, match="VQ_SS256_e100.pt \\(no published sha256"):
+        resolve_weight("VQ_SS256_e100", tmp_path)
+    (tmp_path / "VQ_SS256_e100.pt").write_bytes(b"any copy")  # found by name; the user of it records its hash
+    assert resolve_weight("VQ_SS256_e100", tmp_path) == tmp_path / "VQ_SS256_e100.pt"
+    assert "no published sha256 (this file:" in weights.describe_registry(tmp_path, verify=True)
+    with pytest.raises(ValueError, match="must say why"):
+        weights.WeightFile("x", "x.pt", "", "d", "s")
+
+
 def test_describe_registry_lists_every_entry(tmp_path: Path) -> None:
     text = weights.describe_registry(tmp_path)
     for entry in weights.REGISTRY.values():

@@ -2,7 +2,8 @@
 
 ``tokenizer`` maps their VQ tokenizers (``VQVitModelPlus`` 1D, ``VQVitModel2DPlus`` 2D), ``ar`` their GPT
 probes and system-level models. Each infers the architecture from the state dict's shapes, so reduced-width
-stand-ins convert the same way as the released files.
+stand-ins convert the same way as the released files. ``released`` turns a converted model into the run folder a
+trained one would have (used by ``python -m gigatok.convert`` and the ``released_checkpoints`` study).
 """
 
 
