@@ -269,13 +269,23 @@ class LossConfig:
     gan_start_step: int = 20_000
     disc_channels: int = 64
     disc_layers: int = 3
+    # The small tokenizers' shortcut (the authors' configs/vq/VQ_{SS,SB,BL}256.yaml: aux_loss_end,
+    # use_direct_rec_loss, fea_rec_loss_weight with fea_rec_loss_type mse; Appendix C "additional implementation
+    # details"). While on, the CNN decoder also decodes the CNN encoder's features directly (pixel L2, LPIPS and,
+    # should the GAN already be on, the adversarial terms, at the main weights) and the transformer decoder's output
+    # is pulled towards the CNN encoder's by MSE. On at 1-based steps t < shortcut_end_step, as the authors count
+    # (their global_step = train_steps + 1); 0 turns it off.
+    shortcut_end_step: int = field(default=0, metadata=NEW_FIELD)
+    shortcut_decode: bool = field(default=True, metadata=NEW_FIELD)  # use_direct_rec_loss: the direct decoding
+    shortcut_feature_weight: float = field(default=1.0, metadata=NEW_FIELD)  # fea_rec_loss_weight
 
     def __post_init__(self) -> None:
-        for name in ("pixel_weight", "perceptual_weight", "gan_weight"):
+        for name in ("pixel_weight", "perceptual_weight", "gan_weight", "shortcut_feature_weight"):
             value = getattr(self, name)
             _require(value >= 0, f"loss.{name}", f"must be >= 0, got {value} (a negative weight)")
         _require(self.gan_start_step >= 0, "loss.gan_start_step", "must be >= 0")
         _require(self.disc_channels > 0 and self.disc_layers > 0, "loss.disc_channels", "must be > 0")
+        _require(self.shortcut_end_step >= 0, "loss.shortcut_end_step", "must be >= 0 (0: no shortcut)")
 
 
 @dataclass(frozen=True)
@@ -306,14 +316,32 @@ class DataConfig:
     # opened. A machine-local path, so it is left out of the config hash.
     root: str | None = field(default=None, metadata={"hash": False})
     crops_per_image: int = 64  # builtin: deterministic crops taken from each source photograph
-    hflip: bool = True  # random horizontal flips of training images
+    hflip: bool = True  # random horizontal flips of training images (half of each batch, drawn per step)
     num_workers: int = 8
+    # How an image-folder training image is cut to a square: "center", the ADM centre crop that evaluation uses
+    # everywhere; "random", the ADM random_crop_arr the authors train tokenizers on (vq_train.py), covering a random
+    # fraction in ``crop_fraction`` of the short side. Validation data is always centre-cropped; the builtin dataset
+    # is precomputed crops and takes only "center".
+    train_crop: Literal["center", "random"] = field(default="center", metadata=NEW_FIELD)
+    crop_fraction: tuple[float, float] = field(default=(0.8, 1.0), metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.dataset in ("builtin", "imagefolder"), "data.dataset", f"unknown dataset {self.dataset!r}")
         _require(self.dataset != "builtin" or self.root is None, "data.root", "the builtin dataset takes no root")
         _require(self.crops_per_image >= 1, "data.crops_per_image", "must be >= 1")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _require(self.train_crop in ("center", "random"), "data.train_crop",
+                 f"'center' or 'random', got {self.train_crop!r}")
+        _require(self.train_crop == "center" or self.dataset == "imagefolder", "data.train_crop",
+                 "the builtin dataset is precomputed crops; random crops need dataset='imagefolder'")
+        low, high = self.crop_fraction if len(self.crop_fraction) == 2 else (0.0, -1.0)
+        _require(0 < low <= high <= 1, "data.crop_fraction",
+                 f"needs (min, max) with 0 < min <= max <= 1, got {self.crop_fraction}")
+
+    @property
+    def augments(self) -> bool:
+        """Whether training images differ from one read to the next (flips or random crops)."""
+        return self.hflip or self.train_crop != "center"
 
 
 @dataclass(frozen=True)
@@ -327,6 +355,10 @@ class TrainConfig:
     max_steps: int | None = None  # caps the schedule (smoke runs); None trains the whole ``epochs``
     # Epochs at which the model is also kept as a snapshot that runs can evaluate (Fig. 13: probes over training).
     snapshot_epochs: tuple[float, ...] = field(default=(), metadata=NEW_FIELD)
+    # The logged codebook usage is the share of codes among the last ``usage_window`` indices of all ranks, as the
+    # authors measure it (vq_vit_model.py, codebook_show_usage: a 65,536-index buffer); None: 4x the codebook size,
+    # the authors' ratio (65,536 for 16,384 codes).
+    usage_window: int | None = field(default=None, metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "train.epochs", "must be > 0")
@@ -339,6 +371,8 @@ class TrainConfig:
         _require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        _require(self.usage_window is None or self.usage_window >= 1, "train.usage_window",
+                 "must be None (4x the codebook size) or >= 1")
 
 
 @dataclass(frozen=True)
@@ -383,9 +417,10 @@ class TokenizerRunConfig:
         _require(self.profile in PROFILES, "profile", f"unknown profile {self.profile!r}; known: {sorted(PROFILES)}")
         if self.tokenizer.semantic.enabled and self.tokenizer.semantic.cache_features:
             _require(
-                not self.data.hflip,
+                not self.data.augments,
                 "semantic.cache_features",
-                "cached semantic features assume unaugmented images; turn data.hflip off or the cache off",
+                "cached semantic features assume unaugmented images; turn data.hflip off, data.train_crop to "
+                "'center', or the cache off",
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -642,6 +677,10 @@ class Profile:
     entropy_weight: float  # below XL
     large_warmup_steps: int
     large_entropy_weight: float
+    # How the tokenizers below XL are stabilised by default (see tokenizer_run's ``stabiliser``): "shortcut", the
+    # shortcut path for ``shortcut_steps`` steps; None, the profile's own entropy_weight and warm-up alone.
+    small_stabiliser: Literal["shortcut"] | None
+    shortcut_steps: int
     log_every: int
     checkpoint_every: int
     # AR probing (Table 8, Appendix B)
@@ -667,6 +706,9 @@ class Profile:
 
 _LARGE = ("XL", "XXL")
 
+Stabiliser = Literal["shortcut", "warmup_entropy"]
+STABILISERS: tuple[str, ...] = ("shortcut", "warmup_entropy")
+
 PAPER = Profile(
     name="paper",
     sizes=PAPER_TRANSFORMER_SIZES,
@@ -678,7 +720,8 @@ PAPER = Profile(
     semantic_encoder="dinov2-b",
     semantic_resolution=224,
     cache_semantic_features=False,
-    data=DataConfig(dataset="imagefolder", hflip=True, num_workers=8),
+    # vq_train.py: random_crop_arr (crop fraction 0.8-1.0) and RandomHorizontalFlip on the training images.
+    data=DataConfig(dataset="imagefolder", hflip=True, num_workers=8, train_crop="random", crop_fraction=(0.8, 1.0)),
     loss=LossConfig(),
     optim=OptimConfig(),
     epochs={"S-S": 100, "S-B": 200, "S-L": 200, "B-L": 200, "XL-XXL": 300, "default": 100},
@@ -686,6 +729,10 @@ PAPER = Profile(
     entropy_weight=0.0,
     large_warmup_steps=5_000,
     large_entropy_weight=5e-3,
+    # configs/vq/VQ_{SS,SB,BL}256.yaml: aux_loss_end 15000 with the direct decoding on; Table 9's "warm-up 0,
+    # entropy 0" below XL-XXL assumes it (S-L has no published config; it gets its neighbours' recipe).
+    small_stabiliser="shortcut",
+    shortcut_steps=15_000,
     log_every=50,
     checkpoint_every=5_000,
     ar_sizes=PAPER_AR_SIZES,
@@ -726,6 +773,8 @@ TINY = Profile(
     entropy_weight=0.05,
     large_warmup_steps=50,
     large_entropy_weight=0.05,
+    small_stabiliser=None,  # the entropy loss above at every size
+    shortcut_steps=20,  # when asked for: about a third of a one-epoch tiny run (the paper's is ~1.5% of training)
     log_every=10,
     checkpoint_every=20,  # a killed tiny run loses at most ~25 s
     ar_sizes=TINY_AR_SIZES,
@@ -766,18 +815,28 @@ def tokenizer_run(
     data_root: str | None = None,
     max_steps: int | None = None,
     performance: PerformanceConfig | None = None,
+    stabiliser: Stabiliser | None = None,
 ) -> TokenizerRunConfig:
     """Build a tokenizer run from what varies; everything else comes from the profile (Table 9 at ``paper``).
 
     ``semantic_weight`` None means the paper's default lambda = 0.5; pass 0 for a vanilla tokenizer.
+
+    ``stabiliser`` picks how early training is kept from collapsing onto few codes: "shortcut", the authors'
+    shortcut path for the profile's ``shortcut_steps`` (their recipe below XL-XXL); "warmup_entropy", the
+    profile's large-tokenizer warm-up and entropy loss (XL-XXL's recipe, which Appendix C recommends for every
+    size). None: the profile's default for the size. ``entropy_weight`` overrides the entropy weight either way.
     """
     prof = get_profile(profile)
     enc_name, dec_name = parse_tokenizer_name(name)
     large = enc_name in _LARGE or dec_name in _LARGE
+    _require(stabiliser in (None, *STABILISERS), "stabiliser",
+             f"unknown stabiliser {stabiliser!r}; known: {STABILISERS}")
+    chosen = stabiliser if stabiliser is not None else ("warmup_entropy" if large else prof.small_stabiliser)
+    warmup_entropy = chosen == "warmup_entropy"
     quantizer = QuantizerConfig(
         codebook_size=prof.codebook_size,
         codebook_dim=prof.codebook_dim,
-        entropy_weight=(prof.large_entropy_weight if large else prof.entropy_weight)
+        entropy_weight=(prof.large_entropy_weight if warmup_entropy else prof.entropy_weight)
         if entropy_weight is None
         else entropy_weight,
     )
@@ -803,8 +862,11 @@ def tokenizer_run(
     # unless one is given): the profile's sizes and schedule on the user's images.
     data = prof.data if data_root is None else dataclasses.replace(prof.data, dataset="imagefolder", root=data_root)
     optim = prof.optim
-    if large:
+    if warmup_entropy:
         optim = dataclasses.replace(optim, warmup_steps=prof.large_warmup_steps)
+    loss = prof.loss
+    if chosen == "shortcut":
+        loss = dataclasses.replace(loss, shortcut_end_step=prof.shortcut_steps)
     train = TrainConfig(
         epochs=prof.default_epochs(name) if epochs is None else epochs,
         batch_size=prof.default_batch_size(name) if batch_size is None else batch_size,
@@ -814,7 +876,7 @@ def tokenizer_run(
         max_steps=max_steps,
     )
     return TokenizerRunConfig(
-        profile=profile, tokenizer=tokenizer, loss=prof.loss, optim=optim, data=data, train=train,
+        profile=profile, tokenizer=tokenizer, loss=loss, optim=optim, data=data, train=train,
         performance=performance or PerformanceConfig(),
     )
 
