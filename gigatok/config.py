@@ -278,9 +278,12 @@ class LossConfig:
     shortcut_end_step: int = field(default=0, metadata=NEW_FIELD)
     shortcut_decode: bool = field(default=True, metadata=NEW_FIELD)  # use_direct_rec_loss: the direct decoding
     shortcut_feature_weight: float = field(default=1.0, metadata=NEW_FIELD)  # fea_rec_loss_weight
+    # vq_loss.py scales the discriminator's own hinge loss by disc_weight too; under Adam a constant factor only moves
+    # where the 10.0 gradient clip bites (at 0.5, a gradient twice as large in unscaled terms).
+    disc_loss_weight: float = field(default=1.0, metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
-        for name in ("pixel_weight", "perceptual_weight", "gan_weight", "shortcut_feature_weight"):
+        for name in ("pixel_weight", "perceptual_weight", "gan_weight", "shortcut_feature_weight", "disc_loss_weight"):
             value = getattr(self, name)
             _require(value >= 0, f"loss.{name}", f"must be >= 0, got {value} (a negative weight)")
         _require(self.gan_start_step >= 0, "loss.gan_start_step", "must be >= 0")
@@ -297,6 +300,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 0
     grad_clip: float = 10.0
+    # The LR multiplier the warm-up starts from: scheduler.py's _warmup_lr starts at base_lr / init_div_factor
+    # (100) and rises linearly to base_lr; 0 rises from (step + 1) / warmup_steps.
+    warmup_start_factor: float = field(default=0.0, metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "optim.lr", "must be > 0")
@@ -305,6 +311,7 @@ class OptimConfig:
         _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         _require(self.grad_clip > 0, "optim.grad_clip", "must be > 0")
+        _require(0 <= self.warmup_start_factor < 1, "optim.warmup_start_factor", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -675,6 +682,7 @@ class Profile:
     epochs: dict[str, float]
     batch_size: dict[str, int]
     entropy_weight: float  # below XL
+    entropy_weight_2d: dict[str, float]  # per tokenizer name, a 2D tokenizer's entropy weight where it differs
     large_warmup_steps: int
     large_entropy_weight: float
     # How the tokenizers below XL are stabilised by default (see tokenizer_run's ``stabiliser``): "shortcut", the
@@ -722,11 +730,12 @@ PAPER = Profile(
     cache_semantic_features=False,
     # vq_train.py: random_crop_arr (crop fraction 0.8-1.0) and RandomHorizontalFlip on the training images.
     data=DataConfig(dataset="imagefolder", hflip=True, num_workers=8, train_crop="random", crop_fraction=(0.8, 1.0)),
-    loss=LossConfig(),
-    optim=OptimConfig(),
+    loss=LossConfig(disc_loss_weight=0.5),  # vq_loss.py: disc_weight * disc_loss(...) for the discriminator too
+    optim=OptimConfig(warmup_start_factor=0.01),  # scheduler.py: init_div_factor 100
     epochs={"S-S": 100, "S-B": 200, "S-L": 200, "B-L": 200, "XL-XXL": 300, "default": 100},
     batch_size={"S-S": 128, "S-B": 128, "S-L": 256, "B-L": 256, "XL-XXL": 256, "default": 128},
     entropy_weight=0.0,
+    entropy_weight_2d={"B-L": 5e-3},  # configs/vq/VQ_BL256_2d.yaml: entropy_loss_ratio 0.005 beside the shortcut
     large_warmup_steps=5_000,
     large_entropy_weight=5e-3,
     # configs/vq/VQ_{SS,SB,BL}256.yaml: aux_loss_end 15000 with the direct decoding on; Table 9's "warm-up 0,
@@ -771,6 +780,7 @@ TINY = Profile(
     # 1e-3; 5e-3 is too weak at this scale); 0.05 keeps ~45% of the codebook in use after 150 steps. The paper
     # recommends warm-up with entropy loss for every size (Appendix C).
     entropy_weight=0.05,
+    entropy_weight_2d={},
     large_warmup_steps=50,
     large_entropy_weight=0.05,
     small_stabiliser=None,  # the entropy loss above at every size
@@ -833,10 +843,11 @@ def tokenizer_run(
              f"unknown stabiliser {stabiliser!r}; known: {STABILISERS}")
     chosen = stabiliser if stabiliser is not None else ("warmup_entropy" if large else prof.small_stabiliser)
     warmup_entropy = chosen == "warmup_entropy"
+    base_entropy = prof.entropy_weight_2d.get(name, prof.entropy_weight) if kind == "2d" else prof.entropy_weight
     quantizer = QuantizerConfig(
         codebook_size=prof.codebook_size,
         codebook_dim=prof.codebook_dim,
-        entropy_weight=(prof.large_entropy_weight if warmup_entropy else prof.entropy_weight)
+        entropy_weight=(prof.large_entropy_weight if warmup_entropy else base_entropy)
         if entropy_weight is None
         else entropy_weight,
     )

@@ -75,6 +75,42 @@ def test_paper_optimisation_follows_the_configs(name: str) -> None:
     assert default_window(q.codebook_size, cfg.train.usage_window) == 65_536
 
 
+def test_paper_warmup_starts_at_a_hundredth_of_the_lr() -> None:
+    from gigatok.train.tokenizer_loop import cosine_schedule
+
+    # scheduler.py: _warmup_lr ratio = step / W + (1 - step / W) / 100, then cosine_v2 from lr to end_lr.
+    cfg = tokenizer_run("XL-XXL", profile="paper")
+    assert cfg.optim.warmup_start_factor == 0.01
+    factor = cosine_schedule(cfg, total_steps=1_000_000)
+    assert factor(0) == pytest.approx(0.01 + 0.99 / 5000)
+    assert factor(2499) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert factor(4999) == pytest.approx(1.0) and factor(5000) == pytest.approx(1.0)
+    assert factor(1_000_000) == pytest.approx(0.1)  # end_lr 1e-5 of lr 1e-4
+    tiny = cosine_schedule(tokenizer_run("S-S"), total_steps=100)  # tiny keeps its warm-up from zero
+    assert tiny(0) == pytest.approx(0.1) and tiny(9) == pytest.approx(1.0)
+
+
+def test_paper_discriminator_loss_is_weighted_by_disc_weight() -> None:
+    # vq_loss.py: d_adversarial_loss = disc_weight * self.disc_loss(logits_real, logits_fake).
+    paper = tokenizer_run("S-S", profile="paper")
+    assert paper.loss.disc_loss_weight == 0.5 and tokenizer_run("S-S").loss.disc_loss_weight == 1.0
+    cfg = tokenizer_run("S-S", semantic_weight=0)
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, gan_start_step=0))
+    half = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, disc_loss_weight=0.5))
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    full_loss = training_step(cfg, _modules(cfg), images, torch.arange(4), step=0)["discriminator_loss"]
+    half_loss = training_step(half, _modules(half), images, torch.arange(4), step=0)["discriminator_loss"]
+    assert half_loss.item() == pytest.approx(0.5 * full_loss.item(), rel=1e-5)
+
+
+def test_paper_2d_b_l_adds_entropy_loss() -> None:
+    # configs/vq/VQ_BL256_2d.yaml: entropy_loss_ratio 0.005 (with the shortcut); the other 2D configs: 0.
+    assert tokenizer_run("B-L", profile="paper", kind="2d").tokenizer.quantizer.entropy_weight == 5e-3
+    assert tokenizer_run("B-L", profile="paper", kind="2d").loss.shortcut_end_step == 15_000
+    assert tokenizer_run("B-L", profile="paper").tokenizer.quantizer.entropy_weight == 0.0
+    assert tokenizer_run("S-B", profile="paper", kind="2d").tokenizer.quantizer.entropy_weight == 0.0
+
+
 def test_paper_trains_on_random_crops_and_flips() -> None:
     data = tokenizer_run("B-L", profile="paper").data
     assert (data.dataset, data.train_crop, data.crop_fraction, data.hflip) == ("imagefolder", "random", (0.8, 1.0),

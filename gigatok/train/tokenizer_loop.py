@@ -98,13 +98,15 @@ class TrainResult:
 
 
 def cosine_schedule(cfg: TokenizerRunConfig, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up, then cosine decay from lr to min_lr over the remaining steps."""
+    """LR multiplier: linear warm-up from ``warmup_start_factor``, then cosine decay from lr to min_lr over the
+    remaining steps (scheduler.py's cosine_schedule_with_warmup_v2)."""
     o = cfg.optim
     floor = o.min_lr / o.lr
+    start = o.warmup_start_factor
 
     def factor(step: int) -> float:
         if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
+            return start + (1 - start) * (step + 1) / o.warmup_steps
         span = max(1, total_steps - o.warmup_steps)
         progress = min(1.0, (step - o.warmup_steps) / span)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -171,6 +173,7 @@ def training_step(
             d_loss = hinge_discriminator_loss(real_logits, m.disc_net(out.reconstruction.detach()))
             if direct is not None:  # vq_loss.py's d_d_adversarial_loss: the direct decoding is a fake as well
                 d_loss = d_loss + hinge_discriminator_loss(real_logits, m.disc_net(direct.detach()))
+            d_loss = cfg.loss.disc_loss_weight * d_loss
         m.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         nn.utils.clip_grad_norm_(m.disc.parameters(), cfg.optim.grad_clip)
