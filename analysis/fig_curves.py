@@ -31,7 +31,7 @@ class CurvePanel:
 
 
 FIG5_PANELS = (
-    CurvePanel("tokenizer/codebook_usage", "Codebook usage", "codebook usage (% of entries, per batch)", 100.0),
+    CurvePanel("tokenizer/codebook_usage", "Codebook usage", "codebook usage (% of entries, latest codes)", 100.0),
     CurvePanel("tokenizer/perceptual_loss", "Perceptual loss", "LPIPS perceptual loss"),
     CurvePanel("tokenizer/pixel_loss", "Reconstruction loss", "L2 pixel loss"),
 )

@@ -22,7 +22,7 @@ PANELS = [
     ("pixel_loss", "L2 pixel loss"),
     ("perceptual_loss", "LPIPS"),
     ("semantic_loss", "semantic loss (-cos)"),
-    ("codebook_usage", "codebook usage (fraction, per batch)"),
+    ("codebook_usage", "codebook usage (fraction, latest codes)"),
     ("codebook_perplexity", "codebook perplexity"),
     ("entropy_loss", "entropy loss (Eq. 5)"),
     ("adversarial_loss", "generator hinge loss"),

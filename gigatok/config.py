@@ -272,15 +272,28 @@ class LossConfig:
     # "dino": the frozen-DINO discriminator of VQ_BL256_dino_disc.yaml (disc_type "dinodisc"; Table 3's B-L row
     # marked with a double dagger), with DiffAug on its inputs; see gigatok/models/discriminator.py.
     discriminator: Literal["patchgan", "dino"] = field(default="patchgan", metadata=NEW_FIELD)
+    # The small tokenizers' shortcut (the authors' configs/vq/VQ_{SS,SB,BL}256.yaml: aux_loss_end,
+    # use_direct_rec_loss, fea_rec_loss_weight with fea_rec_loss_type mse; Appendix C "additional implementation
+    # details"). While on, the CNN decoder also decodes the CNN encoder's features directly (pixel L2, LPIPS and,
+    # should the GAN already be on, the adversarial terms, at the main weights) and the transformer decoder's output
+    # is pulled towards the CNN encoder's by MSE. On at 1-based steps t < shortcut_end_step, as the authors count
+    # (their global_step = train_steps + 1); 0 turns it off.
+    shortcut_end_step: int = field(default=0, metadata=NEW_FIELD)
+    shortcut_decode: bool = field(default=True, metadata=NEW_FIELD)  # use_direct_rec_loss: the direct decoding
+    shortcut_feature_weight: float = field(default=1.0, metadata=NEW_FIELD)  # fea_rec_loss_weight
+    # vq_loss.py scales the discriminator's own hinge loss by disc_weight too; under Adam a constant factor only moves
+    # where the 10.0 gradient clip bites (at 0.5, a gradient twice as large in unscaled terms).
+    disc_loss_weight: float = field(default=1.0, metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.discriminator in ("patchgan", "dino"), "loss.discriminator",
                  f"must be 'patchgan' or 'dino', got {self.discriminator!r}")
-        for name in ("pixel_weight", "perceptual_weight", "gan_weight"):
+        for name in ("pixel_weight", "perceptual_weight", "gan_weight", "shortcut_feature_weight", "disc_loss_weight"):
             value = getattr(self, name)
             _require(value >= 0, f"loss.{name}", f"must be >= 0, got {value} (a negative weight)")
         _require(self.gan_start_step >= 0, "loss.gan_start_step", "must be >= 0")
         _require(self.disc_channels > 0 and self.disc_layers > 0, "loss.disc_channels", "must be > 0")
+        _require(self.shortcut_end_step >= 0, "loss.shortcut_end_step", "must be >= 0 (0: no shortcut)")
 
 
 # VQ_BL256_dino_disc.yaml starts its DINO discriminator at step 80,000, four times VQ_BL256.yaml's PatchGAN start
@@ -297,6 +310,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 0
     grad_clip: float = 10.0
+    # The LR multiplier the warm-up starts from: scheduler.py's _warmup_lr starts at base_lr / init_div_factor
+    # (100) and rises linearly to base_lr; 0 rises from (step + 1) / warmup_steps.
+    warmup_start_factor: float = field(default=0.0, metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "optim.lr", "must be > 0")
@@ -305,6 +321,7 @@ class OptimConfig:
         _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         _require(self.grad_clip > 0, "optim.grad_clip", "must be > 0")
+        _require(0 <= self.warmup_start_factor < 1, "optim.warmup_start_factor", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -316,14 +333,32 @@ class DataConfig:
     # opened. A machine-local path, so it is left out of the config hash.
     root: str | None = field(default=None, metadata={"hash": False})
     crops_per_image: int = 64  # builtin: deterministic crops taken from each source photograph
-    hflip: bool = True  # random horizontal flips of training images
+    hflip: bool = True  # random horizontal flips of training images (half of each batch, drawn per step)
     num_workers: int = 8
+    # How an image-folder training image is cut to a square: "center", the ADM centre crop that evaluation uses
+    # everywhere; "random", the ADM random_crop_arr the authors train tokenizers on (vq_train.py), covering a random
+    # fraction in ``crop_fraction`` of the short side. Validation data is always centre-cropped; the builtin dataset
+    # is precomputed crops and takes only "center".
+    train_crop: Literal["center", "random"] = field(default="center", metadata=NEW_FIELD)
+    crop_fraction: tuple[float, float] = field(default=(0.8, 1.0), metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.dataset in ("builtin", "imagefolder"), "data.dataset", f"unknown dataset {self.dataset!r}")
         _require(self.dataset != "builtin" or self.root is None, "data.root", "the builtin dataset takes no root")
         _require(self.crops_per_image >= 1, "data.crops_per_image", "must be >= 1")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _require(self.train_crop in ("center", "random"), "data.train_crop",
+                 f"'center' or 'random', got {self.train_crop!r}")
+        _require(self.train_crop == "center" or self.dataset == "imagefolder", "data.train_crop",
+                 "the builtin dataset is precomputed crops; random crops need dataset='imagefolder'")
+        low, high = self.crop_fraction if len(self.crop_fraction) == 2 else (0.0, -1.0)
+        _require(0 < low <= high <= 1, "data.crop_fraction",
+                 f"needs (min, max) with 0 < min <= max <= 1, got {self.crop_fraction}")
+
+    @property
+    def augments(self) -> bool:
+        """Whether training images differ from one read to the next (flips or random crops)."""
+        return self.hflip or self.train_crop != "center"
 
 
 @dataclass(frozen=True)
@@ -337,6 +372,10 @@ class TrainConfig:
     max_steps: int | None = None  # caps the schedule (smoke runs); None trains the whole ``epochs``
     # Epochs at which the model is also kept as a snapshot that runs can evaluate (Fig. 13: probes over training).
     snapshot_epochs: tuple[float, ...] = field(default=(), metadata=NEW_FIELD)
+    # The logged codebook usage is the share of codes among the last ``usage_window`` indices of all ranks, as the
+    # authors measure it (vq_vit_model.py, codebook_show_usage: a 65,536-index buffer); None: 4x the codebook size,
+    # the authors' ratio (65,536 for 16,384 codes).
+    usage_window: int | None = field(default=None, metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "train.epochs", "must be > 0")
@@ -349,6 +388,8 @@ class TrainConfig:
         _require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        _require(self.usage_window is None or self.usage_window >= 1, "train.usage_window",
+                 "must be None (4x the codebook size) or >= 1")
 
 
 @dataclass(frozen=True)
@@ -396,9 +437,10 @@ class TokenizerRunConfig:
         _require(self.profile in PROFILES, "profile", f"unknown profile {self.profile!r}; known: {sorted(PROFILES)}")
         if self.tokenizer.semantic.enabled and self.tokenizer.semantic.cache_features:
             _require(
-                not self.data.hflip,
+                not self.data.augments,
                 "semantic.cache_features",
-                "cached semantic features assume unaugmented images; turn data.hflip off or the cache off",
+                "cached semantic features assume unaugmented images; turn data.hflip off, data.train_crop to "
+                "'center', or the cache off",
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -739,8 +781,13 @@ class Profile:
     epochs: dict[str, float]
     batch_size: dict[str, int]
     entropy_weight: float  # below XL
+    entropy_weight_2d: dict[str, float]  # per tokenizer name, a 2D tokenizer's entropy weight where it differs
     large_warmup_steps: int
     large_entropy_weight: float
+    # How the tokenizers below XL are stabilised by default (see tokenizer_run's ``stabiliser``): "shortcut", the
+    # shortcut path for ``shortcut_steps`` steps; None, the profile's own entropy_weight and warm-up alone.
+    small_stabiliser: Literal["shortcut"] | None
+    shortcut_steps: int
     log_every: int
     checkpoint_every: int
     # AR probing (Table 8, Appendix B)
@@ -768,6 +815,9 @@ class Profile:
 
 _LARGE = ("XL", "XXL")
 
+Stabiliser = Literal["shortcut", "warmup_entropy"]
+STABILISERS: tuple[str, ...] = ("shortcut", "warmup_entropy")
+
 PAPER = Profile(
     name="paper",
     sizes=PAPER_TRANSFORMER_SIZES,
@@ -779,14 +829,20 @@ PAPER = Profile(
     semantic_encoder="dinov2-b",
     semantic_resolution=224,
     cache_semantic_features=False,
-    data=DataConfig(dataset="imagefolder", hflip=True, num_workers=8),
-    loss=LossConfig(),
-    optim=OptimConfig(),
+    # vq_train.py: random_crop_arr (crop fraction 0.8-1.0) and RandomHorizontalFlip on the training images.
+    data=DataConfig(dataset="imagefolder", hflip=True, num_workers=8, train_crop="random", crop_fraction=(0.8, 1.0)),
+    loss=LossConfig(disc_loss_weight=0.5),  # vq_loss.py: disc_weight * disc_loss(...) for the discriminator too
+    optim=OptimConfig(warmup_start_factor=0.01),  # scheduler.py: init_div_factor 100
     epochs={"S-S": 100, "S-B": 200, "S-L": 200, "B-L": 200, "XL-XXL": 300, "default": 100},
     batch_size={"S-S": 128, "S-B": 128, "S-L": 256, "B-L": 256, "XL-XXL": 256, "default": 128},
     entropy_weight=0.0,
+    entropy_weight_2d={"B-L": 5e-3},  # configs/vq/VQ_BL256_2d.yaml: entropy_loss_ratio 0.005 beside the shortcut
     large_warmup_steps=5_000,
     large_entropy_weight=5e-3,
+    # configs/vq/VQ_{SS,SB,BL}256.yaml: aux_loss_end 15000 with the direct decoding on; Table 9's "warm-up 0,
+    # entropy 0" below XL-XXL assumes it (S-L has no published config; it gets its neighbours' recipe).
+    small_stabiliser="shortcut",
+    shortcut_steps=15_000,
     log_every=50,
     checkpoint_every=5_000,
     ar_sizes=PAPER_AR_SIZES,
@@ -829,8 +885,11 @@ TINY = Profile(
     # 1e-3; 5e-3 is too weak at this scale); 0.05 keeps ~45% of the codebook in use after 150 steps. The paper
     # recommends warm-up with entropy loss for every size (Appendix C).
     entropy_weight=0.05,
+    entropy_weight_2d={},
     large_warmup_steps=50,
     large_entropy_weight=0.05,
+    small_stabiliser=None,  # the entropy loss above at every size
+    shortcut_steps=20,  # when asked for: about a third of a one-epoch tiny run (the paper's is ~1.5% of training)
     log_every=10,
     checkpoint_every=20,  # a killed tiny run loses at most ~25 s
     ar_sizes=TINY_AR_SIZES,
@@ -872,19 +931,30 @@ def tokenizer_run(
     max_steps: int | None = None,
     performance: PerformanceConfig | None = None,
     discriminator: Literal["patchgan", "dino"] = "patchgan",
+    stabiliser: Stabiliser | None = None,
 ) -> TokenizerRunConfig:
     """Build a tokenizer run from what varies; everything else comes from the profile (Table 9 at ``paper``).
 
     ``semantic_weight`` None means the paper's default lambda = 0.5; pass 0 for a vanilla tokenizer.
+
+    ``stabiliser`` picks how early training is kept from collapsing onto few codes: "shortcut", the authors'
+    shortcut path for the profile's ``shortcut_steps`` (their recipe below XL-XXL); "warmup_entropy", the
+    profile's large-tokenizer warm-up and entropy loss (XL-XXL's recipe, which Appendix C recommends for every
+    size). None: the profile's default for the size. ``entropy_weight`` overrides the entropy weight either way.
     ``discriminator="dino"`` trains against the frozen-DINO discriminator, started as late as the authors start it.
     """
     prof = get_profile(profile)
     enc_name, dec_name = parse_tokenizer_name(name)
     large = enc_name in _LARGE or dec_name in _LARGE
+    _require(stabiliser in (None, *STABILISERS), "stabiliser",
+             f"unknown stabiliser {stabiliser!r}; known: {STABILISERS}")
+    chosen = stabiliser if stabiliser is not None else ("warmup_entropy" if large else prof.small_stabiliser)
+    warmup_entropy = chosen == "warmup_entropy"
+    base_entropy = prof.entropy_weight_2d.get(name, prof.entropy_weight) if kind == "2d" else prof.entropy_weight
     quantizer = QuantizerConfig(
         codebook_size=prof.codebook_size,
         codebook_dim=prof.codebook_dim,
-        entropy_weight=(prof.large_entropy_weight if large else prof.entropy_weight)
+        entropy_weight=(prof.large_entropy_weight if warmup_entropy else base_entropy)
         if entropy_weight is None
         else entropy_weight,
     )
@@ -910,8 +980,11 @@ def tokenizer_run(
     # unless one is given): the profile's sizes and schedule on the user's images.
     data = prof.data if data_root is None else dataclasses.replace(prof.data, dataset="imagefolder", root=data_root)
     optim = prof.optim
-    if large:
+    if warmup_entropy:
         optim = dataclasses.replace(optim, warmup_steps=prof.large_warmup_steps)
+    loss = prof.loss
+    if chosen == "shortcut":
+        loss = dataclasses.replace(loss, shortcut_end_step=prof.shortcut_steps)
     train = TrainConfig(
         epochs=prof.default_epochs(name) if epochs is None else epochs,
         batch_size=prof.default_batch_size(name) if batch_size is None else batch_size,
@@ -920,7 +993,6 @@ def tokenizer_run(
         checkpoint_every=prof.checkpoint_every,
         max_steps=max_steps,
     )
-    loss = prof.loss
     if discriminator == "dino":
         loss = dataclasses.replace(
             loss, discriminator="dino", gan_start_step=loss.gan_start_step * DINO_GAN_START_FACTOR

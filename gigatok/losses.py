@@ -2,6 +2,12 @@
 
 L = w_pix * L2 + w_lpips * LPIPS + w_gan * L_GAN + w_cb * (codebook + beta * commitment)
     + w_ent * L_entropy + lambda * L_reg
+
+While the small tokenizers' shortcut is on (``loss.shortcut_end_step``; the authors' vq_loss.py with
+use_direct_rec_loss and aux_loss_end), the CNN decoder's direct decoding of the CNN encoder's features adds the same
+pixel, perceptual and (if the GAN is already on) adversarial terms at the same weights, and
+``w_fea * MSE(sg[CNN encoder features], transformer decoder features)`` pulls the transformer path towards the
+identity.
 """
 
 from __future__ import annotations
@@ -28,6 +34,27 @@ def adversarial_active(cfg: TokenizerRunConfig, step: int) -> bool:
     return cfg.loss.gan_weight > 0 and step >= cfg.loss.gan_start_step
 
 
+def shortcut_active(cfg: TokenizerRunConfig, step: int) -> bool:
+    """Whether the shortcut terms apply at 0-based ``step``: the authors' vq_train.py passes
+    ``rec_loss=train_steps + 1 < aux_loss_end`` and vq_loss.py gates on ``global_step < aux_loss_end`` with
+    ``global_step = train_steps + 1``, so the shortcut covers the first ``aux_loss_end - 1`` updates."""
+    return step + 1 < cfg.loss.shortcut_end_step
+
+
+def shortcut_direct_active(cfg: TokenizerRunConfig, step: int) -> bool:
+    """Whether the CNN decoder also decodes the CNN encoder's features at ``step`` (use_direct_rec_loss)."""
+    return cfg.loss.shortcut_decode and shortcut_active(cfg, step)
+
+
+def shortcut_feature_loss(out: TokenizerOutput) -> torch.Tensor:
+    """MSE between the transformer decoder's output and the CNN encoder's (detached) output: vq_vit_model.py's
+    ``F.mse_loss(spatial.detach(), rec_spatial)`` (fea_rec_loss_type mse)."""
+    if out.cnn_features is None or out.decoder_features is None:
+        raise ValueError("the shortcut needs TokenizerOutput.cnn_features and .decoder_features; the model gave None")
+    target = out.cnn_features.detach()
+    return F.mse_loss(out.decoder_features.float(), target.float())
+
+
 def generator_loss(
     cfg: TokenizerRunConfig,
     images: torch.Tensor,
@@ -35,10 +62,17 @@ def generator_loss(
     perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     semantic_target: torch.Tensor | None,
     fake_logits: torch.Tensor | None,
+    *,
+    shortcut: bool = False,
+    direct: torch.Tensor | None = None,
+    direct_fake_logits: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All generator-side terms, unweighted, plus the weighted ``total``.
 
     ``fake_logits`` is the discriminator's output on the reconstruction, or None before the GAN starts.
+    ``shortcut`` adds the feature-alignment term; ``direct`` is the CNN decoder's decoding of the CNN encoder's
+    features (None without the direct decoding), ``direct_fake_logits`` the discriminator's output on it (None
+    unless the GAN is on too). The shortcut terms are present only while the shortcut is on.
     """
     recon = out.reconstruction
     q = out.quant
@@ -66,5 +100,43 @@ def generator_loss(
         + cfg.tokenizer.semantic.weight * terms["semantic_loss"]
         + cfg.loss.gan_weight * terms["adversarial_loss"]
     )
+    if shortcut:
+        shortcut_terms = _shortcut_terms(cfg, images, out, perceptual, direct, direct_fake_logits)
+        total = total + _weighted_shortcut(cfg, shortcut_terms)
+        terms.update(shortcut_terms)
     terms["total_loss"] = total
     return terms
+
+
+def _shortcut_terms(
+    cfg: TokenizerRunConfig,
+    images: torch.Tensor,
+    out: TokenizerOutput,
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    direct: torch.Tensor | None,
+    direct_fake_logits: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """vq_loss.py's direct_rec_loss, direct_p_loss, direct_generator_adv_loss and the model's fea_rec_loss."""
+    terms = {"shortcut_feature_loss": shortcut_feature_loss(out)}
+    if direct is not None:
+        zero = direct.new_zeros(())
+        terms["shortcut_pixel_loss"] = F.mse_loss(direct, images)
+        terms["shortcut_perceptual_loss"] = (
+            perceptual(direct, images).mean() if cfg.loss.perceptual_weight > 0 else zero
+        )
+        if direct_fake_logits is not None:
+            terms["shortcut_adversarial_loss"] = hinge_generator_loss(direct_fake_logits)
+    return terms
+
+
+def _weighted_shortcut(cfg: TokenizerRunConfig, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    weights = {
+        "shortcut_feature_loss": cfg.loss.shortcut_feature_weight,
+        "shortcut_pixel_loss": cfg.loss.pixel_weight,
+        "shortcut_perceptual_loss": cfg.loss.perceptual_weight,
+        "shortcut_adversarial_loss": cfg.loss.gan_weight,
+    }
+    total = terms["shortcut_feature_loss"].new_zeros(())
+    for name, value in terms.items():
+        total = total + weights[name] * value
+    return total

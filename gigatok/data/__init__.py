@@ -7,6 +7,7 @@ import os
 from torch.utils.data import Dataset
 
 from gigatok.config import DataConfig
+from gigatok.data.augment import train_crop, train_transform
 from gigatok.data.builtin import SOURCES, BuiltinImages, BuiltinSource
 from gigatok.data.errors import DataError
 from gigatok.data.imagefolder import ImageFolderDataset
@@ -25,6 +26,8 @@ __all__ = [
     "adm_random_crop",
     "build_dataset",
     "resolve_data_root",
+    "train_crop",
+    "train_transform",
 ]
 
 
@@ -39,13 +42,20 @@ def resolve_data_root(data_cfg: DataConfig) -> str:
     return root
 
 
-def build_dataset(data_cfg: DataConfig, split: str, image_size: int, seed: int = 0) -> Dataset:
+def build_dataset(
+    data_cfg: DataConfig, split: str, image_size: int, seed: int = 0, *, augment: bool = False
+) -> Dataset:
     """The dataset ``data_cfg`` names, for ``split`` ('train' or 'val'); every one exposes ``.num_classes``.
 
-    ``seed`` picks the builtin dataset's crops; the image folder is deterministic and ignores it.
+    ``seed`` picks the builtin dataset's crops; the image folder is deterministic and ignores it. ``augment``
+    (training split only) cuts image-folder images with ``data_cfg.train_crop`` instead of the centre crop; flips
+    are left to the caller. The builtin dataset's precomputed crops are never re-cropped.
     """
+    if augment and split != "train":
+        raise DataError(f"augmentation is for the training split only, not {split!r}")
     if data_cfg.dataset == "builtin":
         return BuiltinImages(split, image_size, data_cfg.crops_per_image, seed=seed)
     if data_cfg.dataset == "imagefolder":
-        return ImageFolderDataset(resolve_data_root(data_cfg), split, image_size)
+        crop = train_crop(data_cfg, image_size) if augment and data_cfg.train_crop != "center" else None
+        return ImageFolderDataset(resolve_data_root(data_cfg), split, image_size, crop=crop)
     raise DataError(f"unknown dataset {data_cfg.dataset!r}")

@@ -1,7 +1,10 @@
-"""ImageNet-style folder dataset: ``root/<split>/<class>/<image>``, ADM centre crop, values in [-1, 1]."""
+"""ImageNet-style folder dataset: ``root/<split>/<class>/<image>``, ADM centre crop (or a training crop), values in
+[-1, 1]."""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +34,17 @@ class ImageFolderDataset(Dataset):
     train is an error. Without a train folder (evaluation-only data) the split's own folders define it.
     """
 
-    def __init__(self, root: str | Path, split: str, image_size: int) -> None:
+    def __init__(
+        self, root: str | Path, split: str, image_size: int,
+        crop: Callable[[Image.Image, random.Random | None], Image.Image] | None = None,
+    ) -> None:
+        """``crop`` replaces the centre crop (training augmentation); it draws from the RNG :meth:`item` gives it."""
         if image_size < 1:
             raise DataError(f"image folder: image_size must be >= 1, got {image_size}")
         self.root = Path(root)
         self.split = split
         self.image_size = image_size
+        self.crop = crop
         if not self.root.is_dir():
             raise DataError(f"image folder root does not exist or is not a folder: {self.root}")
         split_dir = self.root / split
@@ -75,5 +83,10 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"cannot read image {path}: {type(exc).__name__}: {message}") from exc
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = adm_center_crop(self.load(index), self.image_size)
+        return self.item(index)
+
+    def item(self, index: int, rng: random.Random | None = None) -> tuple[torch.Tensor, int]:
+        """Image ``index`` cropped (a training crop draws from ``rng``, else from the process's ``random``)."""
+        image = self.load(index)
+        image = adm_center_crop(image, self.image_size) if self.crop is None else self.crop(image, rng)
         return to_unit_range(uint8_to_tensor(np.asarray(image))), self.samples[index][1]

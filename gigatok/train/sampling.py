@@ -7,17 +7,22 @@ would have read, whatever the number of DataLoader workers.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 
-def _generator(*key: int) -> torch.Generator:
+def _mix(*key: int) -> int:
     seed = 0
     for k in key:  # a simple, platform-independent mix of the key parts
         seed = (seed * 1_000_003 + int(k)) % (2**63 - 1)
-    return torch.Generator().manual_seed(seed)
+    return seed
+
+
+def _generator(*key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_mix(*key))
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -48,8 +53,34 @@ def flip_mask(seed: int, step: int, batch_size: int) -> torch.Tensor:
     return torch.rand(batch_size, generator=_generator(seed, step, 7)) < 0.5
 
 
+def crop_seed(seed: int, step: int, index: int) -> int:
+    """The seed of the random crop of image ``index`` in step ``step``'s batch: a function of these alone."""
+    return _mix(seed, step, index, 11)
+
+
+class KeyedBatches(Sampler[list[tuple[int, int]]]):
+    """The batches of ``batches`` with each index paired with its :func:`crop_seed`, so that random crops, like the
+    batches and the flips, depend only on (seed, step): a resumed run reads exactly the crops an uninterrupted one
+    would have, whatever the number of DataLoader workers."""
+
+    def __init__(self, batches: ResumableBatchSampler) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        seed = self.batches.seed
+        for step, batch in enumerate(self.batches, start=self.batches.start_step):
+            yield [(i, crop_seed(seed, step, i)) for i in batch]
+
+
 class IndexedDataset(Dataset):
-    """Yields (image, label, index) so per-sample caches can be keyed by dataset index."""
+    """Yields (image, label, index) so per-sample caches can be keyed by dataset index.
+
+    A key (index, crop seed) from :class:`KeyedBatches` reads the image through the dataset's ``item`` with a
+    ``random.Random`` of that seed (the image folder's training crop).
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -57,6 +88,11 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        image, label = self.dataset[index]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        if isinstance(key, tuple):
+            index, seed = key
+            image, label = self.dataset.item(index, random.Random(seed))  # type: ignore[attr-defined]
+        else:
+            index = key
+            image, label = self.dataset[index]
         return image, label, index

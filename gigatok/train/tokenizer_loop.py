@@ -47,7 +47,13 @@ from gigatok.distributed import (
     seed_for_rank,
     wrap_ddp,
 )
-from gigatok.losses import adversarial_active, generator_loss, hinge_discriminator_loss
+from gigatok.losses import (
+    adversarial_active,
+    generator_loss,
+    hinge_discriminator_loss,
+    shortcut_active,
+    shortcut_direct_active,
+)
 from gigatok.models.discriminator import DinoDiscriminator, PatchDiscriminator, build_discriminator
 from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer
 from gigatok.perceptual import build_perceptual_loss
@@ -62,6 +68,7 @@ from gigatok.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from gigatok.train.codebook_usage import CodebookUsageWindow, default_window
 from gigatok.train.run_dir import (
     MeanWindow,
     MetricsLog,
@@ -71,7 +78,7 @@ from gigatok.train.run_dir import (
     read_metrics,
     require_finite,
 )
-from gigatok.train.sampling import IndexedDataset, ResumableBatchSampler, flip_mask
+from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, flip_mask
 
 __all__ = [
     "StepModules", "TrainResult", "load_trained_tokenizer", "read_metrics", "read_run_config", "train_tokenizer",
@@ -91,13 +98,15 @@ class TrainResult:
 
 
 def cosine_schedule(cfg: TokenizerRunConfig, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up, then cosine decay from lr to min_lr over the remaining steps."""
+    """LR multiplier: linear warm-up from ``warmup_start_factor``, then cosine decay from lr to min_lr over the
+    remaining steps (scheduler.py's cosine_schedule_with_warmup_v2)."""
     o = cfg.optim
     floor = o.min_lr / o.lr
+    start = o.warmup_start_factor
 
     def factor(step: int) -> float:
         if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
+            return start + (1 - start) * (step + 1) / o.warmup_steps
         span = max(1, total_steps - o.warmup_steps)
         progress = min(1.0, (step - o.warmup_steps) / span)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -128,6 +137,7 @@ class StepModules:
     opt_d: torch.optim.Optimizer
     net: Callable[..., Any]
     disc_net: Callable[..., Any]
+    usage: CodebookUsageWindow | None = None  # the latest code indices, for the logged codebook usage
 
 
 def training_step(
@@ -140,12 +150,18 @@ def training_step(
     perf = cfg.performance
     images = prepare_images(images, perf)
     gan_on = adversarial_active(cfg, step)
+    shortcut = shortcut_active(cfg, step)
     with autocast(perf, images.device):  # forward and losses only: backward follows the forward's dtypes
         target = m.semantic(images, indices) if m.semantic is not None else None
         out = m.net(images)
+        # The shortcut's direct decoding (vq_vit_model.py: dir_dec = self.decoder(spatial)), through the bare CNN
+        # decoder: its gradients join the forward's in the same backward, so DDP still reduces each weight once.
+        direct = m.model.cnn_decoder(out.cnn_features) if shortcut_direct_active(cfg, step) else None
         # The unwrapped discriminator: this pass only carries gradients to the generator (its own are discarded).
         fake_logits = m.disc(out.reconstruction) if gan_on else None
-        terms = generator_loss(cfg, images, out, m.perceptual, target, fake_logits)
+        direct_logits = m.disc(direct) if gan_on and direct is not None else None
+        terms = generator_loss(cfg, images, out, m.perceptual, target, fake_logits,
+                               shortcut=shortcut, direct=direct, direct_fake_logits=direct_logits)
     m.opt_g.zero_grad(set_to_none=True)
     terms["total_loss"].backward()
     grad_norm = nn.utils.clip_grad_norm_(m.model.parameters(), cfg.optim.grad_clip)
@@ -153,14 +169,21 @@ def training_step(
 
     if gan_on:
         with autocast(perf, images.device):
-            d_loss = hinge_discriminator_loss(m.disc_net(images), m.disc_net(out.reconstruction.detach()))
+            real_logits = m.disc_net(images)
+            d_loss = hinge_discriminator_loss(real_logits, m.disc_net(out.reconstruction.detach()))
+            if direct is not None:  # vq_loss.py's d_d_adversarial_loss: the direct decoding is a fake as well
+                d_loss = d_loss + hinge_discriminator_loss(real_logits, m.disc_net(direct.detach()))
+            d_loss = cfg.loss.disc_loss_weight * d_loss
         m.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         nn.utils.clip_grad_norm_(m.disc.parameters(), cfg.optim.grad_clip)
         m.opt_d.step()
         terms["discriminator_loss"] = d_loss.detach()
 
-    terms.update(codebook_usage=out.quant.usage, codebook_perplexity=out.quant.perplexity, grad_norm=grad_norm)
+    if m.usage is not None:
+        m.usage.add(out.quant.indices)
+    # This rank's batch alone (at most its tokens / codebook size); ``codebook_usage`` is logged from ``m.usage``.
+    terms.update(codebook_usage_batch=out.quant.usage, codebook_perplexity=out.quant.perplexity, grad_norm=grad_norm)
     return terms
 
 
@@ -210,7 +233,7 @@ def train_tokenizer(
     if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
         return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"])
     # Open the data before touching the run directory: bad input leaves nothing behind.
-    dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed)
+    dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed, augment=True)
     main_first(env, lambda: prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), run_config_from_dict))
     summary_path = run_dir / "summary.json"
     torch.manual_seed(seed_for_rank(cfg.train.seed, env))
@@ -234,6 +257,8 @@ def train_tokenizer(
 
     step = 0
     window = MeanWindow()
+    usage = CodebookUsageWindow(cfg.tokenizer.quantizer.codebook_size,
+                                default_window(cfg.tokenizer.quantizer.codebook_size, cfg.train.usage_window), env)
     if (found := load_latest_checkpoint(run_dir)) is not None:
         ckpt_path, state = found
         if is_main(env):  # in the job log: where a requeued job picked up
@@ -245,21 +270,25 @@ def train_tokenizer(
         restore_rank_rng(state, env, device, cfg.train.seed)
         step = int(state["step"])
         window.load(state["log_window"])
+        if saved := state.get("usage_window"):  # one state per rank; another world size starts from rank 0's
+            usage.load(saved[env.rank] if len(saved) == env.world_size else saved[0])
     barrier(env)  # every rank has read the checkpoint before rank 0 may write a newer one
     log = MetricsLog(run_dir / "metrics.jsonl", step) if is_main(env) else None
     # DDP averages the gradients in backward; its constructor also broadcasts rank 0's weights.
     net, disc_net = maybe_compile(wrap_ddp(model, env), perf), maybe_compile(wrap_ddp(disc, env), perf)
-    modules = StepModules(model, disc, perceptual, semantic, opt_g, opt_d, net, disc_net)
+    modules = StepModules(model, disc, perceptual, semantic, opt_g, opt_d, net, disc_net, usage)
 
     def checkpoint(at: int) -> None:
         if env.world_size > 1:  # the open window's rank means: a resumed run logs what an uninterrupted one would
             window.sums = dict(mean_across_ranks(window.sums, env))
         rank_states = rank_rng_states(env, device)
+        usage_states = usage.rank_states()
         if is_main(env):
             state = {
                 "step": at, "model": model.state_dict(), "discriminator": disc.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "config_hash": cfg.hash(), "log_window": window.state(), **rng_state(device), **rank_states,
+                "config_hash": cfg.hash(), "log_window": window.state(), "usage_window": usage_states,
+                **rng_state(device), **rank_states,
             }
             save_checkpoint(run_dir, at, state, cfg.train.keep_checkpoints)
         barrier(env)
@@ -267,7 +296,9 @@ def train_tokenizer(
     snapshots = snapshot_steps(cfg, total_steps)
     end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
     sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, step, end)
-    shards = RankShard(sampler, cfg.train.batch_size, env)
+    # Random training crops are drawn from (seed, step, index); centre-cropped data reads plain indices as before.
+    batches = KeyedBatches(sampler) if cfg.data.train_crop != "center" else sampler
+    shards = RankShard(batches, cfg.train.batch_size, env)
     loader = DataLoader(
         IndexedDataset(dataset), batch_sampler=shards, num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
@@ -290,7 +321,8 @@ def train_tokenizer(
         bar.update(1)
         # A stop before the end (preemption) logs nothing partial: the open window is saved with the checkpoint.
         if step % cfg.train.log_every == 0 or step == total_steps:
-            last = {**mean_across_ranks(window.means(), env), "lr": lr}
+            # Usage as the authors log it (codebook_show_usage): the share of codes among the latest indices.
+            last = {**mean_across_ranks(window.means(), env), "codebook_usage": usage.usage(), "lr": lr}
             require_finite(last, step, run_dir)
             window.reset()
             record: dict[str, Any] = {"step": step, **last}
