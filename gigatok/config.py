@@ -134,7 +134,8 @@ class CNNConfig:
                 "cnn.norm_groups",
                 f"{self.norm_groups} groups do not divide {self.base_channels * m} channels",
             )
-        _require(self.encoder_res_blocks >= 1, "cnn.encoder_res_blocks", "must be >= 1")
+        # 0 leaves only the downsampling convs between levels (and the middle blocks): a reduced-size stand-in.
+        _require(self.encoder_res_blocks >= 0, "cnn.encoder_res_blocks", "must be >= 0")
         _require(self.decoder_res_blocks >= 1, "cnn.decoder_res_blocks", "must be >= 1")
         _require(self.latent_channels > 0, "cnn.latent_channels", "must be > 0")
 

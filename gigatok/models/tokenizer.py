@@ -78,7 +78,7 @@ class _Stack(nn.Module):
         return x if self.input_norm is None else self.input_norm(x)
 
     def _run_2d(self, tokens: torch.Tensor, capture_layer: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.proj_in(self._norm_in(tokens))
+        x = self.proj_in(tokens)
         if self.detr:  # each layer attends to its own input, positions added inside
             return self.stack(x, None, capture_layer, positions=(self.query_pos, self.query_pos))
         return self.stack(x + self.query_pos, capture_layer=capture_layer)
