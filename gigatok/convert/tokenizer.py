@@ -78,9 +78,7 @@ def load_authors_tokenizer(
     weights = _state_dict(checkpoint, name)
     _check_layout(weights, name)
     cfg = _infer_config(weights, name, heads)
-    mapped = _map(weights, cfg, name)
-    _check_against_model(mapped, cfg, name)
-    return cfg, mapped
+    return cfg, _map(weights, cfg, name)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -233,8 +231,8 @@ def _infer_config(
                 base.quantizer, codebook_size=codebook.shape[0], codebook_dim=codebook.shape[1]
             ),
             semantic=dataclasses.replace(base.semantic, **semantic),
-            block_1d="detr",
-            block_2d="detr" if detr_2d else "vit",
+            block_1d="detr" if one_d else base.block_1d,
+            block_2d="detr" if detr_2d and not one_d else base.block_2d,
             decoder_out_kernel=_get(weights, f"{dec}.conv_out.weight", name).shape[-1],
         )
     except ConfigError as e:
@@ -267,30 +265,37 @@ class _Mapper:
     def __init__(self, weights: Mapping[str, torch.Tensor], name: str) -> None:
         self.weights, self.name = weights, name
         self.out: dict[str, torch.Tensor] = {}
+        self.source: dict[str, str] = {}  # our key -> theirs, for messages
         self.used: set[str] = set()
 
     def take(self, theirs: str) -> torch.Tensor:
         self.used.add(theirs)
         return _get(self.weights, theirs, self.name)
 
+    def put(self, ours: str, theirs: str, value: torch.Tensor) -> None:
+        self.out[ours], self.source[ours] = value, theirs
+
     def copy(self, theirs: str, ours: str, params: tuple[str, ...] = ("weight", "bias")) -> None:
         for p in params:
-            self.out[f"{ours}.{p}"] = self.take(f"{theirs}.{p}")
+            self.put(f"{ours}.{p}", f"{theirs}.{p}", self.take(f"{theirs}.{p}"))
 
     def linear_from_conv(self, theirs: str, ours: str) -> None:
         """A 1x1 conv (out, in, 1, 1) as a linear (out, in)."""
-        self.out[f"{ours}.weight"] = self.take(f"{theirs}.weight").flatten(1)
-        self.out[f"{ours}.bias"] = self.take(f"{theirs}.bias")
+        weight = self.take(f"{theirs}.weight")
+        self.put(f"{ours}.weight", f"{theirs}.weight", weight.flatten(1) if weight.ndim == 4 else weight)
+        self.copy(theirs, ours, ("bias",))
 
     def position(self, theirs: str, ours: str) -> None:
-        self.out[ours] = self.take(theirs).transpose(0, 1)  # (N, 1, w) -> (1, N, w)
+        self.put(ours, theirs, self.take(theirs).transpose(0, 1))  # (N, 1, w) -> (1, N, w)
 
     def attention(self, theirs: str, ours: str) -> None:
         """nn.MultiheadAttention (fused in_proj, out_proj) -> q, kv, proj."""
         weight, bias = self.take(f"{theirs}.in_proj_weight"), self.take(f"{theirs}.in_proj_bias")
         width = weight.shape[1]
-        self.out[f"{ours}.q.weight"], self.out[f"{ours}.q.bias"] = weight[:width], bias[:width]
-        self.out[f"{ours}.kv.weight"], self.out[f"{ours}.kv.bias"] = weight[width:], bias[width:]
+        self.put(f"{ours}.q.weight", f"{theirs}.in_proj_weight", weight[:width])
+        self.put(f"{ours}.kv.weight", f"{theirs}.in_proj_weight", weight[width:])
+        self.put(f"{ours}.q.bias", f"{theirs}.in_proj_bias", bias[:width])
+        self.put(f"{ours}.kv.bias", f"{theirs}.in_proj_bias", bias[width:])
         self.copy(f"{theirs}.out_proj", f"{ours}.proj")
 
     def resnet(self, theirs: str, ours: str) -> None:
@@ -384,7 +389,7 @@ def _map(weights: Mapping[str, torch.Tensor], cfg: TokenizerConfig, name: str) -
         m.copy(f"{dec}.conv_out", "decoder.proj_out")
     m.linear_from_conv("quant_conv", "quantizer.proj_in")
     m.linear_from_conv("post_quant_conv", "quantizer.proj_out")
-    m.out["quantizer.codebook.weight"] = m.take("quantize.embedding.weight")
+    m.copy("quantize.embedding", "quantizer.codebook", ("weight",))
     if cfg.semantic.enabled:
         for i in (0, 2, 4):
             m.copy(f"{dec}.distill_mlp.{i}", f"semantic_projector.net.{i}")
@@ -392,21 +397,22 @@ def _map(weights: Mapping[str, torch.Tensor], cfg: TokenizerConfig, name: str) -
     if leftover:
         more = f" and {len(leftover) - 1} more" if len(leftover) > 1 else ""
         raise ConversionError(f"{name}: unexpected key {leftover[0]}{more} for the inferred architecture")
+    _check_against_model(m, cfg)
     return {k: v.float() if v.is_floating_point() else v for k, v in m.out.items()}
 
 
-def _check_against_model(mapped: Mapping[str, torch.Tensor], cfg: TokenizerConfig, name: str) -> None:
+def _check_against_model(m: _Mapper, cfg: TokenizerConfig) -> None:
     """Compare with the workbench model built on the meta device: same keys, same shapes."""
     from gigatok.models.tokenizer import build_tokenizer
 
     expected = {k: tuple(v.shape) for k, v in build_tokenizer(cfg, "meta").state_dict().items()}
-    missing = sorted(set(expected) - set(mapped))
+    missing = sorted(set(expected) - set(m.out))
     if missing:
-        raise ConversionError(f"{name}: the converted weights lack {missing[0]} ({len(missing)} in all)")
-    extra = sorted(set(mapped) - set(expected))
+        raise ConversionError(f"{m.name}: the converted weights lack {missing[0]} ({len(missing)} in all)")
+    extra = sorted(set(m.out) - set(expected))
     if extra:
-        raise ConversionError(f"{name}: the converted weights have an unexpected {extra[0]} ({len(extra)} in all)")
+        raise ConversionError(f"{m.name}: the converted weights have an unexpected {extra[0]} ({len(extra)} in all)")
     for key, shape in expected.items():
-        if tuple(mapped[key].shape) != shape:
-            raise ConversionError(f"{name}: {key} has shape {tuple(mapped[key].shape)}, the inferred architecture "
-                                  f"needs {shape} (a mismatched state dict?)")
+        if tuple(m.out[key].shape) != shape:
+            raise ConversionError(f"{m.name}: {m.source[key]} gives {key} the shape {tuple(m.out[key].shape)}, the "
+                                  f"inferred architecture needs {shape} (a mismatched state dict?)")

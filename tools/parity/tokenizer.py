@@ -29,6 +29,10 @@ biases and unit norms matter too. In eval mode, fp32 on the CPU, their code comp
 (``forward``'s image) and ``decoded_codes`` (``decode_code`` of the given ``inputs["codes"]``). Tensors keep their
 layout: (B, C, 1, N) for 1D latents, (B, C, h, w) for 2D.
 
+It also writes tests/fixtures/authors_tokenizer_layouts.json: the key names and shapes (no values) of their models
+as configs/vq/VQ_SS256.yaml, VQ_XLXXL256.yaml, VQ_SB256_2d.yaml and VQ_SS256_2d.yaml build them at full size, on
+the meta device, for the converter's tests.
+
 The script refuses to write a fixture whose nearest code is within 1e-4 (squared distance) of the second nearest, so
 that the indices do not depend on rounding (the seeds below pass it by a factor of 7 or more). Nothing here is
 imported by the project: the fixtures hold numbers, and tests/test_parity_tokenizer.py checks the workbench against
@@ -42,6 +46,7 @@ import argparse
 import functools
 import hashlib
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -203,6 +208,34 @@ def run_model(vq: types.ModuleType, kind: str, seed: int) -> dict[str, Any]:
     }
 
 
+# Full-size key layouts (key -> shape, no values) of the authors' configs, for the converter's tests.
+LAYOUT_CONFIGS = ("VQ_SS256", "VQ_XLXXL256", "VQ_SB256_2d", "VQ_SS256_2d")
+LAYOUTS = "authors_tokenizer_layouts.json"
+
+
+def key_layouts(vq: types.ModuleType, root: Path) -> dict[str, Any]:
+    """Their models as configs/vq/<name>.yaml builds them, on the meta device: every key with its shape."""
+    import yaml
+
+    blocks = sys.modules[f"{VQ}.blocks"]
+    for name in ("Encoder", "Decoder", "ViTEncoder", "ViTDecoder", "ViTEncoder2D", "ViTDecoder2D"):
+        setattr(vq, name, getattr(blocks, name))  # their own sizes: 128 CNN channels, 256 px
+    layouts: dict[str, Any] = {}
+    for config in LAYOUT_CONFIGS:
+        spec = yaml.safe_load((root / "configs" / "vq" / f"{config}.yaml").read_text())["model"]
+        two_d = spec["model_cls"] == "VQVitModel2DPlus"
+        args_cls = vq.VQVitModel2DPlusArgs if two_d else vq.VQVitModelPlusArgs
+        fields = set(args_cls.__dataclass_fields__)
+        with torch.device("meta"):
+            model = getattr(vq, spec["model_cls"])(args_cls(**{k: v for k, v in spec["init_args"].items()
+                                                                if k in fields}))
+        layouts[config] = {
+            "authors_class": spec["model_cls"],
+            "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
+        }
+    return layouts
+
+
 def write_fixtures(root: Path, out: Path) -> list[Path]:
     torch.set_num_threads(1)
     vq = import_authors(root)
@@ -213,6 +246,9 @@ def write_fixtures(root: Path, out: Path) -> list[Path]:
         path = out / f"parity_tokenizer_{kind}.pt"
         torch.save({"authors_commit": commit, **run_model(vq, kind, SEEDS[kind])}, path)
         paths.append(path)
+    path = out / LAYOUTS
+    path.write_text(json.dumps({"authors_commit": commit, **key_layouts(vq, root)}, indent=None) + "\n")
+    paths.append(path)
     return paths
 
 
