@@ -99,10 +99,11 @@ def parse_tokenizer_name(name: str) -> tuple[str, str]:
 class CNNConfig:
     """The CNN encoder/decoder, of fixed size across tokenizer sizes.
 
-    Defaults reproduce the reference's published CNN sizes (encoder 26.1M, decoder 50.2M): an encoder without
-    attention blocks (the transformer after it does the global mixing) and 4 residual blocks per decoder level.
-    LlamaGen's layout (attention in the encoder, 3 decoder blocks per level) gives 29.3M / 42.4M instead, which
-    puts the S-S total 3.4% below Table 9's 136M.
+    The encoder has no attention blocks (the transformer after it does the global mixing): 26.1M at the defaults,
+    the authors' size. The default decoder is the workbench's original one (4 residual blocks per level, attention
+    at the lowest resolution, nearest-neighbour upsampling: 51.2M). The paper profile sets the authors' decoder
+    (blocks.py ``Decoder`` as configs/vq/VQ_*256.yaml build it: 3 blocks per level, no attention, adaptive
+    GroupNorm, depth-to-space upsampling), 50.2M as they publish.
     """
 
     base_channels: int = 128
