@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from gigatok.config import PAPER_TRANSFORMER_SIZES, TransformerSize, pooling_regions, tokenizer_run
+from gigatok.config import (
+    AUTHORS_LAYOUT,
+    PAPER_TRANSFORMER_SIZES,
+    TransformerSize,
+    pooling_regions,
+    tokenizer_run,
+)
 from gigatok.models.cnn import depth_to_space
 from gigatok.models.discriminator import PatchDiscriminator
 from gigatok.models.quantizer import VectorQuantizer, entropy_loss, rotate_to
@@ -204,3 +212,22 @@ def test_tiny_sizes_keep_paper_order() -> None:
 
     tiny = [params(TINY_TRANSFORMER_SIZES[n]) for n in ("S", "B", "L", "XL", "XXL")]
     assert tiny == sorted(tiny) and len(set(tiny)) == 5
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_authors_layout_trains(kind: str) -> None:
+    """The paper profile's layout at tiny sizes: a training step reaches every parameter."""
+    base = tokenizer_run("S-S", profile="tiny", kind=kind).tokenizer
+    cnn = dataclasses.replace(
+        base.cnn, decoder_attention=False, decoder_adaptive_norm=True, upsample="depth_to_space"
+    )
+    cfg = dataclasses.replace(base, cnn=cnn, **AUTHORS_LAYOUT)
+    model = build_tokenizer(cfg).train()
+    images = torch.rand(2, 3, cfg.image_size, cfg.image_size) * 2 - 1
+    out = model(images)
+    assert out.reconstruction.shape == images.shape
+    assert out.decoder_features.shape == out.cnn_features.shape  # the shortcut loss compares these two
+    loss = out.reconstruction.square().mean() + out.quant.commitment_loss + out.quant.codebook_loss
+    (loss + out.semantic_projection.square().mean() + model.cnn_decoder(out.cnn_features).square().mean()).backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert silent == [], silent
