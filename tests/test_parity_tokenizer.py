@@ -109,30 +109,30 @@ def test_decoding_given_codes_matches_the_authors(parity: tuple[dict[str, Any], 
     _close("decoded_codes", decoded, fixture["outputs"]["decoded_codes"])
 
 
-@torch.no_grad()
 @pytest.mark.parametrize("kind", ["1d", "2d"])
 def test_every_parameter_matters(kind: str) -> None:
-    """Perturbing any one converted tensor changes the outputs compared above: the comparison covers them all."""
+    """Every converted tensor moves the outputs compared above (a non-zero gradient of a random projection of
+    them), so the comparison covers them all."""
     fixture = _fixture(kind)
     model = _model(fixture)
     images, codes = fixture["inputs"]["images"], fixture["inputs"]["codes"]
+    result = model(images)
+    outputs = [result.reconstruction, model.quantizer.proj_in(model.encoder(result.cnn_features)),
+               model.decode_indices(codes)]
+    gen = torch.Generator().manual_seed(0)
+    sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outputs).backward()
+    norms = {n: (p.grad.norm().item() if p.grad is not None else 0.0) for n, p in model.named_parameters()}
+    typical = sorted(norms.values())[len(norms) // 2]
+    inert = sorted(n for n, g in norms.items() if g < 1e-6 * typical)
+    # Two symmetries leave a few tensors without effect, not gaps in the comparison. At 32 channels their GroupNorm's
+    # 32 groups hold one channel each, so a CNN bias that shifts whole channels is removed by the next norm (at
+    # their full width, four channels a group, it is not). And the 1D decoder's queries all start as the same
+    # token, so its first self-attention averages equal values: its query projection cannot matter.
+    def symmetric(name: str) -> bool:
+        cnn_bias = name.startswith("cnn_") and name.endswith(".bias")
+        return cnn_bias or (kind == "1d" and name.startswith("decoder.stack.blocks.0.self_attn.q."))
 
-    def outputs() -> list[torch.Tensor]:
-        result = model(images)
-        return [result.reconstruction, model.quantizer.proj_in(model.encoder(result.cnn_features)),
-                model.decode_indices(codes)]
-
-    reference = outputs()
-    inert = []
-    for name, param in model.named_parameters():
-        saved = param.clone()
-        param.add_(torch.randn_like(param))
-        if all(torch.allclose(a, b) for a, b in zip(outputs(), reference, strict=True)):
-            inert.append(name)
-        param.copy_(saved)
-    # A bias of the conv right before a one-channel-a-group GroupNorm (32 channels, 32 groups here) shifts whole
-    # channels, which that norm and every later one remove: a symmetry of the reduced size, not a gap.
-    assert inert == [n for n in inert if n.startswith("cnn_encoder.down.") and n.endswith(".conv.bias")], inert
+    assert [n for n in inert if not symmetric(n)] == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
