@@ -231,3 +231,20 @@ def test_authors_layout_trains(kind: str) -> None:
     (loss + out.semantic_projection.square().mean() + model.cnn_decoder(out.cnn_features).square().mean()).backward()
     silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert silent == [], silent
+
+
+def test_authors_init() -> None:
+    """Their _init_weights: truncated normal 0.02 on convs and linears, zero biases; positions width^-0.5 N(0, 1);
+    a unit-norm codebook; the quantizer's projections at PyTorch's default."""
+    torch.manual_seed(0)
+    base = tokenizer_run("S-S", profile="tiny").tokenizer
+    model = build_tokenizer(dataclasses.replace(base, **AUTHORS_LAYOUT))
+    conv = model.cnn_encoder.down[0].conv1
+    assert abs(conv.weight.std().item() - 0.02) < 0.003 and not conv.bias.any()
+    width = base.encoder.width
+    assert abs(model.encoder.query_pos.std().item() - width**-0.5) < 0.03
+    assert torch.allclose(model.quantizer.codebook.weight.norm(dim=-1), torch.ones(base.quantizer.codebook_size))
+    assert model.quantizer.proj_in.bias.any()  # nn.Linear's default, untouched
+    attn = model.encoder.stack.blocks[0].self_attn
+    bound = (6 / (4 * width)) ** 0.5  # Xavier-uniform over the fused (3w, w) in_proj_weight
+    assert attn.kv.weight.abs().max().item() <= bound and attn.kv.weight.abs().max().item() > 0.9 * bound
