@@ -124,12 +124,13 @@ def test_every_parameter_matters(kind: str) -> None:
     norms = {n: (p.grad.norm().item() if p.grad is not None else 0.0) for n, p in model.named_parameters()}
     typical = sorted(norms.values())[len(norms) // 2]
     inert = sorted(n for n, g in norms.items() if g < 1e-6 * typical)
-    # Two symmetries leave a few tensors without effect, not gaps in the comparison. At 32 channels their GroupNorm's
-    # 32 groups hold one channel each, so a CNN bias that shifts whole channels is removed by the next norm (at
-    # their full width, four channels a group, it is not). And the 1D decoder's queries all start as the same
-    # token, so its first self-attention averages equal values: its query projection cannot matter.
+    # Two symmetries leave a few tensors without effect. At 32 channels their GroupNorm's 32 groups hold one channel
+    # each, so a CNN bias or adaptive-norm shift (beta) that moves whole channels is removed by the next norm (at
+    # their full width, four channels a group, it is not): these are compared by name and shape only. And the 1D
+    # decoder's queries all start as the same token, so its first self-attention averages equal values: its query
+    # projection cannot matter, in their model as in ours.
     def symmetric(name: str) -> bool:
-        cnn_bias = name.startswith("cnn_") and name.endswith(".bias")
+        cnn_bias = name.startswith("cnn_") and (name.endswith(".bias") or ".beta." in name)
         return cnn_bias or (kind == "1d" and name.startswith("decoder.stack.blocks.0.self_attn.q."))
 
     assert [n for n in inert if not symmetric(n)] == []
