@@ -99,10 +99,11 @@ def parse_tokenizer_name(name: str) -> tuple[str, str]:
 class CNNConfig:
     """The CNN encoder/decoder, of fixed size across tokenizer sizes.
 
-    Defaults reproduce the reference's published CNN sizes (encoder 26.1M, decoder 50.2M): an encoder without
-    attention blocks (the transformer after it does the global mixing) and 4 residual blocks per decoder level.
-    LlamaGen's layout (attention in the encoder, 3 decoder blocks per level) gives 29.3M / 42.4M instead, which
-    puts the S-S total 3.4% below Table 9's 136M.
+    The encoder has no attention blocks (the transformer after it does the global mixing): 26.1M at the defaults,
+    the authors' size. The default decoder is the workbench's original one (4 residual blocks per level, attention
+    at the lowest resolution, nearest-neighbour upsampling: 51.2M). The paper profile sets the authors' decoder
+    (blocks.py ``Decoder`` as configs/vq/VQ_*256.yaml build it: 3 blocks per level, no attention, adaptive
+    GroupNorm, depth-to-space upsampling), 50.2M as they publish.
     """
 
     base_channels: int = 128
@@ -112,9 +113,20 @@ class CNNConfig:
     encoder_attention: bool = False
     latent_channels: int = 256
     norm_groups: int = 32
+    # The authors' decoder (configs/vq/VQ_*256.yaml: use_attn False, adaptive_gn True, d2s_up True; blocks.py
+    # Decoder): no attention blocks, an adaptive GroupNorm conditioned on the decoder's input at the start of each
+    # level (MAGVIT-v2), and depth-to-space upsampling (a conv to 4x channels, then DCR depth_to_space).
+    decoder_attention: bool = field(default=True, metadata=NEW_FIELD)
+    decoder_adaptive_norm: bool = field(default=False, metadata=NEW_FIELD)
+    upsample: Literal["nearest", "depth_to_space"] = field(default="nearest", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.base_channels > 0, "cnn.base_channels", "must be > 0")
+        _require(
+            self.upsample in ("nearest", "depth_to_space"),
+            "cnn.upsample",
+            f"must be 'nearest' or 'depth_to_space', got {self.upsample!r}",
+        )
         _require(len(self.channel_mult) >= 1, "cnn.channel_mult", "needs at least one level")
         _require(all(m > 0 for m in self.channel_mult), "cnn.channel_mult", "multipliers must be > 0")
         for m in self.channel_mult:
@@ -123,7 +135,8 @@ class CNNConfig:
                 "cnn.norm_groups",
                 f"{self.norm_groups} groups do not divide {self.base_channels * m} channels",
             )
-        _require(self.encoder_res_blocks >= 1, "cnn.encoder_res_blocks", "must be >= 1")
+        # 0 leaves only the downsampling convs between levels (and the middle blocks): a reduced-size stand-in.
+        _require(self.encoder_res_blocks >= 0, "cnn.encoder_res_blocks", "must be >= 0")
         _require(self.decoder_res_blocks >= 1, "cnn.decoder_res_blocks", "must be >= 1")
         _require(self.latent_channels > 0, "cnn.latent_channels", "must be > 0")
 
@@ -141,6 +154,9 @@ class QuantizerConfig:
     entropy_weight: float = 0.0
     entropy_temperature: float = 0.01
     rotation_trick: bool = True
+    # The authors' entropy loss takes log(p + 1e-5) of the batch-averaged code distribution
+    # (vq_vit_model.py compute_entropy_loss); 0 keeps log(max(p, 1e-10)).
+    entropy_log_offset: float = field(default=0.0, metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.codebook_size >= 2, "quantizer.codebook_size", "must be >= 2")
@@ -149,6 +165,7 @@ class QuantizerConfig:
         _require(self.codebook_weight >= 0, "quantizer.codebook_weight", "must be >= 0 (a negative weight)")
         _require(self.entropy_weight >= 0, "quantizer.entropy_weight", "must be >= 0 (a negative weight)")
         _require(self.entropy_temperature > 0, "quantizer.entropy_temperature", "must be > 0")
+        _require(self.entropy_log_offset >= 0, "quantizer.entropy_log_offset", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -198,10 +215,46 @@ class TokenizerConfig:
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    # Transformer layout. Defaults are the workbench's original layout; the paper profile sets the authors'
+    # (tokenizer_image/vq/blocks.py ViTEncoder / ViTDecoder / ViTEncoder2D / ViTDecoder2D).
+    # block_1d "detr": DETR's decoder layer (their TransformerDecoderLayer): query positions added to the queries
+    # and keys of self-attention and to the cross-attention queries, context positions to the cross-attention
+    # keys, in every layer; the context is not normalised. "qformer": positions added once at the input, the
+    # context normalised in every layer.
+    block_1d: Literal["qformer", "detr"] = field(default="qformer", metadata=NEW_FIELD)
+    # block_2d "detr": the same layer attending to the grid itself (the authors' S-S 2D config); "vit": pre-norm
+    # self-attention blocks with positions added once (their TransformerLayer, the S-B and B-L 2D configs).
+    block_2d: Literal["vit", "detr"] = field(default="vit", metadata=NEW_FIELD)
+    # A LayerNorm over the latent channels before each transformer's input projection (their ln_pre).
+    input_norm: bool = field(default=False, metadata=NEW_FIELD)
+    # 1D queries derived from the embedded context, with no query input projection of their own: the encoder pools
+    # the embedded grid and applies a width x width linear (their global_proj), the decoder repeats the first
+    # embedded latent token (their decoder_embed serves both).
+    queries_from_context: bool = field(default=False, metadata=NEW_FIELD)
+    # Which axis the multi-level pooling splits first: "height" gives 2x1 regions at level 1, "width" 1x2 (their
+    # sample_multi_level_1d_tokens with first_grow="row").
+    pool_first_split: Literal["height", "width"] = field(default="height", metadata=NEW_FIELD)
+    # Kernel of the decoder's output projection to the latent channels (their ViTDecoder conv_out is 3x3).
+    decoder_out_kernel: int = field(default=1, metadata=NEW_FIELD)
+    # "authors": their _init_weights over the whole model (truncated normal 0.02 on every Linear and Conv2d, zero
+    # biases), position embeddings width^-0.5 * N(0, 1), an L2-normalised uniform codebook init.
+    init: Literal["workbench", "authors"] = field(default="workbench", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         parse_tokenizer_name(self.name)
         _require(self.kind in ("1d", "2d"), "tokenizer.kind", f"must be '1d' or '2d', got {self.kind!r}")
+        _require(self.block_1d in ("qformer", "detr"), "tokenizer.block_1d", f"unknown block {self.block_1d!r}")
+        _require(self.block_2d in ("vit", "detr"), "tokenizer.block_2d", f"unknown block {self.block_2d!r}")
+        _require(
+            self.pool_first_split in ("height", "width"),
+            "tokenizer.pool_first_split",
+            f"must be 'height' or 'width', got {self.pool_first_split!r}",
+        )
+        _require(
+            self.decoder_out_kernel in (1, 3), "tokenizer.decoder_out_kernel", f"must be 1 or 3, got "
+            f"{self.decoder_out_kernel}"
+        )
+        _require(self.init in ("workbench", "authors"), "tokenizer.init", f"unknown init {self.init!r}")
         ds = self.cnn.downsample
         _require(self.image_size > 0, "tokenizer.image_size", "must be > 0")
         _require(
@@ -225,7 +278,7 @@ class TokenizerConfig:
                 f"multi-level average pooling produces 2^L tokens; {n} is not a power of two >= 2",
             )
             # The finest level splits the grid into num_tokens/2 regions; each needs at least one grid cell.
-            rows, cols = pooling_regions(int(math.log2(n)) - 1)
+            rows, cols = pooling_regions(int(math.log2(n)) - 1, self.pool_first_split)
             _require(
                 rows <= self.grid_size and cols <= self.grid_size,
                 "tokenizer.num_tokens",
@@ -246,12 +299,14 @@ class TokenizerConfig:
         return self.image_size // self.cnn.downsample
 
 
-def pooling_regions(level: int) -> tuple[int, int]:
+def pooling_regions(level: int, first_split: str = "height") -> tuple[int, int]:
     """Rows x cols of the 2^level regions that level ``level`` of the 1D-query pooling splits the grid into.
 
-    Level k halves alternately along rows then columns: 1x1, 2x1, 2x2, 4x2, 4x4, ...
+    Level k halves alternately along rows then columns: 1x1, 2x1, 2x2, 4x2, 4x4, ...; with ``first_split``
+    "width", along columns first: 1x1, 1x2, 2x2, 2x4, ...
     """
-    return 2 ** ((level + 1) // 2), 2 ** (level // 2)
+    finer, coarser = 2 ** ((level + 1) // 2), 2 ** (level // 2)
+    return (finer, coarser) if first_split == "height" else (coarser, finer)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -801,6 +856,9 @@ class Profile:
     system_ar_epochs: float  # the system-level AR models (Sec. 5.4: 300 epochs)
     # ARConfig fields this profile sets beyond the size table (the paper: the authors' gpt_1d recipe).
     ar_model_options: dict[str, Any] = field(default_factory=dict)
+    # The authors' transformer layout and initialisation (TokenizerConfig.block_1d ... init) and their entropy-loss
+    # log offset; off keeps the workbench's original layout.
+    authors_layout: bool = False
 
     def paper_epochs(self, epochs: float) -> float:
         """This profile's length of a run the paper trains for ``epochs`` epochs."""
@@ -817,13 +875,29 @@ _LARGE = ("XL", "XXL")
 
 Stabiliser = Literal["shortcut", "warmup_entropy"]
 STABILISERS: tuple[str, ...] = ("shortcut", "warmup_entropy")
+# The authors' tokenizer layout (vq_vit_model.py VQVitModelPlus / VQVitModel2DPlus with blocks.py). 2D stays on
+# ViT blocks: their S-B and B-L 2D configs use TransformerLayer and Table 1's 2D sizes (19M, 86M) count ViT blocks;
+# only VQ_SS256_2d.yaml leaves the DETR layer on (block_2d="detr" builds that one).
+AUTHORS_LAYOUT: dict[str, Any] = {
+    "block_1d": "detr",
+    "block_2d": "vit",
+    "input_norm": True,
+    "queries_from_context": True,
+    "pool_first_split": "width",
+    "decoder_out_kernel": 3,
+    "init": "authors",
+}
 
 PAPER = Profile(
     name="paper",
     sizes=PAPER_TRANSFORMER_SIZES,
     image_size=256,
     num_tokens=256,
-    cnn=CNNConfig(),
+    # The authors' CNN (configs/vq/VQ_*256.yaml with blocks.py Encoder/Decoder): encoder without attention, decoder
+    # with num_res_blocks + 1 = 3 blocks per level, no attention, adaptive GroupNorm, depth-to-space upsampling.
+    cnn=CNNConfig(
+        decoder_res_blocks=3, decoder_attention=False, decoder_adaptive_norm=True, upsample="depth_to_space"
+    ),
     codebook_size=16384,
     codebook_dim=8,
     semantic_encoder="dinov2-b",
@@ -856,6 +930,7 @@ PAPER = Profile(
     # The authors' gpt_1d.py: ModelArgs.attn_dropout_p 0.0 (train_c2i.py sets only token/resid/ffn dropout, 0.1)
     # and Transformer.initialize_weights (zero output head, positions scaled by width**-0.5).
     ar_model_options={"attn_dropout": 0.0, "init": "llamagen"},
+    authors_layout=True,
 )
 
 TINY = Profile(
@@ -957,6 +1032,7 @@ def tokenizer_run(
         entropy_weight=(prof.large_entropy_weight if warmup_entropy else base_entropy)
         if entropy_weight is None
         else entropy_weight,
+        entropy_log_offset=1e-5 if prof.authors_layout else 0.0,
     )
     semantic = SemanticConfig(
         weight=0.5 if semantic_weight is None else semantic_weight,
@@ -975,6 +1051,7 @@ def tokenizer_run(
         cnn=prof.cnn,
         quantizer=quantizer,
         semantic=semantic,
+        **(AUTHORS_LAYOUT if prof.authors_layout else {}),
     )
     # A data root means an image folder, whatever the profile's default (tiny trains on the built-in dataset
     # unless one is given): the profile's sizes and schedule on the user's images.

@@ -8,7 +8,6 @@ key mapping (the parity tests check that). The last test uses the real converter
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
@@ -186,15 +185,6 @@ def test_a_failed_write_leaves_no_folder(standins: None, tmp_path: Path, monkeyp
     assert _tree(tmp_path / "runs") == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gigatok.convert.tokenizer") is not None,
-                    reason="the tokenizer converter is installed")
-def test_without_the_converter_the_error_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_standin(tmp_path / "VQ_SS256_e100.pt", "tokenizer", tokenizer_run("S-S", profile="tiny").tokenizer)
-    code, _, err = _convert(["tokenizer", str(path), "--profile", "tiny", "--runs-dir", str(tmp_path / "r")], capsys)
-    assert code == 2 and "gigatok.convert.tokenizer.load_authors_tokenizer is not installed" in err
-    assert not (tmp_path / "r").exists()
-
-
 def test_loader_errors_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "x.pt"
     path.write_bytes(b"")
@@ -282,10 +272,6 @@ def test_study_runs_end_to_end_on_standins(
 # The real converters on the parity fixtures (reduced-width stand-ins in the authors' exact key layout)
 # ----------------------------------------------------------------------------------------------------------
 
-_CONVERTERS_MISSING = (importlib.util.find_spec("gigatok.convert.tokenizer") is None
-                       or importlib.util.find_spec("gigatok.convert.ar") is None)
-
-
 def _fixture_as_checkpoint(fixture: str, target: Path) -> dict:
     """A parity fixture's state dict saved as the authors' training checkpoints hold it (under "model")."""
     data = torch.load(FIXTURES / fixture, weights_only=True)
@@ -313,14 +299,11 @@ def _evaluate(runs: Path, tokenizer_dir: Path, ar_dir: Path | None, stages: tupl
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_CONVERTERS_MISSING, reason="gigatok.convert.tokenizer / gigatok.convert.ar (the converters of "
-                    "the authors' files) are not in this checkout yet")
 def test_parity_fixtures_convert_through_the_real_converters_and_are_evaluated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gigatok.convert.tokenizer import load_authors_tokenizer
-
     from gigatok.convert.ar import load_authors_ar
+    from gigatok.convert.tokenizer import load_authors_tokenizer
 
     files, runs = tmp_path / "files", tmp_path / "runs"
     tok_args = _fixture_as_checkpoint("parity_tokenizer_1d.pt", files / "authors_tokenizer.pt")

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from gigatok.config import PAPER_TRANSFORMER_SIZES, TransformerSize, pooling_regions, tokenizer_run
+from gigatok.config import (
+    AUTHORS_LAYOUT,
+    PAPER_TRANSFORMER_SIZES,
+    TransformerSize,
+    pooling_regions,
+    tokenizer_run,
+)
+from gigatok.models.cnn import depth_to_space
 from gigatok.models.discriminator import PatchDiscriminator
 from gigatok.models.quantizer import VectorQuantizer, entropy_loss, rotate_to
 from gigatok.models.tokenizer import build_tokenizer, multilevel_pool
-from gigatok.models.transformer import QFormerBlock, ViTBlock
+from gigatok.models.transformer import DetrBlock, QFormerBlock, ViTBlock
 
 M = 1e6
 
@@ -53,7 +62,29 @@ def _counts(name: str, kind: str = "1d") -> dict[str, int]:
 @pytest.mark.parametrize("name,expected", TABLE9_TOTALS.items())
 def test_paper_totals_match_table9(name: str, expected: float) -> None:
     total = _counts(name)["total"] / M
-    assert abs(total - expected) / expected < 0.02, f"{name}: {total:.1f}M vs Table 9 {expected}M"
+    assert abs(total - expected) / expected < 0.01, f"{name}: {total:.1f}M vs Table 9 {expected}M"
+
+
+# The authors' CNN sizes (their README / paper: encoder 26.1M, decoder 50.2M), the same for every tokenizer size.
+AUTHORS_CNN = {"cnn_encoder": 26.1, "cnn_decoder": 50.2}
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+@pytest.mark.parametrize("part,expected", AUTHORS_CNN.items())
+def test_paper_cnn_matches_the_authors(part: str, expected: float, kind: str) -> None:
+    got = _counts("S-B", kind)[part] / M
+    assert abs(got - expected) / expected < 0.005, f"{part}: {got:.2f}M vs the authors' {expected}M"
+
+
+def test_authors_decoder_options_change_the_cnn() -> None:
+    """The paper profile's decoder is the authors' (no attention, adaptive GroupNorm, depth-to-space); the tiny
+    profile keeps the workbench's original one."""
+    paper = build_tokenizer(tokenizer_run("S-S", profile="paper").tokenizer, "meta").cnn_decoder
+    tiny = build_tokenizer(tokenizer_run("S-S", profile="tiny").tokenizer).cnn_decoder
+    names = {type(m).__name__ for m in paper.modules()}
+    assert {"AdaptiveGroupNorm", "DepthToSpaceUpsample"} <= names and "AttnBlock" not in names
+    tiny_names = {type(m).__name__ for m in tiny.modules()}
+    assert "AttnBlock" in tiny_names and "Upsample" in tiny_names and "AdaptiveGroupNorm" not in tiny_names
 
 
 @pytest.mark.parametrize("size,expected", TABLE1_1D.items())
@@ -112,6 +143,39 @@ def test_multilevel_pool_groups() -> None:
     assert pooling_regions(3) == (4, 2)
 
 
+def test_multilevel_pool_width_first() -> None:
+    """The authors' first_grow="row": level 1 splits left | right, level 3 is 2 rows x 4 columns."""
+    feats = torch.arange(16.0).view(1, 1, 4, 4)
+    pooled = multilevel_pool(feats, 16, first_split="width")[0, :, 0]
+    assert torch.allclose(pooled[2:4], torch.tensor([feats[..., :2].mean(), feats[..., 2:].mean()]))
+    assert pooling_regions(3, "width") == (2, 4)
+
+
+def test_depth_to_space_reads_channels_block_first() -> None:
+    """DCR order (the authors' depth_to_space): output pixel (2i+a, 2j+b) of channel c is input channel
+    (a*2 + b)*C + c, where pixel_shuffle would read c*4 + a*2 + b."""
+    x = torch.randn(1, 8, 3, 3)
+    out = depth_to_space(x, 2)
+    assert out.shape == (1, 2, 6, 6)
+    for a in range(2):
+        for b in range(2):
+            for c in range(2):
+                assert torch.equal(out[0, c, a::2, b::2], x[0, (a * 2 + b) * 2 + c])
+
+
+def test_detr_block_adds_positions_in_every_layer() -> None:
+    """With zero positions a DETR block is a Q-Former block without the context norm; positions then change it."""
+    torch.manual_seed(0)
+    block = DetrBlock(16, 2)
+    x, ctx = torch.randn(2, 4, 16), torch.randn(2, 6, 16)
+    zero_q, zero_c = torch.zeros(1, 4, 16), torch.zeros(1, 6, 16)
+    plain = x + block.self_attn(block.norm1(x))
+    plain = plain + block.cross_attn(block.norm_q(plain), ctx)
+    plain = plain + block.mlp(block.norm2(plain))
+    assert torch.allclose(block(x, ctx, zero_q, zero_c), plain, atol=1e-6)
+    assert not torch.allclose(block(x, ctx, torch.randn(1, 4, 16), zero_c), plain, atol=1e-3)
+
+
 def test_quantizer_outputs_and_straight_through() -> None:
     cfg = tokenizer_run("S-S").tokenizer.quantizer
     vq = VectorQuantizer(cfg, latent_channels=16)
@@ -148,3 +212,39 @@ def test_tiny_sizes_keep_paper_order() -> None:
 
     tiny = [params(TINY_TRANSFORMER_SIZES[n]) for n in ("S", "B", "L", "XL", "XXL")]
     assert tiny == sorted(tiny) and len(set(tiny)) == 5
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_authors_layout_trains(kind: str) -> None:
+    """The paper profile's layout at tiny sizes: a training step reaches every parameter."""
+    base = tokenizer_run("S-S", profile="tiny", kind=kind).tokenizer
+    cnn = dataclasses.replace(
+        base.cnn, decoder_attention=False, decoder_adaptive_norm=True, upsample="depth_to_space"
+    )
+    cfg = dataclasses.replace(base, cnn=cnn, **AUTHORS_LAYOUT)
+    model = build_tokenizer(cfg).train()
+    images = torch.rand(2, 3, cfg.image_size, cfg.image_size) * 2 - 1
+    out = model(images)
+    assert out.reconstruction.shape == images.shape
+    assert out.decoder_features.shape == out.cnn_features.shape  # the shortcut loss compares these two
+    loss = out.reconstruction.square().mean() + out.quant.commitment_loss + out.quant.codebook_loss
+    (loss + out.semantic_projection.square().mean() + model.cnn_decoder(out.cnn_features).square().mean()).backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert silent == [], silent
+
+
+def test_authors_init() -> None:
+    """Their _init_weights: truncated normal 0.02 on convs and linears, zero biases; positions width^-0.5 N(0, 1);
+    a unit-norm codebook; the quantizer's projections at PyTorch's default."""
+    torch.manual_seed(0)
+    base = tokenizer_run("S-S", profile="tiny").tokenizer
+    model = build_tokenizer(dataclasses.replace(base, **AUTHORS_LAYOUT))
+    conv = model.cnn_encoder.down[0].conv1
+    assert abs(conv.weight.std().item() - 0.02) < 0.003 and not conv.bias.any()
+    width = base.encoder.width
+    assert abs(model.encoder.query_pos.std().item() - width**-0.5) < 0.03
+    assert torch.allclose(model.quantizer.codebook.weight.norm(dim=-1), torch.ones(base.quantizer.codebook_size))
+    assert model.quantizer.proj_in.bias.any()  # nn.Linear's default, untouched
+    attn = model.encoder.stack.blocks[0].self_attn
+    bound = (6 / (4 * width)) ** 0.5  # Xavier-uniform over the fused (3w, w) in_proj_weight
+    assert attn.kv.weight.abs().max().item() <= bound and attn.kv.weight.abs().max().item() > 0.9 * bound

@@ -17,7 +17,6 @@ The converters are ``gigatok.convert.tokenizer.load_authors_tokenizer`` and ``gi
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import shutil
@@ -132,21 +131,15 @@ def released_ar_run(name: str, tokenizer: TokenizerRunConfig) -> ARRunConfig:
 Loader = Callable[[Path], tuple[Any, Mapping[str, Any]]]
 # kind -> loader used instead of the project's converter (tests put stand-ins here).
 LOADERS: dict[str, Loader] = {}
-_CONVERTERS = {"tokenizer": ("gigatok.convert.tokenizer", "load_authors_tokenizer"),
-               "ar": ("gigatok.convert.ar", "load_authors_ar")}
 
 
 def loader_for(kind: Kind) -> Loader:
     if kind in LOADERS:
         return LOADERS[kind]
-    module_name, function = _CONVERTERS[kind]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise ConversionError(f"the {kind} converter {module_name}.{function} is not installed") from None
-    return getattr(module, function)
+    from gigatok.convert.ar import load_authors_ar
+    from gigatok.convert.tokenizer import load_authors_tokenizer
+
+    return {"tokenizer": load_authors_tokenizer, "ar": load_authors_ar}[kind]
 
 
 def _one_line(text: str) -> str:

@@ -40,13 +40,17 @@ def rotate_to(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return rotated * (tgt_norm / src_norm).detach()
 
 
-def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Eq. 5: mean per-sample entropy E_z[H(q|z)] minus the entropy H(q) of the batch-averaged assignment."""
+def entropy_loss(logits: torch.Tensor, log_offset: float = 0.0) -> torch.Tensor:
+    """Eq. 5: mean per-sample entropy E_z[H(q|z)] minus the entropy H(q) of the batch-averaged assignment.
+
+    ``log_offset`` > 0 takes log(p + offset) in H(q), as the authors' ``compute_entropy_loss`` (offset 1e-5).
+    """
     probs = logits.softmax(dim=-1)
     log_probs = logits.log_softmax(dim=-1)
     sample_entropy = -(probs * log_probs).sum(-1).mean()
     avg_probs = probs.mean(0)
-    codebook_entropy = -(avg_probs * torch.log(avg_probs.clamp_min(1e-10))).sum()
+    log_avg = torch.log(avg_probs + log_offset) if log_offset > 0 else torch.log(avg_probs.clamp_min(1e-10))
+    codebook_entropy = -(avg_probs * log_avg).sum()
     return sample_entropy - codebook_entropy
 
 
@@ -83,7 +87,7 @@ class VectorQuantizer(nn.Module):
         commitment_loss = self.cfg.commitment_beta * F.mse_loss(flat, q.detach())
         if self.cfg.entropy_weight > 0:
             distance = 2 - 2 * similarity
-            ent = entropy_loss(-distance / self.cfg.entropy_temperature)
+            ent = entropy_loss(-distance / self.cfg.entropy_temperature, self.cfg.entropy_log_offset)
         else:
             ent = flat.new_zeros(())
 
