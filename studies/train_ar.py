@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from gigatok.metrics.linear_probe import ar_features, linear_probe
-    from gigatok.token_cache import build_token_cache
+    from gigatok.token_cache import build_token_cache, view_set
     from gigatok.train.ar_loop import load_trained_ar, train_ar
 
     run_dir = Path(args.runs_dir) / f"ar-{cfg.hash()}"
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"validation loss {result.val_loss:.4f} (log vocabulary = {math.log(cfg.model.vocab_size):.3f})")
     if not args.no_probe:
         model = load_trained_ar(run_dir)
-        train = build_token_cache(args.tokenizer_run, "train")
+        views = cfg.train.views
+        train = build_token_cache(args.tokenizer_run, "train", views=views).one_view(view_set(views).plain)
         val = build_token_cache(args.tokenizer_run, "val")
         name = f"AR-{cfg.size} layer {cfg.model.depth // 2}"
         probe = linear_probe(ar_features(model, train), ar_features(model, val), name)

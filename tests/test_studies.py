@@ -68,7 +68,7 @@ def test_runs_sharing_a_tokenizer_go_to_one_job() -> None:
     groups = group_by_tokenizer(specs)
     assert [len(g) for g in groups] == [2, 2, 2]
     assert all(len({s.tokenizer.hash() for s in g}) == 1 for g in groups)
-    assert {s.ar.size for s in groups[0]} == {"B", "L"}
+    assert {s.ar.size for s in groups[0]} == {"B", "XL"}  # Fig. 6: the probe against AR-XL
 
 
 def test_run_hash_is_stable_across_processes() -> None:
