@@ -617,6 +617,10 @@ class EvalConfig:
     # Fig. 8: PCA of the first decoder layer's features over a group of same-class validation images.
     pca_images: int = field(default=8, metadata=NEW_FIELD)
     pca_class: int | None = field(default=None, metadata=NEW_FIELD)  # None: the class with most validation images
+    # Which tokens the step schedule leaves unguided (gigatok.sampling.cfg_scales): "all" counts every token, the
+    # first ceil(step_fraction x n) are unguided; "after_first" is the authors' generate.py, where the first token
+    # is guided at the full scale and the fraction counts over the other n - 1.
+    step_counting: Literal["all", "after_first"] = field(default="all", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         for name in ("recon_images", "reference_images"):
@@ -628,6 +632,8 @@ class EvalConfig:
         _require(self.cfg_scale >= 0, "eval.cfg_scale", "must be >= 0")
         _require(self.cfg_schedule in ("constant", "step"), "eval.cfg_schedule", "'constant' or 'step'")
         _require(0 <= self.step_fraction <= 1, "eval.step_fraction", "must be in [0, 1]")
+        _require(self.step_counting in ("all", "after_first"), "eval.step_counting",
+                 f"'all' or 'after_first', got {self.step_counting!r}")
         _require(self.temperature > 0, "eval.temperature", "must be > 0")
         _require(self.top_k >= 0, "eval.top_k", "must be >= 0")
         _require(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
@@ -742,7 +748,7 @@ PAPER = Profile(
     num_classes=1000,
     ar_train=PAPER_AR_PROBE,
     # 50k samples against the whole ImageNet val split, 299 px Inception; Fig. 8 shows "golden retriever" (207).
-    eval=EvalConfig(pca_class=207),
+    eval=EvalConfig(pca_class=207, step_counting="after_first"),
     epochs_per_paper_epoch=1.0,
     system_ar_train={"default": PAPER_SYSTEM_AR, "XXL": PAPER_SYSTEM_AR_XXL},
     cfg_search_every_gfid=True,

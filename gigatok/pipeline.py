@@ -266,8 +266,9 @@ def stage_result_path(spec: RunSpec, ctx: RunContext, stage: str) -> Path:
         e = generation_eval(spec, ctx)
         if e is None:  # sampled at the point the search will choose: no result can exist yet
             return ar_dir_of(spec, ctx) / "eval" / "generation-after-cfg-search.json"
-        key = _short_hash({n: getattr(e, n) for n in ("gen_samples", "reference_images", "inception_input",
-                           "cfg_scale", "cfg_schedule", "step_fraction", "temperature", "top_k", "top_p")})
+        names = ("gen_samples", "reference_images", "inception_input", "cfg_scale", "cfg_schedule", "step_fraction",
+                 "temperature", "top_k", "top_p", *(("step_counting",) if e.step_counting != "all" else ()))
+        key = _short_hash({n: getattr(e, n) for n in names})  # step_counting only when set: older keys hold
         return ar_dir_of(spec, ctx) / "eval" / f"generation-{key}.json"
     if stage == "ar_probe":
         key = _eval_key(spec, "probe_max_iter")
@@ -613,7 +614,8 @@ class StageRunner:
                                           batch_size=e.batch_size, progress=self.ctx.progress)
             ar = load_trained_ar(self.ar_dir, self.ws.device)
             tokenizer = load_trained_tokenizer(self.tok_dir, self.ws.device)
-            sampling = SamplingConfig(e.cfg_scale, e.cfg_schedule, e.step_fraction, e.temperature, e.top_k, e.top_p)
+            sampling = SamplingConfig(e.cfg_scale, e.cfg_schedule, e.step_fraction, e.temperature, e.top_k, e.top_p,
+                                      e.step_counting)
             grid: list[Any] = []
 
             def samples() -> Iterator[Any]:

@@ -22,6 +22,7 @@ class SamplingConfig:
     cfg_scale: float = 1.0
     cfg_schedule: Literal["constant", "step"] = "constant"
     step_fraction: float = 0.18  # share of the first tokens sampled at scale 1 by the step schedule
+    step_counting: Literal["all", "after_first"] = "all"  # see cfg_scales
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
@@ -33,6 +34,8 @@ class SamplingConfig:
             raise ConfigError(f"sampling.cfg_schedule: 'constant' or 'step', got {self.cfg_schedule!r}")
         if not 0 <= self.step_fraction <= 1:
             raise ConfigError(f"sampling.step_fraction: must be in [0, 1], got {self.step_fraction}")
+        if self.step_counting not in ("all", "after_first"):
+            raise ConfigError(f"sampling.step_counting: 'all' or 'after_first', got {self.step_counting!r}")
         if self.temperature <= 0:
             raise ConfigError(f"sampling.temperature: must be > 0, got {self.temperature}")
         if self.top_k < 0:
@@ -42,9 +45,18 @@ class SamplingConfig:
 
 
 def cfg_scales(cfg: SamplingConfig, num_tokens: int) -> list[float]:
-    """The guidance scale used for each token position."""
+    """The guidance scale used for each token position.
+
+    The step schedule's ``step_counting`` "all": the first ceil(step_fraction x n) tokens at scale 1.
+    "after_first": GigaTok's autoregressive/models/generate.py, whose prefill samples the first token at the full
+    scale and whose decode loop guides token p >= 1 once p / (n - 1) >= step_fraction (at 256 tokens and 0.18:
+    tokens 1-45 unguided; their scale there is 1 + 1e-4, here 1).
+    """
     if cfg.cfg_schedule == "constant":
         return [cfg.cfg_scale] * num_tokens
+    if cfg.step_counting == "after_first":
+        later = [cfg.cfg_scale if p / (num_tokens - 1) >= cfg.step_fraction else 1.0 for p in range(1, num_tokens)]
+        return [cfg.cfg_scale, *later][:num_tokens]
     unguided = math.ceil(cfg.step_fraction * num_tokens)
     return [1.0 if i < unguided else cfg.cfg_scale for i in range(num_tokens)]
 

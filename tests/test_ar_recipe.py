@@ -217,3 +217,37 @@ def test_legacy_cache_without_image_index_refuses_view_sampling() -> None:
     assert cache.num_images == 2 and len(cache.one_view(0)) == 2
     with pytest.raises(ValueError, match="rebuild"):
         cache.view_table()
+
+
+# -- the step CFG schedule ---------------------------------------------------------------------------------------
+
+
+def authors_step_scales(scale: float, n: int, window_start: float) -> list[float]:
+    """GigaTok's generate.py: the prefill's token at ``scale``, then decode_n_tokens' ratio (i + 1) / (n - 1)."""
+    return [scale] + [scale if (i + 1) / (n - 1) >= window_start else 1.0 for i in range(n - 1)]
+
+
+def test_step_schedule_counts_as_the_authors_at_paper() -> None:
+    from gigatok.sampling import SamplingConfig, cfg_scales
+
+    paper = get_profile("paper").eval
+    assert paper.step_counting == "after_first" and get_profile("tiny").eval.step_counting == "all"
+    for n in (16, 256):
+        ours = cfg_scales(SamplingConfig(1.75, "step", 0.18, step_counting="after_first"), n)
+        assert ours == authors_step_scales(1.75, n, 0.18)
+    at_256 = cfg_scales(SamplingConfig(2.0, "step", 0.18, step_counting="after_first"), 256)
+    assert at_256[0] == 2.0 and at_256[1:46] == [1.0] * 45 and set(at_256[46:]) == {2.0}
+    plain = cfg_scales(SamplingConfig(2.0, "step", 0.18), 256)
+    assert plain[:47] == [1.0] * 47 and set(plain[47:]) == {2.0}  # "all": the first ceil(0.18 x 256) tokens
+    assert cfg_scales(SamplingConfig(2.0, "constant", step_counting="after_first"), 8) == [2.0] * 8
+
+
+def test_system_level_samples_with_the_authors_step_schedule(tmp_path) -> None:
+    from gigatok.pipeline import RunContext, stage_result_path
+
+    spec = get_study("system_level").plan(Planner("paper"))[0]
+    assert spec.eval.step_counting == "after_first"
+    ctx = RunContext(runs_dir=str(tmp_path), tracking_uri=f"file://{tmp_path}/mlruns")
+    plain = dataclasses.replace(spec, eval=dataclasses.replace(spec.eval, step_counting="all"), stages=("generation",))
+    authors = dataclasses.replace(plain, eval=spec.eval)
+    assert stage_result_path(plain, ctx, "generation") != stage_result_path(authors, ctx, "generation")

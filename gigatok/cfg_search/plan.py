@@ -141,6 +141,8 @@ class SearchPlan:
             "startup_trials": s.startup_trials, "low": self.low_samples, "full": self.full_samples,
             "sampling": [e.temperature, e.top_k, e.top_p], "reference": [e.reference_images, e.inception_input],
             "batch_size": e.batch_size,  # the samples drawn depend on how the generator's stream is batched
+            # only when set, so the searches made before the field came keep their keys
+            **({"step_counting": e.step_counting} if self.schedule == "step" and e.step_counting != "all" else {}),
         })
 
     @property
