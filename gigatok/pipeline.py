@@ -615,7 +615,7 @@ class StageRunner:
             ar = load_trained_ar(self.ar_dir, self.ws.device)
             tokenizer = load_trained_tokenizer(self.tok_dir, self.ws.device)
             sampling = SamplingConfig(e.cfg_scale, e.cfg_schedule, e.step_fraction, e.temperature, e.top_k, e.top_p,
-                                      e.step_counting)
+                                      step_counting=e.step_counting)
             grid: list[Any] = []
 
             def samples() -> Iterator[Any]:

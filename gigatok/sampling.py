@@ -22,10 +22,10 @@ class SamplingConfig:
     cfg_scale: float = 1.0
     cfg_schedule: Literal["constant", "step"] = "constant"
     step_fraction: float = 0.18  # share of the first tokens sampled at scale 1 by the step schedule
-    step_counting: Literal["all", "after_first"] = "all"  # see cfg_scales
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
+    step_counting: Literal["all", "after_first"] = "all"  # see cfg_scales
 
     def __post_init__(self) -> None:
         if self.cfg_scale < 0:

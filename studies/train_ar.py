@@ -1,7 +1,8 @@
 """Train an AR probe on a finished tokenizer run: ``python studies/train_ar.py runs/tokenizer-HASH --size B``.
 
 Tokenizes the run's dataset once into its token cache (reused by every AR run on it), trains the Llama-style AR
-model with the profile's settings (AR probe: 50 epochs at paper profile), and reports the teacher-forced
+model with the profile's settings (AR probe: 50 epochs at a constant rate at paper profile; ``--system``: the
+system-level recipe, 300 epochs with a sqrt-decay WSD schedule), and reports the teacher-forced
 validation loss and the linear-probe accuracy of its middle layer. Re-running resumes.
 """
 
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs-dir", default="runs", help="AR run directories are RUNS_DIR/ar-HASH")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    p.add_argument("--system", action="store_true",
+                   help="the system-level recipe of this size (paper: 300 epochs, WSD sqrt decay, XXL batch 512)")
     args = p.parse_args(argv)
 
     from gigatok.train.tokenizer_loop import read_run_config
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = ar_run(
             read_run_config(args.tokenizer_run), args.size, epochs=args.epochs, batch_size=args.batch_size,
-            seed=args.seed, max_steps=args.max_steps,
+            seed=args.seed, max_steps=args.max_steps, system=args.system,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -251,3 +251,12 @@ def test_system_level_samples_with_the_authors_step_schedule(tmp_path) -> None:
     plain = dataclasses.replace(spec, eval=dataclasses.replace(spec.eval, step_counting="all"), stages=("generation",))
     authors = dataclasses.replace(plain, eval=spec.eval)
     assert stage_result_path(plain, ctx, "generation") != stage_result_path(authors, ctx, "generation")
+
+
+def test_sampling_config_keeps_its_positional_order() -> None:
+    """Callers build it positionally (cfg_scale ... top_p); the new field comes last."""
+    from gigatok.sampling import SamplingConfig
+
+    names = [f.name for f in dataclasses.fields(SamplingConfig)]
+    assert names == ["cfg_scale", "cfg_schedule", "step_fraction", "temperature", "top_k", "top_p", "step_counting"]
+    assert SamplingConfig(2.0, "step", 0.18, 1.0, 0, 1.0, step_counting="after_first").temperature == 1.0
