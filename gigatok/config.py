@@ -477,6 +477,9 @@ class ARTrainConfig:
     max_steps: int | None = None
     # The warm-up in optimizer steps (the authors' WARM_ITER), in place of ``warmup_epochs``; None: warmup_epochs.
     warmup_steps: int | None = field(default=None, metadata=NEW_FIELD)
+    # The warm-up's first factor: None ramps (step + 1) / warmup; f ramps f + (1 - f) * step / warmup, the authors'
+    # _warmup_lr with init_div_factor=100 at f = 0.01.
+    warmup_from: float | None = field(default=None, metadata=NEW_FIELD)
     # The cool-down's shape: "linear" 1 - p, or "sqrt" 1 - sqrt(p) of the decay's progress p (the authors' wsd_lr,
     # tokenizer/tokenizer_image/scheduler.py, whose decay_type defaults to sqrt), from lr down to min_lr.
     decay_shape: Literal["linear", "sqrt"] = field(default="linear", metadata=NEW_FIELD)
@@ -494,6 +497,8 @@ class ARTrainConfig:
         _require(self.warmup_epochs >= 0, "ar_train.warmup_epochs", "must be >= 0")
         _require(self.warmup_steps is None or self.warmup_steps >= 0, "ar_train.warmup_steps",
                  f"must be None or >= 0, got {self.warmup_steps}")
+        _require(self.warmup_from is None or 0 <= self.warmup_from <= 1, "ar_train.warmup_from",
+                 f"must be None or in [0, 1], got {self.warmup_from}")
         _require(0 <= self.decay_fraction <= 1, "ar_train.decay_fraction", "must be in [0, 1]")
         _require(self.decay_shape in ("linear", "sqrt"), "ar_train.decay_shape",
                  f"'linear' or 'sqrt', got {self.decay_shape!r}")
@@ -715,8 +720,8 @@ PAPER_AR_PROBE = ARTrainConfig(epochs=50, batch_size=256, lr=1e-4, warmup_epochs
 # System level (Appendix B; Detailed_instructions.md, train_c2i_and_eval.sh): 300 epochs, WSD with 20% decay of
 # the sqrt shape (wsd_lr's default) to 0, warm-up WARM_ITER=5000 steps (1 epoch at batch 256) for B, L, XL, and
 # for XXL batch 512 with WARM_ITER=200 (the paper's text says 1 epoch; the authors' command says 200 steps).
-PAPER_SYSTEM_AR = dataclasses.replace(PAPER_AR_PROBE, epochs=300, warmup_steps=5_000, decay_fraction=0.2,
-                                      decay_shape="sqrt")
+PAPER_SYSTEM_AR = dataclasses.replace(PAPER_AR_PROBE, epochs=300, warmup_steps=5_000, warmup_from=0.01,
+                                      decay_fraction=0.2, decay_shape="sqrt")
 PAPER_SYSTEM_AR_XXL = dataclasses.replace(PAPER_SYSTEM_AR, batch_size=512, warmup_steps=200)
 
 # The tiny probe samples one of two views an image each epoch (centre_pair tokenizes each image twice, as "flip"

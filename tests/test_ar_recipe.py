@@ -66,7 +66,7 @@ def test_warmup_in_steps_overrides_epochs() -> None:
 
 def test_new_fields_at_their_defaults_leave_hashes_alone() -> None:
     hashed = _hashed_fields(ARTrainConfig())
-    assert not {"warmup_steps", "decay_shape", "views", "one_view_per_image"} & set(hashed)
+    assert not {"warmup_steps", "warmup_from", "decay_shape", "views", "one_view_per_image"} & set(hashed)
     assert "views" in _hashed_fields(ARTrainConfig(views="ten_crop"))
 
 
@@ -260,3 +260,13 @@ def test_sampling_config_keeps_its_positional_order() -> None:
     names = [f.name for f in dataclasses.fields(SamplingConfig)]
     assert names == ["cfg_scale", "cfg_schedule", "step_fraction", "temperature", "top_k", "top_p", "step_counting"]
     assert SamplingConfig(2.0, "step", 0.18, 1.0, 0, 1.0, step_counting="after_first").temperature == 1.0
+
+
+def test_system_warmup_ramps_from_a_hundredth_as_the_authors() -> None:
+    train = get_study("system_level").plan(Planner("paper"))[0].ar.train
+    assert (train.warmup_steps, train.warmup_from) == (5_000, 0.01)
+    f = wsd_schedule(train, 1_500_000, 5_004)
+    for step in (0, 1, 2_500, 4_999):  # the authors' _warmup_lr(base, 5000, step, init_div_factor=100) / base
+        assert f(step) == pytest.approx(step / 5_000 + (1 - step / 5_000) / 100), step
+    assert f(5_000) == 1.0 and f(1_199_999) == 1.0 and f(1_200_000) < 1.0
+    assert wsd_schedule(ARTrainConfig(warmup_steps=10), 100, 10)(0) == pytest.approx(0.1)  # the default ramp

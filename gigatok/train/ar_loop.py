@@ -105,9 +105,11 @@ def wsd_schedule(train: ARTrainConfig, total_steps: int, steps_per_epoch: int) -
     floor = train.min_lr / train.lr
     shape = math.sqrt if train.decay_shape == "sqrt" else (lambda p: p)
 
+    start = train.warmup_from
+
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return (step + 1) / warmup if start is None else start + (1 - start) * step / warmup
         if step < decay_start:
             return 1.0
         progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
