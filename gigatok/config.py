@@ -687,7 +687,7 @@ class Profile:
     eval: EvalConfig
     epochs_per_paper_epoch: float
     # The system-level AR models (Sec. 5.4, Appendix B), per AR size ("default" for the others): what
-    # :func:`system_ar_run` trains.
+    # ``ar_run(..., system=True)`` trains.
     system_ar_train: dict[str, ARTrainConfig]
     # Every gFID a study reports is the best of a CFG search (the authors' train_c2i_and_eval.sh searches the probe's
     # scale too); False: runs without the cfg_search stage sample at eval.cfg_scale.
