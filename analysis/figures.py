@@ -334,7 +334,7 @@ def size_series(runs: pd.DataFrame) -> pd.Series:
 
 
 def fig6_ar_probe_vs_large(df: pd.DataFrame, study: str | None = "ar_probe_vs_large") -> Plot:
-    """Fig. 6: the AR probe's metrics against the larger AR-L's, over the same tokenizers (two y axes each)."""
+    """Fig. 6: the AR probe's metrics against the larger AR-XL's, over the same tokenizers (two y axes each)."""
     twin = [dataclasses.replace(p, twin=True) for p in (GFID, VAL_LOSS, LIN_ACC)]
     return scaling_plot(df, name="fig6_ar_probe_vs_large", title="Fig. 6: AR probing against a larger AR model",
                         study=study, series=ar_size_series, order=ar_size_order(df), panels=twin,

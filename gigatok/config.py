@@ -575,9 +575,17 @@ class ARConfig:
 
 
 
+# Which views of each training image the token cache holds (gigatok.token_cache.VIEW_SETS): "flip" the image and its
+# mirror; "ten_crop" LlamaGen's recipe, torchvision's TenCrop of a centre crop 1.1x the image size (the four corners
+# and the centre, and the same five of the mirrored crop); "centre_pair" two of those ten, the centre and its
+# mirrored counterpart (the same tokenizing cost as "flip").
+TokenViews = Literal["flip", "ten_crop", "centre_pair"]
+
+
 @dataclass(frozen=True)
 class ARTrainConfig:
-    """AdamW with weight decay 0.05 and clipping 1.0; WSD schedule: warm-up, constant, decay over the last 20%."""
+    """AdamW with weight decay 0.05 and clipping 1.0; WSD schedule: warm-up, constant, decay over the last
+    ``decay_fraction`` of the steps (``decay_fraction`` 0: constant after the warm-up)."""
 
     epochs: float = 50.0
     batch_size: int = 256
@@ -594,6 +602,18 @@ class ARTrainConfig:
     checkpoint_every: int = 5_000
     keep_checkpoints: int = 2
     max_steps: int | None = None
+    # The warm-up in optimizer steps (the authors' WARM_ITER), in place of ``warmup_epochs``; None: warmup_epochs.
+    warmup_steps: int | None = field(default=None, metadata=NEW_FIELD)
+    # The warm-up's first factor: None ramps (step + 1) / warmup; f ramps f + (1 - f) * step / warmup, the authors'
+    # _warmup_lr with init_div_factor=100 at f = 0.01.
+    warmup_from: float | None = field(default=None, metadata=NEW_FIELD)
+    # The cool-down's shape: "linear" 1 - p, or "sqrt" 1 - sqrt(p) of the decay's progress p (the authors' wsd_lr,
+    # tokenizer/tokenizer_image/scheduler.py, whose decay_type defaults to sqrt), from lr down to min_lr.
+    decay_shape: Literal["linear", "sqrt"] = field(default="linear", metadata=NEW_FIELD)
+    views: TokenViews = field(default="flip", metadata=NEW_FIELD)
+    # False: every cached view is a sample of its own (an epoch is images x views samples). True: an epoch visits
+    # each image once, at one of its views drawn uniformly (LlamaGen's CustomDataset over ten-crop codes).
+    one_view_per_image: bool = field(default=False, metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "ar_train.epochs", "must be > 0")
@@ -602,7 +622,15 @@ class ARTrainConfig:
         _require(self.weight_decay >= 0, "ar_train.weight_decay", "must be >= 0")
         _require(self.grad_clip > 0, "ar_train.grad_clip", "must be > 0")
         _require(self.warmup_epochs >= 0, "ar_train.warmup_epochs", "must be >= 0")
+        _require(self.warmup_steps is None or self.warmup_steps >= 0, "ar_train.warmup_steps",
+                 f"must be None or >= 0, got {self.warmup_steps}")
+        _require(self.warmup_from is None or 0 <= self.warmup_from <= 1, "ar_train.warmup_from",
+                 f"must be None or in [0, 1], got {self.warmup_from}")
         _require(0 <= self.decay_fraction <= 1, "ar_train.decay_fraction", "must be in [0, 1]")
+        _require(self.decay_shape in ("linear", "sqrt"), "ar_train.decay_shape",
+                 f"'linear' or 'sqrt', got {self.decay_shape!r}")
+        _require(self.views in typing.get_args(TokenViews), "ar_train.views",
+                 f"one of {list(typing.get_args(TokenViews))}, got {self.views!r}")
         _require(self.max_steps is None or self.max_steps >= 1, "ar_train.max_steps", "must be >= 1")
 
 
@@ -853,7 +881,12 @@ class Profile:
     # length name paper epochs: Fig. 12's 40-120 epochs).
     eval: EvalConfig
     epochs_per_paper_epoch: float
-    system_ar_epochs: float  # the system-level AR models (Sec. 5.4: 300 epochs)
+    # The system-level AR models (Sec. 5.4, Appendix B), per AR size ("default" for the others): what
+    # ``ar_run(..., system=True)`` trains.
+    system_ar_train: dict[str, ARTrainConfig]
+    # Every gFID a study reports is the best of a CFG search (the authors' train_c2i_and_eval.sh searches the probe's
+    # scale too); False: runs without the cfg_search stage sample at eval.cfg_scale.
+    cfg_search_every_gfid: bool
     # ARConfig fields this profile sets beyond the size table (the paper: the authors' gpt_1d recipe).
     ar_model_options: dict[str, Any] = field(default_factory=dict)
     # The authors' transformer layout and initialisation (TokenizerConfig.block_1d ... init) and their entropy-loss
@@ -869,6 +902,9 @@ class Profile:
 
     def default_batch_size(self, name: str) -> int:
         return self.batch_size.get(name, self.batch_size["default"])
+
+    def system_ar_train_for(self, size: str) -> ARTrainConfig:
+        return self.system_ar_train.get(size, self.system_ar_train["default"])
 
 
 _LARGE = ("XL", "XXL")
@@ -887,6 +923,27 @@ AUTHORS_LAYOUT: dict[str, Any] = {
     "decoder_out_kernel": 3,
     "init": "authors",
 }
+
+# The AR probe (scripts/composite_cmd/train_vq_and_eval.sh): LM_EPOCH=300, LM_BSZ=256, LR=1e-4, WARM_ITER=0, a WSD
+# schedule whose decay starts at 80% of the 300 epochs (FRACT_DECAY=0.2), stopped at LM_STOP_ITER=250000 = 50
+# epochs of 5000 steps: 50 epochs at a constant learning rate, no warm-up. It trains on ten-crop token caches, one
+# view of each image an epoch (extract_codes_c2i.py --ten-crop --crop-range 1.1, dataset/imagenet.py): the
+# authors' pre-computed codes (LlamaGen's recipe), which their instructions suggest for large AR models; their
+# scripts' default (DATASET=imagenet) tokenizes each step's images on the fly, random_crop_arr and a flip.
+PAPER_AR_PROBE = ARTrainConfig(epochs=50, batch_size=256, lr=1e-4, warmup_epochs=0.0, decay_fraction=0.0,
+                               views="ten_crop", one_view_per_image=True)
+# System level (Appendix B; Detailed_instructions.md, train_c2i_and_eval.sh): 300 epochs, WSD with 20% decay of
+# the sqrt shape (wsd_lr's default) to 0, warm-up WARM_ITER=5000 steps (1 epoch at batch 256) for B, L, XL, and
+# for XXL batch 512 with WARM_ITER=200 (the paper's text says 1 epoch; the authors' command says 200 steps).
+PAPER_SYSTEM_AR = dataclasses.replace(PAPER_AR_PROBE, epochs=300, warmup_steps=5_000, warmup_from=0.01,
+                                      decay_fraction=0.2, decay_shape="sqrt")
+PAPER_SYSTEM_AR_XXL = dataclasses.replace(PAPER_SYSTEM_AR, batch_size=512, warmup_steps=200)
+
+# The tiny probe samples one of two views an image each epoch (centre_pair tokenizes each image twice, as "flip"
+# did), so 4 epochs of 28 steps with a 2-epoch warm-up are the 112 steps and 56 warm-up steps of the 2 epochs over
+# both views it had before.
+TINY_AR_PROBE = ARTrainConfig(epochs=4, batch_size=32, lr=1e-3, warmup_epochs=2.0, log_every=10, checkpoint_every=50,
+                              views="centre_pair", one_view_per_image=True)
 
 PAPER = Profile(
     name="paper",
@@ -921,12 +978,13 @@ PAPER = Profile(
     checkpoint_every=5_000,
     ar_sizes=PAPER_AR_SIZES,
     num_classes=1000,
-    ar_train=ARTrainConfig(),  # the AR probe: 50 epochs, batch 256, lr 1e-4 (system level: epochs=300)
+    ar_train=PAPER_AR_PROBE,
     # 50k samples against ADM's ImageNet-train reference batch (rFID: the whole val split), 299 px Inception;
     # Fig. 8 shows "golden retriever" (207).
     eval=EvalConfig(pca_class=207, probe=AUTHORS_PROBE, gen_reference="adm", cfg_step_rule="authors"),
     epochs_per_paper_epoch=1.0,
-    system_ar_epochs=300,
+    system_ar_train={"default": PAPER_SYSTEM_AR, "XXL": PAPER_SYSTEM_AR_XXL},
+    cfg_search_every_gfid=True,
     # The authors' gpt_1d.py: ModelArgs.attn_dropout_p 0.0 (train_c2i.py sets only token/resid/ffn dropout, 0.1)
     # and Transformer.initialize_weights (zero output head, positions scaled by width**-0.5).
     ar_model_options={"attn_dropout": 0.0, "init": "llamagen"},
@@ -969,8 +1027,8 @@ TINY = Profile(
     checkpoint_every=20,  # a killed tiny run loses at most ~25 s
     ar_sizes=TINY_AR_SIZES,
     num_classes=14,  # the built-in dataset's source photographs
-    # Two epochs: 112 steps at ~0.13 s on two cores.
-    ar_train=ARTrainConfig(epochs=2, batch_size=32, lr=1e-3, log_every=10, checkpoint_every=50),
+    # 112 steps at ~0.13 s on two cores.
+    ar_train=TINY_AR_PROBE,
     # FID at its standard 299 px input on 96 images: Inception costs ~0.2 s an image on a CPU core pair, so the
     # counts, not the resolution, are cut. Numbers this small are for plumbing and trends, never for comparison.
     eval=EvalConfig(
@@ -979,7 +1037,11 @@ TINY = Profile(
         cfg_search=CfgSearchConfig(scale_max=2.0, low_fraction=0.5, startup_trials=2),
     ),
     epochs_per_paper_epoch=0.01,  # the paper's 100 epochs are one here
-    system_ar_epochs=20,
+    system_ar_train={"default": dataclasses.replace(TINY_AR_PROBE, epochs=40)},  # 1,120 steps
+    # A search at tiny (five scales) took 147 s where sampling at the fixed scale took 42 s (S-S probe, one thread
+    # of a loaded pair of cores): about +10 minutes over the six runs of scaling_1d_vs_2d, past its 20-minute budget.
+    # ar_probe_vs_large and system_level search their scale as a stage.
+    cfg_search_every_gfid=False,
 )
 
 PROFILES: dict[str, Profile] = {"paper": PAPER, "tiny": TINY}
@@ -1089,10 +1151,13 @@ def ar_run(
     seed: int = 0,
     max_steps: int | None = None,
     performance: PerformanceConfig | None = None,
+    system: bool = False,
 ) -> ARRunConfig:
     """An AR model of Table 8 size ``size`` trained on ``tokenizer``'s tokens, numbers from its profile.
 
-    ``performance`` None computes it as the tokenizer run is computed.
+    ``system`` False trains it with the AR probe's recipe (``ar_train``), True with the system-level recipe of that
+    size (``system_ar_train``: 300 epochs at ``paper``). ``performance`` None computes it as the tokenizer run is
+    computed.
     """
     prof = get_profile(tokenizer.profile)
     _require(size in prof.ar_sizes, "ar.size", f"unknown AR size {size!r}; known: {AR_SIZE_NAMES}")
@@ -1102,10 +1167,11 @@ def ar_run(
         vocab_size=tokenizer.tokenizer.quantizer.codebook_size,
         num_tokens=tokenizer.tokenizer.num_tokens, num_classes=prof.num_classes, **prof.ar_model_options,
     )
+    recipe = prof.system_ar_train_for(size) if system else prof.ar_train
     train = dataclasses.replace(
-        prof.ar_train,
-        epochs=prof.ar_train.epochs if epochs is None else epochs,
-        batch_size=prof.ar_train.batch_size if batch_size is None else batch_size,
+        recipe,
+        epochs=recipe.epochs if epochs is None else epochs,
+        batch_size=recipe.batch_size if batch_size is None else batch_size,
         seed=seed, max_steps=max_steps,
     )
     return ARRunConfig(

@@ -254,7 +254,7 @@ def stage_result_path(spec: RunSpec, ctx: RunContext, stage: str) -> Path:
     if stage == "tokenizer":
         return ctx.tokenizer_dir(spec.tokenizer) / "summary.json"  # the whole schedule, snapshots included
     if stage == "token_cache":
-        return tokenizer_dir_of(spec, ctx) / "token_cache" / "val.pt"
+        return tokenizer_dir_of(spec, ctx) / "token_cache" / "val.pt"  # with the training split's file beside it
     if stage == "reconstruction":
         key = _eval_key(spec, "recon_images", "inception_input")
         return tokenizer_dir_of(spec, ctx) / "eval" / f"reconstruction-{key}.json"
@@ -297,7 +297,11 @@ def completed_stages(spec: RunSpec, ctx: RunContext) -> list[str]:
     for stage in spec.ordered_stages():
         path = stage_result_path(spec, ctx, stage)
         if stage == "token_cache":
-            done_here = path.is_file() and path.with_name("train.pt").is_file()
+            from gigatok.token_cache import cache_path
+
+            assert spec.ar is not None
+            train = cache_path(tokenizer_dir_of(spec, ctx), "train", spec.ar.train.views)
+            done_here = path.is_file() and train.is_file()
         else:
             done_here = path.is_file()
         if done_here:
@@ -495,8 +499,10 @@ class StageRunner:
     def _token_cache(self) -> StageOutcome:
         from gigatok.token_cache import build_token_cache
 
+        assert self.spec.ar is not None
         for split in ("train", "val"):
-            build_token_cache(self.tok_dir, split, device=self.ws.device, progress=self.ctx.progress)
+            build_token_cache(self.tok_dir, split, views=self.spec.ar.train.views, device=self.ws.device,
+                              progress=self.ctx.progress)
         return StageOutcome("token_cache", {})
 
     def _ar(self) -> StageOutcome:
@@ -695,7 +701,7 @@ class StageRunner:
             import torch
 
             from gigatok.metrics.linear_probe import ar_features, linear_probe
-            from gigatok.token_cache import TokenCache, load_token_cache
+            from gigatok.token_cache import load_token_cache, view_set
             from gigatok.train.ar_loop import load_trained_ar
 
             ar = load_trained_ar(self.ar_dir, self.ws.device)
@@ -704,9 +710,9 @@ class StageRunner:
             if cfg.method == "lars" and cfg.views == "random_crop":
                 probe = self._ar_probe_on_images(ar, features)
             else:
-                train, val = load_token_cache(self.tok_dir, "train"), load_token_cache(self.tok_dir, "val")
-                plain = (~train.flipped).nonzero().flatten()  # the probe sees each image once, unflipped
-                train = TokenCache(train.tokens[plain], train.labels[plain], train.flipped[plain])
+                views = self.spec.ar.train.views
+                train, val = load_token_cache(self.tok_dir, "train", views), load_token_cache(self.tok_dir, "val")
+                train = train.one_view(view_set(views).plain)  # the probe sees each image once, unflipped
                 if cfg.method == "lars":
                     from gigatok.metrics.linear_probe import lars_probe
 

@@ -207,6 +207,7 @@ class Planner:
         return tokenizer_run(name, profile=self.profile_name, data_root=self.data_root, **kwargs)
 
     def ar(self, tokenizer: TokenizerRunConfig, size: str = "B", **kwargs: Any) -> ARRunConfig:
+        """An AR model trained with the probe's recipe (``system=True``: the system-level recipe of its size)."""
         return ar_run(tokenizer, size, **kwargs)
 
     def run(
@@ -218,9 +219,16 @@ class Planner:
         eval: EvalConfig | None = None,
         tokenizer_snapshot: float | None = None,
     ) -> RunSpec:
-        spec = RunSpec(self.study, tuple(factors.items()), tokenizer, ar, eval or self.profile.eval, stages,
-                       tokenizer_snapshot)
+        spec = RunSpec(self.study, tuple(factors.items()), tokenizer, ar, eval or self.profile.eval,
+                       self._searched(stages, ar), tokenizer_snapshot)
         return apply_overrides(spec, self.overrides)
+
+    def _searched(self, stages: tuple[str, ...], ar: ARRunConfig | None) -> tuple[str, ...]:
+        """``stages`` with the CFG search added where the profile reports every gFID at its searched best scale."""
+        if self.profile.cfg_search_every_gfid and ar is not None and "generation" in stages \
+                and "cfg_search" not in stages:
+            return (*stages, "cfg_search")
+        return stages
 
     def probe(self, factors: dict[str, Any], tokenizer: TokenizerRunConfig, ar_size: str = "B",
               **ar_kwargs: Any) -> RunSpec:

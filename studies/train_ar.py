@@ -1,7 +1,8 @@
 """Train an AR probe on a finished tokenizer run: ``python studies/train_ar.py runs/tokenizer-HASH --size B``.
 
 Tokenizes the run's dataset once into its token cache (reused by every AR run on it), trains the Llama-style AR
-model with the profile's settings (AR probe: 50 epochs at paper profile), and reports the teacher-forced
+model with the profile's settings (AR probe: 50 epochs at a constant rate at paper profile; ``--system``: the
+system-level recipe, 300 epochs with a sqrt-decay WSD schedule), and reports the teacher-forced
 validation loss and the linear-probe accuracy of its middle layer. Re-running resumes.
 """
 
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs-dir", default="runs", help="AR run directories are RUNS_DIR/ar-HASH")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    p.add_argument("--system", action="store_true",
+                   help="the system-level recipe of this size (paper: 300 epochs, WSD sqrt decay, XXL batch 512)")
     args = p.parse_args(argv)
 
     from gigatok.train.tokenizer_loop import read_run_config
@@ -35,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = ar_run(
             read_run_config(args.tokenizer_run), args.size, epochs=args.epochs, batch_size=args.batch_size,
-            seed=args.seed, max_steps=args.max_steps,
+            seed=args.seed, max_steps=args.max_steps, system=args.system,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from gigatok.metrics.linear_probe import ar_features, linear_probe
-    from gigatok.token_cache import build_token_cache
+    from gigatok.token_cache import build_token_cache, view_set
     from gigatok.train.ar_loop import load_trained_ar, train_ar
 
     run_dir = Path(args.runs_dir) / f"ar-{cfg.hash()}"
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"validation loss {result.val_loss:.4f} (log vocabulary = {math.log(cfg.model.vocab_size):.3f})")
     if not args.no_probe:
         model = load_trained_ar(run_dir)
-        train = build_token_cache(args.tokenizer_run, "train")
+        views = cfg.train.views
+        train = build_token_cache(args.tokenizer_run, "train", views=views).one_view(view_set(views).plain)
         val = build_token_cache(args.tokenizer_run, "val")
         name = f"AR-{cfg.size} layer {cfg.model.depth // 2}"
         probe = linear_probe(ar_features(model, train), ar_features(model, val), name)

@@ -76,7 +76,7 @@ def test_system_level_has_the_b_l_dino_discriminator_row(profile: str, start: in
                                gan_start_step=plain.tokenizer.loss.gan_start_step)
     assert dataclasses.replace(dino.tokenizer, loss=loss) == plain.tokenizer
     assert dino.ar.size == "B" and dino.ar.train == plain.ar.train
-    assert dino.ar.train.epochs == p.profile.system_ar_epochs
+    assert dino.ar.train == p.profile.system_ar_train_for("B")
     assert dino.stages == plain.stages and dino.eval == plain.eval and dino.eval.cfg_schedule == "step"
 
 
@@ -98,7 +98,7 @@ def test_runs_sharing_a_tokenizer_go_to_one_job() -> None:
     groups = group_by_tokenizer(specs)
     assert [len(g) for g in groups] == [2, 2, 2]
     assert all(len({s.tokenizer.hash() for s in g}) == 1 for g in groups)
-    assert {s.ar.size for s in groups[0]} == {"B", "L"}
+    assert {s.ar.size for s in groups[0]} == {"B", "XL"}  # Fig. 6: the probe against AR-XL
 
 
 def test_run_hash_is_stable_across_processes() -> None:

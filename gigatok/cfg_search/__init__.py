@@ -14,8 +14,8 @@ schedule for AR probing and the step schedule (the first 18% of tokens unguided)
 - :mod:`~gigatok.cfg_search.search`: workers, the launcher's preparation, the summary.
 
 ``python studies/run.py cfg_search --study NAME --only ...`` runs a search with any executor; a run whose stages
-include ``cfg_search`` (``system_level``, ``ar_probe_vs_large``) runs its own in-process and reports gFID at the
-best point.
+include ``cfg_search`` (``system_level``, ``ar_probe_vs_large``, and at the ``paper`` profile every run that reports
+gFID) runs its own in-process and reports gFID at the best point.
 """
 
 from gigatok.cfg_search.plan import SearchError, SearchPlan, SearchPoint, check_ready

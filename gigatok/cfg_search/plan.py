@@ -142,6 +142,7 @@ class SearchPlan:
             "sampling": [e.temperature, e.top_k, e.top_p], "reference": [e.reference_images, e.inception_input,
                           *([e.gen_reference] if e.gen_reference != "val" else [])],
             "batch_size": e.batch_size,  # the samples drawn depend on how the generator's stream is batched
+            # only when set, so the searches made before the field came keep their keys
         })
 
     @property

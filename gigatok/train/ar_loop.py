@@ -8,7 +8,7 @@ global batch and average gradients, as in the tokenizer loop; rank 0 alone write
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from gigatok.train.run_dir import (
     read_config,
     require_finite,
 )
-from gigatok.train.sampling import ResumableBatchSampler
+from gigatok.train.sampling import ResumableBatchSampler, view_choice
 from gigatok.train.tokenizer_loop import read_run_config
 
 
@@ -74,20 +74,46 @@ class _TrainingLoss(nn.Module):
         return self.model.loss(tokens, labels)
 
 
+class OneViewPerImage:
+    """Each global batch of image indices as rows of the token cache, at one view of each image drawn uniformly by
+    (seed, step): an epoch visits every image once, as LlamaGen's CustomDataset draws one of an image's ten-crop
+    codes each time it is read. The global batch is drawn before it is split over ranks."""
+
+    def __init__(self, batches: ResumableBatchSampler, cache: TokenCache, seed: int) -> None:
+        self.batches, self.table, self.seed = batches, cache.view_table(), seed
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step, images in enumerate(self.batches, start=self.batches.start_step):
+            choice = view_choice(self.seed, step, len(images), self.table.shape[1])
+            yield self.table[torch.tensor(images), choice].tolist()
+
+
 def wsd_schedule(train: ARTrainConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
-    """Warm-up (linear, ``warmup_epochs``), stable at the base LR, then linear decay over the last
-    ``decay_fraction`` of the steps down to ``min_lr``."""
-    warmup = min(total_steps, round(train.warmup_epochs * steps_per_epoch))
+    """The learning-rate factor of each step: a linear warm-up (``warmup_steps``, else ``warmup_epochs``), stable at
+    the base LR, then over the last ``decay_fraction`` of the steps a decay down to ``min_lr``, of ``decay_shape``:
+    linear 1 - p or sqrt 1 - sqrt(p) of its progress p (the authors' wsd_lr with decay_type="sqrt").
+
+    ``decay_fraction`` 0 is a constant rate after the warm-up: the authors' AR probe, a 300-epoch WSD schedule that
+    stops at 50 epochs, long before its decay starts at 240.
+    """
+    warm = train.warmup_steps if train.warmup_steps is not None else round(train.warmup_epochs * steps_per_epoch)
+    warmup = min(total_steps, warm)
     decay_start = total_steps - round(train.decay_fraction * total_steps)
     floor = train.min_lr / train.lr
+    shape = math.sqrt if train.decay_shape == "sqrt" else (lambda p: p)
+
+    start = train.warmup_from
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return (step + 1) / warmup if start is None else start + (1 - start) * step / warmup
         if step < decay_start:
             return 1.0
-        progress = (step - decay_start + 1) / max(1, total_steps - decay_start)
-        return floor + (1 - floor) * max(0.0, 1 - progress)
+        progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
+        return floor + (1 - floor) * (1 - shape(progress))
 
     return factor
 
@@ -142,14 +168,15 @@ def train_ar(
         return ARTrainResult(run_dir, summary["steps"], True, summary["val_loss"], summary["final_metrics"])
     # Rank 0 tokenizes the data and writes the caches and config.json; the other ranks then read them.
     def token_cache(split: str) -> TokenCache:
-        return build_token_cache(tokenizer_run_dir, split, device=device, progress=progress)
+        return build_token_cache(tokenizer_run_dir, split, views=cfg.train.views, device=device, progress=progress)
 
     train_cache, val_cache = main_first(env, lambda: token_cache("train")), main_first(env, lambda: token_cache("val"))
     main_first(env, lambda: prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), ar_run_config_from_dict))
 
     t = cfg.train
     torch.manual_seed(seed_for_rank(t.seed, env))  # each rank its own dropout; DDP starts all from rank 0's weights
-    steps_per_epoch = len(train_cache) // t.batch_size
+    # An epoch is every cached view, or (one_view_per_image) every image once at one of its views.
+    steps_per_epoch = (train_cache.num_images if t.one_view_per_image else len(train_cache)) // t.batch_size
     total_steps = math.ceil(t.epochs * steps_per_epoch)
     total_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
     perf = cfg.performance
@@ -184,7 +211,11 @@ def train_ar(
         barrier(env)
 
     end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
-    sampler = ResumableBatchSampler(len(train_cache), t.batch_size, t.seed, step, end)
+    if t.one_view_per_image:
+        images = ResumableBatchSampler(train_cache.num_images, t.batch_size, t.seed, step, end)
+        sampler: ResumableBatchSampler | OneViewPerImage = OneViewPerImage(images, train_cache, t.seed)
+    else:
+        sampler = ResumableBatchSampler(len(train_cache), t.batch_size, t.seed, step, end)
     shards = RankShard(sampler, t.batch_size, env)
     model.train()
     last: dict[str, float] = {}

@@ -75,6 +75,12 @@ class KeyedBatches(Sampler[list[tuple[int, int]]]):
             yield [(i, crop_seed(seed, step, i)) for i in batch]
 
 
+def view_choice(seed: int, step: int, batch_size: int, views: int) -> torch.Tensor:
+    """Which of ``views`` cached views of each image of step ``step``'s batch is trained on: uniform, a function of
+    (seed, step) only, so a resumed run draws what an uninterrupted one would."""
+    return torch.randint(views, (batch_size,), generator=_generator(seed, step, 13))
+
+
 class IndexedDataset(Dataset):
     """Yields (image, label, index) so per-sample caches can be keyed by dataset index.
 
