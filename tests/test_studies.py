@@ -58,6 +58,10 @@ def test_studies_vary_what_the_paper_varies() -> None:
     entropy = get_study("entropy_loss").plan(p)
     assert [s.tokenizer.tokenizer.quantizer.entropy_weight for s in entropy] == [0.0, 5e-3]
     assert all(s.ar is None and s.stages == ("tokenizer", "reconstruction") for s in entropy)
+    # Without entropy loss: the 622M tokenizer's recipe (the shortcut, no warm-up); with it: warm-up, no shortcut.
+    off, on = entropy
+    assert (off.tokenizer.loss.shortcut_end_step, off.tokenizer.optim.warmup_steps) == (15_000, 0)
+    assert (on.tokenizer.loss.shortcut_end_step, on.tokenizer.optim.warmup_steps) == (0, 5_000)
     system = get_study("system_level").plan(p)
     assert all(s.ar.train.epochs == 300 for s in system)
     assert {s.stages for s in get_study("decode_cost").plan(p)} == {("decode_cost",)}
