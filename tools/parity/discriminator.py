@@ -55,7 +55,10 @@ PATCHGAN_CONFIG: dict[str, Any] = {"input_nc": 3, "ndf": 8, "n_layers": 3, "norm
 def import_authors(root: Path) -> tuple[Any, Any, Any]:
     if not (root / "tokenizer" / "tokenizer_image" / "discriminator_dino.py").is_file():
         sys.exit(f"--authors {root}: no tokenizer/tokenizer_image/discriminator_dino.py (not a GigaTok checkout?)")
-    sys.path.insert(0, str(root))
+    # Their top-level "tokenizer" is a namespace package, which tools/parity/tokenizer.py (on sys.path as this
+    # script's folder) would shadow.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [str(root)] + [p for p in sys.path if Path(p or ".").resolve() != here]
     from tokenizer.tokenizer_image import diffaug, discriminator_dino, discriminator_patchgan
 
     return discriminator_dino, diffaug, discriminator_patchgan
