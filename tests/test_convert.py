@@ -240,6 +240,22 @@ def test_study_refuses_missing_files_before_mlflow(
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
 
 
+def test_study_refuses_a_wrong_file_before_mlflow(
+    standins: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services import run_cli
+
+    weights = tmp_path / "weights"
+    released_pair(weights, "GPT_B256_e300_VQ_SS")
+    _wrong_size(weights)  # an S-B tokenizer where the released S-S one belongs
+    args = ["released_checkpoints", "--only", "size=S-S", "--executor", "debug", "--weights-dir", str(weights)]
+    code, _, err = run_cli(args, tmp_path, monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "VQ_SS256_e100.pt" in lines[0] and "another architecture than planned" in lines[0]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_study_runs_end_to_end_on_standins(
     standins: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -6,6 +6,35 @@ stand-ins convert the same way as the released files. ``released`` turns a conve
 trained one would have (used by ``python -m gigatok.convert`` and the ``released_checkpoints`` study).
 """
 
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
 
 class ConversionError(ValueError):
     """A file that is not an authors' checkpoint of the expected kind; the message is one line naming it."""
+
+
+def read_checkpoint(path: Path) -> Any:
+    """A checkpoint file's contents, memory-mapped where the file allows it (so a 12 GB XL-XXL checkpoint can be
+    checked for keys and shapes before a study starts without reading its tensors); ConversionError names the file.
+    """
+    import torch
+
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        # The authors' training checkpoints hold the argparse Namespace of vq_train.py / train_c2i.py beside the
+        # tensors; nothing else but tensors and plain values is unpickled.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # an old, non-zip torch file
+    except Exception as e:  # any unreadable file is refused, with the reason
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({reason[:160]})") from None

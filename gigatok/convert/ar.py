@@ -18,7 +18,6 @@ width / 64, the head width of every authors' GPT size.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from gigatok.config import ARConfig, ConfigError, get_profile
-from gigatok.convert import ConversionError
+from gigatok.convert import ConversionError, read_checkpoint
 
 # gpt_1d.py's GPT_models: name -> (width, heads). Every one has 64-wide heads.
 AUTHORS_GPT_SIZES: dict[str, tuple[int, int]] = {
@@ -65,23 +64,13 @@ def load_authors_ar(
     Raises :class:`ConversionError` (one line).
     """
     name = str(source) if isinstance(source, str | Path) else "checkpoint"
-    checkpoint = _read(Path(source)) if isinstance(source, str | Path) else source
+    checkpoint = read_checkpoint(Path(source)) if isinstance(source, str | Path) else source
     weights = _state_dict(checkpoint, name)
     _check_layout(weights, name)
     cfg = _infer_config(weights, name, heads, _size_from_args(checkpoint, name))
     return cfg, _map(weights, cfg)
 
 
-def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
-    try:
-        # Their training checkpoints hold the argparse Namespace of train_c2i.py beside the tensors.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable file is refused, with the reason
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({reason[:160]})") from None
 
 
 def _state_dict(checkpoint: Any, name: str) -> dict[str, torch.Tensor]:

@@ -294,6 +294,15 @@ def write_run_folder(run_dir: Path, kind: Kind, config: TokenizerRunConfig | ARR
     return run_dir
 
 
+def checked_state(path: Path, kind: Kind, planned: TokenizerRunConfig | ARRunConfig,
+                  loader: Loader | None = None) -> dict[str, Any]:
+    """The workbench state dict of an authors' file that holds the planned model; ConversionError otherwise."""
+    found, state = read_authors(path, kind, loader)
+    check_fits(Path(path), kind, planned.tokenizer if kind == "tokenizer" else planned.model,  # type: ignore[union-attr]
+               found, state)
+    return state
+
+
 def convert_to_run(path: Path, kind: Kind, planned: TokenizerRunConfig | ARRunConfig, run_dir: Path,
                    loader: Loader | None = None) -> dict[str, Any]:
     """Convert ``path`` into ``run_dir`` as a finished stage of ``planned``; its provenance (nothing written on error).
@@ -303,9 +312,7 @@ def convert_to_run(path: Path, kind: Kind, planned: TokenizerRunConfig | ARRunCo
     done = finished_conversion(Path(run_dir), planned.hash())
     if done is not None:
         return done
-    found, state = read_authors(path, kind, loader)
-    check_fits(Path(path), kind, planned.tokenizer if kind == "tokenizer" else planned.model,  # type: ignore[union-attr]
-               found, state)
+    state = checked_state(path, kind, planned, loader)
     origin = provenance(Path(path), kind, planned.source)
     write_run_folder(Path(run_dir), kind, planned, state, origin)
     return origin
@@ -351,13 +358,16 @@ def install(kind: Kind, planned: TokenizerRunConfig | ARRunConfig, run_dir: Path
 
 def missing_inputs(configs: Iterable[tuple[TokenizerRunConfig | ARRunConfig, Path]],
                    weights_dir: str | None) -> list[str]:
-    """One line per converted stage that is neither on disk nor convertible from a file that is there."""
+    """One line per converted stage that is neither on disk nor convertible from a file that is there: a missing
+    file, or one that does not hold the planned model."""
     problems = []
     for cfg, run_dir in configs:
         if not cfg.source or (Path(run_dir) / "summary.json").is_file():
             continue
+        kind: Kind = "tokenizer" if isinstance(cfg, TokenizerRunConfig) else "ar"
         try:
-            released_file(cfg.source, weights_dir)
+            # Reading is memory-mapped, so checking keys and shapes costs little even for the 2.9B tokenizer's file.
+            checked_state(released_file(cfg.source, weights_dir), kind, cfg)
         except ConversionError as exc:
             problems.append(str(exc))
     return list(dict.fromkeys(problems))

@@ -20,7 +20,6 @@ determine are the ``paper`` profile's.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
 from collections.abc import Mapping
@@ -39,7 +38,7 @@ from gigatok.config import (
     TransformerSize,
     tokenizer_run,
 )
-from gigatok.convert import ConversionError
+from gigatok.convert import ConversionError, read_checkpoint
 
 # blocks.py ViTEncoder's size table: width -> heads ("tiny" .. "xxxl"); every entry has 64-wide heads.
 AUTHORS_HEADS_BY_WIDTH = {256: 4, 512: 8, 768: 12, 1024: 16, 1280: 20, 1536: 24, 2560: 40}
@@ -74,7 +73,7 @@ def load_authors_tokenizer(
     :class:`ConversionError` with a one-line message for anything that is not an authors' tokenizer.
     """
     name = str(source) if isinstance(source, str | Path) else "checkpoint"
-    checkpoint = _read(Path(source)) if isinstance(source, str | Path) else source
+    checkpoint = read_checkpoint(Path(source)) if isinstance(source, str | Path) else source
     weights = _state_dict(checkpoint, name)
     _check_layout(weights, name)
     cfg = _infer_config(weights, name, heads)
@@ -86,16 +85,6 @@ def load_authors_tokenizer(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
-    try:
-        # Their training checkpoints hold the argparse Namespace of vq_train.py beside the tensors.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable file is refused, with the reason
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({reason[:160]})") from None
 
 
 def _state_dict(checkpoint: Any, name: str) -> dict[str, torch.Tensor]:
