@@ -225,6 +225,11 @@ def test_v2_training_scales_and_flips(train2: BuiltinImages) -> None:
     assert torch.equal(train2.crops[i], plain.flip(-1)) and i % n == source_idx
 
 
+def test_v2_validation_fixed_across_seeds(val2: BuiltinImages) -> None:
+    other = BuiltinImages("val", SIZE, CROPS, seed=5, version=2)
+    assert other.seed == 0 and other.boxes == val2.boxes and torch.equal(other.crops, val2.crops)
+
+
 def test_v2_validation_not_augmented(val2: BuiltinImages) -> None:
     assert not val2.mirrored.any()
     for i, (source_idx, left, top, side) in enumerate(val2.boxes):

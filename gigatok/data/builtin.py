@@ -250,7 +250,7 @@ class BuiltinImages(Dataset):
     Version 1 lists each photo's crops together, drawn per (seed, photo, split). Version 2 interleaves the
     photos (item ``i`` comes from photo ``i % num_classes``) so that any prefix, such as the first images that
     FID and the sample grids use, covers every photo evenly; item ``i`` is drawn from (seed, split, i) alone, so
-    it does not depend on ``crops_per_image``.
+    it does not depend on ``crops_per_image``. Its validation split ignores ``seed`` (``self.seed`` is 0).
     """
 
     def __init__(
@@ -265,7 +265,9 @@ class BuiltinImages(Dataset):
             )
         self.split = split
         self.image_size = image_size
-        self.seed = seed
+        # From version 2 the validation crops are one fixed set whatever the run's seed: runs that differ only
+        # in seed are scored on the same images (and share their FID reference), so the seed spread is training's.
+        self.seed = 0 if split == "val" and version > 1 else seed
         self.version = version
         self.sources = sources_for(version)
         self.class_names = [s.class_name for s in self.sources]
