@@ -65,7 +65,7 @@ def test_ar_probe_learns_and_resumes(trained_tokenizer: tuple[TokenizerRunConfig
     assert [r["step"] for r in a] == [r["step"] for r in b]
     assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-5)
 
-    # Linear probes on the built-in dataset's 14 classes beat chance, for the AR model and the tokenizer.
+    # Linear probes on the built-in dataset's classes beat chance, for the AR model and the tokenizer.
     model = load_trained_ar(tmp_path / "full")
     train_cache = build_token_cache(tok_dir, "train", progress=False)
     val_cache = build_token_cache(tok_dir, "val", progress=False)

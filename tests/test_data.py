@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gigatok.config import DataConfig
+from gigatok.config import TINY, DataConfig, config_hash
 from gigatok.data import (
+    ALL_SOURCES,
     DATA_ROOT_ENV,
     SOURCES,
     BuiltinImages,
@@ -19,8 +22,9 @@ from gigatok.data import (
     adm_center_crop,
     adm_random_crop,
     build_dataset,
+    sources_for,
 )
-from gigatok.data.builtin import crop_side_range, val_crops_per_image
+from gigatok.data.builtin import _decode, _render, crop_side_range, train_side_range, val_crops_per_image
 
 SIZE = 32
 CROPS = 8
@@ -107,6 +111,143 @@ def test_builtin_crop_sides_shared_and_not_upsampled(train: BuiltinImages, val: 
 def test_builtin_rejects_bad_split() -> None:
     with pytest.raises(DataError, match="split"):
         BuiltinImages("test", SIZE, CROPS)
+
+
+def test_builtin_rejects_bad_version() -> None:
+    with pytest.raises(DataError, match="version"):
+        BuiltinImages("train", SIZE, CROPS, version=3)
+    with pytest.raises(ValueError, match="data.builtin_version"):
+        DataConfig(dataset="builtin", builtin_version=0)
+
+
+# ---- builtin, version 2: every licensed photograph, augmented training crops ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def train2() -> BuiltinImages:
+    return BuiltinImages("train", SIZE, CROPS, seed=0, version=2)
+
+
+@pytest.fixture(scope="module")
+def val2() -> BuiltinImages:
+    return BuiltinImages("val", SIZE, CROPS, seed=0, version=2)
+
+
+def test_every_source_ships_in_an_installed_wheel() -> None:
+    """Each file is in its distribution's RECORD: shipped by the wheel, not fetched into the package later."""
+    distributions = importlib.metadata.packages_distributions()
+    for source in ALL_SOURCES:
+        dist = importlib.metadata.distribution(distributions[source.package][0])
+        assert f"{source.package}/{source.relpath}" in {str(f) for f in dist.files or ()}, source.class_name
+        assert source.path().is_file() and source.licence and source.credit
+
+
+def test_every_source_documented() -> None:
+    table = (Path(__file__).parents[1] / "docs" / "datasets.md").read_text()
+    for source in ALL_SOURCES:
+        assert f"| {source.class_name} " in table, f"{source.class_name} missing from docs/datasets.md"
+        assert f"`{source.package}/{source.relpath}`" in table
+
+
+def test_versions_nest() -> None:
+    names1, names2 = ([s.class_name for s in sources_for(v)] for v in (1, 2))
+    assert sources_for(1) == SOURCES and len(names1) == 14 and len(names2) == 18
+    assert set(names1) < set(names2) and names2 == sorted(names2) and sources_for(2) == ALL_SOURCES
+
+
+def test_version1_fingerprint_unchanged() -> None:
+    """Version 1 still hashes its files alone, so FID references described before version 2 stay valid."""
+    digest = hashlib.sha256()
+    for source in sources_for(1):
+        digest.update(f"{source.class_name}:{hashlib.sha256(source.path().read_bytes()).hexdigest()};".encode())
+    assert BuiltinImages("val", SIZE, 4).fingerprint == digest.hexdigest()[:16]
+    assert BuiltinImages("val", SIZE, 4, version=2).fingerprint != digest.hexdigest()[:16]
+
+
+def test_v2_sizes_and_interleaved_labels(train2: BuiltinImages, val2: BuiltinImages) -> None:
+    n = len(sources_for(2))
+    assert (len(train2), len(val2)) == (CROPS * n, val_crops_per_image(CROPS) * n)
+    for ds in (train2, val2):
+        assert ds.num_classes == n and ds.class_names == [s.class_name for s in sources_for(2)]
+        # Item i comes from photo i % n: any prefix of n items holds every class once.
+        assert ds.labels.tolist() == [i % n for i in range(len(ds))]
+        assert all(ds[i][1] == ds.boxes[i][0] for i in range(len(ds)))
+        assert ds.crops.dtype == torch.uint8 and ds.crops.shape[1:] == (3, SIZE, SIZE)
+    assert train2.class_names == val2.class_names  # a label names the same photo in both splits
+
+
+def test_v2_train_val_pixels_disjoint(train2: BuiltinImages, val2: BuiltinImages) -> None:
+    assert train2.source_sizes == val2.source_sizes
+    for idx, (height, width) in enumerate(train2.source_sizes):
+        masks = []
+        for ds in (train2, val2):
+            mask = np.zeros((height, width), dtype=bool)
+            for source_idx, left, top, side in ds.boxes:
+                if source_idx == idx:
+                    assert left >= 0 and left + side <= width and top >= 0 and top + side <= height
+                    mask[top : top + side, left : left + side] = True
+            masks.append(mask)
+        assert masks[0].any() and masks[1].any()
+        assert not (masks[0] & masks[1]).any(), f"train and val crops overlap in {train2.class_names[idx]}"
+
+
+def test_v2_augmentation_deterministic_per_seed(train2: BuiltinImages) -> None:
+    again = BuiltinImages("train", SIZE, CROPS, seed=0, version=2)
+    assert again.boxes == train2.boxes and torch.equal(again.mirrored, train2.mirrored)
+    assert torch.equal(again.crops, train2.crops) and again.fingerprint == train2.fingerprint
+    other = BuiltinImages("train", SIZE, CROPS, seed=1, version=2)
+    assert torch.equal(other.labels, train2.labels)
+    assert sum(a != b for a, b in zip(other.boxes, train2.boxes, strict=True)) > len(train2) * 0.9
+    assert not torch.equal(other.mirrored, train2.mirrored) and not torch.equal(other.crops, train2.crops)
+
+
+def test_v2_item_depends_on_seed_and_index_only(train2: BuiltinImages) -> None:
+    """A longer epoch (more crops a photo) keeps the items a shorter one had."""
+    longer = BuiltinImages("train", SIZE, 2 * CROPS, seed=0, version=2)
+    assert longer.boxes[: len(train2)] == train2.boxes
+    assert torch.equal(longer.crops[: len(train2)], train2.crops)
+
+
+def test_v2_training_scales_and_flips(train2: BuiltinImages) -> None:
+    n = train2.num_classes
+    wider = BuiltinImages("train", SIZE, 32, seed=0, version=2)
+    assert 0.35 < wider.mirrored.float().mean() < 0.65
+    coarser = 0
+    for source_idx, _, _, side in wider.boxes:
+        low, high = train_side_range(*wider.source_sizes[source_idx], SIZE)
+        assert low <= side <= high
+        coarser += side > crop_side_range(*wider.source_sizes[source_idx], SIZE)[1]
+    assert coarser > len(wider) // 4  # zooms beyond the validation range are drawn, not only the shared ones
+    # A mirrored item is its box rendered and flipped left-right.
+    i = int(train2.mirrored.nonzero()[0])
+    source_idx, left, top, side = train2.boxes[i]
+    plain = _render(_decode(sources_for(2)[source_idx])[0], left, top, side, SIZE, False)
+    assert torch.equal(train2.crops[i], plain.flip(-1)) and i % n == source_idx
+
+
+def test_v2_validation_fixed_across_seeds(val2: BuiltinImages) -> None:
+    other = BuiltinImages("val", SIZE, CROPS, seed=5, version=2)
+    assert other.seed == 0 and other.boxes == val2.boxes and torch.equal(other.crops, val2.crops)
+
+
+def test_v2_validation_not_augmented(val2: BuiltinImages) -> None:
+    assert not val2.mirrored.any()
+    for i, (source_idx, left, top, side) in enumerate(val2.boxes):
+        low, high = crop_side_range(*val2.source_sizes[source_idx], SIZE)
+        assert low <= side <= high
+        plain = _render(_decode(sources_for(2)[source_idx])[0], left, top, side, SIZE, False)
+        assert torch.equal(val2.crops[i], plain)
+
+
+def test_tiny_profile_matches_the_builtin_set() -> None:
+    """The AR models' class count is the photo count of the profile's version of the set."""
+    data = TINY.data
+    assert data.dataset == "builtin" and TINY.num_classes == len(sources_for(data.builtin_version))
+
+
+def test_builtin_version_default_leaves_hashes_alone() -> None:
+    assert config_hash(DataConfig(dataset="builtin")) == config_hash(DataConfig(dataset="builtin", builtin_version=1))
+    assert config_hash(DataConfig(dataset="builtin", builtin_version=2)) != config_hash(DataConfig(dataset="builtin"))
 
 
 # ---- ADM centre crop ---------------------------------------------------------------------------------------
@@ -224,6 +365,8 @@ def test_build_dataset_builtin() -> None:
     ds = build_dataset(DataConfig(dataset="builtin", crops_per_image=4), "val", SIZE, seed=3)
     assert isinstance(ds, BuiltinImages) and ds.seed == 3
     assert len(ds) == val_crops_per_image(4) * len(SOURCES) and ds.num_classes == len(SOURCES)
+    ds2 = build_dataset(DataConfig(dataset="builtin", crops_per_image=4, builtin_version=2), "val", SIZE, seed=3)
+    assert isinstance(ds2, BuiltinImages) and ds2.version == 2 and ds2.num_classes == len(sources_for(2))
 
 
 def test_build_dataset_imagefolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

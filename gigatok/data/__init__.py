@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 
 from gigatok.config import DataConfig
 from gigatok.data.augment import train_crop, train_transform
-from gigatok.data.builtin import SOURCES, BuiltinImages, BuiltinSource
+from gigatok.data.builtin import ALL_SOURCES, SOURCES, BuiltinImages, BuiltinSource, sources_for
 from gigatok.data.errors import DataError
 from gigatok.data.imagefolder import ImageFolderDataset
 from gigatok.data.transforms import adm_center_crop, adm_random_crop
@@ -16,6 +16,7 @@ from gigatok.data.transforms import adm_center_crop, adm_random_crop
 DATA_ROOT_ENV = "GIGATOK_DATA_ROOT"
 
 __all__ = [
+    "ALL_SOURCES",
     "DATA_ROOT_ENV",
     "SOURCES",
     "BuiltinImages",
@@ -26,6 +27,7 @@ __all__ = [
     "adm_random_crop",
     "build_dataset",
     "resolve_data_root",
+    "sources_for",
     "train_crop",
     "train_transform",
 ]
@@ -54,7 +56,7 @@ def build_dataset(
     if augment and split != "train":
         raise DataError(f"augmentation is for the training split only, not {split!r}")
     if data_cfg.dataset == "builtin":
-        return BuiltinImages(split, image_size, data_cfg.crops_per_image, seed=seed)
+        return BuiltinImages(split, image_size, data_cfg.crops_per_image, seed=seed, version=data_cfg.builtin_version)
     if data_cfg.dataset == "imagefolder":
         crop = train_crop(data_cfg, image_size) if augment and data_cfg.train_crop != "center" else None
         return ImageFolderDataset(resolve_data_root(data_cfg), split, image_size, crop=crop)

@@ -5,6 +5,12 @@ package folder (the same files ``skimage.data.<name>()``, ``sklearn.datasets.loa
 ``matplotlib.cbook.get_sample_data`` return; scikit-image images that it fetches with pooch are not used).
 Each source photograph is one class; labels index the sorted list of class names ``<package>/<name>``.
 
+Two versions, chosen by ``DataConfig.builtin_version`` (docs/datasets.md has the table of images and licences):
+
+- 1: 14 photographs, crops in source order, no augmentation (what runs hashed before version 2 trained on).
+- 2: every real photograph with a stated licence that the installed wheels ship (18), items interleaved across
+  the photographs, and training crops augmented: several scales and horizontal flips, drawn per (seed, index).
+
 Licences, as the installed packages state them (the package's own code licence, BSD / PSF-style, does not
 cover these images; each image's terms are its own):
 
@@ -20,26 +26,36 @@ cover these images; each image's terms are its own):
 - skimage/grass: CC0 (DeviantArt, linolafett "Grass-01"); cropped and made grayscale by scikit-image.
 - skimage/gravel: CC0 (CC0Textures "Gravel04"); rescaled, cropped and made grayscale by scikit-image.
 - skimage/hubble_deep_field: public domain (NASA / HubbleSite, Hubble eXtreme Deep Field, 2012).
+- skimage/immunohistochemistry (version 2): no known copyright restrictions (Center for Microscopy And
+  Molecular Imaging, CMMI); a bright-field micrograph of stained colonic glands.
+- skimage/microaneurysms (version 2): CC0 by the owner, Andreas Maier; a 102 px detail (green channel) of
+  fundus photograph 07_dr of the High-Resolution Fundus (HRF) Image Database.
+- skimage/retina (version 2): CC0 (Wikimedia Commons, "Fundus photograph of normal left eye", Mikael
+  Häggström).
 - skimage/rocket: public domain. SpaceX launch photo of DSCOVR on Falcon 9; SpaceX released its photos into
   the public domain (scikit-image issue #5095 discusses the contradicting CC BY-NC tag on Flickr).
+- skimage/text (version 2): public domain (Wikipedia, File:Corner.png); a photograph of handwritten
+  formulas on paper.
 - sklearn/china: CC BY 2.0, danielbuechele on Flickr (retrieved 2011 by Robert Layton).
 - sklearn/flower: CC BY 2.0, vultilion on Flickr (retrieved 2011 by Robert Layton). The wheel's README
   repeats "danielbuechele" in the attribution line but links vultilion's photostream.
 
-Left out on purpose: scikit-image's moon and stereo_motorcycle (no licence stated in the package), microscopy,
-medical, scanned-text, synthetic and tiny images (cell, immunohistochemistry, retina, microaneurysms, page,
-text, horse, logo, colorwheel, chessboard, phantom, lfw_subset), ``cat`` (the same file as chelsea), and
-matplotlib's icons / MRI slice.
+Left out on purpose: real photographs whose licence the package does not state (scikit-image's moon,
+stereo_motorcycle, page and lfw_subset), images that are not photographs (cell, a phase image computed from
+a hologram; horse, logo, colorwheel, chessboard, phantom, the tiny GIF and TIFFs), ``cat`` (the same file as
+chelsea), matplotlib's icons, logos, clip art, elevation grids and MRI slice.
 
 Split scheme. Each photo is cut by a vertical line: the left 80% of its width is train territory, the right
 20% validation territory, and a crop never leaves its territory, so no validation pixel is seen in training.
-Both splits draw crop sides from the same range, up to ``min(height, validation strip width)`` (77-200 px
-across the sources) and at least half that or ``image_size``, whichever is larger: validation then measures
-unseen pixels at the training zoom level rather than at another zoom, and crops are not upsampled where the
-strip is wide enough. Validation takes ``max(1, crops_per_image // 4)`` crops per photo: its strip is a
-quarter of the train area, so this keeps the number of crops per pixel the same in both splits. The strips
-are narrow, so the dataset suits the small image sizes of the CPU profile: above 77 px some sources, and
-above 200 px all, are upsampled.
+Every photo keeps a validation strip, so every class is present in both splits (the linear probe, the AR
+model's class conditioning and its validation tokens need that). Validation crops draw their sides from
+``crop_side_range``: up to ``min(height, validation strip width)`` (20-282 px across the sources) and at least
+half that or ``image_size``, whichever is larger. Version 1 training crops draw from the same range; version 2
+training crops draw log-uniformly from that lower bound up to twice the validation range's top (bounded by
+the train territory), so training sees the validation zoom and one octave coarser, and half of them are
+mirrored. Validation is never augmented. Validation takes ``max(1, crops_per_image // 4)`` crops per photo:
+its strip is a quarter of the train area. The strips are narrow, so the dataset suits the small image sizes
+of the CPU profile: above 77 px some sources are upsampled (microaneurysms' 20 px strip at any size above 20).
 """
 
 from __future__ import annotations
@@ -47,6 +63,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +77,11 @@ from gigatok.data.transforms import to_unit_range, uint8_to_tensor
 
 VAL_FRACTION = 0.2  # right-hand share of each photo's width reserved for validation
 SPLITS = ("train", "val")
+VERSIONS = (1, 2)
+LATEST_VERSION = 2
+# Version 2 training crops reach this many times the largest validation crop side: one octave coarser.
+TRAIN_SCALE_SPAN = 2.0
+FLIP_PROBABILITY = 0.5  # version 2 training crops mirrored left-right
 
 
 @dataclass(frozen=True)
@@ -71,6 +93,7 @@ class BuiltinSource:
     relpath: str  # path inside the package folder
     licence: str
     credit: str
+    since: int = 1  # the first dataset version that uses it
 
     @property
     def class_name(self) -> str:
@@ -84,12 +107,12 @@ class BuiltinSource:
         return Path(next(iter(spec.submodule_search_locations))) / self.relpath
 
 
-def _skimage(name: str, filename: str, licence: str, credit: str) -> BuiltinSource:
-    return BuiltinSource("skimage", name, f"data/{filename}", licence, credit)
+def _skimage(name: str, filename: str, licence: str, credit: str, since: int = 1) -> BuiltinSource:
+    return BuiltinSource("skimage", name, f"data/{filename}", licence, credit, since)
 
 
-# Sorted by class name: the label of a crop is the index of its source here.
-SOURCES: tuple[BuiltinSource, ...] = (
+# Every source of the latest version, sorted by class name; a version's labels index its own subset, in order.
+ALL_SOURCES: tuple[BuiltinSource, ...] = (
     BuiltinSource(
         "matplotlib",
         "grace_hopper",
@@ -107,10 +130,26 @@ SOURCES: tuple[BuiltinSource, ...] = (
     _skimage("grass", "grass.png", "CC0", "linolafett on DeviantArt, Grass-01"),
     _skimage("gravel", "gravel.png", "CC0", "CC0Textures Gravel04"),
     _skimage("hubble_deep_field", "hubble_deep_field.jpg", "public domain", "NASA / HubbleSite"),
+    _skimage("immunohistochemistry", "ihc.png", "no known copyright restrictions",
+             "Center for Microscopy And Molecular Imaging (CMMI)", since=2),
+    _skimage("microaneurysms", "microaneurysms.png", "CC0",
+             "Andreas Maier; HRF Image Database, image 07_dr", since=2),
+    _skimage("retina", "retina.jpg", "CC0", "Mikael Häggström, Wikimedia Commons", since=2),
     _skimage("rocket", "rocket.jpg", "public domain", "SpaceX"),
+    _skimage("text", "text.png", "public domain", "Wikipedia, File:Corner.png", since=2),
     BuiltinSource("sklearn", "china", "datasets/images/china.jpg", "CC BY 2.0", "danielbuechele on Flickr"),
     BuiltinSource("sklearn", "flower", "datasets/images/flower.jpg", "CC BY 2.0", "vultilion on Flickr"),
 )
+
+
+def sources_for(version: int) -> tuple[BuiltinSource, ...]:
+    """The photographs of dataset ``version``, sorted by class name (label order)."""
+    if version not in VERSIONS:
+        raise DataError(f"builtin dataset: unknown version {version!r}; known: {VERSIONS}")
+    return tuple(s for s in ALL_SOURCES if s.since <= version)
+
+
+SOURCES: tuple[BuiltinSource, ...] = sources_for(1)  # what ``BuiltinImages`` reads by default (version 1)
 
 
 def val_crops_per_image(crops_per_image: int) -> int:
@@ -125,7 +164,7 @@ def territory(width: int, split: str) -> tuple[int, int]:
 
 
 def crop_side_range(height: int, width: int, image_size: int) -> tuple[int, int]:
-    """Inclusive range of crop sides, shared by both splits so that they see the same zoom levels.
+    """Inclusive range of validation crop sides (and version 1's training crop sides).
 
     Up to the validation strip's width (or the height, if smaller); at least half of that, and at least
     ``image_size`` where the strip allows, so that crops are downsampled rather than blurred by upsampling.
@@ -135,10 +174,18 @@ def crop_side_range(height: int, width: int, image_size: int) -> tuple[int, int]
     return min(largest, max(largest // 2, image_size, 1)), largest
 
 
+def train_side_range(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """Inclusive range of version 2 training crop sides: the validation range's bottom up to
+    ``TRAIN_SCALE_SPAN`` times its top, within the train territory."""
+    low, high = crop_side_range(height, width, image_size)
+    x0, x1 = territory(width, "train")
+    return low, max(low, min(height, x1 - x0, round(TRAIN_SCALE_SPAN * high)))
+
+
 def crop_boxes(
     height: int, width: int, split: str, count: int, image_size: int, rng: np.random.Generator
 ) -> list[tuple[int, int, int]]:
-    """``count`` square crops (left, top, side) inside ``split``'s territory of a height x width photo."""
+    """Version 1: ``count`` square crops (left, top, side) inside ``split``'s territory of a height x width photo."""
     x0, x1 = territory(width, split)
     low, high = crop_side_range(height, width, image_size)
     boxes = []
@@ -148,6 +195,27 @@ def crop_boxes(
         top = int(rng.integers(0, height - side + 1))
         boxes.append((left, top, side))
     return boxes
+
+
+def item_crop(
+    height: int, width: int, split: str, image_size: int, rng: np.random.Generator
+) -> tuple[int, int, int, bool]:
+    """Version 2: one crop (left, top, side, mirrored) inside ``split``'s territory.
+
+    Training sides are log-uniform over :func:`train_side_range` (each octave of zoom equally likely) and half
+    the crops are mirrored; validation sides are uniform over :func:`crop_side_range` and never mirrored.
+    """
+    x0, x1 = territory(width, split)
+    if split == "train":
+        low, high = train_side_range(height, width, image_size)
+        side = min(high, max(low, round(math.exp(rng.uniform(math.log(low), math.log(high + 1))))))
+    else:
+        low, high = crop_side_range(height, width, image_size)
+        side = int(rng.integers(low, high + 1))
+    left = int(rng.integers(x0, x1 - side + 1))
+    top = int(rng.integers(0, height - side + 1))
+    mirrored = split == "train" and bool(rng.random() < FLIP_PROBABILITY)
+    return left, top, side, mirrored
 
 
 @functools.cache
@@ -163,14 +231,31 @@ def _decode(source: BuiltinSource) -> tuple[Image.Image, str]:
     return rgb, hashlib.sha256(data).hexdigest()
 
 
+def _render(photo: Image.Image, left: int, top: int, side: int, image_size: int, mirrored: bool) -> torch.Tensor:
+    crop = photo.crop((left, top, left + side, top + side))
+    # PIL's BICUBIC widens its kernel when shrinking, so downsampling is antialiased.
+    crop = crop.resize((image_size, image_size), resample=Image.Resampling.BICUBIC)
+    if mirrored:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return uint8_to_tensor(np.asarray(crop))
+
+
 class BuiltinImages(Dataset):
-    """Deterministic square crops of the :data:`SOURCES` photos, held in memory as uint8.
+    """Deterministic square crops of the photos of dataset ``version``, held in memory as uint8.
 
     ``__getitem__`` returns ``(float32 3 x image_size x image_size in [-1, 1], label)``. ``boxes[i]`` is
-    ``(source_idx, left, top, side)`` of item ``i`` in its source's pixel coordinates.
+    ``(source_idx, left, top, side)`` of item ``i`` in its source's pixel coordinates; ``mirrored[i]`` says
+    whether the crop was flipped left-right (version 2 training items only).
+
+    Version 1 lists each photo's crops together, drawn per (seed, photo, split). Version 2 interleaves the
+    photos (item ``i`` comes from photo ``i % num_classes``) so that any prefix, such as the first images that
+    FID and the sample grids use, covers every photo evenly; item ``i`` is drawn from (seed, split, i) alone, so
+    it does not depend on ``crops_per_image``. Its validation split ignores ``seed`` (``self.seed`` is 0).
     """
 
-    def __init__(self, split: str, image_size: int, crops_per_image: int, seed: int = 0) -> None:
+    def __init__(
+        self, split: str, image_size: int, crops_per_image: int, seed: int = 0, version: int = 1
+    ) -> None:
         if split not in SPLITS:
             raise DataError(f"builtin dataset: unknown split {split!r}; known: {SPLITS}")
         if image_size < 1 or crops_per_image < 1 or seed < 0:
@@ -180,34 +265,60 @@ class BuiltinImages(Dataset):
             )
         self.split = split
         self.image_size = image_size
-        self.seed = seed
-        self.sources = SOURCES
-        self.class_names = [s.class_name for s in SOURCES]
-        self.num_classes = len(SOURCES)
+        # From version 2 the validation crops are one fixed set whatever the run's seed: runs that differ only
+        # in seed are scored on the same images (and share their FID reference), so the seed spread is training's.
+        self.seed = 0 if split == "val" and version > 1 else seed
+        self.version = version
+        self.sources = sources_for(version)
+        self.class_names = [s.class_name for s in self.sources]
+        self.num_classes = len(self.sources)
         self.crops_per_source = crops_per_image if split == "train" else val_crops_per_image(crops_per_image)
 
-        self.source_sizes: list[tuple[int, int]] = []  # (height, width) of each source photo
-        self.boxes: list[tuple[int, int, int, int]] = []
-        crops: list[torch.Tensor] = []
-        digest = hashlib.sha256()
-        for idx, source in enumerate(SOURCES):
-            photo, file_sha = _decode(source)
-            digest.update(f"{source.class_name}:{file_sha};".encode())
-            self.source_sizes.append((photo.height, photo.width))
-            # One stream per (seed, source, split): the crops of one photo do not depend on the others.
-            rng = np.random.default_rng([seed, idx, SPLITS.index(split)])
-            for left, top, side in crop_boxes(
-                photo.height, photo.width, split, self.crops_per_source, image_size, rng
-            ):
-                crop = photo.crop((left, top, left + side, top + side))
-                # PIL's BICUBIC widens its kernel when shrinking, so downsampling is antialiased.
-                crop = crop.resize((image_size, image_size), resample=Image.Resampling.BICUBIC)
-                crops.append(uint8_to_tensor(np.asarray(crop)))
-                self.boxes.append((idx, left, top, side))
+        photos = [_decode(source) for source in self.sources]
+        self.source_sizes: list[tuple[int, int]] = [(photo.height, photo.width) for photo, _ in photos]
+        boxes, mirrored = self._version1_boxes() if version == 1 else self._interleaved_boxes()
+        self.boxes: list[tuple[int, int, int, int]] = boxes
+        self.mirrored = torch.tensor(mirrored, dtype=torch.bool)
+        crops = [
+            _render(photos[idx][0], left, top, side, image_size, flip)
+            for (idx, left, top, side), flip in zip(boxes, mirrored, strict=True)
+        ]
         self.crops = torch.stack(crops)  # N x 3 x S x S uint8
         self.labels = torch.tensor([box[0] for box in self.boxes], dtype=torch.long)
-        # Identifies the source files, so a run can record exactly which pixels it trained on.
-        self.fingerprint = digest.hexdigest()[:16]
+        self.fingerprint = self._fingerprint([sha for _, sha in photos])
+
+    def _version1_boxes(self) -> tuple[list[tuple[int, int, int, int]], list[bool]]:
+        boxes = []
+        for idx, (height, width) in enumerate(self.source_sizes):
+            # One stream per (seed, source, split): the crops of one photo do not depend on the others.
+            rng = np.random.default_rng([self.seed, idx, SPLITS.index(self.split)])
+            for left, top, side in crop_boxes(height, width, self.split, self.crops_per_source, self.image_size, rng):
+                boxes.append((idx, left, top, side))
+        return boxes, [False] * len(boxes)
+
+    def _interleaved_boxes(self) -> tuple[list[tuple[int, int, int, int]], list[bool]]:
+        boxes, mirrored = [], []
+        for index in range(self.crops_per_source * self.num_classes):
+            idx = index % self.num_classes
+            # One stream per (seed, split, item): a resumed or longer run reads the same item at the same index.
+            rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index, self.version])
+            left, top, side, flip = item_crop(*self.source_sizes[idx], self.split, self.image_size, rng)
+            boxes.append((idx, left, top, side))
+            mirrored.append(flip)
+        return boxes, mirrored
+
+    def _fingerprint(self, file_shas: list[str]) -> str:
+        """Identifies the source files and the crop scheme, so a run records exactly which pixels it used.
+
+        Version 1 hashes the files alone (as before version 2 existed); later versions add their number and the
+        augmentation constants, so a change of scheme changes every description that quotes it.
+        """
+        digest = hashlib.sha256()
+        for source, sha in zip(self.sources, file_shas, strict=True):
+            digest.update(f"{source.class_name}:{sha};".encode())
+        if self.version > 1:
+            digest.update(f"version {self.version}; span {TRAIN_SCALE_SPAN}; flip {FLIP_PROBABILITY};".encode())
+        return digest.hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.boxes)
