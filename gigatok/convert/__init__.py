@@ -9,6 +9,7 @@ trained one would have (used by ``python -m gigatok.convert`` and the ``released
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,28 @@ def read_checkpoint(path: Path) -> Any:
     except Exception as e:  # any unreadable file is refused, with the reason
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({reason[:160]})") from None
+
+
+def checkpoint_weights(checkpoint: Any, name: str, prefer: Sequence[str],
+                       ignored: Callable[[str], bool]) -> dict[str, Any]:
+    """The tensors of a training checkpoint's first state dict among ``prefer`` (or of a bare state dict), with the
+    DDP / torch.compile prefixes removed and the buffers ``ignored`` names dropped; ConversionError otherwise."""
+    import torch
+
+    if not isinstance(checkpoint, Mapping):
+        raise ConversionError(f"{name}: expected a checkpoint dict, got {type(checkpoint).__name__}")
+    for key in (*prefer, "module", "state_dict"):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    weights: dict[str, Any] = {}
+    for key, value in checkpoint.items():
+        if not isinstance(value, torch.Tensor):
+            raise ConversionError(f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor: no 'model' "
+                                  "or 'ema' state dict found")
+        key = str(key).removeprefix("module.").removeprefix("_orig_mod.")
+        if not ignored(key):
+            weights[key] = value
+    if not weights:
+        raise ConversionError(f"{name}: the state dict is empty")
+    return weights

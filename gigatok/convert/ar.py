@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from gigatok.config import ARConfig, ConfigError, get_profile
-from gigatok.convert import ConversionError, read_checkpoint
+from gigatok.convert import ConversionError, checkpoint_weights, read_checkpoint
 
 # gpt_1d.py's GPT_models: name -> (width, heads). Every one has 64-wide heads.
 AUTHORS_GPT_SIZES: dict[str, tuple[int, int]] = {
@@ -65,7 +65,9 @@ def load_authors_ar(
     """
     name = str(source) if isinstance(source, str | Path) else "checkpoint"
     checkpoint = read_checkpoint(Path(source)) if isinstance(source, str | Path) else source
-    weights = _state_dict(checkpoint, name)
+    # "model" first: the authors' GPT loaders (sample_c2i_cfg_search.py, lin_probe.py) read checkpoint["model"]
+    # even when train_c2i.py --ema also saved "ema" (their scripts never pass --ema).
+    weights = checkpoint_weights(checkpoint, name, ("model", "ema"), lambda key: bool(IGNORED.search(key)))
     _check_layout(weights, name)
     cfg = _infer_config(weights, name, heads, _size_from_args(checkpoint, name))
     return cfg, _map(weights, cfg)
@@ -73,26 +75,6 @@ def load_authors_ar(
 
 
 
-def _state_dict(checkpoint: Any, name: str) -> dict[str, torch.Tensor]:
-    if not isinstance(checkpoint, Mapping):
-        raise ConversionError(f"{name}: expected a checkpoint dict, got {type(checkpoint).__name__}")
-    # "model" first: the authors' GPT loaders (sample_c2i_cfg_search.py, lin_probe.py) read checkpoint["model"]
-    # even when train_c2i.py --ema also saved "ema" (their scripts never pass --ema).
-    for key in ("model", "ema", "module", "state_dict"):
-        if isinstance(checkpoint.get(key), Mapping):
-            checkpoint = checkpoint[key]
-            break
-    weights: dict[str, torch.Tensor] = {}
-    for key, value in checkpoint.items():
-        if not isinstance(value, torch.Tensor):
-            raise ConversionError(f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor: no 'model' "
-                                  "or 'ema' state dict found")
-        key = key.removeprefix("module.").removeprefix("_orig_mod.")  # DDP and torch.compile wrappers
-        if not IGNORED.search(key):
-            weights[key] = value
-    if not weights:
-        raise ConversionError(f"{name}: the state dict is empty")
-    return weights
 
 
 def _check_layout(weights: Mapping[str, torch.Tensor], name: str) -> None:

@@ -38,7 +38,7 @@ from gigatok.config import (
     TransformerSize,
     tokenizer_run,
 )
-from gigatok.convert import ConversionError, read_checkpoint
+from gigatok.convert import ConversionError, checkpoint_weights, read_checkpoint
 
 # blocks.py ViTEncoder's size table: width -> heads ("tiny" .. "xxxl"); every entry has 64-wide heads.
 AUTHORS_HEADS_BY_WIDTH = {256: 4, 512: 8, 768: 12, 1024: 16, 1280: 20, 1536: 24, 2560: 40}
@@ -74,7 +74,8 @@ def load_authors_tokenizer(
     """
     name = str(source) if isinstance(source, str | Path) else "checkpoint"
     checkpoint = read_checkpoint(Path(source)) if isinstance(source, str | Path) else source
-    weights = _state_dict(checkpoint, name)
+    # "ema" first: the authors evaluate the EMA weights (reconstruction_ddp.py)
+    weights = checkpoint_weights(checkpoint, name, ("ema", "model"), lambda key: key in IGNORED)
     _check_layout(weights, name)
     cfg = _infer_config(weights, name, heads)
     return cfg, _map(weights, cfg, name)
@@ -87,24 +88,6 @@ def load_authors_tokenizer(
 
 
 
-def _state_dict(checkpoint: Any, name: str) -> dict[str, torch.Tensor]:
-    if not isinstance(checkpoint, Mapping):
-        raise ConversionError(f"{name}: expected a checkpoint dict, got {type(checkpoint).__name__}")
-    for key in ("ema", "model", "module", "state_dict"):  # "ema" first: the authors evaluate the EMA weights
-        if isinstance(checkpoint.get(key), Mapping):
-            checkpoint = checkpoint[key]
-            break
-    weights: dict[str, torch.Tensor] = {}
-    for key, value in checkpoint.items():
-        if not isinstance(value, torch.Tensor):
-            raise ConversionError(f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor: no 'model' "
-                                  "or 'ema' state dict found")
-        key = str(key).removeprefix("module.").removeprefix("_orig_mod.")  # DDP and torch.compile wrappers
-        if key not in IGNORED:
-            weights[key] = value
-    if not weights:
-        raise ConversionError(f"{name}: the state dict is empty")
-    return weights
 
 
 def _check_layout(weights: Mapping[str, torch.Tensor], name: str) -> None:

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from authors_checkout import authors_commit, put_first_on_path
 
 FIXTURE = "parity_gpt1d.pt"
 SEED = 0
@@ -48,17 +48,11 @@ STEP_WINDOW_START = 0.3  # their step schedule's cfg_schedule_kwargs["window_sta
 def import_authors(root: Path) -> tuple[Any, Any]:
     if not (root / "autoregressive" / "models" / "gpt_1d.py").is_file():
         sys.exit(f"--authors {root}: no autoregressive/models/gpt_1d.py there (a SilentView/GigaTok checkout?)")
-    sys.path.insert(0, str(root))
+    put_first_on_path(root)
     from autoregressive.models import generate, gpt_1d
 
     return gpt_1d, generate
 
-
-def authors_commit(root: Path) -> str:
-    out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"--authors {root}: not a git checkout, so the fixture cannot name the commit it came from")
-    return out.stdout.strip()
 
 
 @torch.no_grad()

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import subprocess
 import sys
 import types
 from pathlib import Path
 from typing import Any
 
 import torch
+from authors_checkout import authors_commit, put_first_on_path
 
 DINO_FIXTURE = "parity_dino_disc.pt"
 PATCHGAN_FIXTURE = "parity_patchgan.pt"
@@ -55,20 +55,11 @@ PATCHGAN_CONFIG: dict[str, Any] = {"input_nc": 3, "ndf": 8, "n_layers": 3, "norm
 def import_authors(root: Path) -> tuple[Any, Any, Any]:
     if not (root / "tokenizer" / "tokenizer_image" / "discriminator_dino.py").is_file():
         sys.exit(f"--authors {root}: no tokenizer/tokenizer_image/discriminator_dino.py (not a GigaTok checkout?)")
-    # Their top-level "tokenizer" is a namespace package, which tools/parity/tokenizer.py (on sys.path as this
-    # script's folder) would shadow.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [str(root)] + [p for p in sys.path if Path(p or ".").resolve() != here]
+    put_first_on_path(root)
     from tokenizer.tokenizer_image import diffaug, discriminator_dino, discriminator_patchgan
 
     return discriminator_dino, diffaug, discriminator_patchgan
 
-
-def authors_commit(root: Path) -> str:
-    out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"--authors {root}: not a git checkout, so the fixture cannot name the commit it came from")
-    return out.stdout.strip()
 
 
 @torch.no_grad()

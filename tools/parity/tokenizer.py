@@ -48,7 +48,6 @@ import hashlib
 import importlib
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import types
@@ -56,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from authors_checkout import authors_commit, put_first_on_path
 
 # Per model, chosen among the first sixteen for the widest nearest-code margin and most distinct codes.
 SEEDS = {"1d": 9, "2d": 15}
@@ -84,12 +84,6 @@ RES_BLOCKS = {"1d": (0, 0), "2d": (1, 0)}
 VQ = "tokenizer.tokenizer_image.vq"
 
 
-def authors_commit(root: Path) -> str:
-    out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"--authors {root}: not a git checkout, so the fixture cannot name the commit it came from")
-    return out.stdout.strip()
-
 
 def _with_size_rows(source: str) -> str:
     for table, column in (("self.width = {", 0), ("self.num_layers = {", 1), ("self.num_heads = {", 2)):
@@ -104,10 +98,7 @@ def import_authors(root: Path) -> types.ModuleType:
     blocks_path = root / "tokenizer" / "tokenizer_image" / "vq" / "blocks.py"
     if not blocks_path.is_file():
         sys.exit(f"--authors {root}: no tokenizer/tokenizer_image/vq/blocks.py there (a SilentView/GigaTok checkout?)")
-    # Their top-level "tokenizer" is a namespace package, which a module of that name (this file, on sys.path as
-    # the script's folder) would shadow.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [str(root)] + [p for p in sys.path if Path(p or ".").resolve() != here]
+    put_first_on_path(root)
     importlib.import_module(VQ)
     blocks = types.ModuleType(f"{VQ}.blocks")
     blocks.__file__ = str(blocks_path)
