@@ -86,7 +86,7 @@ def test_builtin_grayscale_replicated(train: BuiltinImages) -> None:
     assert torch.equal(crops[:, 0], crops[:, 1]) and torch.equal(crops[:, 1], crops[:, 2])
 
 
-def test_builtin_train_val_pixels_disjoint(train: BuiltinImages, val: BuiltinImages) -> None:
+def _assert_pixels_disjoint(train: BuiltinImages, val: BuiltinImages) -> None:
     assert train.source_sizes == val.source_sizes
     for idx, (height, width) in enumerate(train.source_sizes):
         masks = []
@@ -98,7 +98,11 @@ def test_builtin_train_val_pixels_disjoint(train: BuiltinImages, val: BuiltinIma
                     mask[top : top + side, left : left + side] = True
             masks.append(mask)
         assert masks[0].any() and masks[1].any()
-        assert not (masks[0] & masks[1]).any(), f"train and val crops overlap in {SOURCES[idx].class_name}"
+        assert not (masks[0] & masks[1]).any(), f"train and val crops overlap in {train.class_names[idx]}"
+
+
+def test_builtin_train_val_pixels_disjoint(train: BuiltinImages, val: BuiltinImages) -> None:
+    _assert_pixels_disjoint(train, val)
 
 
 def test_builtin_crop_sides_shared_and_not_upsampled(train: BuiltinImages, val: BuiltinImages) -> None:
@@ -177,18 +181,7 @@ def test_v2_sizes_and_interleaved_labels(train2: BuiltinImages, val2: BuiltinIma
 
 
 def test_v2_train_val_pixels_disjoint(train2: BuiltinImages, val2: BuiltinImages) -> None:
-    assert train2.source_sizes == val2.source_sizes
-    for idx, (height, width) in enumerate(train2.source_sizes):
-        masks = []
-        for ds in (train2, val2):
-            mask = np.zeros((height, width), dtype=bool)
-            for source_idx, left, top, side in ds.boxes:
-                if source_idx == idx:
-                    assert left >= 0 and left + side <= width and top >= 0 and top + side <= height
-                    mask[top : top + side, left : left + side] = True
-            masks.append(mask)
-        assert masks[0].any() and masks[1].any()
-        assert not (masks[0] & masks[1]).any(), f"train and val crops overlap in {train2.class_names[idx]}"
+    _assert_pixels_disjoint(train2, val2)
 
 
 def test_v2_augmentation_deterministic_per_seed(train2: BuiltinImages) -> None:
