@@ -118,4 +118,4 @@ def _seed_means(ax: Axes, runs: pd.DataFrame, curves: pd.DataFrame, panel: Curve
             continue
         label = f"{size} {series}, mean of {points['run_id'].nunique()} seeds"
         sns.lineplot(data=points, x="step", y="y", estimator="mean", errorbar=ci95, color=f"C{order.index(series)}",
-                     label=label, ax=ax, err_kws={"alpha": 0.2, "linewidth": 0})
+                     label=label, ax=ax, legend=False, err_kws={"alpha": 0.2, "linewidth": 0})

@@ -238,7 +238,7 @@ def _draw_series(*, ax: Axes, points: pd.DataFrame, panel: Panel, label: str, co
     if max(s["n"] for s in stats.values()) > 1:
         # seaborn draws the mean line and its band; the interval is the one the notes and tables judge by.
         sns.lineplot(data=points, x="x", y="y", estimator="mean", errorbar=ci95, err_style="band", color=color,
-                     label=label, ax=ax, zorder=2, err_kws={"alpha": 0.2, "linewidth": 0})
+                     label=label, ax=ax, zorder=2, legend=False, err_kws={"alpha": 0.2, "linewidth": 0})
         ax.scatter(points["x"], points["y"], s=14, color=color, alpha=0.35, linewidths=0, zorder=3)
     else:
         ax.plot(means["x"], means["y"], "-", color=color, label=label, zorder=2)
@@ -261,37 +261,35 @@ def _draw_series(*, ax: Axes, points: pd.DataFrame, panel: Panel, label: str, co
 def seed_comparisons(data: pd.DataFrame, panels: Sequence[Panel], labels: Sequence[str], x_axis: XAxis
                      ) -> pd.DataFrame:
     """The differences a scaling figure shows, each judged against the seed spread: neighbouring series at each
-    position (1D against 2D at S-B), and along each series neighbouring positions and the first against the last
-    (S-S against B-L). ``beyond_spread`` is NA where a point has one seed."""
+    position (1D against 2D at S-B: a position is a tokenizer size, whose 1D and 2D counts differ a little), and
+    along each series neighbouring positions and the first against the last (S-S against B-L).
+    ``beyond_spread`` is NA where a point has one seed."""
     rows = []
     for panel in panels:
-        drawn = data[data["panel"] == panel.metric]
-        if drawn.empty:
+        points = data[data["panel"] == panel.metric].drop_duplicates(["series", "x"]).sort_values("x")
+        if points.empty:
             continue
-        points = drawn.drop_duplicates(["series", "x"]).set_index(["series", "x"])
+        points = points.assign(at=[str(size) if x_axis.point is None else x_axis.point.format(x=x)
+                                   for size, x in zip(points["size"], points["x"], strict=True)])
 
-        def compare(compares: str, a: tuple[str, float], b: tuple[str, float], at: str,
-                    names: tuple[str, str], points: pd.DataFrame = points, metric: str = panel.metric) -> None:
-            pa, pb = points.loc[a], points.loc[b]
+        def compare(compares: str, a: pd.Series, b: pd.Series, at: str, names: tuple[str, str],
+                    metric: str = panel.metric) -> None:
             rows.append({"panel": metric, "compares": compares, "a": names[0], "b": names[1], "at": at,
-                         "mean_a": pa["mean"], "mean_b": pb["mean"], "n_a": int(pa["n"]), "n_b": int(pb["n"]),
-                         "beyond_spread": beyond_spread(pa, pb)})
+                         "mean_a": a["mean"], "mean_b": b["mean"], "n_a": int(a["n"]), "n_b": int(b["n"]),
+                         "beyond_spread": beyond_spread(a, b)})
 
-        here = [label for label in labels if label in points.index.get_level_values("series")]
-        def where(label: str, x: float, points: pd.DataFrame = points) -> str:
-            return str(points.loc[(label, x), "size"]) if x_axis.point is None else x_axis.point.format(x=x)
-
+        here = [label for label in labels if (points["series"] == label).any()]
         # Series on two y axes of their own (twin) are on different scales: only their shapes are compared.
-        for x in ([] if panel.twin else sorted(points.index.get_level_values("x").unique())):
-            present = [label for label in here if (label, x) in points.index]
-            for first, second in zip(present, present[1:], strict=False):
-                compare("series", (first, x), (second, x), where(first, x), (_short(first), _short(second)))
+        for at in ([] if panel.twin else list(dict.fromkeys(points["at"]))):
+            present = points[points["at"] == at].set_index("series")
+            ordered = [label for label in here if label in present.index]
+            for first, second in zip(ordered, ordered[1:], strict=False):
+                compare("series", present.loc[first], present.loc[second], at, (_short(first), _short(second)))
         for label in here:
-            xs = sorted(points.loc[label].index)
-            pairs = list(zip(xs, xs[1:], strict=False)) + ([(xs[0], xs[-1])] if len(xs) > 2 else [])
+            line = [row for _, row in points[points["series"] == label].iterrows()]
+            pairs = list(zip(line, line[1:], strict=False)) + ([(line[0], line[-1])] if len(line) > 2 else [])
             for first, second in pairs:
-                compare("positions", (label, first), (label, second), _short(label),
-                        (where(label, first), where(label, second)))
+                compare("positions", first, second, _short(label), (first["at"], second["at"]))
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS).astype({"beyond_spread": "boolean"})
 
 
@@ -314,7 +312,7 @@ def spread_notes(comparisons: pd.DataFrame, panels: Sequence[Panel]) -> tuple[st
             parts[None if pd.isna(r.beyond_spread) else bool(r.beyond_spread)].append(what)
         n = sorted(set(rows["n_a"]) | set(rows["n_b"]))
         seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
-        line = f"{panel.title}, {panel.metric} ({seeds} seeds a point; {CI_NOTE}s): "
+        line = f"{panel.title}, {panel.metric}, {seeds} seeds a point (beyond = their 95% intervals do not overlap): "
         line += "; ".join(filter(None, [
             f"beyond the seed spread: {', '.join(parts[True])}" if parts[True] else "beyond the seed spread: none",
             f"within it: {', '.join(parts[False])}" if parts[False] else "",
