@@ -110,7 +110,8 @@ def fig5_entropy_curves(df: pd.DataFrame, source: Source, study: str | None = "e
 
 def _seed_means(ax: Axes, runs: pd.DataFrame, curves: pd.DataFrame, panel: CurvePanel, order: list[str]) -> None:
     """For each line run with several seeds: the mean curve over seeds with its 95% band (seaborn)."""
-    for (size, series), group in runs.groupby(["tokenizer_name", "series"], sort=False):
+    ordered = runs.sort_values("series", key=lambda s: s.map(order.index), kind="stable")
+    for (size, series), group in ordered.groupby(["tokenizer_name", "series"], sort=False):
         if len(group) < 2:
             continue
         points = curves[curves["run_id"].isin(group["run_id"])].assign(y=lambda c: c["value"] * panel.scale)

@@ -12,12 +12,16 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
 from test_analysis import _log_run as log_fig9_run
+from test_analysis_figures import _experiment
+from test_analysis_figures import _log_run as log_curve_run
 from test_analysis_tables import _log_run as log_table_run
 
 from analysis import plot_scaling
+from analysis.fig_curves import fig5_entropy_curves
 from analysis.figures import fig9_1d_vs_2d
 from analysis.load import load_runs
 from analysis.seeds import ci95, run_seeds, summary
+from analysis.sources import StoreSource
 from analysis.tables import table5, to_latex, to_markdown
 
 pytest.importorskip("mlflow")
@@ -55,6 +59,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
             if rfid is not None:
                 log_table_run(client, align, "align_layer", {"align_layer": layer, "seed": seed},
                               {"rfid": rfid, "gfid": 40.0}, 1000 + 10 * layer + seed)
+    entropy = _experiment(client, "entropy_loss")
+    for on in (False, True):
+        for seed in (0, 1):
+            usage = [(step, (0.5 if on else 0.1) + 0.1 * seed) for step in (10, 20, 30)]
+            log_curve_run(client, entropy, "entropy_loss", {"size": "XL-XXL", "entropy": on, "seed": seed}, {},
+                          size="XL-XXL", entropy=0.005 if on else 0.0, curves={"tokenizer/codebook_usage": usage})
     return uri
 
 
@@ -163,3 +173,15 @@ def test_cli_prints_and_indexes_the_spread(store: str, tmp_path: Path, capsys: p
     index = (out / "index.md").read_text()
     assert "Seed spread in fig9_1d_vs_2d (Fig. 9):" in index and "- Reconstruction, rfid" in index
     assert (out / "fig9_1d_vs_2d-tiny.png").stat().st_size > 1000
+
+
+def test_fig5_draws_the_mean_curve_over_seeds(store: str, runs: pd.DataFrame) -> None:
+    plot = fig5_entropy_curves(runs, StoreSource(store))
+    usage = plot.data[plot.data["panel"] == "tokenizer/codebook_usage"]
+    assert usage["run_id"].nunique() == 4
+    ax = plot.figure.axes[0]
+    assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 2  # a band per setting
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["XL-XXL without entropy loss, mean of 2 seeds", "XL-XXL with entropy loss, mean of 2 seeds"]
+    means = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines() if "mean" in line.get_label()}
+    assert means["XL-XXL with entropy loss, mean of 2 seeds"] == pytest.approx([55.0] * 3)  # percent
