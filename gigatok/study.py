@@ -7,7 +7,8 @@
         return [p.probe({"lambda": w}, p.tokenizer("S-S", semantic_weight=w)) for w in (0.25, 0.5, 0.75, 1.0)]
 
 The :class:`Planner` fills in everything else from the profile (``tiny`` or ``paper``), applies the data folder
-and the ``--set key=value`` overrides, and validates every config as it is built.
+and the ``--set key=value`` overrides, and validates every config as it is built. :meth:`Study.plan` then replicates
+each run over the planner's seeds (``--seeds N``, else the profile's default), adding the factor ``seed``.
 """
 
 from __future__ import annotations
