@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from analysis.figures import (
@@ -19,6 +21,7 @@ from analysis.figures import (
     single_profile,
     skip_panel,
 )
+from analysis.seeds import ci95
 from analysis.sources import Source
 
 
@@ -71,21 +74,28 @@ def fig5_entropy_curves(df: pd.DataFrame, source: Source, study: str | None = "e
         if here.empty:
             notes.append(skip_panel(ax, panel.title, panel.key))
             continue
-        for run in runs.sort_values("series", key=lambda s: s.map(order.index)).itertuples(index=False):
+        ordered = runs.sort_values("series", key=lambda s: s.map(order.index))
+        replicas = ordered.groupby(["tokenizer_name", "series"])["run_id"].transform("size")  # seeds of its line
+        for run, seeds in zip(ordered.itertuples(index=False), replicas, strict=True):
             points = here[here["run_id"] == run.run_id].sort_values("step")
             if points.empty:
                 notes.append(f"panel '{panel.title}': {run.run_name} did not log {panel.key}")
                 continue
             y = points["value"] * panel.scale
             label = f"{run.tokenizer_name} {run.series}" + (f" ({SUBSTITUTE_NOTE})" if run.substitute else "")
+            if seeds > 1:  # each seed faint; the mean and its band once per line, below
+                label, faint = None, {"alpha": 0.35, "linewidth": 0.8}
+            else:
+                faint = {}
             ax.plot(points["step"], y, color=f"C{order.index(run.series)}", label=label,
-                    linestyle="--" if run.substitute else "-")
+                    linestyle="--" if run.substitute else "-", **faint)
             records += [
                 {"figure": name, "panel": panel.key, "series": run.series, "run_id": run.run_id,
                  "run_name": run.run_name, "size": run.tokenizer_name, "x": int(step), "value": float(value),
                  "y": float(value) * panel.scale, "substitute": bool(run.substitute)}
                 for step, value in zip(points["step"], points["value"], strict=True)
             ]
+        _seed_means(ax, runs, here, panel, order)
         ax.set_xlabel("tokenizer training step")
         ax.set_ylabel(panel.ylabel)
         ax.set_title(panel.title, fontsize=10)
@@ -96,3 +106,17 @@ def fig5_entropy_curves(df: pd.DataFrame, source: Source, study: str | None = "e
     fig.suptitle(heading, fontsize=10)
     return Plot(name, fig, pd.DataFrame.from_records(records, columns=DATA_COLUMNS), tuple(notes))
 
+
+
+def _seed_means(ax: Axes, runs: pd.DataFrame, curves: pd.DataFrame, panel: CurvePanel, order: list[str]) -> None:
+    """For each line run with several seeds: the mean curve over seeds with its 95% band (seaborn)."""
+    ordered = runs.sort_values("series", key=lambda s: s.map(order.index), kind="stable")
+    for (size, series), group in ordered.groupby(["tokenizer_name", "series"], sort=False):
+        if len(group) < 2:
+            continue
+        points = curves[curves["run_id"].isin(group["run_id"])].assign(y=lambda c: c["value"] * panel.scale)
+        if points.empty:
+            continue
+        label = f"{size} {series}, mean of {points['run_id'].nunique()} seeds"
+        sns.lineplot(data=points, x="step", y="y", estimator="mean", errorbar=ci95, color=f"C{order.index(series)}",
+                     label=label, ax=ax, legend=False, err_kws={"alpha": 0.2, "linewidth": 0})

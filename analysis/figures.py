@@ -4,6 +4,9 @@ Every function returns a :class:`Plot`: the matplotlib figure and a tidy table o
 per point), so tests and tables check numbers, not pixels. Rules every figure follows:
 
 - only FINISHED runs are drawn (a re-run of the same configuration counts once: the newest);
+- runs that differ only by seed are one point: the mean, with a 95% confidence band over seeds and each seed a faint
+  dot (:mod:`analysis.seeds`), and the Plot's ``spread`` says which differences the figure shows stand above the
+  seed spread; a study run with one seed is drawn as single points, as before;
 - one profile per figure, named in the title: tiny-profile trends must never pass for the paper's numbers;
 - a run scored with random SUBSTITUTE networks is drawn hollow and hatched, and the title and legend say so;
 - a metric that no run logged leaves its panel empty with a note instead of failing the whole figure.
@@ -18,12 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
 from analysis.load import ar_parameters
+from analysis.seeds import beyond_spread, ci95, newest_per_seed, summary
+from analysis.theme import house_theme
 
 SUBSTITUTE_NOTE = "SUBSTITUTE networks"
 
@@ -49,6 +55,10 @@ class Plot:
     figure: Figure
     data: pd.DataFrame  # one row per drawn point: panel, series, size, x (M params), value as logged, y as drawn
     notes: tuple[str, ...] = ()  # panels skipped and runs left out, for the caller to report
+    # Over seeds: for each difference the figure shows, whether it stands above the seed spread (one line a panel),
+    # and the same as a table (COMPARISON_COLUMNS). Empty when every point has one seed.
+    spread: tuple[str, ...] = ()
+    comparisons: pd.DataFrame | None = None
 
     def save(self, out_dir: str | Path, stem: str | None = None) -> list[Path]:
         out = Path(out_dir)
@@ -60,6 +70,9 @@ class Plot:
 
 
 DATA_COLUMNS = ["figure", "panel", "series", "run_id", "run_name", "size", "x", "value", "y", "substitute"]
+# A scaling figure's rows also carry the run's seed and its point's statistics over seeds, in drawn units.
+SEED_COLUMNS = ["seed", "n", "mean", "std", "ci_low", "ci_high"]
+COMPARISON_COLUMNS = ["panel", "compares", "a", "b", "at", "mean_a", "mean_b", "n_a", "n_b", "beyond_spread"]
 
 
 def missing_runs_reason(runs: pd.DataFrame, study: str) -> str | None:
@@ -89,6 +102,7 @@ class XAxis:
     log: bool = False
     unit: float = 1.0  # drawn x = column value / unit
     what: str = "a parameter count"  # for the note on runs that lack it
+    point: str | None = None  # how the notes name a position, e.g. "{x:g} epochs"; None: the tokenizer size
 
 
 TOKENIZER_PARAMS = XAxis("tokenizer_params", "tokenizer parameters (M, log scale)", log=True, unit=1e6)
@@ -127,9 +141,31 @@ def scaling_plot(
     runs = runs[runs["series"].notna()]
     if runs.empty:
         raise ValueError(f"{name}: no FINISHED run has both {x_axis.what} and a line to belong to")
+    # One run per seed at each point: runs that differ only by seed are the point's replicas.
+    runs, older = newest_per_seed(runs, ["series", "x"])
+    if not older.empty:
+        notes.append(f"left out, a newer run has the same point and seed: {', '.join(older['run_name'].astype(str))}")
     labels = [label for label in order if (runs["series"] == label).any()]
     substitutes = bool(runs["substitute"].any())
+    seeds = int(runs.groupby(["series", "x"]).size().max())
+    with house_theme():
+        fig, records, panel_notes = _draw_panels(runs, panels, labels, order, name, x_axis, correlate, substitutes)
+    notes.extend(panel_notes)
+    over = (f"\nlines: mean over up to {seeds} seeds; bands: {CI_NOTE}; faint dots: single seeds" if seeds > 1
+            else "")
+    fig.suptitle(profile_heading(title, profile, substitutes, "hollow hatched points") + over, fontsize=10)
+    data = pd.DataFrame.from_records(records, columns=[*DATA_COLUMNS, *SEED_COLUMNS])
+    comparisons = seed_comparisons(data, [p for p in panels if p.metric in set(data["panel"])], labels, x_axis)
+    spread = spread_notes(comparisons, panels) if seeds > 1 else ()
+    return Plot(name, fig, data, tuple(notes), spread, comparisons)
 
+
+CI_NOTE = "95% bootstrap CI of the mean"
+
+
+def _draw_panels(runs: pd.DataFrame, panels: Sequence[Panel], labels: list[str], order: Sequence[str], name: str,
+                 x_axis: XAxis, correlate: bool, substitutes: bool) -> tuple[Figure, list[dict], list[str]]:
+    notes: list[str] = []
     fig = Figure(figsize=(4.3 * len(panels), 4.0), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     records: list[dict] = []
@@ -164,9 +200,7 @@ def scaling_plot(
         if not legend_drawn:
             _legend(ax, substitutes, twin)
             legend_drawn = True
-    fig.suptitle(profile_heading(title, profile, substitutes, "hollow hatched points"), fontsize=10)
-    data = pd.DataFrame.from_records(records, columns=DATA_COLUMNS)
-    return Plot(name, fig, data, tuple(notes))
+    return fig, records, notes
 
 
 def skip_panel(ax: Axes, title: str, key: str) -> str:
@@ -196,21 +230,96 @@ def profile_heading(title: str, profile: str, substitutes: bool, marked_as: str)
 
 
 def _draw_series(*, ax: Axes, points: pd.DataFrame, panel: Panel, label: str, color: str, figure: str) -> list[dict]:
-    x, y = points["x"], points[panel.metric] * panel.scale
-    ax.plot(x, y, "-", color=color, label=label, zorder=2)
-    real = ~points["substitute"].astype(bool)
-    ax.scatter(x[real], y[real], marker="o", s=36, color=color, zorder=3)
+    """One line: a point per x (the mean over its seeds), a 95% band where a point has several seeds."""
+    points = points.assign(y=points[panel.metric] * panel.scale)
+    stats = {x: summary(group["y"]) for x, group in points.groupby("x")}
+    means = points.groupby("x", as_index=False).agg(
+        y=("y", "mean"), substitute=("substitute", "any"), size=("tokenizer_name", "first"))
+    if max(s["n"] for s in stats.values()) > 1:
+        # seaborn draws the mean line and its band; the interval is the one the notes and tables judge by.
+        sns.lineplot(data=points, x="x", y="y", estimator="mean", errorbar=ci95, err_style="band", color=color,
+                     label=label, ax=ax, zorder=2, legend=False, err_kws={"alpha": 0.2, "linewidth": 0})
+        ax.scatter(points["x"], points["y"], s=14, color=color, alpha=0.35, linewidths=0, zorder=3)
+    else:
+        ax.plot(means["x"], means["y"], "-", color=color, label=label, zorder=2)
+    x, y = means["x"], means["y"]
+    real = ~means["substitute"].astype(bool)
+    ax.scatter(x[real], y[real], marker="o", s=36, color=color, zorder=4)
     # Substitute networks give numbers that mean nothing against real ones: a different marker, hollow and hatched.
     ax.scatter(x[~real], y[~real], marker="s", s=80, facecolors="none", edgecolors=color, hatch="////",
-               linewidths=1.2, zorder=3)
-    for xi, yi, size in zip(x, y, points["tokenizer_name"], strict=True):
+               linewidths=1.2, zorder=4)
+    for xi, yi, size in zip(x, y, means["size"], strict=True):
         ax.annotate(str(size), (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=7)
     return [
         {"figure": figure, "panel": panel.metric, "series": label, "run_id": r.run_id, "run_name": r.run_name,
-         "size": r.tokenizer_name, "x": r.x, "value": getattr(r, panel.metric),
-         "y": getattr(r, panel.metric) * panel.scale, "substitute": bool(r.substitute)}
+         "size": r.tokenizer_name, "x": r.x, "value": getattr(r, panel.metric), "y": r.y,
+         "substitute": bool(r.substitute), "seed": int(r.seed), **stats[r.x]}
         for r in points.itertuples(index=False)
     ]
+
+
+def seed_comparisons(data: pd.DataFrame, panels: Sequence[Panel], labels: Sequence[str], x_axis: XAxis
+                     ) -> pd.DataFrame:
+    """The differences a scaling figure shows, each judged against the seed spread: neighbouring series at each
+    position (1D against 2D at S-B: a position is a tokenizer size, whose 1D and 2D counts differ a little), and
+    along each series neighbouring positions and the first against the last (S-S against B-L).
+    ``beyond_spread`` is NA where a point has one seed."""
+    rows = []
+    for panel in panels:
+        points = data[data["panel"] == panel.metric].drop_duplicates(["series", "x"]).sort_values("x")
+        if points.empty:
+            continue
+        points = points.assign(at=[str(size) if x_axis.point is None else x_axis.point.format(x=x)
+                                   for size, x in zip(points["size"], points["x"], strict=True)])
+
+        def compare(compares: str, a: pd.Series, b: pd.Series, at: str, names: tuple[str, str],
+                    metric: str = panel.metric) -> None:
+            rows.append({"panel": metric, "compares": compares, "a": names[0], "b": names[1], "at": at,
+                         "mean_a": a["mean"], "mean_b": b["mean"], "n_a": int(a["n"]), "n_b": int(b["n"]),
+                         "beyond_spread": beyond_spread(a, b)})
+
+        here = [label for label in labels if (points["series"] == label).any()]
+        # Series on two y axes of their own (twin) are on different scales: only their shapes are compared.
+        for at in ([] if panel.twin else list(dict.fromkeys(points["at"]))):
+            present = points[points["at"] == at].set_index("series")
+            ordered = [label for label in here if label in present.index]
+            for first, second in zip(ordered, ordered[1:], strict=False):
+                compare("series", present.loc[first], present.loc[second], at, (_short(first), _short(second)))
+        for label in here:
+            line = [row for _, row in points[points["series"] == label].iterrows()]
+            pairs = list(zip(line, line[1:], strict=False)) + ([(line[0], line[-1])] if len(line) > 2 else [])
+            for first, second in pairs:
+                compare("positions", first, second, _short(label), (first["at"], second["at"]))
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS).astype({"beyond_spread": "boolean"})
+
+
+def _short(label: str) -> str:
+    """A series' name for the notes: its label up to any parenthesis ("1D tokenizer")."""
+    return label.split(" (")[0]
+
+
+def spread_notes(comparisons: pd.DataFrame, panels: Sequence[Panel]) -> tuple[str, ...]:
+    """One line a panel: which of the figure's differences stand above the seed spread and which do not."""
+    lines = []
+    for panel in panels:
+        rows = comparisons[comparisons["panel"] == panel.metric]
+        if rows.empty:
+            continue
+        parts = {True: [], False: [], None: []}
+        for r in rows.itertuples(index=False):
+            what = (f"{r.a} vs {r.b} at {r.at} ({r.mean_a:.4g} vs {r.mean_b:.4g})" if r.compares == "series"
+                    else f"{r.at} {r.a} to {r.b} ({r.mean_a:.4g} to {r.mean_b:.4g})")
+            parts[None if pd.isna(r.beyond_spread) else bool(r.beyond_spread)].append(what)
+        n = sorted(set(rows["n_a"]) | set(rows["n_b"]))
+        seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+        line = f"{panel.title}, {panel.metric}, {seeds} seeds a point (beyond = their 95% intervals do not overlap): "
+        line += "; ".join(filter(None, [
+            f"beyond the seed spread: {', '.join(parts[True])}" if parts[True] else "beyond the seed spread: none",
+            f"within it: {', '.join(parts[False])}" if parts[False] else "",
+            f"one seed, not judged: {', '.join(parts[None])}" if parts[None] else "",
+        ]))
+        lines.append(line)
+    return tuple(lines)
 
 
 def series_correlation(records: list[dict], metric: str) -> tuple[float, int] | None:
@@ -219,7 +328,7 @@ def series_correlation(records: list[dict], metric: str) -> tuple[float, int] | 
     labels = list(dict.fromkeys(drawn["series"]))
     if len(labels) < 2:
         return None
-    table = drawn.pivot_table(index="x", columns="series", values="value", aggfunc="last")[labels[:2]].dropna()
+    table = drawn.pivot_table(index="x", columns="series", values="value", aggfunc="mean")[labels[:2]].dropna()
     if len(table) < 3 or table.std().eq(0).any():
         return None
     return float(table[labels[0]].corr(table[labels[1]])), len(table)
@@ -305,8 +414,9 @@ def scaling_vanilla(df: pd.DataFrame, study: str | None = "scaling_vanilla") -> 
 
 AR_SIZES = ("B", "L", "XL", "XXL")
 TOKENIZER_PROBE = Panel("tokenizer_probe_acc", "Tokenizer encoder: linear probe", "top-1 accuracy (%)", scale=100.0)
-EPOCHS = XAxis("factor_epochs", "tokenizer training (paper epochs)", what="a training length")
-CHECKPOINT = XAxis("factor_checkpoint", "tokenizer checkpoint (paper epochs of training)", what="a checkpoint epoch")
+EPOCHS = XAxis("factor_epochs", "tokenizer training (paper epochs)", what="a training length", point="{x:g} epochs")
+CHECKPOINT = XAxis("factor_checkpoint", "tokenizer checkpoint (paper epochs of training)", what="a checkpoint epoch",
+                   point="checkpoint {x:g}")
 
 
 def ar_size_label(profile: str, size: str) -> str:

@@ -10,7 +10,8 @@ Columns of :func:`load_runs`:
   ``tokenizer_hash``, ``ar_hash``, ``git_commit``, ``stage``, ``error``, ``start_time``, ``end_time``;
 - ``factor_<name>``: what the study varies, typed (bool, int, float or text) from the run's ``gigatok.factors``;
 - configuration: ``tokenizer_name``, ``tokenizer_kind``, ``semantic_weight``, ``semantic_encoder``,
-  ``align_layer``, ``entropy_weight``, ``tokenizer_epochs``, ``ar_size``, ``ar_epochs`` and ``tokenizer_params``;
+  ``align_layer``, ``entropy_weight``, ``tokenizer_epochs``, ``ar_size``, ``ar_epochs``, ``seed`` (the training
+  seed; studies run with ``--seeds N`` also have the factor ``factor_seed``) and ``tokenizer_params``;
 - every final metric (``rfid``, ``gfid``, ... as floats, NaN where a run did not log it);
 - ``substitute`` (True when any number came from a random stand-in network), ``substitutes`` (which ones), and
   ``provenance.<metric>`` (the feature network and sets behind each metric), ``artifact.<name>`` (where a run's
@@ -49,6 +50,7 @@ PARAMS: dict[str, tuple[str, type]] = {
     "tokenizer_epochs": ("tokenizer.train.epochs", float),
     "ar_size": ("ar.size", str),
     "ar_epochs": ("ar.train.epochs", float),
+    "seed": ("tokenizer.train.seed", int),  # its AR probe's too (studies/run.py --seeds)
 }
 
 PARAM_DTYPES = {str: "string", int: "Int64", float: "float64"}

@@ -8,7 +8,9 @@
 Each figure is written per profile as PNG and PDF (``fig9_1d_vs_2d-tiny.png``: a tiny-profile figure never
 overwrites a paper one), and each table of ``analysis/tables.py`` as markdown and LaTeX
 (``table5_align_layer-tiny.md``).
-``index.md`` lists the figures and tables, the runs behind them and what was skipped and why.
+``index.md`` lists the figures and tables, the runs behind them and what was skipped and why. Where a study ran
+several seeds per point, figures draw the mean with a 95% band and tables show mean ± std (n); the index and the
+output say, for each difference a figure shows, whether it stands above the seed spread.
 Exit status 2, with a one-line error, when the store cannot be read or holds no matching runs.
 """
 
@@ -28,6 +30,7 @@ from analysis.figures import missing_runs_reason
 from analysis.load import StoreError, load_runs
 from analysis.sources import SnapshotSource, Source, StoreSource, save_snapshot_bundle
 from analysis.tables import SkippedTable, WrittenTable, index_lines, write_tables
+from analysis.theme import house_theme
 
 EXIT_NO_RUNS = 2
 
@@ -39,6 +42,7 @@ class Made:
     paths: tuple[Path, ...]
     runs: int
     notes: tuple[str, ...]
+    spread: tuple[str, ...] = ()  # which differences stand above the seed spread (several seeds a point)
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,13 @@ def make_figures(df: pd.DataFrame, out: Path, source: Source, studies: Sequence[
                 skipped.append(Skipped(spec, profile, reason))
                 continue
             try:
-                plot = spec.make(runs, source)
+                with house_theme():
+                    plot = spec.make(runs, source)
             except ValueError as exc:
                 skipped.append(Skipped(spec, profile, str(exc)))
                 continue
             paths = plot.save(out, f"{spec.name}-{profile}")
-            made.append(Made(spec, profile, tuple(paths), plot.data["run_id"].nunique(), plot.notes))
+            made.append(Made(spec, profile, tuple(paths), plot.data["run_id"].nunique(), plot.notes, plot.spread))
     return made, skipped
 
 
@@ -124,6 +129,9 @@ def write_index(out: Path, df: pd.DataFrame, source: str, made: list[Made], skip
                              f"{'; '.join(m.notes) or '-'} |")
             lines.append("")
             lines += [f"![{m.spec.name}]({m.paths[0].name})" for m in here] + [""]
+            for m in (m for m in here if m.spread):
+                lines += [f"Seed spread in {m.spec.name} ({m.spec.reproduces}):", ""]
+                lines += [f"- {line}" for line in m.spread] + [""]
         gaps = [s for s in skipped if s.profile == profile]
         if gaps:
             lines += ["Skipped:", ""] + [f"- {s.spec.name} ({s.spec.reproduces}): {s.reason}" for s in gaps] + [""]
@@ -163,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{m.spec.name} ({m.spec.reproduces}, {m.profile}, {m.runs} runs): {', '.join(map(str, m.paths))}")
         for note in m.notes:
             print(f"    note: {note}")
+        for line in m.spread:
+            print(f"    spread: {line}")
     for s in skipped:
         print(f"skipped {s.spec.name} ({s.spec.reproduces}, {s.profile}): {s.reason}")
     tables, skipped_tables = write_tables(df, args.out, args.study)

@@ -4,8 +4,10 @@ The paper's numbers live in ``analysis/paper_values.csv`` (one row per table, ro
 the paper as printed, with a ``unit`` column: accuracies and decoding times are percent there, fractions in our runs,
 so reproduced values are converted to the paper's unit before the difference is taken.
 
-A table is built from the FINISHED runs of its study at one profile, the newest run per row. A row whose run used
-a random stand-in network is marked :data:`SUBSTITUTE_MARK`; a row or metric without a run shows :data:`MISSING`.
+A table is built from the FINISHED runs of its study at one profile, the newest run per row and seed. Where a row
+has several seeds (``studies/run.py --seeds N``) the reproduced value is their mean, shown as mean ± std (n
+seeds); a row of one seed shows its value alone. A row whose run used a random stand-in network is marked
+:data:`SUBSTITUTE_MARK`; a row or metric without a run shows :data:`MISSING`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from analysis.figures import finished_runs, missing_runs_reason
+from analysis.seeds import newest_per_seed
 
 PAPER_VALUES = Path(__file__).with_name("paper_values.csv")
 SUBSTITUTE_MARK = "†SUBSTITUTE"
@@ -34,7 +38,10 @@ METRIC_LABELS = {
     "tokenizer_params": "tokenizer params",
 }
 
-COLUMNS = ["row", "label", "metric", "unit", "reproduced", "paper", "difference", "substitute", "run_id"]
+# reproduced: the mean over the row's seeds (std: their standard deviation, NaN for one; n: seeds with the metric);
+# run_id: the newest of the row's runs, run_ids: all of them, comma-separated.
+COLUMNS = ["row", "label", "metric", "unit", "reproduced", "std", "n", "paper", "difference", "substitute", "run_id",
+           "run_ids"]
 
 
 @dataclass(frozen=True)
@@ -77,20 +84,19 @@ def row_key(values: Sequence[object]) -> str:
     return "/".join(str(float(v)) if isinstance(v, float) else str(v) for v in values)
 
 
-def newest_per_row(runs: pd.DataFrame, spec: TableSpec) -> dict[str, pd.Series]:
-    """The newest FINISHED run of each row of ``spec`` (rows without a run are absent)."""
+def runs_per_row(runs: pd.DataFrame, spec: TableSpec) -> dict[str, pd.DataFrame]:
+    """The FINISHED runs of each row of ``spec``, the newest of each seed, oldest first (rows without a run are
+    absent)."""
     done = finished_runs(runs[runs["study"] == spec.study])
     columns = [f"factor_{f}" for f in spec.factors]
     if done.empty or not set(columns) <= set(done.columns):
         return {}
-    done = done.sort_values("start_time") if "start_time" in done else done
-    newest: dict[str, pd.Series] = {}
-    for _, run in done.iterrows():
-        values = [run[c] for c in columns]
-        if any(pd.isna(v) for v in values):
-            continue
-        newest[row_key([v.item() if hasattr(v, "item") else v for v in values])] = run  # later runs win
-    return newest
+    done = done[done[columns].notna().all(axis=1)]
+    keys = pd.Series([row_key([v.item() if hasattr(v, "item") else v for v in values])
+                      for values in done[columns].itertuples(index=False)], index=done.index, dtype="object")
+    done, _older = newest_per_seed(done.assign(row_=keys), ["row_"])  # a re-run of a row and seed: the newest wins
+    done = done.sort_values("start_time", kind="stable") if "start_time" in done else done
+    return {key: group.drop(columns="row_") for key, group in done.groupby("row_", sort=False)}
 
 
 def build_table(spec: TableSpec, runs: pd.DataFrame, profile: str, paper: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -102,7 +108,7 @@ def build_table(spec: TableSpec, runs: pd.DataFrame, profile: str, paper: pd.Dat
     paper = paper_values() if paper is None else paper
     printed = paper[paper["source"] == spec.source]
     at_profile = runs[runs["profile"] == profile]
-    found = newest_per_row(at_profile, spec)
+    found = runs_per_row(at_profile, spec)
     units = dict(zip(printed["metric"][::-1], printed["unit"][::-1], strict=True))  # first printed unit wins
     labels = dict(zip(printed["row"], printed["label"], strict=True))
     values = {(r, m): (u, v) for r, m, u, v in zip(printed["row"], printed["metric"], printed["unit"],
@@ -113,17 +119,21 @@ def build_table(spec: TableSpec, runs: pd.DataFrame, profile: str, paper: pd.Dat
              for m in metrics]
     out = []
     for key, label, metric, unit, value in cells:
-        run = found.get(key)
-        logged = run[metric] if run is not None and metric in run.index else math.nan
-        reproduced = float(logged) * UNIT_SCALE[unit] if pd.notna(logged) else math.nan
+        group = found.get(key)
+        logged = (group[metric].astype("float64").dropna() * UNIT_SCALE[unit] if group is not None
+                  and metric in group.columns else pd.Series(dtype="float64"))
+        reproduced = float(logged.mean()) if len(logged) else math.nan
         out.append({
-            "row": key, "label": label, "metric": metric, "unit": unit, "reproduced": reproduced, "paper": value,
-            "difference": reproduced - value, "substitute": bool(run is not None and run["substitute"]),
-            "run_id": None if run is None else run["run_id"],
+            "row": key, "label": label, "metric": metric, "unit": unit, "reproduced": reproduced,
+            "std": float(logged.std(ddof=1)) if len(logged) > 1 else math.nan, "n": len(logged), "paper": value,
+            "difference": reproduced - value, "substitute": bool(group is not None and group["substitute"].any()),
+            "run_id": None if group is None else group["run_id"].iloc[-1],
+            "run_ids": None if group is None else ",".join(group["run_id"].astype(str)),
         })
     df = pd.DataFrame(out, columns=COLUMNS)
-    df.attrs.update(source=spec.source, study=spec.study, profile=profile, about=spec.about,
-                    runs=df["run_id"].dropna().nunique())
+    ids = {i for joined in df["run_ids"].dropna() for i in joined.split(",")}
+    df.attrs.update(source=spec.source, study=spec.study, profile=profile, about=spec.about, runs=len(ids),
+                    seeds=int(df["n"].max()) if len(df) else 0)
     return df
 
 
@@ -155,11 +165,18 @@ def _number(value: float, spec: str = ".4g") -> str:
     return MISSING if pd.isna(value) else f"{value:{spec}}"
 
 
+def _reproduced(r: Any) -> str:
+    """The value alone for one seed; ``mean ± std (n=N)`` over several."""
+    if r.n > 1:
+        return f"{_number(r.reproduced)} ± {_number(r.std, '.2g')} (n={r.n})"
+    return _number(r.reproduced)
+
+
 def _rendered(df: pd.DataFrame) -> list[list[str]]:
     lines = []
     for r in df.itertuples(index=False):
         metric = METRIC_LABELS.get(r.metric, r.metric) + (f" ({r.unit})" if r.unit else "")
-        lines.append([r.label, metric, _number(r.reproduced), _number(r.paper, ".6g"), _number(r.difference, "+.4g"),
+        lines.append([r.label, metric, _reproduced(r), _number(r.paper, ".6g"), _number(r.difference, "+.4g"),
                       SUBSTITUTE_MARK if r.substitute else ""])
     return lines
 
@@ -175,7 +192,9 @@ def _title(df: pd.DataFrame) -> str:
 def _caveat(df: pd.DataFrame) -> str:
     profile = df.attrs.get("profile", "?")
     scale = "" if profile == "paper" else f" {profile}-scale models: compare trends, not values."
-    return (f"Study {df.attrs.get('study', '?')}, {df.attrs.get('runs', 0)} FINISHED runs (newest per row); "
+    seeds = ("newest per row and seed; reproduced = mean ± std over n seeds" if df.attrs.get("seeds", 1) > 1
+             else "newest per row")
+    return (f"Study {df.attrs.get('study', '?')}, {df.attrs.get('runs', 0)} FINISHED runs ({seeds}); "
             f"difference = reproduced - paper; {MISSING}: no run or no paper value; {SUBSTITUTE_MARK}: a random "
             f"stand-in network was used.{scale}")
 
@@ -189,8 +208,8 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 def _latex_escape(text: str) -> str:
-    for old, new in (("\\", r"\textbackslash{}"), ("%", r"\%"), ("_", r"\_"), ("&", r"\&"), ("#", r"\#"),
-                     (SUBSTITUTE_MARK, r"$^\dagger$SUBSTITUTE"), (MISSING, "---"), ("‡", r"$^\ddagger$")):
+    for old, new in (("\\", r"\textbackslash{}"), ("±", r"$\pm$"), ("%", r"\%"), ("_", r"\_"), ("&", r"\&"),
+                     ("#", r"\#"), (SUBSTITUTE_MARK, r"$^\dagger$SUBSTITUTE"), (MISSING, "---"), ("‡", r"$^\ddagger$")):
         text = text.replace(old, new)
     return text
 

@@ -897,6 +897,9 @@ class Profile:
     # The authors' transformer layout and initialisation (TokenizerConfig.block_1d ... init) and their entropy-loss
     # log offset; off keeps the workbench's original layout.
     authors_layout: bool = False
+    # How many seeds every run of a study is replicated over by default (studies/run.py --seeds): seed 0, 1, ...
+    # of the tokenizer and its AR probe, so a figure can show which differences stand above seed noise.
+    seeds: int = 1
 
     def paper_epochs(self, epochs: float) -> float:
         """This profile's length of a run the paper trains for ``epochs`` epochs."""
@@ -1051,6 +1054,8 @@ TINY = Profile(
     # of a loaded pair of cores): about +10 minutes over the six runs of scaling_1d_vs_2d, past its 20-minute budget.
     # ar_probe_vs_large and system_level search their scale as a stage.
     cfg_search_every_gfid=False,
+    # Tiny differences between sizes are of the order of seed noise: two seeds per point show the spread.
+    seeds=2,
 )
 
 PROFILES: dict[str, Profile] = {"paper": PAPER, "tiny": TINY}

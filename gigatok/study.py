@@ -7,7 +7,8 @@
         return [p.probe({"lambda": w}, p.tokenizer("S-S", semantic_weight=w)) for w in (0.25, 0.5, 0.75, 1.0)]
 
 The :class:`Planner` fills in everything else from the profile (``tiny`` or ``paper``), applies the data folder
-and the ``--set key=value`` overrides, and validates every config as it is built.
+and the ``--set key=value`` overrides, and validates every config as it is built. :meth:`Study.plan` then replicates
+each run over the planner's seeds (``--seeds N``, else the profile's default), adding the factor ``seed``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,14 @@ class Study:
     reproduces: str  # the paper's figure or table
     about: str  # one line: what varies
     build: StudyFn
+    # False for studies that train nothing (timings, released checkpoints): another seed would repeat the same run.
+    seeded: bool = True
 
     def plan(self, planner: Planner) -> list[RunSpec]:
+        """The study's runs, each replicated over the planner's seeds (as the factor ``seed``) when it trains."""
         specs = self.build(dataclasses.replace(planner, study=self.name))
+        if self.seeded:
+            specs = replicate(specs, planner.seed_count, planner.overrides)
         hashes = [s.hash for s in specs]
         duplicates = {h for h in hashes if hashes.count(h) > 1}
         if duplicates:
@@ -54,13 +60,13 @@ class Study:
 STUDIES: dict[str, Study] = {}
 
 
-def study(name: str, *, reproduces: str, about: str) -> Callable[[StudyFn], StudyFn]:
-    """Register a study function under ``name``."""
+def study(name: str, *, reproduces: str, about: str, seeded: bool = True) -> Callable[[StudyFn], StudyFn]:
+    """Register a study function under ``name``; ``seeded=False`` for one that trains nothing (no seed factor)."""
 
     def register(fn: StudyFn) -> StudyFn:
         if name in STUDIES:
             raise ValueError(f"study {name!r} is defined twice")
-        STUDIES[name] = Study(name, reproduces, about, fn)
+        STUDIES[name] = Study(name, reproduces, about, fn, seeded)
         return fn
 
     return register
@@ -181,6 +187,51 @@ def check_override_keys(overrides: tuple[tuple[str, str], ...], profile: str) ->
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Seeds: --seeds N
+# ----------------------------------------------------------------------------------------------------------
+
+SEED_FACTOR = "seed"
+SEED_KEYS = ("tokenizer.train.seed", "ar.train.seed")  # what a replica changes (the AR probe shares its tokenizer's)
+
+
+def parse_seeds(text: str | int | None) -> int | None:
+    """``--seeds N`` as a positive integer (None when not given: the profile's default)."""
+    if text is None:
+        return None
+    raw = str(text).strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"--seeds {text}: expected a positive integer (runs per point), e.g. --seeds 3")
+    return int(raw)
+
+
+def with_seed(spec: RunSpec, seed: int) -> RunSpec:
+    """``spec`` trained from ``seed``: its tokenizer and its AR probe share it, and ``seed`` joins its factors.
+
+    Seed 0 is every config's default, so a run planned before seeds were a factor keeps its hash as seed 0.
+    """
+    tok = dataclasses.replace(spec.tokenizer, train=dataclasses.replace(spec.tokenizer.train, seed=seed))
+    ar = None
+    if spec.ar is not None:
+        ar = dataclasses.replace(spec.ar, tokenizer=tok, train=dataclasses.replace(spec.ar.train, seed=seed))
+    factors = (*((k, v) for k, v in spec.factors if k != SEED_FACTOR), (SEED_FACTOR, seed))
+    return dataclasses.replace(spec, factors=factors, tokenizer=tok, ar=ar)
+
+
+def replicate(specs: list[RunSpec], seeds: int, overrides: tuple[tuple[str, str], ...] = ()) -> list[RunSpec]:
+    """Every run of ``specs`` at seeds 0 .. ``seeds`` - 1, seed by seed (all of seed 0 first, so a study stopped
+    half-way has whole replicas). One seed leaves the runs as planned, without a ``seed`` factor."""
+    if seeds == 1:
+        return specs
+    for key, _ in overrides:
+        if key in SEED_KEYS:
+            raise ConfigError(f"--set {key}: --seeds {seeds} varies the seed; to choose one by hand pass --seeds 1")
+    for spec in specs:
+        if spec.tokenizer.train.seed != 0 or (spec.ar is not None and spec.ar.train.seed != 0):
+            raise ConfigError(f"study {spec.study}: run {spec.label} chooses its own seed; plan it with --seeds 1")
+    return [with_seed(spec, seed) for seed in range(seeds) for spec in specs]
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The planner a study function receives
 # ----------------------------------------------------------------------------------------------------------
 
@@ -193,10 +244,21 @@ class Planner:
     data_root: str | None = None
     overrides: tuple[tuple[str, str], ...] = ()
     study: str = ""
+    seeds: int | None = None  # runs per point (--seeds); None: the profile's default
+
+    def __post_init__(self) -> None:
+        if self.seeds is not None and (isinstance(self.seeds, bool) or not isinstance(self.seeds, int)
+                                       or self.seeds < 1):
+            raise ConfigError(f"--seeds {self.seeds}: expected a positive integer (runs per point)")
 
     @property
     def profile(self) -> Profile:
         return get_profile(self.profile_name)
+
+    @property
+    def seed_count(self) -> int:
+        """How many seeds each run is replicated over: ``--seeds``, else the profile's default."""
+        return self.profile.seeds if self.seeds is None else self.seeds
 
     def paper_epochs(self, epochs: float) -> float:
         """This profile's training length for a run the paper trains ``epochs`` epochs."""

@@ -2,7 +2,8 @@
 
 Factor names are shared across studies so the analysis can put any two side by side: ``size`` (ENC-DEC),
 ``kind`` (1d/2d), ``semreg`` (semantic regularization on/off), ``align_layer``, ``encoder``, ``lambda``,
-``epochs`` (paper epochs), ``entropy`` (on/off), ``ar_size``, ``decoder``.
+``epochs`` (paper epochs), ``entropy`` (on/off), ``ar_size``, ``decoder``; ``seed`` where a study is replicated
+over seeds (``--seeds N``, or the profile's default: added by the planner, never named here).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def system_level(p: Planner) -> list[RunSpec]:
 
 
 @study("decode_cost", reproduces="Table 4",
-       about="share of generation time spent decoding: decoders B, L, XXL against AR models B, L, XXL")
+       about="share of generation time spent decoding: decoders B, L, XXL against AR models B, L, XXL", seeded=False)
 def decode_cost(p: Planner) -> list[RunSpec]:
     # Timing needs the shapes, not trained weights: nothing is trained (the decoder sizes of S-B, S-L, XL-XXL).
     decoders = {"B": "S-B", "L": "S-L", "XXL": "XL-XXL"}
@@ -172,7 +173,7 @@ RELEASED_STAGES = ("tokenizer", "reconstruction", "tokenizer_probe", "token_cach
 
 @study("released_checkpoints", reproduces="README (released checkpoints)",
        about="the authors' released tokenizers and AR models, evaluated without training: reconstruction, "
-       "CFG-searched gFID, linear probes")
+       "CFG-searched gFID, linear probes", seeded=False)
 def released_checkpoints(p: Planner) -> list[RunSpec]:
     from gigatok.convert.released import RELEASED, RELEASED_AR_MODELS, released_ar_run, released_tokenizer_run
 

@@ -3,6 +3,7 @@
     python studies/run.py --list                          the studies, their run counts, what they reproduce
     python studies/run.py scaling_1d_vs_2d --dry-run      the plan: hashes, factors, parameter counts, what is done
     python studies/run.py scaling_1d_vs_2d                run it (tiny profile, locally, ./mlflow.db)
+    python studies/run.py scaling_1d_vs_2d --seeds 3      every run at seeds 0, 1, 2 (default: the profile's)
     python studies/run.py scaling_1d_vs_2d --status       each run's state from MLflow (and Slurm)
     python studies/run.py cfg_search --study scaling_1d_vs_2d --only size=S-S,kind=1d
                                                           search one run's CFG scale (cfg_search --help)
@@ -12,6 +13,9 @@
 Re-running a study skips finished runs (one MLflow query for the whole study) and resumes unfinished ones from
 their checkpoints. ``--set key=value`` changes any config field (``tokenizer.train.max_steps=20``,
 ``ar.train.epochs=1``, ``eval.gen_samples=500``); a changed config is a different run with a different hash.
+``--seeds N`` replicates every run over seeds 0 .. N-1 (the factor ``seed``: a tokenizer and its AR probe share
+it); seed 0 is the run as planned with one seed, so raising N later adds runs and keeps the finished ones. The
+tiny profile plans two seeds per point, the paper profile one.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 from gigatok.config import ConfigError, get_profile
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, completed_stages
-from gigatok.study import STUDIES, Planner, check_override_keys, get_study, parse_override
+from gigatok.study import SEED_FACTOR, STUDIES, Planner, check_override_keys, get_study, parse_override, parse_seeds
 
 EXIT_BAD_INPUT = 2
 
@@ -57,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. tokenizer.train.max_steps=20 (repeatable)")
     p.add_argument("--only", default=None,
-                   help="comma-separated run hashes (or prefixes) or factor=value filters, e.g. size=S-S,kind=1d")
+                   help="comma-separated run hashes (or prefixes) or factor=value filters, e.g. size=S-S,seed=0")
+    add_seeds_option(p)
     add_substitute_and_device_options(p)
     p.add_argument("--no-wait", action="store_true", help="local executor: submit and return (default: wait)")
     p.add_argument("--wait", action="store_true", help="slurm executor: wait for the jobs and show progress")
@@ -66,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--local-tasks", type=int, default=1, help="local executor: DDP processes per run (default 1)")
     add_slurm_options(p)
     return p.parse_args(argv)
+
+
+def add_seeds_option(p: argparse.ArgumentParser) -> None:
+    # Read as text and checked by parse_seeds, so a bad value is a one-line error like every other (also in --dry-run).
+    p.add_argument("--seeds", default=None, metavar="N",
+                   help="replicate every run over seeds 0..N-1 (default: the profile's, tiny 2, paper 1)")
 
 
 def add_substitute_and_device_options(p: argparse.ArgumentParser) -> None:
@@ -115,12 +126,13 @@ def select(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
         else:
             prefixes.append(f)
     known_factors = {k for s in specs for k, _ in s.factors}
-    unknown = sorted(set(by_factor) - known_factors)
+    unknown = sorted(set(by_factor) - known_factors - {SEED_FACTOR})
     if unknown:
         raise UsageError(f"--only: unknown factor {unknown[0]!r}; this study varies {sorted(known_factors)}")
 
     def keep(spec: RunSpec) -> bool:
-        factors = {k: str(v) for k, v in spec.factors}
+        # seed=N picks replicas whether or not the plan varies the seed (one seed: every run is seed 0)
+        factors = {SEED_FACTOR: str(spec.tokenizer.train.seed), **{k: str(v) for k, v in spec.factors}}
         if any(factors.get(k) not in values for k, values in by_factor.items()):
             return False
         return not prefixes or any(spec.hash.startswith(p) for p in prefixes)
@@ -144,7 +156,10 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
     if args.data is not None and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such directory")
     data_root = str(Path(args.data).resolve()) if args.data else None
-    return select(study.plan(Planner(args.profile, data_root, overrides)), args.only)
+    seeds = parse_seeds(args.seeds)
+    if seeds is not None and seeds > 1 and not study.seeded:
+        raise UsageError(f"--seeds {seeds}: study {study.name} trains nothing, so every seed would repeat the same run")
+    return select(study.plan(Planner(args.profile, data_root, overrides, seeds=seeds)), args.only)
 
 
 _param_cache: dict[Any, int] = {}
@@ -195,7 +210,9 @@ def _millions(n: int | None) -> str:
 
 
 def print_plan(study: str, profile: str, rows: list[dict[str, Any]]) -> None:
-    print(f"study {study} at profile {profile}: {len(rows)} runs ({get_study(study).reproduces})")
+    seeds = len({r["factors"].get(SEED_FACTOR, 0) for r in rows})
+    each = f", {seeds} seeds per point" if seeds > 1 else ""
+    print(f"study {study} at profile {profile}: {len(rows)} runs ({get_study(study).reproduces}){each}")
     header = f"{'hash':12}  {'factors':34} {'tok params':>10} {'AR params':>9}  {'done':18} mlflow"
     print(header)
     for r in rows:
@@ -213,8 +230,9 @@ def print_plan(study: str, profile: str, rows: list[dict[str, Any]]) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     load_catalog()
     rows = []
+    planner = Planner(args.profile, seeds=parse_seeds(args.seeds))
     for name, s in STUDIES.items():
-        count = len(s.plan(Planner(args.profile)))
+        count = len(s.plan(planner))
         rows.append({"study": name, "runs": count, "reproduces": s.reproduces, "about": s.about})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -608,6 +626,7 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
                    "paper profile; at tiny, your images in place of the built-in dataset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="the overrides the study was run with (they are part of the run's hash)")
+    add_seeds_option(p)
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--runs-dir", default="runs", help="stage outputs and job logs (default ./runs)")
     p.add_argument("--weights-dir", default=None, help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
@@ -636,7 +655,8 @@ def search_target(args: argparse.Namespace) -> RunSpec:
     check_override_keys(overrides, args.profile)
     if args.data is not None and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such directory")
-    planner = Planner(args.profile, str(Path(args.data).resolve()) if args.data else None, overrides)
+    planner = Planner(args.profile, str(Path(args.data).resolve()) if args.data else None, overrides,
+                      seeds=parse_seeds(args.seeds))
     if args.study:
         try:
             specs = select(get_study(args.study).plan(planner), args.only)

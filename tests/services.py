@@ -32,6 +32,7 @@ SMALL_RUN = [
     "--set", "tokenizer.tokenizer.semantic.weight=0", "--set", "tokenizer.tokenizer.encoder.depth=1",
     "--set", "tokenizer.tokenizer.decoder.depth=1", "--set", "eval.recon_images=8", "--set", "eval.reference_images=8",
     "--set", "eval.inception_input=75", "--set", "eval.batch_size=8", "--set", "eval.grid_images=0",
+    "--seeds", "1",  # one replica of each run (the tiny profile plans two)
 ]
 
 

@@ -48,7 +48,7 @@ def _log_run(client, experiment_id: str, study: str, factors: dict, kind: str, s
              metrics: dict[str, float], status: str = "FINISHED", substitutes: str | None = None) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
-    run_hash = f"{study[:4]}{size}{kind}{semantic_weight}".replace(".", "")
+    run_hash = f"{study[:4]}{size}{kind}{semantic_weight}{factors.get('seed', '')}".replace(".", "")  # seeds differ
     tags = {
         "gigatok.study": study, "gigatok.run_hash": run_hash, "gigatok.profile": PROFILE,
         "gigatok.tokenizer_hash": "t" + run_hash, "gigatok.ar_hash": "a" + run_hash, "gigatok.git_commit": "abc123",

@@ -368,7 +368,7 @@ def test_two_dimensional_step_schedule_search(tmp_path: Path) -> None:
 # The command line: dry run and bad input (nothing is trained)
 # ----------------------------------------------------------------------------------------------------------
 
-TARGET = ["cfg_search", "--study", "scaling_1d_vs_2d", "--only", "size=S-S,kind=1d"]
+TARGET = ["cfg_search", "--study", "scaling_1d_vs_2d", "--only", "size=S-S,kind=1d,seed=0"]
 
 
 def fake_trained_ar(tmp_path: Path) -> None:
@@ -435,7 +435,7 @@ def test_target_must_be_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["cfg_search", "--study", "scaling_1d_vs_2d", "--only", "size=S-S", "--dry-run"],
                            tmp_path, monkeypatch, capsys)
-    assert code == 2 and "has 2 matching --only size=S-S" in err and "narrow --only" in err
+    assert code == 2 and "has 4 matching --only size=S-S" in err and "narrow --only" in err  # 1d/2d, 2 seeds
     spec = get_study("ar_probe_vs_large").plan(Planner("tiny"))[0]
     code, out, _ = run_cli(["cfg_search", "--only", spec.hash[:8], "--dry-run"], tmp_path, monkeypatch, capsys)
     assert code == 0 and f"run {spec.hash} ({spec.label}) of study ar_probe_vs_large" in out
@@ -455,6 +455,7 @@ SHORT = [
     "--set", "eval.recon_images=16", "--set", "eval.reference_images=16", "--set", f"eval.gen_samples={FULL}",
     "--set", f"eval.batch_size={SMALL}", "--set", "eval.probe_max_iter=200", "--set", "eval.grid_images=0",
     "--set", "eval.inception_input=75", "--set", "eval.cfg_search.scale_max=1.5",  # 75 px: Inception is the cost
+    "--seeds", "1",
 ]
 
 

@@ -13,10 +13,10 @@ import pytest
 from services import run_cli
 
 import studies.catalog  # noqa: F401  (registers the studies)
-from gigatok.config import ConfigError
+from gigatok.config import ConfigError, get_profile
 from gigatok.dispatch import DispatchError, RunJob, group_by_tokenizer, resolve_executor, slurm_available
 from gigatok.pipeline import RunContext, RunSpec, completed_stages
-from gigatok.study import STUDIES, Planner, apply_overrides, get_study
+from gigatok.study import STUDIES, Planner, apply_overrides, get_study, parse_seeds
 from studies import run as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,13 +25,20 @@ PAPER_STUDIES = {
     "semantic_encoder": 3, "reg_weight": 4, "train_duration": 10, "entropy_loss": 2, "ar_probe_vs_large": 6,
     "system_level": 7, "decode_cost": 9, "feature_pca": 2, "tokenizer_checkpoints": 10, "released_checkpoints": 8,
 }
+UNSEEDED = {"decode_cost", "released_checkpoints"}  # they train nothing: one replica whatever --seeds says
+
+
+def planned_count(name: str, seeds: int) -> int:
+    return PAPER_STUDIES[name] * (1 if name in UNSEEDED else seeds)
 
 
 @pytest.mark.parametrize("profile", ["tiny", "paper"])
 def test_every_study_plans_and_validates(profile: str) -> None:
     assert set(STUDIES) == set(PAPER_STUDIES)
-    for name, count in PAPER_STUDIES.items():
+    assert get_profile("tiny").seeds == 2 and get_profile("paper").seeds == 1
+    for name in PAPER_STUDIES:
         specs = get_study(name).plan(Planner(profile))
+        count = planned_count(name, get_profile(profile).seeds)
         assert len(specs) == count, name
         assert len({s.hash for s in specs}) == count, f"{name}: two runs share a hash"
         for spec in specs:
@@ -100,7 +107,7 @@ def test_system_level_dry_runs_at_paper(
 def test_runs_sharing_a_tokenizer_go_to_one_job() -> None:
     specs = get_study("ar_probe_vs_large").plan(Planner("tiny"))
     groups = group_by_tokenizer(specs)
-    assert [len(g) for g in groups] == [2, 2, 2]
+    assert [len(g) for g in groups] == [2, 2, 2] * 2  # three tokenizers, two seeds
     assert all(len({s.tokenizer.hash() for s in g}) == 1 for g in groups)
     assert {s.ar.size for s in groups[0]} == {"B", "XL"}  # Fig. 6: the probe against AR-XL
 
@@ -169,7 +176,7 @@ def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     code, out, _ = run_cli(["--list", "--json"], tmp_path, monkeypatch, capsys)
     assert code == 0
     listed = {r["study"]: r for r in json.loads(out)}
-    assert {k: v["runs"] for k, v in listed.items()} == PAPER_STUDIES
+    assert {k: v["runs"] for k, v in listed.items()} == {k: planned_count(k, 2) for k in PAPER_STUDIES}  # tiny
     assert listed["scaling_1d_vs_2d"]["reproduces"] == "Fig. 9"
 
     code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--profile", "paper", "--json"], tmp_path, monkeypatch,
@@ -186,7 +193,8 @@ def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     assert all(r["stages_done"] == [] and r["mlflow_status"] is None for r in plan["runs"])
 
     code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--only", "size=S-B"], tmp_path, monkeypatch, capsys)
-    assert code == 0 and out.count("size=S-B") == 2 and "S-S" not in out.split("\n", 1)[1]
+    assert code == 0 and out.count("size=S-B") == 4 and "S-S" not in out.split("\n", 1)[1]  # 1d/2d, two seeds
+    assert "2 seeds per point" in out.splitlines()[0]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()  # a dry run writes nothing
 
 
@@ -230,6 +238,14 @@ def _free_port() -> int:
         (["reg_weight", "--executor", "kubernetes"], "unknown executor 'kubernetes'"),
         (["reg_weight", "--tracking-uri", "http://127.0.0.1:{port}"], "is unreachable"),
         (["reg_weight", "--profile", "paper", "--executor", "local"], "pass --data /path/to/imagenet"),
+        (["reg_weight", "--seeds", "0"], "--seeds 0: expected a positive integer"),
+        (["reg_weight", "--seeds", "two"], "--seeds two: expected a positive integer"),
+        (["reg_weight", "--seeds", "-1"], "--seeds -1: expected a positive integer"),
+        (["reg_weight", "--seeds", "1.5", "--dry-run"], "--seeds 1.5: expected a positive integer"),
+        (["reg_weight", "--seeds", "0", "--list"], "--seeds 0: expected a positive integer"),
+        (["decode_cost", "--seeds", "2", "--dry-run"], "study decode_cost trains nothing"),
+        (["reg_weight", "--seeds", "2", "--set", "tokenizer.train.seed=3", "--dry-run"],
+         "--set tokenizer.train.seed: --seeds 2 varies the seed"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -268,7 +284,7 @@ def test_script_entry_point_runs(tmp_path: Path) -> None:
 def test_snapshot_runs_have_their_own_tokenizer_and_ar_folders(tmp_path) -> None:
     from gigatok.pipeline import RunContext, ar_dir_of, stage_result_path, tokenizer_dir_of
 
-    specs = get_study("tokenizer_checkpoints").plan(Planner("tiny"))
+    specs = get_study("tokenizer_checkpoints").plan(Planner("tiny", seeds=1))
     ctx = RunContext(str(tmp_path), "sqlite:///unused.db")
     bl = [s for s in specs if s.factor_dict["size"] == "B-L"]
     assert [s.factor_dict["checkpoint"] for s in bl] == [20, 40, 60, 80, 100]
@@ -278,3 +294,61 @@ def test_snapshot_runs_have_their_own_tokenizer_and_ar_folders(tmp_path) -> None
     assert len({stage_result_path(s, ctx, "ar_probe") for s in bl}) == 5
     with pytest.raises(ValueError, match="tokenizer_snapshot 0.5 is not one of"):
         dataclasses.replace(bl[0], tokenizer_snapshot=0.5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Seeds
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_seeds_replicate_every_run_and_keep_seed_zero() -> None:
+    one = get_study("scaling_1d_vs_2d").plan(Planner("paper"))  # the paper profile: one seed, planned as ever
+    assert all("seed" not in s.factor_dict for s in one)
+    three = get_study("scaling_1d_vs_2d").plan(Planner("paper", seeds=3))
+    assert len(three) == 18 and len({s.hash for s in three}) == 18
+    # Seed by seed: all of seed 0 first, in the study's order, with the hashes the one-seed plan gave them.
+    assert [s.hash for s in three[:6]] == [s.hash for s in one]
+    assert [s.factor_dict["seed"] for s in three] == [0] * 6 + [1] * 6 + [2] * 6
+    for spec in three:
+        seed = spec.factor_dict["seed"]
+        assert spec.tokenizer.train.seed == seed and spec.ar.train.seed == seed  # the AR probe shares the seed
+        assert spec.ar.tokenizer == spec.tokenizer and list(spec.factor_dict) == ["size", "kind", "seed"]
+        assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).hash == spec.hash
+    # Replicas differ only by seed: the same configuration otherwise.
+    base = {s.label.removesuffix(" seed=0"): s for s in three[:6]}
+    for spec in three[6:]:
+        twin = base[spec.label.rsplit(" seed=", 1)[0]]
+        assert dataclasses.replace(spec.tokenizer, train=twin.tokenizer.train) == twin.tokenizer
+        assert spec.hash != twin.hash and spec.tokenizer.hash() != twin.tokenizer.hash()
+    # The tiny default (two seeds) is --seeds 2; a study that trains nothing is planned once.
+    assert [s.hash for s in get_study("reg_weight").plan(Planner("tiny"))] == [
+        s.hash for s in get_study("reg_weight").plan(Planner("tiny", seeds=2))]
+    assert len(get_study("decode_cost").plan(Planner("tiny", seeds=3))) == PAPER_STUDIES["decode_cost"]
+
+
+def test_seeds_flag_is_validated() -> None:
+    assert parse_seeds(None) is None and parse_seeds("3") == 3 and parse_seeds(" 2 ") == 2
+    for bad in ("0", "-2", "1.5", "two", ""):
+        with pytest.raises(ConfigError, match="expected a positive integer"):
+            parse_seeds(bad)
+    with pytest.raises(ConfigError, match="--seeds 0"):
+        Planner("tiny", seeds=0)
+    with pytest.raises(ConfigError, match="--set ar.train.seed: --seeds 2 varies the seed"):
+        get_study("reg_weight").plan(Planner("tiny", overrides=(("ar.train.seed", "4"),)))
+    by_hand = get_study("reg_weight").plan(Planner("tiny", overrides=(("tokenizer.train.seed", "4"),), seeds=1))
+    assert {s.tokenizer.train.seed for s in by_hand} == {4}
+
+
+def test_dry_run_and_only_with_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--json", "--profile", "paper", "--seeds", "2",
+                            "--only", "size=S-S,seed=1"], tmp_path, monkeypatch, capsys)
+    assert code == 0
+    runs = json.loads(out)["runs"]
+    assert [r["factors"] for r in runs] == [{"size": "S-S", "kind": k, "seed": 1} for k in ("1d", "2d")]
+    # seed=0 also picks runs of a one-seed plan, which has no seed factor: they are seed 0.
+    code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--json", "--profile", "paper", "--only", "seed=0"],
+                           tmp_path, monkeypatch, capsys)
+    assert code == 0 and len(json.loads(out)["runs"]) == 6
+    code, out, _ = run_cli(["--list", "--json", "--seeds", "3"], tmp_path, monkeypatch, capsys)
+    assert {r["study"]: r["runs"] for r in json.loads(out)} == {k: planned_count(k, 3) for k in PAPER_STUDIES}

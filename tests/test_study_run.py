@@ -23,6 +23,7 @@ SHORT = [
     "--set", "eval.batch_size=20", "--set", "eval.probe_max_iter=200",
     # Two CFG points per AR run: the search's own tests (tests/test_cfg_search.py) cover wider grids.
     "--set", "eval.cfg_search.scale_max=1.25",
+    "--seeds", "1",  # one replica of each run (the tiny profile plans two)
 ]
 FINAL_METRICS = {
     "rfid", "lpips", "psnr", "ssim", "codebook_usage", "codebook_perplexity", "tokenizer_probe_acc", "ar_val_loss",
