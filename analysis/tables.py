@@ -5,7 +5,8 @@ the paper as printed, with a ``unit`` column: accuracies and decoding times are 
 so reproduced values are converted to the paper's unit before the difference is taken.
 
 A table is built from the FINISHED runs of its study at one profile, the newest run per row. A row whose run used
-a random stand-in network is marked :data:`SUBSTITUTE_MARK`; a row or metric without a run shows :data:`MISSING`.
+a random stand-in network is marked :data:`SUBSTITUTE_MARK`; a row or metric without a run shows :data:`MISSING`; a
+metric its run could not compute (e.g. LPIPS without the VGG16 file) shows :data:`UNAVAILABLE` and says why.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import finished_runs, missing_runs_reason
+from analysis.figures import UNAVAILABLE, finished_runs, missing_runs_reason, unavailable_reason
 
 PAPER_VALUES = Path(__file__).with_name("paper_values.csv")
 SUBSTITUTE_MARK = "†SUBSTITUTE"
@@ -34,7 +35,8 @@ METRIC_LABELS = {
     "tokenizer_params": "tokenizer params",
 }
 
-COLUMNS = ["row", "label", "metric", "unit", "reproduced", "paper", "difference", "substitute", "run_id"]
+COLUMNS = ["row", "label", "metric", "unit", "reproduced", "paper", "difference", "substitute", "run_id",
+           "unavailable"]  # why the run has no value for the metric, when it says so (else missing)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ def build_table(spec: TableSpec, runs: pd.DataFrame, profile: str, paper: pd.Dat
             "row": key, "label": label, "metric": metric, "unit": unit, "reproduced": reproduced, "paper": value,
             "difference": reproduced - value, "substitute": bool(run is not None and run["substitute"]),
             "run_id": None if run is None else run["run_id"],
+            "unavailable": unavailable_reason(run, metric) if run is not None and pd.isna(logged) else None,
         })
     df = pd.DataFrame(out, columns=COLUMNS)
     df.attrs.update(source=spec.source, study=spec.study, profile=profile, about=spec.about,
@@ -159,8 +162,10 @@ def _rendered(df: pd.DataFrame) -> list[list[str]]:
     lines = []
     for r in df.itertuples(index=False):
         metric = METRIC_LABELS.get(r.metric, r.metric) + (f" ({r.unit})" if r.unit else "")
-        lines.append([r.label, metric, _number(r.reproduced), _number(r.paper, ".6g"), _number(r.difference, "+.4g"),
-                      SUBSTITUTE_MARK if r.substitute else ""])
+        why = r.unavailable if isinstance(r.unavailable, str) else ""  # pandas may hold a missing reason as NaN
+        reproduced = UNAVAILABLE if why else _number(r.reproduced)
+        note = "; ".join(n for n in (SUBSTITUTE_MARK if r.substitute else "", why) if n)
+        lines.append([r.label, metric, reproduced, _number(r.paper, ".6g"), _number(r.difference, "+.4g"), note])
     return lines
 
 
@@ -176,8 +181,8 @@ def _caveat(df: pd.DataFrame) -> str:
     profile = df.attrs.get("profile", "?")
     scale = "" if profile == "paper" else f" {profile}-scale models: compare trends, not values."
     return (f"Study {df.attrs.get('study', '?')}, {df.attrs.get('runs', 0)} FINISHED runs (newest per row); "
-            f"difference = reproduced - paper; {MISSING}: no run or no paper value; {SUBSTITUTE_MARK}: a random "
-            f"stand-in network was used.{scale}")
+            f"difference = reproduced - paper; {MISSING}: no run or no paper value; {UNAVAILABLE}: the run could not "
+            f"compute the metric (the note says why); {SUBSTITUTE_MARK}: a random stand-in network was used.{scale}")
 
 
 def to_markdown(df: pd.DataFrame) -> str:

@@ -30,7 +30,7 @@ from gigatok.config import (
     get_profile,
     tokenizer_run,
 )
-from gigatok.pipeline import PROBE_STAGES, RunSpec
+from gigatok.pipeline import PROBE_STAGES, RunSpec, settle_perceptual
 
 StudyFn = Callable[["Planner"], list[RunSpec]]
 
@@ -193,6 +193,9 @@ class Planner:
     data_root: str | None = None
     overrides: tuple[tuple[str, str], ...] = ()
     study: str = ""
+    # Where the pretrained files are (None: $GIGATOK_WEIGHTS_DIR, else the default folder): a tiny run's
+    # loss.perceptual "auto" is settled by whether the vgg16 file is there.
+    weights_dir: str | None = None
 
     @property
     def profile(self) -> Profile:
@@ -220,7 +223,7 @@ class Planner:
     ) -> RunSpec:
         spec = RunSpec(self.study, tuple(factors.items()), tokenizer, ar, eval or self.profile.eval, stages,
                        tokenizer_snapshot)
-        return apply_overrides(spec, self.overrides)
+        return settle_perceptual(apply_overrides(spec, self.overrides), self.weights_dir)
 
     def probe(self, factors: dict[str, Any], tokenizer: TokenizerRunConfig, ar_size: str = "B",
               **ar_kwargs: Any) -> RunSpec:
