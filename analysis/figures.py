@@ -9,7 +9,9 @@ per point), so tests and tables check numbers, not pixels. Rules every figure fo
   seed spread; a study run with one seed is drawn as single points, as before;
 - one profile per figure, named in the title: tiny-profile trends must never pass for the paper's numbers;
 - a run scored with random SUBSTITUTE networks is drawn hollow and hatched, and the title and legend say so;
-- a metric that no run logged leaves its panel empty with a note instead of failing the whole figure.
+- a metric that no run logged leaves its panel empty with a note instead of failing the whole figure;
+- a metric a run could not compute (its ``provenance.<metric>`` says "unavailable (why)", e.g. LPIPS without the
+  VGG16 file) is no point at all, never a zero, and the note says so.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from analysis.seeds import beyond_spread, ci95, newest_per_seed, summary
 from analysis.theme import house_theme
 
 SUBSTITUTE_NOTE = "SUBSTITUTE networks"
+UNAVAILABLE = "n/a"  # a metric its run could not compute (no real network for it on that machine)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,15 @@ DATA_COLUMNS = ["figure", "panel", "series", "run_id", "run_name", "size", "x", 
 # A scaling figure's rows also carry the run's seed and its point's statistics over seeds, in drawn units.
 SEED_COLUMNS = ["seed", "n", "mean", "std", "ci_low", "ci_high"]
 COMPARISON_COLUMNS = ["panel", "compares", "a", "b", "at", "mean_a", "mean_b", "n_a", "n_b", "beyond_spread"]
+
+
+def unavailable_reason(run: pd.Series, metric: str) -> str | None:
+    """Why ``run`` (a row of the runs table) has no ``metric``, when it recorded one (provenance "unavailable
+    (...)"), else None."""
+    provenance = run.get(f"provenance.{metric}")
+    if isinstance(provenance, str) and provenance.startswith("unavailable"):
+        return provenance
+    return None
 
 
 def missing_runs_reason(runs: pd.DataFrame, study: str) -> str | None:
@@ -173,12 +185,15 @@ def _draw_panels(runs: pd.DataFrame, panels: Sequence[Panel], labels: list[str],
     for ax, panel in zip(axes, panels, strict=True):
         values = runs[panel.metric] if panel.metric in runs else pd.Series(float("nan"), index=runs.index)
         logged = runs[values.notna()]
+        reasons = sorted({r for _, run in runs[values.isna()].iterrows()
+                          if (r := unavailable_reason(run, panel.metric)) is not None})
+        why = f" ({UNAVAILABLE}: {'; '.join(reasons)})" if reasons else ""
         if logged.empty:
-            notes.append(skip_panel(ax, panel.title, panel.metric))
+            notes.append(skip_panel(ax, panel.title, panel.metric) + why)
             continue
         if len(logged) < len(runs):
             lacking = runs.loc[values.isna(), "run_name"]
-            notes.append(f"panel '{panel.title}': {', '.join(lacking.astype(str))} did not log {panel.metric}")
+            notes.append(f"panel '{panel.title}': {', '.join(lacking.astype(str))} did not log {panel.metric}{why}")
         twin = None
         for label in labels:
             points = logged[logged["series"] == label].sort_values("x")

@@ -7,7 +7,8 @@ so reproduced values are converted to the paper's unit before the difference is 
 A table is built from the FINISHED runs of its study at one profile, the newest run per row and seed. Where a row
 has several seeds (``studies/run.py --seeds N``) the reproduced value is their mean, shown as mean ± std (n
 seeds); a row of one seed shows its value alone. A row whose run used a random stand-in network is marked
-:data:`SUBSTITUTE_MARK`; a row or metric without a run shows :data:`MISSING`.
+:data:`SUBSTITUTE_MARK`; a row or metric without a run shows :data:`MISSING`; a metric its run could not compute
+(e.g. LPIPS without the VGG16 file) shows :data:`UNAVAILABLE` and says why.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.figures import finished_runs, missing_runs_reason
+from analysis.figures import UNAVAILABLE, finished_runs, missing_runs_reason, unavailable_reason
 from analysis.seeds import newest_per_seed
 
 PAPER_VALUES = Path(__file__).with_name("paper_values.csv")
@@ -41,7 +42,7 @@ METRIC_LABELS = {
 # reproduced: the mean over the row's seeds (std: their standard deviation, NaN for one; n: seeds with the metric);
 # run_id: the newest of the row's runs, run_ids: all of them, comma-separated.
 COLUMNS = ["row", "label", "metric", "unit", "reproduced", "std", "n", "paper", "difference", "substitute", "run_id",
-           "run_ids"]
+           "run_ids", "unavailable"]  # unavailable: why the runs have no value for the metric, when they say so
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ def build_table(spec: TableSpec, runs: pd.DataFrame, profile: str, paper: pd.Dat
             "difference": reproduced - value, "substitute": bool(group is not None and group["substitute"].any()),
             "run_id": None if group is None else group["run_id"].iloc[-1],
             "run_ids": None if group is None else ",".join(group["run_id"].astype(str)),
+            "unavailable": (unavailable_reason(group.iloc[-1], metric)
+                            if group is not None and not len(logged) else None),
         })
     df = pd.DataFrame(out, columns=COLUMNS)
     ids = {i for joined in df["run_ids"].dropna() for i in joined.split(",")}
@@ -176,8 +179,10 @@ def _rendered(df: pd.DataFrame) -> list[list[str]]:
     lines = []
     for r in df.itertuples(index=False):
         metric = METRIC_LABELS.get(r.metric, r.metric) + (f" ({r.unit})" if r.unit else "")
-        lines.append([r.label, metric, _reproduced(r), _number(r.paper, ".6g"), _number(r.difference, "+.4g"),
-                      SUBSTITUTE_MARK if r.substitute else ""])
+        why = r.unavailable if isinstance(r.unavailable, str) else ""  # pandas may hold a missing reason as NaN
+        reproduced = UNAVAILABLE if why else _reproduced(r)
+        note = "; ".join(n for n in (SUBSTITUTE_MARK if r.substitute else "", why) if n)
+        lines.append([r.label, metric, reproduced, _number(r.paper, ".6g"), _number(r.difference, "+.4g"), note])
     return lines
 
 
@@ -195,8 +200,9 @@ def _caveat(df: pd.DataFrame) -> str:
     seeds = ("newest per row and seed; reproduced = mean ± std over n seeds" if df.attrs.get("seeds", 1) > 1
              else "newest per row")
     return (f"Study {df.attrs.get('study', '?')}, {df.attrs.get('runs', 0)} FINISHED runs ({seeds}); "
-            f"difference = reproduced - paper; {MISSING}: no run or no paper value; {SUBSTITUTE_MARK}: a random "
-            f"stand-in network was used.{scale}")
+            f"difference = reproduced - paper; {MISSING}: no run or no paper value; {UNAVAILABLE}: the run could "
+            f"not compute the metric (the note says why); {SUBSTITUTE_MARK}: a random stand-in network was used."
+            f"{scale}")
 
 
 def to_markdown(df: pd.DataFrame) -> str:

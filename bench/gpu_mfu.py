@@ -105,6 +105,8 @@ class Case:
 
 def tokenizer_step(case: Case, profile: str, device: torch.device) -> Callable[[], None]:
     cfg = tokenizer_run(case.model, profile=profile, batch_size=case.batch, performance=case.perf)
+    # The full objective's cost, perceptual term included (tiny's 'auto' would drop it without the VGG16 file).
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, perceptual="lpips"))
     perf = cfg.performance
     model = prepare_module(build_tokenizer(cfg.tokenizer, device), perf)
     disc = prepare_module(PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device), perf)

@@ -314,6 +314,9 @@ def pooling_regions(level: int, first_split: str = "height") -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------------------
 
 
+PERCEPTUAL_CHOICES = ("lpips", "off", "auto")
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """The VQGAN objective's weights; the quantizer and semantic weights live with their modules."""
@@ -339,10 +342,17 @@ class LossConfig:
     # vq_loss.py scales the discriminator's own hinge loss by disc_weight too; under Adam a constant factor only moves
     # where the 10.0 gradient clip bites (at 0.5, a gradient twice as large in unscaled terms).
     disc_loss_weight: float = field(default=1.0, metadata=NEW_FIELD)
+    # Which perceptual network the loss uses: "lpips" (LPIPS-VGG16; the registry's vgg16 file must be there),
+    # "off" (no perceptual term), or "auto": "lpips" where the vgg16 file is found, else "off", never a random
+    # network. "auto" is settled into "lpips" or "off" before a run is hashed (gigatok.perceptual.resolve_perceptual),
+    # so a run trained without the term never shares a hash or a folder with one trained with it.
+    perceptual: Literal["lpips", "off", "auto"] = field(default="lpips", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(self.discriminator in ("patchgan", "dino"), "loss.discriminator",
                  f"must be 'patchgan' or 'dino', got {self.discriminator!r}")
+        _require(self.perceptual in PERCEPTUAL_CHOICES, "loss.perceptual",
+                 f"must be one of {PERCEPTUAL_CHOICES}, got {self.perceptual!r}")
         for name in ("pixel_weight", "perceptual_weight", "gan_weight", "shortcut_feature_weight", "disc_loss_weight"):
             value = getattr(self, name)
             _require(value >= 0, f"loss.{name}", f"must be >= 0, got {value} (a negative weight)")
@@ -495,6 +505,11 @@ class TokenizerRunConfig:
 
     def __post_init__(self) -> None:
         _require(self.profile in PROFILES, "profile", f"unknown profile {self.profile!r}; known: {sorted(PROFILES)}")
+        # The paper's objective has LPIPS (Eq. 2): a paper run without it must be asked for ("off"), never fall out
+        # of a missing file.
+        _require(self.profile != "paper" or self.loss.perceptual != "auto", "loss.perceptual",
+                 "'auto' is not allowed at the paper profile (a missing vgg16 file must be an error there); "
+                 "use 'lpips', or 'off' to train without the perceptual term on purpose")
         if self.tokenizer.semantic.enabled and self.tokenizer.semantic.cache_features:
             _require(
                 not self.data.augments,
@@ -1020,7 +1035,9 @@ TINY = Profile(
     # epoch at 900 crops (56 steps of 16, as the 64 crops of 14 photographs of version 1 did); building both
     # splits takes ~0.8 s on one core at 32 px (train ~0.4 s, val ~0.1 s, decoding the photos ~0.3 s).
     data=DataConfig(dataset="builtin", root=None, crops_per_image=50, hflip=False, num_workers=0, builtin_version=2),
-    loss=LossConfig(gan_start_step=400),
+    # LPIPS where the vgg16 file is on the machine; else no perceptual term, and LPIPS reported as unavailable
+    # (a random VGG16 would train towards random features and report a number that means nothing).
+    loss=LossConfig(gan_start_step=400, perceptual="auto"),
     optim=OptimConfig(lr=3e-4, min_lr=3e-5, warmup_steps=10, grad_clip=10.0),
     # One epoch of the built-in set (56 steps of batch 16, ~1.25 s each on two cores) keeps a six-run study
     # (Fig. 9, under 3 minutes a run with every metric) inside 20 minutes; 150 steps reach pixel L2 0.17 from 0.32.

@@ -19,6 +19,9 @@ import torch.nn.functional as F
 
 from gigatok.config import TokenizerRunConfig
 from gigatok.models.tokenizer import TokenizerOutput, semantic_loss
+from gigatok.perceptual import perceptual_active
+
+Perceptual = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -59,7 +62,7 @@ def generator_loss(
     cfg: TokenizerRunConfig,
     images: torch.Tensor,
     out: TokenizerOutput,
-    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    perceptual: Perceptual | None,
     semantic_target: torch.Tensor | None,
     fake_logits: torch.Tensor | None,
     *,
@@ -72,14 +75,17 @@ def generator_loss(
     ``fake_logits`` is the discriminator's output on the reconstruction, or None before the GAN starts.
     ``shortcut`` adds the feature-alignment term; ``direct`` is the CNN decoder's decoding of the CNN encoder's
     features (None without the direct decoding), ``direct_fake_logits`` the discriminator's output on it (None
-    unless the GAN is on too). The shortcut terms are present only while the shortcut is on.
+    unless the GAN is on too). The shortcut terms are present only while the shortcut is on. Without the perceptual
+    term (:func:`~gigatok.perceptual.perceptual_active`; ``perceptual`` may then be None) ``perceptual_loss`` is
+    absent, so no curve shows a zero that was never computed.
     """
     recon = out.reconstruction
     q = out.quant
     zero = recon.new_zeros(())
+    use_perceptual = _perceptual_on(cfg, perceptual)
     terms = {
         "pixel_loss": F.mse_loss(recon, images),
-        "perceptual_loss": perceptual(recon, images).mean() if cfg.loss.perceptual_weight > 0 else zero,
+        **({"perceptual_loss": perceptual(recon, images).mean()} if use_perceptual else {}),
         "codebook_loss": q.codebook_loss,
         "commitment_loss": q.commitment_loss,
         "entropy_loss": q.entropy_loss,
@@ -94,7 +100,7 @@ def generator_loss(
     qc = cfg.tokenizer.quantizer
     total = (
         cfg.loss.pixel_weight * terms["pixel_loss"]
-        + cfg.loss.perceptual_weight * terms["perceptual_loss"]
+        + (cfg.loss.perceptual_weight * terms["perceptual_loss"] if use_perceptual else zero)
         + qc.codebook_weight * (terms["codebook_loss"] + terms["commitment_loss"])
         + qc.entropy_weight * terms["entropy_loss"]
         + cfg.tokenizer.semantic.weight * terms["semantic_loss"]
@@ -112,21 +118,28 @@ def _shortcut_terms(
     cfg: TokenizerRunConfig,
     images: torch.Tensor,
     out: TokenizerOutput,
-    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    perceptual: Perceptual | None,
     direct: torch.Tensor | None,
     direct_fake_logits: torch.Tensor | None,
 ) -> dict[str, torch.Tensor]:
     """vq_loss.py's direct_rec_loss, direct_p_loss, direct_generator_adv_loss and the model's fea_rec_loss."""
     terms = {"shortcut_feature_loss": shortcut_feature_loss(out)}
     if direct is not None:
-        zero = direct.new_zeros(())
         terms["shortcut_pixel_loss"] = F.mse_loss(direct, images)
-        terms["shortcut_perceptual_loss"] = (
-            perceptual(direct, images).mean() if cfg.loss.perceptual_weight > 0 else zero
-        )
+        if _perceptual_on(cfg, perceptual):
+            terms["shortcut_perceptual_loss"] = perceptual(direct, images).mean()
         if direct_fake_logits is not None:
             terms["shortcut_adversarial_loss"] = hinge_generator_loss(direct_fake_logits)
     return terms
+
+
+def _perceptual_on(cfg: TokenizerRunConfig, perceptual: Perceptual | None) -> bool:
+    if not perceptual_active(cfg):
+        return False
+    if perceptual is None:
+        raise ValueError("the objective has the perceptual term (loss.perceptual 'lpips') but no perceptual network "
+                         "was given")
+    return True
 
 
 def _weighted_shortcut(cfg: TokenizerRunConfig, terms: dict[str, torch.Tensor]) -> torch.Tensor:

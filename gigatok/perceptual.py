@@ -5,21 +5,31 @@ pretrained weights, which would be a download. So the trunk is built randomly (`
 filled from the registry's ``vgg16`` file (torchvision's ``vgg16-397923af.pth``), mapping torchvision's
 ``features.{i}`` keys onto lpips' ``net.slice1..5.{i}``.
 
-When that file is absent, ``allow_substitute=True`` builds a clearly labelled SUBSTITUTE: the same network
-with a seeded, fan-in Kaiming initialised VGG16 trunk. Its values are not LPIPS; it exists so that CPU-scale
-runs can exercise the full objective without the 528 MB file, and every report must carry its
-``network_name``.
+When that file is absent:
+
+* a run whose ``loss.perceptual`` is "auto" (the tiny profile) trains without the perceptual term
+  (:func:`resolve_perceptual` settles "auto" into "off" before the run is hashed; :func:`describe_perceptual` says
+  why, for the run's records), and the LPIPS metric is reported as unavailable (:class:`LPIPSUnavailable`, from
+  :func:`lpips_for_metrics`), never as a number from a random network;
+* ``allow_substitute=True`` (asked for explicitly) builds a clearly labelled SUBSTITUTE: the same network with a
+  seeded, fan-in Kaiming initialised VGG16 trunk. Its values are not LPIPS; it exists so that tests can exercise
+  the full objective without the 528 MB file, and every report must carry its ``network_name``;
+* otherwise (``loss.perceptual`` "lpips", as at the paper profile) building the loss raises
+  :class:`~gigatok.weights.MissingWeightsError`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from gigatok.weights import MissingWeightsError, resolve_weight
+from gigatok.config import TokenizerRunConfig
+from gigatok.weights import MissingWeightsError, find_weight, get_weight_file, resolve_weight, weights_folder
 
 SUBSTITUTE_TAG = "[SUBSTITUTE: random init]"
 SUBSTITUTE_SEED = 0
@@ -117,3 +127,75 @@ def build_perceptual_loss(
     model = _bare_lpips(lin_path)
     model.net.load_state_dict(torchvision_vgg_to_lpips(state), strict=True)
     return PerceptualLoss(model, substitute=False, network_name="lpips-vgg16")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Without the VGG16 file: the loss's choice and the metric's absence, each with its reason
+# ----------------------------------------------------------------------------------------------------------
+
+VGG16 = "vgg16"
+
+
+def vgg16_missing_reason(weights_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """None when the vgg16 file is on disk (its hash is checked when it is loaded), else where it was looked for."""
+    if find_weight(VGG16, weights_dir) is not None:
+        return None
+    entry = get_weight_file(VGG16)
+    return f"{VGG16} not found at {weights_folder(weights_dir) / entry.filename}"
+
+
+def resolve_perceptual(
+    cfg: TokenizerRunConfig, weights_dir: str | os.PathLike[str] | None = None
+) -> TokenizerRunConfig:
+    """``cfg`` with ``loss.perceptual`` "auto" settled: "lpips" when the vgg16 file is on disk, else "off".
+
+    Other choices are returned as they are. Settled before a run is hashed, so the hash says which objective the
+    run trains with. A file that is there but wrong is still "lpips": loading it then fails on its hash.
+    """
+    if cfg.loss.perceptual != "auto":
+        return cfg
+    choice = "lpips" if vgg16_missing_reason(weights_dir) is None else "off"
+    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, perceptual=choice))
+
+
+def perceptual_active(cfg: TokenizerRunConfig) -> bool:
+    """Whether the objective has the perceptual term (an unsettled "auto" is an error: settle it first)."""
+    if cfg.loss.perceptual == "auto":
+        raise ValueError("loss.perceptual is 'auto': settle it with gigatok.perceptual.resolve_perceptual before "
+                         "training")
+    return cfg.loss.perceptual == "lpips" and cfg.loss.perceptual_weight > 0
+
+
+def describe_perceptual(cfg: TokenizerRunConfig, weights_dir: str | os.PathLike[str] | None = None) -> str:
+    """One line for a run's records: the perceptual term it trains with, or why it has none."""
+    loss = cfg.loss
+    if loss.perceptual == "off":
+        reason = vgg16_missing_reason(weights_dir)
+        if reason is not None:
+            return f"unavailable ({reason}): trained without the perceptual term"
+        return "off (loss.perceptual=off): trained without the perceptual term"
+    if loss.perceptual_weight == 0:
+        return "off (loss.perceptual_weight=0): trained without the perceptual term"
+    return f"lpips-vgg16 (weight {loss.perceptual_weight:g})"
+
+
+@dataclass(frozen=True)
+class LPIPSUnavailable:
+    """The LPIPS metric cannot be computed here: no real VGG16 and no substitute asked for."""
+
+    reason: str
+
+    @property
+    def network_name(self) -> str:
+        return f"unavailable ({self.reason})"
+
+
+def lpips_for_metrics(
+    weights_dir: str | os.PathLike[str] | None = None, allow_substitute: bool = False
+) -> PerceptualLoss | LPIPSUnavailable:
+    """The LPIPS network that scores reconstructions: the real one, a SUBSTITUTE only if asked for, else
+    :class:`LPIPSUnavailable` saying where the vgg16 file was looked for. A wrong file always raises."""
+    reason = vgg16_missing_reason(weights_dir)
+    if reason is not None and not allow_substitute:
+        return LPIPSUnavailable(reason)
+    return build_perceptual_loss(weights_dir, allow_substitute=allow_substitute)

@@ -177,6 +177,19 @@ class RunSpec:
         return out
 
 
+def settle_perceptual(spec: RunSpec, weights_dir: str | os.PathLike[str] | None = None) -> RunSpec:
+    """``spec`` with its tokenizer's ``loss.perceptual`` "auto" settled into "lpips" or "off" by whether the vgg16
+    file is on disk (:func:`gigatok.perceptual.resolve_perceptual`), in the AR config's copy too: the run's hash,
+    and its tokenizer's folder, then say whether it trains with the perceptual term."""
+    from gigatok.perceptual import resolve_perceptual
+
+    tokenizer = resolve_perceptual(spec.tokenizer, weights_dir)
+    if tokenizer is spec.tokenizer:
+        return spec
+    ar = None if spec.ar is None else dataclasses.replace(spec.ar, tokenizer=tokenizer)
+    return dataclasses.replace(spec, tokenizer=tokenizer, ar=ar)
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Where and how runs execute: the same for every run of one submission."""
@@ -349,7 +362,11 @@ class StageOutcome:
 
 
 class _Workspace:
-    """Per-process objects that the stages of every run in a job share (the Inception and LPIPS networks)."""
+    """Per-process objects that the stages of every run in a job share (the Inception and LPIPS networks).
+
+    The LPIPS network of the metrics is :class:`gigatok.perceptual.LPIPSUnavailable` where the vgg16 file is missing
+    and no substitute was asked for.
+    """
 
     def __init__(self, ctx: RunContext) -> None:
         import torch
@@ -360,10 +377,11 @@ class _Workspace:
         self._perceptual: Any = None
 
     def perceptual(self) -> Any:
-        from gigatok.perceptual import build_perceptual_loss
+        from gigatok.perceptual import PerceptualLoss, lpips_for_metrics
 
         if self._perceptual is None:
-            self._perceptual = build_perceptual_loss(self.ctx.weights_dir, self.ctx.allow_substitutes).to(self.device)
+            network = lpips_for_metrics(self.ctx.weights_dir, self.ctx.allow_substitutes)
+            self._perceptual = network.to(self.device) if isinstance(network, PerceptualLoss) else network
         return self._perceptual
 
     def feature_network(self, input_size: int) -> Any:
@@ -494,7 +512,9 @@ class StageRunner:
         if not (self.tok_dir / "summary.json").is_file():
             raise RuntimeError(f"tokenizer finished without its snapshot at epoch {self.spec.tokenizer_snapshot:g} "
                                f"({self.tok_dir})")
-        return StageOutcome("tokenizer", {}, records=records, substitutes=list(result.substitutes))
+        # The perceptual term trained with, or why there was none (also the param tokenizer.loss.perceptual).
+        tags = {"gigatok.perceptual": result.perceptual} if result.perceptual else {}
+        return StageOutcome("tokenizer", {}, tags, records=records, substitutes=list(result.substitutes))
 
     def _token_cache(self) -> StageOutcome:
         from gigatok.token_cache import build_token_cache
@@ -568,6 +588,7 @@ class StageRunner:
         tags = {
             "gigatok.provenance.rfid": _provenance_tag(prov["rfid"], "reconstructions", prov["rfid"]["reference"][
                 "description"]) if "rfid" in prov else "not computed",
+            # the network, or "unavailable (<why>)" where no LPIPS was computed (then no lpips metric is logged)
             "gigatok.provenance.lpips": result["lpips_network"],
         }
         subs = [result["lpips_network"]] if prov["lpips"]["substitute"] else []

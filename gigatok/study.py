@@ -31,7 +31,7 @@ from gigatok.config import (
     get_profile,
     tokenizer_run,
 )
-from gigatok.pipeline import PROBE_STAGES, RunSpec
+from gigatok.pipeline import PROBE_STAGES, RunSpec, settle_perceptual
 
 StudyFn = Callable[["Planner"], list[RunSpec]]
 
@@ -245,6 +245,9 @@ class Planner:
     overrides: tuple[tuple[str, str], ...] = ()
     study: str = ""
     seeds: int | None = None  # runs per point (--seeds); None: the profile's default
+    # Where the pretrained files are (None: $GIGATOK_WEIGHTS_DIR, else the default folder): a tiny run's
+    # loss.perceptual "auto" is settled by whether the vgg16 file is there.
+    weights_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.seeds is not None and (isinstance(self.seeds, bool) or not isinstance(self.seeds, int)
@@ -283,7 +286,7 @@ class Planner:
     ) -> RunSpec:
         spec = RunSpec(self.study, tuple(factors.items()), tokenizer, ar, eval or self.profile.eval,
                        self._searched(stages, ar), tokenizer_snapshot)
-        return apply_overrides(spec, self.overrides)
+        return settle_perceptual(apply_overrides(spec, self.overrides), self.weights_dir)
 
     def _searched(self, stages: tuple[str, ...], ar: ARRunConfig | None) -> tuple[str, ...]:
         """``stages`` with the CFG search added where the profile reports every gFID at its searched best scale."""

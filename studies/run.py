@@ -82,10 +82,11 @@ def add_seeds_option(p: argparse.ArgumentParser) -> None:
 def add_substitute_and_device_options(p: argparse.ArgumentParser) -> None:
     """What every command that runs stages takes: whether stand-ins may replace missing networks, and the device."""
     subs = p.add_mutually_exclusive_group()
-    subs.add_argument("--allow-substitutes", dest="substitutes", action="store_true", default=None,
-                      help="let random stand-ins replace missing pretrained networks (default at tiny profile)")
+    subs.add_argument("--allow-substitutes", dest="substitutes", action="store_true", default=False,
+                      help="let random stand-ins replace missing pretrained networks (tests and smoke runs; every "
+                      "affected run is tagged gigatok.substitutes)")
     subs.add_argument("--no-substitutes", dest="substitutes", action="store_false",
-                      help="refuse substitutes (default at paper profile)")
+                      help="refuse substitutes (the default at every profile)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
@@ -159,7 +160,8 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
     seeds = parse_seeds(args.seeds)
     if seeds is not None and seeds > 1 and not study.seeded:
         raise UsageError(f"--seeds {seeds}: study {study.name} trains nothing, so every seed would repeat the same run")
-    return select(study.plan(Planner(args.profile, data_root, overrides, seeds=seeds)), args.only)
+    planner = Planner(args.profile, data_root, overrides, seeds=seeds, weights_dir=args.weights_dir)
+    return select(study.plan(planner), args.only)
 
 
 _param_cache: dict[Any, int] = {}
@@ -333,13 +335,15 @@ def announce(args: argparse.Namespace, executor: str, ctx: RunContext, n_run: in
               "built-in dataset; numbers show the pipeline and trends, not the paper's values.")
         print(f"  paper scale: python studies/run.py {args.study} --profile paper --data /path/to/imagenet "
               "--executor slurm --partition PART --gpus-per-node 8 --weights-dir /path/to/weights")
-    if ctx.allow_substitutes:
-        from gigatok.weights import find_weight
+    from gigatok.perceptual import vgg16_missing_reason
 
-        missing = [n for n in ("vgg16",) if find_weight(n, ctx.weights_dir) is None]
-        if missing:
-            print(f"  missing pretrained files {missing}: random SUBSTITUTE networks stand in, and every affected "
-                  "run is tagged gigatok.substitutes (pass --no-substitutes to refuse)")
+    if (missing := vgg16_missing_reason(ctx.weights_dir)) is not None:
+        if args.profile == "tiny":
+            print(f"  {missing}: tiny runs train without the perceptual term and report LPIPS as unavailable "
+                  "(tagged gigatok.perceptual; put the file there for LPIPS)")
+        if ctx.allow_substitutes:
+            print("  --allow-substitutes: a random SUBSTITUTE VGG16 stands in wherever LPIPS is asked for, and every "
+                  "affected run is tagged gigatok.substitutes")
 
 
 def check_converted_inputs(specs: list[RunSpec], ctx: RunContext) -> None:
@@ -656,7 +660,7 @@ def search_target(args: argparse.Namespace) -> RunSpec:
     if args.data is not None and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such directory")
     planner = Planner(args.profile, str(Path(args.data).resolve()) if args.data else None, overrides,
-                      seeds=parse_seeds(args.seeds))
+                      seeds=parse_seeds(args.seeds), weights_dir=args.weights_dir)
     if args.study:
         try:
             specs = select(get_study(args.study).plan(planner), args.only)
@@ -826,7 +830,7 @@ def cmd_cfg_search(args: argparse.Namespace) -> int:
 
     get_profile(args.profile)
     spec = search_target(args)
-    allow = args.substitutes if args.substitutes is not None else args.profile == "tiny"
+    allow = args.substitutes  # random stand-ins only when asked for, at every profile
     ctx = RunContext(runs_dir=str(Path(args.runs_dir).resolve()), tracking_uri=resolve_tracking_uri(args.tracking_uri),
                      weights_dir=args.weights_dir, allow_substitutes=allow, device=args.device, progress=False)
     plan = search_plan(args, spec, ctx)
@@ -948,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             return cmd_list(args)
         specs = plan(args)
-        allow = args.substitutes if args.substitutes is not None else args.profile == "tiny"
+        allow = args.substitutes  # random stand-ins only when asked for, at every profile
         ctx = RunContext(
             runs_dir=str(Path(args.runs_dir).resolve()), tracking_uri=resolve_tracking_uri(args.tracking_uri),
             weights_dir=args.weights_dir, allow_substitutes=allow, device=args.device,

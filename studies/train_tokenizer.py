@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from gigatok.perceptual import resolve_perceptual
+
+    cfg = resolve_perceptual(cfg, args.weights_dir)  # the folder is named by the objective actually trained
     run_dir = Path(args.runs_dir) / f"tokenizer-{cfg.hash()}"
     print(f"run {cfg.hash()} -> {run_dir}")
     from gigatok.data.errors import DataError

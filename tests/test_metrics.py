@@ -473,8 +473,13 @@ def test_evaluate_reconstruction(network: FeatureNetwork, val_set: BuiltinImages
     tokenizer = build_tokenizer(cfg).train()
     with pytest.warns(UserWarning, match="SUBSTITUTE"):  # no VGG16 file here: LPIPS only with a labelled stand-in
         lpips = build_perceptual_loss(allow_substitute=True)
-    with pytest.raises(MissingWeightsError, match="vgg16"):  # and never without being allowed
-        evaluate_reconstruction(tokenizer, val_set, max_images=2, feature_network=network, progress=False)
+    # Never without being allowed: LPIPS is then unavailable, with where the file was looked for, not a number.
+    plain = evaluate_reconstruction(tokenizer, val_set, max_images=2, rfid=False, progress=False)
+    missing_at = str(Path(weights.weights_folder()) / weights.REGISTRY["vgg16"].filename)
+    assert plain["lpips"] is None and plain["lpips_network"] == f"unavailable (vgg16 not found at {missing_at})"
+    assert plain["provenance"]["lpips"] == {"network": None, "substitute": False,
+                                            "unavailable": f"vgg16 not found at {missing_at}"}
+    assert plain["psnr"] > 0 and plain["count"] == 2
     kwargs = dict(
         batch_size=10, max_images=24, feature_network=network, perceptual=lpips, reference_cache_dir=tmp_path,
         progress=False,

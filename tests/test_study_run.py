@@ -54,16 +54,24 @@ def test_tiny_study_end_to_end_with_local_processes(tmp_path: Path) -> None:
     runs, client = mlflow_runs(tmp_path, "ar_probe_vs_large-tiny")
     assert len(runs) == 2
     assert {r.data.tags["gigatok.factor.ar_size"] for r in runs} == {"B", "L"}
+    from gigatok.weights import find_weight
+
+    expected = FINAL_METRICS if find_weight("vgg16") is not None else FINAL_METRICS - {"lpips"}
     for run in runs:
         assert run.info.status == "FINISHED"
-        missing = FINAL_METRICS - set(run.data.metrics)
+        assert ("lpips" in run.data.metrics) == ("lpips" in expected)  # never a number from a random network
+        missing = expected - set(run.data.metrics)
         assert not missing, f"{run.info.run_name}: missing {missing}"
         tags = run.data.tags
         for key in ("study", "run_hash", "profile", "tokenizer_hash", "ar_hash", "git_commit"):
             assert tags.get(f"gigatok.{key}"), key
         assert "299 px" in tags["gigatok.provenance.gfid"] and "299 px" in tags["gigatok.provenance.rfid"]
         assert tags["gigatok.provenance.inception_score"]  # the score, or why the network cannot give it
-        assert "SUBSTITUTE" in tags["gigatok.substitutes"]  # no VGG16 file on a fresh machine: marked
+        assert "gigatok.substitutes" not in tags  # no random network, with or without the VGG16 file
+        if find_weight("vgg16") is None:  # a fresh machine: no perceptual term, no LPIPS, and each says why
+            assert tags["gigatok.perceptual"].startswith("unavailable (vgg16 not found at")
+            assert tags["gigatok.provenance.lpips"].startswith("unavailable (vgg16 not found at")
+            assert run.data.params["tokenizer.loss.perceptual"] == "off"
         params = run.data.params
         assert params["tokenizer.tokenizer.name"] == "S-S" and params["tokenizer.train.max_steps"] == "6"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "tokenizer/total_loss")]
@@ -96,13 +104,14 @@ def test_tiny_study_end_to_end_with_local_processes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("executor", ["debug"])
 def test_failed_run_is_recorded_with_its_error(tmp_path: Path, executor: str) -> None:
-    """Without substitutes and without the VGG16 file, training cannot start: the run is FAILED, says why, and
-    the study exits non-zero; the error is in the status view."""
+    """Asked to train with LPIPS, without substitutes and without the VGG16 file, training cannot start: the run
+    is FAILED, says why, and the study exits non-zero; the error is in the status view."""
     from gigatok.weights import find_weight
 
     if find_weight("vgg16") is not None:
         pytest.skip("this machine has the VGG16 weights")
-    args = ["reg_weight", "--only", "lambda=0.5,lambda=1.0", "--no-substitutes", "--executor", executor, *SHORT]
+    args = ["reg_weight", "--only", "lambda=0.5,lambda=1.0", "--no-substitutes", "--executor", executor,
+            "--set", "tokenizer.loss.perceptual=lpips", *SHORT]
     result = study_cli(args, tmp_path, timeout=600)
     assert result.returncode == 1
     runs, _ = mlflow_runs(tmp_path, "reg_weight-tiny")
@@ -110,5 +119,6 @@ def test_failed_run_is_recorded_with_its_error(tmp_path: Path, executor: str) ->
     for run in runs:
         assert run.info.status == "FAILED"
         assert "vgg16" in run.data.tags["gigatok.error"] and run.data.tags["gigatok.failed_stage"] == "tokenizer"
-    status = study_cli(["reg_weight", "--only", "lambda=0.5,lambda=1.0", "--status", *SHORT], tmp_path, timeout=300)
+    status = study_cli(["reg_weight", "--only", "lambda=0.5,lambda=1.0", "--status",
+                        "--set", "tokenizer.loss.perceptual=lpips", *SHORT], tmp_path, timeout=300)
     assert status.stdout.count("FAILED") == 2 and status.stdout.count("error: tokenizer: MissingWeightsError") == 2

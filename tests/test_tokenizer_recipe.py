@@ -94,7 +94,7 @@ def test_paper_discriminator_loss_is_weighted_by_disc_weight() -> None:
     # vq_loss.py: d_adversarial_loss = disc_weight * self.disc_loss(logits_real, logits_fake).
     paper = tokenizer_run("S-S", profile="paper")
     assert paper.loss.disc_loss_weight == 0.5 and tokenizer_run("S-S").loss.disc_loss_weight == 1.0
-    cfg = tokenizer_run("S-S", semantic_weight=0)
+    cfg = _run_with_lpips()
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, gan_start_step=0))
     half = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, disc_loss_weight=0.5))
     images = torch.rand(4, 3, 32, 32) * 2 - 1
@@ -191,8 +191,14 @@ def _l1_perceptual(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().mean(dim=(1, 2, 3))
 
 
+def _run_with_lpips(**kwargs: object) -> TokenizerRunConfig:
+    """A tiny S-S run with the perceptual term on (the L1 stand-in above plays LPIPS, whatever the machine has)."""
+    cfg = tokenizer_run("S-S", semantic_weight=0, **kwargs)  # type: ignore[arg-type]
+    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, perceptual="lpips"))
+
+
 def test_shortcut_terms_and_their_weights() -> None:
-    cfg = tokenizer_run("S-S", semantic_weight=0, stabiliser="shortcut")
+    cfg = _run_with_lpips(stabiliser="shortcut")
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, pixel_weight=2.0, perceptual_weight=3.0,
                                                             shortcut_feature_weight=5.0))
     torch.manual_seed(0)
@@ -232,7 +238,7 @@ def _modules(cfg: TokenizerRunConfig, usage: CodebookUsageWindow | None = None) 
 
 
 def test_training_step_uses_the_shortcut_until_its_end() -> None:
-    cfg = tokenizer_run("S-S", semantic_weight=0, stabiliser="shortcut")  # tiny: the shortcut ends at step 20
+    cfg = _run_with_lpips(stabiliser="shortcut")  # tiny: the shortcut ends at step 20
     images = torch.rand(4, 3, 32, 32) * 2 - 1
     indices = torch.arange(4)
     m = _modules(cfg)
@@ -255,7 +261,7 @@ def test_training_step_uses_the_shortcut_until_its_end() -> None:
 def test_discriminator_also_sees_the_direct_decoding_while_both_are_on() -> None:
     # vq_loss.py: once disc_start is reached while aux_loss_end is not (never in the published configs), the
     # generator gets direct_generator_adv_loss and the discriminator d_d_adversarial_loss on the direct decoding.
-    cfg = tokenizer_run("S-S", semantic_weight=0, stabiliser="shortcut")
+    cfg = _run_with_lpips(stabiliser="shortcut")
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, gan_start_step=0))
     images = torch.rand(4, 3, 32, 32) * 2 - 1
     both = training_step(cfg, _modules(cfg), images, torch.arange(4), step=0)
@@ -267,7 +273,7 @@ def test_discriminator_also_sees_the_direct_decoding_while_both_are_on() -> None
 
 
 def test_training_step_feeds_the_usage_window() -> None:
-    cfg = tokenizer_run("S-S", semantic_weight=0)
+    cfg = _run_with_lpips()
     usage = CodebookUsageWindow(cfg.tokenizer.quantizer.codebook_size, 1024)
     terms = training_step(cfg, _modules(cfg, usage), torch.rand(4, 3, 32, 32) * 2 - 1, torch.arange(4), step=0)
     assert usage.recent.numel() == 4 * cfg.tokenizer.num_tokens

@@ -22,7 +22,10 @@ def test_training_lowers_reconstruction_loss(trained_tokenizer: tuple[TokenizerR
     assert [r["step"] for r in records] == list(range(10, 151, 10))
     first, last = records[0]["pixel_loss"], records[-1]["pixel_loss"]
     assert last < 0.75 * first, (first, last)
-    assert records[-1]["perceptual_loss"] < records[0]["perceptual_loss"]
+    if "perceptual_loss" in records[0]:  # only with the VGG16 file: tiny trains without the term otherwise
+        assert records[-1]["perceptual_loss"] < records[0]["perceptual_loss"]
+    else:
+        assert json.loads((run_dir / "summary.json").read_text())["perceptual"].startswith("unavailable (vgg16")
 
 
 def test_semantic_loss_falls_with_lambda(trained_tokenizer: tuple[TokenizerRunConfig, Path]) -> None:

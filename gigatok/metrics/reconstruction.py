@@ -5,6 +5,7 @@
 * PSNR and SSIM (:mod:`gigatok.metrics.pixel`), mean over images, and beside them ``ssim_authors``, SSIM as the
   authors' evaluation computes it (7x7 uniform window, data range 2.0), a comparison number only;
 * LPIPS (VGG) from :mod:`gigatok.perceptual`, mean over images; whether its VGG trunk was a random SUBSTITUTE;
+  without the VGG16 file (and no substitute asked for) ``lpips`` is None and the provenance says why;
 * codebook usage (fraction of codes used at least once) and perplexity (exp of the entropy of the code
   histogram) over the whole set, not averaged per batch: a per-batch figure is capped by the batch's token count;
 * rFID of the reconstructions against the same validation images (Inception features streamed; the validation
@@ -37,7 +38,7 @@ from gigatok.metrics.generation import (
 from gigatok.metrics.images import describe_dataset, image_batches, to_uint8
 from gigatok.metrics.pixel import psnr, ssim, ssim_authors
 from gigatok.models.tokenizer import GigaTokenizer
-from gigatok.perceptual import PerceptualLoss, build_perceptual_loss
+from gigatok.perceptual import LPIPSUnavailable, PerceptualLoss, lpips_for_metrics
 
 __all__ = ["codebook_statistics", "evaluate_reconstruction", "psnr", "ssim"]
 
@@ -69,6 +70,12 @@ class _SetMeans:
         return {name: total / self.count for name, total in self.sums.items()}
 
 
+def _lpips_provenance(perceptual: PerceptualLoss | LPIPSUnavailable) -> dict[str, Any]:
+    if isinstance(perceptual, LPIPSUnavailable):
+        return {"network": None, "substitute": False, "unavailable": perceptual.reason}
+    return {"network": perceptual.network_name, "substitute": perceptual.substitute}
+
+
 @torch.inference_mode()
 def evaluate_reconstruction(
     tokenizer: GigaTokenizer,
@@ -79,7 +86,7 @@ def evaluate_reconstruction(
     description: str | None = None,
     rfid: bool = True,
     feature_network: FeatureNetwork | None = None,
-    perceptual: PerceptualLoss | None = None,
+    perceptual: PerceptualLoss | LPIPSUnavailable | None = None,
     weights_dir: str | os.PathLike[str] | None = None,
     allow_substitute_lpips: bool = False,
     reference_cache_dir: str | os.PathLike[str] | None = None,
@@ -91,7 +98,8 @@ def evaluate_reconstruction(
     ``max_images`` evaluates the first images only (the description says so). ``feature_network`` defaults to
     :func:`~gigatok.metrics.features.load_feature_network` ("auto", 299 px, pool3) on the tokenizer's device;
     ``perceptual`` to LPIPS-VGG from the registry (a random-trunk SUBSTITUTE only with
-    ``allow_substitute_lpips``, recorded in the result). With ``reference_cache_dir`` the validation images'
+    ``allow_substitute_lpips``, recorded in the result); without the VGG16 file LPIPS is unavailable: ``lpips`` is
+    None, never a number from a random network. With ``reference_cache_dir`` the validation images'
     Inception statistics are read from (or written to) the cache shared with gFID evaluations.
     """
     description = description or describe_dataset(dataset)
@@ -100,8 +108,8 @@ def evaluate_reconstruction(
         description = f"first {max_images} of {description}"
     device = next(tokenizer.parameters()).device
     if perceptual is None:
-        perceptual = build_perceptual_loss(weights_dir, allow_substitute=allow_substitute_lpips)
-    perceptual = perceptual.to(device)
+        perceptual = lpips_for_metrics(weights_dir, allow_substitute=allow_substitute_lpips)
+    lpips_net = perceptual.to(device) if isinstance(perceptual, PerceptualLoss) else None
 
     # rFID: the reconstructions' moments, and the validation images' unless a cached summary exists.
     reference: FeatureSummary | None = None
@@ -137,9 +145,11 @@ def evaluate_reconstruction(
                 counts += torch.bincount(quant.indices.flatten().cpu(), minlength=codebook_size)
 
                 real_u8, recon_u8 = to_uint8(x), to_uint8(recon)
-                lpips = perceptual(real_u8.float() / 127.5 - 1.0, recon_u8.float() / 127.5 - 1.0)
-                means.add(x.shape[0], psnr=psnr(real_u8, recon_u8), ssim=ssim(real_u8, recon_u8),
-                          ssim_authors=ssim_authors(real_u8, recon_u8), lpips=lpips)
+                scores = {"psnr": psnr(real_u8, recon_u8), "ssim": ssim(real_u8, recon_u8),
+                          "ssim_authors": ssim_authors(real_u8, recon_u8)}
+                if lpips_net is not None:
+                    scores["lpips"] = lpips_net(real_u8.float() / 127.5 - 1.0, recon_u8.float() / 127.5 - 1.0)
+                means.add(x.shape[0], **scores)
                 if recon_moments is not None:
                     recon_moments.update(feature_network(recon_u8)[0])
                 if real_moments is not None:
@@ -152,6 +162,7 @@ def evaluate_reconstruction(
 
     usage, perplexity = codebook_statistics(counts)
     result: dict[str, Any] = {
+        "lpips": None,  # unavailable unless computed below
         **means.means(),
         "codebook_usage": usage,
         "codebook_perplexity": perplexity,
@@ -174,7 +185,7 @@ def evaluate_reconstruction(
         "ssim_authors": "for comparison with the paper only: SSIM as tokenizer/tokenizer_image/reconstruction_ddp.py "
         "computes it (scikit-image defaults: 7x7 uniform window, sample covariance; data_range=2.0 on [0, 1] images, "
         "which inflates it); mean over images",
-        "lpips": {"network": perceptual.network_name, "substitute": perceptual.substitute},
+        "lpips": _lpips_provenance(perceptual),
         "codebook": f"usage and perplexity of the code histogram over all {means.count} images",
     }
     if rfid:

@@ -7,7 +7,8 @@ Run directory layout::
     checkpoints/        step-NNNNNNNN.pt: model, discriminator, optimizers, step, RNG state (the LR is a function
                         of the step)
     tokenizer.pt        final weights (written last, atomically)
-    summary.json        final metrics and the substitute networks used, if any (its presence means finished)
+    summary.json        final metrics, the perceptual term trained with (or why none) and the substitute networks
+                        used, if any (its presence means finished)
     snapshots/epoch-E/  with ``train.snapshot_epochs``: the model as it was at epoch E, laid out as a finished
                         run directory (config.json, tokenizer.pt, summary.json) so anything that evaluates a
                         tokenizer run can evaluate it
@@ -56,7 +57,13 @@ from gigatok.losses import (
 )
 from gigatok.models.discriminator import DinoDiscriminator, PatchDiscriminator, build_discriminator
 from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer
-from gigatok.perceptual import build_perceptual_loss
+from gigatok.perceptual import (
+    VGG16,
+    build_perceptual_loss,
+    describe_perceptual,
+    perceptual_active,
+    resolve_perceptual,
+)
 from gigatok.performance import autocast, maybe_compile, prepare_images, prepare_module
 from gigatok.semantic_encoders import build_semantic_encoder
 from gigatok.semantic_targets import SemanticTargets
@@ -79,6 +86,7 @@ from gigatok.train.run_dir import (
     require_finite,
 )
 from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, flip_mask
+from gigatok.weights import resolve_weight
 
 __all__ = [
     "StepModules", "TrainResult", "load_trained_tokenizer", "read_metrics", "read_run_config", "train_tokenizer",
@@ -95,6 +103,8 @@ class TrainResult:
     finished: bool
     final_metrics: dict[str, float]
     substitutes: list[str] = field(default_factory=list)
+    # The perceptual term the run trained with, or why it had none (gigatok.perceptual.describe_perceptual).
+    perceptual: str = ""
 
 
 def cosine_schedule(cfg: TokenizerRunConfig, total_steps: int) -> Callable[[int], float]:
@@ -131,7 +141,7 @@ class StepModules:
 
     model: GigaTokenizer
     disc: PatchDiscriminator | DinoDiscriminator
-    perceptual: nn.Module
+    perceptual: nn.Module | None  # None when the objective has no perceptual term
     semantic: SemanticTargets | None
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
@@ -224,16 +234,27 @@ def train_tokenizer(
     ``stop_at_step`` ends the process early with a checkpoint at that step, as a preemption would; calling again
     resumes. ``allow_substitutes`` lets randomly initialised stand-ins replace missing pretrained networks; every
     metric logged is then marked with the substitutes used.
+
+    A ``loss.perceptual`` of "auto" is settled here (:func:`~gigatok.perceptual.resolve_perceptual`): the run
+    directory's config.json and hash are those of the settled config, so name the directory after
+    ``resolve_perceptual(cfg, weights_dir).hash()``, as ``studies/run.py`` does.
     """
     run_dir = Path(run_dir)
+    cfg = resolve_perceptual(cfg, weights_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     env = init_distributed(device.type)
     device = local_device(env, device)
     progress = progress and is_main(env)
+    perceptual_note = describe_perceptual(cfg, weights_dir)
     if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
-        return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"])
+        return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"],
+                           summary.get("perceptual", perceptual_note))
     # Open the data before touching the run directory: bad input leaves nothing behind.
     dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed, augment=True)
+    if perceptual_active(cfg) and not allow_substitutes:
+        # A missing or wrong VGG16 file fails here too, before any model is built or anything is written (the
+        # network itself is built below, where it always was: its random init draws from the seeded generator).
+        resolve_weight(VGG16, weights_dir)
     main_first(env, lambda: prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), run_config_from_dict))
     summary_path = run_dir / "summary.json"
     torch.manual_seed(seed_for_rank(cfg.train.seed, env))
@@ -245,8 +266,14 @@ def train_tokenizer(
     disc = build_discriminator(cfg.loss.discriminator, channels=cfg.loss.disc_channels, layers=cfg.loss.disc_layers,
                                weights_dir=weights_dir, allow_substitute=allow_substitutes)
     disc = prepare_module(disc.to(device), perf)
-    perceptual = prepare_module(build_perceptual_loss(weights_dir, allow_substitutes).to(device), perf)
-    substitutes = [perceptual.network_name] if perceptual.substitute else []
+    perceptual = None
+    if perceptual_active(cfg):
+        perceptual = prepare_module(build_perceptual_loss(weights_dir, allow_substitutes).to(device), perf)
+        if perceptual.substitute:
+            perceptual_note = f"{perceptual.network_name} (weight {cfg.loss.perceptual_weight:g})"
+    if is_main(env):  # in the job log, as the run's params and summary say it
+        print(f"tokenizer {run_dir.name}: perceptual: {perceptual_note}", flush=True)
+    substitutes = [perceptual.network_name] if perceptual is not None and perceptual.substitute else []
     substitutes += [disc.network_name] if getattr(disc, "substitute", False) else []
     semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, progress, env)
     substitutes += sem_subs
@@ -332,10 +359,9 @@ def train_tokenizer(
                 log.append(record)
             if log_fn is not None and is_main(env):
                 log_fn(step, last)
-            bar.set_postfix(
-                loss=f"{last['total_loss']:.3f}", pix=f"{last['pixel_loss']:.4f}",
-                lpips=f"{last['perceptual_loss']:.3f}", usage=f"{last['codebook_usage']:.2f}",
-            )
+            shown = {"loss": last["total_loss"], "pix": last["pixel_loss"], "lpips": last.get("perceptual_loss"),
+                     "usage": last["codebook_usage"]}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items() if v is not None})
         if step in snapshots or step % cfg.train.checkpoint_every == 0 or step == end:
             # Weights are about to be saved: the steps since the last log record must have been finite too.
             require_finite(mean_across_ranks(window.means(), env), step, run_dir)
@@ -351,10 +377,10 @@ def train_tokenizer(
         atomic_write_json(
             summary_path,
             {"hash": cfg.hash(), "steps": step, "final_metrics": last, "substitutes": substitutes,
-             "discriminator": getattr(disc, "network_name", "patchgan")},
+             "discriminator": getattr(disc, "network_name", "patchgan"), "perceptual": perceptual_note},
         )
     barrier(env)  # no rank returns before the run's files are there
-    return TrainResult(run_dir, step, finished, last, substitutes)
+    return TrainResult(run_dir, step, finished, last, substitutes, perceptual_note)
 
 
 def snapshot_steps(cfg: TokenizerRunConfig, total_steps: int) -> dict[int, float]:
