@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gigatok.config import ConfigError, get_profile
+from gigatok.config import ConfigError, TokenizerRunConfig, get_profile
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, completed_stages
 from gigatok.study import SEED_FACTOR, STUDIES, Planner, check_override_keys, get_study, parse_override, parse_seeds
 
@@ -346,6 +346,41 @@ def announce(args: argparse.Namespace, executor: str, ctx: RunContext, n_run: in
                   "affected run is tagged gigatok.substitutes")
 
 
+def pretrained_files_needed(cfg: TokenizerRunConfig) -> list[tuple[str, ...]]:
+    """The registry files training ``cfg``'s tokenizer loads, each as interchangeable alternatives."""
+    from gigatok.models.discriminator import DINO_WEIGHTS
+    from gigatok.perceptual import VGG16
+    from gigatok.semantic_encoders import ENCODER_SPECS
+
+    needed: list[tuple[str, ...]] = []
+    if cfg.loss.perceptual == "lpips" and cfg.loss.perceptual_weight > 0:
+        needed.append((VGG16,))
+    if cfg.tokenizer.semantic.enabled:
+        needed.append(tuple(ENCODER_SPECS[cfg.tokenizer.semantic.encoder].weights))
+    if cfg.loss.discriminator == "dino":
+        needed.append((DINO_WEIGHTS,))
+    return needed
+
+
+def check_pretrained_inputs(specs: list[RunSpec], ctx: RunContext) -> None:
+    """Refuse, before MLflow is touched, tokenizers to train whose pretrained networks are missing (unless random
+    stand-ins are allowed): otherwise the job would fail at its first step, hours later on a busy cluster."""
+    from gigatok.weights import find_weight, get_weight_file, weights_folder
+
+    if ctx.allow_substitutes:
+        return
+    for spec in specs:
+        cfg = spec.tokenizer
+        if cfg.source or (ctx.tokenizer_dir(cfg) / "summary.json").is_file():
+            continue  # converted, or trained already
+        for names in pretrained_files_needed(cfg):
+            if all(find_weight(name, ctx.weights_dir) is None for name in names):
+                entry = get_weight_file(names[0])
+                raise UsageError(f"pretrained file '{entry.name}' ({entry.filename}) not found in "
+                                 f"{weights_folder(ctx.weights_dir)}, needed to train {spec.label}: put it there "
+                                 f"(from {entry.source}) or pass --allow-substitutes for a labelled random stand-in")
+
+
 def check_converted_inputs(specs: list[RunSpec], ctx: RunContext) -> None:
     """Refuse, before MLflow is touched, runs of released checkpoints whose files are neither converted nor there."""
     from gigatok.convert.released import missing_inputs
@@ -404,6 +439,7 @@ def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> 
                          "(or set GIGATOK_DATA_ROOT)")
 
     check_converted_inputs(specs, ctx)
+    check_pretrained_inputs(specs, ctx)
     client = connect(ctx.tracking_uri)  # fails fast, before anything is written
     study = get_study(args.study)
     experiment_id = ensure_experiment(

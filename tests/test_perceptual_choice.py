@@ -250,3 +250,17 @@ def test_figure_leaves_the_point_out_and_says_why() -> None:
                         panels=(Panel("lpips", "LPIPS", "LPIPS"),))
     assert list(plot.data["run_id"]) == ["r3"]  # no point for the run without LPIPS, never a zero
     assert any("align_layer=2 did not log lpips" in n and f"n/a: {WHY}" in n for n in plot.notes)
+
+
+def test_missing_pretrained_file_is_refused_before_mlflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services import run_cli
+
+    args = ["reg_weight", "--only", "lambda=0.5", "--executor", "debug", "--weights-dir", str(tmp_path / "empty"),
+            "--set", "tokenizer.loss.perceptual=lpips"]
+    code, _, err = run_cli(args, tmp_path, monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: pretrained file 'vgg16'") and "--allow-substitutes" in lines[0]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()

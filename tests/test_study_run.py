@@ -104,21 +104,23 @@ def test_tiny_study_end_to_end_with_local_processes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("executor", ["debug"])
 def test_failed_run_is_recorded_with_its_error(tmp_path: Path, executor: str) -> None:
-    """Asked to train with LPIPS, without substitutes and without the VGG16 file, training cannot start: the run
-    is FAILED, says why, and the study exits non-zero; the error is in the status view."""
-    from gigatok.weights import find_weight
+    """A VGG16 file with the wrong contents passes the up-front check (which only looks for files) but not the hash
+    check when training loads it: the run is FAILED, says why, and the study exits non-zero; the error is in the
+    status view."""
+    from gigatok.weights import REGISTRY
 
-    if find_weight("vgg16") is not None:
-        pytest.skip("this machine has the VGG16 weights")
-    args = ["reg_weight", "--only", "lambda=0.5,lambda=1.0", "--no-substitutes", "--executor", executor,
-            "--set", "tokenizer.loss.perceptual=lpips", *SHORT]
-    result = study_cli(args, tmp_path, timeout=600)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / REGISTRY["vgg16"].filename).write_bytes(b"not the VGG16 weights")
+    chosen = ["--only", "lambda=0.5,lambda=1.0", "--weights-dir", str(weights),
+              "--set", "tokenizer.loss.perceptual=lpips", *SHORT]
+    result = study_cli(["reg_weight", "--no-substitutes", "--executor", executor, *chosen], tmp_path, timeout=600)
     assert result.returncode == 1
     runs, _ = mlflow_runs(tmp_path, "reg_weight-tiny")
     assert len(runs) == 2
     for run in runs:
         assert run.info.status == "FAILED"
         assert "vgg16" in run.data.tags["gigatok.error"] and run.data.tags["gigatok.failed_stage"] == "tokenizer"
-    status = study_cli(["reg_weight", "--only", "lambda=0.5,lambda=1.0", "--status",
-                        "--set", "tokenizer.loss.perceptual=lpips", *SHORT], tmp_path, timeout=300)
-    assert status.stdout.count("FAILED") == 2 and status.stdout.count("error: tokenizer: MissingWeightsError") == 2
+    status = study_cli(["reg_weight", "--status", *chosen], tmp_path, timeout=300)
+    assert status.stdout.count("FAILED") == 2 and status.stdout.count("error: tokenizer: WeightsHashError") == 2
+
