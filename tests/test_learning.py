@@ -63,17 +63,18 @@ def tiny_objective(name: str = "S-S", kind: str = "1d") -> TokenizerRunConfig:
 
 @pytest.mark.slow  # ~25 s alone on two cores, ~65 s on a busy machine
 def test_fixed_crops_are_reproduced() -> None:
-    """60 steps on 8 fixed crops (S-S 1D). Measured: 21.4 dB, largest mean-colour error 0.08 (crops' mean colours
-    0.35 apart); the same steps with the entropy loss alone as stabiliser (no shortcut): 17.1 dB, error 0.53,
-    the reconstructions near the crops' common mean."""
+    """60 steps on 8 fixed crops (S-S 1D). Measured: 21.3 dB, largest mean-colour error 0.06 (the crops' mean
+    colours are 0.35 apart). Without the shortcut, the same 60 steps reach 19.2 dB and error 0.19 on the same grid;
+    the earlier profile (4x4 grid, no shortcut) 17.1 dB and error 0.53, reconstructions near the crops' common mean.
+    """
     cfg = tiny_objective()
     images = fixed_crops(cfg)
     model = train_on(cfg, images, STEPS)
     with torch.no_grad():
         recon = model(images).reconstruction.clamp(-1, 1)
     colour_error = (recon.mean((2, 3)) - images.mean((2, 3))).abs()
-    assert colour_error.max().item() < 0.2, colour_error
-    assert psnr(recon, images) > 19.5
+    assert colour_error.max().item() < 0.15, colour_error
+    assert psnr(recon, images) > 20.0
 
 
 def test_tiny_schedule_is_a_step_count_not_a_pass_over_the_data() -> None:
