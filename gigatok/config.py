@@ -994,7 +994,8 @@ TINY = Profile(
     checkpoint_every=20,  # a killed tiny run loses at most ~25 s
     ar_sizes=TINY_AR_SIZES,
     num_classes=14,  # the built-in dataset's source photographs
-    # Two epochs: 112 steps at ~0.13 s on two cores.
+    # Two epochs: 112 steps on today's built-in set; with 64 tokens an image they took 110 s single-threaded on a
+    # busy machine (B-L 1D's tokens; ~0.13 s a step on two cores with the earlier 16 tokens).
     ar_train=ARTrainConfig(epochs=2, batch_size=32, lr=1e-3, log_every=10, checkpoint_every=50),
     # FID at its standard 299 px input on 96 images: Inception costs ~0.2 s an image on a CPU core pair, so the
     # counts, not the resolution, are cut. Numbers this small are for plumbing and trends, never for comparison.
