@@ -993,7 +993,7 @@ TINY = Profile(
     # at 50 steps, back to 13.3 at 100).
     small_stabiliser="shortcut",
     # A third of the 150-step run (the authors': 15,000 of ~1M steps). B-L 1D at 150 steps: 18.0 dB with 50, 18.3 dB
-    # with 100 (within what a second seed moves).
+    # with 100, a gain no larger than seed-to-seed differences may be (one seed each, spread not measured).
     shortcut_steps=50,
     log_every=10,
     checkpoint_every=20,  # a killed tiny run loses at most ~25 s
