@@ -15,6 +15,10 @@ from gigatok.train.tokenizer_loop import load_trained_tokenizer, read_metrics, t
 
 pytestmark = pytest.mark.slow
 
+# Measured on the 150-step S-S 1D fixture (shortcut for 50 steps, 8x8 grid, semantic term on, random-VGG LPIPS):
+# 17.6 dB on the 224 validation crops, against 13.5 dB for the dataset-mean image.
+VAL_PSNR_MIN = 16.0
+
 
 def test_training_lowers_reconstruction_loss(trained_tokenizer: tuple[TokenizerRunConfig, Path]) -> None:
     _, run_dir = trained_tokenizer
@@ -26,6 +30,26 @@ def test_training_lowers_reconstruction_loss(trained_tokenizer: tuple[TokenizerR
         assert records[-1]["perceptual_loss"] < records[0]["perceptual_loss"]
     else:
         assert json.loads((run_dir / "summary.json").read_text())["perceptual"].startswith("unavailable (vgg16")
+
+
+def test_trained_tokenizer_reconstructs_unseen_crops(trained_tokenizer: tuple[TokenizerRunConfig, Path]) -> None:
+    """Validation PSNR of the 150-step S-S fixture, against the dataset-mean image's (what a tokenizer that has
+    not learned returns): measured 17.6 against 13.5 dB (see VAL_PSNR_MIN)."""
+    cfg, run_dir = trained_tokenizer
+    val = build_dataset(cfg.data, "val", cfg.tokenizer.image_size, seed=0, augment=False)
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    model = load_trained_tokenizer(run_dir)
+    with torch.no_grad():
+        recon = torch.cat([model(images[i : i + 64]).reconstruction for i in range(0, len(images), 64)])
+    mean_image = images.mean(0, keepdim=True).expand_as(images)
+    learned, constant = _psnr(recon, images), _psnr(mean_image, images)
+    assert learned > VAL_PSNR_MIN, (learned, constant)
+    assert learned > constant + 3.0, (learned, constant)
+
+
+def _psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> float:
+    mse = (reconstruction.clamp(-1, 1) - images).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(4.0 / mse)).mean().item()
 
 
 def test_semantic_loss_falls_with_lambda(trained_tokenizer: tuple[TokenizerRunConfig, Path]) -> None:

@@ -125,7 +125,8 @@ def cosine_schedule(cfg: TokenizerRunConfig, total_steps: int) -> Callable[[int]
 
 
 def total_steps_for(cfg: TokenizerRunConfig, dataset_size: int) -> int:
-    steps = math.ceil(cfg.train.epochs * (dataset_size // cfg.train.batch_size))
+    per_epoch = cfg.train.steps_per_epoch or dataset_size // cfg.train.batch_size
+    steps = math.ceil(cfg.train.epochs * per_epoch)
     return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
 
 
