@@ -14,8 +14,8 @@ Re-running a study skips finished runs (one MLflow query for the whole study) an
 their checkpoints. ``--set key=value`` changes any config field (``tokenizer.train.max_steps=20``,
 ``ar.train.epochs=1``, ``eval.gen_samples=500``); a changed config is a different run with a different hash.
 ``--seeds N`` replicates every run over seeds 0 .. N-1 (the factor ``seed``: a tokenizer and its AR probe share
-it); seed 0 is the run as planned with one seed, so raising N later adds runs and keeps the finished ones. The
-tiny profile plans two seeds per point, the paper profile one.
+it); seed 0 is the run as planned with one seed, so raising N later adds runs and keeps the finished ones. Both
+profiles plan one seed per point by default (the tiny six-run study fits 20 minutes on two cores; two seeds do not).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def planned_count(name: str, seeds: int) -> int:
 @pytest.mark.parametrize("profile", ["tiny", "paper"])
 def test_every_study_plans_and_validates(profile: str) -> None:
     assert set(STUDIES) == set(PAPER_STUDIES)
-    assert get_profile("tiny").seeds == 2 and get_profile("paper").seeds == 1
+    assert get_profile("tiny").seeds == 1 and get_profile("paper").seeds == 1
     for name in PAPER_STUDIES:
         specs = get_study(name).plan(Planner(profile))
         count = planned_count(name, get_profile(profile).seeds)
@@ -193,7 +193,8 @@ def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     assert runs[("S-S", "2d")]["factors"] == {"size": "S-S", "kind": "2d"}
     assert all(r["stages_done"] == [] and r["mlflow_status"] is None for r in plan["runs"])
 
-    code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--only", "size=S-B"], tmp_path, monkeypatch, capsys)
+    code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--only", "size=S-B", "--seeds", "2"], tmp_path,
+                           monkeypatch, capsys)
     assert code == 0 and out.count("size=S-B") == 4 and "S-S" not in out.split("\n", 1)[1]  # 1d/2d, two seeds
     assert "2 seeds per point" in out.splitlines()[0]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()  # a dry run writes nothing
@@ -321,9 +322,9 @@ def test_seeds_replicate_every_run_and_keep_seed_zero() -> None:
         twin = base[spec.label.rsplit(" seed=", 1)[0]]
         assert dataclasses.replace(spec.tokenizer, train=twin.tokenizer.train) == twin.tokenizer
         assert spec.hash != twin.hash and spec.tokenizer.hash() != twin.tokenizer.hash()
-    # The tiny default (two seeds) is --seeds 2; a study that trains nothing is planned once.
+    # The tiny default (one seed) is --seeds 1; a study that trains nothing is planned once.
     assert [s.hash for s in get_study("reg_weight").plan(Planner("tiny"))] == [
-        s.hash for s in get_study("reg_weight").plan(Planner("tiny", seeds=2))]
+        s.hash for s in get_study("reg_weight").plan(Planner("tiny", seeds=1))]
     assert len(get_study("decode_cost").plan(Planner("tiny", seeds=3))) == PAPER_STUDIES["decode_cost"]
 
 
