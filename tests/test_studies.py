@@ -106,7 +106,7 @@ def test_system_level_dry_runs_at_paper(
 
 
 def test_runs_sharing_a_tokenizer_go_to_one_job() -> None:
-    specs = get_study("ar_probe_vs_large").plan(Planner("tiny"))
+    specs = get_study("ar_probe_vs_large").plan(Planner("tiny", seeds=2))
     groups = group_by_tokenizer(specs)
     assert [len(g) for g in groups] == [2, 2, 2] * 2  # three tokenizers, two seeds
     assert all(len({s.tokenizer.hash() for s in g}) == 1 for g in groups)
@@ -177,7 +177,7 @@ def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     code, out, _ = run_cli(["--list", "--json"], tmp_path, monkeypatch, capsys)
     assert code == 0
     listed = {r["study"]: r for r in json.loads(out)}
-    assert {k: v["runs"] for k, v in listed.items()} == {k: planned_count(k, 2) for k in PAPER_STUDIES}  # tiny
+    assert {k: v["runs"] for k, v in listed.items()} == {k: planned_count(k, 1) for k in PAPER_STUDIES}  # tiny
     assert listed["scaling_1d_vs_2d"]["reproduces"] == "Fig. 9"
 
     code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--profile", "paper", "--json"], tmp_path, monkeypatch,
@@ -336,7 +336,7 @@ def test_seeds_flag_is_validated() -> None:
     with pytest.raises(ConfigError, match="--seeds 0"):
         Planner("tiny", seeds=0)
     with pytest.raises(ConfigError, match="--set ar.train.seed: --seeds 2 varies the seed"):
-        get_study("reg_weight").plan(Planner("tiny", overrides=(("ar.train.seed", "4"),)))
+        get_study("reg_weight").plan(Planner("tiny", overrides=(("ar.train.seed", "4"),), seeds=2))
     by_hand = get_study("reg_weight").plan(Planner("tiny", overrides=(("tokenizer.train.seed", "4"),), seeds=1))
     assert {s.tokenizer.train.seed for s in by_hand} == {4}
 
