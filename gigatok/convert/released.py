@@ -108,9 +108,14 @@ def released_of(source: str) -> ReleasedModel | None:
 
 
 def released_tokenizer_run(name: str, profile: str = "paper", data_root: str | None = None) -> TokenizerRunConfig:
-    """The tokenizer run a released tokenizer stands for: the profile's config of its size, ``source`` set."""
+    """The tokenizer run a released tokenizer stands for: the profile's config of its size, ``source`` set.
+
+    Its objective says what the authors trained with, LPIPS included (``loss.perceptual="lpips"``), whatever this
+    machine has: nothing is trained, so the config does not depend on the VGG16 file being here.
+    """
     model = released(name, "tokenizer")
-    return dataclasses.replace(tokenizer_run(model.size, profile=profile, data_root=data_root), source=model.source)
+    cfg = tokenizer_run(model.size, profile=profile, data_root=data_root)
+    return dataclasses.replace(cfg, source=model.source, loss=dataclasses.replace(cfg.loss, perceptual="lpips"))
 
 
 def released_ar_run(name: str, tokenizer: TokenizerRunConfig) -> ARRunConfig:
