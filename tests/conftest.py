@@ -30,9 +30,12 @@ def make_tiny_run() -> object:
 @pytest.fixture(scope="session")
 def trained_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> tuple[TokenizerRunConfig, Path]:
     """A 150-step tiny S-S run with semantic regularization (about 3 minutes on two cores)."""
+    from gigatok.perceptual import resolve_perceptual
     from gigatok.train.tokenizer_loop import train_tokenizer
 
-    cfg = tiny_run(TINY_STEPS)
+    # Settled as a study settles it ("auto" becomes "lpips" or "off"), so AR runs built on ``cfg`` name the
+    # tokenizer that was trained.
+    cfg = resolve_perceptual(tiny_run(TINY_STEPS))
     run_dir = tmp_path_factory.mktemp("tokenizer")
     result = train_tokenizer(cfg, run_dir, allow_substitutes=True, progress=False)
     assert result.finished and result.steps == TINY_STEPS

@@ -19,6 +19,7 @@ from torch import nn
 
 from gigatok.config import TokenizerRunConfig, ar_run, tokenizer_run
 from gigatok.distributed import DistEnv, RankShard, init_distributed, mean_across_ranks, seed_for_rank
+from gigatok.perceptual import resolve_perceptual
 from gigatok.train.checkpoint import latest_checkpoint, load_checkpoint
 from gigatok.train.run_dir import read_metrics
 
@@ -98,7 +99,8 @@ def ddp_tokenizer(
     # Rank 0 fills the semantic feature cache alone, on one thread: at the encoder's smallest input, 4x sooner.
     semantic = dataclasses.replace(cfg.tokenizer.semantic, encoder_resolution=75)
     tokenizer = dataclasses.replace(cfg.tokenizer, semantic=semantic)
-    cfg = dataclasses.replace(cfg, train=train, loss=loss, tokenizer=tokenizer)
+    # "auto" settled as a study settles it, so the AR test's run names the tokenizer that was trained.
+    cfg = resolve_perceptual(dataclasses.replace(cfg, train=train, loss=loss, tokenizer=tokenizer))
     run_dir = tmp_path_factory.mktemp("ddp_tokenizer")
     results = _run_two_tasks(tmp_path_factory.mktemp("submitit"), _tokenizer_task, cfg, run_dir)
     return cfg, run_dir, results

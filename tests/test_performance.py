@@ -136,7 +136,8 @@ def test_training_loops_apply_the_run_performance_config(tmp_path: Path, monkeyp
 
     perf = PerformanceConfig(fused_attention=False, channels_last=True, autocast="bf16")
     cfg = tokenizer_run("S-S", semantic_weight=0, max_steps=2, performance=perf)
-    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, gan_start_step=1))  # the GAN step runs too
+    # The GAN step runs too, and LPIPS (a labelled stand-in where the VGG16 file is absent) is the third module.
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, gan_start_step=1, perceptual="lpips"))
     seen = _spy(monkeypatch, tokenizer_loop)
     result = tokenizer_loop.train_tokenizer(cfg, tmp_path / "tok", allow_substitutes=True, progress=False)
     assert result.finished and all(torch.isfinite(torch.tensor(v)) for v in result.final_metrics.values())

@@ -121,6 +121,9 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, make_tiny_run) -> None
     assert [r["step"] for r in b] == list(range(4, 25, 4))
     for ra, rb in zip(a, b, strict=True):
         for key in ("total_loss", "pixel_loss", "perceptual_loss", "semantic_loss", "codebook_usage"):
+            if key not in ra:  # the perceptual term only with the VGG16 file (tiny trains without it otherwise)
+                assert key == "perceptual_loss" and key not in rb
+                continue
             assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7), (ra["step"], key)
     wa = torch.load(tmp_path / "full" / "tokenizer.pt", weights_only=True)
     wb = torch.load(tmp_path / "resumed" / "tokenizer.pt", weights_only=True)
