@@ -287,13 +287,13 @@ def ar_parameters(profile: str, size: str) -> int | None:
     """Parameters of the AR model of ``size`` at ``profile`` on the S-S tokenizer's vocabulary (None when it
     cannot be rebuilt); Table 8 counts these."""
     from gigatok.config import ConfigError, ar_run, tokenizer_run
-    from gigatok.models.ar import build_ar_model
+    from gigatok.models.ar import ar_parameter_count
 
     try:
         cfg = ar_run(tokenizer_run("S-S", profile=profile), size)
     except (ConfigError, KeyError, ValueError):
         return None
-    return sum(p.numel() for p in build_ar_model(cfg.model, "meta").parameters())
+    return ar_parameter_count(cfg.model)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -178,10 +178,9 @@ def parameter_count(kind: str, cfg: Any) -> int:
 
             _param_cache[key] = build_tokenizer(cfg.tokenizer, "meta").parameter_counts()["total"]
         else:
-            from gigatok.models.ar import build_ar_model
+            from gigatok.models.ar import ar_parameter_count
 
-            model = build_ar_model(cfg.model, "meta")
-            _param_cache[key] = sum(p.numel() for p in model.parameters())
+            _param_cache[key] = ar_parameter_count(cfg.model)
     return _param_cache[key]
 
 

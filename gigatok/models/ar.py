@@ -13,6 +13,8 @@ their checkpoints. Their position table has one more row (cls_token_num + block_
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -177,3 +179,10 @@ class ARModel(nn.Module):
 def build_ar_model(cfg: ARConfig, device: torch.device | str | None = None) -> ARModel:
     with torch.device(device or "cpu"):
         return ARModel(cfg)
+
+
+@cache
+def ar_parameter_count(cfg: ARConfig) -> int:
+    """Parameters of the model ``cfg`` describes, counted on the meta device (Table 8 counts these); cached by the
+    architecture, as a sweep has many runs and few shapes."""
+    return sum(p.numel() for p in build_ar_model(cfg, "meta").parameters())
