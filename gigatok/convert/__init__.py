@@ -18,6 +18,12 @@ class ConversionError(ValueError):
     """A file that is not an authors' checkpoint of the expected kind; the message is one line naming it."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (its first), or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def read_checkpoint(path: Path) -> Any:
     """A checkpoint file's contents, memory-mapped where the file allows it (so a 12 GB XL-XXL checkpoint can be
     checked for keys and shapes before a study starts without reading its tensors); ConversionError names the file.
@@ -37,8 +43,7 @@ def read_checkpoint(path: Path) -> Any:
                     raise
                 return torch.load(path, map_location="cpu", weights_only=True)  # an old, non-zip torch file
     except Exception as e:  # any unreadable file is refused, with the reason
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({reason[:160]})") from None
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)[:160]})") from None
 
 
 def checkpoint_weights(checkpoint: Any, name: str, prefer: Sequence[str],

@@ -27,7 +27,7 @@ from gigatok.config import (
     get_profile,
     tokenizer_run,
 )
-from gigatok.convert import ConversionError
+from gigatok.convert import ConversionError, first_line
 from gigatok.convert.released import (
     FILE_PREFIX,
     RELEASED,
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.out) if args.out else Path(args.runs_dir) / f"{prefix}-{planned.hash()}"
         origin = convert_to_run(path, args.kind, planned, run_dir)
     except (ConversionError, ConfigError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{run_dir}: {args.kind} {planned.hash()} from {origin['file']} (sha256 {origin['sha256']})")
     return 0

@@ -35,7 +35,7 @@ from gigatok.config import (
     get_profile,
     tokenizer_run,
 )
-from gigatok.convert import ConversionError
+from gigatok.convert import ConversionError, first_line
 
 Kind = Literal["tokenizer", "ar"]
 RELEASED_PREFIX = "released:"
@@ -147,10 +147,6 @@ def loader_for(kind: Kind) -> Loader:
     return {"tokenizer": load_authors_tokenizer, "ar": load_authors_ar}[kind]
 
 
-def _one_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
-
-
 def read_authors(path: Path, kind: Kind, loader: Loader | None = None) -> tuple[Any, dict[str, Any]]:
     """(workbench config, workbench state dict) of an authors' checkpoint; ConversionError names the file."""
     path = Path(path)
@@ -159,11 +155,11 @@ def read_authors(path: Path, kind: Kind, loader: Loader | None = None) -> tuple[
     try:
         config, state = (loader or loader_for(kind))(path)
     except ConversionError as exc:
-        message = _one_line(str(exc))
+        message = first_line(exc)
         raise ConversionError(message if path.name in message else f"{path}: {message}") from exc
     except Exception as exc:  # an unreadable or foreign file: name it, on one line
         raise ConversionError(f"{path}: not an authors' {kind} checkpoint ({type(exc).__name__}: "
-                              f"{_one_line(str(exc))})") from exc
+                              f"{first_line(exc)})") from exc
     expected = TokenizerConfig if kind == "tokenizer" else ARConfig
     if not isinstance(config, expected):
         raise ConversionError(f"{path}: the {kind} converter returned a {type(config).__name__}, not a "
