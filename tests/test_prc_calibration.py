@@ -1,0 +1,46 @@
+"""tools/prc_calibration.py: the degradation it scores is what it says, and bad arguments are one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+_PATH = Path(__file__).resolve().parents[1] / "tools" / "prc_calibration.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("prc_calibration", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_degrade_removes_detail_and_keeps_colour(tool):
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 1.6 - 0.8  # 1 px checkerboard
+    images = torch.stack([checker + 0.1 * c for c in range(3)])[None].repeat(2, 1, 1, 1)
+    images[1] = images[1].flip(-1) * 0.5
+    out = tool.degrade(images, 8)
+    assert out.shape == images.shape
+    assert float(out.std(dim=(2, 3)).max()) < 1e-4  # the checkerboard is finer than 8 px: it becomes flat
+    assert torch.allclose(out.mean(dim=(2, 3)), images.mean(dim=(2, 3)), atol=1e-5)  # each image keeps its colour
+    assert tool.degrade(images, 32) is images  # the full size is the images themselves
+
+
+def test_psnr_matches_its_definition(tool):
+    x = torch.zeros(2, 3, 4, 4)
+    y = torch.full((2, 3, 4, 4), 0.2)  # MSE 0.04 in [-1, 1]: 10 log10(4 / 0.04) = 20 dB
+    assert tool.psnr(x, y) == pytest.approx(20.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "32,a"], "--sizes"),
+    (["--images", "3"], "--images"),
+])
+def test_bad_arguments_are_one_line_errors(tool, capsys, argv, message):
+    assert tool.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err

@@ -1,0 +1,101 @@
+"""What reconstruction quality the tiny profile's precision and recall can see: real crops degraded by a known
+amount (downsampled to r px and back), scored like a run's generation stage, beside a trained tokenizer's
+reconstructions when ``--tokenizer`` names its run folder.
+
+    python tools/prc_calibration.py                                   the built-in set at 32 px, r = 32, 16, 12, 8
+    python tools/prc_calibration.py --tokenizer runs/tokenizer-92d91a25a3c0
+
+Generated samples cannot score better than the reconstructions of the tokenizer that decodes them, so this answers
+"how good must a tokenizer be before recall can leave 0?". Samples: ``--images`` training crops (seeded draw);
+reference: the first ``--images`` validation crops, as the generation stage's reference at tiny. Features: the
+profile's FID network (TF-Inception at 299 px), precision and recall with k = 3 (Kynkaanniemi et al.).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from gigatok.config import TINY, ConfigError
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean over images of each image's PSNR, images in [-1, 1] (as the reconstruction stage reports it)."""
+    mse = ((x.clamp(-1, 1) - y) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+    return float((10 * torch.log10(4 / mse)).mean())
+
+
+def degrade(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Area-downsample to ``size`` px and bilinearly back: detail finer than ``size`` px removed, colours kept."""
+    full = images.shape[-1]
+    if size >= full:
+        return images
+    small = F.interpolate(images, size=size, mode="area")
+    return F.interpolate(small, size=full, mode="bilinear", align_corners=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--image-size", type=int, default=TINY.image_size)
+    ap.add_argument("--sizes", default="32,16,12,8", help="comma-separated sizes r to degrade to (px)")
+    ap.add_argument("--images", type=int, default=TINY.eval.gen_samples, help="samples and reference images")
+    ap.add_argument("--tokenizer", help="a trained tokenizer's run folder: also score its reconstructions")
+    ap.add_argument("--weights-dir", help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        print(f"--sizes: not a comma-separated list of integers: {args.sizes!r}", file=sys.stderr)
+        return 2
+    if args.images <= 3:
+        print(f"--images: precision and recall with k = 3 need more than 3 images, got {args.images}", file=sys.stderr)
+        return 2
+
+    from gigatok.data import build_dataset
+    from gigatok.metrics.features import load_feature_network
+    from gigatok.metrics.generation import frechet_distance, precision_recall, summarize_stream
+
+    device = torch.device("cpu")
+    try:
+        train = build_dataset(TINY.data, "train", args.image_size, seed=args.seed, augment=False)
+        val = build_dataset(TINY.data, "val", args.image_size, seed=args.seed, augment=False)
+    except (ConfigError, ValueError) as err:
+        print(f"built-in dataset: {err}", file=sys.stderr)
+        return 2
+    count = min(args.images, len(train), len(val))
+    reference_images = torch.stack([val[i][0] for i in range(count)])
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:count]
+    images = torch.stack([train[int(i)][0] for i in order])
+    network = load_feature_network("auto", args.weights_dir, device=device, input_size=TINY.eval.inception_input)
+
+    def summary(batch: torch.Tensor, description: str, seed: int) -> object:
+        return summarize_stream(iter([batch]), network, description, batch_size=len(batch), seed=seed,
+                                progress=False)
+
+    reference = summary(reference_images, f"first {count} validation crops", 0)
+    rows: list[tuple[str, torch.Tensor]] = [
+        (f"training crops at {s} px" if s < args.image_size else "training crops", degrade(images, s)) for s in sizes
+    ]
+    if args.tokenizer:
+        from gigatok.train.tokenizer_loop import load_trained_tokenizer
+
+        tokenizer = load_trained_tokenizer(args.tokenizer, device)
+        with torch.no_grad():
+            rows.append((f"reconstructions ({args.tokenizer})", tokenizer(images).reconstruction.clamp(-1, 1)))
+    print(f"{count} samples against the first {count} validation crops, {network.info.title} at "
+          f"{TINY.eval.inception_input} px, k = 3")
+    print(f"{'samples':48s} {'PSNR dB':>8s} {'precision':>10s} {'recall':>7s} {'FID':>7s}")
+    for name, batch in rows:
+        s = summary(batch, name, 1)
+        p, r = precision_recall(s, reference)
+        value = psnr(batch, images)
+        print(f"{name:48s} {value:8.2f} {p:10.3f} {r:7.3f} {frechet_distance(s, reference):7.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
