@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def add_seeds_option(p: argparse.ArgumentParser) -> None:
     # Read as text and checked by parse_seeds, so a bad value is a one-line error like every other (also in --dry-run).
     p.add_argument("--seeds", default=None, metavar="N",
-                   help="replicate every run over seeds 0..N-1 (default: the profile's, tiny 2, paper 1)")
+                   help="replicate every run over seeds 0..N-1 (default: the profile's seeds, 1 at tiny and paper)")
 
 
 def add_substitute_and_device_options(p: argparse.ArgumentParser) -> None:
