@@ -13,8 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 import studies.catalog  # noqa: F401  (registers the studies)
 from gigatok.study import STUDIES, Planner, get_study
 

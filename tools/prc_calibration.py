@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -85,15 +86,16 @@ def main(argv: list[str] | None = None) -> int:
 
         tokenizer = load_trained_tokenizer(args.tokenizer, device)
         with torch.no_grad():
-            rows.append((f"reconstructions ({args.tokenizer})", tokenizer(images).reconstruction.clamp(-1, 1)))
+            name = f"reconstructions ({Path(args.tokenizer).name})"
+            rows.append((name, tokenizer(images).reconstruction.clamp(-1, 1)))
     print(f"{count} samples against the first {count} validation crops, {network.info.title} at "
           f"{TINY.eval.inception_input} px, k = 3")
     print(f"{'samples':48s} {'PSNR dB':>8s} {'precision':>10s} {'recall':>7s} {'FID':>7s}")
     for name, batch in rows:
         s = summary(batch, name, 1)
         p, r = precision_recall(s, reference)
-        value = psnr(batch, images)
-        print(f"{name:48s} {value:8.2f} {p:10.3f} {r:7.3f} {frechet_distance(s, reference):7.1f}", flush=True)
+        value = "exact" if batch is images else f"{psnr(batch, images):.2f}"
+        print(f"{name:48s} {value:>8s} {p:10.3f} {r:7.3f} {frechet_distance(s, reference):7.1f}", flush=True)
     return 0
 
 
