@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gigatok import weights
-from gigatok.config import PAPER, TINY, ConfigError, EvalConfig, _hashed_fields, ar_run, tokenizer_run
+from gigatok.config import PAPER, TINY, ConfigError, EvalConfig, ar_run, hashed_fields, tokenizer_run
 from gigatok.metrics.features import FeatureNetworkInfo
 from gigatok.metrics.generation import (
     ADM_REFERENCE,
@@ -84,7 +84,7 @@ def test_adm_reference_summary_refuses_other_settings_and_files(tmp_path: Path) 
 
 
 def test_gen_reference_config_and_stage_keys(tmp_path: Path) -> None:
-    assert "gen_reference" not in _hashed_fields(EvalConfig())  # the default keeps existing hashes
+    assert "gen_reference" not in hashed_fields(EvalConfig())  # the default keeps existing hashes
     assert PAPER.eval.gen_reference == "adm" and TINY.eval.gen_reference == "val"
     with pytest.raises(ConfigError, match="eval.gen_reference"):
         EvalConfig(gen_reference="test")  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gigatok.config import PAPER, TINY, ConfigError, EvalConfig, ProbeConfig, _hashed_fields
+from gigatok.config import PAPER, TINY, ConfigError, EvalConfig, ProbeConfig, hashed_fields
 from gigatok.data.imagefolder import ImageFolderDataset
 from gigatok.metrics.linear_probe import (
     LARS,
@@ -134,8 +134,8 @@ def test_random_crop_views_of_an_image_folder(tmp_path: Path) -> None:
 
 
 def test_probe_config_defaults_keep_hashes_and_paper_uses_the_authors_protocol() -> None:
-    assert "probe" not in _hashed_fields(EvalConfig())  # today's probe: existing run hashes unchanged
-    assert "probe" in _hashed_fields(EvalConfig(probe=ProbeConfig(method="lars")))
+    assert "probe" not in hashed_fields(EvalConfig())  # today's probe: existing run hashes unchanged
+    assert "probe" in hashed_fields(EvalConfig(probe=ProbeConfig(method="lars")))
     assert TINY.eval.probe.method == "logistic_regression"
     paper = PAPER.eval.probe
     assert (paper.method, paper.views, paper.epochs, paper.warmup_epochs) == ("lars", "random_crop", 90, 10)

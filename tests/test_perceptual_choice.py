@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gigatok import weights
-from gigatok.config import ConfigError, _hashed_fields, tokenizer_run
+from gigatok.config import ConfigError, hashed_fields, tokenizer_run
 from gigatok.perceptual import (
     LPIPSUnavailable,
     describe_perceptual,
@@ -82,7 +82,7 @@ def test_tiny_settles_auto_by_the_file_and_the_hash_says_which(empty: Path, with
     assert without.hash() != with_file.hash()  # never one folder for both objectives
     # "lpips" is the field's default: a tiny run with the file keeps the hash it had before the field existed.
     assert with_file.hash() == with_choice(cfg, "lpips").hash()
-    assert "perceptual" not in _hashed_fields(with_file.loss) and _hashed_fields(without.loss)["perceptual"] == "off"
+    assert "perceptual" not in hashed_fields(with_file.loss) and hashed_fields(without.loss)["perceptual"] == "off"
     assert resolve_perceptual(without, with_vgg) is without  # settled choices stay as they are
     with pytest.raises(ValueError, match="resolve_perceptual"):
         perceptual_active(cfg)
