@@ -22,7 +22,9 @@ from gigatok.perceptual import (
     perceptual_active,
     resolve_perceptual,
 )
-from gigatok.pipeline import RunContext, StageRunner, workspace_for
+from gigatok.runs.context import StageContext, workspace_for
+from gigatok.runs.spec import RunContext
+from gigatok.runs.stages import run_stage
 from gigatok.study import Planner
 from gigatok.train.tokenizer_loop import read_metrics, read_run_config, train_tokenizer
 from gigatok.weights import MissingWeightsError, file_sha256
@@ -194,11 +196,11 @@ def test_run_stages_record_why_and_log_no_lpips(empty: Path, tmp_path: Path) -> 
     spec = planner.run({}, tok, stages=("tokenizer", "reconstruction"))
     ctx = RunContext(runs_dir=str(tmp_path / "runs"), tracking_uri="unused", weights_dir=str(empty), device="cpu",
                      progress=False)
-    runner = StageRunner(spec, ctx, workspace_for(ctx))
-    trained = runner.run("tokenizer")
+    sc = StageContext(spec, ctx, workspace_for(ctx))
+    trained = run_stage("tokenizer", sc)
     assert trained.tags["gigatok.perceptual"].startswith(f"unavailable (vgg16 not found at {empty / VGG_FILE})")
     assert trained.substitutes == []
-    scored = runner.run("reconstruction")
+    scored = run_stage("reconstruction", sc)
     assert "lpips" not in scored.metrics and {"psnr", "ssim", "rfid"} <= set(scored.metrics)
     assert scored.tags["gigatok.provenance.lpips"] == f"unavailable (vgg16 not found at {empty / VGG_FILE})"
     assert scored.substitutes == []
