@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from gigatok.pipeline import STAGE_METRICS
+from gigatok.runs.spec import STAGE_METRICS
 from gigatok.tracking import SEARCH_PAGE, TAG, TrackingError, connect, experiment_runs, resolve_tracking_uri
 
 CFG_TRIAL = "cfg_trial"  # gigatok.kind of the child runs a CFG search records under the AR run it tunes

@@ -68,7 +68,7 @@ class PlannedRun:
     experiment: str
     study: str
     profile: str
-    spec: Any  # gigatok.pipeline.RunSpec
+    spec: Any  # gigatok.runs.spec.RunSpec
     status: str
     start_ms: int
 
@@ -165,7 +165,7 @@ def run_rows(run: PlannedRun, run_id: str, experiment_id: int, artifact_root: st
     runs_row = (run_id, spec.label, "UNKNOWN", "", "", "bench", run.status, run.start_ms, end_ms, "", "active",
                 f"{artifact_root}/{run_id}/artifacts", experiment_id, None)
 
-    # Tags as studies/run.py (submission) and gigatok.pipeline.execute_run (stages) write them.
+    # Tags as studies/run.py (submission) and gigatok.runs.execute.execute_run (stages) write them.
     tags = {
         "mlflow.runName": spec.label, "gigatok.study": run.study, "gigatok.run_hash": spec.hash,
         "gigatok.profile": run.profile, "gigatok.tokenizer_hash": spec.tokenizer.hash(),

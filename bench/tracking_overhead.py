@@ -5,7 +5,7 @@
     python bench/tracking_overhead.py --mlflow sqlite:///bench.db
 
 Target (issue 8): logging every step costs under 2% of the loop's time, with the project's batched, asynchronous
-:class:`gigatok.tracking.RunLogger` (what ``gigatok.pipeline.execute_run`` streams training curves through).
+:class:`gigatok.tracking.RunLogger` (what ``gigatok.runs.execute.execute_run`` streams training curves through).
 
 The step is the AR probe's training step at the ``tiny`` profile (GPT-B of that profile: width 128, 4 blocks,
 16 tokens, batch 32; forward, cross-entropy, backward, clipping, AdamW), on random tokens in place of a token

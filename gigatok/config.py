@@ -1259,7 +1259,7 @@ def config_hash(cfg: Any, length: int = 12) -> str:
     It depends only on the field values and the schema version, never on object identity, dict order or the
     process, so the same config hashes the same on every machine.
     """
-    payload = {"schema": CONFIG_SCHEMA_VERSION, "type": type(cfg).__name__, "config": _hashed_fields(cfg)}
+    payload = {"schema": CONFIG_SCHEMA_VERSION, "type": type(cfg).__name__, "config": hashed_fields(cfg)}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
@@ -1274,7 +1274,7 @@ def run_hash(cfg: Any) -> str:
     return cached
 
 
-def _hashed_fields(cfg: Any) -> Any:
+def hashed_fields(cfg: Any) -> Any:
     """The config as plain data, without fields marked ``metadata={"hash": False}`` (machine-local paths).
 
     A field marked ``metadata={"hash": "unless-default"}`` counts only when set to something other than its
@@ -1282,15 +1282,15 @@ def _hashed_fields(cfg: Any) -> Any:
     """
     if dataclasses.is_dataclass(cfg):
         return {
-            f.name: _hashed_fields(getattr(cfg, f.name))
+            f.name: hashed_fields(getattr(cfg, f.name))
             for f in dataclasses.fields(cfg)
             if f.metadata.get("hash", True)
             and not (f.metadata.get("hash") == UNLESS_DEFAULT and getattr(cfg, f.name) == f.default)
         }
     if isinstance(cfg, tuple | list):
-        return [_hashed_fields(v) for v in cfg]
+        return [hashed_fields(v) for v in cfg]
     if isinstance(cfg, dict):
-        return {str(k): _hashed_fields(v) for k, v in cfg.items()}
+        return {str(k): hashed_fields(v) for k, v in cfg.items()}
     return cfg
 
 

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import submitit
 
-from gigatok.pipeline import RunContext, RunSpec, execute_run
+from gigatok.runs.execute import execute_run
+from gigatok.runs.spec import RunContext, RunSpec
 
 ExecutorName = Literal["auto", "slurm", "local", "debug"]
 EXECUTORS = ("auto", "slurm", "local", "debug")

@@ -31,7 +31,7 @@ from gigatok.config import (
     get_profile,
     tokenizer_run,
 )
-from gigatok.pipeline import PROBE_STAGES, RunSpec, settle_perceptual
+from gigatok.runs.spec import PROBE_STAGES, RunSpec, settle_perceptual
 
 StudyFn = Callable[["Planner"], list[RunSpec]]
 

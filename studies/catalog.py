@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gigatok.pipeline import PROBE_STAGES, RunSpec
+from gigatok.runs.spec import PROBE_STAGES, RunSpec
 from gigatok.study import Planner, study
 
 PROBE_SIZES = ("S-S", "S-B", "B-L")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gigatok.config import ConfigError, _hashed_fields, ar_run, get_profile, tokenizer_run
+from gigatok.config import ConfigError, ar_run, get_profile, hashed_fields, tokenizer_run
 from gigatok.models.ar import ARModel, build_ar_model
 from gigatok.sampling import (
     SamplingConfig,
@@ -176,9 +176,9 @@ def test_tiny_profile_keeps_its_model_and_hash() -> None:
     """The new fields default to the earlier behaviour, so tiny runs (and their hashes) are unchanged."""
     run = ar_run(tokenizer_run("S-S"))
     assert (run.model.attn_dropout, run.model.attention_dropout, run.model.init) == (None, 0.1, "normal")
-    hashed = _hashed_fields(run.model)
+    hashed = hashed_fields(run.model)
     assert "attn_dropout" not in hashed and "init" not in hashed  # NEW_FIELD at its default: not hashed
-    assert {"attn_dropout", "init"} <= set(_hashed_fields(ar_run(tokenizer_run("S-S", profile="paper")).model))
+    assert {"attn_dropout", "init"} <= set(hashed_fields(ar_run(tokenizer_run("S-S", profile="paper")).model))
     model = build_ar_model(run.model)
     assert model.layers[0].attention.dropout == 0.1 and model.output.weight.std() > 0.01
 

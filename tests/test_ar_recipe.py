@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import studies.catalog  # noqa: F401  (registers the studies)
-from gigatok.config import ARTrainConfig, ConfigError, _hashed_fields, ar_run, get_profile, tokenizer_run
+from gigatok.config import ARTrainConfig, ConfigError, ar_run, get_profile, hashed_fields, tokenizer_run
 from gigatok.study import STUDIES, Planner, get_study
 from gigatok.token_cache import VIEW_SETS, TokenCache, _tokenize, cache_path, crop_views, view_set
 from gigatok.train.ar_loop import OneViewPerImage, wsd_schedule
@@ -65,9 +65,9 @@ def test_warmup_in_steps_overrides_epochs() -> None:
 
 
 def test_new_fields_at_their_defaults_leave_hashes_alone() -> None:
-    hashed = _hashed_fields(ARTrainConfig())
+    hashed = hashed_fields(ARTrainConfig())
     assert not {"warmup_steps", "warmup_from", "decay_shape", "views", "one_view_per_image"} & set(hashed)
-    assert "views" in _hashed_fields(ARTrainConfig(views="ten_crop"))
+    assert "views" in hashed_fields(ARTrainConfig(views="ten_crop"))
 
 
 def test_tiny_probe_keeps_its_step_schedule() -> None:

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -187,6 +188,65 @@ def test_generation_samples_at_the_searched_point(tmp_path: Path) -> None:
     assert generation_eval(spec, ctx).cfg_scale == 1.25
     trial = plan.trial_spec(SearchPoint(1.25, 0.18), spec.eval.gen_samples)
     assert stage_result_path(spec, ctx, "generation") == stage_result_path(trial, ctx, "generation")
+
+
+def test_the_small_budget_is_scored_from_the_streamed_features(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """GenerationScorer runs the generation stage at the trial's settings and reports the FID of the stream's first
+    ``low_samples`` feature rows, which the stage hands to its ``on_features`` hook on their way."""
+    import numpy as np
+
+    from gigatok.cfg_search import GenerationScorer, scoring
+    from gigatok.metrics.accumulators import FeatureMoments
+    from gigatok.metrics.fid import frechet_distance_gaussians
+    from gigatok.runs.context import StageOutcome
+
+    plan = make_plan(tmp_path, parent=False)
+    assert plan.low_samples == SMALL
+    rows = np.random.default_rng(0).standard_normal((FULL, 4)).astype(np.float32)
+    calls: list[tuple[RunSpec, Any]] = []
+
+    def generation_at(sc: Any, e: Any, on_features: Any = None) -> StageOutcome:
+        calls.append((sc.spec, e))
+        for start in range(0, FULL, 4):  # batches of 4 feature rows
+            if on_features is not None:
+                on_features(rows[start:start + 4])
+        return StageOutcome("generation", {"gfid": 3.0})
+
+    monkeypatch.setattr(scoring, "generation_at", generation_at)
+    scorer = GenerationScorer(plan, workspace=object())  # type: ignore[arg-type]
+    # The reference summary's moments are all the small-budget FID reads (and prepare() skips a set reference).
+    scorer.reference = reference = SimpleNamespace(mean=np.zeros(4), covariance=np.eye(4), all_rows=lambda: None)
+    reports: list[tuple[int, float]] = []
+    assert scorer(SearchPoint(1.5, 0.18), lambda samples, gfid: reports.append((samples, gfid))) == {"gfid": 3.0}
+    moments = FeatureMoments(4)
+    moments.update(rows[:SMALL])
+    expected = frechet_distance_gaussians(moments.mean, moments.covariance, reference.mean, reference.covariance)
+    assert reports == [(SMALL, pytest.approx(expected))]
+    spec, e = calls[0]
+    assert spec.stages == ("generation",) and e == spec.eval and (e.cfg_scale, e.gen_samples) == (1.5, FULL)
+    assert scorer.rescore(SearchPoint(1.5, 0.18), 4) == {"gfid": 3.0} and calls[1][1].gen_samples == 4
+
+
+def test_evaluate_generation_shows_on_features_the_generated_batches_only() -> None:
+    import torch
+
+    from gigatok.metrics.features import FeatureNetworkInfo
+    from gigatok.metrics.generation import evaluate_generation
+
+    class Network:  # 8 numbers of each uint8 image
+        info = FeatureNetworkInfo(registry_name="stub", filename="stub.pt", sha256="0" * 64, title="stub",
+                                  has_logits=False, input_size=8, layer="8")
+        has_logits = False
+
+        def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+            return images.flatten(1)[:, :8].float() / 255, None
+
+    images = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    seen: list[int] = []
+    evaluate_generation([images[:4], images[4:]], [images.flip(-1)], Network(), samples_description="10 images",
+                        reference_description="10 flipped", progress=False, on_features=lambda f: seen.append(len(f)))
+    assert seen == [4, 6]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from gigatok import weights
-from gigatok.config import ConfigError, LossConfig, _hashed_fields, config_hash, tokenizer_run
+from gigatok.config import ConfigError, LossConfig, config_hash, hashed_fields, tokenizer_run
 from gigatok.models.discriminator import (
     SUBSTITUTE_TAG,
     DinoArch,
@@ -59,7 +59,7 @@ def dino_file(folder: Path, arch: DinoArch = NARROW) -> Path:
 def test_config_default_keeps_existing_hashes() -> None:
     loss = LossConfig()
     assert loss.discriminator == "patchgan"
-    assert "discriminator" not in _hashed_fields(loss)  # runs hashed before the field existed keep their hash
+    assert "discriminator" not in hashed_fields(loss)  # runs hashed before the field existed keep their hash
     assert config_hash(dataclasses.replace(loss, discriminator="dino")) != config_hash(loss)
     with pytest.raises(ConfigError, match="loss.discriminator"):
         LossConfig(discriminator="stylegan")  # type: ignore[arg-type]

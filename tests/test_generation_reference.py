@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gigatok import weights
-from gigatok.config import PAPER, TINY, ConfigError, EvalConfig, _hashed_fields, ar_run, tokenizer_run
+from gigatok.config import PAPER, TINY, ConfigError, EvalConfig, ar_run, hashed_fields, tokenizer_run
 from gigatok.metrics.features import FeatureNetworkInfo
 from gigatok.metrics.generation import (
     ADM_REFERENCE,
@@ -19,7 +19,9 @@ from gigatok.metrics.generation import (
     adm_reference_summary,
     npz_row_batches,
 )
-from gigatok.pipeline import PROBE_STAGES, RunContext, RunSpec, _short_hash, generation_reference, stage_result_path
+from gigatok.runs.generation_stage import generation_reference
+from gigatok.runs.spec import PROBE_STAGES, RunContext, RunSpec, short_hash
+from gigatok.runs.stages import stage_result_path
 
 
 class StubNetwork:
@@ -84,7 +86,7 @@ def test_adm_reference_summary_refuses_other_settings_and_files(tmp_path: Path) 
 
 
 def test_gen_reference_config_and_stage_keys(tmp_path: Path) -> None:
-    assert "gen_reference" not in _hashed_fields(EvalConfig())  # the default keeps existing hashes
+    assert "gen_reference" not in hashed_fields(EvalConfig())  # the default keeps existing hashes
     assert PAPER.eval.gen_reference == "adm" and TINY.eval.gen_reference == "val"
     with pytest.raises(ConfigError, match="eval.gen_reference"):
         EvalConfig(gen_reference="test")  # type: ignore[arg-type]
@@ -92,7 +94,7 @@ def test_gen_reference_config_and_stage_keys(tmp_path: Path) -> None:
     spec = RunSpec("s", (), tok, ar_run(tok), EvalConfig(), stages=PROBE_STAGES)
     ctx = RunContext(runs_dir=str(tmp_path), tracking_uri="")
     e = spec.eval
-    old_key = _short_hash({n: getattr(e, n) for n in ("gen_samples", "reference_images", "inception_input",
+    old_key = short_hash({n: getattr(e, n) for n in ("gen_samples", "reference_images", "inception_input",
                            "cfg_scale", "cfg_schedule", "step_fraction", "temperature", "top_k", "top_p")})
     assert stage_result_path(spec, ctx, "generation").name == f"generation-{old_key}.json"
     adm = dataclasses.replace(spec, eval=EvalConfig(gen_reference="adm"))

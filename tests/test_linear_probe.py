@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gigatok.config import PAPER, TINY, ConfigError, EvalConfig, ProbeConfig, _hashed_fields
+from gigatok.config import PAPER, TINY, ConfigError, EvalConfig, ProbeConfig, hashed_fields
 from gigatok.data.imagefolder import ImageFolderDataset
 from gigatok.metrics.linear_probe import (
     LARS,
@@ -134,8 +134,8 @@ def test_random_crop_views_of_an_image_folder(tmp_path: Path) -> None:
 
 
 def test_probe_config_defaults_keep_hashes_and_paper_uses_the_authors_protocol() -> None:
-    assert "probe" not in _hashed_fields(EvalConfig())  # today's probe: existing run hashes unchanged
-    assert "probe" in _hashed_fields(EvalConfig(probe=ProbeConfig(method="lars")))
+    assert "probe" not in hashed_fields(EvalConfig())  # today's probe: existing run hashes unchanged
+    assert "probe" in hashed_fields(EvalConfig(probe=ProbeConfig(method="lars")))
     assert TINY.eval.probe.method == "logistic_regression"
     paper = PAPER.eval.probe
     assert (paper.method, paper.views, paper.epochs, paper.warmup_epochs) == ("lars", "random_crop", 90, 10)
@@ -158,13 +158,15 @@ def test_probe_stage_key_unchanged_by_default_and_tokenizer_probe_on_random_crop
     from gigatok.config import tokenizer_run
     from gigatok.metrics.linear_probe import lars_probe_on_images, tokenizer_feature_fn
     from gigatok.models.tokenizer import build_tokenizer
-    from gigatok.pipeline import TOKENIZER_STAGES, RunContext, RunSpec, _eval_key, stage_result_path
+    from gigatok.runs.layout import eval_key
+    from gigatok.runs.spec import TOKENIZER_STAGES, RunContext, RunSpec
+    from gigatok.runs.stages import stage_result_path
 
     tok = tokenizer_run("S-S")
     spec = RunSpec("s", (), tok, None, EvalConfig(), stages=TOKENIZER_STAGES)
     ctx = RunContext(runs_dir=str(tmp_path / "runs"), tracking_uri="")
     path = stage_result_path(spec, ctx, "tokenizer_probe")
-    assert path.name == f"probe-{_eval_key(spec, 'probe_max_iter')}.json"  # results written before keep their name
+    assert path.name == f"probe-{eval_key(spec, 'probe_max_iter')}.json"  # results written before keep their name
     lars = RunSpec("s", (), tok, None, EvalConfig(probe=ProbeConfig(method="lars")), stages=TOKENIZER_STAGES)
     assert stage_result_path(lars, ctx, "tokenizer_probe") != path and lars.hash != spec.hash
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gigatok import weights
-from gigatok.config import ConfigError, _hashed_fields, tokenizer_run
+from gigatok.config import ConfigError, hashed_fields, tokenizer_run
 from gigatok.perceptual import (
     LPIPSUnavailable,
     describe_perceptual,
@@ -22,7 +22,9 @@ from gigatok.perceptual import (
     perceptual_active,
     resolve_perceptual,
 )
-from gigatok.pipeline import RunContext, StageRunner, workspace_for
+from gigatok.runs.context import StageContext, workspace_for
+from gigatok.runs.spec import RunContext
+from gigatok.runs.stages import run_stage
 from gigatok.study import Planner
 from gigatok.train.tokenizer_loop import read_metrics, read_run_config, train_tokenizer
 from gigatok.weights import MissingWeightsError, file_sha256
@@ -82,7 +84,7 @@ def test_tiny_settles_auto_by_the_file_and_the_hash_says_which(empty: Path, with
     assert without.hash() != with_file.hash()  # never one folder for both objectives
     # "lpips" is the field's default: a tiny run with the file keeps the hash it had before the field existed.
     assert with_file.hash() == with_choice(cfg, "lpips").hash()
-    assert "perceptual" not in _hashed_fields(with_file.loss) and _hashed_fields(without.loss)["perceptual"] == "off"
+    assert "perceptual" not in hashed_fields(with_file.loss) and hashed_fields(without.loss)["perceptual"] == "off"
     assert resolve_perceptual(without, with_vgg) is without  # settled choices stay as they are
     with pytest.raises(ValueError, match="resolve_perceptual"):
         perceptual_active(cfg)
@@ -194,11 +196,11 @@ def test_run_stages_record_why_and_log_no_lpips(empty: Path, tmp_path: Path) -> 
     spec = planner.run({}, tok, stages=("tokenizer", "reconstruction"))
     ctx = RunContext(runs_dir=str(tmp_path / "runs"), tracking_uri="unused", weights_dir=str(empty), device="cpu",
                      progress=False)
-    runner = StageRunner(spec, ctx, workspace_for(ctx))
-    trained = runner.run("tokenizer")
+    sc = StageContext(spec, ctx, workspace_for(ctx))
+    trained = run_stage("tokenizer", sc)
     assert trained.tags["gigatok.perceptual"].startswith(f"unavailable (vgg16 not found at {empty / VGG_FILE})")
     assert trained.substitutes == []
-    scored = runner.run("reconstruction")
+    scored = run_stage("reconstruction", sc)
     assert "lpips" not in scored.metrics and {"psnr", "ssim", "rfid"} <= set(scored.metrics)
     assert scored.tags["gigatok.provenance.lpips"] == f"unavailable (vgg16 not found at {empty / VGG_FILE})"
     assert scored.substitutes == []

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from gigatok.config import CfgSearchConfig
-from gigatok.pipeline import RunContext, RunSpec, _short_hash, ar_dir_of, stage_result_path
+from gigatok.runs.layout import ar_dir_of
+from gigatok.runs.spec import RunContext, RunSpec, short_hash
+from gigatok.runs.train_stages import ar_result_path
 
 DIGITS = 6  # points are rounded so that 1.0 + 3 x 0.25 and TPE's 1.7500000000000002 are the same point
 JOURNAL_NAME = "optuna.journal"
@@ -134,7 +136,7 @@ class SearchPlan:
     def key(self) -> str:
         """Everything that changes what a trial scores, hashed."""
         e, s = self.spec.eval, self.search
-        return _short_hash({
+        return short_hash({
             "ar": self.ar_dir.name, "schedule": self.schedule, "space": self.search_space,
             "fixed_fraction": e.step_fraction if self.schedule == "step" and not self.searches_fraction else None,
             "sampler": s.sampler, "trials": s.trials, "seed": s.seed, "pruner": s.pruner,
@@ -205,7 +207,7 @@ def check_ready(plan: SearchPlan) -> None:
     """Refuse a search that cannot run, before anything is written: no trained AR model, or a storage or search
     folder that cannot be written."""
     spec = plan.spec
-    summary = stage_result_path(spec, plan.ctx, "ar")
+    summary = ar_result_path(spec, plan.ctx)
     if not summary.is_file():
         raise SearchError(f"run {spec.hash} ({spec.label}) has no trained AR model ({summary} is missing): run "
                           f"`python studies/run.py {spec.study} --only {spec.hash}` first")

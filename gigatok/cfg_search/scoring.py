@@ -16,7 +16,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gigatok.cfg_search.plan import SearchPlan, SearchPoint
-from gigatok.pipeline import StageRunner, generation_reference, stage_lock, workspace_for
+from gigatok.runs.context import StageContext, Workspace, workspace_for
+from gigatok.runs.generation_stage import generation_at, generation_reference, generation_result_path
+from gigatok.runs.layout import stage_lock
+from gigatok.runs.spec import RunSpec
 
 Report = Callable[[int, float], None]
 
@@ -58,41 +61,10 @@ class _SmallBudgetFid:
             self.report(self.samples, fid)  # raises optuna.TrialPruned to stop the stream here
 
 
-class _TappedNetwork:
-    """The Inception network, passing each batch's features to ``tap`` as well."""
-
-    def __init__(self, network: Any, tap: _SmallBudgetFid) -> None:
-        self.network, self.tap = network, tap
-        self.info, self.device = network.info, network.device
-
-    @property
-    def has_logits(self) -> bool:
-        return self.network.has_logits
-
-    def __call__(self, images: Any) -> tuple[Any, Any]:
-        features, logits = self.network(images)
-        self.tap(features)
-        return features, logits
-
-
-class _TappedWorkspace:
-    """A stage workspace whose feature network is tapped (the generation stage reads nothing else of it)."""
-
-    def __init__(self, workspace: Any, tap: _SmallBudgetFid) -> None:
-        self.workspace, self.tap = workspace, tap
-        self.device = workspace.device
-
-    def feature_network(self, input_size: int) -> _TappedNetwork:
-        return _TappedNetwork(self.workspace.feature_network(input_size), self.tap)
-
-    def perceptual(self) -> Any:
-        return self.workspace.perceptual()
-
-
 class GenerationScorer:
     """gFID of ``plan``'s AR model at a point, through the run's generation stage."""
 
-    def __init__(self, plan: SearchPlan, workspace: Any = None) -> None:
+    def __init__(self, plan: SearchPlan, workspace: Workspace | None = None) -> None:
         self.plan = plan
         self.workspace = workspace
         self.reference: Any = None
@@ -114,14 +86,20 @@ class GenerationScorer:
         self.prepare()
         spec = self.plan.trial_spec(point, self.plan.full_samples)
         low = self.plan.low_samples
-        # The reference is cached by prepare(), so the stage's network sees generated images only.
-        workspace = self.workspace if low is None else _TappedWorkspace(
-            self.workspace, _SmallBudgetFid(self.reference, low, report))
-        outcome = StageRunner(spec, self.plan.ctx, workspace).run("generation")
-        return dict(outcome.metrics)
+        # The reference is cached by prepare(), so the features the stage streams are the generated images' only.
+        small_budget = None if low is None else _SmallBudgetFid(self.reference, low, report)
+        return self._generation(spec, on_features=small_budget)
 
     def rescore(self, point: SearchPoint, samples: int) -> dict[str, float]:
         """The run's generation stage at ``point`` with ``samples`` samples (the best point at the run's budget)."""
         self.prepare()
-        return dict(StageRunner(self.plan.trial_spec(point, samples), self.plan.ctx, self.workspace)
-                    .run("generation").metrics)
+        return self._generation(self.plan.trial_spec(point, samples))
+
+    def _generation(self, spec: RunSpec, on_features: Callable[[Any], None] | None = None) -> dict[str, float]:
+        """The generation stage of a trial spec, under its lock. A trial spec has no cfg_search stage: it samples at
+        its own settings, ``spec.eval``."""
+        assert self.workspace is not None
+        with stage_lock(generation_result_path(spec, self.plan.ctx, spec.eval)):
+            outcome = generation_at(StageContext(spec, self.plan.ctx, self.workspace), spec.eval,
+                                    on_features=on_features)
+        return dict(outcome.metrics)

@@ -34,6 +34,7 @@ from gigatok.cfg_search.trials import (
     recover,
     search_state,
 )
+from gigatok.runs.layout import read_result, write_result
 
 Log = Callable[[str], None]
 
@@ -216,8 +217,6 @@ def finish(plan: SearchPlan, study: optuna.Study, recorder: TrialRecorder | None
            record_parent: bool = True) -> dict[str, Any] | None:
     """Bring MLflow in line with the study and, once the search is complete, write its summary (the ``cfg_search``
     stage's result) and the best point on the parent run. Idempotent; returns the summary, None if incomplete."""
-    from gigatok.pipeline import _read_result, _write_result
-
     with claim_lock(plan):
         trials = study.get_trials(deepcopy=True)
         if recorder is not None:
@@ -226,12 +225,12 @@ def finish(plan: SearchPlan, study: optuna.Study, recorder: TrialRecorder | None
         if not state.complete:
             return None
         if plan.result_path.is_file():
-            summary = _read_result(plan.result_path)
+            summary = read_result(plan.result_path)
         else:
             if state.best is None:
                 raise SearchError(f"search {plan.study_name}: no point was scored on the full budget")
             summary = summarize(plan, state, rescore)
-            _write_result(plan.result_path, summary)
+            write_result(plan.result_path, summary)
         if record_parent and recorder is not None:
             recorder.record_best(summary)
         return summary

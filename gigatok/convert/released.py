@@ -347,7 +347,7 @@ def released_file(source: str, weights_dir: str | None) -> Path:
 def install(kind: Kind, planned: TokenizerRunConfig | ARRunConfig, run_dir: Path, weights_dir: str | None
             ) -> dict[str, Any]:
     """The converted stage folder of ``planned`` (whose ``source`` names the file), converting it when absent."""
-    from gigatok.pipeline import stage_lock
+    from gigatok.runs.layout import stage_lock
 
     run_dir = Path(run_dir)
     with stage_lock(run_dir.parent / f"{run_dir.name}.convert"):  # the lock lives beside the folder, not in it

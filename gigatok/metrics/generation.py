@@ -29,7 +29,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,11 +129,14 @@ def summarize_stream(
     seed: int = 0,
     inception_score_splits: int | None = None,
     progress: bool = True,
+    on_features: Callable[[Any], None] | None = None,
 ) -> FeatureSummary:
     """Stream ``source`` through ``network`` once, keeping only fixed-size statistics.
 
     ``batch_size`` applies when ``source`` is a Dataset; an iterable yields its own batches. With
     ``inception_score_splits`` and a network that has logits, the IS of the stream is computed as well.
+    ``on_features`` sees each batch's features as they come (a CFG search scores a stream's first images from them,
+    and may stop the stream by raising).
     """
     dim = int(network.info.layer)
     moments = FeatureMoments(dim)
@@ -144,6 +147,8 @@ def summarize_stream(
               disable=not progress, leave=False) as bar:
         for images in image_batches(source, batch_size):
             features, logits = network(to_uint8(images, value_range))
+            if on_features is not None:
+                on_features(features)
             moments.update(features)
             reservoir.update(features)
             if want_is:
@@ -395,12 +400,13 @@ def evaluate_generation(
     inception_score_splits: int = 10,
     seed: int = 0,
     progress: bool = True,
+    on_features: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """gFID, IS, precision and recall of a stream of generated images against a reference set.
 
     ``reference`` is a ready :class:`FeatureSummary` or an image source (then ``reference_description`` is
     required, and the summary is cached in ``cache_dir`` if given). IS is None with a note when the network has
-    no logits.
+    no logits. ``on_features`` sees the features of each batch of generated images (see :func:`summarize_stream`).
     """
     if not isinstance(reference, FeatureSummary):
         if not reference_description:
@@ -412,5 +418,6 @@ def evaluate_generation(
     generated = summarize_stream(
         samples, network, samples_description, value_range=value_range, batch_size=batch_size,
         prc_capacity=prc_capacity, seed=seed + 1, inception_score_splits=inception_score_splits, progress=progress,
+        on_features=on_features,
     )
     return compare_summaries(generated, reference)

@@ -1,0 +1,101 @@
+"""Executing a run: its stages in order, tracked in MLflow.
+
+Training stages run on every process of a multi-process (DDP) job; evaluation and tracking run on rank 0 only.
+A run with the ``cfg_search`` stage reports gFID at the best sampler setting its search found: the generation stage
+samples at that setting (and finds the search's full-budget result for it already on disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import traceback
+
+from gigatok.runs.context import StageContext, workspace_for
+from gigatok.runs.spec import TRAINING_STAGES, RunContext, RunSpec
+from gigatok.runs.stages import run_stage
+
+
+def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 0) -> dict[str, float]:
+    """Run every stage of ``spec``, logging to the MLflow run ``run_id`` (rank 0 only); returns its metrics.
+
+    The MLflow run goes RUNNING -> FINISHED, or FAILED with the error in ``gigatok.error`` (and the traceback as
+    an artifact) before the exception propagates. Stages already logged to this MLflow run are not logged again;
+    a resumed training stage logs only the steps after those already in MLflow, so a metric history never has a
+    step twice.
+    """
+    from gigatok.tracking import RunLogger, connect
+
+    logger = RunLogger(connect(ctx.tracking_uri), run_id) if (run_id is not None and rank == 0) else None
+    workspace = workspace_for(ctx)
+    logged: set[str] = set()
+    last_step: dict[str, int] = {}
+    if logger is not None:
+        run = logger.client.get_run(run_id)
+        logged = {k.removeprefix("gigatok.logged.") for k, v in run.data.tags.items()
+                  if k.startswith("gigatok.logged.") and v == "1"}
+        for stage in TRAINING_STAGES:
+            if stage in spec.stages and stage not in logged:
+                last_step[stage] = logger.last_step(f"{stage}/lr")
+        # An array task's own id (123_4): sacct reports every task of the array for the bare array id.
+        array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        env_job = f"{array_job}_{array_task}" if array_job and array_task else os.environ.get("SLURM_JOB_ID")
+        logger.tags({"gigatok.host": os.uname().nodename, **({"gigatok.slurm_job_id": env_job} if env_job else {})})
+        if "gigatok.error" in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
+            logger.client.delete_tag(run_id, "gigatok.error")
+        logger.set_status("RUNNING")
+    stored = dict(last_step)  # the last step of each curve that MLflow held when this process started
+    streamed: dict[str, set[int]] = {stage: set() for stage in TRAINING_STAGES}
+
+    def stream(stage: str, step: int, values: dict[str, float]) -> None:
+        if logger is not None and step > last_step.get(stage, -1):
+            logger.metrics(values, step=step, prefix=f"{stage}/")
+            last_step[stage] = step
+            streamed[stage].add(step)
+
+    sc = StageContext(spec, ctx, workspace, log=stream, run_id=logger.run_id if logger is not None else None)
+    metrics: dict[str, float] = {}
+    substitutes: set[str] = set()
+    stage = "start"
+    try:
+        for stage in spec.ordered_stages():
+            if rank != 0 and stage not in TRAINING_STAGES:
+                continue
+            if logger is not None:
+                logger.tags({"gigatok.stage": stage})
+            outcome = run_stage(stage, sc)
+            metrics.update(outcome.metrics)
+            substitutes.update(outcome.substitutes)
+            if logger is None or stage in logged:
+                continue
+            # Curves: whatever MLflow lacks, i.e. what neither an earlier process stored nor this one streamed: a
+            # stage finished by another run or process, or the steps a killed process still held in RunLogger's
+            # buffer (up to its last few seconds, possibly before the checkpoint this process resumed from).
+            missing = [(s, v) for s, v in outcome.records
+                       if s > stored.get(stage, -1) and s not in streamed.get(stage, ())]
+            logger.metric_records(missing, prefix=f"{stage}/")
+            logger.metrics(outcome.metrics)
+            for artifact in outcome.artifacts:
+                logger.artifact(artifact, f"eval/{stage}" if artifact.suffix != ".png" else "images")
+            tags = dict(outcome.tags)
+            if substitutes:
+                tags["gigatok.substitutes"] = ",".join(sorted(substitutes))
+            tags[f"gigatok.logged.{stage}"] = "1"
+            logger.flush()
+            logger.tags(tags)  # the "logged" tag goes last: a crash before it means the stage is logged again
+    except BaseException as exc:
+        if logger is not None:
+            reason = f"{stage}: {type(exc).__name__}: {exc}".splitlines()[0][:1000]
+            with contextlib.suppress(Exception):
+                logger.tags({"gigatok.error": reason, "gigatok.failed_stage": stage})
+                error_file = (ctx.root / "errors" / f"{spec.hash}.txt")
+                error_file.parent.mkdir(parents=True, exist_ok=True)
+                error_file.write_text(traceback.format_exc())
+                logger.artifact(error_file, "errors")
+                status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+                logger.set_status(status)
+        raise
+    if logger is not None:
+        logger.tags({"gigatok.stage": "done"})
+        logger.set_status("FINISHED")
+    return metrics
