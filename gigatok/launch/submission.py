@@ -60,7 +60,9 @@ class StudyLaunch:
     local_tasks: int = 1
     run_ids: dict[str, str] = field(default_factory=dict)
     created: list[str] = field(default_factory=list)  # MLflow runs this launch created (taken back on failure)
-    submitted: list[tuple[list[RunSpec], Any]] = field(default_factory=list)  # Slurm and debug jobs
+    # Slurm and debug jobs: once one exists, a failed submission keeps the MLflow runs. Local workers, started as
+    # they are followed, are not counted (as before this code left studies/run.py).
+    submitted: list[tuple[list[RunSpec], Any]] = field(default_factory=list)
     running: list[tuple[list[RunSpec], Any]] = field(default_factory=list)  # jobs being followed
     _executor: Any = None
 
