@@ -113,7 +113,8 @@ def dry_run_fresh_process(runs: int, argv: list[str]) -> float:
 
 @contextlib.contextmanager
 def no_op_jobs() -> Iterator[None]:
-    """studies/run.py submits NoOpRunJob instead of RunJob (it imports RunJob from gigatok.dispatch when called)."""
+    """studies/run.py submits NoOpRunJob instead of RunJob (gigatok.launch looks RunJob up in gigatok.dispatch at each
+    submission)."""
     import gigatok.dispatch
 
     original = gigatok.dispatch.RunJob

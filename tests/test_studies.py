@@ -15,9 +15,9 @@ from services import run_cli
 import studies.catalog  # noqa: F401  (registers the studies)
 from gigatok.config import ConfigError, get_profile
 from gigatok.dispatch import DispatchError, RunJob, group_by_tokenizer, resolve_executor, slurm_available
+from gigatok.launch import planning
 from gigatok.pipeline import RunContext, RunSpec, completed_stages
 from gigatok.study import STUDIES, Planner, apply_overrides, get_study, parse_seeds
-from studies import run as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_STUDIES = {
@@ -212,13 +212,13 @@ def test_parameter_counts_build_each_architecture_once(monkeypatch: pytest.Monke
         return real(cfg, device)
 
     monkeypatch.setattr(gigatok.models.tokenizer, "build_tokenizer", counted)
-    monkeypatch.setattr(cli, "_param_cache", {})
+    monkeypatch.setattr(planning, "_param_cache", {})
     p = Planner("tiny")
     seeds = [p.tokenizer("S-S", seed=s) for s in range(3)]
     assert len({t.hash() for t in seeds}) == 3  # three runs ...
-    counts = {cli.parameter_count("tokenizer", t) for t in seeds}
+    counts = {planning.parameter_count("tokenizer", t) for t in seeds}
     assert len(counts) == 1 and len(built) == 1  # ... one architecture, built once
-    assert cli.parameter_count("tokenizer", p.tokenizer("S-B")) != counts.pop() and len(built) == 2
+    assert planning.parameter_count("tokenizer", p.tokenizer("S-B")) != counts.pop() and len(built) == 2
 
 
 def _free_port() -> int:

@@ -1,0 +1,119 @@
+"""What a study's launch and a CFG search's launch share: their errors, the Slurm settings from flags and a TOML
+file, the paper-data check, the run context, threads per local worker, cancelling jobs on Ctrl-C, and a look at
+a study's runs in MLflow."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gigatok.config import ConfigError
+from gigatok.dispatch import DispatchError, SlurmSettings, default_local_workers
+from gigatok.pipeline import RunContext
+from gigatok.tracking import TrackingError
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) while following jobs: the jobs were cancelled; their work resumes on the next launch."""
+
+
+# What a command reports as one line with exit status 2 (bad input, no executor, no tracking store), before any
+# job starts.
+INPUT_ERRORS = (UsageError, ConfigError, DispatchError, TrackingError, ValueError)
+
+SLURM_FLAGS = ("partition", "account", "qos", "constraint", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb",
+               "time_min", "array_parallelism")
+
+
+def slurm_settings(flags: Any) -> SlurmSettings:
+    """Slurm resources of each job: ``flags.cluster_config`` (a TOML file, or None) changed by the flags named in
+    :data:`SLURM_FLAGS` that are not None (``flags`` is the command's argparse namespace, or anything alike)."""
+    values = {k: getattr(flags, k) for k in SLURM_FLAGS}
+    if flags.cluster_config:
+        return SlurmSettings.from_file(flags.cluster_config, **values)
+    return SlurmSettings(**{k: v for k, v in values.items() if v is not None})
+
+
+def require_paper_data(profile: str, data: str | None, needs: str) -> None:
+    """The paper profile reads ImageNet: refuse to launch without ``--data`` or $GIGATOK_DATA_ROOT. ``needs`` says
+    what for ("trains on", "scores against")."""
+    from gigatok.data import DATA_ROOT_ENV
+
+    if profile == "paper" and data is None and not os.environ.get(DATA_ROOT_ENV):
+        raise UsageError(f"the paper profile {needs} ImageNet: pass --data /path/to/imagenet "
+                         f"(or set {DATA_ROOT_ENV})")
+
+
+def run_context(runs_dir: str, tracking_uri: str | None, weights_dir: str | None, allow_substitutes: bool,
+                device: str | None) -> RunContext:
+    """The context of every run a command launches. Random stand-ins only when asked for, at every profile; no
+    progress bars in the jobs (their output goes to the job's log file; the command shows its own progress)."""
+    from gigatok.tracking import resolve_tracking_uri
+
+    return RunContext(runs_dir=str(Path(runs_dir).resolve()), tracking_uri=resolve_tracking_uri(tracking_uri),
+                      weights_dir=weights_dir, allow_substitutes=allow_substitutes, device=device, progress=False)
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch threads of each of ``workers`` local processes sharing this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def local_workers(parallel: int | None) -> tuple[int, int]:
+    """(worker processes, threads each): ``parallel`` (``--local-parallel``) sharing the cores, else one per GPU
+    or two sharing the cores of a CPU machine."""
+    if parallel is not None and parallel < 1:
+        raise UsageError(f"--local-parallel {parallel}: must be >= 1")
+    if parallel is None:
+        return default_local_workers()
+    return parallel, threads_per_worker(parallel)
+
+
+@contextlib.contextmanager
+def cancel_on_interrupt(jobs: Callable[[], Iterable[Any]], sigterm: bool = False) -> Iterator[None]:
+    """On Ctrl-C cancel the jobs ``jobs()`` returns then (local jobs are this command's children: they would go
+    on otherwise) and raise :class:`Interrupted`. With ``sigterm``, a terminated command does the same."""
+    if sigterm:
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        for job in jobs():
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
+        raise Interrupted from None
+
+
+def tracked_runs(client: Any, study: str, profile: str) -> tuple[str | None, dict[str, Any]]:
+    """The study's experiment id and its runs by run hash (one query); (None, {}) if it has no experiment."""
+    from gigatok.tracking import experiment_name, study_runs
+
+    experiment = client.get_experiment_by_name(experiment_name(study, profile))
+    if experiment is None:
+        return None, {}
+    return experiment.experiment_id, study_runs(client, experiment.experiment_id)
+
+
+def peek_tracked(uri: str, study: str, profile: str) -> tuple[dict[str, Any], str | None]:
+    """The study's runs by run hash for a dry run, and why they could not be read (else None). A dry run reads the
+    store only if there is one: it must not create a database."""
+    from gigatok.tracking import connect
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return {}, None
+    try:
+        client = connect(uri)
+    except TrackingError as exc:
+        return {}, str(exc)
+    return tracked_runs(client, study, profile)[1], None

@@ -1,0 +1,242 @@
+"""What a launch runs: a study's plan narrowed by ``--only``, the one run a CFG search tunes, each planned run's
+row (hashes, parameter counts, stages done, MLflow state), and the inputs checked before MLflow is touched.
+
+The studies must be registered first (``import studies.catalog``, as ``studies/run.py`` does)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gigatok.config import TokenizerRunConfig
+from gigatok.launch.common import UsageError, tracked_runs
+from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, completed_stages
+from gigatok.study import SEED_FACTOR, STUDIES, Planner, check_override_keys, get_study, parse_override, parse_seeds
+
+
+def select(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
+    """The runs ``only`` names: comma-separated factor=value filters (values of one factor are alternatives) and
+    run-hash prefixes."""
+    if not only:
+        return specs
+    filters = [f.strip() for f in only.split(",") if f.strip()]
+    by_factor: dict[str, set[str]] = {}
+    prefixes = []
+    for f in filters:
+        if "=" in f:
+            key, value = f.split("=", 1)
+            by_factor.setdefault(key, set()).add(value)
+        else:
+            prefixes.append(f)
+    known_factors = {k for s in specs for k, _ in s.factors}
+    unknown = sorted(set(by_factor) - known_factors - {SEED_FACTOR})
+    if unknown:
+        raise UsageError(f"--only: unknown factor {unknown[0]!r}; this study varies {sorted(known_factors)}")
+
+    def keep(spec: RunSpec) -> bool:
+        # seed=N picks replicas whether or not the plan varies the seed (one seed: every run is seed 0)
+        factors = {SEED_FACTOR: str(spec.tokenizer.train.seed), **{k: str(v) for k, v in spec.factors}}
+        if any(factors.get(k) not in values for k, values in by_factor.items()):
+            return False
+        return not prefixes or any(spec.hash.startswith(p) for p in prefixes)
+
+    chosen = [s for s in specs if keep(s)]
+    if not chosen:
+        raise UsageError(f"--only {only!r} matches none of the {len(specs)} planned runs")
+    return chosen
+
+
+def make_planner(profile: str, data: str | None, overrides: list[str], seeds: str | None, weights_dir: str | None,
+                 seeded: bool = True, study: str | None = None) -> Planner:
+    """The planner of ``--profile``, ``--data``, ``--set`` and ``--seeds``, each checked. ``seeded``: whether the
+    study trains anything (replicas over seeds of one that does not would repeat one run)."""
+    parsed = tuple(parse_override(o) for o in overrides)
+    check_override_keys(parsed, profile)
+    if data is not None and not Path(data).is_dir():
+        raise UsageError(f"--data {data}: no such directory")
+    data_root = str(Path(data).resolve()) if data else None
+    n_seeds = parse_seeds(seeds)
+    if n_seeds is not None and n_seeds > 1 and not seeded:
+        raise UsageError(f"--seeds {n_seeds}: study {study} trains nothing, so every seed would repeat the same run")
+    return Planner(profile, data_root, parsed, seeds=n_seeds, weights_dir=weights_dir)
+
+
+def plan_study(name: str | None, profile: str, data: str | None, overrides: list[str], seeds: str | None,
+               weights_dir: str | None, only: str | None) -> list[RunSpec]:
+    """The runs of study ``name`` to launch (or show)."""
+    if not name:
+        raise UsageError("name a study (see --list)")
+    try:
+        study = get_study(name)
+    except KeyError as exc:
+        raise UsageError(exc.args[0]) from None
+    planner = make_planner(profile, data, overrides, seeds, weights_dir, seeded=study.seeded, study=study.name)
+    return select(study.plan(planner), only)
+
+
+def catalog_rows(profile: str, seeds: str | None) -> list[dict[str, Any]]:
+    """Every registered study: name, run count at ``profile``, what it reproduces, what it is about."""
+    planner = Planner(profile, seeds=parse_seeds(seeds))
+    return [{"study": name, "runs": len(s.plan(planner)), "reproduces": s.reproduces, "about": s.about}
+            for name, s in STUDIES.items()]
+
+
+def search_target(profile: str, data: str | None, overrides: list[str], seeds: str | None, weights_dir: str | None,
+                  study: str | None, only: str | None) -> RunSpec:
+    """The one run a search tunes: ``study`` with ``only`` filters, or ``only`` run-hash prefixes across all
+    studies."""
+    planner = make_planner(profile, data, overrides, seeds, weights_dir)
+    if study:
+        try:
+            specs = select(get_study(study).plan(planner), only)
+        except KeyError as exc:
+            raise UsageError(exc.args[0]) from None
+    else:
+        prefixes = [f.strip() for f in (only or "").split(",") if f.strip()]
+        if not prefixes or any("=" in f for f in prefixes):
+            raise UsageError("name the run: --study NAME --only FILTERS, or --only RUN_HASH (a prefix of its hash)")
+        specs = [s for st in STUDIES.values() for s in st.plan(planner) if any(s.hash.startswith(x) for x in prefixes)]
+        if not specs:
+            raise UsageError(f"--only {only}: no run of any study at profile {profile} has such a hash "
+                             "(pass the --set overrides the study was run with)")
+    if len(specs) > 1 and len({s.hash for s in specs}) == 1:
+        # One configuration, planned (and tracked) by several studies: the trials need one MLflow parent.
+        raise UsageError(f"run {specs[0].hash} belongs to {len(specs)} studies "
+                         f"({', '.join(s.study for s in specs)}): choose one with --study")
+    if len(specs) > 1:
+        where = f"study {study}" if study else "the studies"
+        shown = ", ".join(f"{s.study}: {s.label} ({s.hash})" for s in specs[:4])
+        raise UsageError(f"a CFG search tunes one run, and {where} has {len(specs)} matching --only "
+                         f"{only or '(none)'}: {shown}{', ...' if len(specs) > 4 else ''}; narrow --only")
+    spec = specs[0]
+    if spec.ar is None:
+        raise UsageError(f"run {spec.hash} ({spec.label}) of study {spec.study} trains no AR model: nothing to search")
+    return spec
+
+
+_param_cache: dict[Any, int] = {}
+
+
+def parameter_count(kind: str, cfg: Any) -> int:
+    """Parameters of the tokenizer (without discriminator) or AR model, built on the meta device."""
+    # Keyed by the architecture, not the run: a sweep over seeds or schedules builds each model shape once (a
+    # meta-device build costs 0.1-1 s; a 1,000-run sweep has a few dozen shapes).
+    key = (kind, cfg.tokenizer if kind == "tokenizer" else cfg.model)
+    if key not in _param_cache:
+        if kind == "tokenizer":
+            from gigatok.models.tokenizer import build_tokenizer
+
+            _param_cache[key] = build_tokenizer(cfg.tokenizer, "meta").parameter_counts()["total"]
+        else:
+            from gigatok.models.ar import ar_parameter_count
+
+            _param_cache[key] = ar_parameter_count(cfg.model)
+    return _param_cache[key]
+
+
+def plan_rows(specs: list[RunSpec], ctx: RunContext, tracked: dict[str, Any]) -> list[dict[str, Any]]:
+    """A dry run's row of each run: factors, hashes, parameter counts, stages (done), MLflow state."""
+    rows = []
+    for spec in specs:
+        record = tracked.get(spec.hash)
+        rows.append({
+            "hash": spec.hash,
+            "factors": spec.factor_dict,
+            "tokenizer": spec.tokenizer.tokenizer.name,
+            "kind": spec.tokenizer.tokenizer.kind,
+            "tokenizer_hash": spec.tokenizer.hash(),
+            "tokenizer_params": parameter_count("tokenizer", spec.tokenizer),
+            "ar_size": spec.ar.size if spec.ar else None,
+            "ar_hash": spec.ar.hash() if spec.ar else None,
+            "ar_params": parameter_count("ar", spec.ar) if spec.ar else None,
+            "stages": spec.ordered_stages(),
+            "stages_done": completed_stages(spec, ctx),
+            "mlflow_status": record.status if record else None,
+            "mlflow_run_id": record.run_id if record else None,
+        })
+    return rows
+
+
+def status_rows(specs: list[RunSpec], ctx: RunContext, study: str, profile: str) -> list[dict[str, Any]]:
+    """Each run's state: MLflow status, current stage, error, Slurm job and its state, metrics."""
+    from gigatok.tracking import connect
+
+    client = connect(ctx.tracking_uri)
+    _, tracked = tracked_runs(client, study, profile)
+    rows = []
+    for spec in specs:
+        record = tracked.get(spec.hash)
+        tags = record.tags if record else {}
+        rows.append({
+            "hash": spec.hash, "label": spec.label, "status": record.status if record else "NOT SUBMITTED",
+            "stage": tags.get("gigatok.stage"), "error": tags.get("gigatok.error"),
+            "slurm_job_id": tags.get("gigatok.slurm_job_id"),
+            "slurm_state": slurm_state(tags.get("gigatok.slurm_job_id")),
+            "metrics": record.metrics if record else {},
+        })
+    return rows
+
+
+def slurm_state(job_id: str | None) -> str | None:
+    """The job's state from sacct, or None where there is no Slurm or no such job."""
+    import shutil
+    import subprocess
+
+    if not job_id or shutil.which("sacct") is None:
+        return None
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State"], capture_output=True,
+                             text=True, timeout=20).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[-1] if out else None
+
+
+def pretrained_files_needed(cfg: TokenizerRunConfig) -> list[tuple[str, ...]]:
+    """The registry files training ``cfg``'s tokenizer loads, each as interchangeable alternatives."""
+    from gigatok.models.discriminator import DINO_WEIGHTS
+    from gigatok.perceptual import VGG16
+    from gigatok.semantic_encoders import ENCODER_SPECS
+
+    needed: list[tuple[str, ...]] = []
+    if cfg.loss.perceptual == "lpips" and cfg.loss.perceptual_weight > 0:
+        needed.append((VGG16,))
+    if cfg.tokenizer.semantic.enabled:
+        needed.append(tuple(ENCODER_SPECS[cfg.tokenizer.semantic.encoder].weights))
+    if cfg.loss.discriminator == "dino":
+        needed.append((DINO_WEIGHTS,))
+    return needed
+
+
+def check_pretrained_inputs(specs: list[RunSpec], ctx: RunContext) -> None:
+    """Refuse, before MLflow is touched, tokenizers to train whose pretrained networks are missing (unless random
+    stand-ins are allowed): otherwise the job would fail at its first step, hours later on a busy cluster."""
+    from gigatok.weights import find_weight, get_weight_file, weights_folder
+
+    if ctx.allow_substitutes:
+        return
+    for spec in specs:
+        cfg = spec.tokenizer
+        if cfg.source or (ctx.tokenizer_dir(cfg) / "summary.json").is_file():
+            continue  # converted, or trained already
+        for names in pretrained_files_needed(cfg):
+            if all(find_weight(name, ctx.weights_dir) is None for name in names):
+                entry = get_weight_file(names[0])
+                raise UsageError(f"pretrained file '{entry.name}' ({entry.filename}) not found in "
+                                 f"{weights_folder(ctx.weights_dir)}, needed to train {spec.label}: put it there "
+                                 f"(from {entry.source}) or pass --allow-substitutes for a labelled random stand-in")
+
+
+def check_converted_inputs(specs: list[RunSpec], ctx: RunContext) -> None:
+    """Refuse, before MLflow is touched, runs of released checkpoints whose files are neither converted nor there."""
+    from gigatok.convert.released import missing_inputs
+
+    stages = []
+    for spec in specs:
+        stages.append((spec.tokenizer, ctx.tokenizer_dir(spec.tokenizer)))
+        if spec.ar is not None:
+            stages.append((spec.ar, ar_dir_of(spec, ctx)))
+    problems = missing_inputs(stages, ctx.weights_dir)
+    if problems:
+        more = f" (and {len(problems) - 1} more released file(s) missing)" if len(problems) > 1 else ""
+        raise UsageError(problems[0] + more)

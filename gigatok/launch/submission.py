@@ -1,0 +1,221 @@
+"""A study's launch: decide what is left to do (one MLflow query), register each run in MLflow, group the runs by
+tokenizer, submit the groups to Slurm, local worker processes or this process, follow them, and take back the
+registered runs when the submission itself fails."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gigatok import dispatch
+from gigatok.dispatch import SlurmSettings, group_by_tokenizer, make_executor, resolve_executor, spread
+from gigatok.launch.common import local_workers, require_paper_data, slurm_settings
+from gigatok.launch.planning import check_converted_inputs, check_pretrained_inputs
+from gigatok.pipeline import RunContext, RunSpec, ar_dir_of
+from gigatok.study import get_study
+
+HEADLINE_METRICS = ("rfid", "lpips", "gfid", "ar_val_loss", "ar_probe_acc", "decode_fraction")
+TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A study's state at one poll: runs ended, and each running run's stage and training step (None if unknown)."""
+
+    done: int
+    active: list[tuple[RunSpec, str | None, Any]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run ended: MLflow status (MISSING without a run), its headline metrics, the error it recorded."""
+
+    spec: RunSpec
+    status: str
+    metrics: dict[str, float]
+    error: str | None
+
+
+@dataclass
+class StudyLaunch:
+    """One launch of a study's runs: what is left to do, and the MLflow runs and jobs made for it."""
+
+    study: str
+    profile: str
+    executor: str  # resolved: slurm, local or debug
+    ctx: RunContext
+    client: Any
+    experiment_id: str
+    todo: list[RunSpec]
+    finished: list[RunSpec]
+    local_workers: int
+    threads: int
+    tracked: dict[str, Any]  # the study's MLflow runs by run hash, as read before registering
+    slurm: SlurmSettings | None = None
+    local_tasks: int = 1
+    run_ids: dict[str, str] = field(default_factory=dict)
+    created: list[str] = field(default_factory=list)  # MLflow runs this launch created (taken back on failure)
+    # Slurm and debug jobs: once one exists, a failed submission keeps the MLflow runs. Local workers, started as
+    # they are followed, are not counted (as before this code left studies/run.py).
+    submitted: list[tuple[list[RunSpec], Any]] = field(default_factory=list)
+    running: list[tuple[list[RunSpec], Any]] = field(default_factory=list)  # jobs being followed
+    _executor: Any = None
+
+    @classmethod
+    def prepare(cls, study: str, profile: str, specs: list[RunSpec], ctx: RunContext, *, executor: str,
+                local_parallel: int | None, slurm_flags: Any, data: str | None, local_tasks: int = 1) -> StudyLaunch:
+        """Check everything that can be wrong before anything is written, then read the study's runs from MLflow
+        (creating its experiment) to split the plan into runs to do and runs FINISHED."""
+        from gigatok.tracking import TAG, connect, ensure_experiment, experiment_name, study_runs
+
+        executor_name = resolve_executor(executor)
+        workers, threads = local_workers(local_parallel)
+        if executor_name == "local":
+            ctx = dataclasses.replace(ctx, threads=threads)
+        if executor_name == "debug":  # in this process: the training loops' own progress bars are the display
+            ctx = dataclasses.replace(ctx, progress=True)
+        slurm = slurm_settings(slurm_flags) if executor_name == "slurm" else None
+        require_paper_data(profile, data, "trains on")
+        check_converted_inputs(specs, ctx)
+        check_pretrained_inputs(specs, ctx)
+        client = connect(ctx.tracking_uri)  # fails fast, before anything is written
+        about = get_study(study)
+        experiment_id = ensure_experiment(
+            client, experiment_name(study, profile), f"{about.reproduces}: {about.about}",
+            {TAG + "study": study, TAG + "profile": profile},
+        )
+        tracked = study_runs(client, experiment_id)  # the one query that decides what is left to do
+        finished = [s for s in specs if tracked.get(s.hash) and tracked[s.hash].status == "FINISHED"]
+        return cls(study, profile, executor_name, ctx, client, experiment_id, [s for s in specs if s not in finished],
+                   finished, workers, threads, tracked, slurm, local_tasks)
+
+    @property
+    def groups(self) -> list[list[RunSpec]]:
+        """The runs to do, one group per tokenizer (one job each at Slurm)."""
+        return group_by_tokenizer(self.todo)
+
+    def register(self) -> None:
+        """An MLflow run, SCHEDULED, for each run to do: a new one (tags, params), or an unfinished one's own."""
+        from gigatok.tracking import TAG, git_commit, log_params
+
+        commit = git_commit()
+        for spec in self.todo:
+            record = self.tracked.get(spec.hash)
+            if record is not None:  # an unfinished run resumes under its own MLflow run
+                self.run_ids[spec.hash] = record.run_id
+                self.client.update_run(record.run_id, status="SCHEDULED")
+                continue
+            tags = {
+                TAG + "study": self.study, TAG + "run_hash": spec.hash, TAG + "profile": self.profile,
+                TAG + "tokenizer_hash": spec.tokenizer.hash(), TAG + "git_commit": commit,
+                TAG + "factors": json.dumps(spec.factor_dict), TAG + "executor": self.executor,
+                **({TAG + "ar_hash": spec.ar.hash()} if spec.ar else {}),
+                **{f"{TAG}factor.{k}": str(v) for k, v in spec.factors},
+            }
+            run = self.client.create_run(self.experiment_id, run_name=spec.label, tags=tags)
+            self.created.append(run.info.run_id)
+            self.run_ids[spec.hash] = run.info.run_id
+            log_params(self.client, run.info.run_id, spec.params())
+            self.client.update_run(run.info.run_id, status="SCHEDULED")
+
+    @contextlib.contextmanager
+    def submitting(self) -> Iterator[None]:
+        """Make the executor; if submission itself fails before any Slurm or debug job exists, delete the MLflow
+        runs this launch created: runs no job will ever pick up must not linger as SCHEDULED."""
+        self._executor = make_executor(self.executor, self.ctx.root / "jobs", self.slurm, local_tasks=self.local_tasks)
+        try:
+            yield
+        except BaseException:
+            if not self.submitted:
+                for run_id in self.created:
+                    self.client.delete_run(run_id)
+            raise
+
+    def _job(self, group: list[RunSpec]) -> Any:
+        # looked up at each submission, so that a benchmark can swap the job class (bench/orchestration.py)
+        return dispatch.RunJob(group, self.ctx, [self.run_ids[s.hash] for s in group])
+
+    def submit_slurm(self) -> list[Any]:
+        """One job array over the groups; each run is tagged with its Slurm job id."""
+        with self._executor.batch():
+            for group in self.groups:
+                self.submitted.append((group, self._executor.submit(self._job(group))))
+        for group, job in self.submitted:
+            for spec in group:
+                self.client.set_tag(self.run_ids[spec.hash], "gigatok.slurm_job_id", job.job_id)
+        self.running = list(self.submitted)
+        return [job for _, job in self.submitted]
+
+    def run_here(self) -> Iterator[Exception]:
+        """The debug executor: each group in this process, in turn; yields each failed group's error."""
+        for group in self.groups:
+            job = self._executor.submit(self._job(group))
+            self.submitted.append((group, job))
+            try:
+                job.result()
+            except Exception as exc:
+                yield exc
+
+    def start_local(self) -> Iterator[tuple[list[RunSpec], Any]]:
+        """Local workers, not followed: each worker's runs and its job, as it starts."""
+        for group in spread(self.groups, self.local_workers):
+            yield group, self._executor.submit(self._job(group))
+
+    def running_jobs(self) -> list[Any]:
+        return [job for _, job in self.running]
+
+    def follow(self, poll_s: float = 2.0) -> Iterator[Progress]:
+        """The study's progress, every ``poll_s`` until every job has ended; local groups are dealt onto the
+        workers and started here. One MLflow query per poll, whatever the study's size."""
+        from gigatok.tracking import study_runs
+
+        pending = spread(self.groups, self.local_workers) if self.executor == "local" else []
+        parallel = len(pending) or len(self.running)
+        specs = self.todo
+        while True:
+            self.running[:] = [(g, j) for g, j in self.running if not j.done()]
+            while pending and len(self.running) < parallel:
+                group = pending.pop(0)
+                self.running.append((group, self._executor.submit(self._job(group))))
+            tracked = study_runs(self.client, self.experiment_id)
+            states = {s.hash: tracked[s.hash] for s in specs if s.hash in tracked}
+            active = [s for s in specs if s.hash in states and states[s.hash].status == "RUNNING"]
+            stages = {s.hash: states[s.hash].tags.get("gigatok.stage") for s in active}
+            yield Progress(sum(1 for r in states.values() if r.status in TERMINAL),
+                           [(s, stages[s.hash], training_step(s, self.ctx, stages[s.hash])) for s in active])
+            if not self.running and not pending:
+                return
+            time.sleep(poll_s)
+
+    def outcomes(self) -> list[Outcome]:
+        """How each run to do ended (one query)."""
+        from gigatok.tracking import study_runs
+
+        tracked = study_runs(self.client, self.experiment_id)
+        rows = []
+        for spec in self.todo:
+            record = tracked.get(spec.hash)
+            rows.append(Outcome(spec, record.status if record else "MISSING",
+                                {k: record.metrics[k] for k in HEADLINE_METRICS if record and k in record.metrics},
+                                record.tags.get("gigatok.error") if record else None))
+        return rows
+
+
+def training_step(spec: RunSpec, ctx: RunContext, stage: str | None) -> Any:
+    """The step of the stage being trained, from the tail of its metrics.jsonl (cheap to read); None if unknown."""
+    if stage == "tokenizer":
+        path = ctx.tokenizer_dir(spec.tokenizer) / "metrics.jsonl"
+    elif stage == "ar" and spec.ar is not None:
+        path = ar_dir_of(spec, ctx) / "metrics.jsonl"
+    else:
+        return None
+    try:
+        last = path.read_text().strip().splitlines()[-1]
+        return json.loads(last)["step"]
+    except (OSError, IndexError, ValueError, KeyError):
+        return None
