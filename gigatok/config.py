@@ -1253,15 +1253,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def canonical_hash(payload: Any, length: int = 12) -> str:
+    """The hex prefix of the sha256 of ``payload`` as canonical JSON (sorted keys, fixed separators, no NaN): every
+    hash the workbench names runs, folders and result files with."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
 def config_hash(cfg: Any, length: int = 12) -> str:
-    """Stable content hash: canonical JSON (sorted keys, fixed separators) of the config, sha256, hex prefix.
+    """Stable content hash of a config: :func:`canonical_hash` of its hashed fields, type and schema version.
 
     It depends only on the field values and the schema version, never on object identity, dict order or the
     process, so the same config hashes the same on every machine.
     """
-    payload = {"schema": CONFIG_SCHEMA_VERSION, "type": type(cfg).__name__, "config": hashed_fields(cfg)}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    return canonical_hash({"schema": CONFIG_SCHEMA_VERSION, "type": type(cfg).__name__, "config": hashed_fields(cfg)},
+                          length)
 
 
 def run_hash(cfg: Any) -> str:

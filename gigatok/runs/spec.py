@@ -9,8 +9,6 @@ planner, the dry run and the analysis read these.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,6 +20,7 @@ from gigatok.config import (
     EvalConfig,
     TokenizerRunConfig,
     ar_run_config_from_dict,
+    canonical_hash,
     from_dict,
     hashed_fields,
     run_config_from_dict,
@@ -53,8 +52,7 @@ STAGE_METRICS = {
 
 def short_hash(payload: Any) -> str:
     """12 hex digits of the sha256 of ``payload`` as canonical JSON: the names of runs, folders and result files."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return canonical_hash(payload)
 
 
 @dataclass(frozen=True)
