@@ -22,8 +22,19 @@ from typing import Any, Literal
 CONFIG_SCHEMA_VERSION = 1
 
 
+# The hash-compatibility rule (the one place it is written down). A run's identity is the hash of its config, and
+# finished runs are found again by that hash, so adding a field must not change the hash of any run planned before:
+#   1. A new config field defaults to the behaviour before it existed, and carries ``metadata=NEW_FIELD``: it then
+#      enters the hash only when set to something else (``hashed_fields``), so old runs keep their hashes and a run
+#      that uses the new behaviour gets a new one.
+#   2. A new part of a run that is not a config field (a stage's settings, a snapshot) enters RunSpec.hash the same
+#      way: only where the run uses it (RunSpec.hash in gigatok/runs/spec.py: the CFG-search settings only with the
+#      cfg_search stage, tokenizer_snapshot only when set).
+#   3. A deliberate change of what existing runs are (a new default) bumps nothing silently: it rewrites
+#      tests/fixtures/pinned_run_hashes.json on purpose (``python tests/test_run_hashes.py --write``), and the
+#      commit says why; CONFIG_SCHEMA_VERSION changes only if the hashed payload's shape does.
 UNLESS_DEFAULT = "unless-default"
-NEW_FIELD = {"hash": UNLESS_DEFAULT}  # metadata of fields added after runs were hashed
+NEW_FIELD = {"hash": UNLESS_DEFAULT}  # rule 1 above: in the hash only when not at its default
 
 
 class ConfigError(ValueError):

@@ -108,7 +108,8 @@ class RunSpec:
 
     def _eval_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Scoring settings that matter to this run: the CFG-search settings only with the cfg_search stage (so the
-        runs of other studies kept their hashes when the search came)."""
+        runs of other studies kept their hashes when the search came; rule 2 of gigatok/config.py's
+        hash-compatibility rule)."""
         if "cfg_search" not in self.stages:
             fields.pop("cfg_search", None)
         return fields
