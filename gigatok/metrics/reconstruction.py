@@ -110,25 +110,11 @@ def evaluate_reconstruction(
     if perceptual is None:
         perceptual = lpips_for_metrics(weights_dir, allow_substitute=allow_substitute_lpips)
     lpips_net = perceptual.to(device) if isinstance(perceptual, PerceptualLoss) else None
-
-    # rFID: the reconstructions' moments, and the validation images' unless a cached summary exists.
-    reference: FeatureSummary | None = None
-    reference_path = None
-    real_moments = real_reservoir = recon_moments = None
+    fid = None
     if rfid:
         if feature_network is None:
             feature_network = load_feature_network("auto", weights_dir, device=device)
-        dim = int(feature_network.info.layer)
-        recon_moments = FeatureMoments(dim)
-        if reference_cache_dir is not None:
-            reference_path = reference_cache_path(
-                reference_cache_dir, feature_network.info, description, DEFAULT_PRC_CAPACITY, seed=0
-            )
-            if reference_path.is_file():
-                reference = FeatureSummary.load(reference_path)
-        if reference is None:
-            real_moments = FeatureMoments(dim)
-            real_reservoir = FeatureReservoir(DEFAULT_PRC_CAPACITY, dim, seed=0)
+        fid = _RfidAccumulator(feature_network, description, reference_cache_dir)
 
     codebook_size = tokenizer.cfg.quantizer.codebook_size
     counts = torch.zeros(codebook_size, dtype=torch.long)
@@ -150,12 +136,8 @@ def evaluate_reconstruction(
                 if lpips_net is not None:
                     scores["lpips"] = lpips_net(real_u8.float() / 127.5 - 1.0, recon_u8.float() / 127.5 - 1.0)
                 means.add(x.shape[0], **scores)
-                if recon_moments is not None:
-                    recon_moments.update(feature_network(recon_u8)[0])
-                if real_moments is not None:
-                    real_features = feature_network(real_u8)[0]
-                    real_moments.update(real_features)
-                    real_reservoir.update(real_features)
+                if fid is not None:
+                    fid.update(real_u8, recon_u8)
                 bar.update(x.shape[0])
     finally:
         tokenizer.train(was_training)
@@ -170,12 +152,78 @@ def evaluate_reconstruction(
         "count": means.count,
         "lpips_network": perceptual.network_name,
     }
-    provenance: dict[str, Any] = {
+    provenance = _provenance(tokenizer, description, means.count, perceptual)
+    if fid is not None:
+        result["rfid"], provenance["rfid"] = fid.finish()
+    result["provenance"] = provenance
+    return result
+
+
+class _RfidAccumulator:
+    """rFID's two sides as batches arrive: the reconstructions' moments, and the validation images' unless a cached
+    summary of them exists (then read from, or written to, ``reference_cache_dir``)."""
+
+    def __init__(self, network: FeatureNetwork, description: str,
+                 reference_cache_dir: str | os.PathLike[str] | None) -> None:
+        self.network, self.description = network, description
+        dim = int(network.info.layer)
+        self.recon_moments = FeatureMoments(dim)
+        self.reference: FeatureSummary | None = None
+        self.reference_path = None
+        if reference_cache_dir is not None:
+            self.reference_path = reference_cache_path(reference_cache_dir, network.info, description,
+                                                       DEFAULT_PRC_CAPACITY, seed=0)
+            if self.reference_path.is_file():
+                self.reference = FeatureSummary.load(self.reference_path)
+        self.real_moments = self.real_reservoir = None
+        if self.reference is None:
+            self.real_moments = FeatureMoments(dim)
+            self.real_reservoir = FeatureReservoir(DEFAULT_PRC_CAPACITY, dim, seed=0)
+
+    def update(self, real_u8: torch.Tensor, recon_u8: torch.Tensor) -> None:
+        self.recon_moments.update(self.network(recon_u8)[0])
+        if self.real_moments is not None:
+            real_features = self.network(real_u8)[0]
+            self.real_moments.update(real_features)
+            self.real_reservoir.update(real_features)
+
+    def finish(self) -> tuple[float, dict[str, Any]]:
+        """rFID and its provenance; the reference summary is cached on the way when it was computed here."""
+        info, reference = self.network.info, self.reference
+        if reference is None:
+            reference = FeatureSummary(
+                network=info, description=self.description, count=self.real_moments.count,
+                mean=self.real_moments.mean, covariance=self.real_moments.covariance,
+                prc_features=self.real_reservoir.features, prc_seed=0,
+            )
+            if self.reference_path is not None:
+                reference = FeatureSummary.load(reference.save(self.reference_path))
+        moments = self.recon_moments
+        recon_summary = FeatureSummary(
+            network=info, description=f"reconstructions of {self.description}", count=moments.count,
+            mean=moments.mean, covariance=moments.covariance,
+            prc_features=np.zeros((0, moments.dim), np.float32), prc_seed=0,
+        )
+        provenance = {
+            "feature_network": network_provenance(info),
+            "inception_input_size": info.input_size,
+            "reference": {"description": reference.description, "count": reference.count,
+                          "cache": reference.cache_path},
+            "samples": {"description": recon_summary.description, "count": recon_summary.count},
+        }
+        return frechet_distance(recon_summary, reference), provenance
+
+
+def _provenance(tokenizer: GigaTokenizer, description: str, count: int,
+                perceptual: PerceptualLoss | LPIPSUnavailable) -> dict[str, Any]:
+    """What each reconstruction metric was computed on and how (rFID's part is added by the accumulator)."""
+    cfg = tokenizer.cfg
+    return {
         "dataset": description,
-        "count": means.count,
+        "count": count,
         "tokenizer": {
-            "name": tokenizer.cfg.name, "kind": tokenizer.cfg.kind, "image_size": tokenizer.cfg.image_size,
-            "num_tokens": tokenizer.cfg.num_tokens, "codebook_size": codebook_size,
+            "name": cfg.name, "kind": cfg.kind, "image_size": cfg.image_size,
+            "num_tokens": cfg.num_tokens, "codebook_size": cfg.quantizer.codebook_size,
         },
         "images": "originals and reconstructions (clamped to [-1, 1]) quantised to uint8, round((x + 1) * 127.5), "
         "as saved to PNG, before every metric",
@@ -186,29 +234,5 @@ def evaluate_reconstruction(
         "computes it (scikit-image defaults: 7x7 uniform window, sample covariance; data_range=2.0 on [0, 1] images, "
         "which inflates it); mean over images",
         "lpips": _lpips_provenance(perceptual),
-        "codebook": f"usage and perplexity of the code histogram over all {means.count} images",
+        "codebook": f"usage and perplexity of the code histogram over all {count} images",
     }
-    if rfid:
-        if reference is None:
-            reference = FeatureSummary(
-                network=feature_network.info, description=description, count=real_moments.count,
-                mean=real_moments.mean, covariance=real_moments.covariance, prc_features=real_reservoir.features,
-                prc_seed=0,
-            )
-            if reference_path is not None:
-                reference = FeatureSummary.load(reference.save(reference_path))
-        recon_summary = FeatureSummary(
-            network=feature_network.info, description=f"reconstructions of {description}",
-            count=recon_moments.count, mean=recon_moments.mean, covariance=recon_moments.covariance,
-            prc_features=np.zeros((0, recon_moments.dim), np.float32), prc_seed=0,
-        )
-        result["rfid"] = frechet_distance(recon_summary, reference)
-        provenance["rfid"] = {
-            "feature_network": network_provenance(feature_network.info),
-            "inception_input_size": feature_network.info.input_size,
-            "reference": {"description": reference.description, "count": reference.count,
-                          "cache": reference.cache_path},
-            "samples": {"description": recon_summary.description, "count": recon_summary.count},
-        }
-    result["provenance"] = provenance
-    return result
