@@ -336,7 +336,7 @@ def stage_lock(path: Path) -> Iterator[None]:
 
 
 def _write_result(path: Path, result: dict[str, Any]) -> None:
-    from gigatok.train.checkpoint import atomic_write_json
+    from gigatok.io import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)

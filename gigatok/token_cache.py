@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from gigatok.data import build_dataset
 from gigatok.models.tokenizer import GigaTokenizer
-from gigatok.train.checkpoint import atomic_write_bytes
+from gigatok.io import atomic_write_bytes
 from gigatok.train.tokenizer_loop import load_trained_tokenizer, read_run_config
 
 CACHE_VERSION = 1
