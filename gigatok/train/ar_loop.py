@@ -38,7 +38,6 @@ from gigatok.train.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
     load_latest_checkpoint,
-    load_weights,
     rng_state,
     save_checkpoint,
 )
@@ -47,11 +46,14 @@ from gigatok.train.run_dir import (
     MetricsLog,
     finished_summary,
     prepare_run_dir,
-    read_config,
     require_finite,
 )
 from gigatok.train.sampling import ResumableBatchSampler, view_choice
-from gigatok.train.tokenizer_loop import read_run_config
+from gigatok.train.trained import load_trained_ar, read_run_config
+
+# load_trained_ar lives in gigatok.train.trained, beside the tokenizer's; re-exported here, where callers import it.
+__all__ = ["ARTrainResult", "OneViewPerImage", "build_ar_optimizer", "load_trained_ar", "train_ar",
+           "validation_loss", "wsd_schedule"]
 
 
 @dataclass
@@ -261,12 +263,3 @@ def train_ar(
         )
     barrier(env)  # no rank returns before the run's files are there
     return ARTrainResult(run_dir, step, True, val, last)
-
-
-def load_trained_ar(run_dir: str | Path, device: str | torch.device = "cpu") -> ARModel:
-    """The final AR model of a finished run, built from the run's own config.json."""
-    run_dir = Path(run_dir)
-    cfg = read_config(run_dir, ar_run_config_from_dict)
-    model = build_ar_model(cfg.model)
-    model.load_state_dict(load_weights(run_dir / "ar.pt"))
-    return model.to(device).eval()

@@ -71,7 +71,6 @@ from gigatok.train.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
     load_latest_checkpoint,
-    load_weights,
     rng_state,
     save_checkpoint,
 )
@@ -81,13 +80,15 @@ from gigatok.train.run_dir import (
     MetricsLog,
     finished_summary,
     prepare_run_dir,
-    read_config,
     read_metrics,
     require_finite,
 )
 from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, flip_mask
+from gigatok.train.trained import load_trained_tokenizer, read_run_config
 from gigatok.weights import resolve_weight
 
+# load_trained_tokenizer and read_run_config live in gigatok.train.trained (the token cache needs them without this
+# loop); they are re-exported here, where callers have always imported them.
 __all__ = [
     "StepModules", "TrainResult", "load_trained_tokenizer", "read_metrics", "read_run_config", "train_tokenizer",
     "training_step",
@@ -407,17 +408,3 @@ def save_snapshot(run_dir: Path, epoch: float, step: int, model: nn.Module, last
         "substitutes": substitutes,
     })
     return folder
-
-
-def read_run_config(run_dir: str | Path) -> TokenizerRunConfig:
-    """The config a tokenizer run directory was made for (validated)."""
-    return read_config(Path(run_dir), run_config_from_dict)
-
-
-def load_trained_tokenizer(run_dir: str | Path, device: str | torch.device = "cpu") -> GigaTokenizer:
-    """The final tokenizer of a finished run, built from the run's own config.json."""
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    model = build_tokenizer(cfg.tokenizer)
-    model.load_state_dict(load_weights(run_dir / "tokenizer.pt"))
-    return model.to(device).eval()
