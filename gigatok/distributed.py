@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-from gigatok.train.checkpoint import restore_rng, rng_state
+from gigatok.io import restore_rng, rng_state
 
 T = TypeVar("T")
 

@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from gigatok.io import atomic_write_bytes
 from gigatok.semantic_encoders import semantic_feature_grid
-from gigatok.train.checkpoint import atomic_write_bytes
 
 _CHUNK = 64
 

@@ -18,9 +18,9 @@ from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
 from gigatok.data import build_dataset
+from gigatok.io import atomic_write_bytes
 from gigatok.models.tokenizer import GigaTokenizer
-from gigatok.train.checkpoint import atomic_write_bytes
-from gigatok.train.tokenizer_loop import load_trained_tokenizer, read_run_config
+from gigatok.train.trained import load_trained_tokenizer, read_run_config
 
 CACHE_VERSION = 1
 DEFAULT_VIEWS = "flip"

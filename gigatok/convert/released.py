@@ -267,7 +267,7 @@ def write_run_folder(run_dir: Path, kind: Kind, config: TokenizerRunConfig | ARR
     """A finished stage folder for ``config`` holding ``state``, written in a temporary sibling and renamed."""
     import torch
 
-    from gigatok.train.checkpoint import atomic_write_json
+    from gigatok.io import atomic_write_json
 
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):

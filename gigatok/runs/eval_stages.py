@@ -55,7 +55,7 @@ def reconstruction_stage(sc: StageContext) -> StageOutcome:
         import torch
 
         from gigatok.metrics.reconstruction import evaluate_reconstruction
-        from gigatok.train.tokenizer_loop import load_trained_tokenizer
+        from gigatok.train.trained import load_trained_tokenizer
 
         e, ws = sc.spec.eval, sc.workspace
         tokenizer = load_trained_tokenizer(sc.tok_dir, ws.device)
@@ -99,7 +99,7 @@ def tokenizer_probe_stage(sc: StageContext) -> StageOutcome:
     if not path.is_file():
         from gigatok.data import build_dataset
         from gigatok.metrics.linear_probe import linear_probe, tokenizer_features
-        from gigatok.train.tokenizer_loop import load_trained_tokenizer
+        from gigatok.train.trained import load_trained_tokenizer
 
         tok = sc.spec.tokenizer
         tokenizer = load_trained_tokenizer(sc.tok_dir, sc.workspace.device)
@@ -134,7 +134,7 @@ def feature_pca_stage(sc: StageContext) -> StageOutcome:
         import torch
 
         from gigatok.feature_pca import class_group, decoder_feature_pca, labels_of
-        from gigatok.train.tokenizer_loop import load_trained_tokenizer
+        from gigatok.train.trained import load_trained_tokenizer
 
         e = sc.spec.eval
         val, description = val_subset(sc.spec, None)
@@ -170,7 +170,7 @@ def ar_probe_stage(sc: StageContext) -> StageOutcome:
 
         from gigatok.metrics.linear_probe import ar_features, linear_probe
         from gigatok.token_cache import load_token_cache, view_set
-        from gigatok.train.ar_loop import load_trained_ar
+        from gigatok.train.trained import load_trained_ar
 
         assert sc.spec.ar is not None
         device = sc.workspace.device
@@ -200,7 +200,7 @@ def ar_probe_on_images(sc: StageContext, ar: Any, features: str) -> Any:
     """The authors' AR probe: each training step tokenizes fresh random-crop views with the frozen tokenizer."""
     from gigatok.data import build_dataset
     from gigatok.metrics.linear_probe import ar_image_feature_fn, lars_probe_on_images
-    from gigatok.train.tokenizer_loop import load_trained_tokenizer
+    from gigatok.train.trained import load_trained_tokenizer
 
     tok = sc.spec.tokenizer
     tokenizer = load_trained_tokenizer(sc.tok_dir, sc.workspace.device)

@@ -64,8 +64,7 @@ def generation_at(sc: StageContext, e: EvalConfig | None,
         from gigatok.generation import generate_batches
         from gigatok.metrics.generation import evaluate_generation
         from gigatok.sampling import SamplingConfig
-        from gigatok.train.ar_loop import load_trained_ar
-        from gigatok.train.tokenizer_loop import load_trained_tokenizer
+        from gigatok.train.trained import load_trained_ar, load_trained_tokenizer
 
         if e is None:
             raise RuntimeError("generation needs the best CFG scale, but the cfg_search stage has not finished")

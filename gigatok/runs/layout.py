@@ -67,7 +67,7 @@ def stage_lock(path: Path) -> Iterator[None]:
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     """Write a stage's result atomically: a reader never sees half a file, so a present file means done."""
-    from gigatok.train.checkpoint import atomic_write_json
+    from gigatok.io import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)

@@ -15,43 +15,20 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gigatok.config import ARRunConfig, ARTrainConfig, ar_run_config_from_dict
-from gigatok.distributed import (
-    RankShard,
-    barrier,
-    init_distributed,
-    is_main,
-    local_device,
-    main_first,
-    mean_across_ranks,
-    rank_rng_states,
-    restore_rank_rng,
-    seed_for_rank,
-    wrap_ddp,
-)
+from gigatok.distributed import RankShard, main_first, wrap_ddp
 from gigatok.models.ar import ARModel, build_ar_model
 from gigatok.performance import autocast, maybe_compile, prepare_module
 from gigatok.token_cache import TokenCache, build_token_cache
-from gigatok.train.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_json,
-    load_latest_checkpoint,
-    load_weights,
-    rng_state,
-    save_checkpoint,
-)
-from gigatok.train.run_dir import (
-    MeanWindow,
-    MetricsLog,
-    finished_summary,
-    prepare_run_dir,
-    read_config,
-    require_finite,
-)
+from gigatok.train.loop import Cadence, LogFn, checkpointer, claim_run_dir, resume, save_final, start_run, train_steps
+from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import ResumableBatchSampler, view_choice
-from gigatok.train.tokenizer_loop import read_run_config
+from gigatok.train.trained import load_trained_ar, read_run_config
+
+# load_trained_ar lives in gigatok.train.trained, beside the tokenizer's; re-exported here, where callers import it.
+__all__ = ["ARTrainResult", "OneViewPerImage", "build_ar_optimizer", "load_trained_ar", "train_ar",
+           "validation_loss", "wsd_schedule"]
 
 
 @dataclass
@@ -151,14 +128,12 @@ def train_ar(
     device: str | torch.device | None = None,
     stop_at_step: int | None = None,
     progress: bool = True,
-    log_fn: Callable[[int, dict[str, float]], None] | None = None,
+    log_fn: LogFn | None = None,
 ) -> ARTrainResult:
     """Train (or resume) the AR model of ``cfg`` on the token cache of the finished tokenizer run."""
-    run_dir, tokenizer_run_dir = Path(run_dir), Path(tokenizer_run_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    env = init_distributed(device.type)
-    device = local_device(env, device)
-    progress = progress and is_main(env)
+    tokenizer_run_dir = Path(tokenizer_run_dir)
+    run = start_run(run_dir, device, progress)
+    run_dir, device, env = run.dir, run.device, run.env
     tok_hash = read_run_config(tokenizer_run_dir).hash()
     if tok_hash != cfg.tokenizer.hash():
         raise ValueError(
@@ -168,13 +143,12 @@ def train_ar(
         return ARTrainResult(run_dir, summary["steps"], True, summary["val_loss"], summary["final_metrics"])
     # Rank 0 tokenizes the data and writes the caches and config.json; the other ranks then read them.
     def token_cache(split: str) -> TokenCache:
-        return build_token_cache(tokenizer_run_dir, split, views=cfg.train.views, device=device, progress=progress)
+        return build_token_cache(tokenizer_run_dir, split, views=cfg.train.views, device=device, progress=run.progress)
 
     train_cache, val_cache = main_first(env, lambda: token_cache("train")), main_first(env, lambda: token_cache("val"))
-    main_first(env, lambda: prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), ar_run_config_from_dict))
-
     t = cfg.train
-    torch.manual_seed(seed_for_rank(t.seed, env))  # each rank its own dropout; DDP starts all from rank 0's weights
+    claim_run_dir(run, cfg.hash(), cfg.to_dict(), ar_run_config_from_dict, t.seed)
+
     # An epoch is every cached view, or (one_view_per_image) every image once at one of its views.
     steps_per_epoch = (train_cache.num_images if t.one_view_per_image else len(train_cache)) // t.batch_size
     total_steps = math.ceil(t.epochs * steps_per_epoch)
@@ -184,89 +158,44 @@ def train_ar(
     opt = build_ar_optimizer(model, t)
     schedule = wsd_schedule(t, total_steps, steps_per_epoch)
 
-    step, window = 0, MeanWindow()
-    if (found := load_latest_checkpoint(run_dir)) is not None:
-        ckpt, state = found
-        if is_main(env):  # in the job log: where a requeued job picked up
-            print(f"resuming {run_dir.name} from {ckpt.name}", flush=True)
+    def load(state: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        restore_rank_rng(state, env, device, t.seed)
-        step = int(state["step"])
-        window.load(state["log_window"])
-    barrier(env)  # every rank has read the checkpoint before rank 0 may write a newer one
-    log = MetricsLog(run_dir / "metrics.jsonl", step) if is_main(env) else None
+
+    resume(run, t.seed, load)
     training_loss = maybe_compile(wrap_ddp(_TrainingLoss(model), env), perf)
+    checkpoint = checkpointer(run, cfg.hash(), t.keep_checkpoints,
+                              lambda: {"model": model.state_dict(), "opt": opt.state_dict()})
 
-    def checkpoint(at: int) -> None:
-        if env.world_size > 1:  # the open window's rank means: a resumed run logs what an uninterrupted one would
-            window.sums = dict(mean_across_ranks(window.sums, env))
-        rank_states = rank_rng_states(env, device)
-        if is_main(env):
-            state: dict[str, Any] = {
-                "step": at, "model": model.state_dict(), "opt": opt.state_dict(), "config_hash": cfg.hash(),
-                "log_window": window.state(), **rng_state(device), **rank_states,
-            }
-            save_checkpoint(run_dir, at, state, t.keep_checkpoints)
-        barrier(env)
-
-    end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
+    cadence = Cadence.of(t, total_steps, stop_at_step)
     if t.one_view_per_image:
-        images = ResumableBatchSampler(train_cache.num_images, t.batch_size, t.seed, step, end)
+        images = ResumableBatchSampler(train_cache.num_images, t.batch_size, t.seed, run.step, cadence.end)
         sampler: ResumableBatchSampler | OneViewPerImage = OneViewPerImage(images, train_cache, t.seed)
     else:
-        sampler = ResumableBatchSampler(len(train_cache), t.batch_size, t.seed, step, end)
+        sampler = ResumableBatchSampler(len(train_cache), t.batch_size, t.seed, run.step, cadence.end)
     shards = RankShard(sampler, t.batch_size, env)
     model.train()
-    last: dict[str, float] = {}
-    bar = tqdm(total=total_steps, initial=step, desc=f"AR-{cfg.size}", disable=not progress)
-    for indices in shards:
+
+    def one_step(indices: list[int], at: int) -> dict[str, torch.Tensor]:
         tokens, labels = train_cache.batch(torch.tensor(indices))
         tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        lr = t.lr * schedule(step)
-        for group in opt.param_groups:
-            group["lr"] = lr
         with autocast(perf, device):  # the loss itself is taken on fp32 logits (ARModel.loss)
             loss = training_loss(tokens, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         opt.step()
-        window.add({"train_loss": loss, "grad_norm": grad_norm})
-        step += 1
-        bar.update(1)
-        if step % t.log_every == 0 or step == total_steps:
-            last = {**mean_across_ranks(window.means(), env), "lr": lr}
-            require_finite(last, step, run_dir)
-            window.reset()
-            if log is not None:
-                log.append({"step": step, **last})
-            if log_fn is not None and is_main(env):
-                log_fn(step, last)
-            bar.set_postfix(loss=f"{last['train_loss']:.3f}")
-        if step % t.checkpoint_every == 0 or step == end:
-            # Weights are about to be saved: the steps since the last log record must have been finite too.
-            require_finite(mean_across_ranks(window.means(), env), step, run_dir)
-            checkpoint(step)
-    bar.close()
+        return {"train_loss": loss, "grad_norm": grad_norm}
 
-    if step < total_steps:
-        return ARTrainResult(run_dir, step, False, None, last)
+    last = train_steps(
+        run, shards, one_step, cadence, checkpoint, lr_at=lambda at: t.lr * schedule(at), optimizers=(opt,),
+        desc=f"AR-{cfg.size}", postfix=lambda last: {"loss": f"{last['train_loss']:.3f}"}, log_fn=log_fn,
+    )
+
+    if run.step < total_steps:
+        return ARTrainResult(run_dir, run.step, False, None, last)
     val = validation_loss(model, val_cache)  # on every rank (identical weights), so every rank returns it
-    if is_main(env):
-        atomic_write_bytes(run_dir / "ar.pt", lambda f: torch.save(model.state_dict(), f))
-        atomic_write_json(
-            run_dir / "summary.json",
-            {"hash": cfg.hash(), "steps": step, "val_loss": val, "final_metrics": last, "tokenizer_hash": tok_hash},
-        )
-    barrier(env)  # no rank returns before the run's files are there
-    return ARTrainResult(run_dir, step, True, val, last)
-
-
-def load_trained_ar(run_dir: str | Path, device: str | torch.device = "cpu") -> ARModel:
-    """The final AR model of a finished run, built from the run's own config.json."""
-    run_dir = Path(run_dir)
-    cfg = read_config(run_dir, ar_run_config_from_dict)
-    model = build_ar_model(cfg.model)
-    model.load_state_dict(load_weights(run_dir / "ar.pt"))
-    return model.to(device).eval()
+    save_final(run, "ar.pt", model, {
+        "hash": cfg.hash(), "steps": run.step, "val_loss": val, "final_metrics": last, "tokenizer_hash": tok_hash,
+    })
+    return ARTrainResult(run_dir, run.step, True, val, last)

@@ -1,4 +1,4 @@
-"""Checkpoints on disk: atomic writes, discovery of the latest at start-up, safe loading.
+"""Checkpoints on disk: atomic saves, discovery of the latest at start-up, safe loading.
 
 A run resumes from what is in its directory, never from state captured when the job was submitted, so a requeued
 job always picks up the newest checkpoint.
@@ -6,41 +6,27 @@ job always picks up the newest checkpoint.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+# The generic helpers moved to gigatok.io; re-exported here for callers that imported them from this module.
+from gigatok.io import atomic_write_bytes, atomic_write_json, restore_rng, rng_state
+
+__all__ = [
+    "CheckpointError", "atomic_write_bytes", "atomic_write_json", "checkpoint_dir", "latest_checkpoint",
+    "list_checkpoints", "load_checkpoint", "load_latest_checkpoint", "load_weights", "restore_rng", "rng_state",
+    "save_checkpoint",
+]
+
 _CKPT = re.compile(r"^step-(\d{8,})\.pt$")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename: readers see old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"))
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
@@ -111,17 +97,3 @@ def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         raise CheckpointError(f"{newest_error}; no older checkpoint loads either: remove the damaged file(s) "
                               "to restart the stage from step 0") from newest_error
     return None
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """The generator states a resumed run needs to continue the same random stream (dropout, class dropout)."""
-    state = {"rng_cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["rng_cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["rng_cpu"])
-    if device.type == "cuda" and "rng_cuda" in state:
-        torch.cuda.set_rng_state(state["rng_cuda"], device)

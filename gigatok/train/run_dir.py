@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from gigatok.train.checkpoint import atomic_write_bytes, atomic_write_json
+from gigatok.io import atomic_write_bytes, atomic_write_json, read_json
 
 
 def prepare_run_dir(
@@ -19,7 +19,7 @@ def prepare_run_dir(
     """Write config.json, or check that the one already there is this config (same hash, still valid)."""
     path = run_dir / "config.json"
     if path.is_file():
-        existing = json.loads(path.read_text())
+        existing = read_json(path)
         if existing.get("hash") != config_hash:
             raise ValueError(
                 f"{run_dir}: holds run {existing.get('hash')}, not {config_hash}; use a fresh run directory"
@@ -32,13 +32,13 @@ def prepare_run_dir(
 
 def read_config(run_dir: Path, from_dict: Callable[[dict[str, Any]], Any]) -> Any:
     """The (validated) config a run directory was made for."""
-    return from_dict(json.loads((Path(run_dir) / "config.json").read_text())["config"])
+    return from_dict(read_json(Path(run_dir) / "config.json")["config"])
 
 
 def finished_summary(run_dir: Path, config_hash: str) -> dict[str, Any] | None:
     """The summary of a finished run of this very config, or None; checked before any data is opened."""
     path = Path(run_dir) / "config.json"
-    if not path.is_file() or json.loads(path.read_text()).get("hash") != config_hash:
+    if not path.is_file() or read_json(path).get("hash") != config_hash:
         return None
     return read_summary(run_dir)
 
@@ -46,7 +46,7 @@ def finished_summary(run_dir: Path, config_hash: str) -> dict[str, Any] | None:
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """A finished run's summary.json (its presence is what "finished" means), or None."""
     path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 class MetricsLog:

@@ -30,24 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from gigatok.config import TokenizerRunConfig, run_config_from_dict
 from gigatok.data import build_dataset
-from gigatok.distributed import (
-    DistEnv,
-    RankShard,
-    barrier,
-    init_distributed,
-    is_main,
-    local_device,
-    main_first,
-    mean_across_ranks,
-    rank_rng_states,
-    restore_rank_rng,
-    seed_for_rank,
-    wrap_ddp,
-)
+from gigatok.distributed import DistEnv, RankShard, main_first, wrap_ddp
+from gigatok.io import atomic_write_bytes, atomic_write_json
 from gigatok.losses import (
     adversarial_active,
     generator_loss,
@@ -67,33 +54,19 @@ from gigatok.perceptual import (
 from gigatok.performance import autocast, maybe_compile, prepare_images, prepare_module
 from gigatok.semantic_encoders import build_semantic_encoder
 from gigatok.semantic_targets import SemanticTargets
-from gigatok.train.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_json,
-    load_latest_checkpoint,
-    load_weights,
-    rng_state,
-    save_checkpoint,
-)
 from gigatok.train.codebook_usage import CodebookUsageWindow, default_window
-from gigatok.train.run_dir import (
-    MeanWindow,
-    MetricsLog,
-    finished_summary,
-    prepare_run_dir,
-    read_config,
-    read_metrics,
-    require_finite,
-)
+from gigatok.train.loop import Cadence, LogFn, checkpointer, claim_run_dir, resume, save_final, start_run, train_steps
+from gigatok.train.run_dir import finished_summary, read_metrics
 from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, flip_mask
+from gigatok.train.trained import load_trained_tokenizer, read_run_config
 from gigatok.weights import resolve_weight
 
+# load_trained_tokenizer and read_run_config live in gigatok.train.trained (the token cache needs them without this
+# loop); they are re-exported here, where callers have always imported them.
 __all__ = [
     "StepModules", "TrainResult", "load_trained_tokenizer", "read_metrics", "read_run_config", "train_tokenizer",
     "training_step",
 ]
-
-LogFn = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -240,12 +213,9 @@ def train_tokenizer(
     directory's config.json and hash are those of the settled config, so name the directory after
     ``resolve_perceptual(cfg, weights_dir).hash()``, as ``studies/run.py`` does.
     """
-    run_dir = Path(run_dir)
     cfg = resolve_perceptual(cfg, weights_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    env = init_distributed(device.type)
-    device = local_device(env, device)
-    progress = progress and is_main(env)
+    run = start_run(run_dir, device, progress)
+    run_dir, device, env = run.dir, run.device, run.env
     perceptual_note = describe_perceptual(cfg, weights_dir)
     if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
         return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"],
@@ -256,9 +226,7 @@ def train_tokenizer(
         # A missing or wrong VGG16 file fails here too, before any model is built or anything is written (the
         # network itself is built below, where it always was: its random init draws from the seeded generator).
         resolve_weight(VGG16, weights_dir)
-    main_first(env, lambda: prepare_run_dir(run_dir, cfg.hash(), cfg.to_dict(), run_config_from_dict))
-    summary_path = run_dir / "summary.json"
-    torch.manual_seed(seed_for_rank(cfg.train.seed, env))
+    claim_run_dir(run, cfg.hash(), cfg.to_dict(), run_config_from_dict, cfg.train.seed)
 
     total_steps = total_steps_for(cfg, len(dataset))
 
@@ -272,58 +240,42 @@ def train_tokenizer(
         perceptual = prepare_module(build_perceptual_loss(weights_dir, allow_substitutes).to(device), perf)
         if perceptual.substitute:
             perceptual_note = f"{perceptual.network_name} (weight {cfg.loss.perceptual_weight:g})"
-    if is_main(env):  # in the job log, as the run's params and summary say it
+    if run.main:  # in the job log, as the run's params and summary say it
         print(f"tokenizer {run_dir.name}: perceptual: {perceptual_note}", flush=True)
     substitutes = [perceptual.network_name] if perceptual is not None and perceptual.substitute else []
     substitutes += [disc.network_name] if getattr(disc, "substitute", False) else []
-    semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, progress, env)
+    semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, run.progress, env)
     substitutes += sem_subs
 
     opt_g = build_optimizer(cfg, model.parameters())
     opt_d = build_optimizer(cfg, [p for p in disc.parameters() if p.requires_grad])  # not a frozen backbone
     schedule = cosine_schedule(cfg, total_steps)  # the LR is a function of the step alone: nothing to save
 
-    step = 0
-    window = MeanWindow()
     usage = CodebookUsageWindow(cfg.tokenizer.quantizer.codebook_size,
                                 default_window(cfg.tokenizer.quantizer.codebook_size, cfg.train.usage_window), env)
-    if (found := load_latest_checkpoint(run_dir)) is not None:
-        ckpt_path, state = found
-        if is_main(env):  # in the job log: where a requeued job picked up
-            print(f"resuming {run_dir.name} from {ckpt_path.name}", flush=True)
+
+    def load(state: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         disc.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
-        restore_rank_rng(state, env, device, cfg.train.seed)
-        step = int(state["step"])
-        window.load(state["log_window"])
         if saved := state.get("usage_window"):  # one state per rank; another world size starts from rank 0's
             usage.load(saved[env.rank] if len(saved) == env.world_size else saved[0])
-    barrier(env)  # every rank has read the checkpoint before rank 0 may write a newer one
-    log = MetricsLog(run_dir / "metrics.jsonl", step) if is_main(env) else None
+
+    resume(run, cfg.train.seed, load)
     # DDP averages the gradients in backward; its constructor also broadcasts rank 0's weights.
     net, disc_net = maybe_compile(wrap_ddp(model, env), perf), maybe_compile(wrap_ddp(disc, env), perf)
     modules = StepModules(model, disc, perceptual, semantic, opt_g, opt_d, net, disc_net, usage)
-
-    def checkpoint(at: int) -> None:
-        if env.world_size > 1:  # the open window's rank means: a resumed run logs what an uninterrupted one would
-            window.sums = dict(mean_across_ranks(window.sums, env))
-        rank_states = rank_rng_states(env, device)
-        usage_states = usage.rank_states()
-        if is_main(env):
-            state = {
-                "step": at, "model": model.state_dict(), "discriminator": disc.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "config_hash": cfg.hash(), "log_window": window.state(), "usage_window": usage_states,
-                **rng_state(device), **rank_states,
-            }
-            save_checkpoint(run_dir, at, state, cfg.train.keep_checkpoints)
-        barrier(env)
+    checkpoint = checkpointer(
+        run, cfg.hash(), cfg.train.keep_checkpoints,
+        lambda: {"model": model.state_dict(), "discriminator": disc.state_dict(), "opt_g": opt_g.state_dict(),
+                 "opt_d": opt_d.state_dict()},
+        lambda: {"usage_window": usage.rank_states()},
+    )
 
     snapshots = snapshot_steps(cfg, total_steps)
-    end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
-    sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, step, end)
+    cadence = Cadence.of(cfg.train, total_steps, stop_at_step)
+    sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, run.step, cadence.end)
     # Random training crops are drawn from (seed, step, index); centre-cropped data reads plain indices as before.
     batches = KeyedBatches(sampler) if cfg.data.train_crop != "center" else sampler
     shards = RankShard(batches, cfg.train.batch_size, env)
@@ -333,55 +285,38 @@ def train_tokenizer(
     )
     model.train()
     disc.train()
-    last: dict[str, float] = {}
-    bar = tqdm(total=total_steps, initial=step, desc=f"tokenizer {cfg.tokenizer.name}", disable=not progress)
-    for images, _labels, indices in loader:
+
+    def one_step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], at: int) -> dict[str, torch.Tensor]:
+        images, _labels, indices = batch
         images = images.to(device, non_blocking=True)
         if cfg.data.hflip:
-            flip = flip_mask(cfg.train.seed, step, cfg.train.batch_size)[env.rank :: env.world_size].to(device)
+            flip = flip_mask(cfg.train.seed, at, cfg.train.batch_size)[env.rank :: env.world_size].to(device)
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        lr = cfg.optim.lr * schedule(step)
-        for group in (*opt_g.param_groups, *opt_d.param_groups):
-            group["lr"] = lr
-        terms = training_step(cfg, modules, images, indices, step)
-        window.add(terms)
-        step += 1
-        bar.update(1)
-        # A stop before the end (preemption) logs nothing partial: the open window is saved with the checkpoint.
-        if step % cfg.train.log_every == 0 or step == total_steps:
-            # Usage as the authors log it (codebook_show_usage): the share of codes among the latest indices.
-            last = {**mean_across_ranks(window.means(), env), "codebook_usage": usage.usage(), "lr": lr}
-            require_finite(last, step, run_dir)
-            window.reset()
-            record: dict[str, Any] = {"step": step, **last}
-            if substitutes:
-                record["substitutes"] = substitutes
-            if log is not None:
-                log.append(record)
-            if log_fn is not None and is_main(env):
-                log_fn(step, last)
-            shown = {"loss": last["total_loss"], "pix": last["pixel_loss"], "lpips": last.get("perceptual_loss"),
-                     "usage": last["codebook_usage"]}
-            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items() if v is not None})
-        if step in snapshots or step % cfg.train.checkpoint_every == 0 or step == end:
-            # Weights are about to be saved: the steps since the last log record must have been finite too.
-            require_finite(mean_across_ranks(window.means(), env), step, run_dir)
-        if step in snapshots and is_main(env):  # before the checkpoint of this step: a resume never skips it
-            save_snapshot(run_dir, snapshots[step], step, model, last, substitutes)
-        if step % cfg.train.checkpoint_every == 0 or step == end:
-            checkpoint(step)
-    bar.close()
+        return training_step(cfg, modules, images, indices, at)
 
-    finished = step >= total_steps
-    if finished and is_main(env):
-        atomic_write_bytes(run_dir / "tokenizer.pt", lambda f: torch.save(model.state_dict(), f))
-        atomic_write_json(
-            summary_path,
-            {"hash": cfg.hash(), "steps": step, "final_metrics": last, "substitutes": substitutes,
-             "discriminator": getattr(disc, "network_name", "patchgan"), "perceptual": perceptual_note},
-        )
-    barrier(env)  # no rank returns before the run's files are there
-    return TrainResult(run_dir, step, finished, last, substitutes, perceptual_note)
+    def postfix(last: dict[str, float]) -> dict[str, str]:
+        shown = {"loss": last["total_loss"], "pix": last["pixel_loss"], "lpips": last.get("perceptual_loss"),
+                 "usage": last["codebook_usage"]}
+        return {k: f"{v:.4g}" for k, v in shown.items() if v is not None}
+
+    last = train_steps(
+        run, loader, one_step, cadence, checkpoint,
+        lr_at=lambda at: cfg.optim.lr * schedule(at), optimizers=(opt_g, opt_d),
+        desc=f"tokenizer {cfg.tokenizer.name}", postfix=postfix, log_fn=log_fn,
+        # Usage as the authors log it (codebook_show_usage): the share of codes among the latest indices.
+        logged=lambda: {"codebook_usage": usage.usage()},
+        record={"substitutes": substitutes} if substitutes else None,
+        snapshot_steps=snapshots,
+        snapshot=lambda at, metrics: save_snapshot(run_dir, snapshots[at], at, model, metrics, substitutes),
+    )
+
+    finished = run.step >= total_steps
+    if finished:
+        save_final(run, "tokenizer.pt", model, {
+            "hash": cfg.hash(), "steps": run.step, "final_metrics": last, "substitutes": substitutes,
+            "discriminator": getattr(disc, "network_name", "patchgan"), "perceptual": perceptual_note,
+        })
+    return TrainResult(run_dir, run.step, finished, last, substitutes, perceptual_note)
 
 
 def snapshot_steps(cfg: TokenizerRunConfig, total_steps: int) -> dict[int, float]:
@@ -407,17 +342,3 @@ def save_snapshot(run_dir: Path, epoch: float, step: int, model: nn.Module, last
         "substitutes": substitutes,
     })
     return folder
-
-
-def read_run_config(run_dir: str | Path) -> TokenizerRunConfig:
-    """The config a tokenizer run directory was made for (validated)."""
-    return read_config(Path(run_dir), run_config_from_dict)
-
-
-def load_trained_tokenizer(run_dir: str | Path, device: str | torch.device = "cpu") -> GigaTokenizer:
-    """The final tokenizer of a finished run, built from the run's own config.json."""
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    model = build_tokenizer(cfg.tokenizer)
-    model.load_state_dict(load_weights(run_dir / "tokenizer.pt"))
-    return model.to(device).eval()
