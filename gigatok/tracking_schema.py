@@ -81,7 +81,7 @@ STAGE_METRICS: dict[str, tuple[str, ...]] = {
     "feature_pca": ("feature_pca_variance",),  # variance explained by the 3 components drawn in Fig. 8
     "ar": ("ar_val_loss",),
     # the best CFG point and its gFID (Appendix B)
-    "cfg_search": (CFG_BEST_SCALE, CFG_BEST_GFID),
+    "cfg_search": (CFG_BEST_SCALE, CFG_BEST_GFID, CFG_BEST_STEP_FRACTION),
     "generation": ("gfid", "inception_score", "precision", "recall"),
     "ar_probe": ("ar_probe_acc",),
     "decode_cost": ("decode_fraction", "sampling_seconds", "decoding_seconds"),

@@ -104,6 +104,9 @@ def test_one_row_per_run_with_typed_columns(runs: pd.DataFrame, store: dict) -> 
     assert set(FINAL_METRICS) <= set(runs.columns)
     assert all(runs[m].dtype == "float64" for m in FINAL_METRICS)
     assert math.isnan(runs["inception_score"].iloc[0])  # never logged: NaN, not absent
+    # The CFG search's metrics are columns of every table, searched or not (cfg_best_step_fraction was left out)
+    assert {"cfg_best_scale", "cfg_best_gfid", "cfg_best_step_fraction"} <= set(FINAL_METRICS)
+    assert runs["cfg_best_step_fraction"].isna().all()
     assert "tokenizer/total_loss" not in runs.columns  # curves are not final metrics
     assert runs["provenance.rfid"].str.startswith("inception").all()
     assert runs["substitute"].sum() == 1
