@@ -19,7 +19,8 @@ Tags (all start with :data:`PREFIX`):
   unavailable), ``artifact.<name>`` (where a stored array is), the perceptual term trained with, the CFG scale
   sampled at, the device a decoding cost was timed on, ``source.<kind>[_file|_sha256]`` (a converted released file);
 - CFG search: the search's name and schedule (on the run it tunes), and on each trial (a child run of kind
-  :data:`CFG_TRIAL`): its state and, for a trial copied from the Optuna storage, where it came from.
+  :data:`CFG_TRIAL`): its state and, for a trial copied from the Optuna storage, where it came from;
+- a benchmark's run (``bench/``): which benchmark, and the git commit.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ CFG_SEARCH = PREFIX + "cfg_search"  # the Optuna study name, on the searched run
 CFG_SCHEDULE = PREFIX + "cfg_schedule"
 TRIAL_STATE = PREFIX + "trial_state"  # COMPLETE, PRUNED or FAIL
 CFG_TRIAL_ORIGIN = PREFIX + "cfg_trial_origin"
+
+# -- bench/: one run per benchmark invocation, in the "benchmarks" experiment ------------------------------------
+BENCHMARK = PREFIX + "benchmark"
 
 # -- kinds of run (the value of KIND) ------------------------------------------------------------------------------
 CFG_TRIAL = "cfg_trial"  # a CFG-search trial: a child run of the study run it tunes

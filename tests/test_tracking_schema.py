@@ -1,8 +1,8 @@
 """The tracking schema (:mod:`gigatok.tracking_schema`) is the one place a ``gigatok.*`` tag is named.
 
-The rule that :func:`tag_literals` enforces over every ``.py`` file under ``gigatok/``, ``studies/`` and
-``analysis/`` except the schema module itself (read with :mod:`ast`, nothing is imported). A string literal is
-tag-like, and refused, when
+The rule that :func:`tag_literals` enforces over every ``.py`` file under ``gigatok/``, ``studies/``,
+``analysis/`` and ``bench/`` except the schema module itself (read with :mod:`ast`, nothing is imported). A
+string literal is tag-like, and refused, when
 
 - it contains ```gigatok.`` (an MLflow search filter naming a tag: ``tags.`gigatok.kind` = ...``); or
 - it starts with ``gigatok.`` and is the bare prefix ``gigatok.`` (a tag name being assembled), a tag the schema
@@ -32,6 +32,7 @@ from gigatok import tracking_schema as schema
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("gigatok", "studies", "analysis")
+SCANNED = (*PACKAGES, "bench")
 SCHEMA_FILE = ROOT / "gigatok" / "tracking_schema.py"
 
 # Every tag name and family the stores hold, as they were before the schema existed: renaming one strands the
@@ -46,7 +47,7 @@ STORED_TAGS = {
     "ARTIFACT_PREFIX": "gigatok.artifact.", "SOURCE_PREFIX": "gigatok.source.", "PERCEPTUAL": "gigatok.perceptual",
     "CFG_SCALE": "gigatok.cfg_scale", "DECODE_DEVICE": "gigatok.decode_device", "KIND": "gigatok.kind",
     "CFG_SEARCH": "gigatok.cfg_search", "CFG_SCHEDULE": "gigatok.cfg_schedule", "TRIAL_STATE": "gigatok.trial_state",
-    "CFG_TRIAL_ORIGIN": "gigatok.cfg_trial_origin",
+    "CFG_TRIAL_ORIGIN": "gigatok.cfg_trial_origin", "BENCHMARK": "gigatok.benchmark",
 }
 
 
@@ -109,7 +110,7 @@ def tag_literals(paths: list[Path], modules: set[str], root: Path = ROOT) -> lis
 
 
 def test_no_tag_names_outside_the_schema() -> None:
-    paths = [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py")) if p != SCHEMA_FILE]
+    paths = [p for folder in SCANNED for p in sorted((ROOT / folder).rglob("*.py")) if p != SCHEMA_FILE]
     found = tag_literals(paths, project_modules())
     assert not found, ("gigatok.* tag names typed out of gigatok/tracking_schema.py (name them through it):\n"
                        + "\n".join(found))
