@@ -8,11 +8,13 @@ Columns of :func:`load_runs`:
 
 - identity: ``run_id``, ``run_name``, ``experiment``, ``study``, ``profile``, ``status``, ``run_hash``,
   ``tokenizer_hash``, ``ar_hash``, ``git_commit``, ``stage``, ``error``, ``start_time``, ``end_time``;
-- ``factor_<name>``: what the study varies, typed (bool, int, float or text) from the run's ``gigatok.factors``;
+- ``factor_<name>``: what the study varies, typed (bool, int, float or text) from the run's ``gigatok.factors``
+  (the tag names are :mod:`gigatok.tracking_schema`'s);
 - configuration: ``tokenizer_name``, ``tokenizer_kind``, ``semantic_weight``, ``semantic_encoder``,
   ``align_layer``, ``entropy_weight``, ``tokenizer_epochs``, ``ar_size``, ``ar_epochs``, ``seed`` (the training
   seed; studies run with ``--seeds N`` also have the factor ``factor_seed``) and ``tokenizer_params``;
-- every final metric (``rfid``, ``gfid``, ... as floats, NaN where a run did not log it);
+- every final metric (``rfid``, ``gfid``, ..., ``cfg_best_step_fraction``: the schema's ``FINAL_METRICS``, as
+  floats, NaN where a run did not log it);
 - ``substitute`` (True when any number came from a random stand-in network), ``substitutes`` (which ones), and
   ``provenance.<metric>`` (the feature network and sets behind each metric), ``artifact.<name>`` (where a run's
   stored arrays are, e.g. Fig. 8's PCA maps);
@@ -30,11 +32,11 @@ from typing import Any
 
 import pandas as pd
 
-from gigatok.runs.spec import STAGE_METRICS
-from gigatok.tracking import SEARCH_PAGE, TAG, TrackingError, connect, experiment_runs, resolve_tracking_uri
+from gigatok import tracking_schema as schema
+from gigatok.tracking import SEARCH_PAGE, TrackingError, connect, experiment_runs, resolve_tracking_uri
 
-CFG_TRIAL = "cfg_trial"  # gigatok.kind of the child runs a CFG search records under the AR run it tunes
-FINAL_METRICS: tuple[str, ...] = tuple(m for names in STAGE_METRICS.values() for m in names)
+CFG_TRIAL = schema.CFG_TRIAL  # the kind of the child runs a CFG search records under the AR run it tunes
+FINAL_METRICS: tuple[str, ...] = schema.FINAL_METRICS  # as the stages log them (gigatok.tracking_schema)
 FACTOR_PREFIX = "factor_"
 PROVENANCE_PREFIX = "provenance."
 ARTIFACT_PREFIX = "artifact."  # artifact.<name>: where a run's stored arrays are (Fig. 8's PCA maps)
@@ -55,7 +57,9 @@ PARAMS: dict[str, tuple[str, type]] = {
 
 PARAM_DTYPES = {str: "string", int: "Int64", float: "float64"}
 
-IDENTITY_TAGS = ("run_hash", "tokenizer_hash", "ar_hash", "git_commit", "stage", "error")  # gigatok.<name> tags
+# Column -> the tag it comes from.
+IDENTITY_TAGS = {"run_hash": schema.RUN_HASH, "tokenizer_hash": schema.TOKENIZER_HASH, "ar_hash": schema.AR_HASH,
+                 "git_commit": schema.GIT_COMMIT, "stage": schema.STAGE, "error": schema.ERROR}
 
 
 class StoreError(RuntimeError):
@@ -95,10 +99,10 @@ def study_experiments(client: Any, studies: Sequence[str] | None = None, profile
     found = []
     for experiment in _pages(client.search_experiments, max_results=1000):
         tags = experiment.tags or {}
-        study = tags.get(TAG + "study")
+        study = tags.get(schema.STUDY)
         if study is None or (studies and study not in studies):
             continue
-        if profile and tags.get(TAG + "profile", profile) != profile:
+        if profile and tags.get(schema.PROFILE, profile) != profile:
             continue
         found.append(experiment)
     return found
@@ -120,7 +124,7 @@ def load_runs(tracking_uri: str | None = None, studies: Sequence[str] | None = N
         runs = (experiment_runs(client, experiment.experiment_id, params=ROW_PARAMS, curves=False) if direct_sql
                 else _pages(client.search_runs, experiment_ids=[experiment.experiment_id], max_results=SEARCH_PAGE))
         for run in runs:
-            if run.data.tags.get(TAG + "kind") == CFG_TRIAL:
+            if run.data.tags.get(schema.KIND) == CFG_TRIAL:
                 continue  # a CFG-search trial is a child of a study run, not a run of the study: load_trials
             row = run_row(run, experiment)
             if (studies and row["study"] not in studies) or (profile and row["profile"] != profile):
@@ -139,9 +143,9 @@ ROW_PARAMS = (*(key for key, _ in PARAMS.values()), "tokenizer.profile")
 
 def _nothing_found(client: Any, uri: str, studies: Sequence[str] | None, profile: str | None) -> str:
     present = sorted(
-        f"{e.tags[TAG + 'study']} ({e.tags.get(TAG + 'profile', '?')})"
+        f"{e.tags[schema.STUDY]} ({e.tags.get(schema.PROFILE, '?')})"
         for e in _pages(client.search_experiments, max_results=1000)
-        if TAG + "study" in (e.tags or {})
+        if schema.STUDY in (e.tags or {})
     )
     wanted = " ".join(filter(None, [
         f"of {', '.join(studies)}" if studies else "", f"at profile {profile}" if profile else "",
@@ -169,7 +173,7 @@ def parse_value(text: str) -> bool | int | float | str:
 
 def run_factors(tags: dict[str, str]) -> dict[str, Any]:
     """The study's factors with their types: from the JSON tag, else from the one-per-factor text tags."""
-    raw = tags.get(TAG + "factors")
+    raw = tags.get(schema.FACTORS)
     if raw:
         try:
             factors = json.loads(raw)
@@ -177,8 +181,7 @@ def run_factors(tags: dict[str, str]) -> dict[str, Any]:
                 return factors
         except json.JSONDecodeError:
             pass
-    prefix = TAG + "factor."
-    return {k.removeprefix(prefix): parse_value(v) for k, v in tags.items() if k.startswith(prefix)}
+    return {k: parse_value(v) for k, v in schema.family(tags, schema.FACTOR_PREFIX).items()}
 
 
 def _param(params: dict[str, str], key: str, kind: type) -> Any:
@@ -198,10 +201,10 @@ def run_row(run: Any, experiment: Any) -> dict[str, Any]:
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "experiment": experiment.name,
-        "study": tags.get(TAG + "study") or experiment_tags.get(TAG + "study"),
-        "profile": tags.get(TAG + "profile") or params.get("tokenizer.profile") or experiment_tags.get(TAG + "profile"),
+        "study": tags.get(schema.STUDY) or experiment_tags.get(schema.STUDY),
+        "profile": tags.get(schema.PROFILE) or params.get("tokenizer.profile") or experiment_tags.get(schema.PROFILE),
         "status": run.info.status,
-        **{name: tags.get(TAG + name) for name in IDENTITY_TAGS},
+        **{column: tags.get(tag) for column, tag in IDENTITY_TAGS.items()},
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
         "factors": run_factors(tags),
@@ -210,13 +213,11 @@ def run_row(run: Any, experiment: Any) -> dict[str, Any]:
     # Final metrics are logged at step 0 under plain names; curves carry a "stage/" prefix and stay out.
     row.update({name: metrics.get(name, math.nan) for name in FINAL_METRICS})
     row.update({name: value for name, value in metrics.items() if "/" not in name and name not in row})
-    substitutes = tags.get(TAG + "substitutes", "").strip()
+    substitutes = tags.get(schema.SUBSTITUTES, "").strip()
     row["substitute"] = bool(substitutes)
     row["substitutes"] = substitutes or None
-    prefix = TAG + "provenance."
-    row.update({PROVENANCE_PREFIX + k.removeprefix(prefix): v for k, v in tags.items() if k.startswith(prefix)})
-    prefix = TAG + "artifact."
-    row.update({ARTIFACT_PREFIX + k.removeprefix(prefix): v for k, v in tags.items() if k.startswith(prefix)})
+    row.update({PROVENANCE_PREFIX + k: v for k, v in schema.family(tags, schema.PROVENANCE_PREFIX).items()})
+    row.update({ARTIFACT_PREFIX + k: v for k, v in schema.family(tags, schema.ARTIFACT_PREFIX).items()})
     return row
 
 
@@ -360,15 +361,15 @@ def load_trials(tracking_uri: str | None, experiments: Iterable[str]) -> pd.Data
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             continue
-        query = f"tags.`{TAG}kind` = '{CFG_TRIAL}'"
+        query = f"tags.`{schema.KIND}` = '{CFG_TRIAL}'"
         for run in _pages(client.search_runs, experiment_ids=[experiment.experiment_id], filter_string=query,
                           max_results=SEARCH_PAGE):
             tags, params = run.data.tags, run.data.params
             rows.append({
                 "parent_run_id": tags.get("mlflow.parentRunId"), "run_id": run.info.run_id,
-                "study": tags.get(TAG + "study"), "profile": tags.get(TAG + "profile"),
-                "search": tags.get(TAG + "cfg_search"), "trial_number": _param(params, "trial_number", int),
-                "state": tags.get(TAG + "trial_state"), "cfg_scale": _param(params, "cfg_scale", float),
+                "study": tags.get(schema.STUDY), "profile": tags.get(schema.PROFILE),
+                "search": tags.get(schema.CFG_SEARCH), "trial_number": _param(params, "trial_number", int),
+                "state": tags.get(schema.TRIAL_STATE), "cfg_scale": _param(params, "cfg_scale", float),
                 "cfg_schedule": params.get("cfg_schedule"), "step_fraction": _param(params, "step_fraction", float),
                 "sample_budget": _param(params, "sample_budget", int), "gfid": run.data.metrics.get("gfid", math.nan),
             })

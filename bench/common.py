@@ -89,12 +89,13 @@ def log_to_mlflow(uri: str | None, benchmark: str, rows: Sequence[Row], params: 
         return
     import re
 
+    from gigatok import tracking_schema as schema
     from gigatok.tracking import connect, ensure_experiment, git_commit
 
     client = connect(uri)
     experiment_id = ensure_experiment(client, "benchmarks", "bench/ results, one run per invocation")
-    run = client.create_run(experiment_id, run_name=benchmark, tags={"gigatok.benchmark": benchmark,
-                                                                    "gigatok.git_commit": git_commit() or ""})
+    run = client.create_run(experiment_id, run_name=benchmark, tags={schema.BENCHMARK: benchmark,
+                                                                    schema.GIT_COMMIT: git_commit() or ""})
     for key, value in (params or {}).items():
         client.log_param(run.info.run_id, key, str(value)[:500])
     for row in rows:

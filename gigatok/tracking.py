@@ -4,9 +4,9 @@ The default store is a SQLite file in the working directory (``sqlite:///./mlflo
 works the same way. Everything goes through :class:`mlflow.MlflowClient` with explicit run ids, never through
 MLflow's process-global "active run", so one process can serve several runs and jobs never cross-talk.
 
-Tags (all ``gigatok.*``): study, run hash, tokenizer and AR hashes, profile, git commit, Slurm job id, the stage a
-run is in, the error of a failed run, the substitute networks used, and one ``gigatok.provenance.<metric>`` per
-metric saying which feature network and which sets produced it.
+Tags (all ``gigatok.*``, named in :mod:`gigatok.tracking_schema`): study, run hash, tokenizer and AR hashes, profile,
+git commit, Slurm job id, the stage a run is in, the error of a failed run, the substitute networks used, and one
+``gigatok.provenance.<metric>`` per metric saying which feature network and which sets produced it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TAG = "gigatok."
+from gigatok import tracking_schema as schema
+
 DEFAULT_DB_NAME = "mlflow.db"
 SEARCH_PAGE = 50_000  # the SQL stores' largest page: a study's runs come back in one query
 PARAM_CHUNK = 100  # MLflow's limit of params per log_batch call
@@ -129,7 +130,7 @@ def study_runs(client: Any, experiment_id: str) -> dict[str, TrackedRun]:
     """Every run of a study keyed by run hash: one query (:func:`experiment_runs`), whatever the study's size."""
     found: dict[str, TrackedRun] = {}
     for run in experiment_runs(client, experiment_id, params=()):
-        run_hash = run.data.tags.get(TAG + "run_hash")
+        run_hash = run.data.tags.get(schema.RUN_HASH)
         if run_hash is None:
             continue
         record = TrackedRun(

@@ -1,18 +1,19 @@
 """Loading tracked runs and drawing the scaling figures, on a synthetic MLflow store (nothing is trained).
 
 The store mimics what ``studies/run.py`` writes: one experiment per study and profile, one run per planned run
-with the ``gigatok.*`` tags, the flattened config as params, final metrics at step 0 and a training curve.
+with the ``gigatok.*`` tags (built from the tracking schema by ``tracking_store``), the flattened config as params,
+final metrics at step 0 and a training curve.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from tracking_store import log_study_run, study_experiment, study_run_tags
 
 from analysis import plot_scaling
 from analysis.figures import SUBSTITUTE_NOTE, fig9_1d_vs_2d, scaling_semreg
@@ -46,45 +47,28 @@ SEMREG = {("S-S", False): (12.0, 50.0), ("S-S", True): (10.0, 45.0), ("S-B", Fal
 
 def _log_run(client, experiment_id: str, study: str, factors: dict, kind: str, size: str, semantic_weight: float,
              metrics: dict[str, float], status: str = "FINISHED", substitutes: str | None = None) -> str:
-    from mlflow.entities import Metric, Param, RunTag
-
     run_hash = f"{study[:4]}{size}{kind}{semantic_weight}{factors.get('seed', '')}".replace(".", "")  # seeds differ
-    tags = {
-        "gigatok.study": study, "gigatok.run_hash": run_hash, "gigatok.profile": PROFILE,
-        "gigatok.tokenizer_hash": "t" + run_hash, "gigatok.ar_hash": "a" + run_hash, "gigatok.git_commit": "abc123",
-        "gigatok.factors": json.dumps(factors), **{f"gigatok.factor.{k}": str(v) for k, v in factors.items()},
-        "gigatok.provenance.rfid": "inception-v3-compat (torch-fidelity), 299 px, reconstructions vs val",
-    }
-    if substitutes:
-        tags["gigatok.substitutes"] = substitutes
+    tags = study_run_tags(study, PROFILE, run_hash, factors, substitutes=substitutes, provenance={
+        "rfid": "inception-v3-compat (torch-fidelity), 299 px, reconstructions vs val"})
     params = {
         "tokenizer.profile": PROFILE, "tokenizer.tokenizer.name": size, "tokenizer.tokenizer.kind": kind,
         "tokenizer.tokenizer.semantic.weight": str(semantic_weight), "tokenizer.tokenizer.semantic.layer": "3",
         "tokenizer.tokenizer.semantic.encoder": "inception", "tokenizer.tokenizer.quantizer.entropy_weight": "0.05",
         "tokenizer.train.epochs": "1", "ar.size": "B", "ar.train.epochs": "2",
     }
-    run = client.create_run(experiment_id, run_name=" ".join(f"{k}={v}" for k, v in factors.items()))
-    run_id = run.info.run_id
-    curve = [Metric("tokenizer/total_loss", 1.0 / (step + 1), 0, step) for step in range(0, 30, 10)]
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()] + curve,
-        params=[Param(k, v) for k, v in params.items()],
-        tags=[RunTag(k, v) for k, v in tags.items()],
-    )
-    client.set_terminated(run_id, status)
-    return run_id
+    curve = [(step, 1.0 / (step + 1)) for step in range(0, 30, 10)]
+    return log_study_run(client, experiment_id, tags, run_name=" ".join(f"{k}={v}" for k, v in factors.items()),
+                         metrics=metrics, params=params, curves={"tokenizer/total_loss": curve}, status=status)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A SQLite store with Fig. 9's six runs (one FAILED extra) and four Fig. 7 runs."""
-    from gigatok.tracking import connect, ensure_experiment
+    from gigatok.tracking import connect
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     client = connect(uri)
-    fig9 = ensure_experiment(client, "scaling_1d_vs_2d-tiny", "Fig. 9",
-                             {"gigatok.study": "scaling_1d_vs_2d", "gigatok.profile": PROFILE})
+    fig9 = study_experiment(client, "scaling_1d_vs_2d", PROFILE, "Fig. 9")
     run_ids = {}
     for (size, kind), (rfid, gfid, val_loss, acc) in FIG9.items():
         metrics = {"rfid": rfid, "gfid": gfid, "ar_val_loss": val_loss, "ar_probe_acc": acc, "lpips": 0.3}
@@ -93,8 +77,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                        0.5, metrics, substitutes=subs)
     failed = _log_run(client, fig9, "scaling_1d_vs_2d", {"size": "S-L", "kind": "1d"}, "1d", "S-L", 0.5,
                       {"rfid": 1.0}, status="FAILED")
-    semreg = ensure_experiment(client, "scaling_semreg-tiny", "Figs. 1 and 7",
-                               {"gigatok.study": "scaling_semreg", "gigatok.profile": PROFILE})
+    semreg = study_experiment(client, "scaling_semreg", PROFILE, "Figs. 1 and 7")
     for (size, reg), (rfid, gfid) in SEMREG.items():
         _log_run(client, semreg, "scaling_semreg", {"size": size, "semreg": reg}, "1d", size, 0.5 if reg else 0.0,
                  {"rfid": rfid, "gfid": gfid})
@@ -121,6 +104,9 @@ def test_one_row_per_run_with_typed_columns(runs: pd.DataFrame, store: dict) -> 
     assert set(FINAL_METRICS) <= set(runs.columns)
     assert all(runs[m].dtype == "float64" for m in FINAL_METRICS)
     assert math.isnan(runs["inception_score"].iloc[0])  # never logged: NaN, not absent
+    # The CFG search's metrics are columns of every table, searched or not (cfg_best_step_fraction was left out)
+    assert {"cfg_best_scale", "cfg_best_gfid", "cfg_best_step_fraction"} <= set(FINAL_METRICS)
+    assert runs["cfg_best_step_fraction"].isna().all()
     assert "tokenizer/total_loss" not in runs.columns  # curves are not final metrics
     assert runs["provenance.rfid"].str.startswith("inception").all()
     assert runs["substitute"].sum() == 1
@@ -165,12 +151,11 @@ def test_missing_and_empty_stores_fail_in_one_line(tmp_path: Path) -> None:
 def test_sqlite_tables_read_as_mlflow_search_returns(store: dict, tmp_path: Path) -> None:
     # The direct read of a SQLite store's tables is a speed-up only: the same table as MLflow's search_runs.
     pd.testing.assert_frame_equal(load_runs(store["uri"]), load_runs(store["uri"], direct_sql=False))
-    from gigatok.tracking import connect, ensure_experiment
+    from gigatok.tracking import connect
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = connect(uri)
-    experiment = ensure_experiment(client, "scaling_1d_vs_2d-tiny", "Fig. 9",
-                                   {"gigatok.study": "scaling_1d_vs_2d", "gigatok.profile": PROFILE})
+    experiment = study_experiment(client, "scaling_1d_vs_2d", PROFILE, "Fig. 9")
     kept = _log_run(client, experiment, "scaling_1d_vs_2d", {"size": "S-S", "kind": "1d"}, "1d", "S-S", 0.5,
                     {"rfid": math.nan, "gfid": 40.0})
     deleted = _log_run(client, experiment, "scaling_1d_vs_2d", {"size": "S-B", "kind": "1d"}, "1d", "S-B", 0.5,

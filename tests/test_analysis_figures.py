@@ -4,12 +4,12 @@ redrawn the same from a snapshot, without the store."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from tracking_store import log_study_run, log_trial, record_best, study_experiment, study_run_tags
 
 from analysis import plot_scaling
 from analysis.catalog import FIGURES
@@ -37,33 +37,23 @@ FIG13 = {("XL-XXL", 100): (0.30, 0.20, 30.0), ("XL-XXL", 200): (0.25, 0.24, 28.0
          ("XL-XXL", 300): (0.20, 0.27, 26.0)}
 # CFG trials of the S-S / AR-B run of ar_probe_vs_large: scale -> (state, gfid)
 TRIALS = {1.0: ("COMPLETE", 20.0), 1.25: ("COMPLETE", 17.5), 1.5: ("COMPLETE", 18.0), 3.0: ("PRUNED", 60.0)}
+BEST_STEP_FRACTION = 0.18
 
 
 def _experiment(client, study: str) -> str:
-    from gigatok.tracking import ensure_experiment
-
-    return ensure_experiment(client, f"{study}-{PROFILE}", study, {"gigatok.study": study, "gigatok.profile": PROFILE})
+    return study_experiment(client, study, PROFILE)
 
 
 def _log_run(client, experiment_id: str, study: str, factors: dict, metrics: dict[str, float], *,
              size: str = "S-S", entropy: float = 0.0, semantic: float = 0.5, curves: dict | None = None,
-             tags: dict | None = None, artifacts: list[tuple[Path, str]] = ()) -> str:
-    from mlflow.entities import Metric, Param, RunTag
-
+             stored_arrays: dict[str, str] | None = None, artifacts: list[tuple[Path, str]] = ()) -> str:
     run_hash = study + "".join(f"{k}{v}" for k, v in factors.items())
-    all_tags = {"gigatok.study": study, "gigatok.run_hash": run_hash, "gigatok.profile": PROFILE,
-                "gigatok.factors": json.dumps(factors), **(tags or {})}
+    tags = study_run_tags(study, PROFILE, run_hash, factors, artifacts=stored_arrays)
     params = {"tokenizer.profile": PROFILE, "tokenizer.tokenizer.name": size, "tokenizer.tokenizer.kind": "1d",
               "tokenizer.tokenizer.semantic.weight": str(semantic),
               "tokenizer.tokenizer.quantizer.entropy_weight": str(entropy)}
-    run = client.create_run(experiment_id, run_name=" ".join(f"{k}={v}" for k, v in factors.items()))
-    history = [Metric(k, v, 0, step) for k, points in (curves or {}).items() for step, v in points]
-    client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()] + history,
-                     params=[Param(k, v) for k, v in params.items()], tags=[RunTag(k, v) for k, v in all_tags.items()])
-    for local, folder in artifacts:
-        client.log_artifact(run.info.run_id, str(local), folder)
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    return log_study_run(client, experiment_id, tags, run_name=" ".join(f"{k}={v}" for k, v in factors.items()),
+                         metrics=metrics, params=params, curves=curves, artifacts=artifacts)
 
 
 def _pca_arrays(seed: int) -> FeaturePCA:
@@ -74,8 +64,6 @@ def _pca_arrays(seed: int) -> FeaturePCA:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from mlflow.entities import Metric, Param, RunTag
-
     from gigatok.tracking import connect
 
     root = tmp_path_factory.mktemp("figures")
@@ -105,22 +93,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         arrays = _pca_arrays(int(reg)).save(root / f"pca-{reg}" / "feature-pca-abc.npz")
         ids["pca", reg] = _log_run(
             client, exp, "feature_pca", {"size": "B-L", "semreg": reg}, {"feature_pca_variance": 0.8}, size="B-L",
-            semantic=0.5 if reg else 0.0, tags={"gigatok.artifact.feature_pca": "eval/feature_pca/feature-pca-abc.npz"},
+            semantic=0.5 if reg else 0.0, stored_arrays={"feature_pca": "eval/feature_pca/feature-pca-abc.npz"},
             artifacts=[(arrays, "eval/feature_pca")])
     # CFG-search trials: child runs of the S-S / AR-B run (its experiment), as gigatok/cfg_search.py records them.
     parent = ids["fig6", "S-S", "B"]
-    experiment_id = client.get_run(parent).info.experiment_id
     for number, (scale, (state, gfid)) in enumerate(TRIALS.items()):
-        trial = client.create_run(experiment_id, run_name=f"cfg {scale}", tags={
-            "mlflow.parentRunId": parent, "gigatok.kind": "cfg_trial", "gigatok.study": "ar_probe_vs_large",
-            "gigatok.profile": PROFILE, "gigatok.trial_state": state, "gigatok.cfg_search": "search-1"})
-        budget = 16 if state == "COMPLETE" else 4
-        client.log_batch(trial.info.run_id, metrics=[Metric("gfid", gfid, 0, budget)], params=[
-            Param("cfg_scale", str(scale)), Param("cfg_schedule", "constant"), Param("step_fraction", "0.18"),
-            Param("sample_budget", "16"), Param("trial_number", str(number))])
-        client.set_terminated(trial.info.run_id, "FINISHED")
-    client.log_batch(parent, metrics=[Metric("cfg_best_scale", 1.25, 0, 0), Metric("cfg_best_gfid", 17.5, 0, 0)],
-                     tags=[RunTag("gigatok.cfg_search", "search-1")])
+        log_trial(client, parent, "ar_probe_vs_large", PROFILE, "search-1", number, scale, state, gfid,
+                  budget=16 if state == "COMPLETE" else 4, full_budget=16)
+    record_best(client, parent, "search-1", scale=1.25, gfid=17.5, step_fraction=BEST_STEP_FRACTION)
     return {"uri": uri, "ids": ids}
 
 
@@ -137,6 +117,7 @@ def test_trials_are_not_study_runs(runs: pd.DataFrame, store: dict) -> None:
     assert len(runs) == 2 + 6 + 4 + 3 + 2  # no row for any of the four trials
     parent = runs.set_index("run_id").loc[store["ids"]["fig6", "S-S", "B"]]
     assert parent["cfg_best_scale"] == 1.25 and parent["cfg_best_gfid"] == 17.5
+    assert parent["cfg_best_step_fraction"] == BEST_STEP_FRACTION
 
 
 def test_fig5_draws_the_logged_curves(runs: pd.DataFrame, store: dict) -> None:

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
 from test_analysis import _log_run as log_fig9_run
-from test_analysis_figures import _experiment
 from test_analysis_figures import _log_run as log_curve_run
 from test_analysis_tables import _log_run as log_table_run
+from tracking_store import study_experiment
 
 from analysis import plot_scaling
 from analysis.fig_curves import fig5_entropy_curves
@@ -39,12 +39,11 @@ ALIGN = {2: (9.0, 10.0), 3: (8.5, None)}  # align_layer -> rFID of seeds 0 and 1
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from gigatok.tracking import connect, ensure_experiment
+    from gigatok.tracking import connect
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     client = connect(uri)
-    fig9 = ensure_experiment(client, "scaling_1d_vs_2d-tiny", "Fig. 9",
-                             {"gigatok.study": "scaling_1d_vs_2d", "gigatok.profile": PROFILE})
+    fig9 = study_experiment(client, "scaling_1d_vs_2d", PROFILE, "Fig. 9")
     for (size, kind), values in RFID.items():
         for seed, rfid in enumerate(values):
             # The S-S 1D seed-0 run was made before seeds were a factor: it has no seed factor, and is seed 0.
@@ -52,14 +51,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
             factors = {"size": size, "kind": kind, **({} if old else {"seed": seed})}
             metrics = {"rfid": rfid, "gfid": 40.0 + seed, "ar_val_loss": 5.0, "ar_probe_acc": 0.2}
             log_fig9_run(client, fig9, "scaling_1d_vs_2d", factors, kind, size, 0.5, metrics)
-    align = ensure_experiment(client, "align_layer-tiny", "Table 5",
-                              {"gigatok.study": "align_layer", "gigatok.profile": PROFILE})
+    align = study_experiment(client, "align_layer", PROFILE, "Table 5")
     for layer, values in ALIGN.items():
         for seed, rfid in enumerate(values):
             if rfid is not None:
                 log_table_run(client, align, "align_layer", {"align_layer": layer, "seed": seed},
                               {"rfid": rfid, "gfid": 40.0}, 1000 + 10 * layer + seed)
-    entropy = _experiment(client, "entropy_loss")
+    entropy = study_experiment(client, "entropy_loss", PROFILE)
     for on in (False, True):
         for seed in (0, 1):
             usage = [(step, (0.5 if on else 0.1) + 0.1 * seed) for step in (10, 20, 30)]

@@ -3,11 +3,11 @@ the paper's unit, beside the transcribed paper value and their difference."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from tracking_store import log_study_run, study_experiment, study_run_tags
 
 from analysis import plot_scaling
 from analysis.load import load_runs
@@ -37,41 +37,30 @@ RELEASED = {("S-S", "patchgan", "B"): {"rfid": 1.5, "lpips": 0.25, "gfid": 5.0, 
 
 def _log_run(client, experiment_id: str, study: str, factors: dict, metrics: dict[str, float], start: int,
              status: str = "FINISHED", substitutes: str | None = None) -> str:
-    from mlflow.entities import Metric, RunTag
-
     run_hash = study + "".join(f"{k}{v}" for k, v in factors.items()) + str(start)
-    tags = {"gigatok.study": study, "gigatok.run_hash": run_hash, "gigatok.profile": PROFILE,
-            "gigatok.factors": json.dumps(factors)}
-    if substitutes:
-        tags["gigatok.substitutes"] = substitutes
-    run = client.create_run(experiment_id, start_time=start, run_name=" ".join(f"{k}={v}" for k, v in factors.items()))
-    client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
-                     tags=[RunTag(k, v) for k, v in tags.items()])
-    client.set_terminated(run.info.run_id, status)
-    return run.info.run_id
+    tags = study_run_tags(study, PROFILE, run_hash, factors, substitutes=substitutes)
+    return log_study_run(client, experiment_id, tags, run_name=" ".join(f"{k}={v}" for k, v in factors.items()),
+                         metrics=metrics, status=status, start_time=start)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from gigatok.tracking import connect, ensure_experiment
+    from gigatok.tracking import connect
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     client = connect(uri)
-    align = ensure_experiment(client, "align_layer-tiny", "Table 5",
-                              {"gigatok.study": "align_layer", "gigatok.profile": PROFILE})
+    align = study_experiment(client, "align_layer", PROFILE, "Table 5")
     keys = ("rfid", "lpips", "gfid", "ar_probe_acc")
     _log_run(client, align, "align_layer", {"align_layer": 2}, dict(zip(keys, ALIGN_STALE, strict=True)), 1000)
     for layer, values in ALIGN.items():
         _log_run(client, align, "align_layer", {"align_layer": layer}, dict(zip(keys, values, strict=True)),
                  2000 + layer, status="FAILED" if layer == 4 else "FINISHED",
                  substitutes="vgg16 (random SUBSTITUTE)" if layer == 3 else None)
-    decode = ensure_experiment(client, "decode_cost-tiny", "Table 4",
-                               {"gigatok.study": "decode_cost", "gigatok.profile": PROFILE})
+    decode = study_experiment(client, "decode_cost", PROFILE, "Table 4")
     for i, ((dec, ar), fraction) in enumerate(DECODE.items()):
         _log_run(client, decode, "decode_cost", {"decoder": dec, "ar_size": ar}, {"decode_fraction": fraction},
                  3000 + i)
-    released = ensure_experiment(client, "released_checkpoints-tiny", "README",
-                                 {"gigatok.study": "released_checkpoints", "gigatok.profile": PROFILE})
+    released = study_experiment(client, "released_checkpoints", PROFILE, "README")
     for i, ((size, disc, ar), metrics) in enumerate(RELEASED.items()):
         _log_run(client, released, "released_checkpoints", {"size": size, "disc": disc, "ar_size": ar}, metrics,
                  4000 + i)

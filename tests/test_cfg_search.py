@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from services import run_cli, study_cli
+from tracking_store import study_experiment, study_run_tags
 
 import studies.catalog  # noqa: F401  (registers the studies)
 from gigatok.cfg_search import (
@@ -79,12 +80,12 @@ def tiny_spec(stages: tuple[str, ...] | None = None) -> RunSpec:
 
 
 def make_parent(ctx: RunContext, spec: RunSpec) -> str:
-    from gigatok.tracking import connect, ensure_experiment, experiment_name
+    from gigatok.tracking import connect
 
     client = connect(ctx.tracking_uri)
-    experiment = ensure_experiment(client, experiment_name(spec.study, spec.profile), "test")
-    run = client.create_run(experiment, run_name=spec.label, tags={
-        "gigatok.study": spec.study, "gigatok.profile": spec.profile, "gigatok.run_hash": spec.hash})
+    experiment = study_experiment(client, spec.study, spec.profile, "test")
+    run = client.create_run(experiment, run_name=spec.label,
+                            tags=study_run_tags(spec.study, spec.profile, spec.hash, spec.factor_dict))
     return run.info.run_id
 
 
@@ -422,6 +423,11 @@ def test_two_dimensional_step_schedule_search(tmp_path: Path) -> None:
 
     parent = MlflowClient(ctx.tracking_uri).get_run(plan.parent_run_id)
     assert parent.data.metrics["cfg_best_step_fraction"] == 0.1 and parent.data.tags["gigatok.cfg_schedule"] == "step"
+    # ... and reaches the analysis table with the search's other numbers (its trials are no rows of it)
+    from analysis.load import load_runs
+
+    row = load_runs(ctx.tracking_uri).set_index("run_id").loc[plan.parent_run_id]
+    assert (row["cfg_best_step_fraction"], row["cfg_best_scale"]) == (0.1, 2.0)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -23,10 +23,11 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from gigatok import tracking_schema as schema
 from gigatok.cfg_search.plan import SearchPlan, SearchPoint
-from gigatok.tracking import TAG, connect
+from gigatok.tracking import connect
 
-TRIAL_KIND = "cfg_trial"
+TRIAL_KIND = schema.CFG_TRIAL
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -45,8 +46,8 @@ class TrialRecorder:
         self.parent_run_id = parent_run_id
         parent = client.get_run(parent_run_id)
         self.experiment_id = parent.info.experiment_id
-        self.study = parent.data.tags.get(TAG + "study", plan.spec.study)
-        self.profile = parent.data.tags.get(TAG + "profile", plan.spec.profile)
+        self.study = parent.data.tags.get(schema.STUDY, plan.spec.study)
+        self.profile = parent.data.tags.get(schema.PROFILE, plan.spec.profile)
 
     @classmethod
     def for_plan(cls, plan: SearchPlan) -> TrialRecorder | None:
@@ -58,12 +59,10 @@ class TrialRecorder:
     def start(self, number: int, point: SearchPoint, origin: str | None = None) -> str:
         from mlflow.entities import Param
 
-        tags = {
-            "mlflow.parentRunId": self.parent_run_id, TAG + "kind": TRIAL_KIND, TAG + "study": self.study,
-            TAG + "profile": self.profile, TAG + "cfg_search": self.plan.study_name,
-        }
+        tags = schema.trial_tags(parent_run_id=self.parent_run_id, study=self.study, profile=self.profile,
+                                 search=self.plan.study_name)
         if origin:
-            tags[TAG + "cfg_trial_origin"] = origin
+            tags[schema.CFG_TRIAL_ORIGIN] = origin
         name = f"{point.label(self.plan.searches_fraction)} (trial {number})"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = {"cfg_scale": point.cfg_scale, "cfg_schedule": self.plan.schedule,
@@ -83,15 +82,15 @@ class TrialRecorder:
             batch = [_metric(k, v, self.plan.full_samples) for k, v in metrics.items() if v == v]
             self.client.log_batch(run_id, metrics=batch, synchronous=True)
         if error:
-            self.client.set_tag(run_id, TAG + "error", error[:1000])
-        self.client.set_tag(run_id, TAG + "trial_state", state.name)
+            self.client.set_tag(run_id, schema.ERROR, error[:1000])
+        self.client.set_tag(run_id, schema.TRIAL_STATE, state.name)
         self.client.set_terminated(run_id, "FAILED" if state == TrialState.FAIL else "FINISHED")
 
     # -- in line with the storage -----------------------------------------------------------------------------
     def children(self) -> dict[int, Any]:
         """This search's child runs under the parent, by trial number."""
         query = (f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
-                 f"tags.`{TAG}cfg_search` = '{self.plan.study_name}'")
+                 f"tags.`{schema.CFG_SEARCH}` = '{self.plan.study_name}'")
         runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=50_000)
         return {int(r.data.params["trial_number"]): r for r in runs if "trial_number" in r.data.params}
 
@@ -103,7 +102,7 @@ class TrialRecorder:
             if t.state not in ENDED or not t.params or "duplicate_of" in t.user_attrs:
                 continue
             child = children.get(t.number)
-            if child is not None and TAG + "trial_state" in child.data.tags:
+            if child is not None and schema.TRIAL_STATE in child.data.tags:
                 continue
             if child is None:
                 run_id = self.start(t.number, self.plan.point_of(t.params), origin="copied from the Optuna storage")
@@ -122,10 +121,10 @@ class TrialRecorder:
         from mlflow.entities import Metric
 
         parent = self.client.get_run(self.parent_run_id)
-        metrics = {"cfg_best_scale": summary["best_scale"], "cfg_best_gfid": summary["best_gfid"]}
+        metrics = {schema.CFG_BEST_SCALE: summary["best_scale"], schema.CFG_BEST_GFID: summary["best_gfid"]}
         if self.plan.searches_fraction:
-            metrics["cfg_best_step_fraction"] = summary["best_step_fraction"]
-        tags = {TAG + "cfg_search": self.plan.study_name, TAG + "cfg_schedule": self.plan.schedule}
+            metrics[schema.CFG_BEST_STEP_FRACTION] = summary["best_step_fraction"]
+        tags = {schema.CFG_SEARCH: self.plan.study_name, schema.CFG_SCHEDULE: self.plan.schedule}
         now = int(time.time() * 1000)
         new = [Metric(k, float(v), now, 0) for k, v in metrics.items() if parent.data.metrics.get(k) != float(v)]
         if new:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from gigatok import tracking_schema as schema
 from gigatok.cfg_search.plan import SearchPlan
 from gigatok.cfg_search.search import run_here, sync_records
 from gigatok.config import EvalConfig
@@ -32,10 +33,10 @@ def cfg_search_stage(sc: StageContext) -> StageOutcome:
         run_here(plan, workspace=sc.workspace, record_parent=False,
                  log=lambda line: print(f"cfg_search: {line}", flush=True))
     best = read_result(plan.result_path)
-    metrics = {"cfg_best_scale": best["best_scale"], "cfg_best_gfid": best["best_gfid"]}
+    metrics = {schema.CFG_BEST_SCALE: best["best_scale"], schema.CFG_BEST_GFID: best["best_gfid"]}
     if best.get("fractions"):
-        metrics["cfg_best_step_fraction"] = best["best_step_fraction"]
-    tags = {"gigatok.cfg_search": plan.study_name, "gigatok.cfg_schedule": plan.schedule}
+        metrics[schema.CFG_BEST_STEP_FRACTION] = best["best_step_fraction"]
+    tags = {schema.CFG_SEARCH: plan.study_name, schema.CFG_SCHEDULE: plan.schedule}
     return StageOutcome("cfg_search", metrics, tags, [plan.result_path])
 
 

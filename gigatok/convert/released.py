@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gigatok import tracking_schema as schema
 from gigatok.config import (
     ARConfig,
     ARRunConfig,
@@ -321,8 +322,8 @@ def convert_to_run(path: Path, kind: Kind, planned: TokenizerRunConfig | ARRunCo
 
 def source_tags(kind: Kind, origin: Mapping[str, Any]) -> dict[str, str]:
     """MLflow tags naming the converted file and its sha256."""
-    return {f"gigatok.source.{kind}": str(origin["source"]), f"gigatok.source.{kind}_file": str(origin["file"]),
-            f"gigatok.source.{kind}_sha256": str(origin["sha256"])}
+    return {schema.source(kind): str(origin["source"]), schema.source(kind, "_file"): str(origin["file"]),
+            schema.source(kind, "_sha256"): str(origin["sha256"])}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gigatok import tracking_schema as schema
 from gigatok.config import TokenizerRunConfig
 from gigatok.launch.common import UsageError, tracked_runs
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, completed_stages
@@ -169,9 +170,9 @@ def status_rows(specs: list[RunSpec], ctx: RunContext, study: str, profile: str)
         tags = record.tags if record else {}
         rows.append({
             "hash": spec.hash, "label": spec.label, "status": record.status if record else "NOT SUBMITTED",
-            "stage": tags.get("gigatok.stage"), "error": tags.get("gigatok.error"),
-            "slurm_job_id": tags.get("gigatok.slurm_job_id"),
-            "slurm_state": slurm_state(tags.get("gigatok.slurm_job_id")),
+            "stage": tags.get(schema.STAGE), "error": tags.get(schema.ERROR),
+            "slurm_job_id": tags.get(schema.SLURM_JOB_ID),
+            "slurm_state": slurm_state(tags.get(schema.SLURM_JOB_ID)),
             "metrics": record.metrics if record else {},
         })
     return rows

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gigatok import dispatch
+from gigatok import tracking_schema as schema
 from gigatok.dispatch import SlurmSettings, group_by_tokenizer, make_executor, resolve_executor, spread
 from gigatok.launch.common import local_workers, require_paper_data, slurm_settings
 from gigatok.launch.planning import check_converted_inputs, check_pretrained_inputs
@@ -71,7 +72,7 @@ class StudyLaunch:
                 local_parallel: int | None, slurm_flags: Any, data: str | None, local_tasks: int = 1) -> StudyLaunch:
         """Check everything that can be wrong before anything is written, then read the study's runs from MLflow
         (creating its experiment) to split the plan into runs to do and runs FINISHED."""
-        from gigatok.tracking import TAG, connect, ensure_experiment, experiment_name, study_runs
+        from gigatok.tracking import connect, ensure_experiment, experiment_name, study_runs
 
         executor_name = resolve_executor(executor)
         workers, threads = local_workers(local_parallel)
@@ -87,7 +88,7 @@ class StudyLaunch:
         about = get_study(study)
         experiment_id = ensure_experiment(
             client, experiment_name(study, profile), f"{about.reproduces}: {about.about}",
-            {TAG + "study": study, TAG + "profile": profile},
+            schema.experiment_tags(study, profile),
         )
         tracked = study_runs(client, experiment_id)  # the one query that decides what is left to do
         finished = [s for s in specs if tracked.get(s.hash) and tracked[s.hash].status == "FINISHED"]
@@ -101,7 +102,7 @@ class StudyLaunch:
 
     def register(self) -> None:
         """An MLflow run, SCHEDULED, for each run to do: a new one (tags, params), or an unfinished one's own."""
-        from gigatok.tracking import TAG, git_commit, log_params
+        from gigatok.tracking import git_commit, log_params
 
         commit = git_commit()
         for spec in self.todo:
@@ -110,13 +111,11 @@ class StudyLaunch:
                 self.run_ids[spec.hash] = record.run_id
                 self.client.update_run(record.run_id, status="SCHEDULED")
                 continue
-            tags = {
-                TAG + "study": self.study, TAG + "run_hash": spec.hash, TAG + "profile": self.profile,
-                TAG + "tokenizer_hash": spec.tokenizer.hash(), TAG + "git_commit": commit,
-                TAG + "factors": json.dumps(spec.factor_dict), TAG + "executor": self.executor,
-                **({TAG + "ar_hash": spec.ar.hash()} if spec.ar else {}),
-                **{f"{TAG}factor.{k}": str(v) for k, v in spec.factors},
-            }
+            tags = schema.run_tags(
+                study=self.study, profile=self.profile, run_hash=spec.hash, tokenizer_hash=spec.tokenizer.hash(),
+                ar_hash=spec.ar.hash() if spec.ar else None, git_commit=commit, factors=spec.factors,
+                executor=self.executor,
+            )
             run = self.client.create_run(self.experiment_id, run_name=spec.label, tags=tags)
             self.created.append(run.info.run_id)
             self.run_ids[spec.hash] = run.info.run_id
@@ -147,7 +146,7 @@ class StudyLaunch:
                 self.submitted.append((group, self._executor.submit(self._job(group))))
         for group, job in self.submitted:
             for spec in group:
-                self.client.set_tag(self.run_ids[spec.hash], "gigatok.slurm_job_id", job.job_id)
+                self.client.set_tag(self.run_ids[spec.hash], schema.SLURM_JOB_ID, job.job_id)
         self.running = list(self.submitted)
         return [job for _, job in self.submitted]
 
@@ -185,7 +184,7 @@ class StudyLaunch:
             tracked = study_runs(self.client, self.experiment_id)
             states = {s.hash: tracked[s.hash] for s in specs if s.hash in tracked}
             active = [s for s in specs if s.hash in states and states[s.hash].status == "RUNNING"]
-            stages = {s.hash: states[s.hash].tags.get("gigatok.stage") for s in active}
+            stages = {s.hash: states[s.hash].tags.get(schema.STAGE) for s in active}
             yield Progress(sum(1 for r in states.values() if r.status in TERMINAL),
                            [(s, stages[s.hash], training_step(s, self.ctx, stages[s.hash])) for s in active])
             if not self.running and not pending:
@@ -202,7 +201,7 @@ class StudyLaunch:
             record = tracked.get(spec.hash)
             rows.append(Outcome(spec, record.status if record else "MISSING",
                                 {k: record.metrics[k] for k in HEADLINE_METRICS if record and k in record.metrics},
-                                record.tags.get("gigatok.error") if record else None))
+                                record.tags.get(schema.ERROR) if record else None))
         return rows
 
 

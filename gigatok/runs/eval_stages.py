@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from gigatok import tracking_schema as schema
 from gigatok.runs.context import Stage, StageContext, StageOutcome
 from gigatok.runs.layout import (
     ar_dir_of,
@@ -23,7 +24,7 @@ from gigatok.runs.layout import (
     val_subset,
     write_result,
 )
-from gigatok.runs.spec import STAGE_METRICS, RunContext, RunSpec
+from gigatok.runs.spec import RunContext, RunSpec
 
 
 def provenance_tag(provenance: dict[str, Any], samples: str, reference: str) -> str:
@@ -38,7 +39,7 @@ def probe_outcome(stage: str, path: Path) -> StageOutcome:
     probe = read_result(path)
     metric = f"{stage}_acc"
     how = f"{probe['features']}; {probe['method']}" if "method" in probe else probe["features"]
-    return StageOutcome(stage, {metric: probe["accuracy"]}, {f"gigatok.provenance.{metric}": how}, [path])
+    return StageOutcome(stage, {metric: probe["accuracy"]}, {schema.provenance(metric): how}, [path])
 
 
 # -- reconstruction ---------------------------------------------------------------------------------------------
@@ -76,12 +77,12 @@ def reconstruction_stage(sc: StageContext) -> StageOutcome:
         write_result(path, result)
     result = read_result(path)
     prov = result["provenance"]
-    metrics = {k: result[k] for k in STAGE_METRICS["reconstruction"] if result.get(k) is not None}
+    metrics = {k: result[k] for k in schema.STAGE_METRICS["reconstruction"] if result.get(k) is not None}
     tags = {
-        "gigatok.provenance.rfid": provenance_tag(prov["rfid"], "reconstructions", prov["rfid"]["reference"][
+        schema.provenance("rfid"): provenance_tag(prov["rfid"], "reconstructions", prov["rfid"]["reference"][
             "description"]) if "rfid" in prov else "not computed",
         # the network, or "unavailable (<why>)" where no LPIPS was computed (then no lpips metric is logged)
-        "gigatok.provenance.lpips": result["lpips_network"],
+        schema.provenance("lpips"): result["lpips_network"],
     }
     subs = [result["lpips_network"]] if prov["lpips"]["substitute"] else []
     return StageOutcome("reconstruction", metrics, tags, result_files(path), substitutes=subs)
@@ -148,8 +149,8 @@ def feature_pca_stage(sc: StageContext) -> StageOutcome:
             "explained_variance_ratio": pca.explained_variance_ratio.tolist(), "arrays": arrays.name,
         })
     result = read_result(path)
-    tags = {"gigatok.artifact.feature_pca": f"eval/feature_pca/{arrays.name}",
-            "gigatok.provenance.feature_pca_variance":
+    tags = {schema.artifact("feature_pca"): f"eval/feature_pca/{arrays.name}",
+            schema.provenance("feature_pca_variance"):
                 f"decoder layer {result['layer']}, {result['images']} images of class {result['class_index']} "
                 f"of {result['dataset']}"}
     return StageOutcome("feature_pca", {"feature_pca_variance": float(sum(result["explained_variance_ratio"]))},
@@ -236,8 +237,8 @@ def decode_cost_stage(sc: StageContext) -> StageOutcome:
                             "decode_fraction": cost.decode_fraction, "device": str(device),
                             "batch_size": e.batch_size, "weights": "untrained (timing only)"})
     result = read_result(path)
-    metrics = {k: result[k] for k in STAGE_METRICS["decode_cost"]}
-    return StageOutcome("decode_cost", metrics, {"gigatok.decode_device": result["device"]}, [path])
+    metrics = {k: result[k] for k in schema.STAGE_METRICS["decode_cost"]}
+    return StageOutcome("decode_cost", metrics, {schema.DECODE_DEVICE: result["device"]}, [path])
 
 
 RECONSTRUCTION = Stage("reconstruction", reconstruction_result_path, reconstruction_stage)

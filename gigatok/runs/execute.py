@@ -11,6 +11,7 @@ import contextlib
 import os
 import traceback
 
+from gigatok import tracking_schema as schema
 from gigatok.runs.context import StageContext, workspace_for
 from gigatok.runs.spec import TRAINING_STAGES, RunContext, RunSpec
 from gigatok.runs.stages import run_stage
@@ -32,17 +33,17 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
     last_step: dict[str, int] = {}
     if logger is not None:
         run = logger.client.get_run(run_id)
-        logged = {k.removeprefix("gigatok.logged.") for k, v in run.data.tags.items()
-                  if k.startswith("gigatok.logged.") and v == "1"}
+        logged = {stage for stage, v in schema.family(run.data.tags, schema.LOGGED_PREFIX).items()
+                  if v == schema.LOGGED}
         for stage in TRAINING_STAGES:
             if stage in spec.stages and stage not in logged:
                 last_step[stage] = logger.last_step(f"{stage}/lr")
         # An array task's own id (123_4): sacct reports every task of the array for the bare array id.
         array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
         env_job = f"{array_job}_{array_task}" if array_job and array_task else os.environ.get("SLURM_JOB_ID")
-        logger.tags({"gigatok.host": os.uname().nodename, **({"gigatok.slurm_job_id": env_job} if env_job else {})})
-        if "gigatok.error" in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
-            logger.client.delete_tag(run_id, "gigatok.error")
+        logger.tags({schema.HOST: os.uname().nodename, **({schema.SLURM_JOB_ID: env_job} if env_job else {})})
+        if schema.ERROR in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
+            logger.client.delete_tag(run_id, schema.ERROR)
         logger.set_status("RUNNING")
     stored = dict(last_step)  # the last step of each curve that MLflow held when this process started
     streamed: dict[str, set[int]] = {stage: set() for stage in TRAINING_STAGES}
@@ -62,7 +63,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
             if rank != 0 and stage not in TRAINING_STAGES:
                 continue
             if logger is not None:
-                logger.tags({"gigatok.stage": stage})
+                logger.tags({schema.STAGE: stage})
             outcome = run_stage(stage, sc)
             metrics.update(outcome.metrics)
             substitutes.update(outcome.substitutes)
@@ -79,15 +80,15 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
                 logger.artifact(artifact, f"eval/{stage}" if artifact.suffix != ".png" else "images")
             tags = dict(outcome.tags)
             if substitutes:
-                tags["gigatok.substitutes"] = ",".join(sorted(substitutes))
-            tags[f"gigatok.logged.{stage}"] = "1"
+                tags[schema.SUBSTITUTES] = ",".join(sorted(substitutes))
+            tags[schema.logged(stage)] = schema.LOGGED
             logger.flush()
             logger.tags(tags)  # the "logged" tag goes last: a crash before it means the stage is logged again
     except BaseException as exc:
         if logger is not None:
             reason = f"{stage}: {type(exc).__name__}: {exc}".splitlines()[0][:1000]
             with contextlib.suppress(Exception):
-                logger.tags({"gigatok.error": reason, "gigatok.failed_stage": stage})
+                logger.tags({schema.ERROR: reason, schema.FAILED_STAGE: stage})
                 error_file = (ctx.root / "errors" / f"{spec.hash}.txt")
                 error_file.parent.mkdir(parents=True, exist_ok=True)
                 error_file.write_text(traceback.format_exc())
@@ -96,6 +97,6 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
                 logger.set_status(status)
         raise
     if logger is not None:
-        logger.tags({"gigatok.stage": "done"})
+        logger.tags({schema.STAGE: schema.STAGE_DONE})
         logger.set_status("FINISHED")
     return metrics

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gigatok import tracking_schema as schema
 from gigatok.config import EvalConfig
 from gigatok.runs.context import StageContext, StageOutcome
 from gigatok.runs.eval_stages import provenance_tag
@@ -101,9 +102,9 @@ def generation_at(sc: StageContext, e: EvalConfig | None,
     metrics = {k: v for k, v in metrics.items() if v is not None}
     prov = result["provenance"]
     tag = provenance_tag(prov, prov["samples"]["description"], prov["reference"]["description"])
-    tags = {f"gigatok.provenance.{k}": tag for k in ("gfid", "precision", "recall")}
-    tags["gigatok.provenance.inception_score"] = (
+    tags = {schema.provenance(k): tag for k in ("gfid", "precision", "recall")}
+    tags[schema.provenance("inception_score")] = (
         tag if result["inception_score"] is not None else str(result["inception_score_note"])
     )
-    tags["gigatok.cfg_scale"] = str(result["sampling"]["cfg_scale"])
+    tags[schema.CFG_SCALE] = str(result["sampling"]["cfg_scale"])
     return StageOutcome("generation", metrics, tags, result_files(path))

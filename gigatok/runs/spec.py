@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from gigatok import tracking_schema as schema
 from gigatok.config import (
     ARRunConfig,
     EvalConfig,
@@ -36,18 +37,8 @@ PROBE_STAGES = (*TOKENIZER_STAGES, "token_cache", "ar", "generation", "ar_probe"
 TRAINING_STAGES = ("tokenizer", "ar")
 NEEDS_AR = ("token_cache", "ar", "cfg_search", "generation", "ar_probe", "decode_cost")
 
-# Final metrics a run reports, by stage (names as logged to MLflow).
-STAGE_METRICS = {
-    # ssim_authors: SSIM as the authors' evaluation computes it, a comparison number beside ours
-    "reconstruction": ("rfid", "lpips", "psnr", "ssim", "ssim_authors", "codebook_usage", "codebook_perplexity"),
-    "tokenizer_probe": ("tokenizer_probe_acc",),
-    "feature_pca": ("feature_pca_variance",),  # variance explained by the 3 components drawn in Fig. 8
-    "ar": ("ar_val_loss",),
-    "cfg_search": ("cfg_best_scale", "cfg_best_gfid"),  # the best CFG scale and its gFID (Appendix B)
-    "generation": ("gfid", "inception_score", "precision", "recall"),
-    "ar_probe": ("ar_probe_acc",),
-    "decode_cost": ("decode_fraction", "sampling_seconds", "decoding_seconds"),
-}
+# Final metrics a run reports, by stage (names as logged to MLflow): the tracking schema's, which the analysis reads.
+STAGE_METRICS = schema.STAGE_METRICS
 
 
 def short_hash(payload: Any) -> str:

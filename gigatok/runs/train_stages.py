@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gigatok import tracking_schema as schema
 from gigatok.runs.context import Stage, StageContext, StageOutcome
 from gigatok.runs.layout import ar_dir_of, tokenizer_dir_of
 from gigatok.runs.spec import RunContext, RunSpec
@@ -39,7 +40,7 @@ def train_tokenizer_stage(sc: StageContext) -> StageOutcome:
         raise RuntimeError(f"tokenizer finished without its snapshot at epoch {sc.spec.tokenizer_snapshot:g} "
                            f"({sc.tok_dir})")
     # The perceptual term trained with, or why there was none (also the param tokenizer.loss.perceptual).
-    tags = {"gigatok.perceptual": result.perceptual} if result.perceptual else {}
+    tags = {schema.PERCEPTUAL: result.perceptual} if result.perceptual else {}
     return StageOutcome("tokenizer", {}, tags, records=records, substitutes=list(result.substitutes))
 
 

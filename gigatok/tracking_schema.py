@@ -1,0 +1,141 @@
+"""The tracking schema: every MLflow tag name the project writes or reads, the kinds of run, and the final metrics.
+
+The launch code, the run stages, the CFG search, the conversion of released files and the analysis all name tags
+through this module, so a tag is spelled once: renaming one here renames it everywhere, and a test
+(``tests/test_tracking_schema.py``) refuses a ``"gigatok.<name>"`` tag literal anywhere else. What is written to
+MLflow is unchanged by this module's existence: the names below are the names the store has always held.
+
+No torch, no MLflow at import time (the analysis and the planner import it).
+
+Tags (all start with :data:`PREFIX`):
+
+- a study run's identity, set when ``studies/run.py`` creates it (:func:`run_tags`): study, profile, run /
+  tokenizer / AR hash, git commit, executor, its factors as JSON and one ``factor.<name>`` tag per factor; its
+  experiment is tagged with study and profile (:func:`experiment_tags`);
+- what a job writes as it runs (:mod:`gigatok.runs.execute`): host, Slurm job id, the current stage (``done`` at
+  the end), ``logged.<stage>`` once a stage's numbers are stored, the error and failed stage of a failed run, the
+  substitute networks used;
+- what the stages report: ``provenance.<metric>`` (the feature network and sets behind a metric, or why it is
+  unavailable), ``artifact.<name>`` (where a stored array is), the perceptual term trained with, the CFG scale
+  sampled at, the device a decoding cost was timed on, ``source.<kind>[_file|_sha256]`` (a converted released file);
+- CFG search: the search's name and schedule (on the run it tunes), and on each trial (a child run of kind
+  :data:`CFG_TRIAL`): its state and, for a trial copied from the Optuna storage, where it came from;
+- a benchmark's run (``bench/``): which benchmark, and the git commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+PREFIX = "gigatok."
+
+# -- a study run's identity (run_tags) and its experiment's (experiment_tags) ------------------------------------
+STUDY = PREFIX + "study"
+PROFILE = PREFIX + "profile"
+RUN_HASH = PREFIX + "run_hash"  # only study runs have it: a run without it is no run of the study
+TOKENIZER_HASH = PREFIX + "tokenizer_hash"
+AR_HASH = PREFIX + "ar_hash"
+GIT_COMMIT = PREFIX + "git_commit"
+EXECUTOR = PREFIX + "executor"
+FACTORS = PREFIX + "factors"  # the factors as a JSON object (typed)
+FACTOR_PREFIX = PREFIX + "factor."  # factor.<name>: one text tag per factor
+
+# -- written by the job running a run ------------------------------------------------------------------------------
+HOST = PREFIX + "host"
+SLURM_JOB_ID = PREFIX + "slurm_job_id"
+STAGE = PREFIX + "stage"  # the stage running now; STAGE_DONE once every stage has finished
+STAGE_DONE = "done"
+LOGGED_PREFIX = PREFIX + "logged."  # logged.<stage> = "1": the stage's metrics, artifacts and tags are stored
+LOGGED = "1"
+ERROR = PREFIX + "error"
+FAILED_STAGE = PREFIX + "failed_stage"
+SUBSTITUTES = PREFIX + "substitutes"  # the random stand-in networks used, comma-separated
+
+# -- what the stages report ----------------------------------------------------------------------------------------
+PROVENANCE_PREFIX = PREFIX + "provenance."  # provenance.<metric>
+ARTIFACT_PREFIX = PREFIX + "artifact."  # artifact.<name>: a stored array's path in the run's artifacts
+SOURCE_PREFIX = PREFIX + "source."  # source.<kind>, source.<kind>_file, source.<kind>_sha256
+PERCEPTUAL = PREFIX + "perceptual"  # the perceptual term the tokenizer trained with, or why there was none
+CFG_SCALE = PREFIX + "cfg_scale"  # the scale the generation stage sampled at
+DECODE_DEVICE = PREFIX + "decode_device"
+
+# -- CFG search ----------------------------------------------------------------------------------------------------
+KIND = PREFIX + "kind"  # set on runs that are not study runs; study runs have no kind
+CFG_SEARCH = PREFIX + "cfg_search"  # the Optuna study name, on the searched run and on each of its trials
+CFG_SCHEDULE = PREFIX + "cfg_schedule"
+TRIAL_STATE = PREFIX + "trial_state"  # COMPLETE, PRUNED or FAIL
+CFG_TRIAL_ORIGIN = PREFIX + "cfg_trial_origin"
+
+# -- bench/: one run per benchmark invocation, in the "benchmarks" experiment ------------------------------------
+BENCHMARK = PREFIX + "benchmark"
+
+# -- kinds of run (the value of KIND) ------------------------------------------------------------------------------
+CFG_TRIAL = "cfg_trial"  # a CFG-search trial: a child run of the study run it tunes
+
+# -- final metrics, by the stage that logs them (names as logged to MLflow, at step 0) -----------------------------
+CFG_BEST_SCALE = "cfg_best_scale"
+CFG_BEST_GFID = "cfg_best_gfid"
+CFG_BEST_STEP_FRACTION = "cfg_best_step_fraction"  # only when the search searches the step fraction too
+STAGE_METRICS: dict[str, tuple[str, ...]] = {
+    # ssim_authors: SSIM as the authors' evaluation computes it, a comparison number beside ours
+    "reconstruction": ("rfid", "lpips", "psnr", "ssim", "ssim_authors", "codebook_usage", "codebook_perplexity"),
+    "tokenizer_probe": ("tokenizer_probe_acc",),
+    "feature_pca": ("feature_pca_variance",),  # variance explained by the 3 components drawn in Fig. 8
+    "ar": ("ar_val_loss",),
+    # the best CFG point and its gFID (Appendix B)
+    "cfg_search": (CFG_BEST_SCALE, CFG_BEST_GFID, CFG_BEST_STEP_FRACTION),
+    "generation": ("gfid", "inception_score", "precision", "recall"),
+    "ar_probe": ("ar_probe_acc",),
+    "decode_cost": ("decode_fraction", "sampling_seconds", "decoding_seconds"),
+}
+FINAL_METRICS: tuple[str, ...] = tuple(m for names in STAGE_METRICS.values() for m in names)
+
+
+def factor(name: str) -> str:
+    return FACTOR_PREFIX + name
+
+
+def logged(stage: str) -> str:
+    return LOGGED_PREFIX + stage
+
+
+def provenance(metric: str) -> str:
+    return PROVENANCE_PREFIX + metric
+
+
+def artifact(name: str) -> str:
+    return ARTIFACT_PREFIX + name
+
+
+def source(kind: str, suffix: str = "") -> str:
+    """``source.<kind>`` (the released checkpoint's name), with ``suffix`` ``_file`` or ``_sha256``."""
+    return f"{SOURCE_PREFIX}{kind}{suffix}"
+
+
+def family(tags: dict[str, str], prefix: str) -> dict[str, str]:
+    """The tags of one family (``prefix`` one of the ``*_PREFIX`` names) by their names after the prefix."""
+    return {k.removeprefix(prefix): v for k, v in tags.items() if k.startswith(prefix)}
+
+
+def experiment_tags(study: str, profile: str) -> dict[str, str]:
+    """The tags of a study's experiment (one per study and profile)."""
+    return {STUDY: study, PROFILE: profile}
+
+
+def run_tags(*, study: str, profile: str, run_hash: str, tokenizer_hash: str, ar_hash: str | None, git_commit: str,
+             factors: Sequence[tuple[str, Any]], executor: str) -> dict[str, str]:
+    """The tags a study run gets when it is created: its identity and its factors, ``(name, value)`` pairs in
+    display order (as JSON, typed, and one text tag each)."""
+    return {
+        STUDY: study, RUN_HASH: run_hash, PROFILE: profile, TOKENIZER_HASH: tokenizer_hash, GIT_COMMIT: git_commit,
+        FACTORS: json.dumps(dict(factors)), EXECUTOR: executor,
+        **({AR_HASH: ar_hash} if ar_hash is not None else {}),
+        **{factor(k): str(v) for k, v in factors},
+    }
+
+
+def trial_tags(*, parent_run_id: str, study: str, profile: str, search: str) -> dict[str, str]:
+    """The tags a CFG-search trial gets when it is created, under the run it tunes."""
+    return {"mlflow.parentRunId": parent_run_id, KIND: CFG_TRIAL, STUDY: study, PROFILE: profile, CFG_SEARCH: search}
