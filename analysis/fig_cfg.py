@@ -35,8 +35,9 @@ def cfg_curve(df: pd.DataFrame, source: Source) -> Plot:
     substitutes = False
     for ax, schedule in zip(axes, schedules, strict=True):
         here = trials[trials["cfg_schedule"].fillna("constant") == schedule]
-        for index, ((parent_id, _search), group) in enumerate(here.groupby(["parent_run_id", "search"], sort=True,
-                                                                          dropna=False)):
+        for index, ((parent_id, _search), group) in enumerate(
+            here.groupby(["parent_run_id", "search"], sort=True, dropna=False)
+        ):
             parent = parents.loc[parent_id]
             color = f"C{index % 10}"
             label = f"{parent['run_name']} [{parent['study']}]"
@@ -46,20 +47,50 @@ def cfg_curve(df: pd.DataFrame, source: Source) -> Plot:
             done = group[group["state"] == "COMPLETE"].sort_values("cfg_scale")
             pruned = group[group["state"] == "PRUNED"]
             if not done.empty:
-                ax.plot(done["cfg_scale"], done["gfid"], marker="o", color=color, markersize=4, label=label,
-                        linestyle="--" if parent["substitute"] else "-")
+                ax.plot(
+                    done["cfg_scale"],
+                    done["gfid"],
+                    marker="o",
+                    color=color,
+                    markersize=4,
+                    label=label,
+                    linestyle="--" if parent["substitute"] else "-",
+                )
                 best = done.loc[done["gfid"].idxmin()]
                 ax.scatter([best["cfg_scale"]], [best["gfid"]], marker="*", s=160, color=color, zorder=4)
-                ax.annotate(f"best {best['cfg_scale']:g}", (best["cfg_scale"], best["gfid"]),
-                            textcoords="offset points", xytext=(5, -11), fontsize=7, color=color)
+                ax.annotate(
+                    f"best {best['cfg_scale']:g}",
+                    (best["cfg_scale"], best["gfid"]),
+                    textcoords="offset points",
+                    xytext=(5, -11),
+                    fontsize=7,
+                    color=color,
+                )
             if not pruned.empty:
-                ax.scatter(pruned["cfg_scale"], pruned["gfid"], marker="x", s=30, color=color,
-                           label=None if not done.empty else label)
+                ax.scatter(
+                    pruned["cfg_scale"],
+                    pruned["gfid"],
+                    marker="x",
+                    s=30,
+                    color=color,
+                    label=None if not done.empty else label,
+                )
             records += [
-                {"figure": name, "panel": schedule, "series": label, "run_id": parent_id,
-                 "run_name": parent["run_name"], "size": parent["tokenizer_name"], "x": float(t.cfg_scale),
-                 "value": float(t.gfid), "y": float(t.gfid), "substitute": bool(parent["substitute"]),
-                 "state": t.state, "sample_budget": t.sample_budget, "trial_run_id": t.run_id}
+                {
+                    "figure": name,
+                    "panel": schedule,
+                    "series": label,
+                    "run_id": parent_id,
+                    "run_name": parent["run_name"],
+                    "size": parent["tokenizer_name"],
+                    "x": float(t.cfg_scale),
+                    "value": float(t.gfid),
+                    "y": float(t.gfid),
+                    "substitute": bool(parent["substitute"]),
+                    "state": t.state,
+                    "sample_budget": t.sample_budget,
+                    "trial_run_id": t.run_id,
+                }
                 for t in group.itertuples(index=False)
             ]
         ax.scatter([], [], marker="x", color="0.3", label="pruned (small-budget gFID)")

@@ -87,12 +87,27 @@ def fig5_entropy_curves(df: pd.DataFrame, source: Source, study: str | None = "e
                 label, faint = None, {"alpha": 0.35, "linewidth": 0.8}
             else:
                 faint = {}
-            ax.plot(points["step"], y, color=f"C{order.index(run.series)}", label=label,
-                    linestyle="--" if run.substitute else "-", **faint)
+            ax.plot(
+                points["step"],
+                y,
+                color=f"C{order.index(run.series)}",
+                label=label,
+                linestyle="--" if run.substitute else "-",
+                **faint,
+            )
             records += [
-                {"figure": name, "panel": panel.key, "series": run.series, "run_id": run.run_id,
-                 "run_name": run.run_name, "size": run.tokenizer_name, "x": int(step), "value": float(value),
-                 "y": float(value) * panel.scale, "substitute": bool(run.substitute)}
+                {
+                    "figure": name,
+                    "panel": panel.key,
+                    "series": run.series,
+                    "run_id": run.run_id,
+                    "run_name": run.run_name,
+                    "size": run.tokenizer_name,
+                    "x": int(step),
+                    "value": float(value),
+                    "y": float(value) * panel.scale,
+                    "substitute": bool(run.substitute),
+                }
                 for step, value in zip(points["step"], points["value"], strict=True)
             ]
         _seed_means(ax, runs, here, panel, order)
@@ -101,11 +116,11 @@ def fig5_entropy_curves(df: pd.DataFrame, source: Source, study: str | None = "e
         ax.set_title(panel.title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    heading = profile_heading("Fig. 5: training curves with and without entropy loss", profile, substitutes,
-                              "dashed lines")
+    heading = profile_heading(
+        "Fig. 5: training curves with and without entropy loss", profile, substitutes, "dashed lines"
+    )
     fig.suptitle(heading, fontsize=10)
     return Plot(name, fig, pd.DataFrame.from_records(records, columns=DATA_COLUMNS), tuple(notes))
-
 
 
 def _seed_means(ax: Axes, runs: pd.DataFrame, curves: pd.DataFrame, panel: CurvePanel, order: list[str]) -> None:
@@ -118,5 +133,15 @@ def _seed_means(ax: Axes, runs: pd.DataFrame, curves: pd.DataFrame, panel: Curve
         if points.empty:
             continue
         label = f"{size} {series}, mean of {points['run_id'].nunique()} seeds"
-        sns.lineplot(data=points, x="step", y="y", estimator="mean", errorbar=ci95, color=f"C{order.index(series)}",
-                     label=label, ax=ax, legend=False, err_kws={"alpha": 0.2, "linewidth": 0})
+        sns.lineplot(
+            data=points,
+            x="step",
+            y="y",
+            estimator="mean",
+            errorbar=ci95,
+            color=f"C{order.index(series)}",
+            label=label,
+            ax=ax,
+            legend=False,
+            err_kws={"alpha": 0.2, "linewidth": 0},
+        )

@@ -24,8 +24,19 @@ from analysis.sources import Source
 from gigatok.feature_pca import FeaturePCA
 
 ARTIFACT_COLUMN = "artifact.feature_pca"
-DATA_COLUMNS = ["figure", "series", "run_id", "run_name", "size", "image", "class_index", "component",
-                "mean", "explained_variance_ratio", "substitute"]
+DATA_COLUMNS = [
+    "figure",
+    "series",
+    "run_id",
+    "run_name",
+    "size",
+    "image",
+    "class_index",
+    "component",
+    "mean",
+    "explained_variance_ratio",
+    "substitute",
+]
 
 
 def fig8_feature_pca(df: pd.DataFrame, source: Source, study: str | None = "feature_pca") -> Plot:
@@ -74,10 +85,19 @@ def fig8_feature_pca(df: pd.DataFrame, source: Source, study: str | None = "feat
             repeat = max(1, height // maps.shape[0])
             axes[row, col].imshow(np.repeat(np.repeat(maps, repeat, axis=0), repeat, axis=1), interpolation="nearest")
             records += [
-                {"figure": name, "series": run["series"], "run_id": run["run_id"], "run_name": run["run_name"],
-                 "size": run["tokenizer_name"], "image": col, "class_index": pca.class_index, "component": c,
-                 "mean": float(maps[..., c].mean()), "explained_variance_ratio": float(pca.explained_variance_ratio[c]),
-                 "substitute": bool(run["substitute"])}
+                {
+                    "figure": name,
+                    "series": run["series"],
+                    "run_id": run["run_id"],
+                    "run_name": run["run_name"],
+                    "size": run["tokenizer_name"],
+                    "image": col,
+                    "class_index": pca.class_index,
+                    "component": c,
+                    "mean": float(maps[..., c].mean()),
+                    "explained_variance_ratio": float(pca.explained_variance_ratio[c]),
+                    "substitute": bool(run["substitute"]),
+                }
                 for c in range(3)
             ]
         label = f"{run['tokenizer_name']}\n{run['series']}"
@@ -89,8 +109,9 @@ def fig8_feature_pca(df: pd.DataFrame, source: Source, study: str | None = "feat
         ax.set_xticks([])
         ax.set_yticks([])
     first = loaded[0][1]
-    title = (f"Fig. 8: decoder layer {first.layer} features, first 3 PCA components as RGB, "
-             f"{count} images of class {first.class_index}")
-    fig.suptitle(profile_heading(title, profile, substitutes,
-                                 "rows labelled SUBSTITUTE"), fontsize=9)
+    title = (
+        f"Fig. 8: decoder layer {first.layer} features, first 3 PCA components as RGB, "
+        f"{count} images of class {first.class_index}"
+    )
+    fig.suptitle(profile_heading(title, profile, substitutes, "rows labelled SUBSTITUTE"), fontsize=9)
     return Plot(name, fig, pd.DataFrame.from_records(records, columns=DATA_COLUMNS), tuple(notes))

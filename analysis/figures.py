@@ -163,8 +163,7 @@ def scaling_plot(
     with house_theme():
         fig, records, panel_notes = _draw_panels(runs, panels, labels, order, name, x_axis, correlate, substitutes)
     notes.extend(panel_notes)
-    over = (f"\nlines: mean over up to {seeds} seeds; bands: {CI_NOTE}; faint dots: single seeds" if seeds > 1
-            else "")
+    over = f"\nlines: mean over up to {seeds} seeds; bands: {CI_NOTE}; faint dots: single seeds" if seeds > 1 else ""
     fig.suptitle(profile_heading(title, profile, substitutes, "hollow hatched points") + over, fontsize=10)
     data = pd.DataFrame.from_records(records, columns=[*DATA_COLUMNS, *SEED_COLUMNS])
     comparisons = seed_comparisons(data, [p for p in panels if p.metric in set(data["panel"])], labels, x_axis)
@@ -175,8 +174,16 @@ def scaling_plot(
 CI_NOTE = "95% bootstrap CI of the mean"
 
 
-def _draw_panels(runs: pd.DataFrame, panels: Sequence[Panel], labels: list[str], order: Sequence[str], name: str,
-                 x_axis: XAxis, correlate: bool, substitutes: bool) -> tuple[Figure, list[dict], list[str]]:
+def _draw_panels(
+    runs: pd.DataFrame,
+    panels: Sequence[Panel],
+    labels: list[str],
+    order: Sequence[str],
+    name: str,
+    x_axis: XAxis,
+    correlate: bool,
+    substitutes: bool,
+) -> tuple[Figure, list[dict], list[str]]:
     notes: list[str] = []
     fig = Figure(figsize=(4.3 * len(panels), 4.0), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -185,8 +192,9 @@ def _draw_panels(runs: pd.DataFrame, panels: Sequence[Panel], labels: list[str],
     for ax, panel in zip(axes, panels, strict=True):
         values = runs[panel.metric] if panel.metric in runs else pd.Series(float("nan"), index=runs.index)
         logged = runs[values.notna()]
-        reasons = sorted({r for _, run in runs[values.isna()].iterrows()
-                          if (r := unavailable_reason(run, panel.metric)) is not None})
+        reasons = sorted(
+            {r for _, run in runs[values.isna()].iterrows() if (r := unavailable_reason(run, panel.metric)) is not None}
+        )
         why = f" ({UNAVAILABLE}: {'; '.join(reasons)})" if reasons else ""
         if logged.empty:
             notes.append(skip_panel(ax, panel.title, panel.metric) + why)
@@ -204,8 +212,7 @@ def _draw_panels(runs: pd.DataFrame, panels: Sequence[Panel], labels: list[str],
             if panel.twin and len({r["series"] for r in records if r["panel"] == panel.metric}) == 1:
                 twin = target = ax.twinx()
                 twin.set_ylabel(f"{panel.ylabel}, {label}", color=color, fontsize=8)
-            records.extend(_draw_series(ax=target, points=points, panel=panel, label=label, color=color,
-                                        figure=name))
+            records.extend(_draw_series(ax=target, points=points, panel=panel, label=label, color=color, figure=name))
         _style_axes(ax, panel, logged["x"], x_axis)
         if correlate and (r := series_correlation(records, panel.metric)) is not None:
             ax.set_title(f"{panel.title}\nPearson r = {r[0]:.2f} over {r[1]} points", fontsize=10)
@@ -221,8 +228,16 @@ def _draw_panels(runs: pd.DataFrame, panels: Sequence[Panel], labels: list[str],
 def skip_panel(ax: Axes, title: str, key: str) -> str:
     """Blank a panel whose metric no run logged, saying so on the figure; returns the note for the figure's index."""
     ax.set_axis_off()
-    ax.text(0.5, 0.5, f"{title}\n\nskipped: no run logged {key}", ha="center", va="center",
-            transform=ax.transAxes, fontsize=9, color="0.4")
+    ax.text(
+        0.5,
+        0.5,
+        f"{title}\n\nskipped: no run logged {key}",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        fontsize=9,
+        color="0.4",
+    )
     return f"panel '{title}' skipped: no run logged {key}"
 
 
@@ -249,11 +264,24 @@ def _draw_series(*, ax: Axes, points: pd.DataFrame, panel: Panel, label: str, co
     points = points.assign(y=points[panel.metric] * panel.scale)
     stats = {x: summary(group["y"]) for x, group in points.groupby("x")}
     means = points.groupby("x", as_index=False).agg(
-        y=("y", "mean"), substitute=("substitute", "any"), size=("tokenizer_name", "first"))
+        y=("y", "mean"), substitute=("substitute", "any"), size=("tokenizer_name", "first")
+    )
     if max(s["n"] for s in stats.values()) > 1:
         # seaborn draws the mean line and its band; the interval is the one the notes and tables judge by.
-        sns.lineplot(data=points, x="x", y="y", estimator="mean", errorbar=ci95, err_style="band", color=color,
-                     label=label, ax=ax, zorder=2, legend=False, err_kws={"alpha": 0.2, "linewidth": 0})
+        sns.lineplot(
+            data=points,
+            x="x",
+            y="y",
+            estimator="mean",
+            errorbar=ci95,
+            err_style="band",
+            color=color,
+            label=label,
+            ax=ax,
+            zorder=2,
+            legend=False,
+            err_kws={"alpha": 0.2, "linewidth": 0},
+        )
         ax.scatter(points["x"], points["y"], s=14, color=color, alpha=0.35, linewidths=0, zorder=3)
     else:
         ax.plot(means["x"], means["y"], "-", color=color, label=label, zorder=2)
@@ -261,20 +289,39 @@ def _draw_series(*, ax: Axes, points: pd.DataFrame, panel: Panel, label: str, co
     real = ~means["substitute"].astype(bool)
     ax.scatter(x[real], y[real], marker="o", s=36, color=color, zorder=4)
     # Substitute networks give numbers that mean nothing against real ones: a different marker, hollow and hatched.
-    ax.scatter(x[~real], y[~real], marker="s", s=80, facecolors="none", edgecolors=color, hatch="////",
-               linewidths=1.2, zorder=4)
+    ax.scatter(
+        x[~real],
+        y[~real],
+        marker="s",
+        s=80,
+        facecolors="none",
+        edgecolors=color,
+        hatch="////",
+        linewidths=1.2,
+        zorder=4,
+    )
     for xi, yi, size in zip(x, y, means["size"], strict=True):
         ax.annotate(str(size), (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize=7)
     return [
-        {"figure": figure, "panel": panel.metric, "series": label, "run_id": r.run_id, "run_name": r.run_name,
-         "size": r.tokenizer_name, "x": r.x, "value": getattr(r, panel.metric), "y": r.y,
-         "substitute": bool(r.substitute), "seed": int(r.seed), **stats[r.x]}
+        {
+            "figure": figure,
+            "panel": panel.metric,
+            "series": label,
+            "run_id": r.run_id,
+            "run_name": r.run_name,
+            "size": r.tokenizer_name,
+            "x": r.x,
+            "value": getattr(r, panel.metric),
+            "y": r.y,
+            "substitute": bool(r.substitute),
+            "seed": int(r.seed),
+            **stats[r.x],
+        }
         for r in points.itertuples(index=False)
     ]
 
 
-def seed_comparisons(data: pd.DataFrame, panels: Sequence[Panel], labels: Sequence[str], x_axis: XAxis
-                     ) -> pd.DataFrame:
+def seed_comparisons(data: pd.DataFrame, panels: Sequence[Panel], labels: Sequence[str], x_axis: XAxis) -> pd.DataFrame:
     """The differences a scaling figure shows, each judged against the seed spread: neighbouring series at each
     position (1D against 2D at S-B: a position is a tokenizer size, whose 1D and 2D counts differ a little), and
     along each series neighbouring positions and the first against the last (S-S against B-L).
@@ -284,18 +331,34 @@ def seed_comparisons(data: pd.DataFrame, panels: Sequence[Panel], labels: Sequen
         points = data[data["panel"] == panel.metric].drop_duplicates(["series", "x"]).sort_values("x")
         if points.empty:
             continue
-        points = points.assign(at=[str(size) if x_axis.point is None else x_axis.point.format(x=x)
-                                   for size, x in zip(points["size"], points["x"], strict=True)])
+        points = points.assign(
+            at=[
+                str(size) if x_axis.point is None else x_axis.point.format(x=x)
+                for size, x in zip(points["size"], points["x"], strict=True)
+            ]
+        )
 
-        def compare(compares: str, a: pd.Series, b: pd.Series, at: str, names: tuple[str, str],
-                    metric: str = panel.metric) -> None:
-            rows.append({"panel": metric, "compares": compares, "a": names[0], "b": names[1], "at": at,
-                         "mean_a": a["mean"], "mean_b": b["mean"], "n_a": int(a["n"]), "n_b": int(b["n"]),
-                         "beyond_spread": beyond_spread(a, b)})
+        def compare(
+            compares: str, a: pd.Series, b: pd.Series, at: str, names: tuple[str, str], metric: str = panel.metric
+        ) -> None:
+            rows.append(
+                {
+                    "panel": metric,
+                    "compares": compares,
+                    "a": names[0],
+                    "b": names[1],
+                    "at": at,
+                    "mean_a": a["mean"],
+                    "mean_b": b["mean"],
+                    "n_a": int(a["n"]),
+                    "n_b": int(b["n"]),
+                    "beyond_spread": beyond_spread(a, b),
+                }
+            )
 
         here = [label for label in labels if (points["series"] == label).any()]
         # Series on two y axes of their own (twin) are on different scales: only their shapes are compared.
-        for at in ([] if panel.twin else list(dict.fromkeys(points["at"]))):
+        for at in [] if panel.twin else list(dict.fromkeys(points["at"])):
             present = points[points["at"] == at].set_index("series")
             ordered = [label for label in here if label in present.index]
             for first, second in zip(ordered, ordered[1:], strict=False):
@@ -322,17 +385,27 @@ def spread_notes(comparisons: pd.DataFrame, panels: Sequence[Panel]) -> tuple[st
             continue
         parts = {True: [], False: [], None: []}
         for r in rows.itertuples(index=False):
-            what = (f"{r.a} vs {r.b} at {r.at} ({r.mean_a:.4g} vs {r.mean_b:.4g})" if r.compares == "series"
-                    else f"{r.at} {r.a} to {r.b} ({r.mean_a:.4g} to {r.mean_b:.4g})")
+            what = (
+                f"{r.a} vs {r.b} at {r.at} ({r.mean_a:.4g} vs {r.mean_b:.4g})"
+                if r.compares == "series"
+                else f"{r.at} {r.a} to {r.b} ({r.mean_a:.4g} to {r.mean_b:.4g})"
+            )
             parts[None if pd.isna(r.beyond_spread) else bool(r.beyond_spread)].append(what)
         n = sorted(set(rows["n_a"]) | set(rows["n_b"]))
         seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
         line = f"{panel.title}, {panel.metric}, {seeds} seeds a point (beyond = their 95% intervals do not overlap): "
-        line += "; ".join(filter(None, [
-            f"beyond the seed spread: {', '.join(parts[True])}" if parts[True] else "beyond the seed spread: none",
-            f"within it: {', '.join(parts[False])}" if parts[False] else "",
-            f"one seed, not judged: {', '.join(parts[None])}" if parts[None] else "",
-        ]))
+        line += "; ".join(
+            filter(
+                None,
+                [
+                    f"beyond the seed spread: {', '.join(parts[True])}"
+                    if parts[True]
+                    else "beyond the seed spread: none",
+                    f"within it: {', '.join(parts[False])}" if parts[False] else "",
+                    f"one seed, not judged: {', '.join(parts[None])}" if parts[None] else "",
+                ],
+            )
+        )
         lines.append(line)
     return tuple(lines)
 
@@ -382,8 +455,9 @@ def _legend(ax: Axes, substitutes: bool, twin: Axes | None = None) -> None:
         more = twin.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
     if substitutes:
-        handles.append(Line2D([], [], marker="s", linestyle="none", markerfacecolor="none", markeredgecolor="0.3",
-                              markersize=8))
+        handles.append(
+            Line2D([], [], marker="s", linestyle="none", markerfacecolor="none", markeredgecolor="0.3", markersize=8)
+        )
         labels.append(SUBSTITUTE_NOTE)
     ax.legend(handles, labels, fontsize=7)
 
@@ -410,28 +484,52 @@ def semreg_series(runs: pd.DataFrame) -> pd.Series:
 
 def fig9_1d_vs_2d(df: pd.DataFrame, study: str | None = "scaling_1d_vs_2d") -> Plot:
     """Fig. 9: 1D (Q-Former) against 2D (ViT) tokenizers, S-S to B-L, with semantic regularization."""
-    return scaling_plot(df, name="fig9_1d_vs_2d", title="Fig. 9: 1D vs 2D tokenizers", study=study,
-                        series=kind_series, order=list(KIND_LABELS.values()), panels=(RFID, GFID, VAL_LOSS, LIN_ACC))
+    return scaling_plot(
+        df,
+        name="fig9_1d_vs_2d",
+        title="Fig. 9: 1D vs 2D tokenizers",
+        study=study,
+        series=kind_series,
+        order=list(KIND_LABELS.values()),
+        panels=(RFID, GFID, VAL_LOSS, LIN_ACC),
+    )
 
 
 def scaling_semreg(df: pd.DataFrame, study: str | None = "scaling_semreg") -> Plot:
     """Figs. 1 and 7: scaling with and without semantic regularization (the reconstruction vs generation dilemma)."""
-    return scaling_plot(df, name="fig7_scaling_semreg", title="Figs. 1 and 7: scaling with and without semantic "
-                        "regularization", study=study, series=semreg_series, order=list(SEMREG_LABELS.values()),
-                        panels=(RFID, GFID, VAL_LOSS, LIN_ACC))
+    return scaling_plot(
+        df,
+        name="fig7_scaling_semreg",
+        title="Figs. 1 and 7: scaling with and without semantic regularization",
+        study=study,
+        series=semreg_series,
+        order=list(SEMREG_LABELS.values()),
+        panels=(RFID, GFID, VAL_LOSS, LIN_ACC),
+    )
 
 
 def scaling_vanilla(df: pd.DataFrame, study: str | None = "scaling_vanilla") -> Plot:
     """Fig. 3: vanilla 1D tokenizers, where reconstruction improves with size and generation does not."""
-    return scaling_plot(df, name="fig3_scaling_vanilla", title="Fig. 3: scaling vanilla 1D tokenizers", study=study,
-                        series=semreg_series, order=list(SEMREG_LABELS.values()), panels=(RFID, GFID, VAL_LOSS))
+    return scaling_plot(
+        df,
+        name="fig3_scaling_vanilla",
+        title="Fig. 3: scaling vanilla 1D tokenizers",
+        study=study,
+        series=semreg_series,
+        order=list(SEMREG_LABELS.values()),
+        panels=(RFID, GFID, VAL_LOSS),
+    )
 
 
 AR_SIZES = ("B", "L", "XL", "XXL")
 TOKENIZER_PROBE = Panel("tokenizer_probe_acc", "Tokenizer encoder: linear probe", "top-1 accuracy (%)", scale=100.0)
 EPOCHS = XAxis("factor_epochs", "tokenizer training (paper epochs)", what="a training length", point="{x:g} epochs")
-CHECKPOINT = XAxis("factor_checkpoint", "tokenizer checkpoint (paper epochs of training)", what="a checkpoint epoch",
-                   point="checkpoint {x:g}")
+CHECKPOINT = XAxis(
+    "factor_checkpoint",
+    "tokenizer checkpoint (paper epochs of training)",
+    what="a checkpoint epoch",
+    point="checkpoint {x:g}",
+)
 
 
 def ar_size_label(profile: str, size: str) -> str:
@@ -450,8 +548,13 @@ def human_count(count: int) -> str:
 
 def ar_size_series(runs: pd.DataFrame) -> pd.Series:
     sizes = runs["factor_ar_size"] if "factor_ar_size" in runs else runs["ar_size"]
-    return pd.Series([ar_size_label(str(p), s) if isinstance(s, str) else None
-                      for p, s in zip(runs["profile"], sizes.astype("object"), strict=True)], index=runs.index)
+    return pd.Series(
+        [
+            ar_size_label(str(p), s) if isinstance(s, str) else None
+            for p, s in zip(runs["profile"], sizes.astype("object"), strict=True)
+        ],
+        index=runs.index,
+    )
 
 
 def size_series(runs: pd.DataFrame) -> pd.Series:
@@ -461,9 +564,16 @@ def size_series(runs: pd.DataFrame) -> pd.Series:
 def fig6_ar_probe_vs_large(df: pd.DataFrame, study: str | None = "ar_probe_vs_large") -> Plot:
     """Fig. 6: the AR probe's metrics against the larger AR-XL's, over the same tokenizers (two y axes each)."""
     twin = [dataclasses.replace(p, twin=True) for p in (GFID, VAL_LOSS, LIN_ACC)]
-    return scaling_plot(df, name="fig6_ar_probe_vs_large", title="Fig. 6: AR probing against a larger AR model",
-                        study=study, series=ar_size_series, order=ar_size_order(df), panels=twin,
-                        correlate=True)
+    return scaling_plot(
+        df,
+        name="fig6_ar_probe_vs_large",
+        title="Fig. 6: AR probing against a larger AR model",
+        study=study,
+        series=ar_size_series,
+        order=ar_size_order(df),
+        panels=twin,
+        correlate=True,
+    )
 
 
 def ar_size_order(df: pd.DataFrame) -> list[str]:
@@ -473,15 +583,30 @@ def ar_size_order(df: pd.DataFrame) -> list[str]:
 def fig12_train_duration(df: pd.DataFrame, study: str | None = "train_duration") -> Plot:
     """Fig. 12: S-S tokenizers trained 40-120 epochs, with and without semantic regularization."""
     panels = (RFID, GFID, dataclasses.replace(VAL_LOSS, twin=True), dataclasses.replace(LIN_ACC, twin=True))
-    return scaling_plot(df, name="fig12_train_duration", title="Fig. 12: tokenizer training duration", study=study,
-                        series=semreg_series, order=list(SEMREG_LABELS.values()), panels=panels, x_axis=EPOCHS)
+    return scaling_plot(
+        df,
+        name="fig12_train_duration",
+        title="Fig. 12: tokenizer training duration",
+        study=study,
+        series=semreg_series,
+        order=list(SEMREG_LABELS.values()),
+        panels=panels,
+        x_axis=EPOCHS,
+    )
 
 
 def fig13_checkpoint_probes(df: pd.DataFrame, study: str | None = "tokenizer_checkpoints") -> Plot:
     """Fig. 13: tokenizer-encoder against AR-probe linear-probe accuracy (and gFID) over training checkpoints."""
-    return scaling_plot(df, name="fig13_checkpoint_probes", title="Fig. 13: linear probes over tokenizer training",
-                        study=study, series=size_series, order=[f"{n} tokenizer" for n in SIZE_ORDER],
-                        panels=(TOKENIZER_PROBE, LIN_ACC, GFID), x_axis=CHECKPOINT)
+    return scaling_plot(
+        df,
+        name="fig13_checkpoint_probes",
+        title="Fig. 13: linear probes over tokenizer training",
+        study=study,
+        series=size_series,
+        order=[f"{n} tokenizer" for n in SIZE_ORDER],
+        panels=(TOKENIZER_PROBE, LIN_ACC, GFID),
+        x_axis=CHECKPOINT,
+    )
 
 
 SIZE_ORDER = ("S-S", "S-B", "B-S", "S-L", "B-L", "XL-XXL")

@@ -58,8 +58,14 @@ PARAMS: dict[str, tuple[str, type]] = {
 PARAM_DTYPES = {str: "string", int: "Int64", float: "float64"}
 
 # Column -> the tag it comes from.
-IDENTITY_TAGS = {"run_hash": schema.RUN_HASH, "tokenizer_hash": schema.TOKENIZER_HASH, "ar_hash": schema.AR_HASH,
-                 "git_commit": schema.GIT_COMMIT, "stage": schema.STAGE, "error": schema.ERROR}
+IDENTITY_TAGS = {
+    "run_hash": schema.RUN_HASH,
+    "tokenizer_hash": schema.TOKENIZER_HASH,
+    "ar_hash": schema.AR_HASH,
+    "git_commit": schema.GIT_COMMIT,
+    "stage": schema.STAGE,
+    "error": schema.ERROR,
+}
 
 
 class StoreError(RuntimeError):
@@ -108,8 +114,12 @@ def study_experiments(client: Any, studies: Sequence[str] | None = None, profile
     return found
 
 
-def load_runs(tracking_uri: str | None = None, studies: Sequence[str] | None = None,
-              profile: str | None = None, direct_sql: bool = True) -> pd.DataFrame:
+def load_runs(
+    tracking_uri: str | None = None,
+    studies: Sequence[str] | None = None,
+    profile: str | None = None,
+    direct_sql: bool = True,
+) -> pd.DataFrame:
     """Every run of the selected studies and profile, one row each (see the module docstring for the columns).
 
     ``direct_sql`` reads a SQLite store's tables directly (:func:`gigatok.tracking.sqlite_runs`: the same rows,
@@ -121,8 +131,11 @@ def load_runs(tracking_uri: str | None = None, studies: Sequence[str] | None = N
     rows = []
     for experiment in experiments:
         # One query per experiment. Curves ("stage/key") are not final metrics: run_row leaves them out.
-        runs = (experiment_runs(client, experiment.experiment_id, params=ROW_PARAMS, curves=False) if direct_sql
-                else _pages(client.search_runs, experiment_ids=[experiment.experiment_id], max_results=SEARCH_PAGE))
+        runs = (
+            experiment_runs(client, experiment.experiment_id, params=ROW_PARAMS, curves=False)
+            if direct_sql
+            else _pages(client.search_runs, experiment_ids=[experiment.experiment_id], max_results=SEARCH_PAGE)
+        )
         for run in runs:
             if run.data.tags.get(schema.KIND) == CFG_TRIAL:
                 continue  # a CFG-search trial is a child of a study run, not a run of the study: load_trials
@@ -147,9 +160,15 @@ def _nothing_found(client: Any, uri: str, studies: Sequence[str] | None, profile
         for e in _pages(client.search_experiments, max_results=1000)
         if schema.STUDY in (e.tags or {})
     )
-    wanted = " ".join(filter(None, [
-        f"of {', '.join(studies)}" if studies else "", f"at profile {profile}" if profile else "",
-    ]))
+    wanted = " ".join(
+        filter(
+            None,
+            [
+                f"of {', '.join(studies)}" if studies else "",
+                f"at profile {profile}" if profile else "",
+            ],
+        )
+    )
     holds = f"it holds {', '.join(present)}" if present else "it holds no gigatok studies"
     return f"no runs {wanted + ' ' if wanted else ''}in {uri}; {holds}"
 
@@ -244,20 +263,38 @@ def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     names = list(dict.fromkeys(name for factors in factor_dicts for name in factors))
     factor_columns = {FACTOR_PREFIX + name: typed_column([f.get(name) for f in factor_dicts]) for name in names}
     df["tokenizer_params"] = pd.Series(
-        [tokenizer_parameters(p, n, k) for p, n, k in zip(df["profile"], df["tokenizer_name"], df["tokenizer_kind"],
-                                                          strict=True)],
+        [
+            tokenizer_parameters(p, n, k)
+            for p, n, k in zip(df["profile"], df["tokenizer_name"], df["tokenizer_kind"], strict=True)
+        ],
         dtype="Int64",
     )
-    identity = ["run_id", "run_name", "experiment", "study", "profile", "status", *IDENTITY_TAGS, "start_time",
-                "end_time"]
+    identity = [
+        "run_id",
+        "run_name",
+        "experiment",
+        "study",
+        "profile",
+        "status",
+        *IDENTITY_TAGS,
+        "start_time",
+        "end_time",
+    ]
     config = [*PARAMS, "tokenizer_params"]
-    metrics = [c for c in df.columns if c not in identity and c not in config and c not in ("substitute", "substitutes")
-               and not c.startswith((PROVENANCE_PREFIX, ARTIFACT_PREFIX))]
+    metrics = [
+        c
+        for c in df.columns
+        if c not in identity
+        and c not in config
+        and c not in ("substitute", "substitutes")
+        and not c.startswith((PROVENANCE_PREFIX, ARTIFACT_PREFIX))
+    ]
     provenance = sorted(c for c in df.columns if c.startswith((PROVENANCE_PREFIX, ARTIFACT_PREFIX)))
     factors = pd.DataFrame(factor_columns, index=df.index)
     substitute = df[["substitute", "substitutes"]]
-    out = pd.concat([df[identity], factors, df[config], df[metrics].astype("float64"), substitute, df[provenance]],
-                    axis=1)
+    out = pd.concat(
+        [df[identity], factors, df[config], df[metrics].astype("float64"), substitute, df[provenance]], axis=1
+    )
     for column in ("run_name", "experiment", "study", "profile", "status", *IDENTITY_TAGS, "substitutes", *provenance):
         out[column] = out[column].astype("string")
     out["substitute"] = out["substitute"].astype(bool)
@@ -345,8 +382,20 @@ def load_snapshot(path: str | Path) -> pd.DataFrame:
 # CFG-search trials
 # ----------------------------------------------------------------------------------------------------------
 
-TRIAL_COLUMNS = ["parent_run_id", "run_id", "study", "profile", "search", "trial_number", "state", "cfg_scale",
-                 "cfg_schedule", "step_fraction", "sample_budget", "gfid"]
+TRIAL_COLUMNS = [
+    "parent_run_id",
+    "run_id",
+    "study",
+    "profile",
+    "search",
+    "trial_number",
+    "state",
+    "cfg_scale",
+    "cfg_schedule",
+    "step_fraction",
+    "sample_budget",
+    "gfid",
+]
 
 
 def load_trials(tracking_uri: str | None, experiments: Iterable[str]) -> pd.DataFrame:
@@ -362,17 +411,33 @@ def load_trials(tracking_uri: str | None, experiments: Iterable[str]) -> pd.Data
         if experiment is None:
             continue
         query = f"tags.`{schema.KIND}` = '{CFG_TRIAL}'"
-        for run in _pages(client.search_runs, experiment_ids=[experiment.experiment_id], filter_string=query,
-                          max_results=SEARCH_PAGE):
+        for run in _pages(
+            client.search_runs, experiment_ids=[experiment.experiment_id], filter_string=query, max_results=SEARCH_PAGE
+        ):
             tags, params = run.data.tags, run.data.params
-            rows.append({
-                "parent_run_id": tags.get("mlflow.parentRunId"), "run_id": run.info.run_id,
-                "study": tags.get(schema.STUDY), "profile": tags.get(schema.PROFILE),
-                "search": tags.get(schema.CFG_SEARCH), "trial_number": _param(params, "trial_number", int),
-                "state": tags.get(schema.TRIAL_STATE), "cfg_scale": _param(params, "cfg_scale", float),
-                "cfg_schedule": params.get("cfg_schedule"), "step_fraction": _param(params, "step_fraction", float),
-                "sample_budget": _param(params, "sample_budget", int), "gfid": run.data.metrics.get("gfid", math.nan),
-            })
+            rows.append(
+                {
+                    "parent_run_id": tags.get("mlflow.parentRunId"),
+                    "run_id": run.info.run_id,
+                    "study": tags.get(schema.STUDY),
+                    "profile": tags.get(schema.PROFILE),
+                    "search": tags.get(schema.CFG_SEARCH),
+                    "trial_number": _param(params, "trial_number", int),
+                    "state": tags.get(schema.TRIAL_STATE),
+                    "cfg_scale": _param(params, "cfg_scale", float),
+                    "cfg_schedule": params.get("cfg_schedule"),
+                    "step_fraction": _param(params, "step_fraction", float),
+                    "sample_budget": _param(params, "sample_budget", int),
+                    "gfid": run.data.metrics.get("gfid", math.nan),
+                }
+            )
     df = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
-    return df.astype({"trial_number": "Int64", "sample_budget": "Int64", "cfg_scale": "float64",
-                      "step_fraction": "float64", "gfid": "float64"})
+    return df.astype(
+        {
+            "trial_number": "Int64",
+            "sample_budget": "Int64",
+            "cfg_scale": "float64",
+            "step_fraction": "float64",
+            "gfid": "float64",
+        }
+    )

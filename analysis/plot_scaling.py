@@ -53,8 +53,9 @@ class Skipped:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="analysis/plot_scaling.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="analysis/plot_scaling.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--study", action="append", default=[], help="only the figures of this study (repeatable)")
     p.add_argument("--profile", default=None, help="only runs of this profile (default: every profile, separately)")
@@ -81,8 +82,9 @@ def read_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Source]:
     return df, f"snapshot {args.from_snapshot}", source
 
 
-def make_figures(df: pd.DataFrame, out: Path, source: Source, studies: Sequence[str] = ()
-                 ) -> tuple[list[Made], list[Skipped]]:
+def make_figures(
+    df: pd.DataFrame, out: Path, source: Source, studies: Sequence[str] = ()
+) -> tuple[list[Made], list[Skipped]]:
     """Every figure, once per profile, for which FINISHED runs exist; the others with the reason they were not."""
     made, skipped = [], []
     for profile in sorted(df["profile"].dropna().unique()):
@@ -111,10 +113,21 @@ def _cell(value: object, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value).replace("|", "/")
 
 
-def write_index(out: Path, df: pd.DataFrame, source: str, made: list[Made], skipped: list[Skipped],
-                tables: Sequence[WrittenTable] = (), skipped_tables: Sequence[SkippedTable] = ()) -> Path:
-    lines = ["# Scaling figures", "",
-             f"From {source}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, by `analysis/plot_scaling.py`.", ""]
+def write_index(
+    out: Path,
+    df: pd.DataFrame,
+    source: str,
+    made: list[Made],
+    skipped: list[Skipped],
+    tables: Sequence[WrittenTable] = (),
+    skipped_tables: Sequence[SkippedTable] = (),
+) -> Path:
+    lines = [
+        "# Scaling figures",
+        "",
+        f"From {source}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, by `analysis/plot_scaling.py`.",
+        "",
+    ]
     for profile in sorted(df["profile"].dropna().unique()):
         lines += [f"## Profile `{profile}`", ""]
         if profile != "paper":
@@ -124,9 +137,11 @@ def write_index(out: Path, df: pd.DataFrame, source: str, made: list[Made], skip
             lines += ["| figure | reproduces | study | runs drawn | files | notes |", "|---|---|---|---|---|---|"]
             for m in here:
                 files = " ".join(f"[{p.suffix[1:]}]({p.name})" for p in m.paths)
-                lines.append(f"| {m.spec.name} | {m.spec.reproduces} | {m.spec.study or 'all with CFG trials'} | "
-                             f"{m.runs} | {files} | "
-                             f"{'; '.join(m.notes) or '-'} |")
+                lines.append(
+                    f"| {m.spec.name} | {m.spec.reproduces} | {m.spec.study or 'all with CFG trials'} | "
+                    f"{m.runs} | {files} | "
+                    f"{'; '.join(m.notes) or '-'} |"
+                )
             lines.append("")
             lines += [f"![{m.spec.name}]({m.paths[0].name})" for m in here] + [""]
             for m in (m for m in here if m.spread):
@@ -137,16 +152,28 @@ def write_index(out: Path, df: pd.DataFrame, source: str, made: list[Made], skip
             lines += ["Skipped:", ""] + [f"- {s.spec.name} ({s.spec.reproduces}): {s.reason}" for s in gaps] + [""]
         lines += index_lines(profile, tables, skipped_tables)
         runs = df[df["profile"] == profile].sort_values(["study", "run_name"])
-        lines += ["### Runs", "",
-                  "| study | run | status | hash | tokenizer params (M) | rFID | gFID | AR val loss | AR probe acc "
-                  "| substitutes |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "### Runs",
+            "",
+            "| study | run | status | hash | tokenizer params (M) | rFID | gFID | AR val loss | AR probe acc "
+            "| substitutes |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in runs.itertuples(index=False):
             params = r.tokenizer_params / 1e6 if pd.notna(r.tokenizer_params) else None
-            lines.append(" | ".join([
-                f"| {r.study}", _cell(r.run_name), _cell(r.status), _cell(r.run_hash), _cell(params, 4),
-                *(_cell(getattr(r, m)) for m in ("rfid", "gfid", "ar_val_loss", "ar_probe_acc")),
-                _cell(r.substitutes) + " |",
-            ]))
+            lines.append(
+                " | ".join(
+                    [
+                        f"| {r.study}",
+                        _cell(r.run_name),
+                        _cell(r.status),
+                        _cell(r.run_hash),
+                        _cell(params, 4),
+                        *(_cell(getattr(r, m)) for m in ("rfid", "gfid", "ar_val_loss", "ar_probe_acc")),
+                        _cell(r.substitutes) + " |",
+                    ]
+                )
+            )
         lines.append("")
     path = out / "index.md"
     path.write_text("\n".join(lines))

@@ -57,8 +57,13 @@ def summary(values: Sequence[float] | np.ndarray | pd.Series) -> dict[str, float
     v = np.asarray(values, dtype="float64")
     v = v[~np.isnan(v)]
     low, high = ci95(v)
-    return {"mean": float(v.mean()) if len(v) else math.nan, "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
-            "n": len(v), "ci_low": low, "ci_high": high}
+    return {
+        "mean": float(v.mean()) if len(v) else math.nan,
+        "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
+        "n": len(v),
+        "ci_low": low,
+        "ci_high": high,
+    }
 
 
 def beyond_spread(a: dict[str, float], b: dict[str, float]) -> bool | None:

@@ -76,8 +76,11 @@ class StoreSource:
 
 def _siblings(path: Path) -> tuple[Path, Path, Path]:
     stem = path.with_suffix("")
-    return (stem.with_name(stem.name + ".curves.parquet"), stem.with_name(stem.name + ".trials.parquet"),
-            stem.with_name(stem.name + ".artifacts"))
+    return (
+        stem.with_name(stem.name + ".curves.parquet"),
+        stem.with_name(stem.name + ".trials.parquet"),
+        stem.with_name(stem.name + ".artifacts"),
+    )
 
 
 def save_snapshot_bundle(df: pd.DataFrame, source: StoreSource, path: str | Path) -> list[Path]:

@@ -34,15 +34,36 @@ MISSING = "—"
 UNIT_SCALE: dict[str, float] = {"": 1.0, "dB": 1.0, "%": 100.0, "M params": 1e-6, "B params": 1e-9}
 
 METRIC_LABELS = {
-    "rfid": "rFID", "lpips": "LPIPS", "psnr": "PSNR", "ssim": "SSIM", "gfid": "gFID", "ar_probe_acc": "Lin Acc.",
-    "decode_fraction": "decoding time", "inception_score": "IS", "precision": "Precision", "recall": "Recall",
+    "rfid": "rFID",
+    "lpips": "LPIPS",
+    "psnr": "PSNR",
+    "ssim": "SSIM",
+    "gfid": "gFID",
+    "ar_probe_acc": "Lin Acc.",
+    "decode_fraction": "decoding time",
+    "inception_score": "IS",
+    "precision": "Precision",
+    "recall": "Recall",
     "tokenizer_params": "tokenizer params",
 }
 
 # reproduced: the mean over the row's seeds (std: their standard deviation, NaN for one; n: seeds with the metric);
 # run_id: the newest of the row's runs, run_ids: all of them, comma-separated.
-COLUMNS = ["row", "label", "metric", "unit", "reproduced", "std", "n", "paper", "difference", "substitute", "run_id",
-           "run_ids", "unavailable"]  # unavailable: why the runs have no value for the metric, when they say so
+COLUMNS = [
+    "row",
+    "label",
+    "metric",
+    "unit",
+    "reproduced",
+    "std",
+    "n",
+    "paper",
+    "difference",
+    "substitute",
+    "run_id",
+    "run_ids",
+    "unavailable",
+]  # unavailable: why the runs have no value for the metric, when they say so
 
 
 @dataclass(frozen=True)
@@ -57,17 +78,32 @@ class TableSpec:
 
 TABLES: tuple[TableSpec, ...] = (
     TableSpec("table2_enc_dec", "Table 2", "enc_dec_asymmetry", ("size",), "encoder/decoder scaling"),
-    TableSpec("table4_decode_cost", "Table 4", "decode_cost", ("decoder", "ar_size"),
-              "share of generation time spent decoding; rows decoder/AR size"),
+    TableSpec(
+        "table4_decode_cost",
+        "Table 4",
+        "decode_cost",
+        ("decoder", "ar_size"),
+        "share of generation time spent decoding; rows decoder/AR size",
+    ),
     TableSpec("table5_align_layer", "Table 5", "align_layer", ("align_layer",), "semantic alignment layer (S-S)"),
     TableSpec("table6_semantic_encoder", "Table 6", "semantic_encoder", ("encoder",), "semantic teacher (S-B)"),
     TableSpec("table7_reg_weight", "Table 7", "reg_weight", ("lambda",), "semantic regularization weight (S-S)"),
-    TableSpec("table10_system_level", "Table 10", "system_level", ("size", "ar_size"),
-              "final tokenizers and AR models; rows tokenizer/AR size"),
+    TableSpec(
+        "table10_system_level",
+        "Table 10",
+        "system_level",
+        ("size", "ar_size"),
+        "final tokenizers and AR models; rows tokenizer/AR size",
+    ),
     # The authors' released checkpoints evaluated here, beside the numbers their README prints for them.
-    TableSpec("released_checkpoints", "README", "released_checkpoints", ("size", "disc", "ar_size"),
-              "the authors' released models; rows tokenizer/discriminator/AR size",
-              extra_metrics=("psnr", "ssim", "inception_score", "precision", "recall")),
+    TableSpec(
+        "released_checkpoints",
+        "README",
+        "released_checkpoints",
+        ("size", "disc", "ar_size"),
+        "the authors' released models; rows tokenizer/discriminator/AR size",
+        extra_metrics=("psnr", "ssim", "inception_score", "precision", "recall"),
+    ),
 )
 
 
@@ -93,8 +129,14 @@ def runs_per_row(runs: pd.DataFrame, spec: TableSpec) -> dict[str, pd.DataFrame]
     if done.empty or not set(columns) <= set(done.columns):
         return {}
     done = done[done[columns].notna().all(axis=1)]
-    keys = pd.Series([row_key([v.item() if hasattr(v, "item") else v for v in values])
-                      for values in done[columns].itertuples(index=False)], index=done.index, dtype="object")
+    keys = pd.Series(
+        [
+            row_key([v.item() if hasattr(v, "item") else v for v in values])
+            for values in done[columns].itertuples(index=False)
+        ],
+        index=done.index,
+        dtype="object",
+    )
     done, _older = newest_per_seed(done.assign(row_=keys), ["row_"])  # a re-run of a row and seed: the newest wins
     done = done.sort_values("start_time", kind="stable") if "start_time" in done else done
     return {key: group.drop(columns="row_") for key, group in done.groupby("row_", sort=False)}
@@ -112,31 +154,55 @@ def build_table(spec: TableSpec, runs: pd.DataFrame, profile: str, paper: pd.Dat
     found = runs_per_row(at_profile, spec)
     units = dict(zip(printed["metric"][::-1], printed["unit"][::-1], strict=True))  # first printed unit wins
     labels = dict(zip(printed["row"], printed["label"], strict=True))
-    values = {(r, m): (u, v) for r, m, u, v in zip(printed["row"], printed["metric"], printed["unit"],
-                                                    printed["value"], strict=True)}
+    values = {
+        (r, m): (u, v)
+        for r, m, u, v in zip(printed["row"], printed["metric"], printed["unit"], printed["value"], strict=True)
+    }
     metrics = list(dict.fromkeys([*printed["metric"], *spec.extra_metrics]))
     rows = list(labels) + [key for key in found if key not in labels]  # the paper's rows, then any others we ran
-    cells = [(key, labels.get(key, key), m, *values.get((key, m), (units.get(m, ""), math.nan))) for key in rows
-             for m in metrics]
+    cells = [
+        (key, labels.get(key, key), m, *values.get((key, m), (units.get(m, ""), math.nan)))
+        for key in rows
+        for m in metrics
+    ]
     out = []
     for key, label, metric, unit, value in cells:
         group = found.get(key)
-        logged = (group[metric].astype("float64").dropna() * UNIT_SCALE[unit] if group is not None
-                  and metric in group.columns else pd.Series(dtype="float64"))
+        logged = (
+            group[metric].astype("float64").dropna() * UNIT_SCALE[unit]
+            if group is not None and metric in group.columns
+            else pd.Series(dtype="float64")
+        )
         reproduced = float(logged.mean()) if len(logged) else math.nan
-        out.append({
-            "row": key, "label": label, "metric": metric, "unit": unit, "reproduced": reproduced,
-            "std": float(logged.std(ddof=1)) if len(logged) > 1 else math.nan, "n": len(logged), "paper": value,
-            "difference": reproduced - value, "substitute": bool(group is not None and group["substitute"].any()),
-            "run_id": None if group is None else group["run_id"].iloc[-1],
-            "run_ids": None if group is None else ",".join(group["run_id"].astype(str)),
-            "unavailable": (unavailable_reason(group.iloc[-1], metric)
-                            if group is not None and not len(logged) else None),
-        })
+        out.append(
+            {
+                "row": key,
+                "label": label,
+                "metric": metric,
+                "unit": unit,
+                "reproduced": reproduced,
+                "std": float(logged.std(ddof=1)) if len(logged) > 1 else math.nan,
+                "n": len(logged),
+                "paper": value,
+                "difference": reproduced - value,
+                "substitute": bool(group is not None and group["substitute"].any()),
+                "run_id": None if group is None else group["run_id"].iloc[-1],
+                "run_ids": None if group is None else ",".join(group["run_id"].astype(str)),
+                "unavailable": (
+                    unavailable_reason(group.iloc[-1], metric) if group is not None and not len(logged) else None
+                ),
+            }
+        )
     df = pd.DataFrame(out, columns=COLUMNS)
     ids = {i for joined in df["run_ids"].dropna() for i in joined.split(",")}
-    df.attrs.update(source=spec.source, study=spec.study, profile=profile, about=spec.about, runs=len(ids),
-                    seeds=int(df["n"].max()) if len(df) else 0)
+    df.attrs.update(
+        source=spec.source,
+        study=spec.study,
+        profile=profile,
+        about=spec.about,
+        runs=len(ids),
+        seeds=int(df["n"].max()) if len(df) else 0,
+    )
     return df
 
 
@@ -197,36 +263,60 @@ def _title(df: pd.DataFrame) -> str:
 def _caveat(df: pd.DataFrame) -> str:
     profile = df.attrs.get("profile", "?")
     scale = "" if profile == "paper" else f" {profile}-scale models: compare trends, not values."
-    seeds = ("newest per row and seed; reproduced = mean ± std over n seeds" if df.attrs.get("seeds", 1) > 1
-             else "newest per row")
-    return (f"Study {df.attrs.get('study', '?')}, {df.attrs.get('runs', 0)} FINISHED runs ({seeds}); "
-            f"difference = reproduced - paper; {MISSING}: no run or no paper value; {UNAVAILABLE}: the run could "
-            f"not compute the metric (the note says why); {SUBSTITUTE_MARK}: a random stand-in network was used."
-            f"{scale}")
+    seeds = (
+        "newest per row and seed; reproduced = mean ± std over n seeds"
+        if df.attrs.get("seeds", 1) > 1
+        else "newest per row"
+    )
+    return (
+        f"Study {df.attrs.get('study', '?')}, {df.attrs.get('runs', 0)} FINISHED runs ({seeds}); "
+        f"difference = reproduced - paper; {MISSING}: no run or no paper value; {UNAVAILABLE}: the run could "
+        f"not compute the metric (the note says why); {SUBSTITUTE_MARK}: a random stand-in network was used."
+        f"{scale}"
+    )
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     """The table as GitHub markdown, titled with its source and profile."""
-    lines = [f"# {_title(df)}", "", _caveat(df), "", "| " + " | ".join(HEADER) + " |",
-             "|" + "---|" * len(HEADER)]
+    lines = [f"# {_title(df)}", "", _caveat(df), "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in _rendered(df)]
     return "\n".join(lines) + "\n"
 
 
 def _latex_escape(text: str) -> str:
-    for old, new in (("\\", r"\textbackslash{}"), ("±", r"$\pm$"), ("%", r"\%"), ("_", r"\_"), ("&", r"\&"),
-                     ("#", r"\#"), (SUBSTITUTE_MARK, r"$^\dagger$SUBSTITUTE"), (MISSING, "---"), ("‡", r"$^\ddagger$")):
+    for old, new in (
+        ("\\", r"\textbackslash{}"),
+        ("±", r"$\pm$"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+        (SUBSTITUTE_MARK, r"$^\dagger$SUBSTITUTE"),
+        (MISSING, "---"),
+        ("‡", r"$^\ddagger$"),
+    ):
         text = text.replace(old, new)
     return text
 
 
 def to_latex(df: pd.DataFrame) -> str:
     """The table as a LaTeX ``table`` (booktabs), captioned with its source and profile."""
-    lines = [f"% {_title(df)}: generated by analysis/tables.py", r"\begin{table}[t]", r"\centering",
-             r"\begin{tabular}{llrrrl}", r"\toprule", " & ".join(HEADER) + r" \\", r"\midrule"]
+    lines = [
+        f"% {_title(df)}: generated by analysis/tables.py",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{llrrrl}",
+        r"\toprule",
+        " & ".join(HEADER) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(_latex_escape(c) for c in cells) + r" \\" for cells in _rendered(df)]
-    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_latex_escape(_title(df) + '. ' + _caveat(df))}}}",
-              r"\end{table}"]
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        rf"\caption{{{_latex_escape(_title(df) + '. ' + _caveat(df))}}}",
+        r"\end{table}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -250,8 +340,9 @@ class SkippedTable:
     reason: str
 
 
-def write_tables(df: pd.DataFrame, out: Path, studies: Sequence[str] = ()
-                 ) -> tuple[list[WrittenTable], list[SkippedTable]]:
+def write_tables(
+    df: pd.DataFrame, out: Path, studies: Sequence[str] = ()
+) -> tuple[list[WrittenTable], list[SkippedTable]]:
     """``<table>-<profile>.md`` and ``.tex`` for every table whose study has FINISHED runs at a profile."""
     written, skipped = [], []
     for profile in sorted(df["profile"].dropna().unique()):
@@ -279,8 +370,12 @@ def index_lines(profile: str, written: Sequence[WrittenTable], skipped: Sequence
     lines = []
     if here:
         lines += ["| table | reproduces | study | runs | files |", "|---|---|---|---|---|"]
-        lines += [f"| {t.spec.name} | {t.spec.source} | {t.spec.study} | {t.runs} | "
-                  + " ".join(f"[{p.suffix[1:]}]({p.name})" for p in t.paths) + " |" for t in here] + [""]
+        lines += [
+            f"| {t.spec.name} | {t.spec.source} | {t.spec.study} | {t.runs} | "
+            + " ".join(f"[{p.suffix[1:]}]({p.name})" for p in t.paths)
+            + " |"
+            for t in here
+        ] + [""]
     if gaps:
         lines += ["Skipped tables:", ""] + [f"- {s.spec.name} ({s.spec.source}): {s.reason}" for s in gaps] + [""]
     return lines

@@ -57,9 +57,21 @@ from gigatok import tracking_schema as schema  # noqa: E402
 STORE_FORMAT = 1  # bump when the generated store changes shape: a cached store of another format is rebuilt
 TARGET_S = 15.0
 FIGURE_STUDIES = ("scaling_vanilla", "scaling_semreg", "scaling_1d_vs_2d")
-TOKENIZER_CURVES = ("pixel_loss", "perceptual_loss", "codebook_loss", "commitment_loss", "entropy_loss",
-                    "semantic_loss", "adversarial_loss", "total_loss", "discriminator_loss", "codebook_usage",
-                    "codebook_perplexity", "grad_norm", "lr")
+TOKENIZER_CURVES = (
+    "pixel_loss",
+    "perceptual_loss",
+    "codebook_loss",
+    "commitment_loss",
+    "entropy_loss",
+    "semantic_loss",
+    "adversarial_loss",
+    "total_loss",
+    "discriminator_loss",
+    "codebook_usage",
+    "codebook_perplexity",
+    "grad_norm",
+    "lr",
+)
 AR_CURVES = ("train_loss", "grad_norm", "lr")
 
 
@@ -74,14 +86,19 @@ class PlannedRun:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/analysis_load.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/analysis_load.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="2,000 runs and one repeat (under a minute once cached)")
     p.add_argument("--runs", type=int, default=None, help="runs in the store (default 10,000; --quick 2,000)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats of each measurement (default 2; --quick 1)")
     p.add_argument("--curve-points", type=int, default=20, help="history points per training curve (default 20)")
-    p.add_argument("--store", type=Path, default=None,
-                   help="SQLite file of the generated store (default: in the temp folder, keyed by its settings)")
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="SQLite file of the generated store (default: in the temp folder, keyed by its settings)",
+    )
     p.add_argument("--regenerate", action="store_true", help="rebuild the store even if a cached one exists")
     add_common_args(p)
     return p.parse_args(argv)
@@ -120,8 +137,17 @@ def plan_population(total: int, seed: int = 0) -> list[PlannedRun]:
         profile = "tiny" if sweep % 2 == 0 else "paper"
         for spec in synthetic_sweep(Planner(profile, study=name), n):
             roll = rng.random()
-            status = ("FAILED" if roll < 0.05 else "KILLED" if roll < 0.06 else "RUNNING" if roll < 0.065
-                      else "SCHEDULED" if roll < 0.07 else "FINISHED")
+            status = (
+                "FAILED"
+                if roll < 0.05
+                else "KILLED"
+                if roll < 0.06
+                else "RUNNING"
+                if roll < 0.065
+                else "SCHEDULED"
+                if roll < 0.07
+                else "FINISHED"
+            )
             add(name, profile, spec, status)
         sweep += 1
     return planned[:total]
@@ -134,24 +160,43 @@ def _final_metrics(spec: Any, rng: random.Random) -> dict[str, float]:
     scale = size[enc] + size[dec]
     noise = lambda: rng.uniform(0.95, 1.05)  # noqa: E731
     return {
-        "rfid": 12.0 / scale * noise(), "lpips": 0.4 / scale * noise(), "psnr": 18 + scale * noise(),
-        "ssim": 0.5 + 0.04 * scale * noise(), "codebook_usage": min(1.0, 0.5 + 0.08 * scale),
-        "codebook_perplexity": 100.0 * scale * noise(), "tokenizer_probe_acc": 0.1 * noise(),
-        "ar_val_loss": 6.0 - 0.1 * scale * noise(), "gfid": 40.0 - scale * noise(), "inception_score": 20 * noise(),
-        "precision": 0.6 * noise(), "recall": 0.5 * noise(), "ar_probe_acc": 0.2 + 0.01 * scale * noise(),
+        "rfid": 12.0 / scale * noise(),
+        "lpips": 0.4 / scale * noise(),
+        "psnr": 18 + scale * noise(),
+        "ssim": 0.5 + 0.04 * scale * noise(),
+        "codebook_usage": min(1.0, 0.5 + 0.08 * scale),
+        "codebook_perplexity": 100.0 * scale * noise(),
+        "tokenizer_probe_acc": 0.1 * noise(),
+        "ar_val_loss": 6.0 - 0.1 * scale * noise(),
+        "gfid": 40.0 - scale * noise(),
+        "inception_score": 20 * noise(),
+        "precision": 0.6 * noise(),
+        "recall": 0.5 * noise(),
+        "ar_probe_acc": 0.2 + 0.01 * scale * noise(),
     }
 
 
 # Final metrics by the stage that logs them (a FAILED run has those of the stages before the one that failed).
-_STAGE_OF = {"rfid": "reconstruction", "lpips": "reconstruction", "psnr": "reconstruction", "ssim": "reconstruction",
-             "codebook_usage": "reconstruction", "codebook_perplexity": "reconstruction",
-             "tokenizer_probe_acc": "tokenizer_probe", "ar_val_loss": "ar", "gfid": "generation",
-             "inception_score": "generation", "precision": "generation", "recall": "generation",
-             "ar_probe_acc": "ar_probe"}
+_STAGE_OF = {
+    "rfid": "reconstruction",
+    "lpips": "reconstruction",
+    "psnr": "reconstruction",
+    "ssim": "reconstruction",
+    "codebook_usage": "reconstruction",
+    "codebook_perplexity": "reconstruction",
+    "tokenizer_probe_acc": "tokenizer_probe",
+    "ar_val_loss": "ar",
+    "gfid": "generation",
+    "inception_score": "generation",
+    "precision": "generation",
+    "recall": "generation",
+    "ar_probe_acc": "ar_probe",
+}
 
 
-def run_rows(run: PlannedRun, run_id: str, experiment_id: int, artifact_root: str, rng: random.Random,
-             curve_points: int) -> tuple[tuple, list[tuple], list[tuple], list[tuple], list[tuple]]:
+def run_rows(
+    run: PlannedRun, run_id: str, experiment_id: int, artifact_root: str, rng: random.Random, curve_points: int
+) -> tuple[tuple, list[tuple], list[tuple], list[tuple], list[tuple]]:
     """(runs row, tags, params, latest_metrics, metrics) of one run, in MLflow's column order."""
     spec = run.spec
     stages = spec.ordered_stages()
@@ -162,16 +207,36 @@ def run_rows(run: PlannedRun, run_id: str, experiment_id: int, artifact_root: st
     else:
         done = []
     end_ms = run.start_ms + rng.randint(600_000, 36_000_000) if run.status in ("FINISHED", "FAILED", "KILLED") else None
-    runs_row = (run_id, spec.label, "UNKNOWN", "", "", "bench", run.status, run.start_ms, end_ms, "", "active",
-                f"{artifact_root}/{run_id}/artifacts", experiment_id, None)
+    runs_row = (
+        run_id,
+        spec.label,
+        "UNKNOWN",
+        "",
+        "",
+        "bench",
+        run.status,
+        run.start_ms,
+        end_ms,
+        "",
+        "active",
+        f"{artifact_root}/{run_id}/artifacts",
+        experiment_id,
+        None,
+    )
 
     # Tags as studies/run.py (submission) and gigatok.runs.execute.execute_run (stages) write them.
     tags = {
         "mlflow.runName": spec.label,
-        **schema.run_tags(study=run.study, profile=run.profile, run_hash=spec.hash,
-                          tokenizer_hash=spec.tokenizer.hash(), ar_hash=spec.ar.hash() if spec.ar else None,
-                          git_commit="29156f9c0ffee0ddba11ad0b5eed5ca1ab1e5ee7", factors=spec.factors,
-                          executor="slurm" if run.profile == "paper" else "local"),
+        **schema.run_tags(
+            study=run.study,
+            profile=run.profile,
+            run_hash=spec.hash,
+            tokenizer_hash=spec.tokenizer.hash(),
+            ar_hash=spec.ar.hash() if spec.ar else None,
+            git_commit="29156f9c0ffee0ddba11ad0b5eed5ca1ab1e5ee7",
+            factors=spec.factors,
+            executor="slurm" if run.profile == "paper" else "local",
+        ),
     }
     if run.status != "SCHEDULED":
         tags[schema.HOST] = f"node{rng.randrange(64):03d}"
@@ -247,15 +312,22 @@ def generate_store(path: Path, runs: int, curve_points: int, seed: int = 0) -> N
         for name, part in zip(("tags", "params", "latest_metrics", "metrics"), rows[1:], strict=True):
             tables[name].extend(part)
     with sqlite3.connect(tmp) as db:
-        db.executemany("INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
-                       "status, start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id, "
-                       "deleted_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tables["runs"])
+        db.executemany(
+            "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
+            "status, start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id, "
+            "deleted_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            tables["runs"],
+        )
         db.executemany('INSERT INTO tags ("key", value, run_uuid) VALUES (?, ?, ?)', tables["tags"])
         db.executemany('INSERT INTO params ("key", value, run_uuid) VALUES (?, ?, ?)', tables["params"])
-        db.executemany('INSERT INTO latest_metrics ("key", value, timestamp, step, is_nan, run_uuid) '
-                       "VALUES (?, ?, ?, ?, ?, ?)", tables["latest_metrics"])
-        db.executemany('INSERT INTO metrics ("key", value, timestamp, run_uuid, step, is_nan) '
-                       "VALUES (?, ?, ?, ?, ?, ?)", tables["metrics"])
+        db.executemany(
+            'INSERT INTO latest_metrics ("key", value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?)',
+            tables["latest_metrics"],
+        )
+        db.executemany(
+            'INSERT INTO metrics ("key", value, timestamp, run_uuid, step, is_nan) VALUES (?, ?, ?, ?, ?, ?)',
+            tables["metrics"],
+        )
     os.replace(tmp, path)
 
 
@@ -269,8 +341,10 @@ def store_path(args: argparse.Namespace, runs: int) -> Path:
 
 def store_counts(path: Path) -> dict[str, int]:
     with sqlite3.connect(path) as db:
-        return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-                for table in ("experiments", "runs", "params", "tags", "latest_metrics", "metrics")}
+        return {
+            table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("experiments", "runs", "params", "tags", "latest_metrics", "metrics")
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,8 +362,13 @@ def end_to_end(uri: str, out: Path) -> float:
     """``python analysis/plot_scaling.py`` as a user runs it: interpreter, imports, load, figures, tables, index."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "analysis" / "plot_scaling.py"), "--tracking-uri", uri, "--out",
-                    str(out)], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(ROOT / "analysis" / "plot_scaling.py"), "--tracking-uri", uri, "--out", str(out)],
+        check=True,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -347,25 +426,45 @@ def main(argv: list[str] | None = None) -> int:
         rows += [
             Row("load_runs, every run (direct SQLite read)", load_s, "s", {"runs": loaded}),
             Row("scaling figures (Figs. 1/3/7/9), PNG+PDF", figures_s, "s", {"figures": len(made)}),
-            Row("load + scaling figures", total, "s", {"runs": loaded, "target": f"< {TARGET_S:g} s",
-                                                      "met": "yes" if total < TARGET_S else "NO"}),
+            Row(
+                "load + scaling figures",
+                total,
+                "s",
+                {"runs": loaded, "target": f"< {TARGET_S:g} s", "met": "yes" if total < TARGET_S else "NO"},
+            ),
         ]
         if not args.quick:
             print("timing: every figure and table in process ...", flush=True)
             every_s = in_process(uri, out / "every")
             every = len(list((out / "every").glob("*.png")))
-            rows += [Row("load + every figure and table (in process)", every_s, "s", {"figures": every}),
-                     Row("python analysis/plot_scaling.py, fresh process", cli_s, "s", {"figures": every})]
+            rows += [
+                Row("load + every figure and table (in process)", every_s, "s", {"figures": every}),
+                Row("python analysis/plot_scaling.py, fresh process", cli_s, "s", {"figures": every}),
+            ]
     # The same 1,000 runs through MLflow's search_runs and through the direct read of the SQLite tables, A/B/A/B.
     print("timing: MLflow search_runs against the direct SQLite read on the 1,000 runs of sweep_00 ...", flush=True)
-    ab = interleaved({"mlflow": lambda: load_runs(uri, ["sweep_00"], direct_sql=False),
-                      "direct": lambda: load_runs(uri, ["sweep_00"])}, repeats=repeats, warmup=0)
-    rows.append(Row("load_runs speed-up: MLflow search_runs / direct read", median(ab["mlflow"]) / median(ab["direct"]),
-                    "x", {"runs": 1000, "mlflow_s": f"{median(ab['mlflow']):.1f}",
-                          "direct_s": f"{median(ab['direct']):.2f}"}))
+    ab = interleaved(
+        {
+            "mlflow": lambda: load_runs(uri, ["sweep_00"], direct_sql=False),
+            "direct": lambda: load_runs(uri, ["sweep_00"]),
+        },
+        repeats=repeats,
+        warmup=0,
+    )
+    rows.append(
+        Row(
+            "load_runs speed-up: MLflow search_runs / direct read",
+            median(ab["mlflow"]) / median(ab["direct"]),
+            "x",
+            {"runs": 1000, "mlflow_s": f"{median(ab['mlflow']):.1f}", "direct_s": f"{median(ab['direct']):.2f}"},
+        )
+    )
     machine = f"{os.cpu_count()}-core CPU"
-    print_table(f"Analysis of {loaded} runs from SQLite, median of {repeats}; absolute seconds of this {machine} "
-                f"(load average {os.getloadavg()[0]:.1f})", rows)
+    print_table(
+        f"Analysis of {loaded} runs from SQLite, median of {repeats}; absolute seconds of this {machine} "
+        f"(load average {os.getloadavg()[0]:.1f})",
+        rows,
+    )
     print(f"scaling figures: {', '.join(made) or 'none'}")
     log_to_mlflow(args.mlflow, "analysis_load", rows, {"runs": runs, "repeats": repeats, "store": str(path)})
     return 0

@@ -62,8 +62,15 @@ def main() -> None:
     set_threads(args.threads)
     device = torch.device(args.device)
 
-    cfg = ARConfig(width=args.width, depth=args.depth, heads=args.heads, vocab_size=args.vocab,
-                   num_tokens=args.tokens, num_classes=1000, dropout=0.0)
+    cfg = ARConfig(
+        width=args.width,
+        depth=args.depth,
+        heads=args.heads,
+        vocab_size=args.vocab,
+        num_tokens=args.tokens,
+        num_classes=1000,
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     model = build_ar_model(cfg).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
@@ -78,9 +85,12 @@ def main() -> None:
 
     variants = {"KV cache": lambda: run(True), "no cache (full recompute)": lambda: run(False)}
     repeats = args.repeats or (1 if args.quick else 2)
-    print(f"AR {args.width}w x {args.depth} layers x {args.heads} heads, vocab {args.vocab} ({params / 1e6:.2f}M "
-          f"params), {args.tokens} tokens, batch {args.batch} x 2 (CFG {args.cfg_scale}), device {device}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(
+        f"AR {args.width}w x {args.depth} layers x {args.heads} heads, vocab {args.vocab} ({params / 1e6:.2f}M "
+        f"params), {args.tokens} tokens, batch {args.batch} x 2 (CFG {args.cfg_scale}), device {device}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     # No warm-up run: a recomputing run is minutes long on a CPU, and its first step warms what the rest use.
     times = interleaved(variants, repeats=repeats, warmup=1 if device.type == "cuda" else 0)
     same = torch.equal(results["cache"], results["no cache"])
@@ -88,10 +98,18 @@ def main() -> None:
     cached, full = median(times["KV cache"]), median(times["no cache (full recompute)"])
     ratio = full / cached
     rows = [
-        Row("KV cache", generated / cached, "tokens/s", {"seconds": f"{cached:.2f}", "speed-up": f"{ratio:.1f}x",
-                                                          "target": f">= {TARGET:g}x", "met": ratio >= TARGET}),
-        Row("no cache (full recompute)", generated / full, "tokens/s", {"seconds": f"{full:.2f}",
-                                                                        "speed-up": "1.0x"}),
+        Row(
+            "KV cache",
+            generated / cached,
+            "tokens/s",
+            {
+                "seconds": f"{cached:.2f}",
+                "speed-up": f"{ratio:.1f}x",
+                "target": f">= {TARGET:g}x",
+                "met": ratio >= TARGET,
+            },
+        ),
+        Row("no cache (full recompute)", generated / full, "tokens/s", {"seconds": f"{full:.2f}", "speed-up": "1.0x"}),
         Row("same tokens", float(same), "bool", {}),
     ]
     print_table(f"AR sampling, {args.batch} images x {args.tokens} tokens with CFG ({repeats} repeats, median)", rows)

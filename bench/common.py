@@ -65,14 +65,22 @@ def print_table(title: str, rows: Sequence[Row]) -> None:
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mlflow", metavar="URI", default=None,
-                        help="also log the results as one MLflow run in experiment 'benchmarks' at this URI")
+    parser.add_argument(
+        "--mlflow",
+        metavar="URI",
+        default=None,
+        help="also log the results as one MLflow run in experiment 'benchmarks' at this URI",
+    )
 
 
 def add_threads_arg(parser: argparse.ArgumentParser, default: int = 1) -> None:
-    parser.add_argument("--threads", type=int, default=default,
-                        help=f"torch CPU threads (default {default}: on a shared machine more threads than free "
-                             "cores oversubscribe, and a 2-thread step then runs ~3x slower and far noisier)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default,
+        help=f"torch CPU threads (default {default}: on a shared machine more threads than free "
+        "cores oversubscribe, and a 2-thread step then runs ~3x slower and far noisier)",
+    )
 
 
 def set_threads(threads: int | None) -> None:
@@ -94,8 +102,9 @@ def log_to_mlflow(uri: str | None, benchmark: str, rows: Sequence[Row], params: 
 
     client = connect(uri)
     experiment_id = ensure_experiment(client, "benchmarks", "bench/ results, one run per invocation")
-    run = client.create_run(experiment_id, run_name=benchmark, tags={schema.BENCHMARK: benchmark,
-                                                                    schema.GIT_COMMIT: git_commit() or ""})
+    run = client.create_run(
+        experiment_id, run_name=benchmark, tags={schema.BENCHMARK: benchmark, schema.GIT_COMMIT: git_commit() or ""}
+    )
     for key, value in (params or {}).items():
         client.log_param(run.info.run_id, key, str(value)[:500])
     for row in rows:

@@ -50,19 +50,33 @@ MB = 2**20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/fid_features.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/fid_features.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="100 and 1,000 images")
-    p.add_argument("--counts", type=int, nargs="+", default=None,
-                   help="sample counts, each in its own process (default 1000 10000; --quick 100 1000)")
-    p.add_argument("--input-size", type=int, default=75,
-                   help="px fed to Inception (default 75, its smallest; 299 is the standard FID input)")
+    p.add_argument(
+        "--counts",
+        type=int,
+        nargs="+",
+        default=None,
+        help="sample counts, each in its own process (default 1000 10000; --quick 100 1000)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=75,
+        help="px fed to Inception (default 75, its smallest; 299 is the standard FID input)",
+    )
     p.add_argument("--image-size", type=int, default=64, help="px of the synthetic images (default 64)")
     p.add_argument("--batch-size", type=int, default=50, help="images per batch (default 50)")
     p.add_argument("--network", default="auto", help="auto, fid-inception or torch-fidelity-inception")
     p.add_argument("--weights-dir", default=None, help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
-    p.add_argument("--prc-capacity", type=int, default=None,
-                   help="precision/recall reservoir rows (default: the smallest count, so every run fills it)")
+    p.add_argument(
+        "--prc-capacity",
+        type=int,
+        default=None,
+        help="precision/recall reservoir rows (default: the smallest count, so every run fills it)",
+    )
     add_threads_arg(p)
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # one measurement, JSON to stdout
     add_common_args(p)
@@ -87,8 +101,9 @@ def _reset_peak() -> bool:
         return False
 
 
-def synthetic_batches(count: int, batch_size: int, image_size: int, seed: int = 0,
-                      stamps: list[float] | None = None) -> Iterator[Any]:
+def synthetic_batches(
+    count: int, batch_size: int, image_size: int, seed: int = 0, stamps: list[float] | None = None
+) -> Iterator[Any]:
     """``count`` random uint8 images, made one batch at a time (a sampler's output is a stream too). ``stamps``
     receives the time of every request for a batch: their differences are the time each batch took."""
     import torch
@@ -115,26 +130,45 @@ def measure(args: argparse.Namespace, count: int, capacity: int) -> dict[str, An
     peak_reset = _reset_peak()
     stamps: list[float] = []
     start = time.perf_counter()
-    summary = summarize_stream(synthetic_batches(count, args.batch_size, args.image_size, stamps=stamps), network,
-                               f"{count} synthetic images", batch_size=args.batch_size, prc_capacity=capacity,
-                               progress=False)
+    summary = summarize_stream(
+        synthetic_batches(count, args.batch_size, args.image_size, stamps=stamps),
+        network,
+        f"{count} synthetic images",
+        batch_size=args.batch_size,
+        prc_capacity=capacity,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     peak = _status_kb("VmHWM") * 1024
     # The median batch: the rate of the stream itself, robust to the load of a shared machine changing over minutes.
     batch_s = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     return {
-        "count": summary.count, "seconds": seconds, "images_per_s": args.batch_size / batch_s,
-        "rss_before": rss_before, "peak": peak, "growth": peak - rss_before, "peak_reset": peak_reset,
-        "reservoir": int(summary.prc_features.nbytes), "dim": int(summary.mean.shape[0]),
-        "network": network.info.registry_name, "title": network.info.title, "input_size": network.info.input_size,
+        "count": summary.count,
+        "seconds": seconds,
+        "images_per_s": args.batch_size / batch_s,
+        "rss_before": rss_before,
+        "peak": peak,
+        "growth": peak - rss_before,
+        "peak_reset": peak_reset,
+        "reservoir": int(summary.prc_features.nbytes),
+        "dim": int(summary.mean.shape[0]),
+        "network": network.info.registry_name,
+        "title": network.info.title,
+        "input_size": network.info.input_size,
         "threads": torch.get_num_threads(),
     }
 
 
 def run_child(argv: list[str], count: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run([sys.executable, __file__, *argv, "--child", str(count)], check=True, cwd=ROOT, env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, *argv, "--child", str(count)],
+        check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -156,28 +190,61 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         every = r["count"] * r["dim"] * 4  # float32 features, had they all been kept
         rows += [
-            Row(f"throughput (median batch), {r['count']} images", r["images_per_s"], "img/s",
-                {"seconds": f"{r['seconds']:.1f}"}),
-            Row(f"peak RSS growth, {r['count']} images", r["growth"] / MB, "MB",
-                {"reservoir": f"{r['reservoir'] / MB:.1f} MB", "all features would be": f"{every / MB:.0f} MB"}),
+            Row(
+                f"throughput (median batch), {r['count']} images",
+                r["images_per_s"],
+                "img/s",
+                {"seconds": f"{r['seconds']:.1f}"},
+            ),
+            Row(
+                f"peak RSS growth, {r['count']} images",
+                r["growth"] / MB,
+                "MB",
+                {"reservoir": f"{r['reservoir'] / MB:.1f} MB", "all features would be": f"{every / MB:.0f} MB"},
+            ),
         ]
     # Flat: the larger stream's peak growth within 16 MB (a few batches' activations) of the smaller one's.
     extra_mb = (last["growth"] - first["growth"]) / MB
     rows += [
-        Row(f"throughput ratio, {last['count']} / {first['count']}", last["images_per_s"] / first["images_per_s"],
-            "x", {}),
-        Row(f"peak growth difference, {last['count']} - {first['count']}", extra_mb, "MB",
-            {"target": "flat (< 16 MB)", "met": "yes" if extra_mb < 16 else "NO",
-             "features kept would add": f"{(last['count'] - first['count']) * last['dim'] * 4 / MB:.0f} MB"}),
+        Row(
+            f"throughput ratio, {last['count']} / {first['count']}",
+            last["images_per_s"] / first["images_per_s"],
+            "x",
+            {},
+        ),
+        Row(
+            f"peak growth difference, {last['count']} - {first['count']}",
+            extra_mb,
+            "MB",
+            {
+                "target": "flat (< 16 MB)",
+                "met": "yes" if extra_mb < 16 else "NO",
+                "features kept would add": f"{(last['count'] - first['count']) * last['dim'] * 4 / MB:.0f} MB",
+            },
+        ),
     ]
     if not all(r["peak_reset"] for r in results):
         print("warning: the kernel refused to reset the peak-RSS mark; growth includes the network's loading")
-    print_table(f"FID features: {first['title']} [{first['network']}], {first['input_size']} px input, batch "
-                f"{args.batch_size}, {first['threads']} thread(s), reservoir {capacity} rows "
-                f"(load average {os.getloadavg()[0]:.1f})", rows)
-    log_to_mlflow(args.mlflow, "fid_features", rows, {
-        "network": first["network"], "input_size": first["input_size"], "counts": counts, "prc_capacity": capacity,
-        "batch_size": args.batch_size, "image_size": args.image_size, "threads": first["threads"]})
+    print_table(
+        f"FID features: {first['title']} [{first['network']}], {first['input_size']} px input, batch "
+        f"{args.batch_size}, {first['threads']} thread(s), reservoir {capacity} rows "
+        f"(load average {os.getloadavg()[0]:.1f})",
+        rows,
+    )
+    log_to_mlflow(
+        args.mlflow,
+        "fid_features",
+        rows,
+        {
+            "network": first["network"],
+            "input_size": first["input_size"],
+            "counts": counts,
+            "prc_capacity": capacity,
+            "batch_size": args.batch_size,
+            "image_size": args.image_size,
+            "threads": first["threads"],
+        },
+    )
     return 0
 
 

@@ -56,8 +56,9 @@ def measure(count: int, rounds: int, seed: int) -> list[Row]:
     rng = np.random.default_rng(seed)
     # Correlated, non-negative features with a spread like Inception's pool features, the two sides apart.
     mixing = np.abs(rng.standard_normal((64, DIM))).astype(np.float32) / 8
-    sides = [np.maximum(rng.standard_normal((count, 64)).astype(np.float32) @ mixing + shift, 0)
-             for shift in (0.0, 0.05)]
+    sides = [
+        np.maximum(rng.standard_normal((count, 64)).astype(np.float32) @ mixing + shift, 0) for shift in (0.0, 0.05)
+    ]
     moments = []
     for x in sides:
         acc = FeatureMoments(DIM)
@@ -71,18 +72,26 @@ def measure(count: int, rounds: int, seed: int) -> list[Row]:
     mu1, s1, mu2, s2 = moments
     f1, f2 = ((x - mu) / np.sqrt(count - 1) for x, mu in ((sides[0], mu1), (sides[1], mu2)))
     exact = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.linalg.svd(f1 @ f2.T).S.sum()
-    extra = {"rows route": f"{median(times['rows']) * 1e3:.1f} ms", "ratio range": f"{low:.0f}-{high:.0f}x",
-             "error, d x d": f"{abs(full() - exact) / exact:.0e}",
-             "error, rows": f"{abs(from_rows() - exact) / exact:.0e}"}
-    return [Row(f"{count} rows per side, 2048-d: d x d route", median(times["full"]), "s", extra),
-            Row(f"{count} rows per side: d x d over rows route", ratio, "x", {})]
+    extra = {
+        "rows route": f"{median(times['rows']) * 1e3:.1f} ms",
+        "ratio range": f"{low:.0f}-{high:.0f}x",
+        "error, d x d": f"{abs(full() - exact) / exact:.0e}",
+        "error, rows": f"{abs(from_rows() - exact) / exact:.0e}",
+    }
+    return [
+        Row(f"{count} rows per side, 2048-d: d x d route", median(times["full"]), "s", extra),
+        Row(f"{count} rows per side: d x d over rows route", ratio, "x", {}),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = [row for count in args.rows for row in measure(count, args.rounds, seed=count)]
-    print_table(f"Frechet distance at {DIM}-d, median of {args.rounds} interleaved rounds (load average "
-                f"{os.getloadavg()[0]:.1f})", rows)
+    print_table(
+        f"Frechet distance at {DIM}-d, median of {args.rounds} interleaved rounds (load average "
+        f"{os.getloadavg()[0]:.1f})",
+        rows,
+    )
     log_to_mlflow(args.mlflow, "frechet_distance", rows, {"rounds": args.rounds, "rows": args.rows})
     return 0
 

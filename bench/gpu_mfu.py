@@ -161,8 +161,11 @@ def ar_step(case: Case, profile: str, device: torch.device) -> Callable[[], None
     model = prepare_module(build_ar_model(cfg.model, device), perf).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]  # the AR loop's grouping
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay,
-                             "weight_decay": 0.0}], lr=t.lr, betas=(t.beta1, t.beta2))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr,
+        betas=(t.beta1, t.beta2),
+    )
     loss_fn = maybe_compile(model.loss, perf)
     g = torch.Generator(device).manual_seed(0)
     tokens = torch.randint(0, cfg.model.vocab_size, (case.batch, cfg.model.num_tokens), device=device, generator=g)
@@ -184,8 +187,13 @@ def cases(device: torch.device, with_compile: bool) -> tuple[str, list[Case]]:
     if device.type == "cuda":
         out = [
             Case("tokenizer S-S bf16", "tokenizer", "S-S", 16, bf16),
-            Case("tokenizer S-S bf16 channels-last", "tokenizer", "S-S", 16, dataclasses.replace(bf16,
-                                                                                                 channels_last=True)),
+            Case(
+                "tokenizer S-S bf16 channels-last",
+                "tokenizer",
+                "S-S",
+                16,
+                dataclasses.replace(bf16, channels_last=True),
+            ),
             Case("tokenizer S-S fp32", "tokenizer", "S-S", 16, fp32),
             Case("tokenizer B-L bf16", "tokenizer", "B-L", 16, bf16),
             Case("tokenize S-S bf16", "tokenize", "S-S", 64, bf16),
@@ -202,8 +210,11 @@ def cases(device: torch.device, with_compile: bool) -> tuple[str, list[Case]]:
         ]
         profile = "tiny"
     if with_compile:
-        out += [dataclasses.replace(c, name=f"{c.name} compiled", perf=dataclasses.replace(c.perf, compile=True))
-                for c in out if c.name in ("tokenizer S-S bf16", "AR-B bf16", "tokenizer S-S fp32", "AR-B fp32")]
+        out += [
+            dataclasses.replace(c, name=f"{c.name} compiled", perf=dataclasses.replace(c.perf, compile=True))
+            for c in out
+            if c.name in ("tokenizer S-S bf16", "AR-B bf16", "tokenizer S-S fp32", "AR-B fp32")
+        ]
     return profile, out
 
 
@@ -257,8 +268,12 @@ def token_cache_ratios(per_sample: dict[str, float]) -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer warm-up and timed steps")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's dense bf16 peak; default: looked up from the device name")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense bf16 peak; default: looked up from the device name",
+    )
     parser.add_argument("--compile", action="store_true", help="also the compiled forms (minutes of compilation)")
     parser.add_argument("--only", default=None, help="run only the cases whose name contains this text")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -274,9 +289,11 @@ def main() -> None:
     gpu = device.type == "cuda"
     warmup, repeats = ((2, 5) if args.quick else (3, 10)) if gpu else ((1, 2) if args.quick else (1, 3))
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{name}, torch {torch.__version__}, {profile} profile, peak "
-          f"{f'{peak:g} TFLOP/s bf16' if peak else 'n/a'} ({peak_source}); {warmup} warm-up + {repeats} timed steps",
-          flush=True)
+    print(
+        f"{name}, torch {torch.__version__}, {profile} profile, peak "
+        f"{f'{peak:g} TFLOP/s bf16' if peak else 'n/a'} ({peak_source}); {warmup} warm-up + {repeats} timed steps",
+        flush=True,
+    )
     rows, per_sample = [], {}
     for case in todo:
         start = time.perf_counter()
@@ -296,8 +313,11 @@ def main() -> None:
         achieved = flops / seconds
         per_sample[case.name] = seconds / case.batch
         extra: dict[str, object] = {
-            "batch": case.batch, "TFLOP/step": f"{flops / 1e12:.3g}", "step ms": f"{seconds * 1e3:.1f}",
-            "samples/s": f"{case.batch / seconds:.1f}", "MFU": f"{achieved / (peak * 1e12):.1%}" if peak else "n/a",
+            "batch": case.batch,
+            "TFLOP/step": f"{flops / 1e12:.3g}",
+            "step ms": f"{seconds * 1e3:.1f}",
+            "samples/s": f"{case.batch / seconds:.1f}",
+            "MFU": f"{achieved / (peak * 1e12):.1%}" if peak else "n/a",
         }
         if gpu:
             extra["peak GiB"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}"

@@ -63,13 +63,15 @@ def register_study(runs: int) -> str:
     name = f"{STUDY_PREFIX}{runs}"
     if name not in STUDIES:
         study(name, reproduces="bench/orchestration.py", about=f"{runs} synthetic probe runs")(
-            lambda p: synthetic_sweep(p, runs))
+            lambda p: synthetic_sweep(p, runs)
+        )
     return name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/orchestration.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/orchestration.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="a 200-run study, one repeat")
     p.add_argument("--runs", type=int, default=None, help="runs in the study (default 1,000; --quick 200)")
     p.add_argument("--repeats", type=int, default=None, help="repeats of the cheap measurements (default 3)")
@@ -104,8 +106,10 @@ def _seconds(fn: Any) -> float:
 
 def dry_run_fresh_process(runs: int, argv: list[str]) -> float:
     """The dry run as a user starts it: a new interpreter that registers the study and calls main."""
-    code = ("import sys; from bench.orchestration import register_study; from studies.run import main; "
-            f"register_study({runs}); sys.exit(main({argv!r}))")
+    code = (
+        "import sys; from bench.orchestration import register_study; from studies.run import main; "
+        f"register_study({runs}); sys.exit(main({argv!r}))"
+    )
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -184,7 +188,9 @@ def mark_finished(db: Path, experiment: str) -> int:
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         cursor = conn.execute(
             "UPDATE runs SET status = 'FINISHED', end_time = start_time + 1 WHERE experiment_id = "
-            "(SELECT experiment_id FROM experiments WHERE name = ?)", (experiment,))
+            "(SELECT experiment_id FROM experiments WHERE name = ?)",
+            (experiment,),
+        )
         return cursor.rowcount
 
 
@@ -214,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         with no_op_jobs():
             submit_s, out = run_main([name, "--executor", "local", "--no-wait", "--local-parallel", "2", *common])
         jobs = out.count("started local job")
-        rows.append(Row("submit, local executor (create MLflow runs + submit jobs)", submit_s, "s",
-                        {"runs": runs, "jobs": jobs}))
+        rows.append(
+            Row(
+                "submit, local executor (create MLflow runs + submit jobs)", submit_s, "s", {"runs": runs, "jobs": jobs}
+            )
+        )
         ended_s = wait_for_jobs(runs_dir / "jobs", jobs)
         rows.append(Row("local no-op jobs ended after submission", ended_s, "s", {"jobs": jobs}))
 
@@ -231,9 +240,19 @@ def main(argv: list[str] | None = None) -> int:
             skip_times.append(seconds)
             queries.append(calls)
         one = all(q["experiment_runs"] == 1 for q in queries)
-        rows.append(Row("re-submit, every run FINISHED (skip-check command)", median(skip_times), "s",
-                        {"runs": marked, "study queries": queries[-1]["experiment_runs"],
-                         "MLflow search_runs calls": queries[-1]["search_runs"], "one query": "yes" if one else "NO"}))
+        rows.append(
+            Row(
+                "re-submit, every run FINISHED (skip-check command)",
+                median(skip_times),
+                "s",
+                {
+                    "runs": marked,
+                    "study queries": queries[-1]["experiment_runs"],
+                    "MLflow search_runs calls": queries[-1]["search_runs"],
+                    "one query": "yes" if one else "NO",
+                },
+            )
+        )
         client = connect(f"sqlite:///{db}")
         experiment_id = client.get_experiment_by_name(experiment).experiment_id
         direct = [_seconds(lambda: study_runs(client, experiment_id)) for _ in range(repeats)]
@@ -241,13 +260,23 @@ def main(argv: list[str] | None = None) -> int:
             searched = [_seconds(lambda: study_runs(client, experiment_id)) for _ in range(repeats)]
         rows += [
             Row("study_runs, the one query: direct SQLite read", median(direct), "s", {"runs": marked}),
-            Row("study_runs, the one query: MLflow search_runs", median(searched), "s",
-                {"runs": marked, "MLflow search_runs calls": calls["search_runs"] // repeats,
-                 "speed-up of the direct read": f"{median(searched) / median(direct):.0f}x"}),
+            Row(
+                "study_runs, the one query: MLflow search_runs",
+                median(searched),
+                "s",
+                {
+                    "runs": marked,
+                    "MLflow search_runs calls": calls["search_runs"] // repeats,
+                    "speed-up of the direct read": f"{median(searched) / median(direct):.0f}x",
+                },
+            ),
         ]
     machine = f"{os.cpu_count()}-core CPU"
-    print_table(f"Orchestration of a {runs}-run study, median of {repeats}; absolute seconds of this {machine} "
-                f"(load average {os.getloadavg()[0]:.1f})", rows)
+    print_table(
+        f"Orchestration of a {runs}-run study, median of {repeats}; absolute seconds of this {machine} "
+        f"(load average {os.getloadavg()[0]:.1f})",
+        rows,
+    )
     log_to_mlflow(args.mlflow, "orchestration", rows, {"runs": runs, "repeats": repeats})
     return 0
 

@@ -100,10 +100,17 @@ def paper_flops(ar_sizes: tuple[str, ...]) -> list[Row]:
         tokens, label = torch.zeros(1, ar_cfg.model.num_tokens, dtype=torch.long), torch.zeros(1, dtype=torch.long)
         ar_flops = count_flops(lambda ar=ar, tokens=tokens, label=label: ar.loss(tokens, label).backward())
         ratio = (tok_flops + ar_flops) / ar_flops
-        rows.append(Row(f"paper S-S + AR-{ar_size}: on the fly / cache, FLOPs only", ratio, "x", {
-            "cost vs cache": f"tokenize {tok_flops / 1e9:.0f} + AR step {ar_flops / 1e9:.0f} GFLOP an image",
-            "met": ratio >= TARGET,
-        }))
+        rows.append(
+            Row(
+                f"paper S-S + AR-{ar_size}: on the fly / cache, FLOPs only",
+                ratio,
+                "x",
+                {
+                    "cost vs cache": f"tokenize {tok_flops / 1e9:.0f} + AR step {ar_flops / 1e9:.0f} GFLOP an image",
+                    "met": ratio >= TARGET,
+                },
+            )
+        )
     return rows
 
 
@@ -173,11 +180,17 @@ def main() -> None:
         image_ids, flipped = j % n_images, j >= n_images
         steps_mem(tokenize(in_memory[image_ids], flipped), labels_all[image_ids])
 
-    print(f"AR-{args.ar_size} probe on tiny S-S tokens: {len(cache)} samples ({n_images} images + flips), batch "
-          f"{batch}, {steps_per_epoch} steps an epoch; timing {steps} steps of each, {torch.get_num_threads()} "
-          f"threads, device {device}", flush=True)
-    times = interleaved({"token cache": from_cache, "on the fly": on_the_fly,
-                         "on the fly, images in memory": on_the_fly_in_memory}, repeats=steps, warmup=1)
+    print(
+        f"AR-{args.ar_size} probe on tiny S-S tokens: {len(cache)} samples ({n_images} images + flips), batch "
+        f"{batch}, {steps_per_epoch} steps an epoch; timing {steps} steps of each, {torch.get_num_threads()} "
+        f"threads, device {device}",
+        flush=True,
+    )
+    times = interleaved(
+        {"token cache": from_cache, "on the fly": on_the_fly, "on the fly, images in memory": on_the_fly_in_memory},
+        repeats=steps,
+        warmup=1,
+    )
     scale = steps_per_epoch / steps
     epoch = {name: sum(t) * scale for name, t in times.items()}
     base = epoch["token cache"]
@@ -189,8 +202,14 @@ def main() -> None:
             extra["met"] = ratio >= TARGET
         rows.append(Row(f"tiny epoch: {name}", seconds, "s", extra))
     saved = epoch["on the fly"] - base
-    rows.append(Row("tiny: building the cache once (train split)", build_s, "s", {
-        "cost vs cache": f"pays back after {build_s / saved:.2f} epochs" if saved > 0 else "never pays back"}))
+    rows.append(
+        Row(
+            "tiny: building the cache once (train split)",
+            build_s,
+            "s",
+            {"cost vs cache": f"pays back after {build_s / saved:.2f} epochs" if saved > 0 else "never pays back"},
+        )
+    )
     if not args.no_paper:
         print("counting paper-scale FLOPs ...", flush=True)
         rows += paper_flops(("B",) if args.quick else ("B", "L"))

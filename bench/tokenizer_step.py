@@ -92,8 +92,9 @@ def resolved(perf: PerformanceConfig, device: torch.device) -> tuple[object, ...
     return perf.fused_attention, perf.channels_last, autocast_dtype(perf, device), perf.compile
 
 
-def build_modules(cfg: TokenizerRunConfig, perf: PerformanceConfig, semantic: SemanticTargets | None,
-                  device: torch.device) -> StepModules:
+def build_modules(
+    cfg: TokenizerRunConfig, perf: PerformanceConfig, semantic: SemanticTargets | None, device: torch.device
+) -> StepModules:
     """The loop's modules, prepared as ``train_tokenizer`` prepares them for ``perf``."""
     torch.manual_seed(0)
     model = prepare_module(build_tokenizer(cfg.tokenizer).to(device), perf)
@@ -102,8 +103,9 @@ def build_modules(cfg: TokenizerRunConfig, perf: PerformanceConfig, semantic: Se
         warnings.simplefilter("ignore")  # the random-trunk LPIPS substitute costs what LPIPS costs
         perceptual = prepare_module(build_perceptual_loss(allow_substitute=True).to(device), perf)
     opt_g, opt_d = build_optimizer(cfg, model.parameters()), build_optimizer(cfg, disc.parameters())
-    return StepModules(model, disc, perceptual, semantic, opt_g, opt_d, maybe_compile(model, perf),
-                       maybe_compile(disc, perf))
+    return StepModules(
+        model, disc, perceptual, semantic, opt_g, opt_d, maybe_compile(model, perf), maybe_compile(disc, perf)
+    )
 
 
 def semantic_targets(cfg: TokenizerRunConfig, images: torch.Tensor, device: torch.device) -> SemanticTargets | None:
@@ -139,8 +141,9 @@ def bench_setting(setting: Setting, args: argparse.Namespace, device: torch.devi
         main_group = {n: p for i, (n, p) in enumerate(main_group.items()) if i == 0 or any(k in n for k in keep)}
     groups = [main_group]
     if cpu_bf16:
-        groups.append({"plain (baseline, bf16 pass)": PLAIN, "bf16 autocast (CPU)":
-                       dataclasses.replace(PLAIN, autocast="bf16")})
+        groups.append(
+            {"plain (baseline, bf16 pass)": PLAIN, "bf16 autocast (CPU)": dataclasses.replace(PLAIN, autocast="bf16")}
+        )
 
     # One set of modules per memory layout and compilation (both fixed at build time); the attention kernel and
     # autocast are switched per call on the shared modules.
@@ -165,28 +168,52 @@ def bench_setting(setting: Setting, args: argparse.Namespace, device: torch.devi
         base = times[next(iter(perfs))]
         for name, perf in perfs.items():
             ratio, low, high = paired_ratio(base, times[name])
-            rows.append(Row(f"{setting.label}: {name}", setting.batch / median(times[name]), "images/s", {
-                "speed-up vs plain": f"{ratio:.2f}x", "min-max over rounds": f"{low:.2f}-{high:.2f}",
-                "median step s": f"{median(times[name]):.3f}",
-                "autocast": str(autocast_dtype(perf, device)).replace("torch.", ""), "repeats": repeats,
-            }))
+            rows.append(
+                Row(
+                    f"{setting.label}: {name}",
+                    setting.batch / median(times[name]),
+                    "images/s",
+                    {
+                        "speed-up vs plain": f"{ratio:.2f}x",
+                        "min-max over rounds": f"{low:.2f}-{high:.2f}",
+                        "median step s": f"{median(times[name]):.3f}",
+                        "autocast": str(autocast_dtype(perf, device)).replace("torch.", ""),
+                        "repeats": repeats,
+                    },
+                )
+            )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny profile only, 2 repeats")
-    parser.add_argument("--profile", choices=["tiny", "paper", "both"], default=None,
-                        help="which settings to run (default: both; --quick: tiny)")
+    parser.add_argument(
+        "--profile",
+        choices=["tiny", "paper", "both"],
+        default=None,
+        help="which settings to run (default: both; --quick: tiny)",
+    )
     parser.add_argument("--tiny-batch", type=int, default=16, help="tiny profile batch (its default is 16)")
-    parser.add_argument("--paper-batch", type=int, default=None,
-                        help="paper S-S batch (default 1 on CPU, 8 on GPU; Table 9 trains with 128 over GPUs)")
+    parser.add_argument(
+        "--paper-batch",
+        type=int,
+        default=None,
+        help="paper S-S batch (default 1 on CPU, 8 on GPU; Table 9 trains with 128 over GPUs)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per variant")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="measure bf16 autocast (default: on; on CPU at tiny only, in a short pass of its own)")
-    parser.add_argument("--only", default=None,
-                        help="comma-separated texts: measure only the variants whose names contain one (and plain)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure bf16 autocast (default: on; on CPU at tiny only, in a short pass of its own)",
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated texts: measure only the variants whose names contain one (and plain)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_common_args(parser)
     add_threads_arg(parser)
@@ -196,13 +223,24 @@ def main() -> None:
     profile = args.profile or ("tiny" if args.quick else "both")
     # CPU at paper scale: ~100 s a step at batch 1, so two timed steps each and no warm-up step.
     cpu = device.type != "cuda"
-    settings = [s for s in (
-        Setting("tiny S-S", "tiny", args.tiny_batch, args.repeats or (2 if args.quick else 5), 1),
-        Setting("paper S-S 256px", "paper", args.paper_batch or (1 if cpu else 8),
-                args.repeats or (2 if cpu else 5), 0 if cpu else 1),
-    ) if profile in ("both", s.profile)]
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    settings = [
+        s
+        for s in (
+            Setting("tiny S-S", "tiny", args.tiny_batch, args.repeats or (2 if args.quick else 5), 1),
+            Setting(
+                "paper S-S 256px",
+                "paper",
+                args.paper_batch or (1 if cpu else 8),
+                args.repeats or (2 if cpu else 5),
+                0 if cpu else 1,
+            ),
+        )
+        if profile in ("both", s.profile)
+    ]
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     rows: list[Row] = []
     for setting in settings:
         print(f"measuring {setting.label}, batch {setting.batch} ...", flush=True)

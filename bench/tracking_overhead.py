@@ -73,8 +73,9 @@ LogFn = Callable[[int, dict[str, float]], None]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/tracking_overhead.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/tracking_overhead.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="3 rounds of 12 steps")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per variant (default 8; --quick 3)")
     p.add_argument("--steps", type=int, default=None, help="training steps per round (default 30; --quick 12)")
@@ -100,8 +101,13 @@ class ARLoop:
         generator = torch.Generator().manual_seed(0)
         batch, m = self.cfg.train.batch_size, self.cfg.model
         # A few fixed batches stand in for the token cache (reading it is an index into a tensor as well).
-        self.batches = [(torch.randint(0, m.vocab_size, (batch, m.num_tokens), generator=generator),
-                         torch.randint(0, m.num_classes, (batch,), generator=generator)) for _ in range(8)]
+        self.batches = [
+            (
+                torch.randint(0, m.vocab_size, (batch, m.num_tokens), generator=generator),
+                torch.randint(0, m.num_classes, (batch,), generator=generator),
+            )
+            for _ in range(8)
+        ]
         self.run_dir = run_dir
         self.step = 0
 
@@ -181,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         interleaved(variants(3), repeats=1, warmup=0)  # warm-up: allocator, MLflow's queue thread, SQLite pages
         inside, flushing = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
         cpu = {k: [] for k in cpu}
-        print(f"{rounds} rounds x {steps} steps of each variant, interleaved; torch threads "
-              f"{torch.get_num_threads()} ...", flush=True)
+        print(
+            f"{rounds} rounds x {steps} steps of each variant, interleaved; torch threads "
+            f"{torch.get_num_threads()} ...",
+            flush=True,
+        )
         times = interleaved(variants(steps), repeats=rounds, warmup=0)
         # Every logged step reached the store: the logged variants did the work they are timed for.
         for kind, run_id in last_run.items():
@@ -204,14 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         rows += [
             Row(f"wall-clock slowdown, {name}", slowdown, "%", extra),
             Row(f"extra CPU time (all threads), {name}", paired(cpu[kind], cpu["none"]), "%", {"variant": name}),
-            Row(f"time in logging calls, {name}", inside[kind] / (rounds * steps) * 1e3, "ms/step",
-                {"variant": name}),
+            Row(f"time in logging calls, {name}", inside[kind] / (rounds * steps) * 1e3, "ms/step", {"variant": name}),
             Row(f"final flush, {name}", flushing[kind] / rounds * 1e3, "ms/round", {"variant": name}),
         ]
-    print_table(f"Tracking overhead: tiny AR-{args.ar_size} training step, logging every step; median of {rounds} "
-                f"paired rounds (load average {os.getloadavg()[0]:.1f})", rows)
-    log_to_mlflow(args.mlflow, "tracking_overhead", rows, {"rounds": rounds, "steps": steps, "ar_size": args.ar_size,
-                                                          "threads": torch.get_num_threads()})
+    print_table(
+        f"Tracking overhead: tiny AR-{args.ar_size} training step, logging every step; median of {rounds} "
+        f"paired rounds (load average {os.getloadavg()[0]:.1f})",
+        rows,
+    )
+    log_to_mlflow(
+        args.mlflow,
+        "tracking_overhead",
+        rows,
+        {"rounds": rounds, "steps": steps, "ar_size": args.ar_size, "threads": torch.get_num_threads()},
+    )
     return 0
 
 

@@ -51,7 +51,6 @@ def _require(condition: bool, field_name: str, why: str) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-
 @dataclass(frozen=True)
 class TransformerSize:
     """Width, depth and heads of one transformer stack (a tokenizer encoder or decoder)."""
@@ -262,8 +261,9 @@ class TokenizerConfig:
             f"must be 'height' or 'width', got {self.pool_first_split!r}",
         )
         _require(
-            self.decoder_out_kernel in (1, 3), "tokenizer.decoder_out_kernel", f"must be 1 or 3, got "
-            f"{self.decoder_out_kernel}"
+            self.decoder_out_kernel in (1, 3),
+            "tokenizer.decoder_out_kernel",
+            f"must be 1 or 3, got {self.decoder_out_kernel}",
         )
         _require(self.init in ("workbench", "authors"), "tokenizer.init", f"unknown init {self.init!r}")
         ds = self.cnn.downsample
@@ -360,10 +360,16 @@ class LossConfig:
     perceptual: Literal["lpips", "off", "auto"] = field(default="lpips", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
-        _require(self.discriminator in ("patchgan", "dino"), "loss.discriminator",
-                 f"must be 'patchgan' or 'dino', got {self.discriminator!r}")
-        _require(self.perceptual in PERCEPTUAL_CHOICES, "loss.perceptual",
-                 f"must be one of {PERCEPTUAL_CHOICES}, got {self.perceptual!r}")
+        _require(
+            self.discriminator in ("patchgan", "dino"),
+            "loss.discriminator",
+            f"must be 'patchgan' or 'dino', got {self.discriminator!r}",
+        )
+        _require(
+            self.perceptual in PERCEPTUAL_CHOICES,
+            "loss.perceptual",
+            f"must be one of {PERCEPTUAL_CHOICES}, got {self.perceptual!r}",
+        )
         for name in ("pixel_weight", "perceptual_weight", "gan_weight", "shortcut_feature_weight", "disc_loss_weight"):
             value = getattr(self, name)
             _require(value >= 0, f"loss.{name}", f"must be >= 0, got {value} (a negative weight)")
@@ -428,13 +434,20 @@ class DataConfig:
         _require(self.crops_per_image >= 1, "data.crops_per_image", "must be >= 1")
         _require(self.builtin_version in (1, 2), "data.builtin_version", f"1 or 2, got {self.builtin_version!r}")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        _require(self.train_crop in ("center", "random"), "data.train_crop",
-                 f"'center' or 'random', got {self.train_crop!r}")
-        _require(self.train_crop == "center" or self.dataset == "imagefolder", "data.train_crop",
-                 "the builtin dataset is precomputed crops; random crops need dataset='imagefolder'")
+        _require(
+            self.train_crop in ("center", "random"), "data.train_crop", f"'center' or 'random', got {self.train_crop!r}"
+        )
+        _require(
+            self.train_crop == "center" or self.dataset == "imagefolder",
+            "data.train_crop",
+            "the builtin dataset is precomputed crops; random crops need dataset='imagefolder'",
+        )
         low, high = self.crop_fraction if len(self.crop_fraction) == 2 else (0.0, -1.0)
-        _require(0 < low <= high <= 1, "data.crop_fraction",
-                 f"needs (min, max) with 0 < min <= max <= 1, got {self.crop_fraction}")
+        _require(
+            0 < low <= high <= 1,
+            "data.crop_fraction",
+            f"needs (min, max) with 0 < min <= max <= 1, got {self.crop_fraction}",
+        )
 
     @property
     def augments(self) -> bool:
@@ -463,19 +476,29 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "train.epochs", "must be > 0")
-        _require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch",
-                 "must be None (one pass over the data) or >= 1")
-        _require(all(0 < e <= self.epochs for e in self.snapshot_epochs), "train.snapshot_epochs",
-                 f"each must be in (0, epochs={self.epochs:g}], got {list(self.snapshot_epochs)}")
-        _require(len(set(self.snapshot_epochs)) == len(self.snapshot_epochs), "train.snapshot_epochs",
-                 "has a repeated epoch")
+        _require(
+            self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+            "train.steps_per_epoch",
+            "must be None (one pass over the data) or >= 1",
+        )
+        _require(
+            all(0 < e <= self.epochs for e in self.snapshot_epochs),
+            "train.snapshot_epochs",
+            f"each must be in (0, epochs={self.epochs:g}], got {list(self.snapshot_epochs)}",
+        )
+        _require(
+            len(set(self.snapshot_epochs)) == len(self.snapshot_epochs), "train.snapshot_epochs", "has a repeated epoch"
+        )
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")
         _require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1")
-        _require(self.usage_window is None or self.usage_window >= 1, "train.usage_window",
-                 "must be None (4x the codebook size) or >= 1")
+        _require(
+            self.usage_window is None or self.usage_window >= 1,
+            "train.usage_window",
+            "must be None (4x the codebook size) or >= 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -523,9 +546,12 @@ class TokenizerRunConfig:
         _require(self.profile in PROFILES, "profile", f"unknown profile {self.profile!r}; known: {sorted(PROFILES)}")
         # The paper's objective has LPIPS (Eq. 2): a paper run without it must be asked for ("off"), never fall out
         # of a missing file.
-        _require(self.profile != "paper" or self.loss.perceptual != "auto", "loss.perceptual",
-                 "'auto' is not allowed at the paper profile (a missing vgg16 file must be an error there); "
-                 "use 'lpips', or 'off' to train without the perceptual term on purpose")
+        _require(
+            self.profile != "paper" or self.loss.perceptual != "auto",
+            "loss.perceptual",
+            "'auto' is not allowed at the paper profile (a missing vgg16 file must be an error there); "
+            "use 'lpips', or 'off' to train without the perceptual term on purpose",
+        )
         if self.tokenizer.semantic.enabled and self.tokenizer.semantic.cache_features:
             _require(
                 not self.data.augments,
@@ -610,7 +636,6 @@ class ARConfig:
         return self.ffn_multiple_of * -(-hidden // self.ffn_multiple_of)
 
 
-
 # Which views of each training image the token cache holds (gigatok.token_cache.VIEW_SETS): "flip" the image and its
 # mirror; "ten_crop" LlamaGen's recipe, torchvision's TenCrop of a centre crop 1.1x the image size (the four corners
 # and the centre, and the same five of the mirrored crop); "centre_pair" two of those ten, the centre and its
@@ -658,15 +683,27 @@ class ARTrainConfig:
         _require(self.weight_decay >= 0, "ar_train.weight_decay", "must be >= 0")
         _require(self.grad_clip > 0, "ar_train.grad_clip", "must be > 0")
         _require(self.warmup_epochs >= 0, "ar_train.warmup_epochs", "must be >= 0")
-        _require(self.warmup_steps is None or self.warmup_steps >= 0, "ar_train.warmup_steps",
-                 f"must be None or >= 0, got {self.warmup_steps}")
-        _require(self.warmup_from is None or 0 <= self.warmup_from <= 1, "ar_train.warmup_from",
-                 f"must be None or in [0, 1], got {self.warmup_from}")
+        _require(
+            self.warmup_steps is None or self.warmup_steps >= 0,
+            "ar_train.warmup_steps",
+            f"must be None or >= 0, got {self.warmup_steps}",
+        )
+        _require(
+            self.warmup_from is None or 0 <= self.warmup_from <= 1,
+            "ar_train.warmup_from",
+            f"must be None or in [0, 1], got {self.warmup_from}",
+        )
         _require(0 <= self.decay_fraction <= 1, "ar_train.decay_fraction", "must be in [0, 1]")
-        _require(self.decay_shape in ("linear", "sqrt"), "ar_train.decay_shape",
-                 f"'linear' or 'sqrt', got {self.decay_shape!r}")
-        _require(self.views in typing.get_args(TokenViews), "ar_train.views",
-                 f"one of {list(typing.get_args(TokenViews))}, got {self.views!r}")
+        _require(
+            self.decay_shape in ("linear", "sqrt"),
+            "ar_train.decay_shape",
+            f"'linear' or 'sqrt', got {self.decay_shape!r}",
+        )
+        _require(
+            self.views in typing.get_args(TokenViews),
+            "ar_train.views",
+            f"one of {list(typing.get_args(TokenViews))}, got {self.views!r}",
+        )
         _require(self.max_steps is None or self.max_steps >= 1, "ar_train.max_steps", "must be >= 1")
 
 
@@ -738,23 +775,41 @@ class CfgSearchConfig:
         name = "eval.cfg_search"
         _require(self.scale_min >= 0, f"{name}.scale_min", f"must be >= 0, got {self.scale_min}")
         _require(self.scale_step > 0, f"{name}.scale_step", f"must be > 0, got {self.scale_step}")
-        _require(self.scale_min <= self.scale_max, f"{name}.scale_max",
-                 f"the range {self.scale_min}:{self.scale_max} is empty (scale_max is below scale_min)")
-        _require((self.fraction_min is None) == (self.fraction_max is None), f"{name}.fraction_min",
-                 "set fraction_min and fraction_max together (or neither)")
+        _require(
+            self.scale_min <= self.scale_max,
+            f"{name}.scale_max",
+            f"the range {self.scale_min}:{self.scale_max} is empty (scale_max is below scale_min)",
+        )
+        _require(
+            (self.fraction_min is None) == (self.fraction_max is None),
+            f"{name}.fraction_min",
+            "set fraction_min and fraction_max together (or neither)",
+        )
         if self.fraction_min is not None and self.fraction_max is not None:
-            _require(0 <= self.fraction_min <= self.fraction_max <= 1, f"{name}.fraction_max",
-                     f"the range {self.fraction_min}:{self.fraction_max} must be non-empty and inside [0, 1]")
+            _require(
+                0 <= self.fraction_min <= self.fraction_max <= 1,
+                f"{name}.fraction_max",
+                f"the range {self.fraction_min}:{self.fraction_max} must be non-empty and inside [0, 1]",
+            )
         _require(self.fraction_step > 0, f"{name}.fraction_step", f"must be > 0, got {self.fraction_step}")
         _require(self.sampler in ("grid", "tpe"), f"{name}.sampler", f"'grid' or 'tpe', got {self.sampler!r}")
-        _require(self.sampler != "tpe" or self.trials is not None, f"{name}.trials",
-                 "the TPE sampler needs a budget of trials")
-        _require(self.sampler != "grid" or self.trials is None, f"{name}.trials",
-                 "only the TPE sampler takes a budget of trials (a grid runs every point once)")
+        _require(
+            self.sampler != "tpe" or self.trials is not None,
+            f"{name}.trials",
+            "the TPE sampler needs a budget of trials",
+        )
+        _require(
+            self.sampler != "grid" or self.trials is None,
+            f"{name}.trials",
+            "only the TPE sampler takes a budget of trials (a grid runs every point once)",
+        )
         _require(self.trials is None or self.trials >= 1, f"{name}.trials", f"must be >= 1, got {self.trials}")
         _require(0 <= self.low_fraction < 1, f"{name}.low_fraction", f"must be in [0, 1), got {self.low_fraction}")
-        _require(self.full_samples is None or self.full_samples >= 2, f"{name}.full_samples",
-                 "must be None (the run's gen_samples) or >= 2")
+        _require(
+            self.full_samples is None or self.full_samples >= 2,
+            f"{name}.full_samples",
+            "must be None (the run's gen_samples) or >= 2",
+        )
         _require(self.pruner in ("median", "none"), f"{name}.pruner", f"'median' or 'none', got {self.pruner!r}")
         _require(self.startup_trials >= 0, f"{name}.startup_trials", f"must be >= 0, got {self.startup_trials}")
 
@@ -792,21 +847,31 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         name = "eval.probe"
-        _require(self.method in ("logistic_regression", "lars"), f"{name}.method",
-                 f"'logistic_regression' or 'lars', got {self.method!r}")
-        _require(self.views in ("fixed", "random_crop"), f"{name}.views",
-                 f"'fixed' or 'random_crop', got {self.views!r}")
+        _require(
+            self.method in ("logistic_regression", "lars"),
+            f"{name}.method",
+            f"'logistic_regression' or 'lars', got {self.method!r}",
+        )
+        _require(
+            self.views in ("fixed", "random_crop"), f"{name}.views", f"'fixed' or 'random_crop', got {self.views!r}"
+        )
         _require(self.epochs > 0, f"{name}.epochs", f"must be > 0, got {self.epochs}")
-        _require(0 <= self.warmup_epochs < self.epochs, f"{name}.warmup_epochs",
-                 f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        _require(
+            0 <= self.warmup_epochs < self.epochs,
+            f"{name}.warmup_epochs",
+            f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}",
+        )
         _require(self.batch_size >= 2, f"{name}.batch_size", f"must be >= 2 (BatchNorm), got {self.batch_size}")
         _require(self.base_lr > 0, f"{name}.base_lr", f"must be > 0, got {self.base_lr}")
         _require(0 <= self.min_lr <= self.base_lr, f"{name}.min_lr", f"must be in [0, base_lr], got {self.min_lr}")
         _require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(0 <= self.momentum < 1, f"{name}.momentum", f"must be in [0, 1), got {self.momentum}")
         _require(self.trust_coefficient > 0, f"{name}.trust_coefficient", f"must be > 0, got {self.trust_coefficient}")
-        _require(self.method == "lars" or self.views == "fixed", f"{name}.views",
-                 "random crops need the 'lars' probe (the logistic regression fits fixed features once)")
+        _require(
+            self.method == "lars" or self.views == "fixed",
+            f"{name}.views",
+            "random crops need the 'lars' probe (the logistic regression fits fixed features once)",
+        )
 
 
 # The authors' linear probe (ProbeConfig's docstring): the paper profile's.
@@ -868,8 +933,11 @@ class EvalConfig:
         _require(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
         _require(self.probe_max_iter >= 1, "eval.probe_max_iter", "must be >= 1")
         _require(self.grid_images >= 0, "eval.grid_images", "must be >= 0")
-        _require(self.gen_reference in ("val", "adm", "train"), "eval.gen_reference",
-                 f"'val', 'adm' (ADM's ImageNet-train reference batch) or 'train', got {self.gen_reference!r}")
+        _require(
+            self.gen_reference in ("val", "adm", "train"),
+            "eval.gen_reference",
+            f"'val', 'adm' (ADM's ImageNet-train reference batch) or 'train', got {self.gen_reference!r}",
+        )
         _require(self.pca_images >= 2, "eval.pca_images", "must be >= 2 (a PCA across images)")
         _require(self.pca_class is None or self.pca_class >= 0, "eval.pca_class", "must be None or a class index")
 
@@ -972,20 +1040,30 @@ AUTHORS_LAYOUT: dict[str, Any] = {
 # view of each image an epoch (extract_codes_c2i.py --ten-crop --crop-range 1.1, dataset/imagenet.py): the
 # authors' pre-computed codes (LlamaGen's recipe), which their instructions suggest for large AR models; their
 # scripts' default (DATASET=imagenet) tokenizes each step's images on the fly, random_crop_arr and a flip.
-PAPER_AR_PROBE = ARTrainConfig(epochs=50, batch_size=256, lr=1e-4, warmup_epochs=0.0, decay_fraction=0.0,
-                               views="ten_crop", one_view_per_image=True)
+PAPER_AR_PROBE = ARTrainConfig(
+    epochs=50, batch_size=256, lr=1e-4, warmup_epochs=0.0, decay_fraction=0.0, views="ten_crop", one_view_per_image=True
+)
 # System level (Appendix B; Detailed_instructions.md, train_c2i_and_eval.sh): 300 epochs, WSD with 20% decay of
 # the sqrt shape (wsd_lr's default) to 0, warm-up WARM_ITER=5000 steps (1 epoch at batch 256) for B, L, XL, and
 # for XXL batch 512 with WARM_ITER=200 (the paper's text says 1 epoch; the authors' command says 200 steps).
-PAPER_SYSTEM_AR = dataclasses.replace(PAPER_AR_PROBE, epochs=300, warmup_steps=5_000, warmup_from=0.01,
-                                      decay_fraction=0.2, decay_shape="sqrt")
+PAPER_SYSTEM_AR = dataclasses.replace(
+    PAPER_AR_PROBE, epochs=300, warmup_steps=5_000, warmup_from=0.01, decay_fraction=0.2, decay_shape="sqrt"
+)
 PAPER_SYSTEM_AR_XXL = dataclasses.replace(PAPER_SYSTEM_AR, batch_size=512, warmup_steps=200)
 
 # The tiny probe samples one of two views an image each epoch (centre_pair tokenizes each image twice, as "flip"
 # did), so 4 epochs of 28 steps with a 2-epoch warm-up are the 112 steps and 56 warm-up steps of the 2 epochs over
 # both views it had before.
-TINY_AR_PROBE = ARTrainConfig(epochs=4, batch_size=32, lr=1e-3, warmup_epochs=2.0, log_every=10, checkpoint_every=50,
-                              views="centre_pair", one_view_per_image=True)
+TINY_AR_PROBE = ARTrainConfig(
+    epochs=4,
+    batch_size=32,
+    lr=1e-3,
+    warmup_epochs=2.0,
+    log_every=10,
+    checkpoint_every=50,
+    views="centre_pair",
+    one_view_per_image=True,
+)
 
 PAPER = Profile(
     name="paper",
@@ -994,9 +1072,7 @@ PAPER = Profile(
     num_tokens=256,
     # The authors' CNN (configs/vq/VQ_*256.yaml with blocks.py Encoder/Decoder): encoder without attention, decoder
     # with num_res_blocks + 1 = 3 blocks per level, no attention, adaptive GroupNorm, depth-to-space upsampling.
-    cnn=CNNConfig(
-        decoder_res_blocks=3, decoder_attention=False, decoder_adaptive_norm=True, upsample="depth_to_space"
-    ),
+    cnn=CNNConfig(decoder_res_blocks=3, decoder_attention=False, decoder_adaptive_norm=True, upsample="depth_to_space"),
     codebook_size=16384,
     codebook_dim=8,
     semantic_encoder="dinov2-b",
@@ -1044,8 +1120,12 @@ TINY = Profile(
     image_size=32,
     num_tokens=64,
     cnn=CNNConfig(
-        base_channels=32, channel_mult=(1, 2, 4), encoder_res_blocks=1, decoder_res_blocks=2,
-        latent_channels=64, norm_groups=8,
+        base_channels=32,
+        channel_mult=(1, 2, 4),
+        encoder_res_blocks=1,
+        decoder_res_blocks=2,
+        latent_channels=64,
+        norm_groups=8,
     ),
     # 1,024 codes gave B-L 1D 18.2 dB at 150 steps against 18.0 with 256: not worth a 4x larger AR vocabulary.
     codebook_size=256,
@@ -1102,7 +1182,12 @@ TINY = Profile(
     # FID at its standard 299 px input on 96 images: Inception costs ~0.2 s an image on a CPU core pair, so the
     # counts, not the resolution, are cut. Numbers this small are for plumbing and trends, never for comparison.
     eval=EvalConfig(
-        recon_images=96, reference_images=96, gen_samples=96, batch_size=48, cfg_scale=2.0, probe_max_iter=500,
+        recon_images=96,
+        reference_images=96,
+        gen_samples=96,
+        batch_size=48,
+        cfg_scale=2.0,
+        probe_max_iter=500,
         # Five scales (1.0-2.0), each scored first on one batch of 48 samples.
         cfg_search=CfgSearchConfig(scale_max=2.0, low_fraction=0.5, startup_trials=2),
     ),
@@ -1156,8 +1241,9 @@ def tokenizer_run(
     prof = get_profile(profile)
     enc_name, dec_name = parse_tokenizer_name(name)
     large = enc_name in _LARGE or dec_name in _LARGE
-    _require(stabiliser in (None, *STABILISERS), "stabiliser",
-             f"unknown stabiliser {stabiliser!r}; known: {STABILISERS}")
+    _require(
+        stabiliser in (None, *STABILISERS), "stabiliser", f"unknown stabiliser {stabiliser!r}; known: {STABILISERS}"
+    )
     chosen = stabiliser if stabiliser is not None else ("warmup_entropy" if large else prof.small_stabiliser)
     warmup_entropy = chosen == "warmup_entropy"
     base_entropy = prof.entropy_weight_2d.get(name, prof.entropy_weight) if kind == "2d" else prof.entropy_weight
@@ -1211,7 +1297,12 @@ def tokenizer_run(
             loss, discriminator="dino", gan_start_step=loss.gan_start_step * DINO_GAN_START_FACTOR
         )
     return TokenizerRunConfig(
-        profile=profile, tokenizer=tokenizer, loss=loss, optim=optim, data=data, train=train,
+        profile=profile,
+        tokenizer=tokenizer,
+        loss=loss,
+        optim=optim,
+        data=data,
+        train=train,
         performance=performance or PerformanceConfig(),
     )
 
@@ -1237,19 +1328,28 @@ def ar_run(
     _require(size in prof.ar_sizes, "ar.size", f"unknown AR size {size!r}; known: {AR_SIZE_NAMES}")
     dims = prof.ar_sizes[size]
     model = ARConfig(
-        width=dims.width, depth=dims.depth, heads=dims.heads,
+        width=dims.width,
+        depth=dims.depth,
+        heads=dims.heads,
         vocab_size=tokenizer.tokenizer.quantizer.codebook_size,
-        num_tokens=tokenizer.tokenizer.num_tokens, num_classes=prof.num_classes, **prof.ar_model_options,
+        num_tokens=tokenizer.tokenizer.num_tokens,
+        num_classes=prof.num_classes,
+        **prof.ar_model_options,
     )
     recipe = prof.system_ar_train_for(size) if system else prof.ar_train
     train = dataclasses.replace(
         recipe,
         epochs=recipe.epochs if epochs is None else epochs,
         batch_size=recipe.batch_size if batch_size is None else batch_size,
-        seed=seed, max_steps=max_steps,
+        seed=seed,
+        max_steps=max_steps,
     )
     return ARRunConfig(
-        profile=tokenizer.profile, size=size, tokenizer=tokenizer, model=model, train=train,
+        profile=tokenizer.profile,
+        size=size,
+        tokenizer=tokenizer,
+        model=model,
+        train=train,
         performance=performance or tokenizer.performance,
     )
 
@@ -1277,8 +1377,9 @@ def config_hash(cfg: Any, length: int = 12) -> str:
     It depends only on the field values and the schema version, never on object identity, dict order or the
     process, so the same config hashes the same on every machine.
     """
-    return canonical_hash({"schema": CONFIG_SCHEMA_VERSION, "type": type(cfg).__name__, "config": hashed_fields(cfg)},
-                          length)
+    return canonical_hash(
+        {"schema": CONFIG_SCHEMA_VERSION, "type": type(cfg).__name__, "config": hashed_fields(cfg)}, length
+    )
 
 
 def run_hash(cfg: Any) -> str:

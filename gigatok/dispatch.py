@@ -109,8 +109,13 @@ def resolve_executor(name: str) -> str:
     return name
 
 
-def make_executor(name: str, folder: str | os.PathLike[str], slurm: SlurmSettings | None = None,
-                  local_tasks: int = 1, timeout_min: int = 24 * 60) -> submitit.Executor:
+def make_executor(
+    name: str,
+    folder: str | os.PathLike[str],
+    slurm: SlurmSettings | None = None,
+    local_tasks: int = 1,
+    timeout_min: int = 24 * 60,
+) -> submitit.Executor:
     """A Submitit executor writing its logs and pickles under ``folder/%j``."""
     folder = Path(folder) / "%j"
     if name == "debug":
@@ -204,4 +209,3 @@ class RunJob(submitit.helpers.Checkpointable):
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(self.specs)} runs failed: " + "; ".join(failures))
         return results
-

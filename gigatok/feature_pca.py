@@ -30,17 +30,27 @@ class FeaturePCA:
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(tmp, images=self.images, components=self.components,
-                            explained_variance_ratio=self.explained_variance_ratio,
-                            class_index=np.int64(self.class_index), layer=np.int64(self.layer))
+        np.savez_compressed(
+            tmp,
+            images=self.images,
+            components=self.components,
+            explained_variance_ratio=self.explained_variance_ratio,
+            class_index=np.int64(self.class_index),
+            layer=np.int64(self.layer),
+        )
         tmp.replace(path)
         return path
 
     @classmethod
     def load(cls, path: Path) -> FeaturePCA:
         with np.load(path) as data:
-            return cls(data["images"], data["components"], data["explained_variance_ratio"],
-                       int(data["class_index"]), int(data["layer"]))
+            return cls(
+                data["images"],
+                data["components"],
+                data["explained_variance_ratio"],
+                int(data["class_index"]),
+                int(data["layer"]),
+            )
 
 
 def class_group(labels: list[int], count: int, class_index: int | None) -> tuple[int, list[int]]:

@@ -137,8 +137,9 @@ def _perceptual_on(cfg: TokenizerRunConfig, perceptual: Perceptual | None) -> bo
     if not perceptual_active(cfg):
         return False
     if perceptual is None:
-        raise ValueError("the objective has the perceptual term (loss.perceptual 'lpips') but no perceptual network "
-                         "was given")
+        raise ValueError(
+            "the objective has the perceptual term (loss.perceptual 'lpips') but no perceptual network was given"
+        )
     return True
 
 

@@ -97,9 +97,7 @@ def _bare_lpips(lin_path: os.PathLike[str]) -> nn.Module:
     with warnings.catch_warnings():
         # pnet_rand makes lpips call torchvision's deprecated vgg16(pretrained=False): a warning, no download.
         warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(
-            net="vgg", pretrained=True, pnet_rand=True, model_path=os.fspath(lin_path), verbose=False
-        )
+        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, model_path=os.fspath(lin_path), verbose=False)
     # lpips loads its linear layers with strict=False; make sure the file really provided every one of them.
     lin_keys = set(torch.load(lin_path, map_location="cpu", weights_only=True))
     model_keys = set(model.state_dict())
@@ -161,8 +159,9 @@ def resolve_perceptual(
 def perceptual_active(cfg: TokenizerRunConfig) -> bool:
     """Whether the objective has the perceptual term (an unsettled "auto" is an error: settle it first)."""
     if cfg.loss.perceptual == "auto":
-        raise ValueError("loss.perceptual is 'auto': settle it with gigatok.perceptual.resolve_perceptual before "
-                         "training")
+        raise ValueError(
+            "loss.perceptual is 'auto': settle it with gigatok.perceptual.resolve_perceptual before training"
+        )
     return cfg.loss.perceptual == "lpips" and cfg.loss.perceptual_weight > 0
 
 

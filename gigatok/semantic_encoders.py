@@ -73,21 +73,41 @@ ENCODER_SPECS: dict[str, EncoderSpec] = {
     s.name: s
     for s in (
         EncoderSpec(
-            "dinov2-b", "DINOv2 ViT-B/14", ("dinov2-b", "dinov2-b-hub"), IMAGENET_MEAN, IMAGENET_STD,
-            arch="vit_base_patch14_dinov2", patch_size=14,
+            "dinov2-b",
+            "DINOv2 ViT-B/14",
+            ("dinov2-b", "dinov2-b-hub"),
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            arch="vit_base_patch14_dinov2",
+            patch_size=14,
         ),
         # DFN2B's L/14 was trained with QuickGELU; the plain-GELU timm variant would not match its weights.
         EncoderSpec(
-            "clip", "DFN2B CLIP ViT-L/14", ("clip",), CLIP_MEAN, CLIP_STD,
-            arch="vit_large_patch14_clip_quickgelu_224", patch_size=14,
+            "clip",
+            "DFN2B CLIP ViT-L/14",
+            ("clip",),
+            CLIP_MEAN,
+            CLIP_STD,
+            arch="vit_large_patch14_clip_quickgelu_224",
+            patch_size=14,
         ),
         # global_pool="" leaves out the attention-pooling head: only patch tokens are used.
         EncoderSpec(
-            "siglip", "SigLIP So400m/14 224px", ("siglip",), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-            arch="vit_so400m_patch14_siglip_224", patch_size=14, timm_kwargs=(("global_pool", ""),),
+            "siglip",
+            "SigLIP So400m/14 224px",
+            ("siglip",),
+            (0.5, 0.5, 0.5),
+            (0.5, 0.5, 0.5),
+            arch="vit_so400m_patch14_siglip_224",
+            patch_size=14,
+            timm_kwargs=(("global_pool", ""),),
         ),
         EncoderSpec(
-            "inception", "TF-Inception Mixed_6e", ("inception",), TF_INCEPTION_MEAN, TF_INCEPTION_STD,
+            "inception",
+            "TF-Inception Mixed_6e",
+            ("inception",),
+            TF_INCEPTION_MEAN,
+            TF_INCEPTION_STD,
             interpolation="bilinear",
         ),
     )
@@ -140,7 +160,10 @@ class SemanticEncoder(nn.Module):
         if x.shape[-2:] != (self.input_size, self.input_size):
             antialias = self.interpolation in ("bilinear", "bicubic")
             x = F.interpolate(
-                x, size=(self.input_size, self.input_size), mode=self.interpolation, align_corners=False,
+                x,
+                size=(self.input_size, self.input_size),
+                mode=self.interpolation,
+                align_corners=False,
                 antialias=antialias,
             )
             x = x.clamp(-1.0, 1.0)  # bicubic overshoots; keep the encoder's input range
@@ -203,9 +226,7 @@ def inception_grid(resolution: int) -> int:
     return (n - 3) // 2 + 1  # Mixed_6a reduces 3x3 /2; Mixed_6b..6e keep it
 
 
-def create_vit_trunk(
-    spec: EncoderSpec, input_size: int, overrides: Mapping[str, Any] | None = None
-) -> nn.Module:
+def create_vit_trunk(spec: EncoderSpec, input_size: int, overrides: Mapping[str, Any] | None = None) -> nn.Module:
     """The timm architecture of ``spec`` at ``input_size`` with random weights (timm never downloads here)."""
     import timm
 
@@ -279,8 +300,20 @@ def _inception_blocks_substitute() -> nn.ModuleList:
 
     net = inception_v3(weights=None, aux_logits=False, init_weights=True)
     names = (
-        "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-        "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "maxpool1",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "maxpool2",
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6a",
+        "Mixed_6b",
+        "Mixed_6c",
+        "Mixed_6d",
         "Mixed_6e",
     )
     return nn.ModuleList(getattr(net, n) for n in names)

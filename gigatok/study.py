@@ -250,8 +250,9 @@ class Planner:
     weights_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.seeds is not None and (isinstance(self.seeds, bool) or not isinstance(self.seeds, int)
-                                       or self.seeds < 1):
+        if self.seeds is not None and (
+            isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1
+        ):
             raise ConfigError(f"--seeds {self.seeds}: expected a positive integer (runs per point)")
 
     @property
@@ -284,19 +285,31 @@ class Planner:
         eval: EvalConfig | None = None,
         tokenizer_snapshot: float | None = None,
     ) -> RunSpec:
-        spec = RunSpec(self.study, tuple(factors.items()), tokenizer, ar, eval or self.profile.eval,
-                       self._searched(stages, ar), tokenizer_snapshot)
+        spec = RunSpec(
+            self.study,
+            tuple(factors.items()),
+            tokenizer,
+            ar,
+            eval or self.profile.eval,
+            self._searched(stages, ar),
+            tokenizer_snapshot,
+        )
         return settle_perceptual(apply_overrides(spec, self.overrides), self.weights_dir)
 
     def _searched(self, stages: tuple[str, ...], ar: ARRunConfig | None) -> tuple[str, ...]:
         """``stages`` with the CFG search added where the profile reports every gFID at its searched best scale."""
-        if self.profile.cfg_search_every_gfid and ar is not None and "generation" in stages \
-                and "cfg_search" not in stages:
+        if (
+            self.profile.cfg_search_every_gfid
+            and ar is not None
+            and "generation" in stages
+            and "cfg_search" not in stages
+        ):
             return (*stages, "cfg_search")
         return stages
 
-    def probe(self, factors: dict[str, Any], tokenizer: TokenizerRunConfig, ar_size: str = "B",
-              **ar_kwargs: Any) -> RunSpec:
+    def probe(
+        self, factors: dict[str, Any], tokenizer: TokenizerRunConfig, ar_size: str = "B", **ar_kwargs: Any
+    ) -> RunSpec:
         """The standard run: train the tokenizer, score reconstruction, train an AR probe, score generation and
         both linear probes."""
         return self.run(factors, tokenizer, self.ar(tokenizer, ar_size, **ar_kwargs))

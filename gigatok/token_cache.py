@@ -89,8 +89,10 @@ class TokenCache:
         """(images, views) row indices: row ``table[i, v]`` is view ``v`` of image ``i``."""
         if self._table is None:
             if self.image is None or self.view is None:
-                raise ValueError("this token cache does not record which image each row is a view of; rebuild it "
-                                 "(delete the token_cache folder of the tokenizer run)")
+                raise ValueError(
+                    "this token cache does not record which image each row is a view of; rebuild it "
+                    "(delete the token_cache folder of the tokenizer run)"
+                )
             table = torch.full((self.num_images, int(self.view.max()) + 1), -1, dtype=torch.long)
             table[self.image, self.view] = torch.arange(len(self))
             if bool((table < 0).any()):
@@ -103,8 +105,11 @@ class TokenCache:
         view = self.view if self.view is not None else self.flipped.long()
         rows = (view == position).nonzero().flatten()
         return TokenCache(
-            self.tokens[rows], self.labels[rows], self.flipped[rows],
-            None if self.image is None else self.image[rows], torch.zeros(len(rows), dtype=torch.long),
+            self.tokens[rows],
+            self.labels[rows],
+            self.flipped[rows],
+            None if self.image is None else self.image[rows],
+            torch.zeros(len(rows), dtype=torch.long),
         )
 
 
@@ -121,8 +126,9 @@ def crop_views(images: torch.Tensor, views: ViewSet, image_size: int) -> list[to
 
 
 @torch.no_grad()
-def _tokenize(model: GigaTokenizer, dataset, batch_size: int, views: ViewSet, device: torch.device,
-              progress: bool) -> TokenCache:
+def _tokenize(
+    model: GigaTokenizer, dataset, batch_size: int, views: ViewSet, device: torch.device, progress: bool
+) -> TokenCache:
     """Rows in loader batches, each batch's views one after another (for "flip": a batch, then its mirror)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     dtype = torch.int16 if model.cfg.quantizer.codebook_size <= 2**15 else torch.int32
@@ -169,8 +175,14 @@ def build_token_cache(
     dataset = build_dataset(cfg.data, split, chosen.crop_size(size), seed=cfg.train.seed)
     cache = _tokenize(model, dataset, batch_size, chosen, device=device, progress=progress)
     payload = {
-        "version": CACHE_VERSION, "tokenizer_hash": cfg.hash(), "split": split, "views": chosen.name,
-        "tokens": cache.tokens, "labels": cache.labels, "flipped": cache.flipped, "image": cache.image,
+        "version": CACHE_VERSION,
+        "tokenizer_hash": cfg.hash(),
+        "split": split,
+        "views": chosen.name,
+        "tokens": cache.tokens,
+        "labels": cache.labels,
+        "flipped": cache.flipped,
+        "image": cache.image,
         "view": cache.view,
     }
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
@@ -184,5 +196,6 @@ def load_token_cache(tokenizer_run_dir: str | Path, split: str, views: str = DEF
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("version") != CACHE_VERSION:
         raise ValueError(f"{path}: token cache version {payload.get('version')} is not {CACHE_VERSION}; rebuild it")
-    return TokenCache(payload["tokens"], payload["labels"], payload["flipped"], payload.get("image"),
-                      payload.get("view"))
+    return TokenCache(
+        payload["tokens"], payload["labels"], payload["flipped"], payload.get("image"), payload.get("view")
+    )

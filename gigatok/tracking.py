@@ -134,7 +134,11 @@ def study_runs(client: Any, experiment_id: str) -> dict[str, TrackedRun]:
         if run_hash is None:
             continue
         record = TrackedRun(
-            run.info.run_id, run_hash, run.info.status, run.info.run_name, dict(run.data.tags),
+            run.info.run_id,
+            run_hash,
+            run.info.status,
+            run.info.run_name,
+            dict(run.data.tags),
             dict(run.data.metrics),
         )
         previous = found.get(run_hash)
@@ -145,8 +149,9 @@ def study_runs(client: Any, experiment_id: str) -> dict[str, TrackedRun]:
     return found
 
 
-def experiment_runs(client: Any, experiment_id: str, params: Sequence[str] | None = None,
-                    curves: bool = True) -> Iterable[Any]:
+def experiment_runs(
+    client: Any, experiment_id: str, params: Sequence[str] | None = None, curves: bool = True
+) -> Iterable[Any]:
     """Every active run of one experiment, newest first, shaped as MLflow's ``Run``: one query per study.
 
     On a local SQLite store the tables are read directly (:func:`sqlite_runs`). MLflow's search builds an ORM object
@@ -197,8 +202,9 @@ class SqlRun:
     data: SqlRunData
 
 
-def sqlite_runs(path: Path, experiment_id: str, params: Sequence[str] | None = None,
-                curves: bool = True) -> list[SqlRun]:
+def sqlite_runs(
+    path: Path, experiment_id: str, params: Sequence[str] | None = None, curves: bool = True
+) -> list[SqlRun]:
     """What MLflow's ``search_runs`` returns for one experiment of a SQLite store, read from its tables.
 
     The same runs (active ones), in the same order (newest first, then run id), with the same latest metrics (NaN
@@ -211,13 +217,21 @@ def sqlite_runs(path: Path, experiment_id: str, params: Sequence[str] | None = N
         def rows_of(table: str, columns: str, where: str = "", args: Sequence[str] = ()) -> Any:
             # CROSS JOIN fixes SQLite's join order (the experiment's runs, then each run's rows by index); left to
             # itself the planner can walk the params key index over every run of the store, 10x slower at 10,000.
-            return db.execute(f"SELECT x.run_uuid, {columns} FROM runs r CROSS JOIN {table} x "
-                              "ON x.run_uuid = r.run_uuid WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active'"
-                              f"{where}", (experiment, *args))
+            return db.execute(
+                f"SELECT x.run_uuid, {columns} FROM runs r CROSS JOIN {table} x "
+                "ON x.run_uuid = r.run_uuid WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active'"
+                f"{where}",
+                (experiment, *args),
+            )
 
-        infos = [SqlRunInfo(*row) for row in db.execute(
-            "SELECT run_uuid, name, status, start_time, end_time FROM runs WHERE experiment_id = ? "
-            "AND lifecycle_stage = 'active' ORDER BY start_time DESC, run_uuid", (experiment,))]
+        infos = [
+            SqlRunInfo(*row)
+            for row in db.execute(
+                "SELECT run_uuid, name, status, start_time, end_time FROM runs WHERE experiment_id = ? "
+                "AND lifecycle_stage = 'active' ORDER BY start_time DESC, run_uuid",
+                (experiment,),
+            )
+        ]
         tags: dict[str, dict[str, str]] = {info.run_id: {} for info in infos}
         values: dict[str, dict[str, str]] = {info.run_id: {} for info in infos}
         metrics: dict[str, dict[str, float]] = {info.run_id: {} for info in infos}
@@ -227,8 +241,9 @@ def sqlite_runs(path: Path, experiment_id: str, params: Sequence[str] | None = N
             only = "" if params is None else f' AND x."key" IN ({", ".join("?" * len(params))})'
             for run_id, key, value in rows_of("params", 'x."key", x.value', only, params or ()):
                 values[run_id][key] = value
-        for run_id, key, value, is_nan in rows_of("latest_metrics", 'x."key", x.value, x.is_nan',
-                                                  "" if curves else " AND instr(x.\"key\", '/') = 0"):
+        for run_id, key, value, is_nan in rows_of(
+            "latest_metrics", 'x."key", x.value, x.is_nan', "" if curves else " AND instr(x.\"key\", '/') = 0"
+        ):
             metrics[run_id][key] = math.nan if is_nan else value
     return [SqlRun(info, SqlRunData(tags[info.run_id], values[info.run_id], metrics[info.run_id])) for info in infos]
 
@@ -263,7 +278,10 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -297,8 +315,9 @@ class RunLogger:
     directory's ``metrics.jsonl`` has every one.
     """
 
-    def __init__(self, client: Any, run_id: str, batch_seconds: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, client: Any, run_id: str, batch_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.batch_seconds = batch_seconds
@@ -309,8 +328,9 @@ class RunLogger:
 
     def metrics(self, values: dict[str, float], step: int = 0, prefix: str = "") -> None:
         self._buffer.extend(_metric_list([(step, values)], prefix))
-        if self._buffer and (len(self._buffer) >= MAX_BATCH_METRICS
-                             or self._clock() - self._last_sent >= self.batch_seconds):
+        if self._buffer and (
+            len(self._buffer) >= MAX_BATCH_METRICS or self._clock() - self._last_sent >= self.batch_seconds
+        ):
             self._send()
 
     def _send(self) -> None:

@@ -124,13 +124,27 @@ def experiment_tags(study: str, profile: str) -> dict[str, str]:
     return {STUDY: study, PROFILE: profile}
 
 
-def run_tags(*, study: str, profile: str, run_hash: str, tokenizer_hash: str, ar_hash: str | None, git_commit: str,
-             factors: Sequence[tuple[str, Any]], executor: str) -> dict[str, str]:
+def run_tags(
+    *,
+    study: str,
+    profile: str,
+    run_hash: str,
+    tokenizer_hash: str,
+    ar_hash: str | None,
+    git_commit: str,
+    factors: Sequence[tuple[str, Any]],
+    executor: str,
+) -> dict[str, str]:
     """The tags a study run gets when it is created: its identity and its factors, ``(name, value)`` pairs in
     display order (as JSON, typed, and one text tag each)."""
     return {
-        STUDY: study, RUN_HASH: run_hash, PROFILE: profile, TOKENIZER_HASH: tokenizer_hash, GIT_COMMIT: git_commit,
-        FACTORS: json.dumps(dict(factors)), EXECUTOR: executor,
+        STUDY: study,
+        RUN_HASH: run_hash,
+        PROFILE: profile,
+        TOKENIZER_HASH: tokenizer_hash,
+        GIT_COMMIT: git_commit,
+        FACTORS: json.dumps(dict(factors)),
+        EXECUTOR: executor,
         **({AR_HASH: ar_hash} if ar_hash is not None else {}),
         **{factor(k): str(v) for k, v in factors},
     }

@@ -88,8 +88,11 @@ _RELEASED_FILES: tuple[tuple[str, str, str], ...] = (
     ("GPT_B256_e300_VQ_SS", "1VTaBPP-UUE6wc148vQQejfYNVjyYm4IS", "GPT-B (111M) on the S-S tokenizer"),
     ("GPT_B256_e300_VQ_SB", "1aeMpU5ybvs0s5wsuhBoTZDhYYc4WHZh7", "GPT-B (111M) on the S-B tokenizer"),
     ("GPT_B256_e300_VQ_BL", "1ZiRAk9pHhcrrbVMP1qSf4rDfSJMCsY6Y", "GPT-B (111M) on the B-L tokenizer"),
-    ("GPT_B256_e300_VQ_BL_dino_disc", "1BckVcQ7NPipa8tjAazwBy0usJnO8pdHp",
-     "GPT-B (111M) on the B-L (DINO discriminator) tokenizer"),
+    (
+        "GPT_B256_e300_VQ_BL_dino_disc",
+        "1BckVcQ7NPipa8tjAazwBy0usJnO8pdHp",
+        "GPT-B (111M) on the B-L (DINO discriminator) tokenizer",
+    ),
     ("GPT_B256_e300_VQ_XLXXL", "1zIIy6TVo8WIHiGKFp83CfyFaUytFQ1uR", "GPT-B (111M) on the XL-XXL tokenizer"),
     ("GPT_XL256_e300_VQ_BL", "1ABRaQ8h-mv-JE6gHlAnTPUJTlbd25yQt", "GPT-XL (775M) on the B-L tokenizer"),
     ("GPT_XXL256_e300_VQ_BL", "1qC1wkF99IV2cptGR_ALuqqXz0oKBiKp9", "GPT-XXL (1.4B) on the B-L tokenizer"),
@@ -99,12 +102,15 @@ _RELEASED_FILES: tuple[tuple[str, str, str], ...] = (
 
 def _released(name: str, drive_id: str, description: str) -> WeightFile:
     return WeightFile(
-        name=name, filename=f"{name}.pt", sha256="",
+        name=name,
+        filename=f"{name}.pt",
+        sha256="",
         description=f"{description} (authors' release; convert with python -m gigatok.convert)",
         source=f"https://drive.google.com/file/d/{drive_id}/view (linked from the SilentView/GigaTok README)",
         sha256_source="not published (Google Drive link only); the sha256 of the converted copy is recorded in "
         "its run folder (converted.json) and in MLflow",
     )
+
 
 REGISTRY: dict[str, WeightFile] = {
     w.name: w
@@ -125,8 +131,7 @@ REGISTRY: dict[str, WeightFile] = {
             description="DINOv2 ViT-B/14 (LVD-142M) in timm layout (346 MB)",
             source=f"{_HUB}/timm/vit_base_patch14_dinov2.lvd142m/resolve/main/model.safetensors "
             "(save as the registry filename)",
-            sha256_source=f"Git LFS SHA256 on {_HUB}/timm/vit_base_patch14_dinov2.lvd142m/blob/main/"
-            "model.safetensors",
+            sha256_source=f"Git LFS SHA256 on {_HUB}/timm/vit_base_patch14_dinov2.lvd142m/blob/main/model.safetensors",
         ),
         WeightFile(
             name="dinov2-b-hub",
@@ -348,9 +353,7 @@ def resolve_weight(name: str, weights_dir: str | os.PathLike[str] | None = None)
     return path
 
 
-def resolve_first(
-    names: tuple[str, ...], weights_dir: str | os.PathLike[str] | None = None
-) -> tuple[str, Path]:
+def resolve_first(names: tuple[str, ...], weights_dir: str | os.PathLike[str] | None = None) -> tuple[str, Path]:
     """Resolve the first of several interchangeable files that exists; the error names the preferred one."""
     for name in names:
         if find_weight(name, weights_dir) is not None:
@@ -376,8 +379,11 @@ def describe_registry(weights_dir: str | os.PathLike[str] | None = None, verify:
         elif verify:
             try:
                 resolve_weight(entry.name, weights_dir)
-                status = (f"ok (sha256 verified) {path}" if entry.published
-                          else f"found, no published sha256 (this file: {file_sha256(path)}) {path}")
+                status = (
+                    f"ok (sha256 verified) {path}"
+                    if entry.published
+                    else f"found, no published sha256 (this file: {file_sha256(path)}) {path}"
+                )
             except WeightsHashError:
                 status = f"WRONG HASH {path}"
         else:

@@ -19,14 +19,18 @@ PROBE_SIZES = ("S-S", "S-B", "B-L")
 CFG_SEARCHED = (*PROBE_STAGES, "cfg_search")
 
 
-@study("scaling_vanilla", reproduces="Fig. 3",
-       about="1D S-S, S-B, B-L without semantic regularization: reconstruction improves, generation does not")
+@study(
+    "scaling_vanilla",
+    reproduces="Fig. 3",
+    about="1D S-S, S-B, B-L without semantic regularization: reconstruction improves, generation does not",
+)
 def scaling_vanilla(p: Planner) -> list[RunSpec]:
     return [p.probe({"size": n, "semreg": False}, p.tokenizer(n, semantic_weight=0)) for n in PROBE_SIZES]
 
 
-@study("scaling_semreg", reproduces="Fig. 1 and 7",
-       about="S-S, S-B, B-L, XL-XXL with and without semantic regularization")
+@study(
+    "scaling_semreg", reproduces="Fig. 1 and 7", about="S-S, S-B, B-L, XL-XXL with and without semantic regularization"
+)
 def scaling_semreg(p: Planner) -> list[RunSpec]:
     return [
         p.probe({"size": n, "semreg": reg}, p.tokenizer(n, semantic_weight=None if reg else 0))
@@ -35,8 +39,11 @@ def scaling_semreg(p: Planner) -> list[RunSpec]:
     ]
 
 
-@study("scaling_1d_vs_2d", reproduces="Fig. 9",
-       about="S-S, S-B, B-L as 1D (Q-Former) and 2D (ViT) tokenizers, with semantic regularization")
+@study(
+    "scaling_1d_vs_2d",
+    reproduces="Fig. 9",
+    about="S-S, S-B, B-L as 1D (Q-Former) and 2D (ViT) tokenizers, with semantic regularization",
+)
 def scaling_1d_vs_2d(p: Planner) -> list[RunSpec]:
     return [p.probe({"size": n, "kind": kind}, p.tokenizer(n, kind=kind)) for n in PROBE_SIZES for kind in ("1d", "2d")]
 
@@ -64,33 +71,46 @@ def reg_weight(p: Planner) -> list[RunSpec]:
     return [p.probe({"lambda": w}, p.tokenizer("S-S", semantic_weight=w)) for w in (0.25, 0.5, 0.75, 1.0)]
 
 
-@study("train_duration", reproduces="Fig. 12",
-       about="S-S trained 40 to 120 epochs, with and without semantic regularization")
+@study(
+    "train_duration",
+    reproduces="Fig. 12",
+    about="S-S trained 40 to 120 epochs, with and without semantic regularization",
+)
 def train_duration(p: Planner) -> list[RunSpec]:
     return [
-        p.probe({"epochs": e, "semreg": reg},
-                p.tokenizer("S-S", epochs=p.paper_epochs(e), semantic_weight=None if reg else 0))
+        p.probe(
+            {"epochs": e, "semreg": reg},
+            p.tokenizer("S-S", epochs=p.paper_epochs(e), semantic_weight=None if reg else 0),
+        )
         for e in (40, 60, 80, 100, 120)
         for reg in (False, True)
     ]
 
 
-@study("entropy_loss", reproduces="Fig. 5",
-       about="XL-XXL with and without entropy loss: training curves of codebook usage and losses")
+@study(
+    "entropy_loss",
+    reproduces="Fig. 5",
+    about="XL-XXL with and without entropy loss: training curves of codebook usage and losses",
+)
 def entropy_loss(p: Planner) -> list[RunSpec]:
     # Only the tokenizer is trained and scored: the figure is its training curves.
     # Sec. 4.3: without the entropy loss, the 2.9B tokenizer is trained with "the same training recipe as the 622M
     # tokenizer", i.e. the small tokenizers' shortcut and no warm-up (configs/vq/VQ_BL256.yaml), not XL-XXL's warm-up.
     return [
-        p.run({"size": "XL-XXL", "entropy": on},
-              p.tokenizer("XL-XXL") if on else p.tokenizer("XL-XXL", stabiliser="shortcut", entropy_weight=0.0),
-              stages=("tokenizer", "reconstruction"))
+        p.run(
+            {"size": "XL-XXL", "entropy": on},
+            p.tokenizer("XL-XXL") if on else p.tokenizer("XL-XXL", stabiliser="shortcut", entropy_weight=0.0),
+            stages=("tokenizer", "reconstruction"),
+        )
         for on in (False, True)
     ]
 
 
-@study("ar_probe_vs_large", reproduces="Fig. 6",
-       about="S-S, S-L, B-L probed by the 111M AR probe and by a sufficiently trained 775M AR-XL")
+@study(
+    "ar_probe_vs_large",
+    reproduces="Fig. 6",
+    about="S-S, S-L, B-L probed by the 111M AR probe and by a sufficiently trained 775M AR-XL",
+)
 def ar_probe_vs_large(p: Planner) -> list[RunSpec]:
     # Sec. 5.1: the probe's trends against "the larger LlamaGen-XL", "after sufficient training" (Sec. 3.1): AR-XL
     # with the system-level recipe. gFID at the best constant-schedule CFG scale of each AR model (Appendix B), found
@@ -103,9 +123,12 @@ def ar_probe_vs_large(p: Planner) -> list[RunSpec]:
     return runs
 
 
-@study("system_level", reproduces="Tables 3 and 10",
-       about="the final tokenizers with AR-B, and B-L / XL-XXL with the 1.4B AR-XXL, AR trained 300 epochs; B-L "
-       "with the frozen-DINO discriminator and AR-B (the double-dagger row)")
+@study(
+    "system_level",
+    reproduces="Tables 3 and 10",
+    about="the final tokenizers with AR-B, and B-L / XL-XXL with the 1.4B AR-XXL, AR trained 300 epochs; B-L "
+    "with the frozen-DINO discriminator and AR-B (the double-dagger row)",
+)
 def system_level(p: Planner) -> list[RunSpec]:
     pairs = [("S-S", "B"), ("S-B", "B"), ("B-L", "B"), ("XL-XXL", "B"), ("B-L", "XXL"), ("XL-XXL", "XXL")]
     # Appendix B: system-level gFID uses the step schedule (the first 18% of tokens unguided) at the best scale.
@@ -114,18 +137,22 @@ def system_level(p: Planner) -> list[RunSpec]:
     for n, ar in pairs:
         tok = p.tokenizer(n)
         # Appendix B's recipe of each size: 300 epochs, WSD with sqrt decay, batch 512 for AR-XXL (256 otherwise).
-        runs.append(p.run({"size": n, "ar_size": ar}, tok, p.ar(tok, ar, system=True),
-                          stages=CFG_SEARCHED, eval=step))
+        runs.append(p.run({"size": n, "ar_size": ar}, tok, p.ar(tok, ar, system=True), stages=CFG_SEARCHED, eval=step))
     # The B-L row marked with a double dagger: VQ_BL256_dino_disc.yaml (VQ_BL256.yaml with disc_type "dinodisc" and
     # disc_start 80000), probed by AR-B for 300 epochs (the released GPT_B256_e300_VQ_BL_dino_disc.pt).
     dino = p.tokenizer("B-L", discriminator="dino")
-    runs.append(p.run({"size": "B-L-dino", "ar_size": "B"}, dino, p.ar(dino, "B", system=True),
-                      stages=CFG_SEARCHED, eval=step))
+    runs.append(
+        p.run({"size": "B-L-dino", "ar_size": "B"}, dino, p.ar(dino, "B", system=True), stages=CFG_SEARCHED, eval=step)
+    )
     return runs
 
 
-@study("decode_cost", reproduces="Table 4",
-       about="share of generation time spent decoding: decoders B, L, XXL against AR models B, L, XXL", seeded=False)
+@study(
+    "decode_cost",
+    reproduces="Table 4",
+    about="share of generation time spent decoding: decoders B, L, XXL against AR models B, L, XXL",
+    seeded=False,
+)
 def decode_cost(p: Planner) -> list[RunSpec]:
     # Timing needs the shapes, not trained weights: nothing is trained (the decoder sizes of S-B, S-L, XL-XXL).
     decoders = {"B": "S-B", "L": "S-L", "XXL": "XL-XXL"}
@@ -137,19 +164,28 @@ def decode_cost(p: Planner) -> list[RunSpec]:
     return runs
 
 
-@study("feature_pca", reproduces="Fig. 8",
-       about="PCA of B-L decoder features over same-class images, with and without semantic regularization")
+@study(
+    "feature_pca",
+    reproduces="Fig. 8",
+    about="PCA of B-L decoder features over same-class images, with and without semantic regularization",
+)
 def feature_pca(p: Planner) -> list[RunSpec]:
     # The tokenizers are scaling_semreg's B-L pair (same configs, so trained once for both studies).
     return [
-        p.run({"size": "B-L", "semreg": reg}, p.tokenizer("B-L", semantic_weight=None if reg else 0),
-              stages=("tokenizer", "feature_pca"))
+        p.run(
+            {"size": "B-L", "semreg": reg},
+            p.tokenizer("B-L", semantic_weight=None if reg else 0),
+            stages=("tokenizer", "feature_pca"),
+        )
         for reg in (False, True)
     ]
 
 
-@study("tokenizer_checkpoints", reproduces="Fig. 13",
-       about="B-L and XL-XXL probed at five checkpoints of their training (tokenizer and AR linear probes, gFID)")
+@study(
+    "tokenizer_checkpoints",
+    reproduces="Fig. 13",
+    about="B-L and XL-XXL probed at five checkpoints of their training (tokenizer and AR linear probes, gFID)",
+)
 def tokenizer_checkpoints(p: Planner) -> list[RunSpec]:
     runs = []
     for name in ("B-L", "XL-XXL"):
@@ -160,20 +196,38 @@ def tokenizer_checkpoints(p: Planner) -> list[RunSpec]:
         for at in snapshots:
             # The factor is in paper epochs, so tiny and paper runs of this study share the figure's x axis.
             paper = round(at / p.profile.epochs_per_paper_epoch, 3)
-            runs.append(p.run({"size": name, "checkpoint": int(paper) if paper.is_integer() else paper}, tok,
-                              p.ar(tok, "B"), tokenizer_snapshot=at))
+            runs.append(
+                p.run(
+                    {"size": name, "checkpoint": int(paper) if paper.is_integer() else paper},
+                    tok,
+                    p.ar(tok, "B"),
+                    tokenizer_snapshot=at,
+                )
+            )
     return runs
 
 
 # Released models are converted, not trained: the tokenizer and ar stages convert the authors' files (found in the
 # weights folder under their registry names) into the run folders every later stage reads.
-RELEASED_STAGES = ("tokenizer", "reconstruction", "tokenizer_probe", "token_cache", "ar", "cfg_search", "generation",
-                   "ar_probe")
+RELEASED_STAGES = (
+    "tokenizer",
+    "reconstruction",
+    "tokenizer_probe",
+    "token_cache",
+    "ar",
+    "cfg_search",
+    "generation",
+    "ar_probe",
+)
 
 
-@study("released_checkpoints", reproduces="README (released checkpoints)",
-       about="the authors' released tokenizers and AR models, evaluated without training: reconstruction, "
-       "CFG-searched gFID, linear probes", seeded=False)
+@study(
+    "released_checkpoints",
+    reproduces="README (released checkpoints)",
+    about="the authors' released tokenizers and AR models, evaluated without training: reconstruction, "
+    "CFG-searched gFID, linear probes",
+    seeded=False,
+)
 def released_checkpoints(p: Planner) -> list[RunSpec]:
     from gigatok.convert.released import RELEASED, RELEASED_AR_MODELS, released_ar_run, released_tokenizer_run
 
@@ -186,6 +240,13 @@ def released_checkpoints(p: Planner) -> list[RunSpec]:
         tok_model = RELEASED[ar_model.tokenizer]
         tok = released_tokenizer_run(tok_model.name, p.profile_name, p.data_root)
         factors = {"size": tok_model.size, "disc": tok_model.disc, "ar_size": ar_model.size}
-        runs.append(p.run(factors, tok, released_ar_run(name, tok), stages=RELEASED_STAGES,
-                          eval=None if ar_model.size == "B" else step))
+        runs.append(
+            p.run(
+                factors,
+                tok,
+                released_ar_run(name, tok),
+                stages=RELEASED_STAGES,
+                eval=None if ar_model.size == "B" else step,
+            )
+        )
     return runs

@@ -45,21 +45,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--status", action="store_true", help="show each run's state from MLflow and Slurm and exit")
     p.add_argument("--profile", default="tiny", help="tiny (CPU, built-in data; default) or paper (Table 9, ImageNet)")
     p.add_argument("--executor", default="auto", help="auto (slurm if sbatch exists, else local), slurm, local, debug")
-    p.add_argument("--data", default=None, help="image folder with train/ and val/ class folders: ImageNet at the "
-                   "paper profile; at tiny, your images in place of the built-in dataset")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="image folder with train/ and val/ class folders: ImageNet at the "
+        "paper profile; at tiny, your images in place of the built-in dataset",
+    )
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--runs-dir", default="runs", help="stage outputs and job logs (default ./runs)")
     p.add_argument("--weights-dir", default=None, help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. tokenizer.train.max_steps=20 (repeatable)")
-    p.add_argument("--only", default=None,
-                   help="comma-separated run hashes (or prefixes) or factor=value filters, e.g. size=S-S,seed=0")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. tokenizer.train.max_steps=20 (repeatable)",
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated run hashes (or prefixes) or factor=value filters, e.g. size=S-S,seed=0",
+    )
     add_seeds_option(p)
     add_substitute_and_device_options(p)
     p.add_argument("--no-wait", action="store_true", help="local executor: submit and return (default: wait)")
     p.add_argument("--wait", action="store_true", help="slurm executor: wait for the jobs and show progress")
-    p.add_argument("--local-parallel", type=int, default=None,
-                   help="local executor: worker processes (default: one per GPU, or 2 sharing the CPU cores)")
+    p.add_argument(
+        "--local-parallel",
+        type=int,
+        default=None,
+        help="local executor: worker processes (default: one per GPU, or 2 sharing the CPU cores)",
+    )
     p.add_argument("--local-tasks", type=int, default=1, help="local executor: DDP processes per run (default 1)")
     add_slurm_options(p)
     return p.parse_args(argv)
@@ -67,18 +84,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def add_seeds_option(p: argparse.ArgumentParser) -> None:
     # Read as text and checked by parse_seeds, so a bad value is a one-line error like every other (also in --dry-run).
-    p.add_argument("--seeds", default=None, metavar="N",
-                   help="replicate every run over seeds 0..N-1 (default: the profile's seeds, 1 at tiny and paper)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="N",
+        help="replicate every run over seeds 0..N-1 (default: the profile's seeds, 1 at tiny and paper)",
+    )
 
 
 def add_substitute_and_device_options(p: argparse.ArgumentParser) -> None:
     """What every command that runs stages takes: whether stand-ins may replace missing networks, and the device."""
     subs = p.add_mutually_exclusive_group()
-    subs.add_argument("--allow-substitutes", dest="substitutes", action="store_true", default=False,
-                      help="let random stand-ins replace missing pretrained networks (tests and smoke runs; every "
-                      "affected run is tagged gigatok.substitutes)")
-    subs.add_argument("--no-substitutes", dest="substitutes", action="store_false",
-                      help="refuse substitutes (the default at every profile)")
+    subs.add_argument(
+        "--allow-substitutes",
+        dest="substitutes",
+        action="store_true",
+        default=False,
+        help="let random stand-ins replace missing pretrained networks (tests and smoke runs; every "
+        "affected run is tagged gigatok.substitutes)",
+    )
+    subs.add_argument(
+        "--no-substitutes",
+        dest="substitutes",
+        action="store_false",
+        help="refuse substitutes (the default at every profile)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
@@ -116,8 +146,10 @@ def print_plan(study: str, profile: str, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         factors = " ".join(f"{k}={v}" for k, v in r["factors"].items())
         done = f"{len(r['stages_done'])}/{len(r['stages'])} stages"
-        print(f"{r['hash']:12}  {factors:34} {_millions(r['tokenizer_params']):>10} {_millions(r['ar_params']):>9}  "
-              f"{done:18} {r['mlflow_status'] or '-'}")
+        print(
+            f"{r['hash']:12}  {factors:34} {_millions(r['tokenizer_params']):>10} {_millions(r['ar_params']):>9}  "
+            f"{done:18} {r['mlflow_status'] or '-'}"
+        )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -135,8 +167,11 @@ def cmd_dry_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext)
     tracked, problem = launch.peek_tracked(ctx.tracking_uri, args.study, args.profile)
     rows = launch.plan_rows(specs, ctx, tracked)
     if args.json:
-        print(json.dumps({"study": args.study, "profile": args.profile, "tracking_uri": ctx.tracking_uri,
-                          "runs": rows}, indent=2))
+        print(
+            json.dumps(
+                {"study": args.study, "profile": args.profile, "tracking_uri": ctx.tracking_uri, "runs": rows}, indent=2
+            )
+        )
     else:
         print_plan(args.study, args.profile, rows)
         if problem:
@@ -160,36 +195,58 @@ def cmd_status(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) 
 
 def announce(args: argparse.Namespace, executor: str, ctx: RunContext, n_run: int, n_done: int) -> None:
     profile = get_profile(args.profile)
-    print(f"study {args.study} ({get_study(args.study).reproduces}): {n_run} runs to go, {n_done} already "
-          f"finished; profile {args.profile}, executor {executor}, tracking {ctx.tracking_uri}")
+    print(
+        f"study {args.study} ({get_study(args.study).reproduces}): {n_run} runs to go, {n_done} already "
+        f"finished; profile {args.profile}, executor {executor}, tracking {ctx.tracking_uri}"
+    )
     if executor == "slurm" and ctx.tracking_uri.startswith("sqlite:"):
-        print("  tracking in a SQLite file: fine for a few jobs on one machine; for job arrays on a cluster start a "
-              "server (scripts/mlflow-server up) and pass --tracking-uri")
+        print(
+            "  tracking in a SQLite file: fine for a few jobs on one machine; for job arrays on a cluster start a "
+            "server (scripts/mlflow-server up) and pass --tracking-uri"
+        )
     if args.profile == "tiny":
-        print(f"  tiny profile: {profile.image_size}px images, {profile.num_tokens} tokens, CPU-sized models on the "
-              "built-in dataset; numbers show the pipeline and trends, not the paper's values.")
-        print(f"  paper scale: python studies/run.py {args.study} --profile paper --data /path/to/imagenet "
-              "--executor slurm --partition PART --gpus-per-node 8 --weights-dir /path/to/weights")
+        print(
+            f"  tiny profile: {profile.image_size}px images, {profile.num_tokens} tokens, CPU-sized models on the "
+            "built-in dataset; numbers show the pipeline and trends, not the paper's values."
+        )
+        print(
+            f"  paper scale: python studies/run.py {args.study} --profile paper --data /path/to/imagenet "
+            "--executor slurm --partition PART --gpus-per-node 8 --weights-dir /path/to/weights"
+        )
     from gigatok.perceptual import vgg16_missing_reason
 
     if (missing := vgg16_missing_reason(ctx.weights_dir)) is not None:
         if args.profile == "tiny":
-            print(f"  {missing}: tiny runs train without the perceptual term and report LPIPS as unavailable "
-                  "(tagged gigatok.perceptual; put the file there for LPIPS)")
+            print(
+                f"  {missing}: tiny runs train without the perceptual term and report LPIPS as unavailable "
+                "(tagged gigatok.perceptual; put the file there for LPIPS)"
+            )
         if ctx.allow_substitutes:
-            print("  --allow-substitutes: a random SUBSTITUTE VGG16 stands in wherever LPIPS is asked for, and every "
-                  "affected run is tagged gigatok.substitutes")
+            print(
+                "  --allow-substitutes: a random SUBSTITUTE VGG16 stands in wherever LPIPS is asked for, and every "
+                "affected run is tagged gigatok.substitutes"
+            )
 
 
 def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> int:
-    study = launch.StudyLaunch.prepare(args.study, args.profile, specs, ctx, executor=args.executor,
-                                       local_parallel=args.local_parallel, slurm_flags=args, data=args.data,
-                                       local_tasks=args.local_tasks)
+    study = launch.StudyLaunch.prepare(
+        args.study,
+        args.profile,
+        specs,
+        ctx,
+        executor=args.executor,
+        local_parallel=args.local_parallel,
+        slurm_flags=args,
+        data=args.data,
+        local_tasks=args.local_tasks,
+    )
     ctx = study.ctx
     announce(args, study.executor, ctx, len(study.todo), len(study.finished))
     if study.executor == "local" and not args.no_wait:
-        print(f"  {min(study.local_workers, len(study.groups))} local worker process(es), {study.threads} "
-              f"thread(s) each; job logs in {ctx.root / 'jobs'}")
+        print(
+            f"  {min(study.local_workers, len(study.groups))} local worker process(es), {study.threads} "
+            f"thread(s) each; job logs in {ctx.root / 'jobs'}"
+        )
     if not study.todo:
         print("nothing to do: every run of the plan is FINISHED in MLflow")
         return 0
@@ -220,13 +277,20 @@ def follow(study: launch.StudyLaunch) -> int:
     from tqdm.auto import tqdm
 
     try:
-        with launch.cancel_on_interrupt(study.running_jobs, sigterm=True), \
-                tqdm(total=len(study.todo), unit="run", desc="study", dynamic_ncols=True) as bar:
+        with (
+            launch.cancel_on_interrupt(study.running_jobs, sigterm=True),
+            tqdm(total=len(study.todo), unit="run", desc="study", dynamic_ncols=True) as bar,
+        ):
             for progress in study.follow():  # each active run's stage and training step
                 bar.n = progress.done
                 if progress.active:
-                    bar.set_postfix_str("; ".join(f"{spec.label}: {stage}{'' if step is None else f' step {step}'}"
-                                                  for spec, stage, step in progress.active), refresh=False)
+                    bar.set_postfix_str(
+                        "; ".join(
+                            f"{spec.label}: {stage}{'' if step is None else f' step {step}'}"
+                            for spec, stage, step in progress.active
+                        ),
+                        refresh=False,
+                    )
                 bar.refresh()
     except launch.Interrupted:
         print("interrupted: the runs resume from their checkpoints on the next invocation", file=sys.stderr)
@@ -273,8 +337,9 @@ study's run; the run gets cfg_best_scale and cfg_best_gfid.
 
 
 def parse_search_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="studies/run.py cfg_search", description=SEARCH_DOC,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="studies/run.py cfg_search", description=SEARCH_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--study", default=None, help="the study the run belongs to (without it, --only is a run hash)")
     p.add_argument("--only", default=None, help="filters that pick one run: size=S-S,kind=1d, or a run-hash prefix")
     p.add_argument("--dry-run", action="store_true", help="print the trials it would run and exit; nothing is written")
@@ -282,32 +347,63 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
     search = p.add_argument_group("what is searched (default: the run's eval.cfg_search settings)")
     search.add_argument("--range", default=None, metavar="LO:HI", help="CFG scales searched, e.g. 1.0:3.0")
     search.add_argument("--step", type=float, default=None, help="grid step of the scale (the paper's: 0.25)")
-    search.add_argument("--schedule", choices=("constant", "step"), default=None,
-                        help="CFG schedule (default: the run's; step = the first 18%% of tokens unguided)")
-    search.add_argument("--fraction-range", default=None, metavar="LO:HI",
-                        help="with --schedule step: search the unguided share of tokens too, e.g. 0.1:0.3")
+    search.add_argument(
+        "--schedule",
+        choices=("constant", "step"),
+        default=None,
+        help="CFG schedule (default: the run's; step = the first 18%% of tokens unguided)",
+    )
+    search.add_argument(
+        "--fraction-range",
+        default=None,
+        metavar="LO:HI",
+        help="with --schedule step: search the unguided share of tokens too, e.g. 0.1:0.3",
+    )
     search.add_argument("--fraction-step", type=float, default=None, help="grid step of the fraction")
     search.add_argument("--sampler", choices=("grid", "tpe"), default=None, help="grid (every point once) or tpe")
     search.add_argument("--trials", type=int, default=None, help="with --sampler tpe: the budget of trials")
-    search.add_argument("--low-samples", type=int, default=None,
-                        help="small budget every point is scored on first (default: eval.cfg_search.low_fraction "
-                             "of the full budget)")
-    search.add_argument("--full-samples", type=int, default=None,
-                        help="full budget of the points that survive (default: the run's eval.gen_samples)")
+    search.add_argument(
+        "--low-samples",
+        type=int,
+        default=None,
+        help="small budget every point is scored on first (default: eval.cfg_search.low_fraction of the full budget)",
+    )
+    search.add_argument(
+        "--full-samples",
+        type=int,
+        default=None,
+        help="full budget of the points that survive (default: the run's eval.gen_samples)",
+    )
     search.add_argument("--pruner", choices=("median", "none"), default=None, help="stop points early (median)")
-    search.add_argument("--storage", default=None,
-                        help="Optuna storage: a journal file path or an RDB URL (default: RUNS/ar-<hash>/cfg-search/"
-                             "optuna.journal)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes or Slurm tasks pulling trials (default: local 2 on a CPU machine or one "
-                        "per GPU, slurm min(8, points), debug 1)")
+    search.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage: a journal file path or an RDB URL (default: RUNS/ar-<hash>/cfg-search/optuna.journal)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes or Slurm tasks pulling trials (default: local 2 on a CPU machine or one "
+        "per GPU, slurm min(8, points), debug 1)",
+    )
     p.add_argument("--executor", default="auto", help="auto (slurm if sbatch exists, else local), slurm, local, debug")
     p.add_argument("--wait", action="store_true", help="slurm executor: wait for the workers and show the trials")
     p.add_argument("--profile", default="tiny", help="the profile the run was planned at (default tiny)")
-    p.add_argument("--data", default=None, help="image folder with train/ and val/ class folders: ImageNet at the "
-                   "paper profile; at tiny, your images in place of the built-in dataset")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="the overrides the study was run with (they are part of the run's hash)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="image folder with train/ and val/ class folders: ImageNet at the "
+        "paper profile; at tiny, your images in place of the built-in dataset",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the overrides the study was run with (they are part of the run's hash)",
+    )
     add_seeds_option(p)
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--runs-dir", default="runs", help="stage outputs and job logs (default ./runs)")
@@ -317,16 +413,17 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-
-
 def print_search_preview(preview: dict[str, Any]) -> None:
     p = preview
     print(f"CFG search of run {p['run_hash']} ({p['run']}) of study {p['study']}, profile {p['profile']}")
     print(f"  Optuna study  {p['study_name']}")
     print(f"  storage       {p['storage']} ({'exists' if p['storage_exists'] else 'new'})")
     print(f"  AR model      {'trained' if p['ar_trained'] else 'NOT TRAINED: the search would refuse to start'}")
-    parent = f"{p['parent_run_id']} ({p['parent_status']})" if p["parent_run_id"] else \
-        "none: run the study first (the search would refuse to start)"
+    parent = (
+        f"{p['parent_run_id']} ({p['parent_status']})"
+        if p["parent_run_id"]
+        else "none: run the study first (the search would refuse to start)"
+    )
     print(f"  MLflow run    {parent}")
     dims = f"scale {', '.join(f'{s:g}' for s in p['scales'])}"
     if p["fractions"]:
@@ -343,23 +440,28 @@ def print_search_preview(preview: dict[str, Any]) -> None:
     done = f"; finished: {p['result']}" if p["result"] else ""
     print(f"  {p['to_run']} trials to run, {p['trials_recorded']} recorded{done}")
 
+
 def print_search_summary(plan: Any, summary: dict[str, Any]) -> None:
     best = f"cfg {summary['best_scale']:g}"
     if summary.get("fractions"):
         best += f" fraction {summary['best_step_fraction']:g}"
-    print(f"best: {best}: gFID {summary['best_gfid']:.4g} on {summary['best_gfid_samples']} samples "
-          f"(trial {summary['best_trial']}); summary in {plan.result_path}")
+    print(
+        f"best: {best}: gFID {summary['best_gfid']:.4g} on {summary['best_gfid_samples']} samples "
+        f"(trial {summary['best_trial']}); summary in {plan.result_path}"
+    )
     if summary.get("best_at_edge"):
-        print(f"warning: the best scale is at the edge of the range {summary['scales'][0]:g}:{summary['scales'][-1]:g};"
-              " the minimum may lie beyond it (widen --range)")
-
+        print(
+            f"warning: the best scale is at the edge of the range {summary['scales'][0]:g}:{summary['scales'][-1]:g};"
+            " the minimum may lie beyond it (widen --range)"
+        )
 
 
 def cmd_cfg_search(args: argparse.Namespace) -> int:
     get_profile(args.profile)
     load_catalog()
-    spec = launch.search_target(args.profile, args.data, args.overrides, args.seeds, args.weights_dir, args.study,
-                                args.only)
+    spec = launch.search_target(
+        args.profile, args.data, args.overrides, args.seeds, args.weights_dir, args.study, args.only
+    )
     ctx = launch.run_context(args.runs_dir, args.tracking_uri, args.weights_dir, args.substitutes, args.device)
     plan = launch.search_plan(args, spec, ctx)
     if args.workers is not None and args.workers < 1:
@@ -373,8 +475,9 @@ def cmd_cfg_search(args: argparse.Namespace) -> int:
         return 0
 
     # Everything that can be wrong is checked before the first write (the study, in start()).
-    search = launch.SearchLaunch.prepare(plan, executor=args.executor, slurm_flags=args, profile=args.profile,
-                                         data=args.data)
+    search = launch.SearchLaunch.prepare(
+        plan, executor=args.executor, slurm_flags=args, profile=args.profile, data=args.data
+    )
     recovery = search.start()
     print(f"CFG search {plan.study_name} of run {spec.hash} ({spec.label}); storage {plan.storage_location}")
     if recovery.requeued:
@@ -401,7 +504,7 @@ def cmd_cfg_search(args: argparse.Namespace) -> int:
         print("interrupted: the search resumes on the next invocation", file=sys.stderr)
         return EXIT_INTERRUPTED
     for job, error in zip(jobs, errors, strict=True):  # a worker that could not work at all (a trial's error is
-        if error is not None:                            # recorded on the trial)
+        if error is not None:  # recorded on the trial)
             print(f"worker {job.job_id} failed: {str(error).strip().splitlines()[-1][:300]}", file=sys.stderr)
     summary = search.finish()
     if summary is None:
@@ -430,8 +533,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             return cmd_list(args)
         load_catalog()
-        specs = launch.plan_study(args.study, args.profile, args.data, args.overrides, args.seeds, args.weights_dir,
-                                  args.only)
+        specs = launch.plan_study(
+            args.study, args.profile, args.data, args.overrides, args.seeds, args.weights_dir, args.only
+        )
         ctx = launch.run_context(args.runs_dir, args.tracking_uri, args.weights_dir, args.substitutes, args.device)
         if args.dry_run:
             return cmd_dry_run(args, specs, ctx)

@@ -26,8 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs-dir", default="runs", help="AR run directories are RUNS_DIR/ar-HASH")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
-    p.add_argument("--system", action="store_true",
-                   help="the system-level recipe of this size (paper: 300 epochs, WSD sqrt decay, XXL batch 512)")
+    p.add_argument(
+        "--system",
+        action="store_true",
+        help="the system-level recipe of this size (paper: 300 epochs, WSD sqrt decay, XXL batch 512)",
+    )
     args = p.parse_args(argv)
 
     from gigatok.train.tokenizer_loop import read_run_config
@@ -37,8 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = ar_run(
-            read_run_config(args.tokenizer_run), args.size, epochs=args.epochs, batch_size=args.batch_size,
-            seed=args.seed, max_steps=args.max_steps, system=args.system,
+            read_run_config(args.tokenizer_run),
+            args.size,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            system=args.system,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

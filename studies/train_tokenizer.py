@@ -27,11 +27,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="cap the schedule (smoke runs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default=None, help="image folder (train/, val/; ImageNet at paper), in place of "
-                   "tiny's built-in dataset; or GIGATOK_DATA_ROOT")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="image folder (train/, val/; ImageNet at paper), in place of "
+        "tiny's built-in dataset; or GIGATOK_DATA_ROOT",
+    )
     p.add_argument("--weights-dir", default=None, help="pretrained files; or GIGATOK_WEIGHTS_DIR")
-    p.add_argument("--allow-substitutes", action="store_true",
-                   help="let randomly initialised stand-ins replace missing pretrained networks (marked in results)")
+    p.add_argument(
+        "--allow-substitutes",
+        action="store_true",
+        help="let randomly initialised stand-ins replace missing pretrained networks (marked in results)",
+    )
     p.add_argument("--runs-dir", default="runs", help="run directories are RUNS_DIR/tokenizer-HASH")
     return p.parse_args(argv)
 
@@ -40,10 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = tokenizer_run(
-            args.name, profile=args.profile, kind=args.kind, semantic_weight=args.semantic_weight,
-            align_layer=args.align_layer, semantic_encoder=args.semantic_encoder,
-            entropy_weight=args.entropy_weight, epochs=args.epochs, batch_size=args.batch_size,
-            seed=args.seed, data_root=args.data_root, max_steps=args.max_steps,
+            args.name,
+            profile=args.profile,
+            kind=args.kind,
+            semantic_weight=args.semantic_weight,
+            align_layer=args.align_layer,
+            semantic_encoder=args.semantic_encoder,
+            entropy_weight=args.entropy_weight,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            data_root=args.data_root,
+            max_steps=args.max_steps,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -57,17 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     from gigatok.train.tokenizer_loop import train_tokenizer
 
     try:
-        result = train_tokenizer(
-            cfg, run_dir, weights_dir=args.weights_dir, allow_substitutes=args.allow_substitutes
-        )
+        result = train_tokenizer(cfg, run_dir, weights_dir=args.weights_dir, allow_substitutes=args.allow_substitutes)
     except (MissingWeightsError, WeightsHashError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     state = "finished" if result.finished else "stopped"
     print(f"{state} at step {result.steps}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.final_metrics.items()))
     if result.substitutes:
-        print("SUBSTITUTE networks were used (results are not comparable to the paper): "
-              + ", ".join(result.substitutes))
+        print(
+            "SUBSTITUTE networks were used (results are not comparable to the paper): " + ", ".join(result.substitutes)
+        )
     return 0
 
 

@@ -52,5 +52,7 @@ def released_pair(folder: Path, ar_name: str, profile: str = "tiny") -> tuple[Pa
     model = rel.RELEASED[ar_name]
     tok = rel.released_tokenizer_run(model.tokenizer, profile)
     ar = rel.released_ar_run(ar_name, tok)
-    return (write_standin(folder / f"{model.tokenizer}.pt", "tokenizer", tok.tokenizer),
-            write_standin(folder / f"{ar_name}.pt", "ar", ar.model, seed=1))
+    return (
+        write_standin(folder / f"{model.tokenizer}.pt", "tokenizer", tok.tokenizer),
+        write_standin(folder / f"{ar_name}.pt", "ar", ar.model, seed=1),
+    )

@@ -27,12 +27,32 @@ WRITER_KEYS = ("loss", "grad_norm", "lr", "usage", "perplexity", "pixel")
 # at Inception's smallest input. Logged every 2 steps, checkpointed every 4.
 SMALL_STEPS = 12
 SMALL_RUN = [
-    "--set", f"tokenizer.train.max_steps={SMALL_STEPS}", "--set", "tokenizer.train.log_every=2",
-    "--set", "tokenizer.train.checkpoint_every=4", "--set", "tokenizer.train.batch_size=4",
-    "--set", "tokenizer.tokenizer.semantic.weight=0", "--set", "tokenizer.tokenizer.encoder.depth=1",
-    "--set", "tokenizer.tokenizer.decoder.depth=1", "--set", "eval.recon_images=8", "--set", "eval.reference_images=8",
-    "--set", "eval.inception_input=75", "--set", "eval.batch_size=8", "--set", "eval.grid_images=0",
-    "--seeds", "1",  # one replica of each run (the tiny profile plans two)
+    "--set",
+    f"tokenizer.train.max_steps={SMALL_STEPS}",
+    "--set",
+    "tokenizer.train.log_every=2",
+    "--set",
+    "tokenizer.train.checkpoint_every=4",
+    "--set",
+    "tokenizer.train.batch_size=4",
+    "--set",
+    "tokenizer.tokenizer.semantic.weight=0",
+    "--set",
+    "tokenizer.tokenizer.encoder.depth=1",
+    "--set",
+    "tokenizer.tokenizer.decoder.depth=1",
+    "--set",
+    "eval.recon_images=8",
+    "--set",
+    "eval.reference_images=8",
+    "--set",
+    "eval.inception_input=75",
+    "--set",
+    "eval.batch_size=8",
+    "--set",
+    "eval.grid_images=0",
+    "--seeds",
+    "1",  # one replica of each run (the tiny profile plans two)
 ]
 
 
@@ -103,8 +123,13 @@ class MlflowServer:
         self.env.pop("GIGATOK_MLFLOW_HOST", None)  # the default (loopback) is what is under test
 
     def _script(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(ROOT / "scripts" / "mlflow-server"), command, str(self.folder)], env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(ROOT / "scripts" / "mlflow-server"), command, str(self.folder)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start(self) -> MlflowServer:
         result = self._script("up", timeout=240)
@@ -126,12 +151,19 @@ def study_cli(args: list[str], cwd: Path, timeout: float) -> subprocess.Complete
     """``python studies/run.py ARGS`` in ``cwd`` (no inherited MLFLOW_TRACKING_URI: each test names its store)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONBREAKPOINT": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, str(ROOT / "studies" / "run.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "studies" / "run.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def run_cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-            ) -> tuple[int, str, str]:
+def run_cli(
+    args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
     """``studies/run.py``'s ``main(args)`` in this process, in ``cwd``, with no inherited MLFLOW_TRACKING_URI: (exit
     code, stdout, stderr)."""
     from studies import run as cli
@@ -152,8 +184,13 @@ def start_writers(uri: str, run_ids: list[str], steps: int) -> list[subprocess.P
     imports)."""
     start_at = time.time() + 8
     return [
-        subprocess.Popen([sys.executable, __file__, "write", uri, run_id, str(steps), str(start_at)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        subprocess.Popen(
+            [sys.executable, __file__, "write", uri, run_id, str(steps), str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
         for run_id in run_ids
     ]
 

@@ -41,24 +41,58 @@ FIG9 = {
     ("B-L", "2d"): (8.1, 40.5, 5.52, 0.21),
 }
 SUBSTITUTE_RUN = ("B-L", "2d")
-SEMREG = {("S-S", False): (12.0, 50.0), ("S-S", True): (10.0, 45.0), ("S-B", False): (11.0, 52.0),
-          ("S-B", True): (9.0, 43.0)}
+SEMREG = {
+    ("S-S", False): (12.0, 50.0),
+    ("S-S", True): (10.0, 45.0),
+    ("S-B", False): (11.0, 52.0),
+    ("S-B", True): (9.0, 43.0),
+}
 
 
-def _log_run(client, experiment_id: str, study: str, factors: dict, kind: str, size: str, semantic_weight: float,
-             metrics: dict[str, float], status: str = "FINISHED", substitutes: str | None = None) -> str:
+def _log_run(
+    client,
+    experiment_id: str,
+    study: str,
+    factors: dict,
+    kind: str,
+    size: str,
+    semantic_weight: float,
+    metrics: dict[str, float],
+    status: str = "FINISHED",
+    substitutes: str | None = None,
+) -> str:
     run_hash = f"{study[:4]}{size}{kind}{semantic_weight}{factors.get('seed', '')}".replace(".", "")  # seeds differ
-    tags = study_run_tags(study, PROFILE, run_hash, factors, substitutes=substitutes, provenance={
-        "rfid": "inception-v3-compat (torch-fidelity), 299 px, reconstructions vs val"})
+    tags = study_run_tags(
+        study,
+        PROFILE,
+        run_hash,
+        factors,
+        substitutes=substitutes,
+        provenance={"rfid": "inception-v3-compat (torch-fidelity), 299 px, reconstructions vs val"},
+    )
     params = {
-        "tokenizer.profile": PROFILE, "tokenizer.tokenizer.name": size, "tokenizer.tokenizer.kind": kind,
-        "tokenizer.tokenizer.semantic.weight": str(semantic_weight), "tokenizer.tokenizer.semantic.layer": "3",
-        "tokenizer.tokenizer.semantic.encoder": "inception", "tokenizer.tokenizer.quantizer.entropy_weight": "0.05",
-        "tokenizer.train.epochs": "1", "ar.size": "B", "ar.train.epochs": "2",
+        "tokenizer.profile": PROFILE,
+        "tokenizer.tokenizer.name": size,
+        "tokenizer.tokenizer.kind": kind,
+        "tokenizer.tokenizer.semantic.weight": str(semantic_weight),
+        "tokenizer.tokenizer.semantic.layer": "3",
+        "tokenizer.tokenizer.semantic.encoder": "inception",
+        "tokenizer.tokenizer.quantizer.entropy_weight": "0.05",
+        "tokenizer.train.epochs": "1",
+        "ar.size": "B",
+        "ar.train.epochs": "2",
     }
     curve = [(step, 1.0 / (step + 1)) for step in range(0, 30, 10)]
-    return log_study_run(client, experiment_id, tags, run_name=" ".join(f"{k}={v}" for k, v in factors.items()),
-                         metrics=metrics, params=params, curves={"tokenizer/total_loss": curve}, status=status)
+    return log_study_run(
+        client,
+        experiment_id,
+        tags,
+        run_name=" ".join(f"{k}={v}" for k, v in factors.items()),
+        metrics=metrics,
+        params=params,
+        curves={"tokenizer/total_loss": curve},
+        status=status,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +107,32 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for (size, kind), (rfid, gfid, val_loss, acc) in FIG9.items():
         metrics = {"rfid": rfid, "gfid": gfid, "ar_val_loss": val_loss, "ar_probe_acc": acc, "lpips": 0.3}
         subs = "vgg16 (random SUBSTITUTE)" if (size, kind) == SUBSTITUTE_RUN else None
-        run_ids[size, kind] = _log_run(client, fig9, "scaling_1d_vs_2d", {"size": size, "kind": kind}, kind, size,
-                                       0.5, metrics, substitutes=subs)
-    failed = _log_run(client, fig9, "scaling_1d_vs_2d", {"size": "S-L", "kind": "1d"}, "1d", "S-L", 0.5,
-                      {"rfid": 1.0}, status="FAILED")
+        run_ids[size, kind] = _log_run(
+            client, fig9, "scaling_1d_vs_2d", {"size": size, "kind": kind}, kind, size, 0.5, metrics, substitutes=subs
+        )
+    failed = _log_run(
+        client,
+        fig9,
+        "scaling_1d_vs_2d",
+        {"size": "S-L", "kind": "1d"},
+        "1d",
+        "S-L",
+        0.5,
+        {"rfid": 1.0},
+        status="FAILED",
+    )
     semreg = study_experiment(client, "scaling_semreg", PROFILE, "Figs. 1 and 7")
     for (size, reg), (rfid, gfid) in SEMREG.items():
-        _log_run(client, semreg, "scaling_semreg", {"size": size, "semreg": reg}, "1d", size, 0.5 if reg else 0.0,
-                 {"rfid": rfid, "gfid": gfid})
+        _log_run(
+            client,
+            semreg,
+            "scaling_semreg",
+            {"size": size, "semreg": reg},
+            "1d",
+            size,
+            0.5 if reg else 0.0,
+            {"rfid": rfid, "gfid": gfid},
+        )
     return {"uri": uri, "run_ids": run_ids, "failed": failed}
 
 
@@ -156,10 +208,19 @@ def test_sqlite_tables_read_as_mlflow_search_returns(store: dict, tmp_path: Path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = connect(uri)
     experiment = study_experiment(client, "scaling_1d_vs_2d", PROFILE, "Fig. 9")
-    kept = _log_run(client, experiment, "scaling_1d_vs_2d", {"size": "S-S", "kind": "1d"}, "1d", "S-S", 0.5,
-                    {"rfid": math.nan, "gfid": 40.0})
-    deleted = _log_run(client, experiment, "scaling_1d_vs_2d", {"size": "S-B", "kind": "1d"}, "1d", "S-B", 0.5,
-                       {"rfid": 8.0})
+    kept = _log_run(
+        client,
+        experiment,
+        "scaling_1d_vs_2d",
+        {"size": "S-S", "kind": "1d"},
+        "1d",
+        "S-S",
+        0.5,
+        {"rfid": math.nan, "gfid": 40.0},
+    )
+    deleted = _log_run(
+        client, experiment, "scaling_1d_vs_2d", {"size": "S-B", "kind": "1d"}, "1d", "S-B", 0.5, {"rfid": 8.0}
+    )
     client.delete_run(deleted)
     fast = load_runs(uri)
     pd.testing.assert_frame_equal(fast, load_runs(uri, direct_sql=False))
@@ -236,8 +297,9 @@ def test_figures_refuse_mixed_profiles(runs: pd.DataFrame) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_cli_writes_figures_index_and_snapshot(store: dict, runs: pd.DataFrame, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_cli_writes_figures_index_and_snapshot(
+    store: dict, runs: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out, snap = tmp_path / "figures", tmp_path / "runs.parquet"
     assert plot_scaling.main(["--tracking-uri", store["uri"], "--out", str(out), "--snapshot", str(snap)]) == 0
     printed = capsys.readouterr().out

@@ -27,14 +27,23 @@ PROFILE = "tiny"
 # Fig. 5: entropy on/off -> (usage, perceptual) curves at steps 10, 20, 30.
 CURVES = {True: ([0.5, 0.8, 0.9], [0.40, 0.30, 0.25]), False: ([0.1, 0.05, 0.04], [0.45, 0.44, 0.46])}
 # Fig. 6: (size, ar_size) -> gfid, ar_val_loss, ar_probe_acc
-FIG6 = {("S-S", "B"): (40.0, 5.6, 0.20), ("S-L", "B"): (36.0, 5.5, 0.22), ("B-L", "B"): (33.0, 5.4, 0.25),
-        ("S-S", "L"): (30.0, 5.2, 0.30), ("S-L", "L"): (27.0, 5.1, 0.33), ("B-L", "L"): (25.0, 5.0, 0.35)}
+FIG6 = {
+    ("S-S", "B"): (40.0, 5.6, 0.20),
+    ("S-L", "B"): (36.0, 5.5, 0.22),
+    ("B-L", "B"): (33.0, 5.4, 0.25),
+    ("S-S", "L"): (30.0, 5.2, 0.30),
+    ("S-L", "L"): (27.0, 5.1, 0.33),
+    ("B-L", "L"): (25.0, 5.0, 0.35),
+}
 # Fig. 12: (epochs, semreg) -> rfid, gfid, ar_val_loss, ar_probe_acc
-FIG12 = {(40, False): (10.0, 50.0, 5.0, 0.10), (80, False): (8.0, 45.0, 5.2, 0.09),
-         (40, True): (11.0, 44.0, 5.3, 0.20), (80, True): (9.0, 42.0, 5.4, 0.21)}
+FIG12 = {
+    (40, False): (10.0, 50.0, 5.0, 0.10),
+    (80, False): (8.0, 45.0, 5.2, 0.09),
+    (40, True): (11.0, 44.0, 5.3, 0.20),
+    (80, True): (9.0, 42.0, 5.4, 0.21),
+}
 # Fig. 13: (size, checkpoint) -> tokenizer_probe_acc, ar_probe_acc, gfid
-FIG13 = {("XL-XXL", 100): (0.30, 0.20, 30.0), ("XL-XXL", 200): (0.25, 0.24, 28.0),
-         ("XL-XXL", 300): (0.20, 0.27, 26.0)}
+FIG13 = {("XL-XXL", 100): (0.30, 0.20, 30.0), ("XL-XXL", 200): (0.25, 0.24, 28.0), ("XL-XXL", 300): (0.20, 0.27, 26.0)}
 # CFG trials of the S-S / AR-B run of ar_probe_vs_large: scale -> (state, gfid)
 TRIALS = {1.0: ("COMPLETE", 20.0), 1.25: ("COMPLETE", 17.5), 1.5: ("COMPLETE", 18.0), 3.0: ("PRUNED", 60.0)}
 BEST_STEP_FRACTION = 0.18
@@ -44,16 +53,39 @@ def _experiment(client, study: str) -> str:
     return study_experiment(client, study, PROFILE)
 
 
-def _log_run(client, experiment_id: str, study: str, factors: dict, metrics: dict[str, float], *,
-             size: str = "S-S", entropy: float = 0.0, semantic: float = 0.5, curves: dict | None = None,
-             stored_arrays: dict[str, str] | None = None, artifacts: list[tuple[Path, str]] = ()) -> str:
+def _log_run(
+    client,
+    experiment_id: str,
+    study: str,
+    factors: dict,
+    metrics: dict[str, float],
+    *,
+    size: str = "S-S",
+    entropy: float = 0.0,
+    semantic: float = 0.5,
+    curves: dict | None = None,
+    stored_arrays: dict[str, str] | None = None,
+    artifacts: list[tuple[Path, str]] = (),
+) -> str:
     run_hash = study + "".join(f"{k}{v}" for k, v in factors.items())
     tags = study_run_tags(study, PROFILE, run_hash, factors, artifacts=stored_arrays)
-    params = {"tokenizer.profile": PROFILE, "tokenizer.tokenizer.name": size, "tokenizer.tokenizer.kind": "1d",
-              "tokenizer.tokenizer.semantic.weight": str(semantic),
-              "tokenizer.tokenizer.quantizer.entropy_weight": str(entropy)}
-    return log_study_run(client, experiment_id, tags, run_name=" ".join(f"{k}={v}" for k, v in factors.items()),
-                         metrics=metrics, params=params, curves=curves, artifacts=artifacts)
+    params = {
+        "tokenizer.profile": PROFILE,
+        "tokenizer.tokenizer.name": size,
+        "tokenizer.tokenizer.kind": "1d",
+        "tokenizer.tokenizer.semantic.weight": str(semantic),
+        "tokenizer.tokenizer.quantizer.entropy_weight": str(entropy),
+    }
+    return log_study_run(
+        client,
+        experiment_id,
+        tags,
+        run_name=" ".join(f"{k}={v}" for k, v in factors.items()),
+        metrics=metrics,
+        params=params,
+        curves=curves,
+        artifacts=artifacts,
+    )
 
 
 def _pca_arrays(seed: int) -> FeaturePCA:
@@ -72,34 +104,80 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ids: dict = {}
     exp = _experiment(client, "entropy_loss")
     for on, (usage, lpips) in CURVES.items():
-        curves = {"tokenizer/codebook_usage": list(zip((10, 20, 30), usage, strict=True)),
-                  "tokenizer/perceptual_loss": list(zip((10, 20, 30), lpips, strict=True))}
-        ids["entropy", on] = _log_run(client, exp, "entropy_loss", {"size": "XL-XXL", "entropy": on}, {"rfid": 5.0},
-                                      size="XL-XXL", entropy=0.005 if on else 0.0, curves=curves)
+        curves = {
+            "tokenizer/codebook_usage": list(zip((10, 20, 30), usage, strict=True)),
+            "tokenizer/perceptual_loss": list(zip((10, 20, 30), lpips, strict=True)),
+        }
+        ids["entropy", on] = _log_run(
+            client,
+            exp,
+            "entropy_loss",
+            {"size": "XL-XXL", "entropy": on},
+            {"rfid": 5.0},
+            size="XL-XXL",
+            entropy=0.005 if on else 0.0,
+            curves=curves,
+        )
     exp = _experiment(client, "ar_probe_vs_large")
     for (size, ar), (gfid, loss, acc) in FIG6.items():
-        ids["fig6", size, ar] = _log_run(client, exp, "ar_probe_vs_large", {"size": size, "ar_size": ar},
-                                         {"gfid": gfid, "ar_val_loss": loss, "ar_probe_acc": acc}, size=size)
+        ids["fig6", size, ar] = _log_run(
+            client,
+            exp,
+            "ar_probe_vs_large",
+            {"size": size, "ar_size": ar},
+            {"gfid": gfid, "ar_val_loss": loss, "ar_probe_acc": acc},
+            size=size,
+        )
     exp = _experiment(client, "train_duration")
     for (epochs, reg), (rfid, gfid, loss, acc) in FIG12.items():
-        _log_run(client, exp, "train_duration", {"epochs": epochs, "semreg": reg},
-                 {"rfid": rfid, "gfid": gfid, "ar_val_loss": loss, "ar_probe_acc": acc}, semantic=0.5 if reg else 0)
+        _log_run(
+            client,
+            exp,
+            "train_duration",
+            {"epochs": epochs, "semreg": reg},
+            {"rfid": rfid, "gfid": gfid, "ar_val_loss": loss, "ar_probe_acc": acc},
+            semantic=0.5 if reg else 0,
+        )
     exp = _experiment(client, "tokenizer_checkpoints")
     for (size, ckpt), (tok_acc, ar_acc, gfid) in FIG13.items():
-        _log_run(client, exp, "tokenizer_checkpoints", {"size": size, "checkpoint": ckpt},
-                 {"tokenizer_probe_acc": tok_acc, "ar_probe_acc": ar_acc, "gfid": gfid}, size=size)
+        _log_run(
+            client,
+            exp,
+            "tokenizer_checkpoints",
+            {"size": size, "checkpoint": ckpt},
+            {"tokenizer_probe_acc": tok_acc, "ar_probe_acc": ar_acc, "gfid": gfid},
+            size=size,
+        )
     exp = _experiment(client, "feature_pca")
     for reg in (False, True):
         arrays = _pca_arrays(int(reg)).save(root / f"pca-{reg}" / "feature-pca-abc.npz")
         ids["pca", reg] = _log_run(
-            client, exp, "feature_pca", {"size": "B-L", "semreg": reg}, {"feature_pca_variance": 0.8}, size="B-L",
-            semantic=0.5 if reg else 0.0, stored_arrays={"feature_pca": "eval/feature_pca/feature-pca-abc.npz"},
-            artifacts=[(arrays, "eval/feature_pca")])
+            client,
+            exp,
+            "feature_pca",
+            {"size": "B-L", "semreg": reg},
+            {"feature_pca_variance": 0.8},
+            size="B-L",
+            semantic=0.5 if reg else 0.0,
+            stored_arrays={"feature_pca": "eval/feature_pca/feature-pca-abc.npz"},
+            artifacts=[(arrays, "eval/feature_pca")],
+        )
     # CFG-search trials: child runs of the S-S / AR-B run (its experiment), as gigatok/cfg_search.py records them.
     parent = ids["fig6", "S-S", "B"]
     for number, (scale, (state, gfid)) in enumerate(TRIALS.items()):
-        log_trial(client, parent, "ar_probe_vs_large", PROFILE, "search-1", number, scale, state, gfid,
-                  budget=16 if state == "COMPLETE" else 4, full_budget=16)
+        log_trial(
+            client,
+            parent,
+            "ar_probe_vs_large",
+            PROFILE,
+            "search-1",
+            number,
+            scale,
+            state,
+            gfid,
+            budget=16 if state == "COMPLETE" else 4,
+            full_budget=16,
+        )
     record_best(client, parent, "search-1", scale=1.25, gfid=17.5, step_fraction=BEST_STEP_FRACTION)
     return {"uri": uri, "ids": ids}
 
@@ -197,8 +275,14 @@ def test_cfg_curve_from_trials(runs: pd.DataFrame, store: dict) -> None:
 def test_cli_makes_every_figure_and_redraws_from_a_snapshot(store: dict, tmp_path: Path) -> None:
     out, snapshot = tmp_path / "figs", tmp_path / "snap" / "runs.parquet"
     assert plot_scaling.main(["--tracking-uri", store["uri"], "--out", str(out), "--snapshot", str(snapshot)]) == 0
-    expected = {"fig5_entropy_curves", "fig6_ar_probe_vs_large", "fig8_feature_pca", "fig12_train_duration",
-                "fig13_checkpoint_probes", "cfg_curve"}
+    expected = {
+        "fig5_entropy_curves",
+        "fig6_ar_probe_vs_large",
+        "fig8_feature_pca",
+        "fig12_train_duration",
+        "fig13_checkpoint_probes",
+        "cfg_curve",
+    }
     for name in expected:
         for ext in ("png", "pdf"):
             assert (out / f"{name}-{PROFILE}.{ext}").stat().st_size > 1000
@@ -207,9 +291,12 @@ def test_cli_makes_every_figure_and_redraws_from_a_snapshot(store: dict, tmp_pat
     # Without the store: curves, trials and arrays come from the snapshot's side files, and the data is the same.
     source = SnapshotSource(snapshot)
     runs = source.runs()
-    assert fig5_entropy_curves(_study(runs, "entropy_loss"), source).data["value"].tolist() == \
-        fig5_entropy_curves(_study(load_runs(store["uri"]), "entropy_loss"), StoreSource(store["uri"])).data[
-            "value"].tolist()
+    assert (
+        fig5_entropy_curves(_study(runs, "entropy_loss"), source).data["value"].tolist()
+        == fig5_entropy_curves(_study(load_runs(store["uri"]), "entropy_loss"), StoreSource(store["uri"]))
+        .data["value"]
+        .tolist()
+    )
     assert len(fig8_feature_pca(_study(runs, "feature_pca"), source).data) == 18
     assert len(cfg_curve(runs, source).data) == len(TRIALS)
     redrawn = tmp_path / "redrawn"

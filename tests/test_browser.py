@@ -25,11 +25,18 @@ ARGS = ["decode_cost", "--only", "decoder=B,ar_size=B,ar_size=L", "--set", "eval
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     browser = chromium()
     assert browser is not None
-    flags = ["--headless", "--disable-gpu", "--hide-scrollbars", "--no-first-run", "--disable-extensions",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=30000",
-             # Its sandbox refuses root and needs user namespaces that CI containers rarely grant; the page is our
-             # own UI on loopback.
-             "--no-sandbox"]
+    flags = [
+        "--headless",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--virtual-time-budget=30000",
+        # Its sandbox refuses root and needs user namespaces that CI containers rarely grant; the page is our
+        # own UI on loopback.
+        "--no-sandbox",
+    ]
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180)
 
 

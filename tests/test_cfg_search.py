@@ -84,8 +84,9 @@ def make_parent(ctx: RunContext, spec: RunSpec) -> str:
 
     client = connect(ctx.tracking_uri)
     experiment = study_experiment(client, spec.study, spec.profile, "test")
-    run = client.create_run(experiment, run_name=spec.label,
-                            tags=study_run_tags(spec.study, spec.profile, spec.hash, spec.factor_dict))
+    run = client.create_run(
+        experiment, run_name=spec.label, tags=study_run_tags(spec.study, spec.profile, spec.hash, spec.factor_dict)
+    )
     return run.info.run_id
 
 
@@ -93,8 +94,9 @@ def make_plan(tmp_path: Path, parent: bool = True, **search: Any) -> SearchPlan:
     spec = tiny_spec()
     ctx = RunContext(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False)
     settings = {"scale_min": 1.0, "scale_max": 3.0, "low_fraction": 0.5, "startup_trials": 2, **search}
-    return SearchPlan(spec, ctx, CfgSearchConfig(**settings), "constant",
-                      parent_run_id=make_parent(ctx, spec) if parent else None)
+    return SearchPlan(
+        spec, ctx, CfgSearchConfig(**settings), "constant", parent_run_id=make_parent(ctx, spec) if parent else None
+    )
 
 
 def children(plan: SearchPlan) -> list[Any]:
@@ -102,8 +104,9 @@ def children(plan: SearchPlan) -> list[Any]:
 
     client = MlflowClient(plan.ctx.tracking_uri)
     parent = client.get_run(plan.parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'")
+    runs = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'"
+    )
     return runs
 
 
@@ -134,21 +137,26 @@ def test_grid_and_study_name() -> None:
         assert SearchPlan(spec, ctx, changed, "constant").study_name != name
     assert SearchPlan(spec, ctx, CfgSearchConfig(), "step").study_name != name
     step2d = SearchPlan(spec, ctx, CfgSearchConfig(fraction_min=0.1, fraction_max=0.3, fraction_step=0.1), "step")
-    assert len(step2d.points) == 9 * 3 and step2d.search_space == {"cfg_scale": list(plan.scales),
-                                                                   "step_fraction": [0.1, 0.2, 0.3]}
+    assert len(step2d.points) == 9 * 3 and step2d.search_space == {
+        "cfg_scale": list(plan.scales),
+        "step_fraction": [0.1, 0.2, 0.3],
+    }
     # The study's default storage and result live beside the AR model they are about.
     assert plan.storage_location == f"/tmp/runs/ar-{spec.ar.hash()}/cfg-search/optuna.journal"
     assert plan.result_path.parent == Path(f"/tmp/runs/ar-{spec.ar.hash()}/eval")
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"scale_min": 3.0, "scale_max": 1.0}, "eval.cfg_search.scale_max: the range 3.0:1.0 is empty"),
-    ({"scale_step": 0}, "eval.cfg_search.scale_step: must be > 0"),
-    ({"sampler": "tpe"}, "eval.cfg_search.trials: the TPE sampler needs a budget"),
-    ({"trials": 4}, "only the TPE sampler takes a budget"),
-    ({"fraction_min": 0.1}, "set fraction_min and fraction_max together"),
-    ({"low_fraction": 1.0}, "eval.cfg_search.low_fraction"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"scale_min": 3.0, "scale_max": 1.0}, "eval.cfg_search.scale_max: the range 3.0:1.0 is empty"),
+        ({"scale_step": 0}, "eval.cfg_search.scale_step: must be > 0"),
+        ({"sampler": "tpe"}, "eval.cfg_search.trials: the TPE sampler needs a budget"),
+        ({"trials": 4}, "only the TPE sampler takes a budget"),
+        ({"fraction_min": 0.1}, "set fraction_min and fraction_max together"),
+        ({"low_fraction": 1.0}, "eval.cfg_search.low_fraction"),
+    ],
+)
 def test_bad_search_settings(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         CfgSearchConfig(**settings)
@@ -191,8 +199,7 @@ def test_generation_samples_at_the_searched_point(tmp_path: Path) -> None:
     assert stage_result_path(spec, ctx, "generation") == stage_result_path(trial, ctx, "generation")
 
 
-def test_the_small_budget_is_scored_from_the_streamed_features(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_small_budget_is_scored_from_the_streamed_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """GenerationScorer runs the generation stage at the trial's settings and reports the FID of the stream's first
     ``low_samples`` feature rows, which the stage hands to its ``on_features`` hook on their way."""
     import numpy as np
@@ -211,7 +218,7 @@ def test_the_small_budget_is_scored_from_the_streamed_features(tmp_path: Path,
         calls.append((sc.spec, e))
         for start in range(0, FULL, 4):  # batches of 4 feature rows
             if on_features is not None:
-                on_features(rows[start:start + 4])
+                on_features(rows[start : start + 4])
         return StageOutcome("generation", {"gfid": 3.0})
 
     monkeypatch.setattr(scoring, "generation_at", generation_at)
@@ -236,8 +243,15 @@ def test_evaluate_generation_shows_on_features_the_generated_batches_only() -> N
     from gigatok.metrics.generation import evaluate_generation
 
     class Network:  # 8 numbers of each uint8 image
-        info = FeatureNetworkInfo(registry_name="stub", filename="stub.pt", sha256="0" * 64, title="stub",
-                                  has_logits=False, input_size=8, layer="8")
+        info = FeatureNetworkInfo(
+            registry_name="stub",
+            filename="stub.pt",
+            sha256="0" * 64,
+            title="stub",
+            has_logits=False,
+            input_size=8,
+            layer="8",
+        )
         has_logits = False
 
         def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -245,8 +259,15 @@ def test_evaluate_generation_shows_on_features_the_generated_batches_only() -> N
 
     images = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     seen: list[int] = []
-    evaluate_generation([images[:4], images[4:]], [images.flip(-1)], Network(), samples_description="10 images",
-                        reference_description="10 flipped", progress=False, on_features=lambda f: seen.append(len(f)))
+    evaluate_generation(
+        [images[:4], images[4:]],
+        [images.flip(-1)],
+        Network(),
+        samples_description="10 images",
+        reference_description="10 flipped",
+        progress=False,
+        on_features=lambda f: seen.append(len(f)),
+    )
     assert seen == [4, 6]
 
 
@@ -389,8 +410,9 @@ def test_a_dead_workers_trial_is_failed_and_run_again(tmp_path: Path) -> None:
 
     trials = find_study(plan)
     lost = [t for t in trials if t.user_attrs.get("worker") == "ghost-worker"]
-    assert len(lost) == 1 and lost[0].state.name == "FAIL" and "stopped sending heartbeats" in lost[0].user_attrs[
-        "error"]
+    assert (
+        len(lost) == 1 and lost[0].state.name == "FAIL" and "stopped sending heartbeats" in lost[0].user_attrs["error"]
+    )
     assert sorted(s for s, n in bowl.reached() if n == FULL) == [1.0, 1.25, 1.5]
     assert lost_point.cfg_scale in {s for s, _ in bowl.reached()}
     assert json.loads(plan.result_path.read_text())["best_scale"] == 1.5
@@ -412,8 +434,15 @@ def test_tpe_spends_its_budget_without_scoring_a_point_twice(tmp_path: Path) -> 
 def test_two_dimensional_step_schedule_search(tmp_path: Path) -> None:
     spec = tiny_spec()
     ctx = RunContext(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}")
-    search = CfgSearchConfig(scale_min=1.5, scale_max=2.0, fraction_min=0.1, fraction_max=0.2, fraction_step=0.1,
-                             low_fraction=0.5, pruner="none")
+    search = CfgSearchConfig(
+        scale_min=1.5,
+        scale_max=2.0,
+        fraction_min=0.1,
+        fraction_max=0.2,
+        fraction_step=0.1,
+        low_fraction=0.5,
+        pruner="none",
+    )
     plan = SearchPlan(spec, ctx, search, "step", parent_run_id=make_parent(ctx, spec))
     summary = run_here(plan, Bowl(tmp_path / "bowl.log"), log=lambda line: None)
     assert len(find_study(plan)) == 6 and summary["best_scale"] == 2.0 and summary["best_step_fraction"] == 0.1
@@ -445,39 +474,63 @@ def fake_trained_ar(tmp_path: Path) -> None:
     path.write_text("{}")
 
 
-def test_dry_run_lists_the_trials_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli([*TARGET, "--dry-run", "--range", "1.0:2.0", "--low-samples", "24"], tmp_path,
-                           monkeypatch, capsys)
+def test_dry_run_lists_the_trials_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(
+        [*TARGET, "--dry-run", "--range", "1.0:2.0", "--low-samples", "24"], tmp_path, monkeypatch, capsys
+    )
     assert code == 0
     assert "Optuna study  cfg-" in out and "optuna.journal (new)" in out
     assert "24 samples first, then 96 samples" in out and "NOT TRAINED" in out
     assert out.count("TO RUN") == 5 and "5 trials to run" in out
-    code, out, _ = run_cli([*TARGET, "--dry-run", "--json", "--schedule", "step", "--fraction-range", "0.1:0.2",
-                            "--fraction-step", "0.1", "--range", "1.5:2.0"], tmp_path, monkeypatch, capsys)
+    code, out, _ = run_cli(
+        [
+            *TARGET,
+            "--dry-run",
+            "--json",
+            "--schedule",
+            "step",
+            "--fraction-range",
+            "0.1:0.2",
+            "--fraction-step",
+            "0.1",
+            "--range",
+            "1.5:2.0",
+        ],
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
     preview = json.loads(out)
     assert code == 0 and preview["schedule"] == "step" and len(preview["points"]) == 3 * 2
     assert preview["fractions"] == [0.1, 0.2] and preview["to_run"] == 6
     assert not any(tmp_path.iterdir())  # no store, no journal, no runs folder
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--range", "3:1"], "--range 3:1: the range is empty (3 is above 1)"),
-    (["--range", "one:two"], "--range one:two: expected LO:HI"),
-    (["--step", "0"], "--step 0: must be > 0"),
-    (["--sampler", "tpe"], "--sampler tpe needs a budget: --trials N"),
-    (["--trials", "5"], "--trials applies to --sampler tpe"),
-    (["--fraction-range", "0.1:0.3"], "add --schedule step"),
-    (["--low-samples", "96"], "small budget 96 samples: must be at least 2 and below the full budget (96"),
-    (["--workers", "0"], "--workers 0: must be >= 1"),
-    ([], "has no trained AR model"),
-    (["--storage", "{fake}/journal.log/here"], "not writable"),
-    (["--storage", "{fake}"], "is a directory, not a file"),
-    (["--executor", "kubernetes"], "unknown executor 'kubernetes'"),
-    ([], "has no MLflow run in experiment scaling_1d_vs_2d-tiny"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--range", "3:1"], "--range 3:1: the range is empty (3 is above 1)"),
+        (["--range", "one:two"], "--range one:two: expected LO:HI"),
+        (["--step", "0"], "--step 0: must be > 0"),
+        (["--sampler", "tpe"], "--sampler tpe needs a budget: --trials N"),
+        (["--trials", "5"], "--trials applies to --sampler tpe"),
+        (["--fraction-range", "0.1:0.3"], "add --schedule step"),
+        (["--low-samples", "96"], "small budget 96 samples: must be at least 2 and below the full budget (96"),
+        (["--workers", "0"], "--workers 0: must be >= 1"),
+        ([], "has no trained AR model"),
+        (["--storage", "{fake}/journal.log/here"], "not writable"),
+        (["--storage", "{fake}"], "is a directory, not a file"),
+        (["--executor", "kubernetes"], "unknown executor 'kubernetes'"),
+        ([], "has no MLflow run in experiment scaling_1d_vs_2d-tiny"),
+    ],
+)
 def test_bad_input_is_one_line_and_records_nothing(
-    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     needs_model = message.startswith(("not writable", "is a directory", "unknown executor", "has no MLflow"))
@@ -497,10 +550,12 @@ def test_bad_input_is_one_line_and_records_nothing(
         assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
 
 
-def test_target_must_be_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["cfg_search", "--study", "scaling_1d_vs_2d", "--only", "size=S-S", "--dry-run"],
-                           tmp_path, monkeypatch, capsys)
+def test_target_must_be_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(
+        ["cfg_search", "--study", "scaling_1d_vs_2d", "--only", "size=S-S", "--dry-run"], tmp_path, monkeypatch, capsys
+    )
     assert code == 2 and "has 2 matching --only size=S-S" in err and "narrow --only" in err  # 1d and 2d
     spec = get_study("ar_probe_vs_large").plan(Planner("tiny"))[0]
     code, out, _ = run_cli(["cfg_search", "--only", spec.hash[:8], "--dry-run"], tmp_path, monkeypatch, capsys)
@@ -517,11 +572,28 @@ def test_target_must_be_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 # ----------------------------------------------------------------------------------------------------------
 
 SHORT = [
-    "--set", "tokenizer.train.max_steps=6", "--set", "ar.train.max_steps=6",
-    "--set", "eval.recon_images=16", "--set", "eval.reference_images=16", "--set", f"eval.gen_samples={FULL}",
-    "--set", f"eval.batch_size={SMALL}", "--set", "eval.probe_max_iter=200", "--set", "eval.grid_images=0",
-    "--set", "eval.inception_input=75", "--set", "eval.cfg_search.scale_max=1.5",  # 75 px: Inception is the cost
-    "--seeds", "1",
+    "--set",
+    "tokenizer.train.max_steps=6",
+    "--set",
+    "ar.train.max_steps=6",
+    "--set",
+    "eval.recon_images=16",
+    "--set",
+    "eval.reference_images=16",
+    "--set",
+    f"eval.gen_samples={FULL}",
+    "--set",
+    f"eval.batch_size={SMALL}",
+    "--set",
+    "eval.probe_max_iter=200",
+    "--set",
+    "eval.grid_images=0",
+    "--set",
+    "eval.inception_input=75",
+    "--set",
+    "eval.cfg_search.scale_max=1.5",  # 75 px: Inception is the cost
+    "--seeds",
+    "1",
 ]
 
 
@@ -542,8 +614,11 @@ def test_tiny_search_in_a_study_and_from_the_command_line(tmp_path: Path) -> Non
     assert parent.info.status == "FINISHED" and len(everything) == 1 + 3
     assert {float(r.data.params["cfg_scale"]) for r in trials} == {1.0, 1.25, 1.5}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
-    complete = {float(r.data.params["cfg_scale"]): r.data.metrics["gfid"] for r in trials
-                if r.data.tags["gigatok.trial_state"] == "COMPLETE"}
+    complete = {
+        float(r.data.params["cfg_scale"]): r.data.metrics["gfid"]
+        for r in trials
+        if r.data.tags["gigatok.trial_state"] == "COMPLETE"
+    }
     best_scale = min(complete, key=complete.__getitem__)
     m = parent.data.metrics
     assert m["cfg_best_scale"] == best_scale and m["cfg_best_gfid"] == complete[best_scale]
@@ -563,15 +638,22 @@ def test_tiny_search_in_a_study_and_from_the_command_line(tmp_path: Path) -> Non
 
     # A wider range is a new study, here with two local worker processes: the three points sampled before are
     # read from disk, two are new.
-    wider = study_cli([*search[:-2], "--executor", "local", "--workers", "2", "--range", "1.0:2.0"], tmp_path,
-                      timeout=900)
+    wider = study_cli(
+        [*search[:-2], "--executor", "local", "--workers", "2", "--range", "1.0:2.0"], tmp_path, timeout=900
+    )
     assert wider.returncode == 0, wider.stdout[-3000:] + wider.stderr[-3000:]
     parent = client.get_run(parent.info.run_id)
     new_name = parent.data.tags["gigatok.cfg_search"]
     assert new_name != search_name
-    new_trials = [r for r in client.search_runs([experiment.experiment_id])
-                  if r.data.tags.get("gigatok.cfg_search") == new_name and "mlflow.parentRunId" in r.data.tags]
+    new_trials = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("gigatok.cfg_search") == new_name and "mlflow.parentRunId" in r.data.tags
+    ]
     assert sorted(float(r.data.params["cfg_scale"]) for r in new_trials) == [1.0, 1.25, 1.5, 1.75, 2.0]
     assert parent.data.metrics["cfg_best_scale"] in (1.0, 1.25, 1.5, 1.75, 2.0)
-    assert "2 local worker(s)" in wider.stdout and wider.stdout.count(" COMPLETE ") + wider.stdout.count(
-        " PRUNED ") == 5 and "best: cfg" in wider.stdout
+    assert (
+        "2 local worker(s)" in wider.stdout
+        and wider.stdout.count(" COMPLETE ") + wider.stdout.count(" PRUNED ") == 5
+        and "best: cfg" in wider.stdout
+    )

@@ -40,11 +40,20 @@ def test_train_cli_rejects_bad_input(tmp_path: Path, args: list[str], message: s
 
 def _fake_run(path: Path, substitutes: bool) -> None:
     path.mkdir(parents=True)
-    config = {"hash": "abc123", "config": {"profile": "tiny", "tokenizer": {
-        "name": "S-S", "kind": "1d", "semantic": {"weight": 0.5}, "quantizer": {"entropy_weight": 0.05}}}}
+    config = {
+        "hash": "abc123",
+        "config": {
+            "profile": "tiny",
+            "tokenizer": {
+                "name": "S-S",
+                "kind": "1d",
+                "semantic": {"weight": 0.5},
+                "quantizer": {"entropy_weight": 0.05},
+            },
+        },
+    }
     (path / "config.json").write_text(json.dumps(config))
-    rows = [{"step": s, "total_loss": 1.0 / s, "pixel_loss": 0.5 / s, "codebook_usage": 0.1 * s}
-            for s in (10, 20, 30)]
+    rows = [{"step": s, "total_loss": 1.0 / s, "pixel_loss": 0.5 / s, "codebook_usage": 0.1 * s} for s in (10, 20, 30)]
     if substitutes:
         for r in rows:
             r["substitutes"] = ["lpips-vgg16 [SUBSTITUTE: random init]"]

@@ -67,8 +67,10 @@ def cluster() -> None:
         states = _slurm("sinfo", "-h", "-o", "%T").split()
     except (subprocess.SubprocessError, OSError) as exc:
         states = [f"sinfo failed: {exc}"]
-    need(any(s in ("idle", "mixed") for s in states),
-         f"Slurm is installed but no node is idle ({states}); start the cluster: sudo scripts/slurm-cluster up")
+    need(
+        any(s in ("idle", "mixed") for s in states),
+        f"Slurm is installed but no node is idle ({states}); start the cluster: sudo scripts/slurm-cluster up",
+    )
 
 
 @dataclass
@@ -211,8 +213,9 @@ def test_job_array_survives_preemption_and_a_failing_run(study: Study, tmp_path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reference = train_tokenizer(read_run_config(metrics_file.parent), tmp_path / "uninterrupted",
-                                    allow_substitutes=True, progress=False)
+        reference = train_tokenizer(
+            read_run_config(metrics_file.parent), tmp_path / "uninterrupted", allow_substitutes=True, progress=False
+        )
     finally:
         torch.set_num_threads(threads)
     expected = [json.loads(x) for x in (tmp_path / "uninterrupted" / "metrics.jsonl").read_text().splitlines()]
@@ -261,9 +264,22 @@ def test_resubmission_submits_only_the_failed_run(study: Study, tmp_path: Path) 
 
     # Fig. 5 from what the cluster's runs logged.
     figures = tmp_path / "figures"
-    plot = subprocess.run([sys.executable, str(ROOT / "analysis" / "plot_scaling.py"), "--study", STUDY,
-                           "--tracking-uri", study.uri, "--out", str(figures)],
-                          capture_output=True, text=True, timeout=600, cwd=study.folder)
+    plot = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "analysis" / "plot_scaling.py"),
+            "--study",
+            STUDY,
+            "--tracking-uri",
+            study.uri,
+            "--out",
+            str(figures),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=study.folder,
+    )
     assert plot.returncode == 0, plot.stdout + plot.stderr
     assert (figures / "fig5_entropy_curves-tiny.png").stat().st_size > 10_000
     index = (figures / "index.md").read_text()

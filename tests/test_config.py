@@ -52,9 +52,10 @@ def test_hash_is_stable_and_content_based() -> None:
     assert tokenizer_run("S-S", semantic_weight=0.25).hash() != a.hash()
     assert run_config_from_dict(json.loads(json.dumps(a.to_dict()))).hash() == a.hash()
     # The data root is a machine-local path and does not change the hash.
-    assert tokenizer_run("S-S", profile="paper", data_root="/x").hash() == tokenizer_run(
-        "S-S", profile="paper", data_root="/y"
-    ).hash()
+    assert (
+        tokenizer_run("S-S", profile="paper", data_root="/x").hash()
+        == tokenizer_run("S-S", profile="paper", data_root="/y").hash()
+    )
     # At tiny a data root replaces the built-in dataset: other images, another run.
     mine = tokenizer_run("S-S", data_root="/x")
     assert (mine.data.dataset, mine.data.root) == ("imagefolder", "/x") and mine.hash() != a.hash()

@@ -129,13 +129,17 @@ def _not_torch(folder: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda f: f / "VQ_SS256_e100.pt", "no such file"),
-    (_not_torch, "not an authors' tokenizer checkpoint"),
-    (lambda f: released_pair(f, "GPT_B256_e300_VQ_SS")[1], "not a released tokenizer"),
-    (_wrong_size, "another architecture than planned"),
-    (_wrong_layout, "weights do not fit the planned tokenizer: 1 missing"),
-], ids=["missing", "not-torch", "wrong-kind", "wrong-size", "wrong-layout"])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda f: f / "VQ_SS256_e100.pt", "no such file"),
+        (_not_torch, "not an authors' tokenizer checkpoint"),
+        (lambda f: released_pair(f, "GPT_B256_e300_VQ_SS")[1], "not a released tokenizer"),
+        (_wrong_size, "another architecture than planned"),
+        (_wrong_layout, "weights do not fit the planned tokenizer: 1 missing"),
+    ],
+    ids=["missing", "not-torch", "wrong-kind", "wrong-size", "wrong-layout"],
+)
 def test_cli_refuses_a_wrong_tokenizer_file(
     standins: None, make, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -159,8 +163,10 @@ def test_cli_refuses_a_wrong_ar_file_or_tokenizer_folder(
     sb_ar = released_pair(tmp_path / "sb", "GPT_B256_e300_VQ_SB")[1]
     cases = [
         (["ar", str(ar_file), "--tokenizer-run", str(tmp_path / "nowhere")], "not a finished tokenizer run folder"),
-        (["ar", str(tok_file), "--tokenizer-run", str(tok_dir), "--name", "GPT_B256_e300_VQ_SS"],
-         "not a ar checkpoint"),
+        (
+            ["ar", str(tok_file), "--tokenizer-run", str(tok_dir), "--name", "GPT_B256_e300_VQ_SS"],
+            "not a ar checkpoint",
+        ),
         (["ar", str(sb_ar), "--tokenizer-run", str(tok_dir)], "trained on the tokens of VQ_SB256_e200"),
         (["ar", str(ar_file), "--tokenizer-run", str(tok_dir), "--name", "GPT_B9"], "not a released ar"),
         (["ar", str(ar_file), "--tokenizer-run", str(tok_dir), "--out", str(tok_dir)], "holds another run"),
@@ -207,9 +213,16 @@ def test_loader_errors_name_the_file(tmp_path: Path) -> None:
 def test_study_plans_every_released_pair_without_training(profile: str) -> None:
     specs = get_study("released_checkpoints").plan(Planner(profile))
     pairs = {(s.factor_dict["size"], s.factor_dict["disc"], s.factor_dict["ar_size"]) for s in specs}
-    assert pairs == {("S-S", "patchgan", "B"), ("S-B", "patchgan", "B"), ("B-L", "patchgan", "B"),
-                     ("B-L", "dino", "B"), ("XL-XXL", "patchgan", "B"), ("B-L", "patchgan", "XL"),
-                     ("B-L", "patchgan", "XXL"), ("XL-XXL", "patchgan", "XXL")}
+    assert pairs == {
+        ("S-S", "patchgan", "B"),
+        ("S-B", "patchgan", "B"),
+        ("B-L", "patchgan", "B"),
+        ("B-L", "dino", "B"),
+        ("XL-XXL", "patchgan", "B"),
+        ("B-L", "patchgan", "XL"),
+        ("B-L", "patchgan", "XXL"),
+        ("XL-XXL", "patchgan", "XXL"),
+    }
     assert len({s.tokenizer.hash() for s in specs}) == 5  # each released tokenizer evaluated once
     for spec in specs:
         assert "cfg_search" in spec.stages and "generation" in spec.stages and "ar_probe" in spec.stages
@@ -222,8 +235,10 @@ def test_study_plans_every_released_pair_without_training(profile: str) -> None:
         assert spec.tokenizer.tokenizer == trained.tokenizer
         assert dataclasses.replace(spec.tokenizer, source="").hash() == trained.hash() != spec.tokenizer.hash()
         assert spec.eval.cfg_schedule == ("constant" if ar.size == "B" else "step")
-    bl, bl_dino = (next(s for s in specs if s.factor_dict == {"size": "B-L", "disc": d, "ar_size": "B"})
-                   for d in ("patchgan", "dino"))
+    bl, bl_dino = (
+        next(s for s in specs if s.factor_dict == {"size": "B-L", "disc": d, "ar_size": "B"})
+        for d in ("patchgan", "dino")
+    )
     assert bl.tokenizer.hash() != bl_dino.tokenizer.hash()
 
 
@@ -269,17 +284,38 @@ def test_study_runs_end_to_end_on_standins(
     tok_file, ar_file = released_pair(weights, "GPT_B256_e300_VQ_SS")
     small_eval = [a for a in SMALL_RUN if a.startswith("eval.")]
     overrides = [x for a in (*small_eval, "eval.gen_samples=8") for x in ("--set", a)]
-    args = ["released_checkpoints", "--only", "size=S-S", "--executor", "debug", "--weights-dir", str(weights),
-            *overrides]
+    args = [
+        "released_checkpoints",
+        "--only",
+        "size=S-S",
+        "--executor",
+        "debug",
+        "--weights-dir",
+        str(weights),
+        *overrides,
+    ]
     code, out, err = run_cli(args, tmp_path, monkeypatch, capsys)
     assert code == 0, err
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-            if "gigatok.run_hash" in r.data.tags]
+    runs = [
+        r
+        for e in client.search_experiments()
+        for r in client.search_runs([e.experiment_id])
+        if "gigatok.run_hash" in r.data.tags
+    ]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run = runs[0]
-    for key in ("rfid", "psnr", "ssim", "gfid", "cfg_best_scale", "precision", "recall",
-                "tokenizer_probe_acc", "ar_probe_acc"):
+    for key in (
+        "rfid",
+        "psnr",
+        "ssim",
+        "gfid",
+        "cfg_best_scale",
+        "precision",
+        "recall",
+        "tokenizer_probe_acc",
+        "ar_probe_acc",
+    ):
         assert key in run.data.metrics, key
     # LPIPS needs the VGG16 file: a number where it is there, else reported unavailable with the reason.
     assert "lpips" in run.data.metrics or run.data.tags["gigatok.provenance.lpips"].startswith("unavailable")
@@ -291,6 +327,7 @@ def test_study_runs_end_to_end_on_standins(
 # ----------------------------------------------------------------------------------------------------------
 # The real converters on the parity fixtures (reduced-width stand-ins in the authors' exact key layout)
 # ----------------------------------------------------------------------------------------------------------
+
 
 def _fixture_as_checkpoint(fixture: str, target: Path) -> dict:
     """A parity fixture's state dict saved as the authors' training checkpoints hold it (under "model")."""
@@ -310,8 +347,15 @@ def _evaluate(runs: Path, tokenizer_dir: Path, ar_dir: Path | None, stages: tupl
 
     tok = run_config_from_dict(config(tokenizer_dir))
     ar = ar_run_config_from_dict(config(ar_dir)) if ar_dir is not None else None
-    small = EvalConfig(recon_images=8, reference_images=8, gen_samples=8, batch_size=8, inception_input=75,
-                       grid_images=0, probe_max_iter=50)
+    small = EvalConfig(
+        recon_images=8,
+        reference_images=8,
+        gen_samples=8,
+        batch_size=8,
+        inception_input=75,
+        grid_images=0,
+        probe_max_iter=50,
+    )
     spec = RunSpec("released_checkpoints", (("file", tokenizer_dir.name),), tok, ar, small, stages)
     ctx = RunContext(runs_dir=str(runs), tracking_uri="unused", allow_substitutes=True, device="cpu", progress=False)
     assert tokenizer_dir_of(spec, ctx) == tokenizer_dir and (ar is None or ar_dir_of(spec, ctx) == ar_dir)
@@ -334,8 +378,9 @@ def test_parity_fixtures_convert_through_the_real_converters_and_are_evaluated(
     monkeypatch.setitem(rel.LOADERS, "tokenizer", lambda p: load_authors_tokenizer(p, heads=heads))
     monkeypatch.setitem(rel.LOADERS, "ar", lambda p: load_authors_ar(p, heads=ar_args["n_head"]))
 
-    code, out, err = _convert(["tokenizer", str(files / "authors_tokenizer.pt"), "--profile", "tiny",
-                               "--runs-dir", str(runs)], capsys)
+    code, out, err = _convert(
+        ["tokenizer", str(files / "authors_tokenizer.pt"), "--profile", "tiny", "--runs-dir", str(runs)], capsys
+    )
     assert code == 0, err
     tok_dir = Path(out.split(":")[0])
     metrics = _evaluate(runs, tok_dir, None, ("reconstruction",))
@@ -343,23 +388,25 @@ def test_parity_fixtures_convert_through_the_real_converters_and_are_evaluated(
 
     # The two fixtures were made independently: the GPT's vocabulary and token count are not this tokenizer's.
     before = _tree(runs)
-    code, _, err = _convert(["ar", str(files / "authors_gpt.pt"), "--tokenizer-run", str(tok_dir),
-                             "--runs-dir", str(runs)], capsys)
+    code, _, err = _convert(
+        ["ar", str(files / "authors_gpt.pt"), "--tokenizer-run", str(tok_dir), "--runs-dir", str(runs)], capsys
+    )
     assert code == 2 and "authors_gpt.pt: does not fit the tokenizer" in err and len(err.strip().splitlines()) == 1
     assert _tree(runs) == before
 
     # On a tokenizer of its vocabulary and token count (a stand-in), the GPT converts and samples.
-    fitting = dataclasses.replace(tokenizer_run("S-S", profile="tiny").tokenizer,
-                                  num_tokens=ar_args["block_size"])
-    fitting = dataclasses.replace(fitting, quantizer=dataclasses.replace(fitting.quantizer,
-                                                                          codebook_size=ar_args["vocab_size"]))
+    fitting = dataclasses.replace(tokenizer_run("S-S", profile="tiny").tokenizer, num_tokens=ar_args["block_size"])
+    fitting = dataclasses.replace(
+        fitting, quantizer=dataclasses.replace(fitting.quantizer, codebook_size=ar_args["vocab_size"])
+    )
     monkeypatch.setitem(rel.LOADERS, "tokenizer", standin_loader("tokenizer"))
     standin = write_standin(files / "fitting_tokenizer.pt", "tokenizer", fitting)
     code, out, err = _convert(["tokenizer", str(standin), "--profile", "tiny", "--runs-dir", str(runs)], capsys)
     assert code == 0, err
     fitting_dir = Path(out.split(":")[0])
-    code, out, err = _convert(["ar", str(files / "authors_gpt.pt"), "--tokenizer-run", str(fitting_dir),
-                               "--runs-dir", str(runs)], capsys)
+    code, out, err = _convert(
+        ["ar", str(files / "authors_gpt.pt"), "--tokenizer-run", str(fitting_dir), "--runs-dir", str(runs)], capsys
+    )
     assert code == 0, err
     ar_dir = Path(out.split(":")[0])
     assert json.loads((ar_dir / "converted.json").read_text())["sha256"] == file_sha256(files / "authors_gpt.pt")

@@ -133,8 +133,11 @@ def test_missing_or_truncated_final_weights_are_named(tmp_path: Path) -> None:
 
 def test_non_finite_values_are_refused_with_the_step() -> None:
     require_finite({"total_loss": 0.5, "grad_norm": 3.0}, 10, Path("runs/tok"))
-    with pytest.raises(NonFiniteLossError, match=r"runs/tok: training diverged by step 12 \(grad_norm=inf, "
-                                                 r"total_loss=nan\)"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"runs/tok: training diverged by step 12 \(grad_norm=inf, "
+        r"total_loss=nan\)",
+    ):
         require_finite({"total_loss": float("nan"), "grad_norm": float("inf"), "lr": 1e-4}, 12, Path("runs/tok"))
 
 
@@ -144,8 +147,9 @@ def test_non_finite_values_are_refused_with_the_step() -> None:
 
 
 @pytest.mark.slow
-def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The weights blow up after step 7 (as a too-high learning rate makes them); checkpoints every 3 steps, a log
     record every 5. Step 8's loss is NaN, and the check before the step-9 checkpoint stops the run: FAILED with the
     step in its error, checkpoints 3 and 6 intact. The same run without the fault then resumes from step 6 -- and,
@@ -163,15 +167,29 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Pat
         return terms
 
     monkeypatch.setattr(tokenizer_loop, "training_step", diverging)
-    argv = ["entropy_loss", "--only", "entropy=True", "--executor", "debug", "--runs-dir", str(tmp_path / "runs"),
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *SMALL_RUN,
-            "--set", "tokenizer.train.log_every=5", "--set", "tokenizer.train.checkpoint_every=3"]
+    argv = [
+        "entropy_loss",
+        "--only",
+        "entropy=True",
+        "--executor",
+        "debug",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        *SMALL_RUN,
+        "--set",
+        "tokenizer.train.log_every=5",
+        "--set",
+        "tokenizer.train.checkpoint_every=3",
+    ]
     assert study_run.main(argv) == 1
 
     (run,) = _mlflow_runs(tmp_path, "entropy_loss-tiny").values()
     assert run.info.status == "FAILED" and run.data.tags["gigatok.failed_stage"] == "tokenizer"
-    assert re.search(r"NonFiniteLossError: .*training diverged by step 9 \(.*total_loss=nan", run.data.tags[
-        "gigatok.error"]), run.data.tags["gigatok.error"]
+    assert re.search(
+        r"NonFiniteLossError: .*training diverged by step 9 \(.*total_loss=nan", run.data.tags["gigatok.error"]
+    ), run.data.tags["gigatok.error"]
     (tok_dir,) = (tmp_path / "runs").glob("tokenizer-*")
     assert [p.name for p in list_checkpoints(tok_dir)] == ["step-00000003.pt", "step-00000006.pt"]
     for ckpt in list_checkpoints(tok_dir):
@@ -189,8 +207,9 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Pat
     assert _steps(tok_dir / "metrics.jsonl") == [5, 10, 12]
     from mlflow import MlflowClient
 
-    history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run.info.run_id,
-                                                                                      "tokenizer/total_loss")
+    history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(
+        run.info.run_id, "tokenizer/total_loss"
+    )
     assert sorted(m.step for m in history) == [5, 10, 12]
 
 
@@ -206,8 +225,13 @@ def test_sigkilled_local_worker_resumes_and_finished_runs_stay_finished(tmp_path
     first, second = plan["runs"]  # the order the worker runs them in
     metrics = tmp_path / "runs" / f"tokenizer-{second['tokenizer_hash']}" / "metrics.jsonl"
     with (tmp_path / "first.log").open("w") as log:
-        cli = subprocess.Popen([sys.executable, str(ROOT / "studies" / "run.py"), *args], cwd=tmp_path, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
+        cli = subprocess.Popen(
+            [sys.executable, str(ROOT / "studies" / "run.py"), *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 1200
         while not (_steps(metrics) and _steps(metrics)[-1] >= 6):  # past its first checkpoint (step 4)
@@ -230,7 +254,9 @@ def test_sigkilled_local_worker_resumes_and_finished_runs_stay_finished(tmp_path
     assert not (metrics.parent / "summary.json").exists() and not (metrics.parent / "tokenizer.pt").exists()
     status = study_cli(["entropy_loss", "--status", "--json", *SMALL_RUN], tmp_path, 300)
     assert {r["hash"]: r["status"] for r in json.loads(status.stdout)} == {
-        first["hash"]: "FINISHED", second["hash"]: "RUNNING"}
+        first["hash"]: "FINISHED",
+        second["hash"]: "RUNNING",
+    }
 
     resumed = study_cli(args, tmp_path, timeout=1200)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -282,12 +308,13 @@ def test_corrupt_image_fails_the_run_naming_the_file(tmp_path: Path) -> None:
                 Image.new("RGB", (40, 40), (40 * i, 100, 200 if label == "a" else 20)).save(folder / f"{i}.png")
     bad = data / "train" / "b" / "3.png"
     _truncate(bad)
-    result = study_cli(["entropy_loss", "--only", "entropy=True", "--executor", "debug", *SMALL_RUN,
-                        "--data", str(data)],
-                       tmp_path, timeout=900)
+    result = study_cli(
+        ["entropy_loss", "--only", "entropy=True", "--executor", "debug", *SMALL_RUN, "--data", str(data)],
+        tmp_path,
+        timeout=900,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     (run,) = _mlflow_runs(tmp_path, "entropy_loss-tiny").values()
     assert run.info.status == "FAILED"
     assert run.data.tags["gigatok.error"].startswith(f"tokenizer: DataError: cannot read image {bad}")
     assert not list((tmp_path / "runs").glob("tokenizer-*/summary.json"))
-

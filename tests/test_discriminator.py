@@ -72,8 +72,9 @@ def test_dino_runs_start_the_gan_as_the_authors_do(profile: str, start: int) -> 
     assert plain.loss.discriminator == "patchgan" and dino.loss.discriminator == "dino"
     # VQ_BL256_dino_disc.yaml: disc_start 80000, disc_weight 0.5, hinge losses; VQ_BL256.yaml's PatchGAN: 20000.
     assert dino.loss.gan_start_step == start == 4 * plain.loss.gan_start_step
-    assert dataclasses.replace(dino.loss, discriminator="patchgan", gan_start_step=plain.loss.gan_start_step) \
-        == plain.loss
+    assert (
+        dataclasses.replace(dino.loss, discriminator="patchgan", gan_start_step=plain.loss.gan_start_step) == plain.loss
+    )
     assert dino.tokenizer == plain.tokenizer and dino.hash() != plain.hash()
 
 
@@ -191,13 +192,17 @@ def test_tokenizer_trains_against_the_dino_discriminator(
     from gigatok.train.tokenizer_loop import read_metrics, train_tokenizer
 
     # The narrow ViT: the loop's plumbing is the point, and ViT-S at 224 px costs ~15 s a step on two cores.
-    monkeypatch.setattr(discriminator, "build_dino_discriminator",
-                        functools.partial(discriminator.build_dino_discriminator, arch=NARROW))
+    monkeypatch.setattr(
+        discriminator,
+        "build_dino_discriminator",
+        functools.partial(discriminator.build_dino_discriminator, arch=NARROW),
+    )
     cfg = make_tiny_run(2, log_every=1, semantic_weight=0)
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, discriminator="dino", gan_start_step=0))
     with pytest.warns(UserWarning, match="SUBSTITUTE"):  # stopped after one step, as a preemption would
-        assert not train_tokenizer(cfg, tmp_path / "run", allow_substitutes=True, progress=False,
-                                   stop_at_step=1).finished
+        assert not train_tokenizer(
+            cfg, tmp_path / "run", allow_substitutes=True, progress=False, stop_at_step=1
+        ).finished
     with pytest.warns(UserWarning, match="SUBSTITUTE"):  # the resumed run loads the heads from the checkpoint
         result = train_tokenizer(cfg, tmp_path / "run", allow_substitutes=True, progress=False)
     assert result.finished and result.steps == 2

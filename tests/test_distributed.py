@@ -57,14 +57,16 @@ def _train_task(loop_module: str, builder: str, train: Callable[..., Any]) -> di
 
 def _tokenizer_task(cfg: TokenizerRunConfig, run_dir: Path) -> dict[str, Any]:
     return _train_task(
-        "gigatok.train.tokenizer_loop", "build_tokenizer",
+        "gigatok.train.tokenizer_loop",
+        "build_tokenizer",
         lambda loop, **kw: loop.train_tokenizer(cfg, run_dir, allow_substitutes=True, progress=False, **kw),
     )
 
 
 def _ar_task(cfg: Any, run_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
     return _train_task(
-        "gigatok.train.ar_loop", "build_ar_model",
+        "gigatok.train.ar_loop",
+        "build_ar_model",
         lambda loop, **kw: loop.train_ar(cfg, run_dir, tokenizer_dir, progress=False, **kw),
     )
 

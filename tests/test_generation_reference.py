@@ -28,8 +28,15 @@ class StubNetwork:
     """A deterministic stand-in for the Inception network: 2048 numbers of each uint8 image."""
 
     def __init__(self, input_size: int = 299) -> None:
-        self.info = FeatureNetworkInfo(registry_name="stub", filename="stub.pt", sha256="0" * 64, title="stub",
-                                       has_logits=False, input_size=input_size, layer="2048")
+        self.info = FeatureNetworkInfo(
+            registry_name="stub",
+            filename="stub.pt",
+            sha256="0" * 64,
+            title="stub",
+            has_logits=False,
+            input_size=input_size,
+            layer="2048",
+        )
         self.has_logits = False
         self.calls = 0
 
@@ -44,8 +51,11 @@ def write_adm_batch(path: Path, images: int = 5, side: int = 8) -> dict[str, np.
     """A stand-in of ADM's reference batch: its keys and shapes, random content."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((64, 2048))
-    arrays = {"arr_0": rng.integers(0, 256, (images, side, side, 3), dtype=np.uint8),
-              "mu": rng.standard_normal(2048), "sigma": a.T @ a / 64 + np.eye(2048) * 1e-3}
+    arrays = {
+        "arr_0": rng.integers(0, 256, (images, side, side, 3), dtype=np.uint8),
+        "mu": rng.standard_normal(2048),
+        "sigma": a.T @ a / 64 + np.eye(2048) * 1e-3,
+    }
     np.savez(path, **arrays)
     return arrays
 
@@ -62,8 +72,14 @@ def test_npz_row_batches_streams_an_array(tmp_path: Path, compressed: bool) -> N
 def test_adm_reference_summary_uses_the_file_moments_and_its_images(tmp_path: Path) -> None:
     arrays = write_adm_batch(tmp_path / "VIRTUAL_imagenet256_labeled.npz")
     network = StubNetwork()
-    summary = adm_reference_summary(tmp_path / "VIRTUAL_imagenet256_labeled.npz", network, sha256="ab" * 32,
-                                    cache_dir=tmp_path / "cache", batch_size=2, progress=False)
+    summary = adm_reference_summary(
+        tmp_path / "VIRTUAL_imagenet256_labeled.npz",
+        network,
+        sha256="ab" * 32,
+        cache_dir=tmp_path / "cache",
+        batch_size=2,
+        progress=False,
+    )
     assert np.array_equal(summary.mean, arrays["mu"]) and np.array_equal(summary.covariance, arrays["sigma"])
     expected_rows = network(torch.from_numpy(arrays["arr_0"]).permute(0, 3, 1, 2))[0].numpy()
     assert np.allclose(np.sort(summary.prc_features, axis=0), np.sort(expected_rows, axis=0))
@@ -71,8 +87,13 @@ def test_adm_reference_summary_uses_the_file_moments_and_its_images(tmp_path: Pa
     assert "VIRTUAL_imagenet256_labeled.npz" in summary.description and "ab" * 32 in summary.description
     assert summary.cache_path is not None and Path(summary.cache_path).is_file()
     calls = network.calls
-    again = adm_reference_summary(tmp_path / "VIRTUAL_imagenet256_labeled.npz", network, sha256="ab" * 32,
-                                  cache_dir=tmp_path / "cache", progress=False)
+    again = adm_reference_summary(
+        tmp_path / "VIRTUAL_imagenet256_labeled.npz",
+        network,
+        sha256="ab" * 32,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     assert network.calls == calls and np.array_equal(again.prc_features, summary.prc_features)  # from the cache
 
 
@@ -94,8 +115,22 @@ def test_gen_reference_config_and_stage_keys(tmp_path: Path) -> None:
     spec = RunSpec("s", (), tok, ar_run(tok), EvalConfig(), stages=PROBE_STAGES)
     ctx = RunContext(runs_dir=str(tmp_path), tracking_uri="")
     e = spec.eval
-    old_key = short_hash({n: getattr(e, n) for n in ("gen_samples", "reference_images", "inception_input",
-                           "cfg_scale", "cfg_schedule", "step_fraction", "temperature", "top_k", "top_p")})
+    old_key = short_hash(
+        {
+            n: getattr(e, n)
+            for n in (
+                "gen_samples",
+                "reference_images",
+                "inception_input",
+                "cfg_scale",
+                "cfg_schedule",
+                "step_fraction",
+                "temperature",
+                "top_k",
+                "top_p",
+            )
+        }
+    )
     assert stage_result_path(spec, ctx, "generation").name == f"generation-{old_key}.json"
     adm = dataclasses.replace(spec, eval=EvalConfig(gen_reference="adm"))
     assert stage_result_path(adm, ctx, "generation") != stage_result_path(spec, ctx, "generation")
@@ -104,8 +139,9 @@ def test_gen_reference_config_and_stage_keys(tmp_path: Path) -> None:
 
 def test_generation_reference_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tok = tokenizer_run("S-S")
-    ctx = RunContext(runs_dir=str(tmp_path / "runs"), tracking_uri="", weights_dir=str(tmp_path / "weights"),
-                     progress=False)
+    ctx = RunContext(
+        runs_dir=str(tmp_path / "runs"), tracking_uri="", weights_dir=str(tmp_path / "weights"), progress=False
+    )
     network = StubNetwork()
 
     def reference(choice: str, count: int | None = 4) -> FeatureSummary:

@@ -52,7 +52,8 @@ class Import:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _nodes(tree: ast.AST) -> list[ast.AST]:
@@ -227,8 +228,12 @@ def test_the_model_on_a_small_tree(tmp_path: Path) -> None:
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    modules = {"p": tmp_path / "p/__init__.py", "p.x": tmp_path / "p/x.py", "p.y": tmp_path / "p/y.py",
-               "q": tmp_path / "q.py"}
+    modules = {
+        "p": tmp_path / "p/__init__.py",
+        "p.x": tmp_path / "p/x.py",
+        "p.y": tmp_path / "p/y.py",
+        "q": tmp_path / "q.py",
+    }
     assert find_cycles(import_graph(modules)) == []
     assert private_name_uses(modules) == [f"{tmp_path / 'p/x.py'}:5: y._hidden"]
     (tmp_path / "p/y.py").write_text("def g():\n    from q import f\n")  # lazy, and still a cycle

@@ -45,8 +45,16 @@ def train_on(cfg: TokenizerRunConfig, images: torch.Tensor, steps: int) -> GigaT
             group["lr"] = cfg.optim.lr * schedule(step)
         out = model(images)
         direct = model.cnn_decoder(out.cnn_features) if shortcut_direct_active(cfg, step) else None
-        terms = generator_loss(cfg, images, out, lambda x, y: x.new_zeros(()), None, None,
-                               shortcut=shortcut_active(cfg, step), direct=direct)
+        terms = generator_loss(
+            cfg,
+            images,
+            out,
+            lambda x, y: x.new_zeros(()),
+            None,
+            None,
+            shortcut=shortcut_active(cfg, step),
+            direct=direct,
+        )
         opt.zero_grad(set_to_none=True)
         terms["total_loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)

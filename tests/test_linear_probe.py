@@ -38,8 +38,10 @@ def test_lars_step_matches_the_formula() -> None:
     w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
     lr, wd, momentum, trust = 0.5, 0.1, 0.9, 0.01
     optimizer = LARS([w, b], lr=lr, weight_decay=wd, momentum=momentum, trust_coefficient=trust)
-    grads = [(torch.tensor([[0.3, 0.1], [-0.2, 0.4]]), torch.tensor([1.0, -2.0])),
-             (torch.tensor([[-0.1, 0.2], [0.05, 0.0]]), torch.tensor([0.5, 0.5]))]
+    grads = [
+        (torch.tensor([[0.3, 0.1], [-0.2, 0.4]]), torch.tensor([1.0, -2.0])),
+        (torch.tensor([[-0.1, 0.2], [0.05, 0.0]]), torch.tensor([0.5, 0.5])),
+    ]
     mu_w, mu_b = torch.zeros(2, 2), torch.zeros(2)
     expect_w, expect_b = w0.clone(), b0.clone()
     for g_w, g_b in grads:
@@ -189,8 +191,12 @@ def test_probe_stage_key_unchanged_by_default_and_tokenizer_probe_on_random_crop
 def test_lars_probe_head_covers_every_training_label() -> None:
     """Labels need not be contiguous: the head is sized by the largest label of either split."""
     x, y = blobs(64, dim=8, classes=2)
-    result = lars_probe((x, y * 5), (x[:8], torch.zeros(8, dtype=torch.long)), "sparse labels",
-                        ProbeConfig(method="lars", epochs=2, warmup_epochs=1, batch_size=16))
+    result = lars_probe(
+        (x, y * 5),
+        (x[:8], torch.zeros(8, dtype=torch.long)),
+        "sparse labels",
+        ProbeConfig(method="lars", epochs=2, warmup_epochs=1, batch_size=16),
+    )
     assert result.chance == pytest.approx(0.5) and 0 <= result.accuracy <= 1
 
 

@@ -143,7 +143,9 @@ def summaries(network: FeatureNetwork, val_set: BuiltinImages, real_u8: torch.Te
     real = summarize_stream(val_set, network, describe_dataset(val_set), batch_size=16, progress=False)
     alive: list[int] = []
     again = summarize_stream(
-        tracked_batches(real_u8, 5, alive), network, "the same images, a generator of uint8 batches",
+        tracked_batches(real_u8, 5, alive),
+        network,
+        "the same images, a generator of uint8 batches",
         progress=False,
     )
     noisy = summarize_stream([noisy_u8[:20], noisy_u8[20:]], network, "noised copies (sigma 0.2)", progress=False)
@@ -208,8 +210,13 @@ def test_official_weights_give_logits_and_an_inception_score(
     assert net.info.registry_name == OFFICIAL and net.has_logits
     images = real_u8[:12]
     result = evaluate_generation(
-        [images[:6], images[6:]], [images.flip(-1)], net, samples_description="12 crops",
-        reference_description="12 flipped crops", inception_score_splits=3, progress=False,
+        [images[:6], images[6:]],
+        [images.flip(-1)],
+        net,
+        samples_description="12 crops",
+        reference_description="12 flipped crops",
+        inception_score_splits=3,
+        progress=False,
     )
     assert result["inception_score"] is not None and result["inception_score"] >= 1.0
     assert result["inception_score_note"] is None
@@ -248,13 +255,24 @@ def test_matches_torch_fidelity_end_to_end(summaries, real_u8: torch.Tensor, noi
     names = register_with_torch_fidelity()
     with _blas_one_thread():
         theirs = torch_fidelity.calculate_metrics(
-            input1=UInt8Images(noisy_u8), input2=UInt8Images(real_u8), fid=True, prc=True,
-            feature_extractor=names[SCRIPTED], feature_layer_fid=LAYER, feature_layer_prc=LAYER, input_size=SIZE,
-            cuda=False, cache=False, verbose=False, save_cpu_ram=True, batch_size=21,
+            input1=UInt8Images(noisy_u8),
+            input2=UInt8Images(real_u8),
+            fid=True,
+            prc=True,
+            feature_extractor=names[SCRIPTED],
+            feature_layer_fid=LAYER,
+            feature_layer_prc=LAYER,
+            input_size=SIZE,
+            cuda=False,
+            cache=False,
+            verbose=False,
+            save_cpu_ram=True,
+            batch_size=21,
         )
     assert frechet_distance(noisy, real) == pytest.approx(theirs["frechet_inception_distance"], rel=1e-5)
     assert precision_recall(noisy, real) == (
-        pytest.approx(theirs["precision"], abs=1e-6), pytest.approx(theirs["recall"], abs=1e-6)
+        pytest.approx(theirs["precision"], abs=1e-6),
+        pytest.approx(theirs["recall"], abs=1e-6),
     )
 
 
@@ -412,13 +430,23 @@ def test_ssim_matches_scikit_image() -> None:
     ours = ssim(clean, noisy)
     for i in range(3):
         expected = structural_similarity(
-            clean[i].numpy(), noisy[i].numpy(), data_range=1.0, channel_axis=0, gaussian_weights=True, sigma=1.5,
+            clean[i].numpy(),
+            noisy[i].numpy(),
+            data_range=1.0,
+            channel_axis=0,
+            gaussian_weights=True,
+            sigma=1.5,
             use_sample_covariance=False,
         )
         assert float(ours[i]) == pytest.approx(expected, abs=1e-6)
     u_clean, u_noisy = to_uint8(clean, "[0,1]"), to_uint8(noisy, "[0,1]")
     expected = structural_similarity(
-        u_clean[0].numpy(), u_noisy[0].numpy(), data_range=255, channel_axis=0, gaussian_weights=True, sigma=1.5,
+        u_clean[0].numpy(),
+        u_noisy[0].numpy(),
+        data_range=255,
+        channel_axis=0,
+        gaussian_weights=True,
+        sigma=1.5,
         use_sample_covariance=False,
     )
     assert float(ssim(u_clean, u_noisy)[0]) == pytest.approx(expected, abs=1e-6)
@@ -477,11 +505,18 @@ def test_evaluate_reconstruction(network: FeatureNetwork, val_set: BuiltinImages
     plain = evaluate_reconstruction(tokenizer, val_set, max_images=2, rfid=False, progress=False)
     missing_at = str(Path(weights.weights_folder()) / weights.REGISTRY["vgg16"].filename)
     assert plain["lpips"] is None and plain["lpips_network"] == f"unavailable (vgg16 not found at {missing_at})"
-    assert plain["provenance"]["lpips"] == {"network": None, "substitute": False,
-                                            "unavailable": f"vgg16 not found at {missing_at}"}
+    assert plain["provenance"]["lpips"] == {
+        "network": None,
+        "substitute": False,
+        "unavailable": f"vgg16 not found at {missing_at}",
+    }
     assert plain["psnr"] > 0 and plain["count"] == 2
     kwargs = dict(
-        batch_size=10, max_images=24, feature_network=network, perceptual=lpips, reference_cache_dir=tmp_path,
+        batch_size=10,
+        max_images=24,
+        feature_network=network,
+        perceptual=lpips,
+        reference_cache_dir=tmp_path,
         progress=False,
     )
     first = evaluate_reconstruction(tokenizer, val_set, **kwargs)

@@ -218,9 +218,7 @@ def test_tiny_sizes_keep_paper_order() -> None:
 def test_authors_layout_trains(kind: str) -> None:
     """The paper profile's layout at tiny sizes: a training step reaches every parameter."""
     base = tokenizer_run("S-S", profile="tiny", kind=kind).tokenizer
-    cnn = dataclasses.replace(
-        base.cnn, decoder_attention=False, decoder_adaptive_norm=True, upsample="depth_to_space"
-    )
+    cnn = dataclasses.replace(base.cnn, decoder_attention=False, decoder_adaptive_norm=True, upsample="depth_to_space")
     cfg = dataclasses.replace(base, cnn=cnn, **AUTHORS_LAYOUT)
     model = build_tokenizer(cfg).train()
     images = torch.rand(2, 3, cfg.image_size, cfg.image_size) * 2 - 1

@@ -72,8 +72,10 @@ def test_llamagen_init_matches_the_authors_statistics(fixture: dict[str, Any], m
     outputs = fixture["outputs"]
     for key in fixture["state_dict"]:
         theirs_std, theirs_mean = outputs[f"init_std/{key}"].item(), outputs[f"init_mean/{key}"].item()
-        name = {"positional_embedding": "pos_embeddings",
-                "cls_embedding.embedding_table.weight": "class_embeddings.weight"}.get(key, key)
+        name = {
+            "positional_embedding": "pos_embeddings",
+            "cls_embedding.embedding_table.weight": "class_embeddings.weight",
+        }.get(key, key)
         mine = ours[name]
         assert abs(mine.mean().item() - theirs_mean) < 0.1 * max(theirs_std, 1e-3) + 1e-6, key
         if theirs_std == 0:
@@ -107,8 +109,13 @@ def _guided_logits(model: ARModel, labels: torch.Tensor, tokens: torch.Tensor, s
 def test_cfg_sampling_matches(fixture: dict[str, Any], model: ARModel, schedule: str) -> None:
     """Their generate() with top-k 1: the same tokens, and the same guided logits at every KV-cached step."""
     inputs, outputs = fixture["inputs"], fixture["outputs"]
-    cfg = SamplingConfig(cfg_scale=float(inputs["cfg_scale"]), cfg_schedule=schedule, top_k=1,
-                         step_fraction=float(inputs["step_window_start"]), step_rule="authors")
+    cfg = SamplingConfig(
+        cfg_scale=float(inputs["cfg_scale"]),
+        cfg_schedule=schedule,
+        top_k=1,
+        step_fraction=float(inputs["step_window_start"]),
+        step_rule="authors",
+    )
     expected_tokens = outputs[f"sample_{schedule}_tokens"]
     scales = cfg_scales(cfg, model.cfg.num_tokens)
     logits = _guided_logits(model, inputs["sample_labels"], expected_tokens, scales)
@@ -185,8 +192,9 @@ def test_refuses_unrelated_dicts() -> None:
 
 def test_refuses_wrong_shapes_and_unsupported_variants(fixture: dict[str, Any]) -> None:
     sd = fixture["state_dict"]
-    assert "output.weight has shape (47, 64), expected (48, 64)" in _refusal({**sd, "output.weight": sd[
-        "output.weight"][:47]})
+    assert "output.weight has shape (47, 64), expected (48, 64)" in _refusal(
+        {**sd, "output.weight": sd["output.weight"][:47]}
+    )
     assert "unexpected keys extra.weight" in _refusal({**sd, "extra.weight": torch.zeros(1)})
     no_pos = {k: v for k, v in sd.items() if k != "positional_embedding"}
     assert "RoPE" in _refusal(no_pos)

@@ -30,8 +30,14 @@ def load(name: str) -> dict[str, Any]:
 
 def dino_from_fixture(fixture: dict[str, Any]) -> DinoDiscriminator:
     cfg = fixture["authors_config"]
-    arch = DinoArch(width=cfg["embed_dim"], depth=cfg["depth"], heads=cfg["num_heads"],
-                    key_depths=tuple(cfg["key_depths"]), kernel_size=cfg["ks"], norm_eps=cfg["norm_eps"])
+    arch = DinoArch(
+        width=cfg["embed_dim"],
+        depth=cfg["depth"],
+        heads=cfg["num_heads"],
+        key_depths=tuple(cfg["key_depths"]),
+        kernel_size=cfg["ks"],
+        norm_eps=cfg["norm_eps"],
+    )
     vit = create_dino_vit(arch)
     vit.load_state_dict(dino_state_for_timm(fixture["backbone_state_dict"]), strict=True)
     disc = DinoDiscriminator(vit, arch, augment=False)

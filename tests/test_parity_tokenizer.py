@@ -117,13 +117,17 @@ def test_every_parameter_matters(kind: str) -> None:
     model = _model(fixture)
     images, codes = fixture["inputs"]["images"], fixture["inputs"]["codes"]
     result = model(images)
-    outputs = [result.reconstruction, model.quantizer.proj_in(model.encoder(result.cnn_features)),
-               model.decode_indices(codes)]
+    outputs = [
+        result.reconstruction,
+        model.quantizer.proj_in(model.encoder(result.cnn_features)),
+        model.decode_indices(codes),
+    ]
     gen = torch.Generator().manual_seed(0)
     sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outputs).backward()
     norms = {n: (p.grad.norm().item() if p.grad is not None else 0.0) for n, p in model.named_parameters()}
     typical = sorted(norms.values())[len(norms) // 2]
     inert = sorted(n for n, g in norms.items() if g < 1e-6 * typical)
+
     # Two symmetries leave a few tensors without effect. At 32 channels their GroupNorm's 32 groups hold one channel
     # each, so a CNN bias or adaptive-norm shift (beta) that moves whole channels is removed by the next norm (at
     # their full width, four channels a group, it is not): these are compared by name and shape only. And the 1D

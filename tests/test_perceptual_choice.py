@@ -97,12 +97,14 @@ def test_planner_settles_the_runs_and_their_ar_configs(empty: Path, with_vgg: Pa
     off = get_study("scaling_1d_vs_2d").plan(Planner("tiny", weights_dir=str(empty)))
     on = get_study("scaling_1d_vs_2d").plan(Planner("tiny", weights_dir=str(with_vgg)))
     assert {s.tokenizer.loss.perceptual for s in off} == {"off"} and {s.ar.tokenizer.loss.perceptual for s in off} == {
-        "off"}
+        "off"
+    }
     assert {s.tokenizer.loss.perceptual for s in on} == {"lpips"}
     assert not {s.hash for s in off} & {s.hash for s in on}
     # An explicit override wins over the file's absence.
     forced = get_study("scaling_1d_vs_2d").plan(
-        Planner("tiny", overrides=(("tokenizer.loss.perceptual", "lpips"),), weights_dir=str(empty)))
+        Planner("tiny", overrides=(("tokenizer.loss.perceptual", "lpips"),), weights_dir=str(empty))
+    )
     assert {s.tokenizer.loss.perceptual for s in forced} == {"lpips"}
 
 
@@ -125,7 +127,8 @@ def test_paper_profile_never_drops_lpips(empty: Path, monkeypatch: pytest.Monkey
 def test_describe_says_why(empty: Path, with_vgg: Path) -> None:
     cfg = tokenizer_run("S-S", profile="tiny")
     assert describe_perceptual(resolve_perceptual(cfg, empty), empty) == (
-        f"unavailable (vgg16 not found at {empty / VGG_FILE}): trained without the perceptual term")
+        f"unavailable (vgg16 not found at {empty / VGG_FILE}): trained without the perceptual term"
+    )
     assert describe_perceptual(resolve_perceptual(cfg, with_vgg), with_vgg) == "lpips-vgg16 (weight 1)"
     assert describe_perceptual(with_choice(cfg, "off"), with_vgg).startswith("off (loss.perceptual=off)")
 
@@ -157,8 +160,9 @@ def test_training_without_the_file_has_no_perceptual_term(
     records = read_metrics(run_dir)
     assert records and all("perceptual_loss" not in r for r in records)
     settled = read_run_config(run_dir)
-    assert settled.loss.perceptual == "off" and summary["hash"] == settled.hash() == resolve_perceptual(
-        cfg, empty).hash()
+    assert (
+        settled.loss.perceptual == "off" and summary["hash"] == settled.hash() == resolve_perceptual(cfg, empty).hash()
+    )
     # Finished: asking again reads the reason back without training.
     assert train_tokenizer(cfg, run_dir, weights_dir=str(empty), progress=False).perceptual == why
 
@@ -189,13 +193,18 @@ def test_metric_network_is_real_or_unavailable(empty: Path, with_vgg: Path) -> N
 def test_run_stages_record_why_and_log_no_lpips(empty: Path, tmp_path: Path) -> None:
     """The tokenizer and reconstruction stages of a planned tiny run on a machine without the file: the tokenizer
     stage tags why it had no perceptual term, the reconstruction stage logs no ``lpips`` and tags why."""
-    overrides = (("tokenizer.train.max_steps", "2"), ("eval.recon_images", "4"), ("eval.inception_input", "75"),
-                 ("eval.grid_images", "0"))
+    overrides = (
+        ("tokenizer.train.max_steps", "2"),
+        ("eval.recon_images", "4"),
+        ("eval.inception_input", "75"),
+        ("eval.grid_images", "0"),
+    )
     planner = Planner("tiny", overrides=overrides, weights_dir=str(empty), study="check")
     tok = planner.tokenizer("S-S", semantic_weight=0.0)
     spec = planner.run({}, tok, stages=("tokenizer", "reconstruction"))
-    ctx = RunContext(runs_dir=str(tmp_path / "runs"), tracking_uri="unused", weights_dir=str(empty), device="cpu",
-                     progress=False)
+    ctx = RunContext(
+        runs_dir=str(tmp_path / "runs"), tracking_uri="unused", weights_dir=str(empty), device="cpu", progress=False
+    )
     sc = StageContext(spec, ctx, workspace_for(ctx))
     trained = run_stage("tokenizer", sc)
     assert trained.tags["gigatok.perceptual"].startswith(f"unavailable (vgg16 not found at {empty / VGG_FILE})")
@@ -217,14 +226,25 @@ WHY = f"unavailable (vgg16 not found at /w/{VGG_FILE})"
 
 def runs_frame() -> pd.DataFrame:
     """Two FINISHED Table 5 runs: layer 2 without LPIPS (unavailable), layer 3 with it."""
-    return pd.DataFrame({
-        "run_id": ["r2", "r3"], "run_name": ["align_layer=2", "align_layer=3"], "study": ["align_layer"] * 2,
-        "profile": ["tiny"] * 2, "status": ["FINISHED"] * 2, "run_hash": ["h2", "h3"],
-        "start_time": pd.to_datetime([1, 2], unit="ms", utc=True), "factor_align_layer": [2, 3],
-        "substitute": [False, False], "tokenizer_name": ["S-S", "S-B"], "tokenizer_kind": ["1d", "1d"],
-        "tokenizer_params": [1e6, 2e6], "rfid": [9.0, 8.5], "lpips": [math.nan, 0.29],
-        "provenance.lpips": [WHY, "lpips-vgg16"],
-    })
+    return pd.DataFrame(
+        {
+            "run_id": ["r2", "r3"],
+            "run_name": ["align_layer=2", "align_layer=3"],
+            "study": ["align_layer"] * 2,
+            "profile": ["tiny"] * 2,
+            "status": ["FINISHED"] * 2,
+            "run_hash": ["h2", "h3"],
+            "start_time": pd.to_datetime([1, 2], unit="ms", utc=True),
+            "factor_align_layer": [2, 3],
+            "substitute": [False, False],
+            "tokenizer_name": ["S-S", "S-B"],
+            "tokenizer_kind": ["1d", "1d"],
+            "tokenizer_params": [1e6, 2e6],
+            "rfid": [9.0, 8.5],
+            "lpips": [math.nan, 0.29],
+            "provenance.lpips": [WHY, "lpips-vgg16"],
+        }
+    )
 
 
 def test_table_shows_unavailable_lpips_as_na_with_why() -> None:
@@ -247,9 +267,15 @@ def test_table_shows_unavailable_lpips_as_na_with_why() -> None:
 def test_figure_leaves_the_point_out_and_says_why() -> None:
     from analysis.figures import Panel, kind_series, scaling_plot
 
-    plot = scaling_plot(runs_frame(), name="lpips_check", title="LPIPS", study="align_layer", series=kind_series,
-                        order=["1D tokenizer (Q-Former)", "2D tokenizer (ViT)"],
-                        panels=(Panel("lpips", "LPIPS", "LPIPS"),))
+    plot = scaling_plot(
+        runs_frame(),
+        name="lpips_check",
+        title="LPIPS",
+        study="align_layer",
+        series=kind_series,
+        order=["1D tokenizer (Q-Former)", "2D tokenizer (ViT)"],
+        panels=(Panel("lpips", "LPIPS", "LPIPS"),),
+    )
     assert list(plot.data["run_id"]) == ["r3"]  # no point for the run without LPIPS, never a zero
     assert any("align_layer=2 did not log lpips" in n and f"n/a: {WHY}" in n for n in plot.notes)
 
@@ -259,8 +285,17 @@ def test_missing_pretrained_file_is_refused_before_mlflow(
 ) -> None:
     from services import run_cli
 
-    args = ["reg_weight", "--only", "lambda=0.5", "--executor", "debug", "--weights-dir", str(tmp_path / "empty"),
-            "--set", "tokenizer.loss.perceptual=lpips"]
+    args = [
+        "reg_weight",
+        "--only",
+        "lambda=0.5",
+        "--executor",
+        "debug",
+        "--weights-dir",
+        str(tmp_path / "empty"),
+        "--set",
+        "tokenizer.loss.perceptual=lpips",
+    ]
     code, _, err = run_cli(args, tmp_path, monkeypatch, capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err

@@ -57,8 +57,12 @@ def test_autocast_defaults_to_bf16_on_cuda_only() -> None:
 
 @pytest.mark.parametrize(
     "shape_q, shape_kv, causal, masked",
-    [((2, 3, 5, 8), (2, 3, 5, 8), False, False), ((2, 3, 4, 8), (2, 3, 7, 8), False, False),
-     ((2, 3, 6, 8), (2, 3, 6, 8), True, False), ((2, 3, 3, 8), (2, 3, 7, 8), False, True)],
+    [
+        ((2, 3, 5, 8), (2, 3, 5, 8), False, False),
+        ((2, 3, 4, 8), (2, 3, 7, 8), False, False),
+        ((2, 3, 6, 8), (2, 3, 6, 8), True, False),
+        ((2, 3, 3, 8), (2, 3, 7, 8), False, True),
+    ],
 )
 def test_math_attention_matches_sdpa(shape_q: tuple, shape_kv: tuple, causal: bool, masked: bool) -> None:
     g = torch.Generator().manual_seed(0)

@@ -36,10 +36,13 @@ def test_psnr_matches_its_definition(tool):
     assert tool.psnr(x, y) == pytest.approx(20.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--sizes", "32,a"], "--sizes"),
-    (["--images", "3"], "--images"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sizes", "32,a"], "--sizes"),
+        (["--images", "3"], "--images"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(tool, capsys, argv, message):
     assert tool.main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -27,8 +27,10 @@ def planned_hashes(weights_dir: str) -> dict[str, dict[str, str]]:
     for profile in PROFILES:
         for name in sorted(STUDIES):
             specs = get_study(name).plan(Planner(profile, study=name, weights_dir=weights_dir))
-            runs = {spec.label: f"{spec.hash} {spec.tokenizer.hash()} {spec.ar.hash() if spec.ar else '-'}"
-                    for spec in specs}
+            runs = {
+                spec.label: f"{spec.hash} {spec.tokenizer.hash()} {spec.ar.hash() if spec.ar else '-'}"
+                for spec in specs
+            }
             assert len(runs) == len(specs), f"{name}: two runs share a label"
             out[f"{name}/{profile}"] = runs
     return out
@@ -38,8 +40,10 @@ def test_planned_run_hashes_are_pinned(tmp_path: Path) -> None:
     pinned = json.loads(PINNED.read_text())
     now = planned_hashes(str(tmp_path))
     changed = [key for key in sorted(set(pinned) | set(now)) if pinned.get(key) != now.get(key)]
-    assert not changed, (f"run hashes changed in {changed}: finished runs would no longer be found; if the change "
-                         f"is deliberate, rewrite {PINNED.name} (python tests/test_run_hashes.py --write)")
+    assert not changed, (
+        f"run hashes changed in {changed}: finished runs would no longer be found; if the change "
+        f"is deliberate, rewrite {PINNED.name} (python tests/test_run_hashes.py --write)"
+    )
 
 
 if __name__ == "__main__":

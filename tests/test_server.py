@@ -38,8 +38,10 @@ def _concurrent_runs(uri: str) -> None:
     once while this process polls the study's runs as ``--wait`` does."""
     client = connect(uri)
     experiment_id = ensure_experiment(client, "concurrency-tiny", "concurrent writers")
-    run_ids = [client.create_run(experiment_id, run_name=f"writer {i}", tags={"gigatok.run_hash": f"h{i}"})
-               .info.run_id for i in range(WRITERS)]
+    run_ids = [
+        client.create_run(experiment_id, run_name=f"writer {i}", tags={"gigatok.run_hash": f"h{i}"}).info.run_id
+        for i in range(WRITERS)
+    ]
     writers = start_writers(uri, run_ids, STEPS)
     polls = 0
     try:

@@ -21,9 +21,21 @@ from gigatok.study import STUDIES, Planner, apply_overrides, get_study, parse_se
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_STUDIES = {
-    "scaling_vanilla": 3, "scaling_semreg": 8, "scaling_1d_vs_2d": 6, "enc_dec_asymmetry": 4, "align_layer": 3,
-    "semantic_encoder": 3, "reg_weight": 4, "train_duration": 10, "entropy_loss": 2, "ar_probe_vs_large": 6,
-    "system_level": 7, "decode_cost": 9, "feature_pca": 2, "tokenizer_checkpoints": 10, "released_checkpoints": 8,
+    "scaling_vanilla": 3,
+    "scaling_semreg": 8,
+    "scaling_1d_vs_2d": 6,
+    "enc_dec_asymmetry": 4,
+    "align_layer": 3,
+    "semantic_encoder": 3,
+    "reg_weight": 4,
+    "train_duration": 10,
+    "entropy_loss": 2,
+    "ar_probe_vs_large": 6,
+    "system_level": 7,
+    "decode_cost": 9,
+    "feature_pca": 2,
+    "tokenizer_checkpoints": 10,
+    "released_checkpoints": 8,
 }
 UNSEEDED = {"decode_cost", "released_checkpoints"}  # they train nothing: one replica whatever --seeds says
 
@@ -60,7 +72,11 @@ def test_studies_vary_what_the_paper_varies() -> None:
     assert [s.tokenizer.tokenizer.semantic.layer for s in get_study("align_layer").plan(p)] == [2, 3, 4]
     assert [s.tokenizer.train.epochs for s in get_study("train_duration").plan(p)][::2] == [40, 60, 80, 100, 120]
     assert {s.tokenizer.train.epochs for s in get_study("train_duration").plan(Planner("tiny"))} == {
-        0.4, 0.6, 0.8, 1.0, 1.2
+        0.4,
+        0.6,
+        0.8,
+        1.0,
+        1.2,
     }
     entropy = get_study("entropy_loss").plan(p)
     assert [s.tokenizer.tokenizer.quantizer.entropy_weight for s in entropy] == [0.0, 5e-3]
@@ -77,15 +93,19 @@ def test_studies_vary_what_the_paper_varies() -> None:
 @pytest.mark.parametrize(("profile", "start"), [("paper", 80_000), ("tiny", 1_600)])
 def test_system_level_has_the_b_l_dino_discriminator_row(profile: str, start: int) -> None:
     p = Planner(profile)
-    runs = {(dict(s.factors)["size"], dict(s.factors)["ar_size"]): s for s in get_study("system_level").plan(p)
-            if dict(s.factors).get("seed", 0) == 0}
+    runs = {
+        (dict(s.factors)["size"], dict(s.factors)["ar_size"]): s
+        for s in get_study("system_level").plan(p)
+        if dict(s.factors).get("seed", 0) == 0
+    }
     plain, dino = runs[("B-L", "B")], runs[("B-L-dino", "B")]  # analysis/paper_values.csv's Table 10 row keys
     assert plain.tokenizer.loss.discriminator == "patchgan"
     assert dino.tokenizer.loss.discriminator == "dino" and dino.tokenizer.loss.gan_start_step == start
     assert dino.tokenizer.tokenizer == plain.tokenizer.tokenizer and dino.tokenizer.tokenizer.name == "B-L"
     # Everything but the discriminator and its start is the B-L/B run's.
-    loss = dataclasses.replace(dino.tokenizer.loss, discriminator="patchgan",
-                               gan_start_step=plain.tokenizer.loss.gan_start_step)
+    loss = dataclasses.replace(
+        dino.tokenizer.loss, discriminator="patchgan", gan_start_step=plain.tokenizer.loss.gan_start_step
+    )
     assert dataclasses.replace(dino.tokenizer, loss=loss) == plain.tokenizer
     assert dino.ar.size == "B" and dino.ar.train == plain.ar.train
     assert dataclasses.replace(dino.ar.train, seed=0) == p.profile.system_ar_train_for("B")
@@ -95,8 +115,12 @@ def test_system_level_has_the_b_l_dino_discriminator_row(profile: str, start: in
 def test_system_level_dry_runs_at_paper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run_cli(["system_level", "--dry-run", "--profile", "paper", "--json", "--only", "ar_size=B"],
-                           tmp_path, monkeypatch, capsys)
+    code, out, _ = run_cli(
+        ["system_level", "--dry-run", "--profile", "paper", "--json", "--only", "ar_size=B"],
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
     assert code == 0
     runs = {r["factors"]["size"]: r for r in json.loads(out)["runs"]}
     assert set(runs) == {"S-S", "S-B", "B-L", "XL-XXL", "B-L-dino"}
@@ -124,8 +148,15 @@ def test_run_hash_is_stable_across_processes() -> None:
 
 def test_overrides_are_typed_validated_and_change_the_hash() -> None:
     spec = get_study("reg_weight").plan(Planner("tiny"))[0]
-    changed = apply_overrides(spec, (("tokenizer.train.max_steps", "7"), ("ar.train.epochs", "1.5"),
-                                     ("eval.gen_samples", "64"), ("eval.recon_images", "none")))
+    changed = apply_overrides(
+        spec,
+        (
+            ("tokenizer.train.max_steps", "7"),
+            ("ar.train.epochs", "1.5"),
+            ("eval.gen_samples", "64"),
+            ("eval.recon_images", "none"),
+        ),
+    )
     assert changed.tokenizer.train.max_steps == 7 and changed.ar.train.epochs == 1.5
     assert changed.ar.tokenizer == changed.tokenizer  # the AR run trains on the overridden tokenizer
     assert changed.eval.gen_samples == 64 and changed.eval.recon_images is None
@@ -172,16 +203,16 @@ def test_job_holds_configs_only(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-                          ) -> None:
+def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["--list", "--json"], tmp_path, monkeypatch, capsys)
     assert code == 0
     listed = {r["study"]: r for r in json.loads(out)}
     assert {k: v["runs"] for k, v in listed.items()} == {k: planned_count(k, 1) for k in PAPER_STUDIES}  # tiny
     assert listed["scaling_1d_vs_2d"]["reproduces"] == "Fig. 9"
 
-    code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--profile", "paper", "--json"], tmp_path, monkeypatch,
-                           capsys)
+    code, out, _ = run_cli(
+        ["scaling_1d_vs_2d", "--dry-run", "--profile", "paper", "--json"], tmp_path, monkeypatch, capsys
+    )
     assert code == 0
     plan = json.loads(out)
     runs = {(r["tokenizer"], r["kind"]): r for r in plan["runs"]}
@@ -193,8 +224,9 @@ def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     assert runs[("S-S", "2d")]["factors"] == {"size": "S-S", "kind": "2d"}
     assert all(r["stages_done"] == [] and r["mlflow_status"] is None for r in plan["runs"])
 
-    code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--only", "size=S-B", "--seeds", "2"], tmp_path,
-                           monkeypatch, capsys)
+    code, out, _ = run_cli(
+        ["scaling_1d_vs_2d", "--dry-run", "--only", "size=S-B", "--seeds", "2"], tmp_path, monkeypatch, capsys
+    )
     assert code == 0 and out.count("size=S-B") == 4 and "S-S" not in out.split("\n", 1)[1]  # 1d/2d, two seeds
     assert "2 seeds per point" in out.splitlines()[0]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()  # a dry run writes nothing
@@ -246,12 +278,17 @@ def _free_port() -> int:
         (["reg_weight", "--seeds", "1.5", "--dry-run"], "--seeds 1.5: expected a positive integer"),
         (["reg_weight", "--seeds", "0", "--list"], "--seeds 0: expected a positive integer"),
         (["decode_cost", "--seeds", "2", "--dry-run"], "study decode_cost trains nothing"),
-        (["reg_weight", "--seeds", "2", "--set", "tokenizer.train.seed=3", "--dry-run"],
-         "--set tokenizer.train.seed: --seeds 2 varies the seed"),
+        (
+            ["reg_weight", "--seeds", "2", "--set", "tokenizer.train.seed=3", "--dry-run"],
+            "--set tokenizer.train.seed: --seeds 2 varies the seed",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
-    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.delenv("GIGATOK_DATA_ROOT", raising=False)
@@ -269,18 +306,23 @@ def test_bad_input_is_one_line_and_writes_nothing(
 
 
 @pytest.mark.skipif(slurm_available(), reason="this machine has Slurm")
-def test_slurm_requested_where_there_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_slurm_requested_where_there_is_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run_cli(["reg_weight", "--executor", "slurm"], tmp_path, monkeypatch, capsys)
     assert code == 2 and "sbatch is not on PATH" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_script_entry_point_runs(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "studies" / "run.py"), "--list"], capture_output=True,
-                         text=True, cwd=tmp_path, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "studies" / "run.py"), "--list"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
     assert "scaling_1d_vs_2d" in out and "Fig. 9" in out
-
 
 
 def test_snapshot_runs_have_their_own_tokenizer_and_ar_folders(tmp_path) -> None:
@@ -324,7 +366,8 @@ def test_seeds_replicate_every_run_and_keep_seed_zero() -> None:
         assert spec.hash != twin.hash and spec.tokenizer.hash() != twin.tokenizer.hash()
     # The tiny default (one seed) is --seeds 1; a study that trains nothing is planned once.
     assert [s.hash for s in get_study("reg_weight").plan(Planner("tiny"))] == [
-        s.hash for s in get_study("reg_weight").plan(Planner("tiny", seeds=1))]
+        s.hash for s in get_study("reg_weight").plan(Planner("tiny", seeds=1))
+    ]
     assert len(get_study("decode_cost").plan(Planner("tiny", seeds=3))) == PAPER_STUDIES["decode_cost"]
 
 
@@ -341,16 +384,25 @@ def test_seeds_flag_is_validated() -> None:
     assert {s.tokenizer.train.seed for s in by_hand} == {4}
 
 
-def test_dry_run_and_only_with_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--json", "--profile", "paper", "--seeds", "2",
-                            "--only", "size=S-S,seed=1"], tmp_path, monkeypatch, capsys)
+def test_dry_run_and_only_with_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(
+        ["scaling_1d_vs_2d", "--dry-run", "--json", "--profile", "paper", "--seeds", "2", "--only", "size=S-S,seed=1"],
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
     assert code == 0
     runs = json.loads(out)["runs"]
     assert [r["factors"] for r in runs] == [{"size": "S-S", "kind": k, "seed": 1} for k in ("1d", "2d")]
     # seed=0 also picks runs of a one-seed plan, which has no seed factor: they are seed 0.
-    code, out, _ = run_cli(["scaling_1d_vs_2d", "--dry-run", "--json", "--profile", "paper", "--only", "seed=0"],
-                           tmp_path, monkeypatch, capsys)
+    code, out, _ = run_cli(
+        ["scaling_1d_vs_2d", "--dry-run", "--json", "--profile", "paper", "--only", "seed=0"],
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
     assert code == 0 and len(json.loads(out)["runs"]) == 6
     code, out, _ = run_cli(["--list", "--json", "--seeds", "3"], tmp_path, monkeypatch, capsys)
     assert {r["study"]: r["runs"] for r in json.loads(out)} == {k: planned_count(k, 3) for k in PAPER_STUDIES}

@@ -16,18 +16,45 @@ import pytest
 from services import study_cli
 
 SHORT = [
-    "--set", "tokenizer.train.max_steps=6", "--set", "tokenizer.train.log_every=2",
-    "--set", "tokenizer.train.checkpoint_every=2",
-    "--set", "ar.train.max_steps=6", "--set", "ar.train.log_every=2",
-    "--set", "eval.recon_images=20", "--set", "eval.reference_images=20", "--set", "eval.gen_samples=20",
-    "--set", "eval.batch_size=20", "--set", "eval.probe_max_iter=200",
+    "--set",
+    "tokenizer.train.max_steps=6",
+    "--set",
+    "tokenizer.train.log_every=2",
+    "--set",
+    "tokenizer.train.checkpoint_every=2",
+    "--set",
+    "ar.train.max_steps=6",
+    "--set",
+    "ar.train.log_every=2",
+    "--set",
+    "eval.recon_images=20",
+    "--set",
+    "eval.reference_images=20",
+    "--set",
+    "eval.gen_samples=20",
+    "--set",
+    "eval.batch_size=20",
+    "--set",
+    "eval.probe_max_iter=200",
     # Two CFG points per AR run: the search's own tests (tests/test_cfg_search.py) cover wider grids.
-    "--set", "eval.cfg_search.scale_max=1.25",
-    "--seeds", "1",  # one replica of each run, whatever the profile's default
+    "--set",
+    "eval.cfg_search.scale_max=1.25",
+    "--seeds",
+    "1",  # one replica of each run, whatever the profile's default
 ]
 FINAL_METRICS = {
-    "rfid", "lpips", "psnr", "ssim", "codebook_usage", "codebook_perplexity", "tokenizer_probe_acc", "ar_val_loss",
-    "gfid", "precision", "recall", "ar_probe_acc",
+    "rfid",
+    "lpips",
+    "psnr",
+    "ssim",
+    "codebook_usage",
+    "codebook_perplexity",
+    "tokenizer_probe_acc",
+    "ar_val_loss",
+    "gfid",
+    "precision",
+    "recall",
+    "ar_probe_acc",
 }
 
 pytestmark = pytest.mark.slow
@@ -82,7 +109,9 @@ def test_tiny_study_end_to_end_with_local_processes(tmp_path: Path) -> None:
     tokenizer_dirs = list((tmp_path / "runs").glob("tokenizer-*"))
     assert len(tokenizer_dirs) == 1  # shared, trained once
     assert [json.loads(line)["step"] for line in (tokenizer_dirs[0] / "metrics.jsonl").read_text().splitlines()] == [
-        2, 4, 6
+        2,
+        4,
+        6,
     ]
     assert len(list((tmp_path / "runs").glob("ar-*"))) == 2
 
@@ -96,8 +125,7 @@ def test_tiny_study_end_to_end_with_local_processes(tmp_path: Path) -> None:
     assert (tokenizer_dirs[0] / "summary.json").stat().st_mtime_ns == stamp
     assert len(mlflow_runs(tmp_path, "ar_probe_vs_large-tiny")[0]) == 2
 
-    status = study_cli(["ar_probe_vs_large", "--only", "size=S-S", "--status", "--json", *SHORT], tmp_path,
-                       timeout=300)
+    status = study_cli(["ar_probe_vs_large", "--only", "size=S-S", "--status", "--json", *SHORT], tmp_path, timeout=300)
     assert status.returncode == 0, status.stderr
     assert [r["status"] for r in json.loads(status.stdout)] == ["FINISHED", "FINISHED"]
 
@@ -112,8 +140,15 @@ def test_failed_run_is_recorded_with_its_error(tmp_path: Path, executor: str) ->
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / REGISTRY["vgg16"].filename).write_bytes(b"not the VGG16 weights")
-    chosen = ["--only", "lambda=0.5,lambda=1.0", "--weights-dir", str(weights),
-              "--set", "tokenizer.loss.perceptual=lpips", *SHORT]
+    chosen = [
+        "--only",
+        "lambda=0.5,lambda=1.0",
+        "--weights-dir",
+        str(weights),
+        "--set",
+        "tokenizer.loss.perceptual=lpips",
+        *SHORT,
+    ]
     result = study_cli(["reg_weight", "--no-substitutes", "--executor", executor, *chosen], tmp_path, timeout=600)
     assert result.returncode == 1
     runs, _ = mlflow_runs(tmp_path, "reg_weight-tiny")
@@ -123,4 +158,3 @@ def test_failed_run_is_recorded_with_its_error(tmp_path: Path, executor: str) ->
         assert "vgg16" in run.data.tags["gigatok.error"] and run.data.tags["gigatok.failed_stage"] == "tokenizer"
     status = study_cli(["reg_weight", "--status", *chosen], tmp_path, timeout=300)
     assert status.stdout.count("FAILED") == 2 and status.stdout.count("error: tokenizer: WeightsHashError") == 2
-

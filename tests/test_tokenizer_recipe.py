@@ -34,7 +34,10 @@ def test_small_paper_tokenizers_train_with_the_shortcut(name: str) -> None:
     # warm-up 0 and entropy 0 (Table 9).
     cfg = tokenizer_run(name, profile="paper")
     assert (cfg.loss.shortcut_end_step, cfg.loss.shortcut_decode, cfg.loss.shortcut_feature_weight) == (
-        15_000, True, 1.0)
+        15_000,
+        True,
+        1.0,
+    )
     assert cfg.optim.warmup_steps == 0 and cfg.tokenizer.quantizer.entropy_weight == 0.0
 
 
@@ -113,8 +116,12 @@ def test_paper_2d_b_l_adds_entropy_loss() -> None:
 
 def test_paper_trains_on_random_crops_and_flips() -> None:
     data = tokenizer_run("B-L", profile="paper").data
-    assert (data.dataset, data.train_crop, data.crop_fraction, data.hflip) == ("imagefolder", "random", (0.8, 1.0),
-                                                                              True)
+    assert (data.dataset, data.train_crop, data.crop_fraction, data.hflip) == (
+        "imagefolder",
+        "random",
+        (0.8, 1.0),
+        True,
+    )
 
 
 def test_tiny_profile_uses_the_shortcut_below_xl() -> None:
@@ -140,8 +147,11 @@ def test_tiny_profile_uses_the_shortcut_below_xl() -> None:
         (lambda: DataConfig(crop_fraction=(0.0, 1.0)), "data.crop_fraction", "0 < min <= max <= 1"),
         (lambda: DataConfig(crop_fraction=(0.9, 0.8)), "data.crop_fraction", "0 < min <= max <= 1"),
         (lambda: dataclasses.replace(tokenizer_run().loss, shortcut_end_step=-1), "loss.shortcut_end_step", ">= 0"),
-        (lambda: dataclasses.replace(tokenizer_run().loss, shortcut_feature_weight=-1.0),
-         "loss.shortcut_feature_weight", "negative"),
+        (
+            lambda: dataclasses.replace(tokenizer_run().loss, shortcut_feature_weight=-1.0),
+            "loss.shortcut_feature_weight",
+            "negative",
+        ),
         (lambda: dataclasses.replace(tokenizer_run().train, usage_window=0), "train.usage_window", ">= 1"),
     ],
 )
@@ -174,8 +184,13 @@ def test_shortcut_gating_counts_steps_as_the_authors() -> None:
 def _output(cnn: torch.Tensor, dec: torch.Tensor, recon: torch.Tensor) -> TokenizerOutput:
     zero = torch.zeros(())
     quant = QuantizerOutput(
-        quantized=torch.zeros(1), indices=torch.zeros(1, dtype=torch.long), codebook_loss=zero, commitment_loss=zero,
-        entropy_loss=zero, usage=zero, perplexity=zero,
+        quantized=torch.zeros(1),
+        indices=torch.zeros(1, dtype=torch.long),
+        codebook_loss=zero,
+        commitment_loss=zero,
+        entropy_loss=zero,
+        usage=zero,
+        perplexity=zero,
     )
     return TokenizerOutput(recon, quant, None, cnn, dec)
 
@@ -202,8 +217,9 @@ def _run_with_lpips(**kwargs: object) -> TokenizerRunConfig:
 
 def test_shortcut_terms_and_their_weights() -> None:
     cfg = _run_with_lpips(stabiliser="shortcut")
-    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, pixel_weight=2.0, perceptual_weight=3.0,
-                                                            shortcut_feature_weight=5.0))
+    cfg = dataclasses.replace(
+        cfg, loss=dataclasses.replace(cfg.loss, pixel_weight=2.0, perceptual_weight=3.0, shortcut_feature_weight=5.0)
+    )
     torch.manual_seed(0)
     images = torch.rand(2, 3, 8, 8) * 2 - 1
     recon, direct = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
@@ -214,13 +230,27 @@ def test_shortcut_terms_and_their_weights() -> None:
     # vq_loss.py: rec_weight * direct_rec_loss (pixel L2), perceptual_weight * direct_p_loss, plus fea_rec_loss.
     assert terms["shortcut_pixel_loss"].item() == pytest.approx(F.mse_loss(direct, images).item(), rel=1e-6)
     assert terms["shortcut_perceptual_loss"].item() == pytest.approx(
-        _l1_perceptual(direct, images).mean().item(), rel=1e-6)
-    expected = (plain["total_loss"] + 2.0 * terms["shortcut_pixel_loss"] + 3.0 * terms["shortcut_perceptual_loss"]
-                + 5.0 * terms["shortcut_feature_loss"])
+        _l1_perceptual(direct, images).mean().item(), rel=1e-6
+    )
+    expected = (
+        plain["total_loss"]
+        + 2.0 * terms["shortcut_pixel_loss"]
+        + 3.0 * terms["shortcut_perceptual_loss"]
+        + 5.0 * terms["shortcut_feature_loss"]
+    )
     assert terms["total_loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert "shortcut_adversarial_loss" not in terms  # no GAN yet
-    with_gan = generator_loss(cfg, images, out, _l1_perceptual, None, torch.ones(2, 1), shortcut=True, direct=direct,
-                              direct_fake_logits=torch.full((2, 1), 3.0))
+    with_gan = generator_loss(
+        cfg,
+        images,
+        out,
+        _l1_perceptual,
+        None,
+        torch.ones(2, 1),
+        shortcut=True,
+        direct=direct,
+        direct_fake_logits=torch.full((2, 1), 3.0),
+    )
     assert with_gan["shortcut_adversarial_loss"].item() == pytest.approx(-3.0)
     # Feature alignment without the direct decoding (use_direct_rec_loss False with aux_loss_end > 0).
     features_only = generator_loss(cfg, images, out, _l1_perceptual, None, None, shortcut=True)
@@ -236,8 +266,17 @@ def _modules(cfg: TokenizerRunConfig, usage: CodebookUsageWindow | None = None) 
     torch.manual_seed(0)
     model = build_tokenizer(cfg.tokenizer).train()
     disc = PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).train()
-    return StepModules(model, disc, _L1Perceptual(), None, build_optimizer(cfg, model.parameters()),
-                       build_optimizer(cfg, disc.parameters()), model, disc, usage)
+    return StepModules(
+        model,
+        disc,
+        _L1Perceptual(),
+        None,
+        build_optimizer(cfg, model.parameters()),
+        build_optimizer(cfg, disc.parameters()),
+        model,
+        disc,
+        usage,
+    )
 
 
 def test_training_step_uses_the_shortcut_until_its_end() -> None:

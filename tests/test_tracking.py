@@ -87,10 +87,15 @@ def test_sqlite_tables_read_as_mlflow_search_returns(tmp_path: Path) -> None:
     client.create_run(other, tags={"gigatok.run_hash": "h1"})
 
     def logged(run_hash: str, status: str, start: int, metrics: dict[str, float]) -> str:
-        run_id = client.create_run(experiment, start_time=start, run_name=f"run {run_hash}",
-                                   tags={"gigatok.run_hash": run_hash}).info.run_id
-        client.log_batch(run_id, metrics=[Metric(k, v, start, 3) for k, v in metrics.items()],
-                         params=[Param("a", "1"), Param("b", "two")], tags=[RunTag("gigatok.stage", "done")])
+        run_id = client.create_run(
+            experiment, start_time=start, run_name=f"run {run_hash}", tags={"gigatok.run_hash": run_hash}
+        ).info.run_id
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, start, 3) for k, v in metrics.items()],
+            params=[Param("a", "1"), Param("b", "two")],
+            tags=[RunTag("gigatok.stage", "done")],
+        )
         client.set_terminated(run_id, status)
         return run_id
 
@@ -101,8 +106,16 @@ def test_sqlite_tables_read_as_mlflow_search_returns(tmp_path: Path) -> None:
 
     def shape(run: Any) -> tuple:
         metrics = {k: "nan" if math.isnan(v) else v for k, v in run.data.metrics.items()}
-        return (run.info.run_id, run.info.run_name, run.info.status, run.info.start_time, run.info.end_time,
-                dict(run.data.tags), dict(run.data.params), metrics)
+        return (
+            run.info.run_id,
+            run.info.run_name,
+            run.info.status,
+            run.info.start_time,
+            run.info.end_time,
+            dict(run.data.tags),
+            dict(run.data.params),
+            metrics,
+        )
 
     searched = [shape(r) for r in _search_pages(client, experiment)]
     assert [shape(r) for r in sqlite_runs(db, experiment)] == searched  # same runs, order, values, NaN

@@ -38,23 +38,44 @@ SCHEMA_FILE = ROOT / "gigatok" / "tracking_schema.py"
 # Every tag name and family the stores hold, as they were before the schema existed: renaming one strands the
 # runs already tracked (the analysis and the resuming launch would no longer find them).
 STORED_TAGS = {
-    "STUDY": "gigatok.study", "PROFILE": "gigatok.profile", "RUN_HASH": "gigatok.run_hash",
-    "TOKENIZER_HASH": "gigatok.tokenizer_hash", "AR_HASH": "gigatok.ar_hash", "GIT_COMMIT": "gigatok.git_commit",
-    "EXECUTOR": "gigatok.executor", "FACTORS": "gigatok.factors", "FACTOR_PREFIX": "gigatok.factor.",
-    "HOST": "gigatok.host", "SLURM_JOB_ID": "gigatok.slurm_job_id", "STAGE": "gigatok.stage",
-    "LOGGED_PREFIX": "gigatok.logged.", "ERROR": "gigatok.error", "FAILED_STAGE": "gigatok.failed_stage",
-    "SUBSTITUTES": "gigatok.substitutes", "PROVENANCE_PREFIX": "gigatok.provenance.",
-    "ARTIFACT_PREFIX": "gigatok.artifact.", "SOURCE_PREFIX": "gigatok.source.", "PERCEPTUAL": "gigatok.perceptual",
-    "CFG_SCALE": "gigatok.cfg_scale", "DECODE_DEVICE": "gigatok.decode_device", "KIND": "gigatok.kind",
-    "CFG_SEARCH": "gigatok.cfg_search", "CFG_SCHEDULE": "gigatok.cfg_schedule", "TRIAL_STATE": "gigatok.trial_state",
-    "CFG_TRIAL_ORIGIN": "gigatok.cfg_trial_origin", "BENCHMARK": "gigatok.benchmark",
+    "STUDY": "gigatok.study",
+    "PROFILE": "gigatok.profile",
+    "RUN_HASH": "gigatok.run_hash",
+    "TOKENIZER_HASH": "gigatok.tokenizer_hash",
+    "AR_HASH": "gigatok.ar_hash",
+    "GIT_COMMIT": "gigatok.git_commit",
+    "EXECUTOR": "gigatok.executor",
+    "FACTORS": "gigatok.factors",
+    "FACTOR_PREFIX": "gigatok.factor.",
+    "HOST": "gigatok.host",
+    "SLURM_JOB_ID": "gigatok.slurm_job_id",
+    "STAGE": "gigatok.stage",
+    "LOGGED_PREFIX": "gigatok.logged.",
+    "ERROR": "gigatok.error",
+    "FAILED_STAGE": "gigatok.failed_stage",
+    "SUBSTITUTES": "gigatok.substitutes",
+    "PROVENANCE_PREFIX": "gigatok.provenance.",
+    "ARTIFACT_PREFIX": "gigatok.artifact.",
+    "SOURCE_PREFIX": "gigatok.source.",
+    "PERCEPTUAL": "gigatok.perceptual",
+    "CFG_SCALE": "gigatok.cfg_scale",
+    "DECODE_DEVICE": "gigatok.decode_device",
+    "KIND": "gigatok.kind",
+    "CFG_SEARCH": "gigatok.cfg_search",
+    "CFG_SCHEDULE": "gigatok.cfg_schedule",
+    "TRIAL_STATE": "gigatok.trial_state",
+    "CFG_TRIAL_ORIGIN": "gigatok.cfg_trial_origin",
+    "BENCHMARK": "gigatok.benchmark",
 }
 
 
 def schema_names() -> tuple[set[str], tuple[str, ...]]:
     """The schema's single tag names and its families' prefixes."""
-    values = {k: v for k, v in vars(schema).items()
-              if k.isupper() and isinstance(v, str) and v.startswith(schema.PREFIX) and v != schema.PREFIX}
+    values = {
+        k: v
+        for k, v in vars(schema).items()
+        if k.isupper() and isinstance(v, str) and v.startswith(schema.PREFIX) and v != schema.PREFIX
+    }
     prefixes = tuple(v for k, v in values.items() if k.endswith("_PREFIX"))
     return {v for k, v in values.items() if not k.endswith("_PREFIX")}, prefixes
 
@@ -92,8 +113,9 @@ def tag_like(text: str, modules: set[str]) -> bool:
 
 def _prose(tree: ast.AST) -> set[int]:
     """The ids of string constants that are whole statements (docstrings and the like)."""
-    return {id(node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    return {
+        id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
 
 
 def tag_literals(paths: list[Path], modules: set[str], root: Path = ROOT) -> list[str]:
@@ -103,8 +125,12 @@ def tag_literals(paths: list[Path], modules: set[str], root: Path = ROOT) -> lis
         tree = ast.parse(path.read_text(), filename=str(path))
         prose = _prose(tree)
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose
-                    and tag_like(node.value, modules)):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in prose
+                and tag_like(node.value, modules)
+            ):
                 found.append((str(path.relative_to(root)), node.lineno, node.value))
     return [f"{file}:{line}: {text!r}" for file, line, text in sorted(found)]
 
@@ -112,8 +138,9 @@ def tag_literals(paths: list[Path], modules: set[str], root: Path = ROOT) -> lis
 def test_no_tag_names_outside_the_schema() -> None:
     paths = [p for folder in SCANNED for p in sorted((ROOT / folder).rglob("*.py")) if p != SCHEMA_FILE]
     found = tag_literals(paths, project_modules())
-    assert not found, ("gigatok.* tag names typed out of gigatok/tracking_schema.py (name them through it):\n"
-                       + "\n".join(found))
+    assert not found, (
+        "gigatok.* tag names typed out of gigatok/tracking_schema.py (name them through it):\n" + "\n".join(found)
+    )
 
 
 def test_the_rule_on_small_sources(tmp_path: Path) -> None:
@@ -136,8 +163,13 @@ g = "gigatok-artifacts-"
     modules = project_modules(tmp_path) | {"gigatok.example"}
     lines = tag_literals([source], modules, tmp_path)
     assert [line.split(": ", 1)[1] for line in lines] == [
-        "'gigatok.stage'", "'gigatok.provenance.'", "'gigatok.'", '"tags.`gigatok.kind` = \'cfg_trial\'"',
-        "'gigatok.brand_new'", "'gigatok.study'"]
+        "'gigatok.stage'",
+        "'gigatok.provenance.'",
+        "'gigatok.'",
+        "\"tags.`gigatok.kind` = 'cfg_trial'\"",
+        "'gigatok.brand_new'",
+        "'gigatok.study'",
+    ]
 
 
 def test_the_stored_names_are_unchanged() -> None:
@@ -146,29 +178,64 @@ def test_the_stored_names_are_unchanged() -> None:
     for constant, value in STORED_TAGS.items():
         assert getattr(schema, constant) == value, constant
     assert len(set(STORED_TAGS.values())) == len(STORED_TAGS)
-    assert (schema.factor("size"), schema.provenance("rfid"), schema.artifact("feature_pca"), schema.logged("ar"),
-            schema.source("ar", "_sha256")) == ("gigatok.factor.size", "gigatok.provenance.rfid",
-                                                "gigatok.artifact.feature_pca", "gigatok.logged.ar",
-                                                "gigatok.source.ar_sha256")
+    assert (
+        schema.factor("size"),
+        schema.provenance("rfid"),
+        schema.artifact("feature_pca"),
+        schema.logged("ar"),
+        schema.source("ar", "_sha256"),
+    ) == (
+        "gigatok.factor.size",
+        "gigatok.provenance.rfid",
+        "gigatok.artifact.feature_pca",
+        "gigatok.logged.ar",
+        "gigatok.source.ar_sha256",
+    )
     assert (schema.CFG_TRIAL, schema.STAGE_DONE, schema.LOGGED) == ("cfg_trial", "done", "1")
 
 
 def test_a_study_run_is_created_with_the_tags_it_always_had() -> None:
-    tags = schema.run_tags(study="scaling_1d_vs_2d", profile="tiny", run_hash="h", tokenizer_hash="t", ar_hash="a",
-                           git_commit="c", factors=[("size", "S-B"), ("seed", 1), ("semreg", True)], executor="local")
+    tags = schema.run_tags(
+        study="scaling_1d_vs_2d",
+        profile="tiny",
+        run_hash="h",
+        tokenizer_hash="t",
+        ar_hash="a",
+        git_commit="c",
+        factors=[("size", "S-B"), ("seed", 1), ("semreg", True)],
+        executor="local",
+    )
     assert tags == {
-        "gigatok.study": "scaling_1d_vs_2d", "gigatok.run_hash": "h", "gigatok.profile": "tiny",
-        "gigatok.tokenizer_hash": "t", "gigatok.git_commit": "c",
-        "gigatok.factors": '{"size": "S-B", "seed": 1, "semreg": true}', "gigatok.executor": "local",
-        "gigatok.ar_hash": "a", "gigatok.factor.size": "S-B", "gigatok.factor.seed": "1",
+        "gigatok.study": "scaling_1d_vs_2d",
+        "gigatok.run_hash": "h",
+        "gigatok.profile": "tiny",
+        "gigatok.tokenizer_hash": "t",
+        "gigatok.git_commit": "c",
+        "gigatok.factors": '{"size": "S-B", "seed": 1, "semreg": true}',
+        "gigatok.executor": "local",
+        "gigatok.ar_hash": "a",
+        "gigatok.factor.size": "S-B",
+        "gigatok.factor.seed": "1",
         "gigatok.factor.semreg": "True",
     }
-    assert "gigatok.ar_hash" not in schema.run_tags(study="s", profile="p", run_hash="h", tokenizer_hash="t",
-                                                    ar_hash=None, git_commit="c", factors=[], executor="slurm")
+    assert "gigatok.ar_hash" not in schema.run_tags(
+        study="s",
+        profile="p",
+        run_hash="h",
+        tokenizer_hash="t",
+        ar_hash=None,
+        git_commit="c",
+        factors=[],
+        executor="slurm",
+    )
     assert schema.experiment_tags("s", "tiny") == {"gigatok.study": "s", "gigatok.profile": "tiny"}
     assert schema.trial_tags(parent_run_id="r", study="s", profile="tiny", search="n") == {
-        "mlflow.parentRunId": "r", "gigatok.kind": "cfg_trial", "gigatok.study": "s", "gigatok.profile": "tiny",
-        "gigatok.cfg_search": "n"}
+        "mlflow.parentRunId": "r",
+        "gigatok.kind": "cfg_trial",
+        "gigatok.study": "s",
+        "gigatok.profile": "tiny",
+        "gigatok.cfg_search": "n",
+    }
 
 
 def test_one_trial_kind_and_one_metric_registry() -> None:
@@ -184,6 +251,8 @@ def test_one_trial_kind_and_one_metric_registry() -> None:
 
 
 def test_the_schema_imports_neither_torch_nor_mlflow() -> None:
-    code = ("import sys; import gigatok.tracking_schema; "
-            "assert not {'torch', 'mlflow'} & set(sys.modules), sorted({'torch', 'mlflow'} & set(sys.modules))")
+    code = (
+        "import sys; import gigatok.tracking_schema; "
+        "assert not {'torch', 'mlflow'} & set(sys.modules), sorted({'torch', 'mlflow'} & set(sys.modules))"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})

@@ -140,8 +140,9 @@ def test_snapshots_are_the_model_at_their_epoch(tmp_path: Path, make_tiny_run) -
     from gigatok.train.tokenizer_loop import snapshot_dir
 
     cfg = make_tiny_run(12, log_every=3)  # 8 epochs of schedule capped at 12 steps: epoch 2 is step 3
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=3, keep_checkpoints=10,
-                                                             snapshot_epochs=(2.0, 8.0)))
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, checkpoint_every=3, keep_checkpoints=10, snapshot_epochs=(2.0, 8.0))
+    )
     run_dir = tmp_path / "run"
     train_tokenizer(cfg, run_dir, allow_substitutes=True, progress=False, stop_at_step=2)  # resumes across it
     assert not (snapshot_dir(run_dir, 2.0) / "summary.json").exists()

@@ -116,9 +116,7 @@ def test_hash_prefix_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert resolve_weight("vgg16", tmp_path) == path
 
 
-def test_env_var_folder_is_honoured_and_explicit_folder_wins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_env_var_folder_is_honoured_and_explicit_folder_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_dir = tmp_path / "from-env"
     env_dir.mkdir()
     path = env_dir / "vgg16-397923af.pth"
@@ -300,9 +298,15 @@ SMALL = {"depth": 1}  # a one-block copy: the real code path, a fraction of the 
 def to_openai_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm CLIP keys -> the OpenAI/OpenCLIP layout of the DFN2B file (inverse of timm's conversion)."""
     swaps = [
-        ("patch_embed.proj", "conv1"), ("norm_pre", "ln_pre"), ("blocks.", "transformer.resblocks."),
-        ("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
-        ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
+        ("patch_embed.proj", "conv1"),
+        ("norm_pre", "ln_pre"),
+        ("blocks.", "transformer.resblocks."),
+        ("norm1", "ln_1"),
+        ("norm2", "ln_2"),
+        ("attn.qkv.", "attn.in_proj_"),
+        ("attn.proj", "attn.out_proj"),
+        ("mlp.fc1", "mlp.c_fc"),
+        ("mlp.fc2", "mlp.c_proj"),
     ]
     out = {"logit_scale": torch.ones(()), "transformer.resblocks.0.ln_1.weight": torch.ones(8)}  # text tower
     for k, v in state.items():

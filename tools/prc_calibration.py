@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     network = load_feature_network("auto", args.weights_dir, device=device, input_size=TINY.eval.inception_input)
 
     def summary(batch: torch.Tensor, description: str, seed: int) -> object:
-        return summarize_stream(iter([batch]), network, description, batch_size=len(batch), seed=seed,
-                                progress=False)
+        return summarize_stream(iter([batch]), network, description, batch_size=len(batch), seed=seed, progress=False)
 
     reference = summary(reference_images, f"first {count} validation crops", 0)
     rows: list[tuple[str, torch.Tensor]] = [
@@ -88,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             name = f"reconstructions ({Path(args.tokenizer).name})"
             rows.append((name, tokenizer(images).reconstruction.clamp(-1, 1)))
-    print(f"{count} samples against the first {count} validation crops, {network.info.title} at "
-          f"{TINY.eval.inception_input} px, k = 3")
+    print(
+        f"{count} samples against the first {count} validation crops, {network.info.title} at "
+        f"{TINY.eval.inception_input} px, k = 3"
+    )
     print(f"{'samples':48s} {'PSNR dB':>8s} {'precision':>10s} {'recall':>7s} {'FID':>7s}")
     for name, batch in rows:
         s = summary(batch, name, 1)

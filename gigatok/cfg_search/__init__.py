@@ -37,7 +37,24 @@ from gigatok.cfg_search.search import (
 )
 
 __all__ = [
-    "TRIAL_KIND", "GenerationScorer", "Scorer", "SearchError", "SearchPlan", "SearchPoint", "SearchWorker",
-    "TrialRecorder", "WorkerOptions", "WorkerReport", "check_ready", "current_state", "finish_here", "follow",
-    "incomplete_reason", "prepare", "run_here", "run_worker", "sync_records", "trial_line",
+    "TRIAL_KIND",
+    "GenerationScorer",
+    "Scorer",
+    "SearchError",
+    "SearchPlan",
+    "SearchPoint",
+    "SearchWorker",
+    "TrialRecorder",
+    "WorkerOptions",
+    "WorkerReport",
+    "check_ready",
+    "current_state",
+    "finish_here",
+    "follow",
+    "incomplete_reason",
+    "prepare",
+    "run_here",
+    "run_worker",
+    "sync_records",
+    "trial_line",
 ]

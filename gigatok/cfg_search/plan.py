@@ -64,12 +64,16 @@ class SearchPlan:
         if self.schedule not in ("constant", "step"):
             raise SearchError(f"CFG schedule {self.schedule!r}: 'constant' or 'step'")
         if self.search.fraction_min is not None and self.schedule != "step":
-            raise SearchError("the step fraction is a dimension of the step schedule only: search it with the step "
-                              "schedule, or leave its range unset")
+            raise SearchError(
+                "the step fraction is a dimension of the step schedule only: search it with the step "
+                "schedule, or leave its range unset"
+            )
         low = self.low_samples_override
         if low is not None and not 2 <= low < self.full_samples:
-            raise SearchError(f"small budget {low} samples: must be at least 2 and below the full budget "
-                              f"({self.full_samples} samples)")
+            raise SearchError(
+                f"small budget {low} samples: must be at least 2 and below the full budget "
+                f"({self.full_samples} samples)"
+            )
 
     @classmethod
     def for_run(cls, spec: RunSpec, ctx: RunContext, parent_run_id: str | None = None) -> SearchPlan:
@@ -136,16 +140,29 @@ class SearchPlan:
     def key(self) -> str:
         """Everything that changes what a trial scores, hashed."""
         e, s = self.spec.eval, self.search
-        return short_hash({
-            "ar": self.ar_dir.name, "schedule": self.schedule, "space": self.search_space,
-            "fixed_fraction": e.step_fraction if self.schedule == "step" and not self.searches_fraction else None,
-            "sampler": s.sampler, "trials": s.trials, "seed": s.seed, "pruner": s.pruner,
-            "startup_trials": s.startup_trials, "low": self.low_samples, "full": self.full_samples,
-            "sampling": [e.temperature, e.top_k, e.top_p], "reference": [e.reference_images, e.inception_input,
-                          *([e.gen_reference] if e.gen_reference != "val" else [])],
-            "batch_size": e.batch_size,  # the samples drawn depend on how the generator's stream is batched
-            # only when set, so the searches made before the field came keep their keys
-        })
+        return short_hash(
+            {
+                "ar": self.ar_dir.name,
+                "schedule": self.schedule,
+                "space": self.search_space,
+                "fixed_fraction": e.step_fraction if self.schedule == "step" and not self.searches_fraction else None,
+                "sampler": s.sampler,
+                "trials": s.trials,
+                "seed": s.seed,
+                "pruner": s.pruner,
+                "startup_trials": s.startup_trials,
+                "low": self.low_samples,
+                "full": self.full_samples,
+                "sampling": [e.temperature, e.top_k, e.top_p],
+                "reference": [
+                    e.reference_images,
+                    e.inception_input,
+                    *([e.gen_reference] if e.gen_reference != "val" else []),
+                ],
+                "batch_size": e.batch_size,  # the samples drawn depend on how the generator's stream is batched
+                # only when set, so the searches made before the field came keep their keys
+            }
+        )
 
     @property
     def study_name(self) -> str:
@@ -180,20 +197,34 @@ class SearchPlan:
     def trial_spec(self, point: SearchPoint, samples: int) -> RunSpec:
         """The run reduced to its generation stage at ``point``: a trial's full-budget score is that stage's result,
         so the run's own generation stage finds the best point's result on disk instead of sampling again."""
-        e = dataclasses.replace(self.spec.eval, cfg_scale=point.cfg_scale, step_fraction=point.step_fraction,
-                                cfg_schedule=self.schedule, gen_samples=samples)  # type: ignore[arg-type]
+        e = dataclasses.replace(
+            self.spec.eval,
+            cfg_scale=point.cfg_scale,
+            step_fraction=point.step_fraction,
+            cfg_schedule=self.schedule,
+            gen_samples=samples,
+        )  # type: ignore[arg-type]
         return dataclasses.replace(self.spec, eval=e, stages=("generation",))
 
     def describe(self) -> dict[str, Any]:
         """The settings, as recorded in the study, the result file and the dry run."""
         return {
-            "study_name": self.study_name, "storage": self.storage_location, "run_hash": self.spec.hash,
-            "run": self.spec.label, "study": self.spec.study, "profile": self.spec.profile,
-            "schedule": self.schedule, "sampler": self.search.sampler, "trials": self.search.trials,
-            "pruner": self.search.pruner, "startup_trials": self.search.startup_trials,
-            "scales": list(self.scales), "fractions": list(self.fractions) if self.searches_fraction else None,
+            "study_name": self.study_name,
+            "storage": self.storage_location,
+            "run_hash": self.spec.hash,
+            "run": self.spec.label,
+            "study": self.spec.study,
+            "profile": self.spec.profile,
+            "schedule": self.schedule,
+            "sampler": self.search.sampler,
+            "trials": self.search.trials,
+            "pruner": self.search.pruner,
+            "startup_trials": self.search.startup_trials,
+            "scales": list(self.scales),
+            "fractions": list(self.fractions) if self.searches_fraction else None,
             "step_fraction": None if self.searches_fraction else self.spec.eval.step_fraction,
-            "low_samples": self.low_samples, "full_samples": self.full_samples,
+            "low_samples": self.low_samples,
+            "full_samples": self.full_samples,
             "gen_samples": self.spec.eval.gen_samples,
         }
 
@@ -209,8 +240,10 @@ def check_ready(plan: SearchPlan) -> None:
     spec = plan.spec
     summary = ar_result_path(spec, plan.ctx)
     if not summary.is_file():
-        raise SearchError(f"run {spec.hash} ({spec.label}) has no trained AR model ({summary} is missing): run "
-                          f"`python studies/run.py {spec.study} --only {spec.hash}` first")
+        raise SearchError(
+            f"run {spec.hash} ({spec.label}) has no trained AR model ({summary} is missing): run "
+            f"`python studies/run.py {spec.study} --only {spec.hash}` first"
+        )
     location = plan.storage_location
     if location.startswith("sqlite:///"):
         check_writable_file(Path(location.removeprefix("sqlite:///")), f"storage {location}")

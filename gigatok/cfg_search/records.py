@@ -59,24 +59,29 @@ class TrialRecorder:
     def start(self, number: int, point: SearchPoint, origin: str | None = None) -> str:
         from mlflow.entities import Param
 
-        tags = schema.trial_tags(parent_run_id=self.parent_run_id, study=self.study, profile=self.profile,
-                                 search=self.plan.study_name)
+        tags = schema.trial_tags(
+            parent_run_id=self.parent_run_id, study=self.study, profile=self.profile, search=self.plan.study_name
+        )
         if origin:
             tags[schema.CFG_TRIAL_ORIGIN] = origin
         name = f"{point.label(self.plan.searches_fraction)} (trial {number})"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        params = {"cfg_scale": point.cfg_scale, "cfg_schedule": self.plan.schedule,
-                  "step_fraction": point.step_fraction, "sample_budget": self.plan.full_samples,
-                  "trial_number": number}
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                              synchronous=True)
+        params = {
+            "cfg_scale": point.cfg_scale,
+            "cfg_schedule": self.plan.schedule,
+            "step_fraction": point.step_fraction,
+            "sample_budget": self.plan.full_samples,
+            "trial_number": number,
+        }
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
         return run.info.run_id
 
     def intermediate(self, run_id: str, samples: int, gfid: float) -> None:
         self.client.log_batch(run_id, metrics=[_metric("gfid", gfid, samples)], synchronous=True)
 
-    def finish(self, run_id: str, state: TrialState, metrics: dict[str, float] | None = None,
-               error: str | None = None) -> None:
+    def finish(
+        self, run_id: str, state: TrialState, metrics: dict[str, float] | None = None, error: str | None = None
+    ) -> None:
         """The trial's end: its full-budget metrics (COMPLETE), its state and, for FAIL, the error."""
         if metrics:
             batch = [_metric(k, v, self.plan.full_samples) for k, v in metrics.items() if v == v]
@@ -89,8 +94,10 @@ class TrialRecorder:
     # -- in line with the storage -----------------------------------------------------------------------------
     def children(self) -> dict[int, Any]:
         """This search's child runs under the parent, by trial number."""
-        query = (f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
-                 f"tags.`{schema.CFG_SEARCH}` = '{self.plan.study_name}'")
+        query = (
+            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
+            f"tags.`{schema.CFG_SEARCH}` = '{self.plan.study_name}'"
+        )
         runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=50_000)
         return {int(r.data.params["trial_number"]): r for r in runs if "trial_number" in r.data.params}
 

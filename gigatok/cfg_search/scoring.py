@@ -48,16 +48,21 @@ class _SmallBudgetFid:
         missing = self.samples - self.moments.count
         if missing <= 0:
             return
-        batch = np.asarray(features[:missing].detach().cpu() if hasattr(features, "detach") else features[:missing],
-                           dtype=np.float32)
+        batch = np.asarray(
+            features[:missing].detach().cpu() if hasattr(features, "detach") else features[:missing], dtype=np.float32
+        )
         self.moments.update(batch)
         if self.samples < self.moments.dim:
             self.rows.append(batch)
         if self.moments.count == self.samples:
-            fid = frechet_distance_gaussians(self.moments.mean, self.moments.covariance, self.reference.mean,
-                                             self.reference.covariance,
-                                             rows1=np.concatenate(self.rows) if self.rows else None,
-                                             rows2=self.reference.all_rows())
+            fid = frechet_distance_gaussians(
+                self.moments.mean,
+                self.moments.covariance,
+                self.reference.mean,
+                self.reference.covariance,
+                rows1=np.concatenate(self.rows) if self.rows else None,
+                rows2=self.reference.all_rows(),
+            )
             self.report(self.samples, fid)  # raises optuna.TrialPruned to stop the stream here
 
 
@@ -100,6 +105,7 @@ class GenerationScorer:
         its own settings, ``spec.eval``."""
         assert self.workspace is not None
         with stage_lock(generation_result_path(spec, self.plan.ctx, spec.eval)):
-            outcome = generation_at(StageContext(spec, self.plan.ctx, self.workspace), spec.eval,
-                                    on_features=on_features)
+            outcome = generation_at(
+                StageContext(spec, self.plan.ctx, self.workspace), spec.eval, on_features=on_features
+            )
         return dict(outcome.metrics)

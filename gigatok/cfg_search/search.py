@@ -66,8 +66,9 @@ def trial_line(plan: SearchPlan, t: FrozenTrial) -> str:
     scores = [f"gFID {v:.4g} at {step}" for step, v in sorted(t.intermediate_values.items())]
     if t.state == TrialState.COMPLETE and t.value is not None:
         scores.append(f"gFID {t.value:.4g} at {plan.full_samples}")
-    note = t.user_attrs.get("error") or (f"same point as trial {t.user_attrs['duplicate_of']}"
-                                         if "duplicate_of" in t.user_attrs else "")
+    note = t.user_attrs.get("error") or (
+        f"same point as trial {t.user_attrs['duplicate_of']}" if "duplicate_of" in t.user_attrs else ""
+    )
     return f"trial {t.number:3d}  {where:28} {t.state.name:9} {', '.join(scores)}" + (f"  ({note})" if note else "")
 
 
@@ -76,9 +77,14 @@ def trial_line(plan: SearchPlan, t: FrozenTrial) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def run_worker(plan: SearchPlan, scorer: Scorer | None = None, worker_index: int = 0,
-               options: WorkerOptions = WorkerOptions(), log: Log = print, record_parent: bool = True
-               ) -> WorkerReport:
+def run_worker(
+    plan: SearchPlan,
+    scorer: Scorer | None = None,
+    worker_index: int = 0,
+    options: WorkerOptions = WorkerOptions(),
+    log: Log = print,
+    record_parent: bool = True,
+) -> WorkerReport:
     """Claim and score trials until the study has none left to start; then finish the search if it is complete
     (the last worker to end writes the summary, so a Slurm search needs no launcher waiting for it)."""
     _quiet_optuna()
@@ -119,9 +125,14 @@ def run_worker(plan: SearchPlan, scorer: Scorer | None = None, worker_index: int
     return report
 
 
-def _evaluate(plan: SearchPlan, trial: optuna.Trial, point: SearchPoint, score: Scorer,
-              recorder: TrialRecorder | None, run_id: str | None
-              ) -> tuple[TrialState, dict[str, float] | None, str | None]:
+def _evaluate(
+    plan: SearchPlan,
+    trial: optuna.Trial,
+    point: SearchPoint,
+    score: Scorer,
+    recorder: TrialRecorder | None,
+    run_id: str | None,
+) -> tuple[TrialState, dict[str, float] | None, str | None]:
     def report(samples: int, gfid: float) -> None:
         trial.report(gfid, samples)
         if recorder is not None and run_id is not None:
@@ -150,8 +161,9 @@ def _evaluate(plan: SearchPlan, trial: optuna.Trial, point: SearchPoint, score: 
     return TrialState.COMPLETE, metrics, None
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, metrics: dict[str, float] | None,
-          error: str | None) -> None:
+def _tell(
+    study: optuna.Study, trial: optuna.Trial, state: TrialState, metrics: dict[str, float] | None, error: str | None
+) -> None:
     if state == TrialState.COMPLETE:
         assert metrics is not None
         trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items() if k != "gfid"})
@@ -179,8 +191,13 @@ class SearchWorker(submitit.helpers.Checkpointable):
     or preemption Submitit requeues it with the same arguments; its unfinished trial is failed and queued again
     once its heartbeat is stale."""
 
-    def __init__(self, plan: SearchPlan, worker_index: int, scorer: Scorer | None = None,
-                 options: WorkerOptions = WorkerOptions()) -> None:
+    def __init__(
+        self,
+        plan: SearchPlan,
+        worker_index: int,
+        scorer: Scorer | None = None,
+        options: WorkerOptions = WorkerOptions(),
+    ) -> None:
         self.plan, self.worker_index, self.scorer, self.options = plan, worker_index, scorer, options
 
     def __call__(self) -> WorkerReport:
@@ -212,9 +229,13 @@ def current_state(plan: SearchPlan) -> SearchState:
     return search_state(plan, find_study(plan) or [])
 
 
-def finish(plan: SearchPlan, study: optuna.Study, recorder: TrialRecorder | None,
-           rescore: Callable[[SearchPoint, int], dict[str, float]] | None = None,
-           record_parent: bool = True) -> dict[str, Any] | None:
+def finish(
+    plan: SearchPlan,
+    study: optuna.Study,
+    recorder: TrialRecorder | None,
+    rescore: Callable[[SearchPoint, int], dict[str, float]] | None = None,
+    record_parent: bool = True,
+) -> dict[str, Any] | None:
     """Bring MLflow in line with the study and, once the search is complete, write its summary (the ``cfg_search``
     stage's result) and the best point on the parent run. Idempotent; returns the summary, None if incomplete."""
     with claim_lock(plan):
@@ -236,8 +257,9 @@ def finish(plan: SearchPlan, study: optuna.Study, recorder: TrialRecorder | None
         return summary
 
 
-def summarize(plan: SearchPlan, state: SearchState,
-              rescore: Callable[[SearchPoint, int], dict[str, float]] | None) -> dict[str, Any]:
+def summarize(
+    plan: SearchPlan, state: SearchState, rescore: Callable[[SearchPoint, int], dict[str, float]] | None
+) -> dict[str, Any]:
     """The search's result: the best point and its gFID at the run's own sample count (scored again when the
     search's full budget was smaller), and every trial."""
     assert state.best is not None and state.best.value is not None
@@ -248,23 +270,33 @@ def summarize(plan: SearchPlan, state: SearchState,
     scales = plan.scales
     return {
         **plan.describe(),
-        "best_trial": state.best.number, "best_scale": best.cfg_scale, "best_step_fraction": best.step_fraction,
-        "best_gfid": gfid, "best_gfid_samples": samples, "search_best_gfid": float(state.best.value),
+        "best_trial": state.best.number,
+        "best_scale": best.cfg_scale,
+        "best_step_fraction": best.step_fraction,
+        "best_gfid": gfid,
+        "best_gfid_samples": samples,
+        "search_best_gfid": float(state.best.value),
         # The paper searches "until a local minimum": a best point on the range's edge may not be one.
         "best_at_edge": len(scales) > 1 and best.cfg_scale in (scales[0], scales[-1]),
         "trials": [
-            {"number": t.number, "state": t.state.name, **(t.params or {}),
-             "gfid_small": t.intermediate_values.get(plan.low_samples) if plan.low_samples else None,
-             "gfid": t.value if t.state == TrialState.COMPLETE else None,
-             "metrics": trial_metrics(t), "error": t.user_attrs.get("error"),
-             "duplicate_of": t.user_attrs.get("duplicate_of")}
+            {
+                "number": t.number,
+                "state": t.state.name,
+                **(t.params or {}),
+                "gfid_small": t.intermediate_values.get(plan.low_samples) if plan.low_samples else None,
+                "gfid": t.value if t.state == TrialState.COMPLETE else None,
+                "metrics": trial_metrics(t),
+                "error": t.user_attrs.get("error"),
+                "duplicate_of": t.user_attrs.get("duplicate_of"),
+            }
             for t in state.trials
         ],
     }
 
 
-def finish_here(plan: SearchPlan, rescore: Callable[[SearchPoint, int], dict[str, float]] | None = None,
-                record_parent: bool = True) -> dict[str, Any] | None:
+def finish_here(
+    plan: SearchPlan, rescore: Callable[[SearchPoint, int], dict[str, float]] | None = None, record_parent: bool = True
+) -> dict[str, Any] | None:
     """:func:`finish` from the launcher (after its workers ended)."""
     _quiet_optuna()
     storage = open_storage(plan)
@@ -282,19 +314,29 @@ def sync_records(plan: SearchPlan) -> None:
 
 
 def incomplete_reason(plan: SearchPlan, state: SearchState) -> str:
-    parts = [f"search {plan.study_name} is incomplete: {state.remaining} "
-             f"{'points' if plan.search.sampler == 'grid' else 'trials'} without a result"]
+    parts = [
+        f"search {plan.study_name} is incomplete: {state.remaining} "
+        f"{'points' if plan.search.sampler == 'grid' else 'trials'} without a result"
+    ]
     if state.failed:
         t = state.failed[-1]
-        parts.append(f"{len(state.failed)} failed (last: trial {t.number}: {t.user_attrs.get('error', '?')}); "
-                     "run the search again to retry them")
+        parts.append(
+            f"{len(state.failed)} failed (last: trial {t.number}: {t.user_attrs.get('error', '?')}); "
+            "run the search again to retry them"
+        )
     if state.running:
         parts.append(f"{len(state.running)} still running")
     return "; ".join(parts)
 
 
-def run_here(plan: SearchPlan, scorer: Scorer | None = None, workspace: Any = None, record_parent: bool = True,
-             options: WorkerOptions = WorkerOptions(), log: Log = print) -> dict[str, Any]:
+def run_here(
+    plan: SearchPlan,
+    scorer: Scorer | None = None,
+    workspace: Any = None,
+    record_parent: bool = True,
+    options: WorkerOptions = WorkerOptions(),
+    log: Log = print,
+) -> dict[str, Any]:
     """The whole search in this process, one worker: the run's ``cfg_search`` stage and the debug executor. Raises
     :class:`SearchError` when it cannot complete (failed trials: running it again retries them)."""
     prepare(plan)

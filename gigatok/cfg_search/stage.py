@@ -30,8 +30,9 @@ def cfg_search_stage(sc: StageContext) -> StageOutcome:
     else:
         # One worker in this process; a search started (or finished) by the cfg_search CLI resumes here. The
         # best point goes to the parent run with this stage's metrics, not from inside the search.
-        run_here(plan, workspace=sc.workspace, record_parent=False,
-                 log=lambda line: print(f"cfg_search: {line}", flush=True))
+        run_here(
+            plan, workspace=sc.workspace, record_parent=False, log=lambda line: print(f"cfg_search: {line}", flush=True)
+        )
     best = read_result(plan.result_path)
     metrics = {schema.CFG_BEST_SCALE: best["best_scale"], schema.CFG_BEST_GFID: best["best_gfid"]}
     if best.get("fractions"):
@@ -49,8 +50,9 @@ def generation_eval(spec: RunSpec, ctx: RunContext) -> EvalConfig | None:
     if not path.is_file():
         return None
     best = read_result(path)
-    return dataclasses.replace(spec.eval, cfg_scale=best["best_scale"], step_fraction=best["best_step_fraction"],
-                               cfg_schedule=best["schedule"])
+    return dataclasses.replace(
+        spec.eval, cfg_scale=best["best_scale"], step_fraction=best["best_step_fraction"], cfg_schedule=best["schedule"]
+    )
 
 
 CFG_SEARCH = Stage("cfg_search", cfg_search_result_path, cfg_search_stage)

@@ -67,8 +67,12 @@ def make_sampler(plan: SearchPlan, worker_index: int = 0) -> optuna.samplers.Bas
     assert s.trials is not None
     # Workers differ in seed (the same seed would draw the same random start-up points); constant_liar makes a
     # worker's proposal account for the trials other workers are still running.
-    return optuna.samplers.TPESampler(seed=s.seed + worker_index, constant_liar=True, multivariate=True,
-                                      n_startup_trials=min(10, max(2, s.trials // 3)))
+    return optuna.samplers.TPESampler(
+        seed=s.seed + worker_index,
+        constant_liar=True,
+        multivariate=True,
+        n_startup_trials=min(10, max(2, s.trials // 3)),
+    )
 
 
 def make_pruner(plan: SearchPlan) -> optuna.pruners.BasePruner:
@@ -83,16 +87,23 @@ def make_pruner(plan: SearchPlan) -> optuna.pruners.BasePruner:
 
 def create_study(plan: SearchPlan, storage: optuna.storages.BaseStorage) -> optuna.Study:
     """Create the study, or load it if it exists (a resumed search)."""
-    study = optuna.create_study(storage=storage, study_name=plan.study_name, direction="minimize",
-                                sampler=make_sampler(plan), pruner=make_pruner(plan), load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=plan.study_name,
+        direction="minimize",
+        sampler=make_sampler(plan),
+        pruner=make_pruner(plan),
+        load_if_exists=True,
+    )
     if "settings" not in study.user_attrs:
         study.set_user_attr("settings", plan.describe())
     return study
 
 
 def load_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, worker_index: int = 0) -> optuna.Study:
-    return optuna.load_study(study_name=plan.study_name, storage=storage, sampler=make_sampler(plan, worker_index),
-                             pruner=make_pruner(plan))
+    return optuna.load_study(
+        study_name=plan.study_name, storage=storage, sampler=make_sampler(plan, worker_index), pruner=make_pruner(plan)
+    )
 
 
 def find_study(plan: SearchPlan) -> list[FrozenTrial] | None:
@@ -182,8 +193,13 @@ class Recovery:
     requeued: list[SearchPoint]  # points put back in the queue
 
 
-def recover(plan: SearchPlan, study: optuna.Study, storage: optuna.storages.BaseStorage, retry_failed: bool,
-            grace_s: float = GRACE_S) -> Recovery:
+def recover(
+    plan: SearchPlan,
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    retry_failed: bool,
+    grace_s: float = GRACE_S,
+) -> Recovery:
     """Fail the trials of dead workers and queue their points again; with ``retry_failed`` (a new invocation of the
     search), queue every point whose trials all failed. Call under :func:`claim_lock`."""
     now = time.time()
@@ -239,13 +255,13 @@ def suggest(plan: SearchPlan, trial: optuna.Trial) -> SearchPoint:
     scales, fractions = plan.scales, plan.fractions
     params = {"cfg_scale": trial.suggest_float("cfg_scale", scales[0], scales[-1], step=s.scale_step)}
     if plan.searches_fraction:
-        params["step_fraction"] = trial.suggest_float("step_fraction", fractions[0], fractions[-1],
-                                                      step=s.fraction_step)
+        params["step_fraction"] = trial.suggest_float(
+            "step_fraction", fractions[0], fractions[-1], step=s.fraction_step
+        )
     return plan.point_of(params)
 
 
-def earlier_result(plan: SearchPlan, trials: list[FrozenTrial], point: SearchPoint, number: int
-                   ) -> FrozenTrial | None:
+def earlier_result(plan: SearchPlan, trials: list[FrozenTrial], point: SearchPoint, number: int) -> FrozenTrial | None:
     """A finished trial of the same point (TPE proposes points it has seen), whose result a new trial can reuse."""
     for t in trials:
         if t.number != number and t.state in DONE and t.params and plan.point_of(t.params) == point:
@@ -279,7 +295,8 @@ def search_state(plan: SearchPlan, trials: list[FrozenTrial]) -> SearchState:
     completed = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = min(completed, key=lambda t: (t.value, plan.point_of(t.params)), default=None)
     pending = {p for p, group in by_point.items() if any(t.state in TAKEN for t in group)}
-    failed = [t for t in trials if t.state == TrialState.FAIL and t.params
-              and plan.point_of(t.params) not in done | pending]
+    failed = [
+        t for t in trials if t.state == TrialState.FAIL and t.params and plan.point_of(t.params) not in done | pending
+    ]
     running = [t for t in trials if t.state == TrialState.RUNNING]
     return SearchState(list(trials), remaining == 0, best, failed, running, remaining)

@@ -46,8 +46,9 @@ def read_checkpoint(path: Path) -> Any:
         raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)[:160]})") from None
 
 
-def checkpoint_weights(checkpoint: Any, name: str, prefer: Sequence[str],
-                       ignored: Callable[[str], bool]) -> dict[str, Any]:
+def checkpoint_weights(
+    checkpoint: Any, name: str, prefer: Sequence[str], ignored: Callable[[str], bool]
+) -> dict[str, Any]:
     """The tensors of a training checkpoint's first state dict among ``prefer`` (or of a bare state dict), with the
     DDP / torch.compile prefixes removed and the buffers ``ignored`` names dropped; ConversionError otherwise."""
     import torch
@@ -61,8 +62,9 @@ def checkpoint_weights(checkpoint: Any, name: str, prefer: Sequence[str],
     weights: dict[str, Any] = {}
     for key, value in checkpoint.items():
         if not isinstance(value, torch.Tensor):
-            raise ConversionError(f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor: no 'model' "
-                                  "or 'ema' state dict found")
+            raise ConversionError(
+                f"{name}: entry {key!r} is a {type(value).__name__}, not a tensor: no 'model' or 'ema' state dict found"
+            )
         key = str(key).removeprefix("module.").removeprefix("_orig_mod.")
         if not ignored(key):
             weights[key] = value

@@ -42,8 +42,9 @@ EXIT_BAD_INPUT = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gigatok.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m gigatok.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="kind", required=True)
     tok = sub.add_parser("tokenizer", help="an authors' VQ tokenizer checkpoint (VQ_*.pt)")
     tok.add_argument("--profile", default="paper", help="the recipe recorded with the weights (default paper)")
@@ -97,8 +98,9 @@ def _tokenizer_of(run_dir: Path) -> TokenizerRunConfig:
 
     config, summary = run_dir / "config.json", run_dir / "summary.json"
     if not config.is_file() or not summary.is_file():
-        raise ConversionError(f"--tokenizer-run {run_dir}: not a finished tokenizer run folder (no config.json and "
-                              "summary.json)")
+        raise ConversionError(
+            f"--tokenizer-run {run_dir}: not a finished tokenizer run folder (no config.json and summary.json)"
+        )
     try:
         return run_config_from_dict(json.loads(config.read_text())["config"])
     except (ConfigError, KeyError, TypeError, json.JSONDecodeError) as exc:

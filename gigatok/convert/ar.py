@@ -30,8 +30,14 @@ from gigatok.convert import ConversionError, checkpoint_weights, read_checkpoint
 
 # gpt_1d.py's GPT_models: name -> (width, heads). Every one has 64-wide heads.
 AUTHORS_GPT_SIZES: dict[str, tuple[int, int]] = {
-    "GPT-B": (768, 12), "GPT-L": (1024, 16), "GPT-XL": (1280, 20), "GPT-XXL": (1536, 24), "GPT-XXXL": (2560, 40),
-    "GPT-1B": (2048, 32), "GPT-3B": (3200, 32), "GPT-7B": (4096, 32),
+    "GPT-B": (768, 12),
+    "GPT-L": (1024, 16),
+    "GPT-XL": (1280, 20),
+    "GPT-XXL": (1536, 24),
+    "GPT-XXXL": (2560, 40),
+    "GPT-1B": (2048, 32),
+    "GPT-3B": (3200, 32),
+    "GPT-7B": (4096, 32),
 }
 HEADS_BY_WIDTH = {width: heads for width, heads in AUTHORS_GPT_SIZES.values()}
 HEAD_WIDTH = 64
@@ -47,8 +53,13 @@ UNSUPPORTED = {
 }
 TOKENIZER_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.", "pre_quant")
 BLOCK_PARAMS = (
-    "attention.wqkv.weight", "attention.wo.weight", "feed_forward.w1.weight", "feed_forward.w3.weight",
-    "feed_forward.w2.weight", "attention_norm.weight", "ffn_norm.weight",
+    "attention.wqkv.weight",
+    "attention.wo.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w3.weight",
+    "feed_forward.w2.weight",
+    "attention_norm.weight",
+    "ffn_norm.weight",
 )
 TOP_PARAMS = ("tok_embeddings.weight", "cls_embedding.embedding_table.weight", "norm.weight", "output.weight")
 
@@ -73,15 +84,13 @@ def load_authors_ar(
     return cfg, _map(weights, cfg)
 
 
-
-
-
-
 def _check_layout(weights: Mapping[str, torch.Tensor], name: str) -> None:
     keys = list(weights)
     if any(k.startswith(TOKENIZER_PREFIXES) for k in keys):
-        raise ConversionError(f"{name}: this is a tokenizer checkpoint (encoder/decoder/quantize keys), not an "
-                              "authors' GPT; convert it with gigatok.convert.tokenizer")
+        raise ConversionError(
+            f"{name}: this is a tokenizer checkpoint (encoder/decoder/quantize keys), not an "
+            "authors' GPT; convert it with gigatok.convert.tokenizer"
+        )
     for marker, feature in UNSUPPORTED.items():
         if any(marker in k for k in keys):
             raise ConversionError(f"{name}: the GPT uses {feature}, which the workbench AR model does not implement")
@@ -89,8 +98,10 @@ def _check_layout(weights: Mapping[str, torch.Tensor], name: str) -> None:
     if missing:
         raise ConversionError(f"{name}: not an authors' gpt_1d GPT state dict (missing {', '.join(missing)})")
     if "positional_embedding" not in weights:
-        raise ConversionError(f"{name}: no positional_embedding, so the GPT uses RoPE (--rope, or the 2D gpt.py); "
-                              "the workbench AR model has learned 1D absolute positions only")
+        raise ConversionError(
+            f"{name}: no positional_embedding, so the GPT uses RoPE (--rope, or the 2D gpt.py); "
+            "the workbench AR model has learned 1D absolute positions only"
+        )
 
 
 def _size_from_args(checkpoint: Any, name: str) -> tuple[int, int] | None:
@@ -100,8 +111,9 @@ def _size_from_args(checkpoint: Any, name: str) -> tuple[int, int] | None:
     if model is None:
         return None
     if model not in AUTHORS_GPT_SIZES:
-        raise ConversionError(f"{name}: args.gpt_model {model!r} is not one of the authors' sizes "
-                              f"{sorted(AUTHORS_GPT_SIZES)}")
+        raise ConversionError(
+            f"{name}: args.gpt_model {model!r} is not one of the authors' sizes {sorted(AUTHORS_GPT_SIZES)}"
+        )
     return AUTHORS_GPT_SIZES[model]
 
 
@@ -118,8 +130,10 @@ def _ffn_multiple_of(width: int, hidden: int, name: str) -> int:
     for multiple in (256, 128, 64, 32, 16, 8, 4, 2, 1):
         if multiple * -(-base // multiple) == hidden:
             return multiple
-    raise ConversionError(f"{name}: FFN width {hidden} is not int(8 * {width} / 3) = {base} rounded up to a multiple "
-                          "of a power of two (an ffn_dim_multiplier the workbench does not implement)")
+    raise ConversionError(
+        f"{name}: FFN width {hidden} is not int(8 * {width} / 3) = {base} rounded up to a multiple "
+        "of a power of two (an ffn_dim_multiplier the workbench does not implement)"
+    )
 
 
 def _shape(weights: Mapping[str, torch.Tensor], key: str, expected: tuple[int, ...], name: str) -> None:
@@ -139,23 +153,35 @@ def _infer_config(
     classes = weights["cls_embedding.embedding_table.weight"].shape[0] - 1  # less the null class
     positions = weights["positional_embedding"].shape[0] - CLS_TOKENS
     if classes < 1 or positions < 1:
-        raise ConversionError(f"{name}: cls_embedding ({classes + 1} rows) or positional_embedding "
-                              f"({positions + CLS_TOKENS} rows) too small for a class-conditional GPT")
-    _shape(weights, "layers.0.feed_forward.w1.weight", (weights["layers.0.feed_forward.w1.weight"].shape[0], width),
-           name)
+        raise ConversionError(
+            f"{name}: cls_embedding ({classes + 1} rows) or positional_embedding "
+            f"({positions + CLS_TOKENS} rows) too small for a class-conditional GPT"
+        )
+    _shape(
+        weights, "layers.0.feed_forward.w1.weight", (weights["layers.0.feed_forward.w1.weight"].shape[0], width), name
+    )
     hidden = weights["layers.0.feed_forward.w1.weight"].shape[0]
     qkv = weights.get("layers.0.attention.wqkv.weight")
     if qkv is not None and qkv.shape[0] != 3 * width:
-        raise ConversionError(f"{name}: fused wqkv has {qkv.shape[0]} rows, not 3 x {width}: grouped-query "
-                              "attention (n_kv_head) is not implemented in the workbench")
+        raise ConversionError(
+            f"{name}: fused wqkv has {qkv.shape[0]} rows, not 3 x {width}: grouped-query "
+            "attention (n_kv_head) is not implemented in the workbench"
+        )
     if named is not None and named[0] != width:
         raise ConversionError(f"{name}: args.gpt_model names a {named[0]}-wide GPT, but the weights are {width} wide")
     if heads is None:
         heads = named[1] if named is not None else HEADS_BY_WIDTH.get(width, max(1, width // HEAD_WIDTH))
     try:
-        cfg = ARConfig(width=width, depth=depth, heads=heads, vocab_size=vocab, num_tokens=positions,
-                       num_classes=classes, ffn_multiple_of=_ffn_multiple_of(width, hidden, name),
-                       **get_profile("paper").ar_model_options)
+        cfg = ARConfig(
+            width=width,
+            depth=depth,
+            heads=heads,
+            vocab_size=vocab,
+            num_tokens=positions,
+            num_classes=classes,
+            ffn_multiple_of=_ffn_multiple_of(width, hidden, name),
+            **get_profile("paper").ar_model_options,
+        )
     except ConfigError as e:
         raise ConversionError(f"{name}: inferred an invalid AR config ({e})") from None
     _check_shapes(weights, cfg, name)
@@ -172,8 +198,12 @@ def _check_shapes(weights: Mapping[str, torch.Tensor], cfg: ARConfig, name: str)
         "output.weight": (cfg.vocab_size, w),
     }
     block = {
-        "attention.wqkv.weight": (3 * w, w), "attention.wo.weight": (w, w), "feed_forward.w1.weight": (h, w),
-        "feed_forward.w3.weight": (h, w), "feed_forward.w2.weight": (w, h), "attention_norm.weight": (w,),
+        "attention.wqkv.weight": (3 * w, w),
+        "attention.wo.weight": (w, w),
+        "feed_forward.w1.weight": (h, w),
+        "feed_forward.w3.weight": (h, w),
+        "feed_forward.w2.weight": (w, h),
+        "attention_norm.weight": (w,),
         "ffn_norm.weight": (w,),
     }
     for i in range(cfg.depth):

@@ -124,8 +124,9 @@ def released_ar_run(name: str, tokenizer: TokenizerRunConfig) -> ARRunConfig:
     model = released(name, "ar")
     tok_model = released_of(tokenizer.source)
     if tok_model is not None and tok_model.name != model.tokenizer:
-        raise ConversionError(f"{model.filename}: was trained on the tokens of {model.tokenizer}, not of "
-                              f"{tok_model.name}")
+        raise ConversionError(
+            f"{model.filename}: was trained on the tokens of {model.tokenizer}, not of {tok_model.name}"
+        )
     epochs = get_profile(tokenizer.profile).paper_epochs(RELEASED_AR_EPOCHS)
     return dataclasses.replace(ar_run(tokenizer, model.size, epochs=epochs), source=model.source)
 
@@ -159,20 +160,30 @@ def read_authors(path: Path, kind: Kind, loader: Loader | None = None) -> tuple[
         message = first_line(exc)
         raise ConversionError(message if path.name in message else f"{path}: {message}") from exc
     except Exception as exc:  # an unreadable or foreign file: name it, on one line
-        raise ConversionError(f"{path}: not an authors' {kind} checkpoint ({type(exc).__name__}: "
-                              f"{first_line(exc)})") from exc
+        raise ConversionError(
+            f"{path}: not an authors' {kind} checkpoint ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
     expected = TokenizerConfig if kind == "tokenizer" else ARConfig
     if not isinstance(config, expected):
-        raise ConversionError(f"{path}: the {kind} converter returned a {type(config).__name__}, not a "
-                              f"{expected.__name__}")
+        raise ConversionError(
+            f"{path}: the {kind} converter returned a {type(config).__name__}, not a {expected.__name__}"
+        )
     return config, dict(state)
 
 
 # Config fields the weights do not determine: the recipe they were trained with, which the plan (the profile)
 # states. Every other field must agree between the file and the plan.
 RECIPE_FIELDS = {
-    "tokenizer": ("name", "dropout", "semantic.", "quantizer.commitment_beta", "quantizer.codebook_weight",
-                  "quantizer.entropy_weight", "quantizer.entropy_temperature", "quantizer.rotation_trick"),
+    "tokenizer": (
+        "name",
+        "dropout",
+        "semantic.",
+        "quantizer.commitment_beta",
+        "quantizer.codebook_weight",
+        "quantizer.entropy_weight",
+        "quantizer.entropy_temperature",
+        "quantizer.rotation_trick",
+    ),
     "ar": ("dropout", "class_dropout"),
 }
 
@@ -198,8 +209,11 @@ def architecture_differences(kind: Kind, planned: Any, found: Any) -> list[str]:
     a, b = _flat(found), _flat(planned)
     if kind == "tokenizer" and a.get("kind") == b.get("kind"):
         ignored += UNUSED_FOR_KIND.get(str(a.get("kind")), ())
-    return [f"{k}: file {a.get(k)!r}, plan {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if not k.startswith(ignored) and a.get(k) != b.get(k)]
+    return [
+        f"{k}: file {a.get(k)!r}, plan {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if not k.startswith(ignored) and a.get(k) != b.get(k)
+    ]
 
 
 def _build(kind: Kind, config: Any) -> Any:
@@ -218,8 +232,11 @@ def state_differences(expected: Mapping[str, Any], state: Mapping[str, Any]) -> 
     """Missing keys, unexpected keys and shape mismatches of ``state`` against a model's ``expected`` state."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
-              if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)
+    ]
     out = []
     for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
         if keys:
@@ -231,8 +248,10 @@ def check_fits(path: Path, kind: Kind, planned: Any, found: Any, state: Mapping[
     """Refuse a file whose architecture is not the planned one, or whose weights do not fill the planned model."""
     diffs = architecture_differences(kind, planned, found)
     if diffs:
-        raise ConversionError(f"{path}: holds a {kind} of another architecture than planned ({'; '.join(diffs[:4])}"
-                              f"{'; ...' if len(diffs) > 4 else ''})")
+        raise ConversionError(
+            f"{path}: holds a {kind} of another architecture than planned ({'; '.join(diffs[:4])}"
+            f"{'; ...' if len(diffs) > 4 else ''})"
+        )
     problems = state_differences(_build(kind, planned).state_dict(), state)
     if problems:
         raise ConversionError(f"{path}: its weights do not fit the planned {kind}: {'; '.join(problems)}")
@@ -247,9 +266,16 @@ def provenance(path: Path, kind: Kind, source: str) -> dict[str, Any]:
     from gigatok.weights import file_sha256
 
     model = released_of(source)
-    return {"kind": kind, "file": path.name, "path": str(path.resolve()), "sha256": file_sha256(path),
-            "bytes": path.stat().st_size, "registry": model.name if model else None, "source": source,
-            "sha256_published": False if model else None}
+    return {
+        "kind": kind,
+        "file": path.name,
+        "path": str(path.resolve()),
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+        "registry": model.name if model else None,
+        "source": source,
+        "sha256_published": False if model else None,
+    }
 
 
 def finished_conversion(run_dir: Path, config_hash: str) -> dict[str, Any] | None:
@@ -258,13 +284,20 @@ def finished_conversion(run_dir: Path, config_hash: str) -> dict[str, Any] | Non
     if not summary.is_file() or not config.is_file():
         return None
     if json.loads(config.read_text()).get("hash") != config_hash:
-        raise ConversionError(f"{run_dir}: holds another run ({json.loads(config.read_text()).get('hash')}), not "
-                              f"{config_hash}; use a fresh folder")
+        raise ConversionError(
+            f"{run_dir}: holds another run ({json.loads(config.read_text()).get('hash')}), not "
+            f"{config_hash}; use a fresh folder"
+        )
     return json.loads(summary.read_text()).get("converted_from")
 
 
-def write_run_folder(run_dir: Path, kind: Kind, config: TokenizerRunConfig | ARRunConfig, state: Mapping[str, Any],
-                     origin: dict[str, Any]) -> Path:
+def write_run_folder(
+    run_dir: Path,
+    kind: Kind,
+    config: TokenizerRunConfig | ARRunConfig,
+    state: Mapping[str, Any],
+    origin: dict[str, Any],
+) -> Path:
     """A finished stage folder for ``config`` holding ``state``, written in a temporary sibling and renamed."""
     import torch
 
@@ -272,8 +305,9 @@ def write_run_folder(run_dir: Path, kind: Kind, config: TokenizerRunConfig | ARR
 
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConversionError(f"{run_dir}: exists and is not a finished conversion of this file; remove it or "
-                              "choose another folder")
+        raise ConversionError(
+            f"{run_dir}: exists and is not a finished conversion of this file; remove it or choose another folder"
+        )
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.converting-"))
     try:
@@ -296,17 +330,24 @@ def write_run_folder(run_dir: Path, kind: Kind, config: TokenizerRunConfig | ARR
     return run_dir
 
 
-def checked_state(path: Path, kind: Kind, planned: TokenizerRunConfig | ARRunConfig,
-                  loader: Loader | None = None) -> dict[str, Any]:
+def checked_state(
+    path: Path, kind: Kind, planned: TokenizerRunConfig | ARRunConfig, loader: Loader | None = None
+) -> dict[str, Any]:
     """The workbench state dict of an authors' file that holds the planned model; ConversionError otherwise."""
     found, state = read_authors(path, kind, loader)
-    check_fits(Path(path), kind, planned.tokenizer if kind == "tokenizer" else planned.model,  # type: ignore[union-attr]
-               found, state)
+    check_fits(
+        Path(path),
+        kind,
+        planned.tokenizer if kind == "tokenizer" else planned.model,  # type: ignore[union-attr]
+        found,
+        state,
+    )
     return state
 
 
-def convert_to_run(path: Path, kind: Kind, planned: TokenizerRunConfig | ARRunConfig, run_dir: Path,
-                   loader: Loader | None = None) -> dict[str, Any]:
+def convert_to_run(
+    path: Path, kind: Kind, planned: TokenizerRunConfig | ARRunConfig, run_dir: Path, loader: Loader | None = None
+) -> dict[str, Any]:
     """Convert ``path`` into ``run_dir`` as a finished stage of ``planned``; its provenance (nothing written on error).
 
     A finished conversion of the same config already there is kept (its provenance is returned).
@@ -322,8 +363,11 @@ def convert_to_run(path: Path, kind: Kind, planned: TokenizerRunConfig | ARRunCo
 
 def source_tags(kind: Kind, origin: Mapping[str, Any]) -> dict[str, str]:
     """MLflow tags naming the converted file and its sha256."""
-    return {schema.source(kind): str(origin["source"]), schema.source(kind, "_file"): str(origin["file"]),
-            schema.source(kind, "_sha256"): str(origin["sha256"])}
+    return {
+        schema.source(kind): str(origin["source"]),
+        schema.source(kind, "_file"): str(origin["file"]),
+        schema.source(kind, "_sha256"): str(origin["sha256"]),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -337,16 +381,19 @@ def released_file(source: str, weights_dir: str | None) -> Path:
 
     model = released_of(source)
     if model is None:
-        raise ConversionError(f"run source {source!r}: not a released checkpoint the workbench can find by itself; "
-                              "convert the file with python -m gigatok.convert into the runs folder first")
+        raise ConversionError(
+            f"run source {source!r}: not a released checkpoint the workbench can find by itself; "
+            "convert the file with python -m gigatok.convert into the runs folder first"
+        )
     try:
         return resolve_weight(model.name, weights_dir)
     except MissingWeightsError as exc:
         raise ConversionError(str(exc)) from None
 
 
-def install(kind: Kind, planned: TokenizerRunConfig | ARRunConfig, run_dir: Path, weights_dir: str | None
-            ) -> dict[str, Any]:
+def install(
+    kind: Kind, planned: TokenizerRunConfig | ARRunConfig, run_dir: Path, weights_dir: str | None
+) -> dict[str, Any]:
     """The converted stage folder of ``planned`` (whose ``source`` names the file), converting it when absent."""
     from gigatok.runs.layout import stage_lock
 
@@ -358,8 +405,9 @@ def install(kind: Kind, planned: TokenizerRunConfig | ARRunConfig, run_dir: Path
         return convert_to_run(released_file(planned.source, weights_dir), kind, planned, run_dir)
 
 
-def missing_inputs(configs: Iterable[tuple[TokenizerRunConfig | ARRunConfig, Path]],
-                   weights_dir: str | None) -> list[str]:
+def missing_inputs(
+    configs: Iterable[tuple[TokenizerRunConfig | ARRunConfig, Path]], weights_dir: str | None
+) -> list[str]:
     """One line per converted stage that is neither on disk nor convertible from a file that is there: a missing
     file, or one that does not hold the planned model."""
     problems = []

@@ -86,18 +86,14 @@ def load_authors_tokenizer(
 # --------------------------------------------------------------------------------------------------------------
 
 
-
-
-
-
 def _check_layout(weights: Mapping[str, torch.Tensor], name: str) -> None:
     keys = list(weights)
     if any(k in weights for k in AR_MARKERS) or any(k.startswith("layers.") for k in keys):
-        raise ConversionError(f"{name}: this is an AR (GPT) checkpoint, not an authors' tokenizer; convert it "
-                              "with gigatok.convert.ar")
+        raise ConversionError(
+            f"{name}: this is an AR (GPT) checkpoint, not an authors' tokenizer; convert it with gigatok.convert.ar"
+        )
     if not any(k.startswith(("s2to1encoder.", "s2dencoder.")) for k in keys):
-        raise ConversionError(f"{name}: not an authors' tokenizer state dict (no s2to1encoder.* or s2dencoder.* "
-                              "keys)")
+        raise ConversionError(f"{name}: not an authors' tokenizer state dict (no s2to1encoder.* or s2dencoder.* keys)")
     for marker, feature in UNSUPPORTED.items():
         if any(marker in k for k in keys):
             raise ConversionError(f"{name}: the tokenizer uses {feature}, which the workbench does not implement")
@@ -130,8 +126,10 @@ def _heads(width: int, which: str, override: int | None, name: str) -> int:
         return AUTHORS_HEADS_BY_WIDTH[width]
     if width % HEAD_WIDTH == 0:
         return width // HEAD_WIDTH
-    raise ConversionError(f"{name}: the {which} width {width} is not in the authors' size table and not a multiple "
-                          f"of {HEAD_WIDTH}; pass heads=(encoder, decoder)")
+    raise ConversionError(
+        f"{name}: the {which} width {width} is not in the authors' size table and not a multiple "
+        f"of {HEAD_WIDTH}; pass heads=(encoder, decoder)"
+    )
 
 
 def _size_name(width: int) -> str:
@@ -167,9 +165,7 @@ def _infer_cnn(weights: Mapping[str, torch.Tensor], latent: int, name: str) -> C
         raise ConversionError(f"{name}: the CNN's shapes make no valid configuration ({e})") from None
 
 
-def _infer_config(
-    weights: Mapping[str, torch.Tensor], name: str, heads: tuple[int, int] | None
-) -> TokenizerConfig:
+def _infer_config(weights: Mapping[str, torch.Tensor], name: str, heads: tuple[int, int] | None) -> TokenizerConfig:
     one_d = any(k.startswith("s2to1encoder.") for k in weights)
     enc, dec = ("s2to1encoder", "s1to2decoder") if one_d else ("s2dencoder", "s2ddecoder")
     embed = _get(weights, f"{enc}.encoder_embed.weight", name)
@@ -219,8 +215,10 @@ def _infer_semantic(weights: Mapping[str, torch.Tensor], dec: str, name: str) ->
     out_dim = weights[key].shape[0]
     encoders = [e for e, d in SEMANTIC_ENCODER_DIMS.items() if d == out_dim]
     if not encoders:
-        raise ConversionError(f"{name}: the semantic projector outputs {out_dim} channels, which no known semantic "
-                              f"encoder has ({SEMANTIC_ENCODER_DIMS})")
+        raise ConversionError(
+            f"{name}: the semantic projector outputs {out_dim} channels, which no known semantic "
+            f"encoder has ({SEMANTIC_ENCODER_DIMS})"
+        )
     default = SemanticConfig()
     encoder = default.encoder if default.encoder in encoders else encoders[0]
     return {"weight": default.weight, "layer": AUTHORS_DISTILL_DEPTH, "encoder": encoder}
@@ -386,5 +384,7 @@ def _check_against_model(m: _Mapper, cfg: TokenizerConfig) -> None:
         raise ConversionError(f"{m.name}: the converted weights have an unexpected {extra[0]} ({len(extra)} in all)")
     for key, shape in expected.items():
         if tuple(m.out[key].shape) != shape:
-            raise ConversionError(f"{m.name}: {m.source[key]} gives {key} the shape {tuple(m.out[key].shape)}, the "
-                                  f"inferred architecture needs {shape} (a mismatched state dict?)")
+            raise ConversionError(
+                f"{m.name}: {m.source[key]} gives {key} the shape {tuple(m.out[key].shape)}, the "
+                f"inferred architecture needs {shape} (a mismatched state dict?)"
+            )

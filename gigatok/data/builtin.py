@@ -130,10 +130,14 @@ ALL_SOURCES: tuple[BuiltinSource, ...] = (
     _skimage("grass", "grass.png", "CC0", "linolafett on DeviantArt, Grass-01"),
     _skimage("gravel", "gravel.png", "CC0", "CC0Textures Gravel04"),
     _skimage("hubble_deep_field", "hubble_deep_field.jpg", "public domain", "NASA / HubbleSite"),
-    _skimage("immunohistochemistry", "ihc.png", "no known copyright restrictions",
-             "Center for Microscopy And Molecular Imaging (CMMI)", since=2),
-    _skimage("microaneurysms", "microaneurysms.png", "CC0",
-             "Andreas Maier; HRF Image Database, image 07_dr", since=2),
+    _skimage(
+        "immunohistochemistry",
+        "ihc.png",
+        "no known copyright restrictions",
+        "Center for Microscopy And Molecular Imaging (CMMI)",
+        since=2,
+    ),
+    _skimage("microaneurysms", "microaneurysms.png", "CC0", "Andreas Maier; HRF Image Database, image 07_dr", since=2),
     _skimage("retina", "retina.jpg", "CC0", "Mikael Häggström, Wikimedia Commons", since=2),
     _skimage("rocket", "rocket.jpg", "public domain", "SpaceX"),
     _skimage("text", "text.png", "public domain", "Wikipedia, File:Corner.png", since=2),
@@ -253,9 +257,7 @@ class BuiltinImages(Dataset):
     it does not depend on ``crops_per_image``. Its validation split ignores ``seed`` (``self.seed`` is 0).
     """
 
-    def __init__(
-        self, split: str, image_size: int, crops_per_image: int, seed: int = 0, version: int = 1
-    ) -> None:
+    def __init__(self, split: str, image_size: int, crops_per_image: int, seed: int = 0, version: int = 1) -> None:
         if split not in SPLITS:
             raise DataError(f"builtin dataset: unknown split {split!r}; known: {SPLITS}")
         if image_size < 1 or crops_per_image < 1 or seed < 0:

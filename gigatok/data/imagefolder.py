@@ -35,7 +35,10 @@ class ImageFolderDataset(Dataset):
     """
 
     def __init__(
-        self, root: str | Path, split: str, image_size: int,
+        self,
+        root: str | Path,
+        split: str,
+        image_size: int,
         crop: Callable[[Image.Image, random.Random | None], Image.Image] | None = None,
     ) -> None:
         """``crop`` replaces the centre crop (training augmentation); it draws from the RNG :meth:`item` gives it."""
@@ -61,9 +64,7 @@ class ImageFolderDataset(Dataset):
             files = sorted(p for p in (split_dir / name).iterdir() if _is_image(p))
             self.samples.extend((path, index[name]) for path in files)
         if not self.samples:
-            raise DataError(
-                f"image folder split has no images (expected {split_dir}/<class>/<image>): {split_dir}"
-            )
+            raise DataError(f"image folder split has no images (expected {split_dir}/<class>/<image>): {split_dir}")
         self.num_classes = len(self.classes)
 
     def __len__(self) -> int:

@@ -32,7 +32,10 @@ def _halve_then_resize(image: Image.Image, short_side: int) -> Image.Image:
 
 
 def adm_random_crop(
-    image: Image.Image, image_size: int, min_crop_frac: float = 0.8, max_crop_frac: float = 1.0,
+    image: Image.Image,
+    image_size: int,
+    min_crop_frac: float = 0.8,
+    max_crop_frac: float = 1.0,
     rng: random.Random | None = None,
 ) -> Image.Image:
     """The training crop of guided-diffusion (ADM) ``random_crop_arr``, which the authors' tokenizer and linear

@@ -29,8 +29,18 @@ class Interrupted(Exception):
 # job starts.
 INPUT_ERRORS = (UsageError, ConfigError, DispatchError, TrackingError, ValueError)
 
-SLURM_FLAGS = ("partition", "account", "qos", "constraint", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb",
-               "time_min", "array_parallelism")
+SLURM_FLAGS = (
+    "partition",
+    "account",
+    "qos",
+    "constraint",
+    "nodes",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "time_min",
+    "array_parallelism",
+)
 
 
 def slurm_settings(flags: Any) -> SlurmSettings:
@@ -48,18 +58,24 @@ def require_paper_data(profile: str, data: str | None, needs: str) -> None:
     from gigatok.data import DATA_ROOT_ENV
 
     if profile == "paper" and data is None and not os.environ.get(DATA_ROOT_ENV):
-        raise UsageError(f"the paper profile {needs} ImageNet: pass --data /path/to/imagenet "
-                         f"(or set {DATA_ROOT_ENV})")
+        raise UsageError(f"the paper profile {needs} ImageNet: pass --data /path/to/imagenet (or set {DATA_ROOT_ENV})")
 
 
-def run_context(runs_dir: str, tracking_uri: str | None, weights_dir: str | None, allow_substitutes: bool,
-                device: str | None) -> RunContext:
+def run_context(
+    runs_dir: str, tracking_uri: str | None, weights_dir: str | None, allow_substitutes: bool, device: str | None
+) -> RunContext:
     """The context of every run a command launches. Random stand-ins only when asked for, at every profile; no
     progress bars in the jobs (their output goes to the job's log file; the command shows its own progress)."""
     from gigatok.tracking import resolve_tracking_uri
 
-    return RunContext(runs_dir=str(Path(runs_dir).resolve()), tracking_uri=resolve_tracking_uri(tracking_uri),
-                      weights_dir=weights_dir, allow_substitutes=allow_substitutes, device=device, progress=False)
+    return RunContext(
+        runs_dir=str(Path(runs_dir).resolve()),
+        tracking_uri=resolve_tracking_uri(tracking_uri),
+        weights_dir=weights_dir,
+        allow_substitutes=allow_substitutes,
+        device=device,
+        progress=False,
+    )
 
 
 def threads_per_worker(workers: int) -> int:
@@ -82,6 +98,7 @@ def cancel_on_interrupt(jobs: Callable[[], Iterable[Any]], sigterm: bool = False
     """On Ctrl-C cancel the jobs ``jobs()`` returns then (local jobs are this command's children: they would go
     on otherwise) and raise :class:`Interrupted`. With ``sigterm``, a terminated command does the same."""
     if sigterm:
+
         def interrupt(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt
 

@@ -47,8 +47,15 @@ def select(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
     return chosen
 
 
-def make_planner(profile: str, data: str | None, overrides: list[str], seeds: str | None, weights_dir: str | None,
-                 seeded: bool = True, study: str | None = None) -> Planner:
+def make_planner(
+    profile: str,
+    data: str | None,
+    overrides: list[str],
+    seeds: str | None,
+    weights_dir: str | None,
+    seeded: bool = True,
+    study: str | None = None,
+) -> Planner:
     """The planner of ``--profile``, ``--data``, ``--set`` and ``--seeds``, each checked. ``seeded``: whether the
     study trains anything (replicas over seeds of one that does not would repeat one run)."""
     parsed = tuple(parse_override(o) for o in overrides)
@@ -62,8 +69,15 @@ def make_planner(profile: str, data: str | None, overrides: list[str], seeds: st
     return Planner(profile, data_root, parsed, seeds=n_seeds, weights_dir=weights_dir)
 
 
-def plan_study(name: str | None, profile: str, data: str | None, overrides: list[str], seeds: str | None,
-               weights_dir: str | None, only: str | None) -> list[RunSpec]:
+def plan_study(
+    name: str | None,
+    profile: str,
+    data: str | None,
+    overrides: list[str],
+    seeds: str | None,
+    weights_dir: str | None,
+    only: str | None,
+) -> list[RunSpec]:
     """The runs of study ``name`` to launch (or show)."""
     if not name:
         raise UsageError("name a study (see --list)")
@@ -78,12 +92,21 @@ def plan_study(name: str | None, profile: str, data: str | None, overrides: list
 def catalog_rows(profile: str, seeds: str | None) -> list[dict[str, Any]]:
     """Every registered study: name, run count at ``profile``, what it reproduces, what it is about."""
     planner = Planner(profile, seeds=parse_seeds(seeds))
-    return [{"study": name, "runs": len(s.plan(planner)), "reproduces": s.reproduces, "about": s.about}
-            for name, s in STUDIES.items()]
+    return [
+        {"study": name, "runs": len(s.plan(planner)), "reproduces": s.reproduces, "about": s.about}
+        for name, s in STUDIES.items()
+    ]
 
 
-def search_target(profile: str, data: str | None, overrides: list[str], seeds: str | None, weights_dir: str | None,
-                  study: str | None, only: str | None) -> RunSpec:
+def search_target(
+    profile: str,
+    data: str | None,
+    overrides: list[str],
+    seeds: str | None,
+    weights_dir: str | None,
+    study: str | None,
+    only: str | None,
+) -> RunSpec:
     """The one run a search tunes: ``study`` with ``only`` filters, or ``only`` run-hash prefixes across all
     studies."""
     planner = make_planner(profile, data, overrides, seeds, weights_dir)
@@ -98,17 +121,23 @@ def search_target(profile: str, data: str | None, overrides: list[str], seeds: s
             raise UsageError("name the run: --study NAME --only FILTERS, or --only RUN_HASH (a prefix of its hash)")
         specs = [s for st in STUDIES.values() for s in st.plan(planner) if any(s.hash.startswith(x) for x in prefixes)]
         if not specs:
-            raise UsageError(f"--only {only}: no run of any study at profile {profile} has such a hash "
-                             "(pass the --set overrides the study was run with)")
+            raise UsageError(
+                f"--only {only}: no run of any study at profile {profile} has such a hash "
+                "(pass the --set overrides the study was run with)"
+            )
     if len(specs) > 1 and len({s.hash for s in specs}) == 1:
         # One configuration, planned (and tracked) by several studies: the trials need one MLflow parent.
-        raise UsageError(f"run {specs[0].hash} belongs to {len(specs)} studies "
-                         f"({', '.join(s.study for s in specs)}): choose one with --study")
+        raise UsageError(
+            f"run {specs[0].hash} belongs to {len(specs)} studies "
+            f"({', '.join(s.study for s in specs)}): choose one with --study"
+        )
     if len(specs) > 1:
         where = f"study {study}" if study else "the studies"
         shown = ", ".join(f"{s.study}: {s.label} ({s.hash})" for s in specs[:4])
-        raise UsageError(f"a CFG search tunes one run, and {where} has {len(specs)} matching --only "
-                         f"{only or '(none)'}: {shown}{', ...' if len(specs) > 4 else ''}; narrow --only")
+        raise UsageError(
+            f"a CFG search tunes one run, and {where} has {len(specs)} matching --only "
+            f"{only or '(none)'}: {shown}{', ...' if len(specs) > 4 else ''}; narrow --only"
+        )
     spec = specs[0]
     if spec.ar is None:
         raise UsageError(f"run {spec.hash} ({spec.label}) of study {spec.study} trains no AR model: nothing to search")
@@ -140,21 +169,23 @@ def plan_rows(specs: list[RunSpec], ctx: RunContext, tracked: dict[str, Any]) ->
     rows = []
     for spec in specs:
         record = tracked.get(spec.hash)
-        rows.append({
-            "hash": spec.hash,
-            "factors": spec.factor_dict,
-            "tokenizer": spec.tokenizer.tokenizer.name,
-            "kind": spec.tokenizer.tokenizer.kind,
-            "tokenizer_hash": spec.tokenizer.hash(),
-            "tokenizer_params": parameter_count("tokenizer", spec.tokenizer),
-            "ar_size": spec.ar.size if spec.ar else None,
-            "ar_hash": spec.ar.hash() if spec.ar else None,
-            "ar_params": parameter_count("ar", spec.ar) if spec.ar else None,
-            "stages": spec.ordered_stages(),
-            "stages_done": completed_stages(spec, ctx),
-            "mlflow_status": record.status if record else None,
-            "mlflow_run_id": record.run_id if record else None,
-        })
+        rows.append(
+            {
+                "hash": spec.hash,
+                "factors": spec.factor_dict,
+                "tokenizer": spec.tokenizer.tokenizer.name,
+                "kind": spec.tokenizer.tokenizer.kind,
+                "tokenizer_hash": spec.tokenizer.hash(),
+                "tokenizer_params": parameter_count("tokenizer", spec.tokenizer),
+                "ar_size": spec.ar.size if spec.ar else None,
+                "ar_hash": spec.ar.hash() if spec.ar else None,
+                "ar_params": parameter_count("ar", spec.ar) if spec.ar else None,
+                "stages": spec.ordered_stages(),
+                "stages_done": completed_stages(spec, ctx),
+                "mlflow_status": record.status if record else None,
+                "mlflow_run_id": record.run_id if record else None,
+            }
+        )
     return rows
 
 
@@ -168,13 +199,18 @@ def status_rows(specs: list[RunSpec], ctx: RunContext, study: str, profile: str)
     for spec in specs:
         record = tracked.get(spec.hash)
         tags = record.tags if record else {}
-        rows.append({
-            "hash": spec.hash, "label": spec.label, "status": record.status if record else "NOT SUBMITTED",
-            "stage": tags.get(schema.STAGE), "error": tags.get(schema.ERROR),
-            "slurm_job_id": tags.get(schema.SLURM_JOB_ID),
-            "slurm_state": slurm_state(tags.get(schema.SLURM_JOB_ID)),
-            "metrics": record.metrics if record else {},
-        })
+        rows.append(
+            {
+                "hash": spec.hash,
+                "label": spec.label,
+                "status": record.status if record else "NOT SUBMITTED",
+                "stage": tags.get(schema.STAGE),
+                "error": tags.get(schema.ERROR),
+                "slurm_job_id": tags.get(schema.SLURM_JOB_ID),
+                "slurm_state": slurm_state(tags.get(schema.SLURM_JOB_ID)),
+                "metrics": record.metrics if record else {},
+            }
+        )
     return rows
 
 
@@ -186,8 +222,9 @@ def slurm_state(job_id: str | None) -> str | None:
     if not job_id or shutil.which("sacct") is None:
         return None
     try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State"], capture_output=True,
-                             text=True, timeout=20).stdout.split()
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State"], capture_output=True, text=True, timeout=20
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         return None
     return out[-1] if out else None
@@ -223,9 +260,11 @@ def check_pretrained_inputs(specs: list[RunSpec], ctx: RunContext) -> None:
         for names in pretrained_files_needed(cfg):
             if all(find_weight(name, ctx.weights_dir) is None for name in names):
                 entry = get_weight_file(names[0])
-                raise UsageError(f"pretrained file '{entry.name}' ({entry.filename}) not found in "
-                                 f"{weights_folder(ctx.weights_dir)}, needed to train {spec.label}: put it there "
-                                 f"(from {entry.source}) or pass --allow-substitutes for a labelled random stand-in")
+                raise UsageError(
+                    f"pretrained file '{entry.name}' ({entry.filename}) not found in "
+                    f"{weights_folder(ctx.weights_dir)}, needed to train {spec.label}: put it there "
+                    f"(from {entry.source}) or pass --allow-substitutes for a labelled random stand-in"
+                )
 
 
 def check_converted_inputs(specs: list[RunSpec], ctx: RunContext) -> None:

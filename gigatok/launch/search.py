@@ -62,8 +62,10 @@ def search_plan(flags: Any, spec: RunSpec, ctx: RunContext) -> Any:
         changes["scale_min"], changes["scale_max"] = parse_range("--range", flags.range)
     if flags.fraction_range is not None:
         changes["fraction_min"], changes["fraction_max"] = parse_range("--fraction-range", flags.fraction_range)
-    for flag, name, value in (("--step", "scale_step", flags.step),
-                              ("--fraction-step", "fraction_step", flags.fraction_step)):
+    for flag, name, value in (
+        ("--step", "scale_step", flags.step),
+        ("--fraction-step", "fraction_step", flags.fraction_step),
+    ):
         if value is not None:
             if value <= 0:
                 raise UsageError(f"{flag} {value:g}: must be > 0")
@@ -71,8 +73,9 @@ def search_plan(flags: Any, spec: RunSpec, ctx: RunContext) -> Any:
     schedule = flags.schedule or spec.eval.cfg_schedule
     fraction_searched = changes.get("fraction_min", base.fraction_min) is not None
     if fraction_searched and schedule != "step":
-        raise UsageError("--fraction-range: the unguided share of tokens belongs to the step schedule; "
-                         "add --schedule step")
+        raise UsageError(
+            "--fraction-range: the unguided share of tokens belongs to the step schedule; add --schedule step"
+        )
     changes.update(_sampler_changes(flags, base))
     if flags.full_samples is not None:
         if flags.full_samples < 2:
@@ -100,11 +103,14 @@ def search_preview(plan: Any) -> dict[str, Any]:
     for point in plan.points:
         group = sorted(by_point.get(point, []), key=lambda t: t.number)
         last = group[-1] if group else None
-        points.append({
-            "cfg_scale": point.cfg_scale, "step_fraction": point.step_fraction,
-            "state": last.state.name if last else "TO RUN",
-            "gfid": last.value if last is not None and last.state.name == "COMPLETE" else None,
-        })
+        points.append(
+            {
+                "cfg_scale": point.cfg_scale,
+                "step_fraction": point.step_fraction,
+                "state": last.state.name if last else "TO RUN",
+                "gfid": last.value if last is not None and last.state.name == "COMPLETE" else None,
+            }
+        )
     to_run = sum(p["state"] in ("TO RUN", "FAIL", "WAITING") for p in points)
     if plan.search.sampler == "tpe":
         assert plan.search.trials is not None
@@ -113,9 +119,12 @@ def search_preview(plan: Any) -> dict[str, Any]:
         **plan.describe(),
         "storage_exists": bool(trials) or (not plan.is_rdb and Path(plan.storage_location).is_file()),
         "ar_trained": stage_result_path(plan.spec, plan.ctx, "ar").is_file(),
-        "parent_run_id": parent.run_id if parent else None, "parent_status": parent.status if parent else None,
-        "points": points if plan.search.sampler == "grid" else [], "trials_recorded": len(trials),
-        "to_run": to_run, "result": str(plan.result_path) if plan.result_path.is_file() else None,
+        "parent_run_id": parent.run_id if parent else None,
+        "parent_status": parent.status if parent else None,
+        "points": points if plan.search.sampler == "grid" else [],
+        "trials_recorded": len(trials),
+        "to_run": to_run,
+        "result": str(plan.result_path) if plan.result_path.is_file() else None,
     }
 
 
@@ -126,9 +135,11 @@ def search_parent(client: Any, spec: RunSpec) -> Any:
     _, tracked = tracked_runs(client, spec.study, spec.profile)
     record = tracked.get(spec.hash)
     if record is None:
-        raise UsageError(f"run {spec.hash} ({spec.label}) has no MLflow run in experiment "
-                         f"{experiment_name(spec.study, spec.profile)}: run `python studies/run.py {spec.study} "
-                         f"--only {spec.hash}` (with the same --profile and --set) first")
+        raise UsageError(
+            f"run {spec.hash} ({spec.label}) has no MLflow run in experiment "
+            f"{experiment_name(spec.study, spec.profile)}: run `python studies/run.py {spec.study} "
+            f"--only {spec.hash}` (with the same --profile and --set) first"
+        )
     return record
 
 

@@ -68,8 +68,19 @@ class StudyLaunch:
     _executor: Any = None
 
     @classmethod
-    def prepare(cls, study: str, profile: str, specs: list[RunSpec], ctx: RunContext, *, executor: str,
-                local_parallel: int | None, slurm_flags: Any, data: str | None, local_tasks: int = 1) -> StudyLaunch:
+    def prepare(
+        cls,
+        study: str,
+        profile: str,
+        specs: list[RunSpec],
+        ctx: RunContext,
+        *,
+        executor: str,
+        local_parallel: int | None,
+        slurm_flags: Any,
+        data: str | None,
+        local_tasks: int = 1,
+    ) -> StudyLaunch:
         """Check everything that can be wrong before anything is written, then read the study's runs from MLflow
         (creating its experiment) to split the plan into runs to do and runs FINISHED."""
         from gigatok.tracking import connect, ensure_experiment, experiment_name, study_runs
@@ -87,13 +98,28 @@ class StudyLaunch:
         client = connect(ctx.tracking_uri)  # fails fast, before anything is written
         about = get_study(study)
         experiment_id = ensure_experiment(
-            client, experiment_name(study, profile), f"{about.reproduces}: {about.about}",
+            client,
+            experiment_name(study, profile),
+            f"{about.reproduces}: {about.about}",
             schema.experiment_tags(study, profile),
         )
         tracked = study_runs(client, experiment_id)  # the one query that decides what is left to do
         finished = [s for s in specs if tracked.get(s.hash) and tracked[s.hash].status == "FINISHED"]
-        return cls(study, profile, executor_name, ctx, client, experiment_id, [s for s in specs if s not in finished],
-                   finished, workers, threads, tracked, slurm, local_tasks)
+        return cls(
+            study,
+            profile,
+            executor_name,
+            ctx,
+            client,
+            experiment_id,
+            [s for s in specs if s not in finished],
+            finished,
+            workers,
+            threads,
+            tracked,
+            slurm,
+            local_tasks,
+        )
 
     @property
     def groups(self) -> list[list[RunSpec]]:
@@ -112,8 +138,13 @@ class StudyLaunch:
                 self.client.update_run(record.run_id, status="SCHEDULED")
                 continue
             tags = schema.run_tags(
-                study=self.study, profile=self.profile, run_hash=spec.hash, tokenizer_hash=spec.tokenizer.hash(),
-                ar_hash=spec.ar.hash() if spec.ar else None, git_commit=commit, factors=spec.factors,
+                study=self.study,
+                profile=self.profile,
+                run_hash=spec.hash,
+                tokenizer_hash=spec.tokenizer.hash(),
+                ar_hash=spec.ar.hash() if spec.ar else None,
+                git_commit=commit,
+                factors=spec.factors,
                 executor=self.executor,
             )
             run = self.client.create_run(self.experiment_id, run_name=spec.label, tags=tags)
@@ -185,8 +216,10 @@ class StudyLaunch:
             states = {s.hash: tracked[s.hash] for s in specs if s.hash in tracked}
             active = [s for s in specs if s.hash in states and states[s.hash].status == "RUNNING"]
             stages = {s.hash: states[s.hash].tags.get(schema.STAGE) for s in active}
-            yield Progress(sum(1 for r in states.values() if r.status in TERMINAL),
-                           [(s, stages[s.hash], training_step(s, self.ctx, stages[s.hash])) for s in active])
+            yield Progress(
+                sum(1 for r in states.values() if r.status in TERMINAL),
+                [(s, stages[s.hash], training_step(s, self.ctx, stages[s.hash])) for s in active],
+            )
             if not self.running and not pending:
                 return
             time.sleep(poll_s)
@@ -199,9 +232,14 @@ class StudyLaunch:
         rows = []
         for spec in self.todo:
             record = tracked.get(spec.hash)
-            rows.append(Outcome(spec, record.status if record else "MISSING",
-                                {k: record.metrics[k] for k in HEADLINE_METRICS if record and k in record.metrics},
-                                record.tags.get(schema.ERROR) if record else None))
+            rows.append(
+                Outcome(
+                    spec,
+                    record.status if record else "MISSING",
+                    {k: record.metrics[k] for k in HEADLINE_METRICS if record and k in record.metrics},
+                    record.tags.get(schema.ERROR) if record else None,
+                )
+            )
         return rows
 
 

@@ -69,40 +69,82 @@ IS_UNAVAILABLE = (
 
 # Top-level blocks of the scripted TF graph, in order, and torch-fidelity's names for them.
 _BLOCKS = {
-    "conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3", "conv_3": "Conv2d_3b_1x1",
-    "conv_4": "Conv2d_4a_3x3", "mixed": "Mixed_5b", "mixed_1": "Mixed_5c", "mixed_2": "Mixed_5d",
-    "mixed_3": "Mixed_6a", "mixed_4": "Mixed_6b", "mixed_5": "Mixed_6c", "mixed_6": "Mixed_6d",
-    "mixed_7": "Mixed_6e", "mixed_8": "Mixed_7a", "mixed_9": "Mixed_7b", "mixed_10": "Mixed_7c",
+    "conv": "Conv2d_1a_3x3",
+    "conv_1": "Conv2d_2a_3x3",
+    "conv_2": "Conv2d_2b_3x3",
+    "conv_3": "Conv2d_3b_1x1",
+    "conv_4": "Conv2d_4a_3x3",
+    "mixed": "Mixed_5b",
+    "mixed_1": "Mixed_5c",
+    "mixed_2": "Mixed_5d",
+    "mixed_3": "Mixed_6a",
+    "mixed_4": "Mixed_6b",
+    "mixed_5": "Mixed_6c",
+    "mixed_6": "Mixed_6d",
+    "mixed_7": "Mixed_6e",
+    "mixed_8": "Mixed_7a",
+    "mixed_9": "Mixed_7b",
+    "mixed_10": "Mixed_7c",
 }
 # Inside each Inception block: TF tower names -> torch-fidelity branch names (TF's tower_2 is the pool branch).
 _INCEPTION_A = {
-    "conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
-    "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2", "tower_1.conv_2": "branch3x3dbl_3",
+    "conv": "branch1x1",
+    "tower.conv": "branch5x5_1",
+    "tower.conv_1": "branch5x5_2",
+    "tower_1.conv": "branch3x3dbl_1",
+    "tower_1.conv_1": "branch3x3dbl_2",
+    "tower_1.conv_2": "branch3x3dbl_3",
     "tower_2.conv": "branch_pool",
 }
 _INCEPTION_B = {
-    "conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
+    "conv": "branch3x3",
+    "tower.conv": "branch3x3dbl_1",
+    "tower.conv_1": "branch3x3dbl_2",
     "tower.conv_2": "branch3x3dbl_3",
 }
 _INCEPTION_C = {
-    "conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2", "tower.conv_2": "branch7x7_3",
-    "tower_1.conv": "branch7x7dbl_1", "tower_1.conv_1": "branch7x7dbl_2", "tower_1.conv_2": "branch7x7dbl_3",
-    "tower_1.conv_3": "branch7x7dbl_4", "tower_1.conv_4": "branch7x7dbl_5", "tower_2.conv": "branch_pool",
+    "conv": "branch1x1",
+    "tower.conv": "branch7x7_1",
+    "tower.conv_1": "branch7x7_2",
+    "tower.conv_2": "branch7x7_3",
+    "tower_1.conv": "branch7x7dbl_1",
+    "tower_1.conv_1": "branch7x7dbl_2",
+    "tower_1.conv_2": "branch7x7dbl_3",
+    "tower_1.conv_3": "branch7x7dbl_4",
+    "tower_1.conv_4": "branch7x7dbl_5",
+    "tower_2.conv": "branch_pool",
 }
 _INCEPTION_D = {
-    "tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2", "tower_1.conv": "branch7x7x3_1",
-    "tower_1.conv_1": "branch7x7x3_2", "tower_1.conv_2": "branch7x7x3_3", "tower_1.conv_3": "branch7x7x3_4",
+    "tower.conv": "branch3x3_1",
+    "tower.conv_1": "branch3x3_2",
+    "tower_1.conv": "branch7x7x3_1",
+    "tower_1.conv_1": "branch7x7x3_2",
+    "tower_1.conv_2": "branch7x7x3_3",
+    "tower_1.conv_3": "branch7x7x3_4",
 }
 _INCEPTION_E = {
-    "conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
-    "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1", "tower_1_conv_1": "branch3x3dbl_2",
-    "tower_1_mixed_conv": "branch3x3dbl_3a", "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+    "conv": "branch1x1",
+    "tower_conv": "branch3x3_1",
+    "tower_mixed_conv": "branch3x3_2a",
+    "tower_mixed_conv_1": "branch3x3_2b",
+    "tower_1_conv": "branch3x3dbl_1",
+    "tower_1_conv_1": "branch3x3dbl_2",
+    "tower_1_mixed_conv": "branch3x3dbl_3a",
+    "tower_1_mixed_conv_1": "branch3x3dbl_3b",
     "tower_2_conv": "branch_pool",
 }
 _INNER = {
-    "mixed": _INCEPTION_A, "mixed_1": _INCEPTION_A, "mixed_2": _INCEPTION_A, "mixed_3": _INCEPTION_B,
-    "mixed_4": _INCEPTION_C, "mixed_5": _INCEPTION_C, "mixed_6": _INCEPTION_C, "mixed_7": _INCEPTION_C,
-    "mixed_8": _INCEPTION_D, "mixed_9": _INCEPTION_E, "mixed_10": _INCEPTION_E,
+    "mixed": _INCEPTION_A,
+    "mixed_1": _INCEPTION_A,
+    "mixed_2": _INCEPTION_A,
+    "mixed_3": _INCEPTION_B,
+    "mixed_4": _INCEPTION_C,
+    "mixed_5": _INCEPTION_C,
+    "mixed_6": _INCEPTION_C,
+    "mixed_7": _INCEPTION_C,
+    "mixed_8": _INCEPTION_D,
+    "mixed_9": _INCEPTION_E,
+    "mixed_10": _INCEPTION_E,
 }
 # A scripted conv layer = conv (no bias) + batch norm without scale + ReLU.
 _LEAVES = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
@@ -336,7 +378,10 @@ def load_feature_network(
     has_logits = registry_name == OFFICIAL
     features_list = [layer, LOGITS_LAYER] if has_logits else [layer]
     extractor = cls(
-        TORCH_FIDELITY_NAMES[registry_name], features_list, weights_dir=weights_dir, input_size=input_size,
+        TORCH_FIDELITY_NAMES[registry_name],
+        features_list,
+        weights_dir=weights_dir,
+        input_size=input_size,
         verbose=False,
     )
     device = torch.device(device) if device is not None else torch.device("cpu")

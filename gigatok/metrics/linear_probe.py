@@ -116,8 +116,10 @@ class RandomCropViews(Dataset):
 
     def __init__(self, folder: Dataset) -> None:
         if not isinstance(folder, ImageFolderDataset):
-            raise TypeError(f"random-crop probe views need an image folder dataset, got {type(folder).__name__} "
-                            "(use eval.probe.views=fixed)")
+            raise TypeError(
+                f"random-crop probe views need an image folder dataset, got {type(folder).__name__} "
+                "(use eval.probe.views=fixed)"
+            )
         self.folder = folder
         self.num_classes = folder.num_classes
 
@@ -159,10 +161,20 @@ class LARS(torch.optim.Optimizer):
     plain gradient. Then heavy-ball momentum: ``mu = momentum * mu + d``, ``w -= lr * mu``.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float = 0.0, weight_decay: float = 0.0,
-                 momentum: float = 0.9, trust_coefficient: float = 1e-3) -> None:
-        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
-                    "trust_coefficient": trust_coefficient}
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 1e-3,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "trust_coefficient": trust_coefficient,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -212,21 +224,24 @@ def probe_lr(epoch: float, peak_lr: float, cfg: ProbeConfig) -> float:
     return cfg.min_lr + (peak_lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _fixed_batches(x: torch.Tensor, y: torch.Tensor, batch: int, generator: torch.Generator) -> Iterator[
-        tuple[torch.Tensor, torch.Tensor]]:
+def _fixed_batches(
+    x: torch.Tensor, y: torch.Tensor, batch: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled full batches (the last partial batch dropped, as the authors' loader does)."""
     order = torch.randperm(len(x), generator=generator).to(x.device)
     for start in range(0, len(x) - batch + 1, batch):
-        index = order[start:start + batch]
+        index = order[start : start + batch]
         yield x[index], y[index]
 
 
-def _view_batches(feature_fn: FeatureFn, dataset: Dataset, batch: int, chunk: int, generator: torch.Generator,
-                  num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _view_batches(
+    feature_fn: FeatureFn, dataset: Dataset, batch: int, chunk: int, generator: torch.Generator, num_workers: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of full batches of features of fresh views: the frozen model runs on ``chunk`` images at a time
     (bounding its memory), and their features are gathered into optimiser batches of ``batch``."""
-    loader = DataLoader(dataset, batch_size=chunk, sampler=RandomSampler(dataset, generator=generator),
-                        num_workers=num_workers)
+    loader = DataLoader(
+        dataset, batch_size=chunk, sampler=RandomSampler(dataset, generator=generator), num_workers=num_workers
+    )
     feats: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     held = 0
@@ -285,8 +300,13 @@ def lars_probe(
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         head = ProbeHead(x_val.shape[1], num_classes).to(device)
-        optimizer = LARS(head.parameters(), lr=peak_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                         trust_coefficient=cfg.trust_coefficient)
+        optimizer = LARS(
+            head.parameters(),
+            lr=peak_lr,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum,
+            trust_coefficient=cfg.trust_coefficient,
+        )
         head.train()
         step = 0
         while step < total_steps:
@@ -312,13 +332,21 @@ def lars_probe(
     random.setstate(python_state)
     accuracy = float((predictions == y_val).double().mean())
     views = "random-crop + flip views" if cfg.views == "random_crop" else "fixed views"
-    method = (f"LARS linear probe (BatchNorm + linear head; {cfg.epochs:g} epochs, warm-up {cfg.warmup_epochs:g}, "
-              f"batch {batch}, lr {peak_lr:.4g}, {views})")
+    method = (
+        f"LARS linear probe (BatchNorm + linear head; {cfg.epochs:g} epochs, warm-up {cfg.warmup_epochs:g}, "
+        f"batch {batch}, lr {peak_lr:.4g}, {views})"
+    )
     return ProbeResult(accuracy, 1.0 / max(classes_seen, 1), size, len(y_val), features, method)
 
 
 def lars_probe_on_images(
-    cfg: ProbeConfig, feature_fn: FeatureFn, train: Dataset, val: Dataset, features: str, *, batch_size: int = 64,
+    cfg: ProbeConfig,
+    feature_fn: FeatureFn,
+    train: Dataset,
+    val: Dataset,
+    features: str,
+    *,
+    batch_size: int = 64,
     num_workers: int = 0,
 ) -> ProbeResult:
     """:func:`lars_probe` of ``feature_fn`` on image datasets: validation features of one centre crop each;
@@ -330,5 +358,6 @@ def lars_probe_on_images(
     else:
         source = dataset_features(feature_fn, train, batch_size, num_workers)
     num_classes = getattr(train, "num_classes", None)
-    return lars_probe(source, val_xy, features, cfg, num_classes=num_classes, chunk_size=batch_size,
-                      num_workers=num_workers)
+    return lars_probe(
+        source, val_xy, features, cfg, num_classes=num_classes, chunk_size=batch_size, num_workers=num_workers
+    )

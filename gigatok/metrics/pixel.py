@@ -106,4 +106,3 @@ def _ssim(a: torch.Tensor, b: torch.Tensor, rng: float, g: torch.Tensor, covaria
     c2 = (SSIM_K2 * rng) ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return s.flatten(1).mean(dim=1)
-

@@ -122,8 +122,9 @@ def evaluate_reconstruction(
     was_training = tokenizer.training
     tokenizer.eval()
     try:
-        with tqdm(total=len(dataset), unit="img", desc="reconstruction metrics", disable=not progress,
-                  leave=False) as bar:
+        with tqdm(
+            total=len(dataset), unit="img", desc="reconstruction metrics", disable=not progress, leave=False
+        ) as bar:
             for images in image_batches(dataset, batch_size, num_workers):
                 x = images.to(device, torch.float32)
                 quant = tokenizer.encode(x)
@@ -131,8 +132,11 @@ def evaluate_reconstruction(
                 counts += torch.bincount(quant.indices.flatten().cpu(), minlength=codebook_size)
 
                 real_u8, recon_u8 = to_uint8(x), to_uint8(recon)
-                scores = {"psnr": psnr(real_u8, recon_u8), "ssim": ssim(real_u8, recon_u8),
-                          "ssim_authors": ssim_authors(real_u8, recon_u8)}
+                scores = {
+                    "psnr": psnr(real_u8, recon_u8),
+                    "ssim": ssim(real_u8, recon_u8),
+                    "ssim_authors": ssim_authors(real_u8, recon_u8),
+                }
                 if lpips_net is not None:
                     scores["lpips"] = lpips_net(real_u8.float() / 127.5 - 1.0, recon_u8.float() / 127.5 - 1.0)
                 means.add(x.shape[0], **scores)
@@ -163,16 +167,18 @@ class _RfidAccumulator:
     """rFID's two sides as batches arrive: the reconstructions' moments, and the validation images' unless a cached
     summary of them exists (then read from, or written to, ``reference_cache_dir``)."""
 
-    def __init__(self, network: FeatureNetwork, description: str,
-                 reference_cache_dir: str | os.PathLike[str] | None) -> None:
+    def __init__(
+        self, network: FeatureNetwork, description: str, reference_cache_dir: str | os.PathLike[str] | None
+    ) -> None:
         self.network, self.description = network, description
         dim = int(network.info.layer)
         self.recon_moments = FeatureMoments(dim)
         self.reference: FeatureSummary | None = None
         self.reference_path = None
         if reference_cache_dir is not None:
-            self.reference_path = reference_cache_path(reference_cache_dir, network.info, description,
-                                                       DEFAULT_PRC_CAPACITY, seed=0)
+            self.reference_path = reference_cache_path(
+                reference_cache_dir, network.info, description, DEFAULT_PRC_CAPACITY, seed=0
+            )
             if self.reference_path.is_file():
                 self.reference = FeatureSummary.load(self.reference_path)
         self.real_moments = self.real_reservoir = None
@@ -192,38 +198,53 @@ class _RfidAccumulator:
         info, reference = self.network.info, self.reference
         if reference is None:
             reference = FeatureSummary(
-                network=info, description=self.description, count=self.real_moments.count,
-                mean=self.real_moments.mean, covariance=self.real_moments.covariance,
-                prc_features=self.real_reservoir.features, prc_seed=0,
+                network=info,
+                description=self.description,
+                count=self.real_moments.count,
+                mean=self.real_moments.mean,
+                covariance=self.real_moments.covariance,
+                prc_features=self.real_reservoir.features,
+                prc_seed=0,
             )
             if self.reference_path is not None:
                 reference = FeatureSummary.load(reference.save(self.reference_path))
         moments = self.recon_moments
         recon_summary = FeatureSummary(
-            network=info, description=f"reconstructions of {self.description}", count=moments.count,
-            mean=moments.mean, covariance=moments.covariance,
-            prc_features=np.zeros((0, moments.dim), np.float32), prc_seed=0,
+            network=info,
+            description=f"reconstructions of {self.description}",
+            count=moments.count,
+            mean=moments.mean,
+            covariance=moments.covariance,
+            prc_features=np.zeros((0, moments.dim), np.float32),
+            prc_seed=0,
         )
         provenance = {
             "feature_network": network_provenance(info),
             "inception_input_size": info.input_size,
-            "reference": {"description": reference.description, "count": reference.count,
-                          "cache": reference.cache_path},
+            "reference": {
+                "description": reference.description,
+                "count": reference.count,
+                "cache": reference.cache_path,
+            },
             "samples": {"description": recon_summary.description, "count": recon_summary.count},
         }
         return frechet_distance(recon_summary, reference), provenance
 
 
-def _provenance(tokenizer: GigaTokenizer, description: str, count: int,
-                perceptual: PerceptualLoss | LPIPSUnavailable) -> dict[str, Any]:
+def _provenance(
+    tokenizer: GigaTokenizer, description: str, count: int, perceptual: PerceptualLoss | LPIPSUnavailable
+) -> dict[str, Any]:
     """What each reconstruction metric was computed on and how (rFID's part is added by the accumulator)."""
     cfg = tokenizer.cfg
     return {
         "dataset": description,
         "count": count,
         "tokenizer": {
-            "name": cfg.name, "kind": cfg.kind, "image_size": cfg.image_size,
-            "num_tokens": cfg.num_tokens, "codebook_size": cfg.quantizer.codebook_size,
+            "name": cfg.name,
+            "kind": cfg.kind,
+            "image_size": cfg.image_size,
+            "num_tokens": cfg.num_tokens,
+            "codebook_size": cfg.quantizer.codebook_size,
         },
         "images": "originals and reconstructions (clamped to [-1, 1]) quantised to uint8, round((x + 1) * 127.5), "
         "as saved to PNG, before every metric",

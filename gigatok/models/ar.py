@@ -52,9 +52,7 @@ class Attention(AttentionModule):
         self.dropout = cfg.attention_dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.wqkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         if cache is None:

@@ -162,8 +162,15 @@ def create_dino_vit(arch: DinoArch) -> nn.Module:
     import timm  # deferred: importing timm takes seconds and only this discriminator needs it here
 
     return timm.create_model(
-        "vit_small_patch16_224", pretrained=False, num_classes=0, act_layer="gelu_tanh", img_size=arch.image_size,
-        patch_size=arch.patch_size, embed_dim=arch.width, depth=arch.depth, num_heads=arch.heads,
+        "vit_small_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        act_layer="gelu_tanh",
+        img_size=arch.image_size,
+        patch_size=arch.patch_size,
+        embed_dim=arch.width,
+        depth=arch.depth,
+        num_heads=arch.heads,
     )
 
 
@@ -227,8 +234,10 @@ class LocalBatchNorm(nn.Module):
         b, c, length = x.shape
         groups = math.ceil(b / self.virtual_batch)
         if b % groups:
-            raise ValueError(f"DINO discriminator: batch {b} does not split into {groups} equal groups of at most "
-                             f"{self.virtual_batch} (use a batch that does, e.g. a multiple of {self.virtual_batch})")
+            raise ValueError(
+                f"DINO discriminator: batch {b} does not split into {groups} equal groups of at most "
+                f"{self.virtual_batch} (use a batch that does, e.g. a multiple of {self.virtual_batch})"
+            )
         g = x.float().view(groups, b // groups, c, length)
         mean = g.mean(dim=(1, 3), keepdim=True)
         var = g.var(dim=(1, 3), keepdim=True, unbiased=False)
@@ -276,8 +285,14 @@ class DinoDiscriminator(nn.Module):
     the authors' discriminator checkpoints load as they are. The ViT (timm's = DINO's layout) is ``backbone.vit``.
     """
 
-    def __init__(self, vit: nn.Module, arch: DinoArch = DinoArch(), augment: bool = True,
-                 substitute: bool = False, network_name: str = "dino-vits16") -> None:
+    def __init__(
+        self,
+        vit: nn.Module,
+        arch: DinoArch = DinoArch(),
+        augment: bool = True,
+        substitute: bool = False,
+        network_name: str = "dino-vits16",
+    ) -> None:
         super().__init__()
         self.arch = arch
         self.augment = augment
@@ -330,7 +345,7 @@ def _is_backbone_key(key: str) -> bool:
 
 
 def _drop_backbone(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, metadata: object) -> None:
-    for key in [k for k in state if k.startswith(prefix) and _is_backbone_key(k[len(prefix):])]:
+    for key in [k for k in state if k.startswith(prefix) and _is_backbone_key(k[len(prefix) :])]:
         del state[key]
 
 
@@ -349,8 +364,9 @@ def build_dino_discriminator(
     except MissingWeightsError as err:
         if not allow_substitute:
             raise
-        warnings.warn(f"the DINO discriminator uses a randomly initialised ViT-S/16 {SUBSTITUTE_TAG}: {err}",
-                      stacklevel=2)
+        warnings.warn(
+            f"the DINO discriminator uses a randomly initialised ViT-S/16 {SUBSTITUTE_TAG}: {err}", stacklevel=2
+        )
         with torch.random.fork_rng(devices=[]):  # a fixed stand-in, without disturbing the run's random stream
             torch.manual_seed(SUBSTITUTE_SEED)
             vit = create_dino_vit(arch)
@@ -362,8 +378,12 @@ def build_dino_discriminator(
 
 
 def build_discriminator(
-    kind: str, *, channels: int = 64, layers: int = 3,
-    weights_dir: str | os.PathLike[str] | None = None, allow_substitute: bool = False,
+    kind: str,
+    *,
+    channels: int = 64,
+    layers: int = 3,
+    weights_dir: str | os.PathLike[str] | None = None,
+    allow_substitute: bool = False,
 ) -> PatchDiscriminator | DinoDiscriminator:
     """The discriminator a run's ``loss.discriminator`` names (``channels``/``layers`` size the PatchGAN)."""
     if kind == "patchgan":

@@ -52,9 +52,18 @@ class _Stack(nn.Module):
     embedded context (the authors' layout). ``out_kernel`` 3 makes the output projection a 3x3 conv on the grid.
     """
 
-    def __init__(self, cfg: TokenizerConfig, width: int, depth: int, heads: int, one_d: bool,
-                 num_queries: int, num_context: int, queries_from_context: bool = False,
-                 out_kernel: int = 1) -> None:
+    def __init__(
+        self,
+        cfg: TokenizerConfig,
+        width: int,
+        depth: int,
+        heads: int,
+        one_d: bool,
+        num_queries: int,
+        num_context: int,
+        queries_from_context: bool = False,
+        out_kernel: int = 1,
+    ) -> None:
         super().__init__()
         c = cfg.cnn.latent_channels
         self.input_norm = nn.LayerNorm(c) if cfg.input_norm else None
@@ -83,8 +92,9 @@ class _Stack(nn.Module):
             return self.stack(x, None, capture_layer, positions=(self.query_pos, self.query_pos))
         return self.stack(x + self.query_pos, capture_layer=capture_layer)
 
-    def _run_1d(self, queries: torch.Tensor, context: torch.Tensor,
-                capture_layer: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run_1d(
+        self, queries: torch.Tensor, context: torch.Tensor, capture_layer: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.detr:
             return self.stack(queries, context, capture_layer, positions=(self.query_pos, self.context_pos))
         return self.stack(queries + self.query_pos, context + self.context_pos, capture_layer)
@@ -96,8 +106,16 @@ class TransformerEncoder(_Stack):
     def __init__(self, cfg: TokenizerConfig) -> None:
         size, one_d = cfg.encoder, cfg.kind == "1d"
         from_context = one_d and cfg.queries_from_context
-        super().__init__(cfg, size.width, size.depth, size.heads, one_d, cfg.num_tokens, cfg.grid_size**2,
-                         queries_from_context=from_context)
+        super().__init__(
+            cfg,
+            size.width,
+            size.depth,
+            size.heads,
+            one_d,
+            cfg.num_tokens,
+            cfg.grid_size**2,
+            queries_from_context=from_context,
+        )
         self.num_tokens = cfg.num_tokens
         self.grid_size = cfg.grid_size
         self.first_split = cfg.pool_first_split
@@ -132,9 +150,17 @@ class TransformerDecoder(_Stack):
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         size, one_d = cfg.decoder, cfg.kind == "1d"
-        super().__init__(cfg, size.width, size.depth, size.heads, one_d, cfg.grid_size**2, cfg.num_tokens,
-                         queries_from_context=one_d and cfg.queries_from_context,
-                         out_kernel=cfg.decoder_out_kernel)
+        super().__init__(
+            cfg,
+            size.width,
+            size.depth,
+            size.heads,
+            one_d,
+            cfg.grid_size**2,
+            cfg.num_tokens,
+            queries_from_context=one_d and cfg.queries_from_context,
+            out_kernel=cfg.decoder_out_kernel,
+        )
         self.grid_size = cfg.grid_size
 
     def forward(

@@ -113,8 +113,9 @@ class DetrBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_ratio, dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None, query_pos: torch.Tensor,
-                context_pos: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None, query_pos: torch.Tensor, context_pos: torch.Tensor
+    ) -> torch.Tensor:
         context = x if context is None else context
         h = self.norm1(x)
         x = x + self.self_attn.forward_qkv(h + query_pos, h + query_pos, h)
@@ -126,8 +127,9 @@ class DetrBlock(nn.Module):
 class TransformerStack(nn.Module):
     """A stack of blocks that can also return the output of one intermediate layer (for semantic alignment)."""
 
-    def __init__(self, block: type[nn.Module], width: int, depth: int, heads: int, mlp_ratio: float,
-                 dropout: float) -> None:
+    def __init__(
+        self, block: type[nn.Module], width: int, depth: int, heads: int, mlp_ratio: float, dropout: float
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(block(width, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)

@@ -30,8 +30,10 @@ from gigatok.runs.spec import RunContext, RunSpec
 def provenance_tag(provenance: dict[str, Any], samples: str, reference: str) -> str:
     """The tag that says what an FID compared: the feature network, its input size, and the two image sets."""
     network = provenance["feature_network"]
-    return (f"{network['registry_name']} ({network['title']}), {provenance['inception_input_size']} px, "
-            f"{samples} vs {reference}")
+    return (
+        f"{network['registry_name']} ({network['title']}), {provenance['inception_input_size']} px, "
+        f"{samples} vs {reference}"
+    )
 
 
 def probe_outcome(stage: str, path: Path) -> StageOutcome:
@@ -62,8 +64,12 @@ def reconstruction_stage(sc: StageContext) -> StageOutcome:
         tokenizer = load_trained_tokenizer(sc.tok_dir, ws.device)
         val, description = val_subset(sc.spec, e.recon_images)
         result = evaluate_reconstruction(
-            tokenizer, val, batch_size=e.batch_size, description=description,
-            feature_network=ws.feature_network(e.inception_input), perceptual=ws.perceptual(),
+            tokenizer,
+            val,
+            batch_size=e.batch_size,
+            description=description,
+            feature_network=ws.feature_network(e.inception_input),
+            perceptual=ws.perceptual(),
             reference_cache_dir=sc.ctx.reference_dir,
             progress=sc.ctx.progress,
         )
@@ -79,8 +85,11 @@ def reconstruction_stage(sc: StageContext) -> StageOutcome:
     prov = result["provenance"]
     metrics = {k: result[k] for k in schema.STAGE_METRICS["reconstruction"] if result.get(k) is not None}
     tags = {
-        schema.provenance("rfid"): provenance_tag(prov["rfid"], "reconstructions", prov["rfid"]["reference"][
-            "description"]) if "rfid" in prov else "not computed",
+        schema.provenance("rfid"): provenance_tag(
+            prov["rfid"], "reconstructions", prov["rfid"]["reference"]["description"]
+        )
+        if "rfid" in prov
+        else "not computed",
         # the network, or "unavailable (<why>)" where no LPIPS was computed (then no lpips metric is logged)
         schema.provenance("lpips"): result["lpips_network"],
     }
@@ -110,12 +119,22 @@ def tokenizer_probe_stage(sc: StageContext) -> StageOutcome:
         if sc.spec.eval.probe.method == "lars":
             from gigatok.metrics.linear_probe import lars_probe_on_images, tokenizer_feature_fn
 
-            probe = lars_probe_on_images(sc.spec.eval.probe, tokenizer_feature_fn(tokenizer), train, val,
-                                         features, batch_size=sc.spec.eval.batch_size,
-                                         num_workers=tok.data.num_workers)
+            probe = lars_probe_on_images(
+                sc.spec.eval.probe,
+                tokenizer_feature_fn(tokenizer),
+                train,
+                val,
+                features,
+                batch_size=sc.spec.eval.batch_size,
+                num_workers=tok.data.num_workers,
+            )
         else:
-            probe = linear_probe(tokenizer_features(tokenizer, train), tokenizer_features(tokenizer, val),
-                                 features=features, max_iter=sc.spec.eval.probe_max_iter)
+            probe = linear_probe(
+                tokenizer_features(tokenizer, train),
+                tokenizer_features(tokenizer, val),
+                features=features,
+                max_iter=sc.spec.eval.probe_max_iter,
+            )
         write_result(path, dataclasses.asdict(probe))
     return probe_outcome("tokenizer_probe", path)
 
@@ -144,17 +163,28 @@ def feature_pca_stage(sc: StageContext) -> StageOutcome:
         tokenizer = load_trained_tokenizer(sc.tok_dir, sc.workspace.device)
         pca = decoder_feature_pca(tokenizer, images, class_index)
         pca.save(arrays)
-        write_result(path, {
-            "class_index": class_index, "images": len(members), "dataset": description, "layer": pca.layer,
-            "explained_variance_ratio": pca.explained_variance_ratio.tolist(), "arrays": arrays.name,
-        })
+        write_result(
+            path,
+            {
+                "class_index": class_index,
+                "images": len(members),
+                "dataset": description,
+                "layer": pca.layer,
+                "explained_variance_ratio": pca.explained_variance_ratio.tolist(),
+                "arrays": arrays.name,
+            },
+        )
     result = read_result(path)
-    tags = {schema.artifact("feature_pca"): f"eval/feature_pca/{arrays.name}",
-            schema.provenance("feature_pca_variance"):
-                f"decoder layer {result['layer']}, {result['images']} images of class {result['class_index']} "
-                f"of {result['dataset']}"}
-    return StageOutcome("feature_pca", {"feature_pca_variance": float(sum(result["explained_variance_ratio"]))},
-                        tags, [path, arrays])
+    tags = {
+        schema.artifact("feature_pca"): f"eval/feature_pca/{arrays.name}",
+        schema.provenance(
+            "feature_pca_variance"
+        ): f"decoder layer {result['layer']}, {result['images']} images of class {result['class_index']} "
+        f"of {result['dataset']}",
+    }
+    return StageOutcome(
+        "feature_pca", {"feature_pca_variance": float(sum(result["explained_variance_ratio"]))}, tags, [path, arrays]
+    )
 
 
 # -- the AR model's linear probe --------------------------------------------------------------------------------
@@ -187,12 +217,17 @@ def ar_probe_stage(sc: StageContext) -> StageOutcome:
             if cfg.method == "lars":
                 from gigatok.metrics.linear_probe import lars_probe
 
-                as_tensors = [tuple(torch.from_numpy(a).to(device) for a in ar_features(ar, cache))
-                              for cache in (train, val)]
+                as_tensors = [
+                    tuple(torch.from_numpy(a).to(device) for a in ar_features(ar, cache)) for cache in (train, val)
+                ]
                 probe = lars_probe(as_tensors[0], as_tensors[1], features, cfg, num_classes=ar.cfg.num_classes)
             else:
-                probe = linear_probe(ar_features(ar, train), ar_features(ar, val), features=features,
-                                     max_iter=sc.spec.eval.probe_max_iter)
+                probe = linear_probe(
+                    ar_features(ar, train),
+                    ar_features(ar, val),
+                    features=features,
+                    max_iter=sc.spec.eval.probe_max_iter,
+                )
         write_result(path, dataclasses.asdict(probe))
     return probe_outcome("ar_probe", path)
 
@@ -207,8 +242,15 @@ def ar_probe_on_images(sc: StageContext, ar: Any, features: str) -> Any:
     tokenizer = load_trained_tokenizer(sc.tok_dir, sc.workspace.device)
     train = build_dataset(tok.data, "train", tok.tokenizer.image_size, seed=tok.train.seed)
     val = build_dataset(tok.data, "val", tok.tokenizer.image_size, seed=tok.train.seed)
-    return lars_probe_on_images(sc.spec.eval.probe, ar_image_feature_fn(tokenizer, ar), train, val, features,
-                                batch_size=sc.spec.eval.batch_size, num_workers=tok.data.num_workers)
+    return lars_probe_on_images(
+        sc.spec.eval.probe,
+        ar_image_feature_fn(tokenizer, ar),
+        train,
+        val,
+        features,
+        batch_size=sc.spec.eval.batch_size,
+        num_workers=tok.data.num_workers,
+    )
 
 
 # -- the decoding cost (Table 4) --------------------------------------------------------------------------------
@@ -233,9 +275,17 @@ def decode_cost_stage(sc: StageContext) -> StageOutcome:
         ar = build_ar_model(sc.spec.ar.model).to(device).eval()
         tokenizer = build_tokenizer(sc.spec.tokenizer.tokenizer).to(device).eval()
         cost = decode_cost(ar, tokenizer, SamplingConfig(e.cfg_scale, e.cfg_schedule), batch_size=e.batch_size)
-        write_result(path, {"sampling_seconds": cost.sampling_seconds, "decoding_seconds": cost.decoding_seconds,
-                            "decode_fraction": cost.decode_fraction, "device": str(device),
-                            "batch_size": e.batch_size, "weights": "untrained (timing only)"})
+        write_result(
+            path,
+            {
+                "sampling_seconds": cost.sampling_seconds,
+                "decoding_seconds": cost.decoding_seconds,
+                "decode_fraction": cost.decode_fraction,
+                "device": str(device),
+                "batch_size": e.batch_size,
+                "weights": "untrained (timing only)",
+            },
+        )
     result = read_result(path)
     metrics = {k: result[k] for k in schema.STAGE_METRICS["decode_cost"]}
     return StageOutcome("decode_cost", metrics, {schema.DECODE_DEVICE: result["device"]}, [path])

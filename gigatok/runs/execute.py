@@ -33,8 +33,9 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
     last_step: dict[str, int] = {}
     if logger is not None:
         run = logger.client.get_run(run_id)
-        logged = {stage for stage, v in schema.family(run.data.tags, schema.LOGGED_PREFIX).items()
-                  if v == schema.LOGGED}
+        logged = {
+            stage for stage, v in schema.family(run.data.tags, schema.LOGGED_PREFIX).items() if v == schema.LOGGED
+        }
         for stage in TRAINING_STAGES:
             if stage in spec.stages and stage not in logged:
                 last_step[stage] = logger.last_step(f"{stage}/lr")
@@ -72,8 +73,9 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
             # Curves: whatever MLflow lacks, i.e. what neither an earlier process stored nor this one streamed: a
             # stage finished by another run or process, or the steps a killed process still held in RunLogger's
             # buffer (up to its last few seconds, possibly before the checkpoint this process resumed from).
-            missing = [(s, v) for s, v in outcome.records
-                       if s > stored.get(stage, -1) and s not in streamed.get(stage, ())]
+            missing = [
+                (s, v) for s, v in outcome.records if s > stored.get(stage, -1) and s not in streamed.get(stage, ())
+            ]
             logger.metric_records(missing, prefix=f"{stage}/")
             logger.metrics(outcome.metrics)
             for artifact in outcome.artifacts:
@@ -89,7 +91,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
             reason = f"{stage}: {type(exc).__name__}: {exc}".splitlines()[0][:1000]
             with contextlib.suppress(Exception):
                 logger.tags({schema.ERROR: reason, schema.FAILED_STAGE: stage})
-                error_file = (ctx.root / "errors" / f"{spec.hash}.txt")
+                error_file = ctx.root / "errors" / f"{spec.hash}.txt"
                 error_file.parent.mkdir(parents=True, exist_ok=True)
                 error_file.write_text(traceback.format_exc())
                 logger.artifact(error_file, "errors")

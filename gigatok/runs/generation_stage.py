@@ -25,8 +25,20 @@ def generation_result_path(spec: RunSpec, ctx: RunContext, e: EvalConfig | None)
     """The generation stage's result when sampling at ``e``; None: at a point a CFG search has yet to choose."""
     if e is None:  # no result can exist yet
         return ar_dir_of(spec, ctx) / "eval" / "generation-after-cfg-search.json"
-    payload = {n: getattr(e, n) for n in ("gen_samples", "reference_images", "inception_input",
-               "cfg_scale", "cfg_schedule", "step_fraction", "temperature", "top_k", "top_p")}
+    payload = {
+        n: getattr(e, n)
+        for n in (
+            "gen_samples",
+            "reference_images",
+            "inception_input",
+            "cfg_scale",
+            "cfg_schedule",
+            "step_fraction",
+            "temperature",
+            "top_k",
+            "top_p",
+        )
+    }
     # Settings added later join the key only when set, so earlier results keep their names.
     if e.gen_reference != "val":
         payload["gen_reference"] = e.gen_reference
@@ -44,15 +56,23 @@ def generation_reference(spec: RunSpec, ctx: RunContext, network: Any, e: EvalCo
         from gigatok.weights import file_sha256, resolve_weight
 
         path = resolve_weight(ADM_REFERENCE, ctx.weights_dir)
-        return adm_reference_summary(path, network, sha256=file_sha256(path), cache_dir=ctx.reference_dir,
-                                     batch_size=e.batch_size, progress=ctx.progress)
+        return adm_reference_summary(
+            path,
+            network,
+            sha256=file_sha256(path),
+            cache_dir=ctx.reference_dir,
+            batch_size=e.batch_size,
+            progress=ctx.progress,
+        )
     images, description = val_subset(spec, e.reference_images, split=e.gen_reference)
-    return reference_summary(images, network, description, cache_dir=ctx.reference_dir, batch_size=e.batch_size,
-                             progress=ctx.progress)
+    return reference_summary(
+        images, network, description, cache_dir=ctx.reference_dir, batch_size=e.batch_size, progress=ctx.progress
+    )
 
 
-def generation_at(sc: StageContext, e: EvalConfig | None,
-                  on_features: Callable[[Any], None] | None = None) -> StageOutcome:
+def generation_at(
+    sc: StageContext, e: EvalConfig | None, on_features: Callable[[Any], None] | None = None
+) -> StageOutcome:
     """The generation stage sampling at ``e``: sampled and scored unless its result is on disk, then read back.
 
     ``on_features`` sees the Inception features of each batch of samples on their way into the statistics (the
@@ -75,30 +95,40 @@ def generation_at(sc: StageContext, e: EvalConfig | None,
         reference = generation_reference(sc.spec, sc.ctx, network, e)
         ar = load_trained_ar(sc.ar_dir, ws.device)
         tokenizer = load_trained_tokenizer(sc.tok_dir, ws.device)
-        sampling = SamplingConfig(e.cfg_scale, e.cfg_schedule, e.step_fraction, e.temperature, e.top_k, e.top_p,
-                                  step_rule=e.cfg_step_rule)
+        sampling = SamplingConfig(
+            e.cfg_scale, e.cfg_schedule, e.step_fraction, e.temperature, e.top_k, e.top_p, step_rule=e.cfg_step_rule
+        )
         grid: list[Any] = []
 
         def samples() -> Iterator[Any]:
-            for images, _labels in generate_batches(ar, tokenizer, e.gen_samples, sampling, e.batch_size,
-                                                    seed=sc.spec.ar.train.seed):
+            for images, _labels in generate_batches(
+                ar, tokenizer, e.gen_samples, sampling, e.batch_size, seed=sc.spec.ar.train.seed
+            ):
                 if sum(len(g) for g in grid) < e.grid_images:
                     grid.append(images[: e.grid_images].cpu())
                 yield images
 
         result = evaluate_generation(
-            samples(), reference, network,
+            samples(),
+            reference,
+            network,
             samples_description=f"{e.gen_samples} samples of AR-{sc.spec.ar.size} on tokenizer "
             f"{sc.spec.tokenizer.hash()}, cfg {e.cfg_scale} ({e.cfg_schedule})",
-            batch_size=e.batch_size, progress=sc.ctx.progress, on_features=on_features,
+            batch_size=e.batch_size,
+            progress=sc.ctx.progress,
+            on_features=on_features,
         )
         result["sampling"] = dataclasses.asdict(sampling)
         if grid:
             save_grid(torch.cat(grid)[: e.grid_images], path.with_suffix(".png"), nrow=8)
         write_result(path, result)
     result = read_result(path)
-    metrics = {"gfid": result["fid"], "inception_score": result["inception_score"],
-               "precision": result["precision"], "recall": result["recall"]}
+    metrics = {
+        "gfid": result["fid"],
+        "inception_score": result["inception_score"],
+        "precision": result["precision"],
+        "recall": result["recall"],
+    }
     metrics = {k: v for k, v in metrics.items() if v is not None}
     prov = result["provenance"]
     tag = provenance_tag(prov, prov["samples"]["description"], prov["reference"]["description"])

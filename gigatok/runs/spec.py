@@ -29,8 +29,18 @@ from gigatok.config import (
 
 # The stages in the order a run executes them. A run's hash includes its stage names, so these names are identity;
 # what each stage does is in the registry, gigatok.runs.stages.
-STAGES = ("tokenizer", "token_cache", "ar", "reconstruction", "tokenizer_probe", "feature_pca", "cfg_search",
-          "generation", "ar_probe", "decode_cost")
+STAGES = (
+    "tokenizer",
+    "token_cache",
+    "ar",
+    "reconstruction",
+    "tokenizer_probe",
+    "feature_pca",
+    "cfg_search",
+    "generation",
+    "ar_probe",
+    "decode_cost",
+)
 TOKENIZER_STAGES = ("tokenizer", "reconstruction", "tokenizer_probe")  # a tokenizer scored on its own
 PROBE_STAGES = (*TOKENIZER_STAGES, "token_cache", "ar", "generation", "ar_probe")  # the AR-probing default
 # Stages that run on every process of a DDP job, stream training curves, and resume by themselves (no stage lock).
@@ -63,8 +73,10 @@ class RunSpec:
     def __post_init__(self) -> None:
         snapshots = self.tokenizer.train.snapshot_epochs
         if self.tokenizer_snapshot is not None and self.tokenizer_snapshot not in snapshots:
-            raise ValueError(f"run {self.label}: tokenizer_snapshot {self.tokenizer_snapshot:g} is not one of the "
-                             f"tokenizer's train.snapshot_epochs {list(snapshots)}")
+            raise ValueError(
+                f"run {self.label}: tokenizer_snapshot {self.tokenizer_snapshot:g} is not one of the "
+                f"tokenizer's train.snapshot_epochs {list(snapshots)}"
+            )
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"run stages: unknown {unknown}; known: {STAGES}")
@@ -88,14 +100,16 @@ class RunSpec:
     @cached_property
     def hash(self) -> str:
         """The run's identity: what is trained, how it is scored and which stages run (not the study's name)."""
-        return short_hash({
-            "tokenizer": self.tokenizer.hash(),
-            "ar": self.ar.hash() if self.ar is not None else None,
-            "eval": self._eval_fields(hashed_fields(self.eval)),
-            "stages": sorted(self.stages),
-            # only when set, so the hashes of runs of final tokenizers did not change when snapshots came
-            **({"tokenizer_snapshot": self.tokenizer_snapshot} if self.tokenizer_snapshot is not None else {}),
-        })
+        return short_hash(
+            {
+                "tokenizer": self.tokenizer.hash(),
+                "ar": self.ar.hash() if self.ar is not None else None,
+                "eval": self._eval_fields(hashed_fields(self.eval)),
+                "stages": sorted(self.stages),
+                # only when set, so the hashes of runs of final tokenizers did not change when snapshots came
+                **({"tokenizer_snapshot": self.tokenizer_snapshot} if self.tokenizer_snapshot is not None else {}),
+            }
+        )
 
     def _eval_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Scoring settings that matter to this run: the CFG-search settings only with the cfg_search stage (so the

@@ -41,10 +41,21 @@ GENERATION = Stage(
     compute=lambda sc: generation_at(sc, generation_eval(sc.spec, sc.ctx)),
 )
 
-REGISTRY: dict[str, Stage] = {stage.name: stage for stage in (
-    TOKENIZER, TOKEN_CACHE, AR, RECONSTRUCTION, TOKENIZER_PROBE, FEATURE_PCA, CFG_SEARCH, GENERATION, AR_PROBE,
-    DECODE_COST,
-)}
+REGISTRY: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        TOKENIZER,
+        TOKEN_CACHE,
+        AR,
+        RECONSTRUCTION,
+        TOKENIZER_PROBE,
+        FEATURE_PCA,
+        CFG_SEARCH,
+        GENERATION,
+        AR_PROBE,
+        DECODE_COST,
+    )
+}
 if tuple(REGISTRY) != STAGES:  # the names a spec may hold, and their order, are the registry's
     raise RuntimeError(f"stage registry {tuple(REGISTRY)} does not match gigatok.runs.spec.STAGES {STAGES}")
 

@@ -28,17 +28,24 @@ def train_tokenizer_stage(sc: StageContext) -> StageOutcome:
     from gigatok.train.tokenizer_loop import train_tokenizer
 
     result = train_tokenizer(
-        sc.spec.tokenizer, sc.train_dir, weights_dir=sc.ctx.weights_dir,
-        allow_substitutes=sc.ctx.allow_substitutes, device=sc.workspace.device, progress=sc.ctx.progress,
+        sc.spec.tokenizer,
+        sc.train_dir,
+        weights_dir=sc.ctx.weights_dir,
+        allow_substitutes=sc.ctx.allow_substitutes,
+        device=sc.workspace.device,
+        progress=sc.ctx.progress,
         log_fn=lambda step, values: sc.curve("tokenizer", step, values),
     )
     if not result.finished:
         raise RuntimeError(f"tokenizer stopped at step {result.steps} before the end of its schedule")
-    records = [(r["step"], {k: v for k, v in r.items() if k not in ("step", "substitutes")})
-               for r in read_metrics(sc.train_dir)]
+    records = [
+        (r["step"], {k: v for k, v in r.items() if k not in ("step", "substitutes")})
+        for r in read_metrics(sc.train_dir)
+    ]
     if not (sc.tok_dir / "summary.json").is_file():
-        raise RuntimeError(f"tokenizer finished without its snapshot at epoch {sc.spec.tokenizer_snapshot:g} "
-                           f"({sc.tok_dir})")
+        raise RuntimeError(
+            f"tokenizer finished without its snapshot at epoch {sc.spec.tokenizer_snapshot:g} ({sc.tok_dir})"
+        )
     # The perceptual term trained with, or why there was none (also the param tokenizer.loss.perceptual).
     tags = {schema.PERCEPTUAL: result.perceptual} if result.perceptual else {}
     return StageOutcome("tokenizer", {}, tags, records=records, substitutes=list(result.substitutes))
@@ -53,8 +60,9 @@ def token_cache_stage(sc: StageContext) -> StageOutcome:
 
     assert sc.spec.ar is not None
     for split in ("train", "val"):
-        build_token_cache(sc.tok_dir, split, views=sc.spec.ar.train.views, device=sc.workspace.device,
-                          progress=sc.ctx.progress)
+        build_token_cache(
+            sc.tok_dir, split, views=sc.spec.ar.train.views, device=sc.workspace.device, progress=sc.ctx.progress
+        )
     return StageOutcome("token_cache", {})
 
 
@@ -69,8 +77,14 @@ def train_ar_stage(sc: StageContext) -> StageOutcome:
     assert sc.spec.ar is not None
     if sc.spec.ar.source:
         return converted_stage(sc, "ar", sc.spec.ar, sc.ar_dir)
-    result = train_ar(sc.spec.ar, sc.ar_dir, sc.tok_dir, device=sc.workspace.device, progress=sc.ctx.progress,
-                      log_fn=lambda step, values: sc.curve("ar", step, values))
+    result = train_ar(
+        sc.spec.ar,
+        sc.ar_dir,
+        sc.tok_dir,
+        device=sc.workspace.device,
+        progress=sc.ctx.progress,
+        log_fn=lambda step, values: sc.curve("ar", step, values),
+    )
     if not result.finished:
         raise RuntimeError(f"AR model stopped at step {result.steps} before the end of its schedule")
     records = [(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in read_metrics(sc.ar_dir)]

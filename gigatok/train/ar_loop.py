@@ -27,8 +27,15 @@ from gigatok.train.sampling import ResumableBatchSampler, view_choice
 from gigatok.train.trained import load_trained_ar, read_run_config
 
 # load_trained_ar lives in gigatok.train.trained, beside the tokenizer's; re-exported here, where callers import it.
-__all__ = ["ARTrainResult", "OneViewPerImage", "build_ar_optimizer", "load_trained_ar", "train_ar",
-           "validation_loss", "wsd_schedule"]
+__all__ = [
+    "ARTrainResult",
+    "OneViewPerImage",
+    "build_ar_optimizer",
+    "load_trained_ar",
+    "train_ar",
+    "validation_loss",
+    "wsd_schedule",
+]
 
 
 @dataclass
@@ -141,6 +148,7 @@ def train_ar(
         )
     if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
         return ARTrainResult(run_dir, summary["steps"], True, summary["val_loss"], summary["final_metrics"])
+
     # Rank 0 tokenizes the data and writes the caches and config.json; the other ranks then read them.
     def token_cache(split: str) -> TokenCache:
         return build_token_cache(tokenizer_run_dir, split, views=cfg.train.views, device=device, progress=run.progress)
@@ -164,8 +172,9 @@ def train_ar(
 
     resume(run, t.seed, load)
     training_loss = maybe_compile(wrap_ddp(_TrainingLoss(model), env), perf)
-    checkpoint = checkpointer(run, cfg.hash(), t.keep_checkpoints,
-                              lambda: {"model": model.state_dict(), "opt": opt.state_dict()})
+    checkpoint = checkpointer(
+        run, cfg.hash(), t.keep_checkpoints, lambda: {"model": model.state_dict(), "opt": opt.state_dict()}
+    )
 
     cadence = Cadence.of(t, total_steps, stop_at_step)
     if t.one_view_per_image:
@@ -188,14 +197,31 @@ def train_ar(
         return {"train_loss": loss, "grad_norm": grad_norm}
 
     last = train_steps(
-        run, shards, one_step, cadence, checkpoint, lr_at=lambda at: t.lr * schedule(at), optimizers=(opt,),
-        desc=f"AR-{cfg.size}", postfix=lambda last: {"loss": f"{last['train_loss']:.3f}"}, log_fn=log_fn,
+        run,
+        shards,
+        one_step,
+        cadence,
+        checkpoint,
+        lr_at=lambda at: t.lr * schedule(at),
+        optimizers=(opt,),
+        desc=f"AR-{cfg.size}",
+        postfix=lambda last: {"loss": f"{last['train_loss']:.3f}"},
+        log_fn=log_fn,
     )
 
     if run.step < total_steps:
         return ARTrainResult(run_dir, run.step, False, None, last)
     val = validation_loss(model, val_cache)  # on every rank (identical weights), so every rank returns it
-    save_final(run, "ar.pt", model, {
-        "hash": cfg.hash(), "steps": run.step, "val_loss": val, "final_metrics": last, "tokenizer_hash": tok_hash,
-    })
+    save_final(
+        run,
+        "ar.pt",
+        model,
+        {
+            "hash": cfg.hash(),
+            "steps": run.step,
+            "val_loss": val,
+            "final_metrics": last,
+            "tokenizer_hash": tok_hash,
+        },
+    )
     return ARTrainResult(run_dir, run.step, True, val, last)

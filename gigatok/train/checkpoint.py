@@ -17,8 +17,17 @@ import torch
 from gigatok.io import atomic_write_bytes, atomic_write_json, restore_rng, rng_state
 
 __all__ = [
-    "CheckpointError", "atomic_write_bytes", "atomic_write_json", "checkpoint_dir", "latest_checkpoint",
-    "list_checkpoints", "load_checkpoint", "load_latest_checkpoint", "load_weights", "restore_rng", "rng_state",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "checkpoint_dir",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_latest_checkpoint",
+    "load_weights",
+    "restore_rng",
+    "rng_state",
     "save_checkpoint",
 ]
 
@@ -94,6 +103,8 @@ def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
             continue
         return path, state
     if newest_error is not None:
-        raise CheckpointError(f"{newest_error}; no older checkpoint loads either: remove the damaged file(s) "
-                              "to restart the stage from step 0") from newest_error
+        raise CheckpointError(
+            f"{newest_error}; no older checkpoint loads either: remove the damaged file(s) "
+            "to restart the stage from step 0"
+        ) from newest_error
     return None

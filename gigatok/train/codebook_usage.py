@@ -27,8 +27,9 @@ class CodebookUsageWindow:
 
     def __init__(self, codebook_size: int, window: int, env: DistEnv | None = None) -> None:
         if codebook_size < 1 or window < 1:
-            raise ValueError(f"codebook usage window: codebook_size and window must be >= 1, got "
-                             f"{codebook_size}, {window}")
+            raise ValueError(
+                f"codebook usage window: codebook_size and window must be >= 1, got {codebook_size}, {window}"
+            )
         self.codebook_size = codebook_size
         self.window = window
         self.env = env = env or DistEnv()

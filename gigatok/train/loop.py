@@ -44,7 +44,15 @@ from gigatok.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from gigatok.train.run_dir import MeanWindow, MetricsLog, prepare_run_dir, require_finite
 
 __all__ = [
-    "Cadence", "LogFn", "Run", "checkpointer", "claim_run_dir", "resume", "save_final", "start_run", "train_steps",
+    "Cadence",
+    "LogFn",
+    "Run",
+    "checkpointer",
+    "claim_run_dir",
+    "resume",
+    "save_final",
+    "start_run",
+    "train_steps",
 ]
 
 B = TypeVar("B")
@@ -78,8 +86,9 @@ def start_run(run_dir: str | Path, device: str | torch.device | None, progress: 
     return Run(Path(run_dir), env, local_device(env, device), progress and is_main(env))
 
 
-def claim_run_dir(run: Run, config_hash: str, config: dict[str, Any], from_dict: Callable[[dict[str, Any]], Any],
-                  seed: int) -> None:
+def claim_run_dir(
+    run: Run, config_hash: str, config: dict[str, Any], from_dict: Callable[[dict[str, Any]], Any], seed: int
+) -> None:
     """Rank 0 writes config.json (or checks that the one there is this run's) before any rank goes on; then each
     rank seeds its own generator (rank 0 the run's seed, so one process is unchanged; the others their own dropout,
     as DDP starts them all from rank 0's weights). Seeded here, before the loop builds its models, so their
@@ -128,8 +137,13 @@ def checkpointer(
         shared = gathered()
         if run.main:  # the keys in the order the loops always wrote them: a checkpoint's bytes are unchanged
             state = {
-                "step": at, **modules(), "config_hash": config_hash, "log_window": run.window.state(), **shared,
-                **rng_state(run.device), **rank_states,
+                "step": at,
+                **modules(),
+                "config_hash": config_hash,
+                "log_window": run.window.state(),
+                **shared,
+                **rng_state(run.device),
+                **rank_states,
             }
             save_checkpoint(run.dir, at, state, keep)
         barrier(run.env)

@@ -64,7 +64,12 @@ from gigatok.weights import resolve_weight
 # load_trained_tokenizer and read_run_config live in gigatok.train.trained (the token cache needs them without this
 # loop); they are re-exported here, where callers have always imported them.
 __all__ = [
-    "StepModules", "TrainResult", "load_trained_tokenizer", "read_metrics", "read_run_config", "train_tokenizer",
+    "StepModules",
+    "TrainResult",
+    "load_trained_tokenizer",
+    "read_metrics",
+    "read_run_config",
+    "train_tokenizer",
     "training_step",
 ]
 
@@ -144,8 +149,17 @@ def training_step(
         # The unwrapped discriminator: this pass only carries gradients to the generator (its own are discarded).
         fake_logits = m.disc(out.reconstruction) if gan_on else None
         direct_logits = m.disc(direct) if gan_on and direct is not None else None
-        terms = generator_loss(cfg, images, out, m.perceptual, target, fake_logits,
-                               shortcut=shortcut, direct=direct, direct_fake_logits=direct_logits)
+        terms = generator_loss(
+            cfg,
+            images,
+            out,
+            m.perceptual,
+            target,
+            fake_logits,
+            shortcut=shortcut,
+            direct=direct,
+            direct_fake_logits=direct_logits,
+        )
     m.opt_g.zero_grad(set_to_none=True)
     terms["total_loss"].backward()
     grad_norm = nn.utils.clip_grad_norm_(m.model.parameters(), cfg.optim.grad_clip)
@@ -172,8 +186,13 @@ def training_step(
 
 
 def _semantic_targets(
-    cfg: TokenizerRunConfig, dataset: Any, device: torch.device, weights_dir: str | None,
-    allow_substitutes: bool, progress: bool, env: DistEnv,
+    cfg: TokenizerRunConfig,
+    dataset: Any,
+    device: torch.device,
+    weights_dir: str | None,
+    allow_substitutes: bool,
+    progress: bool,
+    env: DistEnv,
 ) -> tuple[SemanticTargets | None, list[str]]:
     sem = cfg.tokenizer.semantic
     if not sem.enabled:
@@ -182,10 +201,14 @@ def _semantic_targets(
     targets = SemanticTargets(encoder, cfg.tokenizer.grid_size, device)
     if sem.cache_features:
         key = {
-            "encoder": encoder.network_name, "resolution": sem.encoder_resolution,
-            "grid": cfg.tokenizer.grid_size, "image_size": cfg.tokenizer.image_size,
+            "encoder": encoder.network_name,
+            "resolution": sem.encoder_resolution,
+            "grid": cfg.tokenizer.grid_size,
+            "image_size": cfg.tokenizer.image_size,
             "data": {k: v for k, v in cfg.to_dict()["data"].items() if k != "num_workers"},
-            "seed": cfg.train.seed, "split": "train", "n": len(dataset),
+            "seed": cfg.train.seed,
+            "split": "train",
+            "n": len(dataset),
         }
         # Rank 0 computes and saves the features; the others then load them from disk.
         main_first(env, lambda: targets.fill_cache(dataset, key, progress))
@@ -218,8 +241,14 @@ def train_tokenizer(
     run_dir, device, env = run.dir, run.device, run.env
     perceptual_note = describe_perceptual(cfg, weights_dir)
     if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
-        return TrainResult(run_dir, summary["steps"], True, summary["final_metrics"], summary["substitutes"],
-                           summary.get("perceptual", perceptual_note))
+        return TrainResult(
+            run_dir,
+            summary["steps"],
+            True,
+            summary["final_metrics"],
+            summary["substitutes"],
+            summary.get("perceptual", perceptual_note),
+        )
     # Open the data before touching the run directory: bad input leaves nothing behind.
     dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed, augment=True)
     if perceptual_active(cfg) and not allow_substitutes:
@@ -232,8 +261,13 @@ def train_tokenizer(
 
     perf = cfg.performance  # kernels, memory format, autocast, compile: set before the optimizers see the weights
     model: GigaTokenizer = prepare_module(build_tokenizer(cfg.tokenizer).to(device), perf)
-    disc = build_discriminator(cfg.loss.discriminator, channels=cfg.loss.disc_channels, layers=cfg.loss.disc_layers,
-                               weights_dir=weights_dir, allow_substitute=allow_substitutes)
+    disc = build_discriminator(
+        cfg.loss.discriminator,
+        channels=cfg.loss.disc_channels,
+        layers=cfg.loss.disc_layers,
+        weights_dir=weights_dir,
+        allow_substitute=allow_substitutes,
+    )
     disc = prepare_module(disc.to(device), perf)
     perceptual = None
     if perceptual_active(cfg):
@@ -251,8 +285,11 @@ def train_tokenizer(
     opt_d = build_optimizer(cfg, [p for p in disc.parameters() if p.requires_grad])  # not a frozen backbone
     schedule = cosine_schedule(cfg, total_steps)  # the LR is a function of the step alone: nothing to save
 
-    usage = CodebookUsageWindow(cfg.tokenizer.quantizer.codebook_size,
-                                default_window(cfg.tokenizer.quantizer.codebook_size, cfg.train.usage_window), env)
+    usage = CodebookUsageWindow(
+        cfg.tokenizer.quantizer.codebook_size,
+        default_window(cfg.tokenizer.quantizer.codebook_size, cfg.train.usage_window),
+        env,
+    )
 
     def load(state: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
@@ -267,9 +304,15 @@ def train_tokenizer(
     net, disc_net = maybe_compile(wrap_ddp(model, env), perf), maybe_compile(wrap_ddp(disc, env), perf)
     modules = StepModules(model, disc, perceptual, semantic, opt_g, opt_d, net, disc_net, usage)
     checkpoint = checkpointer(
-        run, cfg.hash(), cfg.train.keep_checkpoints,
-        lambda: {"model": model.state_dict(), "discriminator": disc.state_dict(), "opt_g": opt_g.state_dict(),
-                 "opt_d": opt_d.state_dict()},
+        run,
+        cfg.hash(),
+        cfg.train.keep_checkpoints,
+        lambda: {
+            "model": model.state_dict(),
+            "discriminator": disc.state_dict(),
+            "opt_g": opt_g.state_dict(),
+            "opt_d": opt_d.state_dict(),
+        },
         lambda: {"usage_window": usage.rank_states()},
     )
 
@@ -280,8 +323,11 @@ def train_tokenizer(
     batches = KeyedBatches(sampler) if cfg.data.train_crop != "center" else sampler
     shards = RankShard(batches, cfg.train.batch_size, env)
     loader = DataLoader(
-        IndexedDataset(dataset), batch_sampler=shards, num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=False,
+        IndexedDataset(dataset),
+        batch_sampler=shards,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
     )
     model.train()
     disc.train()
@@ -295,14 +341,25 @@ def train_tokenizer(
         return training_step(cfg, modules, images, indices, at)
 
     def postfix(last: dict[str, float]) -> dict[str, str]:
-        shown = {"loss": last["total_loss"], "pix": last["pixel_loss"], "lpips": last.get("perceptual_loss"),
-                 "usage": last["codebook_usage"]}
+        shown = {
+            "loss": last["total_loss"],
+            "pix": last["pixel_loss"],
+            "lpips": last.get("perceptual_loss"),
+            "usage": last["codebook_usage"],
+        }
         return {k: f"{v:.4g}" for k, v in shown.items() if v is not None}
 
     last = train_steps(
-        run, loader, one_step, cadence, checkpoint,
-        lr_at=lambda at: cfg.optim.lr * schedule(at), optimizers=(opt_g, opt_d),
-        desc=f"tokenizer {cfg.tokenizer.name}", postfix=postfix, log_fn=log_fn,
+        run,
+        loader,
+        one_step,
+        cadence,
+        checkpoint,
+        lr_at=lambda at: cfg.optim.lr * schedule(at),
+        optimizers=(opt_g, opt_d),
+        desc=f"tokenizer {cfg.tokenizer.name}",
+        postfix=postfix,
+        log_fn=log_fn,
         # Usage as the authors log it (codebook_show_usage): the share of codes among the latest indices.
         logged=lambda: {"codebook_usage": usage.usage()},
         record={"substitutes": substitutes} if substitutes else None,
@@ -312,10 +369,19 @@ def train_tokenizer(
 
     finished = run.step >= total_steps
     if finished:
-        save_final(run, "tokenizer.pt", model, {
-            "hash": cfg.hash(), "steps": run.step, "final_metrics": last, "substitutes": substitutes,
-            "discriminator": getattr(disc, "network_name", "patchgan"), "perceptual": perceptual_note,
-        })
+        save_final(
+            run,
+            "tokenizer.pt",
+            model,
+            {
+                "hash": cfg.hash(),
+                "steps": run.step,
+                "final_metrics": last,
+                "substitutes": substitutes,
+                "discriminator": getattr(disc, "network_name", "patchgan"),
+                "perceptual": perceptual_note,
+            },
+        )
     return TrainResult(run_dir, run.step, finished, last, substitutes, perceptual_note)
 
 
@@ -329,16 +395,23 @@ def snapshot_dir(run_dir: str | Path, epoch: float) -> Path:
     return Path(run_dir) / "snapshots" / f"epoch-{epoch:g}"
 
 
-def save_snapshot(run_dir: Path, epoch: float, step: int, model: nn.Module, last: dict[str, float],
-                  substitutes: list[str]) -> Path:
+def save_snapshot(
+    run_dir: Path, epoch: float, step: int, model: nn.Module, last: dict[str, float], substitutes: list[str]
+) -> Path:
     """The model at ``step`` as a finished run directory of its own; summary.json is written last."""
     folder = snapshot_dir(run_dir, epoch)
     folder.mkdir(parents=True, exist_ok=True)
     config = (run_dir / "config.json").read_bytes()
     atomic_write_bytes(folder / "config.json", lambda f: f.write(config))
     atomic_write_bytes(folder / "tokenizer.pt", lambda f: torch.save(model.state_dict(), f))
-    atomic_write_json(folder / "summary.json", {
-        "hash": json.loads(config)["hash"], "steps": step, "snapshot_epoch": epoch, "final_metrics": last,
-        "substitutes": substitutes,
-    })
+    atomic_write_json(
+        folder / "summary.json",
+        {
+            "hash": json.loads(config)["hash"],
+            "steps": step,
+            "snapshot_epoch": epoch,
+            "final_metrics": last,
+            "substitutes": substitutes,
+        },
+    )
     return folder

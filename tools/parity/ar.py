@@ -38,8 +38,17 @@ FIXTURE = "parity_gpt1d.pt"
 SEED = 0
 # Plain values only: the fixture's "authors_config" (the keyword arguments of their ModelArgs).
 AUTHORS_CONFIG: dict[str, Any] = {
-    "dim": 64, "n_layer": 2, "n_head": 4, "multiple_of": 32, "vocab_size": 48, "block_size": 16,
-    "num_classes": 10, "cls_token_num": 1, "class_dropout_prob": 0.1, "model_type": "c2i", "rope": False,
+    "dim": 64,
+    "n_layer": 2,
+    "n_head": 4,
+    "multiple_of": 32,
+    "vocab_size": 48,
+    "block_size": 16,
+    "num_classes": 10,
+    "cls_token_num": 1,
+    "class_dropout_prob": 0.1,
+    "model_type": "c2i",
+    "rope": False,
 }
 CFG_SCALE = 3.0
 STEP_WINDOW_START = 0.3  # their step schedule's cfg_schedule_kwargs["window_start"]
@@ -52,7 +61,6 @@ def import_authors(root: Path) -> tuple[Any, Any]:
     from autoregressive.models import generate, gpt_1d
 
     return gpt_1d, generate
-
 
 
 @torch.no_grad()
@@ -90,8 +98,11 @@ def build_fixture(root: Path) -> dict[str, Any]:
     torch.manual_seed(SEED)
     model = gpt_1d.Transformer(gpt_1d.ModelArgs(**AUTHORS_CONFIG))
     # Their initialisation, as per-tensor statistics (the weights themselves are overwritten below).
-    init_stats = {f"init_{stat}/{k}": getattr(v.float(), stat)() for k, v in model.state_dict().items()
-                  for stat in ("mean", "std")}
+    init_stats = {
+        f"init_{stat}/{k}": getattr(v.float(), stat)()
+        for k, v in model.state_dict().items()
+        for stat in ("mean", "std")
+    }
     gen = torch.Generator().manual_seed(SEED)
     randomise(model, gen)
     model.eval()
@@ -111,23 +122,37 @@ def build_fixture(root: Path) -> dict[str, Any]:
         features = inner.mean(dim=1)
     sampling = {"temperature": 1.0, "top_k": 1, "top_p": 1.0, "sample_logits": True}
     const_tokens, const_logits = record_sampling(
-        generate, model, sample_labels, cfg_scale=CFG_SCALE, cfg_schedule="constant", **sampling)
+        generate, model, sample_labels, cfg_scale=CFG_SCALE, cfg_schedule="constant", **sampling
+    )
     step_tokens, step_logits = record_sampling(
-        generate, model, sample_labels, cfg_scale=CFG_SCALE, cfg_schedule="step",
-        cfg_schedule_kwargs={"window_start": STEP_WINDOW_START}, **sampling)
+        generate,
+        model,
+        sample_labels,
+        cfg_scale=CFG_SCALE,
+        cfg_schedule="step",
+        cfg_schedule_kwargs={"window_start": STEP_WINDOW_START},
+        **sampling,
+    )
     return {
         "authors_commit": authors_commit(root),
         "authors_class": "gpt_1d.Transformer",
         "authors_config": dict(AUTHORS_CONFIG),
         "state_dict": state_dict,
         "inputs": {
-            "labels": labels, "tokens": tokens, "sample_labels": sample_labels,
-            "cfg_scale": torch.tensor(CFG_SCALE), "step_window_start": torch.tensor(STEP_WINDOW_START),
+            "labels": labels,
+            "tokens": tokens,
+            "sample_labels": sample_labels,
+            "cfg_scale": torch.tensor(CFG_SCALE),
+            "step_window_start": torch.tensor(STEP_WINDOW_START),
         },
         "outputs": {
-            "logits": logits.float(), "loss": loss.float(), "features": features.float(),
-            "sample_constant_tokens": const_tokens, "sample_constant_logits": const_logits,
-            "sample_step_tokens": step_tokens, "sample_step_logits": step_logits,
+            "logits": logits.float(),
+            "loss": loss.float(),
+            "features": features.float(),
+            "sample_constant_tokens": const_tokens,
+            "sample_constant_logits": const_logits,
+            "sample_step_tokens": step_tokens,
+            "sample_step_logits": step_logits,
             **init_stats,
         },
     }

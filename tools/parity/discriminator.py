@@ -46,8 +46,13 @@ SEED = 0
 DINO_NARROW = {"embed_dim": 32, "num_heads": 2}  # their ViT-S/16 is 384 wide with 6 heads
 # DinoDisc's keyword arguments as VQLoss passes them (it leaves the rest at their defaults), device aside.
 DINO_CONFIG: dict[str, Any] = {
-    "ks": 9, "depth": 12, "key_depths": [2, 5, 8, 11], "norm_type": "bn", "using_spec_norm": True,
-    "norm_eps": 1e-6, **DINO_NARROW,
+    "ks": 9,
+    "depth": 12,
+    "key_depths": [2, 5, 8, 11],
+    "norm_type": "bn",
+    "using_spec_norm": True,
+    "norm_eps": 1e-6,
+    **DINO_NARROW,
 }
 PATCHGAN_CONFIG: dict[str, Any] = {"input_nc": 3, "ndf": 8, "n_layers": 3, "norm": "batch", "kw": 4, "blur_ds": False}
 
@@ -59,7 +64,6 @@ def import_authors(root: Path) -> tuple[Any, Any, Any]:
     from tokenizer.tokenizer_image import diffaug, discriminator_dino, discriminator_patchgan
 
     return discriminator_dino, diffaug, discriminator_patchgan
-
 
 
 @torch.no_grad()
@@ -128,8 +132,13 @@ def dino_fixture(dino: Any, diffaug: Any) -> dict[str, Any]:
         "authors_config": DINO_CONFIG,
         "state_dict": state,
         "backbone_state_dict": backbone,
-        "inputs": {"small": small, "large": large, "crop_at": torch.tensor(drawn[0]), "diffaug_images": images,
-                   "diffaug_seed": torch.tensor(SEED + 2)},
+        "inputs": {
+            "small": small,
+            "large": large,
+            "crop_at": torch.tensor(drawn[0]),
+            "diffaug_images": images,
+            "diffaug_seed": torch.tensor(SEED + 2),
+        },
         "outputs": outputs,
     }
 

@@ -66,15 +66,38 @@ CNN_CHANNELS = 32
 # Rows added to the authors' ViT size tables: width, layers, heads.
 SIZES = {"parity_e": (24, 2, 2), "parity_d": (32, 2, 4)}
 COMMON: dict[str, Any] = {
-    "codebook_size": 64, "codebook_embed_dim": 8, "codebook_l2_norm": True, "codebook_show_usage": False,
-    "commit_loss_beta": 0.25, "entropy_loss_ratio": 0.0, "encoder_ch_mult": [1, 1], "decoder_ch_mult": [1, 1],
-    "model_size": None, "encoder_size": "parity_e", "decoder_size": "parity_d", "z_channels": 16,
-    "dropout_p": 0.0, "adaptive_gn": True, "d2s_up": True, "rot": True, "use_attn": False,
-    "fea_rec_loss_type": "mse", "fea_rec_loss_weight": 1.0, "distill_depth": None,
+    "codebook_size": 64,
+    "codebook_embed_dim": 8,
+    "codebook_l2_norm": True,
+    "codebook_show_usage": False,
+    "commit_loss_beta": 0.25,
+    "entropy_loss_ratio": 0.0,
+    "encoder_ch_mult": [1, 1],
+    "decoder_ch_mult": [1, 1],
+    "model_size": None,
+    "encoder_size": "parity_e",
+    "decoder_size": "parity_d",
+    "z_channels": 16,
+    "dropout_p": 0.0,
+    "adaptive_gn": True,
+    "d2s_up": True,
+    "rot": True,
+    "use_attn": False,
+    "fea_rec_loss_type": "mse",
+    "fea_rec_loss_weight": 1.0,
+    "distill_depth": None,
 }
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
-    "1d": ("VQVitModelPlus", {**COMMON, "num_latent_tokens": 32, "multi_level_query_init": True,
-                              "last_level_2d_query_init": False, "multi_level_2d_query_init": False}),
+    "1d": (
+        "VQVitModelPlus",
+        {
+            **COMMON,
+            "num_latent_tokens": 32,
+            "multi_level_query_init": True,
+            "last_level_2d_query_init": False,
+            "multi_level_2d_query_init": False,
+        },
+    ),
     "2d": ("VQVitModel2DPlus", {**COMMON, "num_latent_tokens": 64, "transformer_layer_type": "TransformerLayer"}),
 }
 # Their CNN's num_res_blocks (encoder blocks per level; the decoder has one more), 2 in their models; not part of
@@ -82,7 +105,6 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 # middle blocks), the 2D encoder one.
 RES_BLOCKS = {"1d": (0, 0), "2d": (1, 0)}
 VQ = "tokenizer.tokenizer_image.vq"
-
 
 
 def _with_size_rows(source: str) -> str:
@@ -219,8 +241,9 @@ def key_layouts(vq: types.ModuleType, root: Path) -> dict[str, Any]:
         args_cls = vq.VQVitModel2DPlusArgs if two_d else vq.VQVitModelPlusArgs
         fields = set(args_cls.__dataclass_fields__)
         with torch.device("meta"):
-            model = getattr(vq, spec["model_cls"])(args_cls(**{k: v for k, v in spec["init_args"].items()
-                                                                if k in fields}))
+            model = getattr(vq, spec["model_cls"])(
+                args_cls(**{k: v for k, v in spec["init_args"].items() if k in fields})
+            )
         layouts[config] = {
             "authors_class": spec["model_cls"],
             "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
