@@ -235,6 +235,7 @@ def test_the_model_on_a_small_tree(tmp_path: Path) -> None:
         "q": tmp_path / "q.py",
     }
     assert find_cycles(import_graph(modules)) == []
-    assert private_name_uses(modules) == [f"{tmp_path / 'p/x.py'}:5: y._hidden"]
+    x = tmp_path / "p/x.py"  # named relative to the repository when the temporary folder is inside it (CI)
+    assert private_name_uses(modules) == [f"{x.relative_to(ROOT) if x.is_relative_to(ROOT) else x}:5: y._hidden"]
     (tmp_path / "p/y.py").write_text("def g():\n    from q import f\n")  # lazy, and still a cycle
     assert find_cycles(import_graph(modules)) == [["p", "p.x", "p.y", "q", "p"]]
