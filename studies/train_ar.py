@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    from gigatok.train.tokenizer_loop import read_run_config
+    from gigatok.train.trained import read_run_config
 
     if not (args.tokenizer_run / "summary.json").is_file():
         print(f"error: {args.tokenizer_run}: not a finished tokenizer run (no summary.json)", file=sys.stderr)
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from gigatok.metrics.linear_probe import ar_features, linear_probe
     from gigatok.token_cache import build_token_cache, view_set
-    from gigatok.train.ar_loop import load_trained_ar, train_ar
+    from gigatok.train.ar_loop import train_ar
+    from gigatok.train.trained import load_trained_ar
 
     run_dir = Path(args.runs_dir) / f"ar-{cfg.hash()}"
     print(f"AR run {cfg.hash()} on tokenizer {cfg.tokenizer.hash()} -> {run_dir}")

@@ -13,9 +13,9 @@ from gigatok.config import TokenizerRunConfig, ar_run, tokenizer_run
 from gigatok.data import build_dataset
 from gigatok.metrics.linear_probe import ar_features, linear_probe, tokenizer_features
 from gigatok.token_cache import build_token_cache, cache_path
-from gigatok.train.ar_loop import load_trained_ar, train_ar, validation_loss, wsd_schedule
+from gigatok.train.ar_loop import train_ar, validation_loss, wsd_schedule
 from gigatok.train.run_dir import read_metrics
-from gigatok.train.tokenizer_loop import load_trained_tokenizer
+from gigatok.train.trained import load_trained_ar, load_trained_tokenizer
 
 pytestmark = pytest.mark.slow
 

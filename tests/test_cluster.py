@@ -208,7 +208,8 @@ def test_job_array_survives_preemption_and_a_failing_run(study: Study, tmp_path:
     assert [r["step"] for r in on_disk] == LOGGED
 
     # And it trained exactly what an uninterrupted run of the same config trains (one thread, as the job had).
-    from gigatok.train.tokenizer_loop import read_run_config, train_tokenizer
+    from gigatok.train.tokenizer_loop import train_tokenizer
+    from gigatok.train.trained import read_run_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

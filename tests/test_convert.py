@@ -51,8 +51,7 @@ def _tree(folder: Path) -> list[str]:
 def test_cli_round_trip_writes_finished_stage_folders_the_study_uses(
     standins: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gigatok.train.ar_loop import load_trained_ar
-    from gigatok.train.tokenizer_loop import load_trained_tokenizer
+    from gigatok.train.trained import load_trained_ar, load_trained_tokenizer
 
     tok_file, ar_file = released_pair(tmp_path / "files", "GPT_B256_e300_VQ_SS")
     runs = tmp_path / "runs"

@@ -27,15 +27,15 @@ import torch
 from services import ROOT, SMALL_RUN, SMALL_STEPS, study_cli
 
 from gigatok.config import tokenizer_run
+from gigatok.io import atomic_write_bytes
 from gigatok.train.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
     list_checkpoints,
     load_latest_checkpoint,
     save_checkpoint,
 )
 from gigatok.train.run_dir import NonFiniteLossError, prepare_run_dir, require_finite
-from gigatok.train.tokenizer_loop import load_trained_tokenizer
+from gigatok.train.trained import load_trained_tokenizer
 
 LOGGED = list(range(2, SMALL_STEPS + 1, 2))
 
@@ -93,7 +93,7 @@ def test_a_save_killed_mid_write_never_replaces_the_good_checkpoint(tmp_path: Pa
     script = f"""
 import os, signal
 from pathlib import Path
-from gigatok.train.checkpoint import atomic_write_bytes
+from gigatok.io import atomic_write_bytes
 def half_then_die(f):
     f.write(b"x" * 100_000)
     f.flush()

@@ -189,7 +189,8 @@ def test_tokenizer_trains_against_the_dino_discriminator(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, make_tiny_run
 ) -> None:
     from gigatok.models import discriminator
-    from gigatok.train.tokenizer_loop import read_metrics, train_tokenizer
+    from gigatok.train.run_dir import read_metrics
+    from gigatok.train.tokenizer_loop import train_tokenizer
 
     # The narrow ViT: the loop's plumbing is the point, and ViT-S at 224 px costs ~15 s a step on two cores.
     monkeypatch.setattr(

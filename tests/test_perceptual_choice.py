@@ -26,7 +26,9 @@ from gigatok.runs.context import StageContext, workspace_for
 from gigatok.runs.spec import RunContext
 from gigatok.runs.stages import run_stage
 from gigatok.study import Planner
-from gigatok.train.tokenizer_loop import read_metrics, read_run_config, train_tokenizer
+from gigatok.train.run_dir import read_metrics
+from gigatok.train.tokenizer_loop import train_tokenizer
+from gigatok.train.trained import read_run_config
 from gigatok.weights import MissingWeightsError, file_sha256
 
 VGG_FILE = weights.REGISTRY["vgg16"].filename

@@ -11,7 +11,9 @@ import torch
 from gigatok.config import TokenizerRunConfig
 from gigatok.data import build_dataset
 from gigatok.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from gigatok.train.tokenizer_loop import load_trained_tokenizer, read_metrics, train_tokenizer
+from gigatok.train.run_dir import read_metrics
+from gigatok.train.tokenizer_loop import train_tokenizer
+from gigatok.train.trained import load_trained_tokenizer
 
 pytestmark = pytest.mark.slow
 

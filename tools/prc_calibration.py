@@ -24,9 +24,10 @@ from gigatok.config import TINY, ConfigError
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean over images of each image's PSNR, images in [-1, 1] (as the reconstruction stage reports it)."""
-    mse = ((x.clamp(-1, 1) - y) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-    return float((10 * torch.log10(4 / mse)).mean())
+    """Mean over images of each image's PSNR (gigatok.metrics.pixel.psnr), images in [-1, 1]."""
+    from gigatok.metrics.pixel import psnr as per_image_psnr
+
+    return float(per_image_psnr(x.clamp(-1, 1), y, data_range=2.0).mean())
 
 
 def degrade(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"training crops at {s} px" if s < args.image_size else "training crops", degrade(images, s)) for s in sizes
     ]
     if args.tokenizer:
-        from gigatok.train.tokenizer_loop import load_trained_tokenizer
+        from gigatok.train.trained import load_trained_tokenizer
 
         tokenizer = load_trained_tokenizer(args.tokenizer, device)
         with torch.no_grad():

@@ -24,14 +24,12 @@ from gigatok.token_cache import TokenCache, build_token_cache
 from gigatok.train.loop import Cadence, LogFn, checkpointer, claim_run_dir, resume, save_final, start_run, train_steps
 from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import ResumableBatchSampler, view_choice
-from gigatok.train.trained import load_trained_ar, read_run_config
+from gigatok.train.trained import read_run_config
 
-# load_trained_ar lives in gigatok.train.trained, beside the tokenizer's; re-exported here, where callers import it.
 __all__ = [
     "ARTrainResult",
     "OneViewPerImage",
     "build_ar_optimizer",
-    "load_trained_ar",
     "train_ar",
     "validation_loss",
     "wsd_schedule",

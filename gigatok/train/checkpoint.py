@@ -13,21 +13,16 @@ from typing import Any
 
 import torch
 
-# The generic helpers moved to gigatok.io; re-exported here for callers that imported them from this module.
-from gigatok.io import atomic_write_bytes, atomic_write_json, restore_rng, rng_state
+from gigatok.io import atomic_write_bytes
 
 __all__ = [
     "CheckpointError",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "checkpoint_dir",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_latest_checkpoint",
     "load_weights",
-    "restore_rng",
-    "rng_state",
     "save_checkpoint",
 ]
 

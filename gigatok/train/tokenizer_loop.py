@@ -56,19 +56,13 @@ from gigatok.semantic_encoders import build_semantic_encoder
 from gigatok.semantic_targets import SemanticTargets
 from gigatok.train.codebook_usage import CodebookUsageWindow, default_window
 from gigatok.train.loop import Cadence, LogFn, checkpointer, claim_run_dir, resume, save_final, start_run, train_steps
-from gigatok.train.run_dir import finished_summary, read_metrics
+from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, flip_mask
-from gigatok.train.trained import load_trained_tokenizer, read_run_config
 from gigatok.weights import resolve_weight
 
-# load_trained_tokenizer and read_run_config live in gigatok.train.trained (the token cache needs them without this
-# loop); they are re-exported here, where callers have always imported them.
 __all__ = [
     "StepModules",
     "TrainResult",
-    "load_trained_tokenizer",
-    "read_metrics",
-    "read_run_config",
     "train_tokenizer",
     "training_step",
 ]
