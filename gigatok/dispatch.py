@@ -8,11 +8,15 @@ Submitit requeues it with the same arguments (the run specs), and it resumes fro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
+import re
 import shutil
+import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +49,9 @@ class SlurmSettings:
     time_min: int = 24 * 60
     array_parallelism: int = 64
     setup: tuple[str, ...] = ()  # shell lines run before the job (module load, conda activate, ...)
+    # Further sbatch options, passed through as ``--key=value`` (exclude, reservation, mail-type, gres, ...): the
+    # cluster TOML's ``[slurm.extra]`` table or ``--slurm-extra key=value``. Sorted (key, value) pairs.
+    extra: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("nodes", "cpus_per_task", "time_min", "array_parallelism"):
@@ -52,10 +59,15 @@ class SlurmSettings:
                 raise ValueError(f"slurm.{name}: must be >= 1, got {getattr(self, name)}")
         if self.gpus_per_node < 0:
             raise ValueError(f"slurm.gpus_per_node: must be >= 0, got {self.gpus_per_node}")
+        for key, value in self.extra:
+            check_extra_option(key, value)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> SlurmSettings:
-        """Settings from a TOML file (``[slurm]`` table or top level), then ``overrides`` that are not None."""
+    def from_file(
+        cls, path: str | os.PathLike[str], defaults: dict[str, Any] | None = None, **overrides: Any
+    ) -> SlurmSettings:
+        """Settings from a TOML file (``[slurm]`` table or top level) over ``defaults``, then ``overrides`` that
+        are not None."""
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text())
@@ -70,7 +82,15 @@ class SlurmSettings:
             raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
         if "setup" in data:
             data["setup"] = tuple(data["setup"])
+        data = {**(defaults or {}), **data}
+        if "extra" in data:
+            if not isinstance(data["extra"], dict):
+                raise ValueError(f"{path}: 'extra' must be a table of sbatch options, e.g. [slurm.extra]")
+            data["extra"] = extra_options(data["extra"])
+        extra = overrides.pop("extra", None)
         data.update({k: v for k, v in overrides.items() if v is not None})
+        if extra:  # flags add to the file's options and replace those of the same name
+            data["extra"] = extra_options({**dict(data.get("extra", ())), **dict(extra)})
         return cls(**data)
 
     def submitit_parameters(self) -> dict[str, Any]:
@@ -91,7 +111,57 @@ class SlurmSettings:
                 params[f"slurm_{name}"] = getattr(self, name)
         if self.setup:
             params["slurm_setup"] = list(self.setup)
+        if self.extra:
+            params["slurm_additional_parameters"] = dict(self.extra)
         return params
+
+
+# sbatch options the settings above (or Submitit) already write: passing them again as extras would be ambiguous.
+OWNED_SBATCH_OPTIONS = frozenset(
+    ("partition", "account", "qos", "constraint", "nodes", "ntasks-per-node", "gpus-per-node", "cpus-per-task")
+    + ("mem", "time", "array", "job-name", "output", "error", "open-mode", "signal", "requeue", "wckey")
+)
+_EXTRA_KEY = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def check_extra_option(key: str, value: str) -> None:
+    """An extra sbatch option must look like one (``exclude``, ``mail-type``) and carry a one-line value."""
+    if not _EXTRA_KEY.fullmatch(key):
+        raise ValueError(f"slurm extra option {key!r}: not an sbatch option name (lower-case letters, digits, '-')")
+    if key in OWNED_SBATCH_OPTIONS:
+        raise ValueError(f"slurm extra option {key!r}: set by the workbench; use its own flag or cluster-file key")
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        raise ValueError(f"slurm extra option {key!r}: needs a one-line value, got {value!r}")
+
+
+def extra_options(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Normalised extras: ``mail_type`` and ``mail-type`` are one option; values as strings; sorted."""
+    out = {str(k).replace("_", "-"): v if isinstance(v, str) else str(v) for k, v in options.items()}
+    for key, value in out.items():
+        check_extra_option(key, value)
+    return tuple(sorted(out.items()))
+
+
+def parse_extra_flags(flags: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--slurm-extra key=value`` flags as normalised options."""
+    options: dict[str, str] = {}
+    for flag in flags:
+        key, sep, value = flag.partition("=")
+        if not sep:
+            raise ValueError(f"--slurm-extra {flag!r}: expected key=value, e.g. exclude=node07")
+        options[key.strip()] = value.strip()
+    return extra_options(options)
+
+
+def job_name(prefix: str, specs: Sequence[RunSpec], limit: int = 64) -> str:
+    """``<prefix>:<factors>`` for squeue: the factors every run of the submission shares (a job array has one
+    name for all its tasks), trimmed to ``limit`` characters."""
+    shared = specs[0].factor_dict if specs else {}
+    for spec in specs[1:]:
+        shared = {k: v for k, v in shared.items() if spec.factor_dict.get(k, shared) == v}
+    factors = ",".join(f"{k}={v}" for k, v in shared.items())
+    name = f"{prefix}:{factors}" if factors else prefix
+    return name if len(name) <= limit else name[: limit - 1] + "~"
 
 
 def slurm_available() -> bool:
@@ -109,14 +179,32 @@ def resolve_executor(name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def sbatch_errors() -> Iterator[None]:
+    """sbatch refusing a submission (an unknown partition, a GPU request on a CPU-only cluster) becomes one
+    :class:`DispatchError` line with sbatch's own reason, not Submitit's traceback and echo of stderr."""
+    echoed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(echoed):
+            yield
+    except submitit.core.utils.FailedJobError as exc:  # its message is sbatch's stderr, echoed already
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or ["no reason given"]
+        raise DispatchError(f"sbatch refused the submission: {lines[-1]}") from None
+    except BaseException:
+        sys.stderr.write(echoed.getvalue())
+        raise
+    sys.stderr.write(echoed.getvalue())
+
+
 def make_executor(
     name: str,
     folder: str | os.PathLike[str],
     slurm: SlurmSettings | None = None,
     local_tasks: int = 1,
     timeout_min: int = 24 * 60,
+    slurm_name: str = "gigatok",
 ) -> submitit.Executor:
-    """A Submitit executor writing its logs and pickles under ``folder/%j``."""
+    """A Submitit executor writing its logs and pickles under ``folder/%j``; ``slurm_name`` names its Slurm jobs."""
     folder = Path(folder) / "%j"
     if name == "debug":
         return submitit.DebugExecutor(folder=folder)
@@ -126,7 +214,7 @@ def make_executor(
         return executor
     if name == "slurm":
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        executor.update_parameters(name="gigatok", **(slurm or SlurmSettings()).submitit_parameters())
+        executor.update_parameters(name=slurm_name, **(slurm or SlurmSettings()).submitit_parameters())
         return executor
     raise DispatchError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")
 

@@ -118,11 +118,12 @@ def add_slurm_options(p: argparse.ArgumentParser) -> None:
     for name in ("partition", "account", "qos", "constraint"):
         slurm.add_argument(f"--{name}")
     slurm.add_argument("--nodes", type=int)
-    slurm.add_argument("--gpus-per-node", type=int, help="one DDP process per GPU")
+    slurm.add_argument("--gpus-per-node", type=int, help="one DDP process per GPU (default 1; 0 at tiny)")
     slurm.add_argument("--cpus-per-task", type=int)
     slurm.add_argument("--mem-gb", type=int)
     slurm.add_argument("--time-min", type=int, help="time limit per job, minutes")
     slurm.add_argument("--array-parallelism", type=int, help="at most this many jobs of the array run at once")
+    slurm.add_argument("--slurm-extra", action="append", metavar="KEY=VALUE", help="any other sbatch option (repeat)")
 
 
 # ----------------------------------------------------------------------------------------------------------

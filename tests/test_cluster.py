@@ -157,16 +157,31 @@ def test_cluster_services_answer_loopback_clients_only(cluster: None) -> None:
         assert not reachable(outside, port), f"port {port} answers on {outside}, not only on loopback"
 
 
+def test_a_submission_sbatch_refuses_is_one_line_and_leaves_no_run(study: Study) -> None:
+    result = study.cli(*SLURM, "--partition", "no-such-partition", timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: sbatch refused the submission: "), result.stderr
+    assert "partition" in lines[0], lines
+    assert study.runs() == {}  # the runs registered for the refused array were taken back
+
+
 def test_job_array_survives_preemption_and_a_failing_run(study: Study, tmp_path: Path) -> None:
     plan = study.plan()
     preempted, damaged = plan[True], plan[False]
     bad_file = study.tokenizer_dir(damaged) / "checkpoints" / "step-00000004.pt"
     _truncated_checkpoint(bad_file)
 
-    submit = study.cli(*SLURM, timeout=300)
+    # No --gpus-per-node: a tiny study asks for no GPU by default (this cluster has none), and an extra sbatch
+    # option reaches the job.
+    no_gpu_flag = [a for a in SLURM if a not in ("--gpus-per-node", "0")]
+    submit = study.cli(*no_gpu_flag, "--slurm-extra", "comment=gigatok-ci", timeout=300)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     jobs = _submitted_jobs(submit.stdout)
     assert len(jobs) == 2 and len({j.split("_")[0] for j in jobs}) == 1, jobs  # one array of two tasks
+    shown = _slurm("scontrol", "show", "job", jobs[0].split("_")[0])
+    assert f"JobName={STUDY}" in shown and "Comment=gigatok-ci" in shown, shown  # squeue tells studies apart
+    assert "gres/gpu" not in shown, shown
     job_of = {h: r.data.tags["gigatok.slurm_job_id"] for h, r in study.runs().items()}
     job = job_of[preempted["hash"]]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gigatok.config import ConfigError
-from gigatok.dispatch import DispatchError, SlurmSettings, default_local_workers
+from gigatok.dispatch import DispatchError, SlurmSettings, default_local_workers, parse_extra_flags
 from gigatok.pipeline import RunContext
 from gigatok.tracking import TrackingError
 
@@ -43,13 +43,21 @@ SLURM_FLAGS = (
 )
 
 
-def slurm_settings(flags: Any) -> SlurmSettings:
+# Profiles whose models are CPU-sized: their jobs ask Slurm for no GPU unless told to (a GPU request on a
+# CPU-only cluster is refused outright, and a tiny run does not need one).
+CPU_PROFILES = ("tiny",)
+
+
+def slurm_settings(flags: Any, profile: str | None = None) -> SlurmSettings:
     """Slurm resources of each job: ``flags.cluster_config`` (a TOML file, or None) changed by the flags named in
-    :data:`SLURM_FLAGS` that are not None (``flags`` is the command's argparse namespace, or anything alike)."""
+    :data:`SLURM_FLAGS` that are not None and by ``flags.slurm_extra`` (``key=value`` sbatch options); ``flags``
+    is the command's argparse namespace, or anything alike. At a CPU profile the default is no GPU."""
     values = {k: getattr(flags, k) for k in SLURM_FLAGS}
+    values["extra"] = parse_extra_flags(getattr(flags, "slurm_extra", None) or ())
+    defaults = {"gpus_per_node": 0} if profile in CPU_PROFILES else {}
     if flags.cluster_config:
-        return SlurmSettings.from_file(flags.cluster_config, **values)
-    return SlurmSettings(**{k: v for k, v in values.items() if v is not None})
+        return SlurmSettings.from_file(flags.cluster_config, defaults, **values)
+    return SlurmSettings(**{**defaults, **{k: v for k, v in values.items() if v is not None and v != ()}})
 
 
 def require_paper_data(profile: str, data: str | None, needs: str) -> None:

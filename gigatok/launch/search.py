@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gigatok.dispatch import SlurmSettings, default_local_workers, make_executor, resolve_executor
+from gigatok.dispatch import (
+    SlurmSettings,
+    default_local_workers,
+    job_name,
+    make_executor,
+    resolve_executor,
+    sbatch_errors,
+)
 from gigatok.launch.common import (
     UsageError,
     cancel_on_interrupt,
@@ -162,7 +169,7 @@ class SearchLaunch:
 
         check_ready(plan)
         executor_name = resolve_executor(executor)
-        slurm = slurm_settings(slurm_flags) if executor_name == "slurm" else None
+        slurm = slurm_settings(slurm_flags, profile) if executor_name == "slurm" else None
         require_paper_data(profile, data, "scores against")
         client = connect(plan.ctx.tracking_uri)
         plan = dataclasses.replace(plan, parent_run_id=search_parent(client, plan.spec).run_id)
@@ -218,9 +225,10 @@ class SearchLaunch:
         """Start the workers: one Slurm array, local processes, or (debug) one worker run when followed."""
         from gigatok.cfg_search import SearchWorker
 
-        executor = make_executor(self.executor, self.plan.ctx.root / "jobs", self.slurm)
+        name = job_name(f"cfg_search:{self.plan.spec.study}", [self.plan.spec])
+        executor = make_executor(self.executor, self.plan.ctx.root / "jobs", self.slurm, slurm_name=name)
         if self.executor == "slurm":
-            with executor.batch():
+            with sbatch_errors(), executor.batch():
                 self.jobs = [executor.submit(SearchWorker(self.plan, i)) for i in range(self.workers)]
         else:
             self.jobs = [executor.submit(SearchWorker(self.plan, i)) for i in range(self.workers)]

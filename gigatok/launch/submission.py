@@ -14,7 +14,15 @@ from typing import Any
 
 from gigatok import dispatch
 from gigatok import tracking_schema as schema
-from gigatok.dispatch import SlurmSettings, group_by_tokenizer, make_executor, resolve_executor, spread
+from gigatok.dispatch import (
+    SlurmSettings,
+    group_by_tokenizer,
+    job_name,
+    make_executor,
+    resolve_executor,
+    sbatch_errors,
+    spread,
+)
 from gigatok.launch.common import local_workers, require_paper_data, slurm_settings
 from gigatok.launch.planning import check_converted_inputs, check_pretrained_inputs
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of
@@ -91,7 +99,7 @@ class StudyLaunch:
             ctx = dataclasses.replace(ctx, threads=threads)
         if executor_name == "debug":  # in this process: the training loops' own progress bars are the display
             ctx = dataclasses.replace(ctx, progress=True)
-        slurm = slurm_settings(slurm_flags) if executor_name == "slurm" else None
+        slurm = slurm_settings(slurm_flags, profile) if executor_name == "slurm" else None
         require_paper_data(profile, data, "trains on")
         check_converted_inputs(specs, ctx)
         check_pretrained_inputs(specs, ctx)
@@ -157,7 +165,13 @@ class StudyLaunch:
     def submitting(self) -> Iterator[None]:
         """Make the executor; if submission itself fails before any Slurm or debug job exists, delete the MLflow
         runs this launch created: runs no job will ever pick up must not linger as SCHEDULED."""
-        self._executor = make_executor(self.executor, self.ctx.root / "jobs", self.slurm, local_tasks=self.local_tasks)
+        self._executor = make_executor(
+            self.executor,
+            self.ctx.root / "jobs",
+            self.slurm,
+            local_tasks=self.local_tasks,
+            slurm_name=job_name(self.study, self.todo),
+        )
         try:
             yield
         except BaseException:
@@ -172,7 +186,7 @@ class StudyLaunch:
 
     def submit_slurm(self) -> list[Any]:
         """One job array over the groups; each run is tagged with its Slurm job id."""
-        with self._executor.batch():
+        with sbatch_errors(), self._executor.batch():
             for group in self.groups:
                 self.submitted.append((group, self._executor.submit(self._job(group))))
         for group, job in self.submitted:
