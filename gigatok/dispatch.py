@@ -168,10 +168,15 @@ def slurm_available() -> bool:
     return shutil.which("sbatch") is not None
 
 
-def resolve_executor(name: str) -> str:
-    """``auto`` is Slurm where ``sbatch`` exists and local processes elsewhere."""
+def check_executor_name(name: str) -> None:
+    """A typo in ``--executor`` is refused before anything else, a dry run included."""
     if name not in EXECUTORS:
         raise DispatchError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")
+
+
+def resolve_executor(name: str) -> str:
+    """``auto`` is Slurm where ``sbatch`` exists and local processes elsewhere."""
+    check_executor_name(name)
     if name == "auto":
         return "slurm" if slurm_available() else "local"
     if name == "slurm" and not slurm_available():

@@ -27,6 +27,7 @@ from typing import Any
 
 from gigatok import launch
 from gigatok.config import get_profile
+from gigatok.dispatch import check_executor_name
 from gigatok.pipeline import RunContext, RunSpec
 from gigatok.study import SEED_FACTOR, get_study
 
@@ -459,6 +460,7 @@ def print_search_summary(plan: Any, summary: dict[str, Any]) -> None:
 
 def cmd_cfg_search(args: argparse.Namespace) -> int:
     get_profile(args.profile)
+    check_executor_name(args.executor)
     load_catalog()
     spec = launch.search_target(
         args.profile, args.data, args.overrides, args.seeds, args.weights_dir, args.study, args.only
@@ -531,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         get_profile(args.profile)
+        check_executor_name(args.executor)
         if args.list:
             return cmd_list(args)
         load_catalog()

@@ -406,3 +406,12 @@ def test_dry_run_and_only_with_seeds(
     assert code == 0 and len(json.loads(out)["runs"]) == 6
     code, out, _ = run_cli(["--list", "--json", "--seeds", "3"], tmp_path, monkeypatch, capsys)
     assert {r["study"]: r["runs"] for r in json.loads(out)} == {k: planned_count(k, 3) for k in PAPER_STUDIES}
+
+
+@pytest.mark.parametrize("command", [["scaling_1d_vs_2d"], ["cfg_search", "--study", "scaling_1d_vs_2d"]])
+def test_a_typo_in_the_executor_fails_a_dry_run_too(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli([*command, "--dry-run", "--executor", "slrum"], tmp_path, monkeypatch, capsys)
+    assert code == 2 and err.strip() == "error: unknown executor 'slrum'; known: auto, slurm, local, debug"
+    assert not (tmp_path / "mlflow.db").exists()
