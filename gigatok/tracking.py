@@ -165,12 +165,12 @@ def experiment_runs(
     if uri.startswith("sqlite:///"):
         try:
             return sqlite_runs(Path(uri.removeprefix("sqlite:///")), experiment_id, params, curves)
-        except sqlite3.Error:  # locked past the time-out, or tables of an unknown layout: MLflow reads it
+        except (sqlite3.Error, UntestedSchemaError):  # locked past the time-out, or a layout not read here before
             pass
-    return _search_pages(client, experiment_id)
+    return api_runs(client, experiment_id)
 
 
-def _search_pages(client: Any, experiment_id: str) -> Iterator[Any]:
+def api_runs(client: Any, experiment_id: str) -> Iterator[Any]:
     token = None
     while True:
         page = client.search_runs([experiment_id], max_results=SEARCH_PAGE, page_token=token)
@@ -178,6 +178,25 @@ def _search_pages(client: Any, experiment_id: str) -> Iterator[Any]:
         token = page.token
         if not token:
             return
+
+
+# The MLflow store schemas (alembic revisions) whose tables :func:`sqlite_runs` was checked against MLflow's own
+# search: dc11669786a5 is the head of MLflow 3.17 (tests/test_tracking.py compares the two reads). A store of another
+# revision is read through MLflow's API instead, since a changed table could be misread without any error.
+TESTED_SCHEMAS = frozenset({"dc11669786a5"})
+
+
+class UntestedSchemaError(RuntimeError):
+    """The SQLite store's schema revision is not one the direct reader was tested on."""
+
+
+def store_schema(db: sqlite3.Connection) -> str | None:
+    """The store's alembic revision (None for a file without MLflow's version table)."""
+    try:
+        row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
 
 
 @dataclass(frozen=True)
@@ -213,6 +232,9 @@ def sqlite_runs(
     """
     experiment = int(experiment_id)
     with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        schema_revision = store_schema(db)
+        if schema_revision not in TESTED_SCHEMAS:
+            raise UntestedSchemaError(f"{path}: MLflow schema {schema_revision} is not one of {sorted(TESTED_SCHEMAS)}")
 
         def rows_of(table: str, columns: str, where: str = "", args: Sequence[str] = ()) -> Any:
             # CROSS JOIN fixes SQLite's join order (the experiment's runs, then each run's rows by index); left to

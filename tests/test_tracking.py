@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gigatok.tracking import MAX_BATCH_METRICS, RunLogger
 
@@ -75,10 +80,10 @@ def test_batches_respect_mlflow_limit_and_nan_is_left_out() -> None:
     assert all(key != "nan" for _, metrics, _ in client.calls for key, _ in metrics)
 
 
-def test_sqlite_tables_read_as_mlflow_search_returns(tmp_path: Path) -> None:
+def test_sqlite_tables_read_as_mlflow_search_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
-    from gigatok.tracking import _search_pages, connect, sqlite_runs, study_runs
+    from gigatok.tracking import api_runs, connect, sqlite_runs, study_runs
 
     db = tmp_path / "mlflow.db"
     client = connect(f"sqlite:///{db}")
@@ -117,7 +122,7 @@ def test_sqlite_tables_read_as_mlflow_search_returns(tmp_path: Path) -> None:
             metrics,
         )
 
-    searched = [shape(r) for r in _search_pages(client, experiment)]
+    searched = [shape(r) for r in api_runs(client, experiment)]
     assert [shape(r) for r in sqlite_runs(db, experiment)] == searched  # same runs, order, values, NaN
     subset = sqlite_runs(db, experiment, params=("b",), curves=False)
     assert [r.data.params for r in subset] == [{"b": "two"}] * 3
@@ -126,3 +131,19 @@ def test_sqlite_tables_read_as_mlflow_search_returns(tmp_path: Path) -> None:
     runs = study_runs(client, experiment)
     assert {h: r.run_id for h, r in runs.items()} == {"h1": finished, "h2": other_hash}  # FINISHED wins
     assert runs["h1"].metrics["tokenizer/total_loss"] == 0.5
+
+    # A store whose schema the direct read was not tested on goes through MLflow's API, with the same result.
+    from gigatok import tracking
+
+    assert tracking.store_schema(sqlite3.connect(db)) in tracking.TESTED_SCHEMAS  # this MLflow's, tested
+    with monkeypatch.context() as patch:
+        patch.setattr(tracking, "TESTED_SCHEMAS", frozenset({"some-other-revision"}))
+        with pytest.raises(tracking.UntestedSchemaError, match="is not one of"):
+            sqlite_runs(db, experiment)
+        assert [shape(r) for r in tracking.experiment_runs(client, experiment)] == searched
+    doctored = tmp_path / "doctored.db"  # a copy as a newer MLflow would leave it: the direct read refuses it
+    shutil.copy(db, doctored)
+    with contextlib.closing(sqlite3.connect(doctored)) as conn, conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    with pytest.raises(tracking.UntestedSchemaError, match="ffffffffffff"):
+        sqlite_runs(doctored, experiment)
