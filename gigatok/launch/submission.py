@@ -186,9 +186,13 @@ class StudyLaunch:
 
     def submit_slurm(self) -> list[Any]:
         """One job array over the groups; each run is tagged with its Slurm job id."""
+        # Inside batch() a submission is only a placeholder until sbatch runs at its end: count the jobs as
+        # submitted (which keeps the MLflow runs if a later step fails) only once sbatch has taken them.
+        pending: list[tuple[list[RunSpec], Any]] = []
         with sbatch_errors(), self._executor.batch():
             for group in self.groups:
-                self.submitted.append((group, self._executor.submit(self._job(group))))
+                pending.append((group, self._executor.submit(self._job(group))))
+        self.submitted.extend(pending)
         for group, job in self.submitted:
             for spec in group:
                 self.client.set_tag(self.run_ids[spec.hash], schema.SLURM_JOB_ID, job.job_id)
