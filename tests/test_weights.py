@@ -2,13 +2,21 @@
 
 The real loading paths are exercised with small random checkpoints written to tmp_path under the registry's
 file names, with the registry's expected sha256 monkeypatched to theirs, so the hash check runs as in use.
+``fetch`` is tested against a small HTTP server on loopback with a registry of test entries; any other URL
+still fails the test.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import http.server
+import socket
+import threading
+import urllib.parse
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,6 +88,7 @@ def test_missing_file_message_names_file_hash_and_folder(tmp_path: Path) -> None
     assert "vgg16-397923af.pth" in message
     assert weights.REGISTRY["vgg16"].sha256 in message
     assert str(tmp_path) in message and weights.WEIGHTS_DIR_ENV in message
+    assert "python -m gigatok.weights fetch vgg16" in message
     assert "\n" not in message
 
 
@@ -171,6 +180,236 @@ def test_describe_registry_lists_every_entry(tmp_path: Path) -> None:
     for entry in weights.REGISTRY.values():
         assert entry.name in text
     assert "MISSING" in text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fetching: a loopback HTTP server and a registry of test entries
+# ----------------------------------------------------------------------------------------------------------
+
+REAL_URLOPEN = urllib.request.urlopen  # taken at import, before the no_network fixture replaces it
+GOOD = b"good weights " * 1000
+TAMPERED = b"tampered weights " * 1000
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class FileHandler(http.server.BaseHTTPRequestHandler):
+    """Serves the server's ``files``; ``/truncated`` promises more bytes than it sends, then closes."""
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        body = self.server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body) + (5000 if self.path == "/truncated" else 0)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads allowed from 127.0.0.1 only (a proxy in the environment is bypassed)."""
+
+    def loopback_only(request: urllib.request.Request | str, *args: object, **kwargs: object):
+        url = request.full_url if isinstance(request, urllib.request.Request) else request
+        assert urllib.parse.urlsplit(url).hostname == "127.0.0.1", f"a download was attempted: {url}"
+        return REAL_URLOPEN(request, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", loopback_only)
+    monkeypatch.setenv("no_proxy", "*")
+
+
+@pytest.fixture
+def server(loopback: None) -> Iterator[http.server.ThreadingHTTPServer]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FileHandler)
+    httpd.files = {"/good.bin": GOOD, "/tampered.bin": TAMPERED, "/truncated": GOOD[:3000], "/any.bin": b"any"}
+    httpd.requests = []
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def fetch_entry(name: str, url: str, sha256: str = sha(GOOD), **kwargs: object) -> weights.WeightFile:
+    return weights.WeightFile(
+        name=name,
+        filename=f"{name}.bin",
+        sha256=sha256,
+        description=f"test file {name}",
+        source=kwargs.pop("source", url or "a web page"),
+        sha256_source=kwargs.pop("sha256_source", "test"),
+        url=url,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def registry(server: http.server.ThreadingHTTPServer) -> dict[str, weights.WeightFile]:
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    entries = (
+        fetch_entry("good", f"{base}/good.bin"),
+        fetch_entry("prefix", f"{base}/good.bin", sha(GOOD)[:8], sha256_is_prefix=True),
+        fetch_entry("tampered", f"{base}/tampered.bin"),
+        fetch_entry("truncated", f"{base}/truncated"),
+        fetch_entry("not-found", f"{base}/missing.bin"),
+        fetch_entry("down", f"http://127.0.0.1:{free_port()}/good.bin"),
+        fetch_entry("unpublished", f"{base}/any.bin", weights.UNPUBLISHED, sha256_source="none published"),
+        fetch_entry("by-hand", "", source="https://drive.example/file/d/abc/view (a web page)"),
+    )
+    return {e.name: e for e in entries}
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_fetch_good_file_lands_verified_with_no_temporary(
+    tmp_path: Path, registry: dict, server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "created" / "here"
+    assert weights.fetch(["good", "prefix"], registry, folder) == 0
+    assert (folder / "good.bin").read_bytes() == GOOD and (folder / "prefix.bin").read_bytes() == GOOD
+    assert leftovers(folder) == ["good.bin", "prefix.bin"]
+    assert "fetched  good:" in capsys.readouterr().out
+    requests = len(server.requests)
+    assert weights.fetch(["good"], registry, folder) == 0  # valid already: not downloaded again
+    assert len(server.requests) == requests and "ok       good:" in capsys.readouterr().out
+    assert weights.fetch(["good"], registry, folder, force=True) == 0
+    assert len(server.requests) == requests + 1 and leftovers(folder) == ["good.bin", "prefix.bin"]
+
+
+def test_fetch_wrong_hash_keeps_nothing_and_leaves_an_existing_file(
+    tmp_path: Path, registry: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert weights.fetch(["tampered"], registry, tmp_path, timeout=5) == 1
+    assert leftovers(tmp_path) == []
+    err = capsys.readouterr().err
+    failure = next(line for line in err.splitlines() if line.startswith("FAILED"))
+    assert "tampered.bin" in failure and registry["tampered"].url in failure
+    assert f"sha256 {sha(TAMPERED)}, expected {sha(GOOD)}" in failure
+    (tmp_path / "tampered.bin").write_bytes(GOOD)  # a good copy, then a forced fetch serving other bytes
+    assert weights.fetch(["tampered"], registry, tmp_path, force=True, timeout=5) == 1
+    assert leftovers(tmp_path) == ["tampered.bin"] and (tmp_path / "tampered.bin").read_bytes() == GOOD
+
+
+def test_fetch_truncated_download_keeps_nothing(
+    tmp_path: Path, registry: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "truncated.bin").write_bytes(b"a damaged copy, replaced only by a good one")
+    assert weights.fetch(["truncated"], registry, tmp_path, timeout=5) == 1
+    assert leftovers(tmp_path) == ["truncated.bin"]
+    assert (tmp_path / "truncated.bin").read_bytes() == b"a damaged copy, replaced only by a good one"
+    err = capsys.readouterr().err
+    assert "FAILED truncated: truncated.bin from http://127.0.0.1:" in err
+    assert f"connection cut: 3000 of {3000 + 5000} bytes received" in err
+
+
+def test_fetch_server_down_and_http_error_are_one_line_each(
+    tmp_path: Path, registry: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert weights.fetch(["down", "not-found"], registry, tmp_path, timeout=5) == 1
+    assert leftovers(tmp_path) == []
+    failures = [line for line in capsys.readouterr().err.splitlines() if line.startswith("FAILED")]
+    assert len(failures) == 2
+    assert "down.bin" in failures[0] and registry["down"].url in failures[0] and "cannot connect" in failures[0]
+    assert "not-found.bin" in failures[1] and "HTTP error 404" in failures[1]
+
+
+def test_fetch_all_attempts_every_file_and_reports_by_hand_entries(
+    tmp_path: Path, registry: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert weights.fetch((), registry, tmp_path, timeout=5) == 1  # truncated, tampered, down, not-found fail
+    assert leftovers(tmp_path) == ["good.bin", "prefix.bin", "unpublished.bin"]
+    captured = capsys.readouterr()
+    assert "by-hand: fetch by hand: https://drive.example/file/d/abc/view (a web page)" in captured.out
+    assert f"no published sha256; record this one: {sha(b'any')}" in captured.out
+    assert "4 file(s) not fetched: tampered, truncated, not-found, down" in captured.err
+    # Without a URL, an entry is an error only when named.
+    assert weights.fetch((), {"by-hand": registry["by-hand"]}, tmp_path) == 0
+    assert weights.fetch(["by-hand"], registry, tmp_path) == 1
+    assert "by-hand: fetch by hand: https://drive.example" in capsys.readouterr().err
+
+
+def test_fetch_unknown_name_is_exit_2_and_fetches_nothing(
+    tmp_path: Path, registry: dict, server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert weights.fetch(["good", "no-such-file"], registry, tmp_path) == 2
+    assert server.requests == [] and leftovers(tmp_path) == []
+    err = capsys.readouterr().err
+    assert "'no-such-file'" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(weights, "REGISTRY", registry)
+    assert weights.main(["fetch", "nope", "--dir", str(tmp_path)]) == 2
+    assert "'nope'" in capsys.readouterr().err
+    assert weights.main(["fetch", "good", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "good.bin").read_bytes() == GOOD
+
+
+def test_fetch_uses_the_env_folder_and_skips_package_files(
+    tmp_path: Path, registry: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "from-env"))
+    shipped = dataclasses.replace(weights.REGISTRY["lpips-vgg-lin"], name="shipped")
+    assert weights.fetch(["good", "shipped"], {"good": registry["good"], "shipped": shipped}) == 0
+    assert leftovers(tmp_path / "from-env") == ["good.bin"]
+    assert "ok       shipped:" in capsys.readouterr().out  # found inside the lpips package, nothing fetched
+
+
+def test_verify_rehashes_and_flags_a_damaged_file(
+    tmp_path: Path, registry: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(weights, "REGISTRY", registry)
+    (tmp_path / "good.bin").write_bytes(GOOD)
+    assert weights.main(["verify", "--dir", str(tmp_path)]) == 0
+    assert "ok (sha256 verified)" in capsys.readouterr().out
+    (tmp_path / "good.bin").write_bytes(GOOD[:-1] + b"!")
+    for argv in (["verify", "--dir", str(tmp_path)], ["--verify", "--dir", str(tmp_path)]):
+        assert weights.main(argv) == 1
+        captured = capsys.readouterr()
+        assert f"WRONG HASH {tmp_path / 'good.bin'}" in captured.out and "wrong sha256" in captured.err
+    assert weights.main(["--dir", str(tmp_path)]) == 0  # the plain listing: found, not hashed
+    out = capsys.readouterr().out
+    assert f"found {tmp_path / 'good.bin'}" in out and "MISSING" in out and "WRONG" not in out
+    assert weights.main(["list"]) == 0
+
+
+def test_registry_urls() -> None:
+    with_url = {name for name, entry in weights.REGISTRY.items() if entry.url}
+    assert with_url == {
+        "vgg16",
+        "dinov2-b",
+        "dinov2-b-hub",
+        "clip",
+        "siglip",
+        "torch-fidelity-inception",
+        "dino-vits16",
+        "adm-imagenet256-reference",
+    }
+    for name in with_url:
+        entry = weights.REGISTRY[name]
+        assert entry.url.startswith("https://") and entry.package_resource is None
+        assert entry.url.rsplit("/", 1)[1] in entry.source or entry.url.endswith(entry.filename)
+    # The hashes of the Hugging Face files were read at a revision: the download is pinned to it.
+    for name in ("clip", "siglip"):
+        revision = weights.REGISTRY[name].sha256_source.split("/blob/")[1].split("/")[0]
+        assert f"/resolve/{revision}/" in weights.REGISTRY[name].url
+    with pytest.raises(ValueError, match="http"):
+        fetch_entry("x", "ftp://example.org/x.bin")
 
 
 # ----------------------------------------------------------------------------------------------------------
