@@ -1,0 +1,7 @@
+"""``python -m gigatok`` is the ``gigatok`` command."""
+
+import sys
+
+from gigatok.cli import main
+
+sys.exit(main())
