@@ -284,12 +284,27 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
-    from mlflow.entities import Param
+def log_params(client: Any, run_id: str, params: dict[str, str], metrics: dict[str, float] | None = None) -> None:
+    """``params``, and ``metrics`` at step 0 in the first batch (one write more per run would show in the
+    submission of a 1,000-run study)."""
+    from mlflow.entities import Metric, Param
 
     items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-    for start in range(0, len(items), PARAM_CHUNK):
-        client.log_batch(run_id, params=items[start : start + PARAM_CHUNK], synchronous=True)
+    now = int(time.time() * 1000)
+    values = [Metric(k, v, now, 0) for k, v in sorted((metrics or {}).items())]
+    for start in range(0, max(len(items), 1), PARAM_CHUNK):
+        batch = items[start : start + PARAM_CHUNK]
+        client.log_batch(run_id, params=batch, metrics=values if start == 0 else [], synchronous=True)
+
+
+def current_user() -> str:
+    """Who launched, for MLflow's User column; ``unknown`` where the system cannot say (a container's odd uid)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def git_commit() -> str:

@@ -42,6 +42,25 @@ EXECUTOR = PREFIX + "executor"
 FACTORS = PREFIX + "factors"  # the factors as a JSON object (typed)
 FACTOR_PREFIX = PREFIX + "factor."  # factor.<name>: one text tag per factor
 
+# Where the run's files are (checkpoints, config.json, metrics.jsonl): a copied mlflow.db still leads to them.
+TOKENIZER_DIR = PREFIX + "tokenizer_dir"
+AR_DIR = PREFIX + "ar_dir"
+
+# -- MLflow's own tags (mlflow.utils.mlflow_tags): they fill the UI's User, Source and Version columns ------------
+MLFLOW_USER = "mlflow.user"
+MLFLOW_SOURCE_NAME = "mlflow.source.name"
+MLFLOW_SOURCE_TYPE = "mlflow.source.type"
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+MLFLOW_PARENT_RUN = "mlflow.parentRunId"
+
+# -- a run's size, logged as metrics when it is registered so the UI's charts can put it on an axis --------------
+PARAMS_TOKENIZER = "params_tokenizer"  # without the discriminator, as the paper counts
+PARAMS_ENCODER = "params_encoder"  # CNN encoder + transformer encoder
+PARAMS_DECODER = "params_decoder"  # transformer decoder + CNN decoder
+PARAMS_AR = "params_ar"
+SIZE_RANK = "size_rank"  # the tokenizer's size names as a number: S-S 0, S-B 1, S-L 2, B-L 3, ..., XL-XXL 7
+SIZE_METRICS = (PARAMS_TOKENIZER, PARAMS_ENCODER, PARAMS_DECODER, PARAMS_AR, SIZE_RANK)
+
 # -- written by the job running a run ------------------------------------------------------------------------------
 HOST = PREFIX + "host"
 SLURM_JOB_ID = PREFIX + "slurm_job_id"
@@ -150,6 +169,15 @@ def run_tags(
     }
 
 
+def mlflow_tags(*, user: str, source_name: str, source_type: str, git_commit: str) -> dict[str, str]:
+    """MLflow's standard tags of a run the project creates: who, from what, at which commit (a ``-dirty`` or
+    ``unknown`` commit is no commit MLflow could link to, so it stays in :data:`GIT_COMMIT` only)."""
+    tags = {MLFLOW_USER: user, MLFLOW_SOURCE_NAME: source_name, MLFLOW_SOURCE_TYPE: source_type}
+    if len(git_commit) == 40 and all(c in "0123456789abcdef" for c in git_commit):
+        tags[MLFLOW_GIT_COMMIT] = git_commit
+    return tags
+
+
 def trial_tags(*, parent_run_id: str, study: str, profile: str, search: str) -> dict[str, str]:
     """The tags a CFG-search trial gets when it is created, under the run it tunes."""
-    return {"mlflow.parentRunId": parent_run_id, KIND: CFG_TRIAL, STUDY: study, PROFILE: profile, CFG_SEARCH: search}
+    return {MLFLOW_PARENT_RUN: parent_run_id, KIND: CFG_TRIAL, STUDY: study, PROFILE: profile, CFG_SEARCH: search}

@@ -415,3 +415,37 @@ def test_a_typo_in_the_executor_fails_a_dry_run_too(
     code, _, err = run_cli([*command, "--dry-run", "--executor", "slrum"], tmp_path, monkeypatch, capsys)
     assert code == 2 and err.strip() == "error: unknown executor 'slrum'; known: auto, slurm, local, debug"
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_registered_runs_carry_mlflow_columns_sizes_and_their_folders(tmp_path: Path) -> None:
+    """What the MLflow UI shows before a run starts: User, Source and Version filled, parameter counts and the size
+    rank as metrics (chartable), and the run folders as tags."""
+    from mlflow import MlflowClient
+
+    from gigatok import launch
+    from gigatok import tracking_schema as schema
+
+    specs = launch.plan_study("scaling_1d_vs_2d", "tiny", None, [], None, None, None)
+    ctx = launch.run_context(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}", None, False, None)
+    study = launch.StudyLaunch.prepare(
+        "scaling_1d_vs_2d", "tiny", specs, ctx, executor="debug", local_parallel=None, slurm_flags=None, data=None
+    )
+    study.register()
+    client = MlflowClient(ctx.tracking_uri)
+    runs = {r.data.tags[schema.RUN_HASH]: r for r in client.search_runs([study.experiment_id])}
+    assert set(runs) == {s.hash for s in specs}
+    ranks = {}
+    for spec in specs:
+        run = runs[spec.hash]
+        tags, metrics = run.data.tags, run.data.metrics
+        assert tags[schema.MLFLOW_USER] and tags[schema.MLFLOW_SOURCE_TYPE] == "LOCAL"
+        assert tags[schema.MLFLOW_SOURCE_NAME] == "studies/run.py scaling_1d_vs_2d"
+        commit = tags[schema.GIT_COMMIT]
+        assert tags.get(schema.MLFLOW_GIT_COMMIT) == (commit if len(commit) == 40 else None)
+        assert tags[schema.TOKENIZER_DIR] == str(ctx.tokenizer_dir(spec.tokenizer)) and tags[schema.AR_DIR]
+        assert metrics[schema.PARAMS_TOKENIZER] == planning.parameter_count("tokenizer", spec.tokenizer)
+        assert metrics[schema.PARAMS_AR] == planning.parameter_count("ar", spec.ar)
+        assert metrics[schema.PARAMS_ENCODER] > 0 and metrics[schema.PARAMS_DECODER] > 0
+        assert metrics[schema.PARAMS_ENCODER] + metrics[schema.PARAMS_DECODER] < metrics[schema.PARAMS_TOKENIZER]
+        ranks[spec.factor_dict["size"]] = metrics[schema.SIZE_RANK]
+    assert ranks == {"S-S": 0, "S-B": 1, "B-L": 3}

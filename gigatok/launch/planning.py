@@ -144,24 +144,48 @@ def search_target(
     return spec
 
 
-_param_cache: dict[Any, int] = {}
+_param_cache: dict[Any, Any] = {}
+
+
+def tokenizer_parameter_counts(cfg: Any) -> dict[str, int]:
+    """Parameters of a tokenizer run's model per part and in total (:meth:`parameter_counts`), built on the meta
+    device once per architecture: a sweep over seeds or schedules has a few dozen shapes in 1,000 runs, and a
+    meta-device build costs 0.1-1 s."""
+    key = ("tokenizer", cfg.tokenizer)
+    if key not in _param_cache:
+        from gigatok.models.tokenizer import build_tokenizer
+
+        _param_cache[key] = build_tokenizer(cfg.tokenizer, "meta").parameter_counts()
+    return dict(_param_cache[key])
 
 
 def parameter_count(kind: str, cfg: Any) -> int:
     """Parameters of the tokenizer (without discriminator) or AR model, built on the meta device."""
-    # Keyed by the architecture, not the run: a sweep over seeds or schedules builds each model shape once (a
-    # meta-device build costs 0.1-1 s; a 1,000-run sweep has a few dozen shapes).
-    key = (kind, cfg.tokenizer if kind == "tokenizer" else cfg.model)
+    if kind == "tokenizer":
+        return tokenizer_parameter_counts(cfg)["total"]
+    key = (kind, cfg.model)
     if key not in _param_cache:
-        if kind == "tokenizer":
-            from gigatok.models.tokenizer import build_tokenizer
+        from gigatok.models.ar import ar_parameter_count
 
-            _param_cache[key] = build_tokenizer(cfg.tokenizer, "meta").parameter_counts()["total"]
-        else:
-            from gigatok.models.ar import ar_parameter_count
+        _param_cache[key] = ar_parameter_count(cfg.model)
+    return int(_param_cache[key])
 
-            _param_cache[key] = ar_parameter_count(cfg.model)
-    return _param_cache[key]
+
+def size_metrics(spec: RunSpec) -> dict[str, float]:
+    """A run's size as MLflow metrics (:data:`schema.SIZE_METRICS`): parameter counts and the size names' rank."""
+    from gigatok.config import SIZE_NAMES, parse_tokenizer_name
+
+    counts = tokenizer_parameter_counts(spec.tokenizer)
+    encoder, decoder = parse_tokenizer_name(spec.tokenizer.tokenizer.name)
+    metrics = {
+        schema.PARAMS_TOKENIZER: counts["total"],
+        schema.PARAMS_ENCODER: counts["cnn_encoder"] + counts["encoder_transformer"],
+        schema.PARAMS_DECODER: counts["decoder_transformer"] + counts["cnn_decoder"],
+        schema.SIZE_RANK: SIZE_NAMES.index(encoder) + SIZE_NAMES.index(decoder),
+    }
+    if spec.ar is not None:
+        metrics[schema.PARAMS_AR] = parameter_count("ar", spec.ar)
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def plan_rows(specs: list[RunSpec], ctx: RunContext, tracked: dict[str, Any]) -> list[dict[str, Any]]:

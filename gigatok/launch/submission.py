@@ -24,8 +24,8 @@ from gigatok.dispatch import (
     spread,
 )
 from gigatok.launch.common import local_workers, require_paper_data, slurm_settings
-from gigatok.launch.planning import check_converted_inputs, check_pretrained_inputs
-from gigatok.pipeline import RunContext, RunSpec, ar_dir_of
+from gigatok.launch.planning import check_converted_inputs, check_pretrained_inputs, size_metrics
+from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, tokenizer_dir_of
 from gigatok.study import get_study
 
 HEADLINE_METRICS = ("rfid", "lpips", "gfid", "ar_val_loss", "ar_probe_acc", "decode_fraction")
@@ -136,9 +136,15 @@ class StudyLaunch:
 
     def register(self) -> None:
         """An MLflow run, SCHEDULED, for each run to do: a new one (tags, params), or an unfinished one's own."""
-        from gigatok.tracking import git_commit, log_params
+        from gigatok.tracking import current_user, git_commit, log_params
 
         commit = git_commit()
+        standard = schema.mlflow_tags(
+            user=current_user(),
+            source_name=f"studies/run.py {self.study}",
+            source_type="JOB" if self.executor == "slurm" else "LOCAL",
+            git_commit=commit,
+        )
         for spec in self.todo:
             record = self.tracked.get(spec.hash)
             if record is not None:  # an unfinished run resumes under its own MLflow run
@@ -155,10 +161,14 @@ class StudyLaunch:
                 factors=spec.factors,
                 executor=self.executor,
             )
+            tags.update(standard)
+            tags[schema.TOKENIZER_DIR] = str(tokenizer_dir_of(spec, self.ctx))
+            if spec.ar is not None:
+                tags[schema.AR_DIR] = str(ar_dir_of(spec, self.ctx))
             run = self.client.create_run(self.experiment_id, run_name=spec.label, tags=tags)
             self.created.append(run.info.run_id)
             self.run_ids[spec.hash] = run.info.run_id
-            log_params(self.client, run.info.run_id, spec.params())
+            log_params(self.client, run.info.run_id, spec.params(), size_metrics(spec))
             self.client.update_run(run.info.run_id, status="SCHEDULED")
 
     @contextlib.contextmanager
