@@ -1427,14 +1427,14 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 def _coerce(tp: Any, value: Any) -> Any:
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return from_dict(tp, value)
     origin = typing.get_origin(tp)
     if origin is tuple and isinstance(value, list):
         return tuple(value)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
-            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+            if isinstance(arg, type) and dataclasses.is_dataclass(arg) and isinstance(value, dict):
                 return from_dict(arg, value)
     return value
 

@@ -19,12 +19,15 @@ import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import submitit
 
 from gigatok.runs.execute import execute_run
 from gigatok.runs.spec import RunContext, RunSpec
+
+if TYPE_CHECKING:  # torch is imported where it is used: the launcher need not load it
+    from torch.distributed import ProcessGroup
 
 ExecutorName = Literal["auto", "slurm", "local", "debug"]
 EXECUTORS = ("auto", "slurm", "local", "debug")
@@ -218,9 +221,9 @@ def make_executor(
         executor.update_parameters(timeout_min=timeout_min, tasks_per_node=local_tasks)
         return executor
     if name == "slurm":
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        executor.update_parameters(name=slurm_name, **(slurm or SlurmSettings()).submitit_parameters())
-        return executor
+        slurm_executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        slurm_executor.update_parameters(name=slurm_name, **(slurm or SlurmSettings()).submitit_parameters())
+        return slurm_executor
     raise DispatchError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")
 
 
@@ -279,13 +282,14 @@ class RunJob(submitit.helpers.Checkpointable):
         env = init_distributed("cuda" if torch.cuda.is_available() and self.ctx.device != "cpu" else "cpu")
         # Rank 0 alone evaluates (50k samples can take hours); the other ranks wait for it before the next run's
         # training on a gloo group whose time-out outlasts any evaluation, not at a collective that times out.
-        sync = None
+        sync: ProcessGroup | None = None
         if env.world_size > 1:
             import datetime
 
             import torch.distributed as dist
 
-            sync = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=48))
+            # Every rank is in the group, so this rank gets a group, never the non-member marker.
+            sync = cast("ProcessGroup", dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=48)))
         results: dict[str, dict[str, float]] = {}
         failures: list[str] = []
         try:

@@ -10,9 +10,9 @@ nothing here does anything for it, so single-process runs behave exactly as with
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -98,7 +98,8 @@ def main_first(env: DistEnv, fn: Callable[[], T]) -> T:
     the others waiting at a collective."""
     if env.world_size == 1:
         return fn()
-    result, failure = None, [None]
+    result: T | None = None
+    failure: list[str | None] = [None]
     if is_main(env):
         try:
             result = fn()
@@ -108,7 +109,7 @@ def main_first(env: DistEnv, fn: Callable[[], T]) -> T:
             raise
     dist.broadcast_object_list(failure, src=0)
     if is_main(env):
-        return result  # type: ignore[return-value]
+        return cast(T, result)  # fn() ran and returned it (T may itself admit None)
     if failure[0] is not None:
         raise RuntimeError(f"rank 0 failed: {failure[0]}")
     return fn()
@@ -136,24 +137,25 @@ def mean_across_ranks(values: Mapping[str, torch.Tensor | float], env: DistEnv) 
     return dict(zip(keys, (stacked / env.world_size).tolist(), strict=True))
 
 
-class RankShard(Sampler[list[int]]):
-    """This rank's share, ``indices[rank::world_size]``, of each global batch of ``batches``.
+class RankShard(Sampler[list[Any]]):
+    """This rank's share, ``indices[rank::world_size]``, of each global batch of ``batches`` (a batch is a list of
+    keys: dataset indices, or the (index, crop seed) pairs of :class:`~gigatok.train.sampling.KeyedBatches`).
 
     The global batch (and so the recipe) is the same for any number of processes (one process reads it whole);
     gradients averaged over equal shards are the gradient of the global batch's mean loss. Terms computed from
     batch statistics (the quantizer's entropy loss and usage, the discriminator's BatchNorm) see one shard each.
     """
 
-    def __init__(self, batches: Iterable[list[int]], batch_size: int, env: DistEnv) -> None:
+    def __init__(self, batches: Iterable[list[Any]], batch_size: int, env: DistEnv) -> None:
         if batch_size % env.world_size:
             raise ValueError(f"batch size {batch_size} does not split evenly over {env.world_size} processes")
         self.batches = batches
         self.env = env
 
     def __len__(self) -> int:
-        return len(self.batches)  # type: ignore[arg-type]
+        return len(cast(Sized, self.batches))  # a batch sampler: it has a length
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[Any]]:
         for batch in self.batches:
             yield batch[self.env.rank :: self.env.world_size]
 

@@ -82,10 +82,11 @@ def generator_loss(
     recon = out.reconstruction
     q = out.quant
     zero = recon.new_zeros(())
-    use_perceptual = _perceptual_on(cfg, perceptual)
+    perceptual_net = _perceptual_network(cfg, perceptual)
+    use_perceptual = perceptual_net is not None
     terms = {
         "pixel_loss": F.mse_loss(recon, images),
-        **({"perceptual_loss": perceptual(recon, images).mean()} if use_perceptual else {}),
+        **({"perceptual_loss": perceptual_net(recon, images).mean()} if perceptual_net is not None else {}),
         "codebook_loss": q.codebook_loss,
         "commitment_loss": q.commitment_loss,
         "entropy_loss": q.entropy_loss,
@@ -126,21 +127,23 @@ def _shortcut_terms(
     terms = {"shortcut_feature_loss": shortcut_feature_loss(out)}
     if direct is not None:
         terms["shortcut_pixel_loss"] = F.mse_loss(direct, images)
-        if _perceptual_on(cfg, perceptual):
-            terms["shortcut_perceptual_loss"] = perceptual(direct, images).mean()
+        perceptual_net = _perceptual_network(cfg, perceptual)
+        if perceptual_net is not None:
+            terms["shortcut_perceptual_loss"] = perceptual_net(direct, images).mean()
         if direct_fake_logits is not None:
             terms["shortcut_adversarial_loss"] = hinge_generator_loss(direct_fake_logits)
     return terms
 
 
-def _perceptual_on(cfg: TokenizerRunConfig, perceptual: Perceptual | None) -> bool:
+def _perceptual_network(cfg: TokenizerRunConfig, perceptual: Perceptual | None) -> Perceptual | None:
+    """``perceptual`` when the objective has the perceptual term, else None (an error if the term has no network)."""
     if not perceptual_active(cfg):
-        return False
+        return None
     if perceptual is None:
         raise ValueError(
             "the objective has the perceptual term (loss.perceptual 'lpips') but no perceptual network was given"
         )
-    return True
+    return perceptual
 
 
 def _weighted_shortcut(cfg: TokenizerRunConfig, terms: dict[str, torch.Tensor]) -> torch.Tensor:

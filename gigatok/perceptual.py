@@ -24,6 +24,7 @@ import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -118,12 +119,12 @@ def build_perceptual_loss(
             raise
         warnings.warn(f"LPIPS uses a randomly initialised VGG16 {SUBSTITUTE_TAG}: {err}", stacklevel=2)
         model = _bare_lpips(lin_path)
-        _kaiming_fan_in_(model.net, SUBSTITUTE_SEED)
+        _kaiming_fan_in_(cast(nn.Module, model.net), SUBSTITUTE_SEED)
         return PerceptualLoss(model, substitute=True, network_name=f"lpips-vgg16 {SUBSTITUTE_TAG}")
 
     state = torch.load(vgg_path, map_location="cpu", weights_only=True)
     model = _bare_lpips(lin_path)
-    model.net.load_state_dict(torchvision_vgg_to_lpips(state), strict=True)
+    cast(nn.Module, model.net).load_state_dict(torchvision_vgg_to_lpips(state), strict=True)
     return PerceptualLoss(model, substitute=False, network_name="lpips-vgg16")
 
 
@@ -152,7 +153,7 @@ def resolve_perceptual(
     """
     if cfg.loss.perceptual != "auto":
         return cfg
-    choice = "lpips" if vgg16_missing_reason(weights_dir) is None else "off"
+    choice: Literal["lpips", "off"] = "lpips" if vgg16_missing_reason(weights_dir) is None else "off"
     return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, perceptual=choice))
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ class SemanticTargets:
             if cached.get("key") == json.dumps(key, sort_keys=True):
                 self.cache = cached["features"]
                 return
-        n = len(dataset)  # type: ignore[arg-type]
+        n = len(cast(Sized, dataset))  # map-style: torch's Dataset declares no __len__, ours have one
         chunks = []
         for start in tqdm(range(0, n, _CHUNK), desc="semantic features", disable=not progress, leave=False):
             images = torch.stack([dataset[i][0] for i in range(start, min(n, start + _CHUNK))])

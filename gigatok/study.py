@@ -133,7 +133,7 @@ def _convert(tp: Any, raw: str, key: str) -> Any:
 
 
 def _set_path(obj: Any, path: list[str], raw: str, full_key: str) -> Any:
-    if not dataclasses.is_dataclass(obj):
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):  # a config value, never a class
         raise ConfigError(f"--set {full_key}: unknown key")
     fields = {f.name: f for f in dataclasses.fields(obj)}
     name = path[0]

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gigatok.config import CfgSearchConfig
 from gigatok.runs.layout import ar_dir_of
@@ -53,7 +53,7 @@ class SearchPlan:
     spec: RunSpec
     ctx: RunContext
     search: CfgSearchConfig
-    schedule: str  # the CFG schedule searched: the run's own unless the CLI says otherwise
+    schedule: Literal["constant", "step"]  # the CFG schedule searched: the run's own unless the CLI says otherwise
     storage: str | None = None  # a journal file path or an Optuna RDB URL; None: the journal beside the AR model
     parent_run_id: str | None = None  # the MLflow run the trials are recorded under; None: no MLflow records
     low_samples_override: int | None = None  # an explicit small budget in samples, instead of low_fraction
@@ -203,7 +203,7 @@ class SearchPlan:
             step_fraction=point.step_fraction,
             cfg_schedule=self.schedule,
             gen_samples=samples,
-        )  # type: ignore[arg-type]
+        )
         return dataclasses.replace(self.spec, eval=e, stages=("generation",))
 
     def describe(self) -> dict[str, Any]:

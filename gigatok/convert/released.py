@@ -146,7 +146,8 @@ def loader_for(kind: Kind) -> Loader:
     from gigatok.convert.ar import load_authors_ar
     from gigatok.convert.tokenizer import load_authors_tokenizer
 
-    return {"tokenizer": load_authors_tokenizer, "ar": load_authors_ar}[kind]
+    loaders: dict[str, Loader] = {"tokenizer": load_authors_tokenizer, "ar": load_authors_ar}
+    return loaders[kind]
 
 
 def read_authors(path: Path, kind: Kind, loader: Loader | None = None) -> tuple[Any, dict[str, Any]]:
@@ -195,7 +196,8 @@ UNUSED_FOR_KIND = {"1d": ("block_2d",), "2d": ("block_1d",)}
 
 def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in dataclasses.asdict(config).items() if dataclasses.is_dataclass(config) else config.items():
+    is_instance = dataclasses.is_dataclass(config) and not isinstance(config, type)
+    for key, value in dataclasses.asdict(config).items() if is_instance else config.items():
         if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
@@ -220,6 +222,7 @@ def _build(kind: Kind, config: Any) -> Any:
     """The workbench model of ``config`` on the meta device: its parameter shapes without allocating them."""
     import torch
 
+    build: Callable[[Any], Any]
     if kind == "tokenizer":
         from gigatok.models.tokenizer import build_tokenizer as build
     else:

@@ -24,7 +24,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -147,7 +147,9 @@ def _infer_cnn(weights: Mapping[str, torch.Tensor], latent: int, name: str) -> C
         _get(weights, f"decoder.conv_blocks.{levels - 1 - level}.res.0.conv1.weight", name).shape[0] // base
         for level in range(levels)
     ]
-    upsample = "depth_to_space" if "decoder.conv_blocks.0.upsample.conv1.weight" in weights else "nearest"
+    upsample: Literal["nearest", "depth_to_space"] = (
+        "depth_to_space" if "decoder.conv_blocks.0.upsample.conv1.weight" in weights else "nearest"
+    )
     try:
         return CNNConfig(
             base_channels=base,

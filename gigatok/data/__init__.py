@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from torch.utils.data import Dataset
-
 from gigatok.config import DataConfig
 from gigatok.data.augment import train_crop, train_transform
 from gigatok.data.builtin import ALL_SOURCES, SOURCES, BuiltinImages, BuiltinSource, sources_for
@@ -46,7 +44,7 @@ def resolve_data_root(data_cfg: DataConfig) -> str:
 
 def build_dataset(
     data_cfg: DataConfig, split: str, image_size: int, seed: int = 0, *, augment: bool = False
-) -> Dataset:
+) -> BuiltinImages | ImageFolderDataset:
     """The dataset ``data_cfg`` names, for ``split`` ('train' or 'val'); every one exposes ``.num_classes``.
 
     ``seed`` picks the builtin dataset's crops; the image folder is deterministic and ignores it. ``augment``

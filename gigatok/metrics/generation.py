@@ -166,6 +166,7 @@ def summarize_stream(
             moments.update(features)
             reservoir.update(features)
             if want_is:
+                assert logits is not None and inception_score_splits is not None  # as want_is says
                 if score is None:
                     score = InceptionScoreAccumulator(logits.shape[1], inception_score_splits)
                 score.update(logits)
@@ -398,6 +399,8 @@ def _side(summary: FeatureSummary) -> dict[str, Any]:
 def compare_summaries(samples: FeatureSummary, reference: FeatureSummary) -> dict[str, Any]:
     """FID, precision, recall and (from ``samples``) IS, with provenance."""
     precision, recall = precision_recall(samples, reference)
+    is_mean: float | None
+    is_std: float | None
     if samples.inception_score is not None:
         is_mean, is_std = samples.inception_score
         is_note = None

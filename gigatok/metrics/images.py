@@ -11,8 +11,8 @@ Value ranges: uint8 tensors are always read as 0..255; float tensors are read in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator, Sized
+from typing import Any, Literal, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -64,20 +64,29 @@ def image_batches(source: ImageSource, batch_size: int = 64, num_workers: int = 
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches: Iterable[Any]
     if isinstance(source, Dataset) and hasattr(source, "__len__"):
-        source = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for item in source:
+        batches = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    else:
+        batches = cast(Iterable[Any], source)  # an iterable (an IterableDataset too), as the docstring says
+    for item in batches:
         images = item[0] if isinstance(item, tuple | list) else item
         _check_images(images)
         yield images
 
 
+def dataset_length(dataset: Dataset) -> int:
+    """``len(dataset)`` of a map-style dataset: torch's ``Dataset`` declares no ``__len__``, though this project's
+    datasets (and ``Subset``) all have one."""
+    return len(cast(Sized, dataset))
+
+
 def source_length(source: ImageSource) -> int | None:
     """Number of images a source will yield, when it says so (a Dataset, a DataLoader); None for generators."""
     if isinstance(source, Dataset) and hasattr(source, "__len__"):
-        return len(source)  # type: ignore[arg-type]
+        return len(source)
     if isinstance(source, DataLoader) and hasattr(source.dataset, "__len__"):
-        return len(source.dataset)  # type: ignore[arg-type]
+        return len(source.dataset)
     return None
 
 

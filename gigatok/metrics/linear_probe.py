@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
+from typing import cast, overload
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from gigatok.config import ProbeConfig
 from gigatok.data.imagefolder import ImageFolderDataset
 from gigatok.data.transforms import adm_random_crop, to_unit_range, uint8_to_tensor
+from gigatok.metrics.images import dataset_length
 from gigatok.models.ar import ARModel
 from gigatok.models.tokenizer import GigaTokenizer
 from gigatok.token_cache import TokenCache
@@ -177,8 +179,14 @@ class LARS(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
+    @overload  # torch.optim.Optimizer.step's two forms: no loss without a closure
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -239,9 +247,8 @@ def _view_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of full batches of features of fresh views: the frozen model runs on ``chunk`` images at a time
     (bounding its memory), and their features are gathered into optimiser batches of ``batch``."""
-    loader = DataLoader(
-        dataset, batch_size=chunk, sampler=RandomSampler(dataset, generator=generator), num_workers=num_workers
-    )
+    sampler = RandomSampler(cast(Sized, dataset), generator=generator)  # a map-style dataset: it has a length
+    loader = DataLoader(dataset, batch_size=chunk, sampler=sampler, num_workers=num_workers)
     feats: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     held = 0
@@ -282,7 +289,7 @@ def lars_probe(
         labels_need = int(y_train.max()) + 1
     else:
         feature_fn, dataset = train
-        size = len(dataset)
+        size = dataset_length(dataset)
         classes_seen = labels_need = int(getattr(dataset, "num_classes", 0))
     if size < 2:
         raise ValueError(f"linear probe: needs at least 2 training items, got {size}")

@@ -35,7 +35,7 @@ from gigatok.metrics.generation import (
     network_provenance,
     reference_cache_path,
 )
-from gigatok.metrics.images import describe_dataset, image_batches, to_uint8
+from gigatok.metrics.images import dataset_length, describe_dataset, image_batches, to_uint8
 from gigatok.metrics.pixel import psnr, ssim, ssim_authors
 from gigatok.models.tokenizer import GigaTokenizer
 from gigatok.perceptual import LPIPSUnavailable, PerceptualLoss, lpips_for_metrics
@@ -103,7 +103,7 @@ def evaluate_reconstruction(
     Inception statistics are read from (or written to) the cache shared with gFID evaluations.
     """
     description = description or describe_dataset(dataset)
-    if max_images is not None and max_images < len(dataset):
+    if max_images is not None and max_images < dataset_length(dataset):
         dataset = Subset(dataset, range(max_images))
         description = f"first {max_images} of {description}"
     device = next(tokenizer.parameters()).device
@@ -123,7 +123,7 @@ def evaluate_reconstruction(
     tokenizer.eval()
     try:
         with tqdm(
-            total=len(dataset), unit="img", desc="reconstruction metrics", disable=not progress, leave=False
+            total=dataset_length(dataset), unit="img", desc="reconstruction metrics", disable=not progress, leave=False
         ) as bar:
             for images in image_batches(dataset, batch_size, num_workers):
                 x = images.to(device, torch.float32)
@@ -191,12 +191,14 @@ class _RfidAccumulator:
         if self.real_moments is not None:
             real_features = self.network(real_u8)[0]
             self.real_moments.update(real_features)
+            assert self.real_reservoir is not None  # set with real_moments
             self.real_reservoir.update(real_features)
 
     def finish(self) -> tuple[float, dict[str, Any]]:
         """rFID and its provenance; the reference summary is cached on the way when it was computed here."""
         info, reference = self.network.info, self.reference
         if reference is None:
+            assert self.real_moments is not None and self.real_reservoir is not None  # set when there is no reference
             reference = FeatureSummary(
                 network=info,
                 description=self.description,

@@ -19,13 +19,16 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gigatok.weights import MissingWeightsError, file_sha256, resolve_weight
+
+if TYPE_CHECKING:  # timm is imported where it is used: importing it takes seconds
+    from timm.models.vision_transformer import VisionTransformer
 
 SUBSTITUTE_TAG = "[SUBSTITUTE: random init]"
 SUBSTITUTE_SEED = 0
@@ -156,12 +159,12 @@ class DinoArch:
             raise ValueError(f"DinoArch: key_depths {self.key_depths} must lie in [0, depth={self.depth})")
 
 
-def create_dino_vit(arch: DinoArch) -> nn.Module:
+def create_dino_vit(arch: DinoArch) -> VisionTransformer:
     """timm's ViT-S/16 (the DINO checkpoint's key layout) with the tanh-approximate GELU that the authors' frozen
     copy uses (``MLPNoDrop``: ``nn.GELU(approximate='tanh')``), randomly initialised."""
     import timm  # deferred: importing timm takes seconds and only this discriminator needs it here
 
-    return timm.create_model(
+    model = timm.create_model(
         "vit_small_patch16_224",
         pretrained=False,
         num_classes=0,
@@ -172,6 +175,7 @@ def create_dino_vit(arch: DinoArch) -> nn.Module:
         depth=arch.depth,
         num_heads=arch.heads,
     )
+    return cast("VisionTransformer", model)  # what timm builds for a vit_* name
 
 
 def dino_state_for_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -188,7 +192,7 @@ def dino_state_for_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 class _FrozenDino(nn.Module):
     """The ViT as a feature extractor: never trained, always in eval mode; gradients reach the input."""
 
-    def __init__(self, vit: nn.Module, arch: DinoArch) -> None:
+    def __init__(self, vit: VisionTransformer, arch: DinoArch) -> None:
         super().__init__()
         self.vit = vit
         self.key_depths = frozenset(arch.key_depths)
@@ -203,6 +207,7 @@ class _FrozenDino(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """B x C x L readouts (each patch token plus the class token) before the blocks and after each key block."""
         vit = self.vit
+        assert vit.cls_token is not None and vit.pos_embed is not None  # DINO's ViT has both
         tokens = vit.patch_embed(x)
         with torch.autocast(x.device.type, enabled=False):
             cls = vit.cls_token.expand(tokens.shape[0], -1, -1)
@@ -285,9 +290,12 @@ class DinoDiscriminator(nn.Module):
     the authors' discriminator checkpoints load as they are. The ViT (timm's = DINO's layout) is ``backbone.vit``.
     """
 
+    x_scale: torch.Tensor  # buffers, registered in __init__
+    x_shift: torch.Tensor
+
     def __init__(
         self,
-        vit: nn.Module,
+        vit: VisionTransformer,
         arch: DinoArch = DinoArch(),
         augment: bool = True,
         substitute: bool = False,

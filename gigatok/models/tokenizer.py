@@ -87,6 +87,7 @@ class _Stack(nn.Module):
         return x if self.input_norm is None else self.input_norm(x)
 
     def _run_2d(self, tokens: torch.Tensor, capture_layer: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        assert self.proj_in is not None  # only 1D stacks may derive their queries from the context
         x = self.proj_in(tokens)
         if self.detr:  # each layer attends to its own input, positions added inside
             return self.stack(x, None, capture_layer, positions=(self.query_pos, self.query_pos))
@@ -134,6 +135,7 @@ class TransformerEncoder(_Stack):
             pooled = multilevel_pool(_to_grid(context, self.grid_size), self.num_tokens, self.first_split)
             queries = self.query_proj(pooled)
         else:
+            assert self.proj_in is not None  # without query_proj the queries have their own projection
             pooled = multilevel_pool(_to_grid(grid, self.grid_size), self.num_tokens, self.first_split)
             queries = self.proj_in(pooled)
         out, _ = self._run_1d(queries, context, None)

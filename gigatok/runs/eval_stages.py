@@ -218,7 +218,8 @@ def ar_probe_stage(sc: StageContext) -> StageOutcome:
                 from gigatok.metrics.linear_probe import lars_probe
 
                 as_tensors = [
-                    tuple(torch.from_numpy(a).to(device) for a in ar_features(ar, cache)) for cache in (train, val)
+                    (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+                    for x, y in (ar_features(ar, cache) for cache in (train, val))
                 ]
                 probe = lars_probe(as_tensors[0], as_tensors[1], features, cfg, num_classes=ar.cfg.num_classes)
             else:

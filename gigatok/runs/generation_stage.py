@@ -99,11 +99,10 @@ def generation_at(
             e.cfg_scale, e.cfg_schedule, e.step_fraction, e.temperature, e.top_k, e.top_p, step_rule=e.cfg_step_rule
         )
         grid: list[Any] = []
+        seed = sc.spec.ar.train.seed  # the sampling seed is the AR run's
 
         def samples() -> Iterator[Any]:
-            for images, _labels in generate_batches(
-                ar, tokenizer, e.gen_samples, sampling, e.batch_size, seed=sc.spec.ar.train.seed
-            ):
+            for images, _labels in generate_batches(ar, tokenizer, e.gen_samples, sampling, e.batch_size, seed=seed):
                 if sum(len(g) for g in grid) < e.grid_images:
                     grid.append(images[: e.grid_images].cpu())
                 yield images

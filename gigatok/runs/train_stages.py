@@ -87,6 +87,7 @@ def train_ar_stage(sc: StageContext) -> StageOutcome:
     )
     if not result.finished:
         raise RuntimeError(f"AR model stopped at step {result.steps} before the end of its schedule")
+    assert result.val_loss is not None  # a finished run has measured it
     records = [(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in read_metrics(sc.ar_dir)]
     return StageOutcome("ar", {"ar_val_loss": float(result.val_loss)}, records=records)
 

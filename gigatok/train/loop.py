@@ -183,7 +183,7 @@ def train_steps(
     logged: Callable[[], dict[str, float]] = dict,
     record: Mapping[str, Any] | None = None,
     snapshot_steps: Collection[int] = (),
-    snapshot: Callable[[int, dict[str, float]], None] | None = None,
+    snapshot: Callable[[int, dict[str, float]], object] | None = None,  # what it returns is not used
 ) -> dict[str, float]:
     """Run ``step(batch, step_index)`` on each batch at the LR ``lr_at(step_index)``; returns the last log record's
     metrics (empty when none was logged).

@@ -8,7 +8,8 @@ would have read, whatever the number of DataLoader workers.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
+from typing import cast
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -40,11 +41,13 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return max(0, self.total_steps - self.start_step)
 
     def __iter__(self) -> Iterator[list[int]]:
-        perm, perm_epoch = None, -1
+        perm: torch.Tensor | None = None
+        perm_epoch = -1
         for step in range(self.start_step, self.total_steps):
             epoch, offset = divmod(step, self.steps_per_epoch)
             if epoch != perm_epoch:
                 perm, perm_epoch = torch.randperm(self.n, generator=_generator(self.seed, epoch)), epoch
+            assert perm is not None  # set on the first step: perm_epoch starts at -1
             yield perm[offset * self.batch_size : (offset + 1) * self.batch_size].tolist()
 
 
@@ -92,7 +95,7 @@ class IndexedDataset(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(cast(Sized, self.dataset))  # map-style: torch's Dataset declares no __len__, ours have one
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         if isinstance(key, tuple):

@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -271,7 +271,7 @@ def train_tokenizer(
     if run.main:  # in the job log, as the run's params and summary say it
         print(f"tokenizer {run_dir.name}: perceptual: {perceptual_note}", flush=True)
     substitutes = [perceptual.network_name] if perceptual is not None and perceptual.substitute else []
-    substitutes += [disc.network_name] if getattr(disc, "substitute", False) else []
+    substitutes += [cast(str, disc.network_name)] if getattr(disc, "substitute", False) else []
     semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, run.progress, env)
     substitutes += sem_subs
 
