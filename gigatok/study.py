@@ -14,6 +14,7 @@ each run over the planner's seeds (``--seeds N``, else the profile's default), a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import types
 import typing
@@ -47,9 +48,10 @@ class Study:
 
     def plan(self, planner: Planner) -> list[RunSpec]:
         """The study's runs, each replicated over the planner's seeds (as the factor ``seed``) when it trains."""
-        specs = self.build(dataclasses.replace(planner, study=self.name))
+        specs = sweep(self.build(dataclasses.replace(planner, study=self.name)), planner.sweeps, planner.weights_dir)
         if self.seeded:
-            specs = replicate(specs, planner.seed_count, planner.overrides)
+            swept = tuple((key, values[0]) for key, values in planner.sweeps)
+            specs = replicate(specs, planner.seed_count, (*planner.overrides, *swept))
         hashes = [s.hash for s in specs]
         duplicates = {h for h in hashes if hashes.count(h) > 1}
         if duplicates:
@@ -232,6 +234,51 @@ def replicate(specs: list[RunSpec], seeds: int, overrides: tuple[tuple[str, str]
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Sweeps: --sweep key=v1,v2,...
+# ----------------------------------------------------------------------------------------------------------
+
+Sweep = tuple[str, tuple[str, ...]]
+
+
+def parse_sweep(text: str) -> Sweep:
+    """``key=v1,v2`` as (key, values); commas inside brackets belong to a value (``[1,2,4]`` is one tuple)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--sweep {text!r}: expected key=v1,v2,..., e.g. tokenizer.optim.lr=1e-4,3e-4")
+    values, depth, current = [], 0, ""
+    for char in raw:
+        depth += {"[": 1, "(": 1, "]": -1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    values.append(current.strip())
+    if any(not v for v in values):
+        raise ConfigError(f"--sweep {text!r}: an empty value (expected key=v1,v2,...)")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"--sweep {text!r}: a value is listed twice")
+    return key.strip(), tuple(values)
+
+
+def sweep(specs: list[RunSpec], sweeps: tuple[Sweep, ...], weights_dir: str | None = None) -> list[RunSpec]:
+    """Every run of ``specs`` at every combination of the sweeps' values, each key joining the run's factors (so
+    the hashes differ); combination by combination, so a study stopped half-way has whole grids."""
+    if not sweeps:
+        return specs
+    out = []
+    for combo in itertools.product(*[[(key, value) for value in values] for key, values in sweeps]):
+        for spec in specs:
+            try:
+                swept = settle_perceptual(apply_overrides(spec, combo), weights_dir)
+            except ConfigError as exc:  # a value the run's own config rules out (e.g. a grid a 2D run cannot have)
+                shown = " ".join(f"{k}={v}" for k, v in combo)
+                raise ConfigError(f"--sweep {shown} on run {spec.label}: {exc}") from None
+            out.append(dataclasses.replace(swept, factors=(*spec.factors, *combo)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The planner a study function receives
 # ----------------------------------------------------------------------------------------------------------
 
@@ -245,6 +292,7 @@ class Planner:
     overrides: tuple[tuple[str, str], ...] = ()
     study: str = ""
     seeds: int | None = None  # runs per point (--seeds); None: the profile's default
+    sweeps: tuple[Sweep, ...] = ()  # --sweep key=v1,v2: the study's grid times these values
     # Where the pretrained files are (None: $GIGATOK_WEIGHTS_DIR, else the default folder): a tiny run's
     # loss.perceptual "auto" is settled by whether the vgg16 file is there.
     weights_dir: str | None = None

@@ -64,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override a config field, e.g. tokenizer.train.max_steps=20 (repeatable)",
     )
     p.add_argument(
+        "--sweep",
+        dest="sweeps",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="run the study at each value, as a factor, e.g. tokenizer.optim.lr=1e-4,3e-4 (repeatable: a grid)",
+    )
+    p.add_argument(
         "--only",
         default=None,
         help="comma-separated run hashes (or prefixes) or factor=value filters, e.g. size=S-S,seed=0",
@@ -538,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list(args)
         load_catalog()
         specs = launch.plan_study(
-            args.study, args.profile, args.data, args.overrides, args.seeds, args.weights_dir, args.only
+            args.study, args.profile, args.data, args.overrides, args.seeds, args.weights_dir, args.only, args.sweeps
         )
         ctx = launch.run_context(args.runs_dir, args.tracking_uri, args.weights_dir, args.substitutes, args.device)
         if args.dry_run:

@@ -449,3 +449,51 @@ def test_registered_runs_carry_mlflow_columns_sizes_and_their_folders(tmp_path: 
         assert metrics[schema.PARAMS_ENCODER] + metrics[schema.PARAMS_DECODER] < metrics[schema.PARAMS_TOKENIZER]
         ranks[spec.factor_dict["size"]] = metrics[schema.SIZE_RANK]
     assert ranks == {"S-S": 0, "S-B": 1, "B-L": 3}
+
+
+def test_sweeps_multiply_the_grid_with_each_key_as_a_factor() -> None:
+    sweeps = ("--sweep", "tokenizer.optim.lr=1e-4,1e-3", "--sweep", "ar.train.batch_size=8,16")
+    base = planning.plan_study("scaling_1d_vs_2d", "tiny", None, [], None, None, "size=S-S")
+    specs = planning.plan_study("scaling_1d_vs_2d", "tiny", None, [], "2", None, "size=S-S", list(sweeps[1::2]))
+    assert len(specs) == len(base) * 4 * 2 and len({s.hash for s in specs}) == len(specs)
+    first = specs[0].factor_dict
+    assert first == {**base[0].factor_dict, "tokenizer.optim.lr": "1e-4", "ar.train.batch_size": "8", "seed": 0}
+    for spec in specs:
+        f = spec.factor_dict
+        assert spec.tokenizer.optim.lr == float(f["tokenizer.optim.lr"]) and spec.ar.tokenizer == spec.tokenizer
+        assert spec.ar.train.batch_size == int(f["ar.train.batch_size"]) and spec.ar.train.seed == f["seed"]
+    # all of seed 0 before seed 1, and within a seed every combination over the whole study
+    assert [s.factor_dict["seed"] for s in specs] == [0] * 8 + [1] * 8
+    assert {s.factor_dict["tokenizer.optim.lr"] for s in specs[:2]} == {"1e-4"}
+
+
+def test_a_sweep_value_may_hold_commas_inside_brackets() -> None:
+    from gigatok.study import parse_sweep
+
+    assert parse_sweep("tokenizer.tokenizer.cnn.channel_mult=[1,2,4], [1,2,2]") == (
+        "tokenizer.tokenizer.cnn.channel_mult",
+        ("[1,2,4]", "[1,2,2]"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sweep", "tokenizer.optim.lr=1e-4,x"], "--sweep tokenizer.optim.lr=x: 'x' is not a number"),
+        (["--sweep", "tokenizer.optim.lrr=1"], "--sweep tokenizer.optim.lrr=1: unknown key (OptimConfig has"),
+        (["--sweep", "tokenizer.optim.lr"], "expected key=v1,v2"),
+        (["--sweep", "tokenizer.optim.lr=1e-4,"], "an empty value"),
+        (["--sweep", "tokenizer.optim.lr=1e-4,1e-4"], "a value is listed twice"),
+        (["--sweep", "tokenizer.optim.lr=1e-4", "--set", "tokenizer.optim.lr=1e-3"], "is set with --set"),
+        (["--sweep", "tokenizer.optim.lr=1e-4", "--sweep", "tokenizer.optim.lr=1e-3"], "is swept twice"),
+    ],
+)
+def test_bad_sweeps_are_one_line_errors(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run_cli(["scaling_1d_vs_2d", "--dry-run", *args], tmp_path, monkeypatch, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err

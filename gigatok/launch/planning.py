@@ -9,10 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from gigatok import tracking_schema as schema
-from gigatok.config import ARRunConfig, TokenizerRunConfig
+from gigatok.config import ARRunConfig, ConfigError, TokenizerRunConfig
 from gigatok.launch.common import UsageError, tracked_runs
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, completed_stages
-from gigatok.study import SEED_FACTOR, STUDIES, Planner, check_override_keys, get_study, parse_override, parse_seeds
+from gigatok.study import (
+    SEED_FACTOR,
+    STUDIES,
+    Planner,
+    Sweep,
+    check_override_keys,
+    get_study,
+    parse_override,
+    parse_seeds,
+    parse_sweep,
+)
 
 
 def select(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
@@ -55,6 +65,7 @@ def make_planner(
     weights_dir: str | None,
     seeded: bool = True,
     study: str | None = None,
+    sweeps: list[str] | None = None,
 ) -> Planner:
     """The planner of ``--profile``, ``--data``, ``--set`` and ``--seeds``, each checked. ``seeded``: whether the
     study trains anything (replicas over seeds of one that does not would repeat one run)."""
@@ -66,7 +77,26 @@ def make_planner(
     n_seeds = parse_seeds(seeds)
     if n_seeds is not None and n_seeds > 1 and not seeded:
         raise UsageError(f"--seeds {n_seeds}: study {study} trains nothing, so every seed would repeat the same run")
-    return Planner(profile, data_root, parsed, seeds=n_seeds, weights_dir=weights_dir)
+    swept = check_sweeps(sweeps or [], parsed, profile)
+    return Planner(profile, data_root, parsed, seeds=n_seeds, weights_dir=weights_dir, sweeps=swept)
+
+
+def check_sweeps(sweeps: list[str], overrides: tuple[tuple[str, str], ...], profile: str) -> tuple[Sweep, ...]:
+    """``--sweep`` flags parsed, each value checked as ``--set`` checks its own, no key set or swept twice."""
+    parsed = tuple(parse_sweep(text) for text in sweeps)
+    fixed = {key for key, _ in overrides}
+    seen: set[str] = set()
+    for key, values in parsed:
+        if key in fixed or key in seen:
+            raise UsageError(f"--sweep {key}: the key is {'set with --set' if key in fixed else 'swept twice'}")
+        seen.add(key)
+        for value in values:
+            try:
+                check_override_keys(((key, value),), profile)
+            except ConfigError as exc:  # said of --set, which checks the same way
+                message = str(exc).removeprefix(f"--set {key}: ").removeprefix(f"{key}: ")
+                raise UsageError(f"--sweep {key}={value}: {message}") from None
+    return parsed
 
 
 def plan_study(
@@ -77,6 +107,7 @@ def plan_study(
     seeds: str | None,
     weights_dir: str | None,
     only: str | None,
+    sweeps: list[str] | None = None,
 ) -> list[RunSpec]:
     """The runs of study ``name`` to launch (or show)."""
     if not name:
@@ -85,7 +116,9 @@ def plan_study(
         study = get_study(name)
     except KeyError as exc:
         raise UsageError(exc.args[0]) from None
-    planner = make_planner(profile, data, overrides, seeds, weights_dir, seeded=study.seeded, study=study.name)
+    planner = make_planner(
+        profile, data, overrides, seeds, weights_dir, seeded=study.seeded, study=study.name, sweeps=sweeps
+    )
     return select(study.plan(planner), only)
 
 
