@@ -333,6 +333,7 @@ SEARCH_DOC = """Search the CFG scale of one trained run with Optuna (Appendix B:
     python studies/run.py cfg_search --study scaling_1d_vs_2d --only size=S-S,kind=1d --dry-run
     python studies/run.py cfg_search --study scaling_1d_vs_2d --only size=S-S,kind=1d --range 1.0:3.0
     python studies/run.py cfg_search --only 3f2a9c --schedule step --fraction-range 0.1:0.3   (a run-hash prefix)
+    python studies/run.py cfg_search --only MLFLOW_RUN_ID --dry-run     (the run's MLflow run id: 32 hex digits)
     python studies/run.py cfg_search --study system_level --only size=B-L,ar_size=B --profile paper \\
         --data /datasets/imagenet --executor slurm --workers 8 --partition gpu
 
@@ -350,8 +351,8 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="studies/run.py cfg_search", description=SEARCH_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--study", default=None, help="the study the run belongs to (without it, --only is a run hash)")
-    p.add_argument("--only", default=None, help="filters that pick one run: size=S-S,kind=1d, or a run-hash prefix")
+    p.add_argument("--study", default=None, help="the run's study (without it, --only is a run hash or MLflow run id)")
+    p.add_argument("--only", default=None, help="one run: size=S-S,kind=1d, a run-hash prefix, or its MLflow run id")
     p.add_argument("--dry-run", action="store_true", help="print the trials it would run and exit; nothing is written")
     p.add_argument("--json", action="store_true", help="with --dry-run: machine-readable output")
     search = p.add_argument_group("what is searched (default: the run's eval.cfg_search settings)")
@@ -388,7 +389,8 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
     search.add_argument(
         "--storage",
         default=None,
-        help="Optuna storage: a journal file path or an RDB URL (default: RUNS/ar-<hash>/cfg-search/optuna.journal)",
+        help="Optuna storage: a journal file path or an RDB URL (default: $OPTUNA_STORAGE when set, else "
+        "RUNS/ar-<hash>/cfg-search/optuna.journal)",
     )
     p.add_argument(
         "--workers",
@@ -470,10 +472,10 @@ def cmd_cfg_search(args: argparse.Namespace) -> int:
     get_profile(args.profile)
     check_executor_name(args.executor)
     load_catalog()
-    spec = launch.search_target(
-        args.profile, args.data, args.overrides, args.seeds, args.weights_dir, args.study, args.only
-    )
     ctx = launch.run_context(args.runs_dir, args.tracking_uri, args.weights_dir, args.substitutes, args.device)
+    spec = launch.search_target(
+        args.profile, args.data, args.overrides, args.seeds, args.weights_dir, args.study, args.only, ctx.tracking_uri
+    )
     plan = launch.search_plan(args, spec, ctx)
     if args.workers is not None and args.workers < 1:
         raise launch.UsageError(f"--workers {args.workers}: must be >= 1")

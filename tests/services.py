@@ -148,9 +148,11 @@ class MlflowServer:
 
 
 def study_cli(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``python studies/run.py ARGS`` in ``cwd`` (no inherited MLFLOW_TRACKING_URI: each test names its store)."""
+    """``python studies/run.py ARGS`` in ``cwd`` (no inherited MLFLOW_TRACKING_URI or OPTUNA_STORAGE: each test names
+    its store)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONBREAKPOINT": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("OPTUNA_STORAGE", None)  # a CFG search's storage is the test's too
     return subprocess.run(
         [sys.executable, str(ROOT / "studies" / "run.py"), *args],
         cwd=cwd,
@@ -170,6 +172,7 @@ def run_cli(
 
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
     code = cli.main(args)
     out = capsys.readouterr()
     return code, out.out, out.err

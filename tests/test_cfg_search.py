@@ -459,6 +459,33 @@ def test_two_dimensional_step_schedule_search(tmp_path: Path) -> None:
     assert (row["cfg_best_step_fraction"], row["cfg_best_scale"]) == (0.1, 2.0)
 
 
+def test_the_objective_is_named_and_each_trial_leads_to_its_runs(tmp_path: Path) -> None:
+    """optuna-dashboard and ``optuna studies`` show "gfid", not "Objective 0"; a trial names the study run searched
+    (MLflow run id and run hash) and its own child run."""
+    import optuna
+
+    from gigatok.cfg_search.trials import load_study
+
+    plan = make_plan(tmp_path, scale_max=1.5, pruner="none")
+    run_here(plan, Bowl(tmp_path / "bowl.log"), log=lambda line: None)
+    study = optuna.load_study(study_name=plan.study_name, storage=open_storage(plan))
+    assert study.metric_names == ["gfid"]
+    children_by_number = {int(r.data.params["trial_number"]): r.info.run_id for r in children(plan)}
+    assert len(study.trials) == 3
+    for t in study.trials:
+        assert t.user_attrs["mlflow_run_id"] == plan.parent_run_id and t.user_attrs["run_hash"] == plan.spec.hash
+        assert t.user_attrs["mlflow_trial_run_id"] == children_by_number[t.number]
+
+    # A study made before the name came (or by another tool) is named when the workbench loads it.
+    older = dataclasses.replace(make_plan(tmp_path / "older", parent=False), storage=str(tmp_path / "older.journal"))
+    optuna.create_study(storage=open_storage(older), study_name=older.study_name, direction="minimize")
+    assert optuna.load_study(study_name=older.study_name, storage=open_storage(older)).metric_names is None
+    assert load_study(older, open_storage(older)).metric_names == ["gfid"]
+    run_here(older, Bowl(tmp_path / "older.log"), log=lambda line: None)  # no MLflow parent: no run id to record
+    trial = find_study(older)[0]
+    assert trial.user_attrs["run_hash"] == older.spec.hash and "mlflow_run_id" not in trial.user_attrs
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The command line: dry run and bad input (nothing is trained)
 # ----------------------------------------------------------------------------------------------------------
@@ -565,6 +592,95 @@ def test_target_must_be_one_run(
     assert code == 2 and "studies (" in err and "choose one with --study" in err
     code, _, err = run_cli(["cfg_search", "--only", "size=S-S", "--dry-run"], tmp_path, monkeypatch, capsys)
     assert code == 2 and "name the run: --study NAME --only FILTERS" in err
+
+
+def test_optuna_storage_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --storage the search uses $OPTUNA_STORAGE when it is set (a path resolved as --storage's), else the
+    journal beside the AR model; --storage wins over both, and --help says so."""
+    from gigatok import launch
+    from studies import run as cli
+
+    monkeypatch.chdir(tmp_path)
+    spec, ctx = tiny_spec(), RunContext(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def planned(*flags: str) -> str:
+        return launch.search_plan(cli.parse_search_args(list(flags)), spec, ctx).storage_location
+
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    assert planned() == str(tmp_path / "runs" / f"ar-{spec.ar.hash()}" / "cfg-search" / "optuna.journal")
+    monkeypatch.setenv("OPTUNA_STORAGE", "sqlite:///shared/optuna.db")
+    assert planned() == "sqlite:///shared/optuna.db"
+    monkeypatch.setenv("OPTUNA_STORAGE", "shared.journal")
+    assert planned() == str(Path("shared.journal").resolve())
+    assert planned("--storage", "mine.journal") == str(Path("mine.journal").resolve())
+    monkeypatch.setenv("OPTUNA_STORAGE", "")  # set but empty: as if unset
+    assert planned().endswith("optuna.journal") and "runs" in planned()
+
+    # The command line: a dry run shows the storage it would use.
+    monkeypatch.setenv("OPTUNA_STORAGE", "sqlite:///shared/optuna.db")
+    assert cli.main([*TARGET, "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["storage"] == "sqlite:///shared/optuna.db"
+    with pytest.raises(SystemExit):
+        cli.parse_search_args(["--help"])
+    assert "$OPTUNA_STORAGE when set" in " ".join(capsys.readouterr().out.split())
+
+
+def test_only_takes_the_runs_mlflow_run_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--only with a study run's MLflow run id picks the run its tags name (study and run hash): the same run as its
+    hash prefix, without --study even where several studies plan that hash."""
+    spec = get_study("scaling_1d_vs_2d").plan(Planner("tiny"))[0]  # also reg_weight's lambda=0.5 run
+    ctx = RunContext(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = make_parent(ctx, spec)
+    by_hash = ["cfg_search", "--study", "scaling_1d_vs_2d", "--only", spec.hash[:8], "--dry-run", "--json"]
+    code, out, _ = run_cli(by_hash, tmp_path, monkeypatch, capsys)
+    assert code == 0
+    expected = json.loads(out)
+    for args in (["--only", run_id], ["--only", run_id.upper(), "--study", "scaling_1d_vs_2d"]):
+        code, out, err = run_cli(["cfg_search", *args, "--dry-run", "--json"], tmp_path, monkeypatch, capsys)
+        assert code == 0, err
+        assert json.loads(out) == expected and expected["run_hash"] == spec.hash and expected["parent_run_id"] == run_id
+
+
+def bad_ids(ctx: RunContext, spec: RunSpec, parent: str) -> dict[str, tuple[list[str], str]]:
+    """MLflow run ids --only refuses, and the one line each gets."""
+    from gigatok.cfg_search import TrialRecorder
+    from gigatok.tracking import connect
+
+    plan = SearchPlan(spec, ctx, CfgSearchConfig(), "constant", parent_run_id=parent)
+    trial = TrialRecorder.for_plan(plan).start(0, SearchPoint(1.0, 0.18))
+    client = connect(ctx.tracking_uri)
+    stale = client.create_run(
+        client.get_run(parent).info.experiment_id,
+        tags=study_run_tags(spec.study, spec.profile, "0123456789ab", spec.factor_dict),
+    ).info.run_id
+    unknown = "0" * 32
+    return {
+        "unknown": (["--only", unknown], f"--only {unknown}: no MLflow run with this id in sqlite:///"),
+        "trial": (["--only", trial], f"MLflow run {trial} is a cfg_trial run of study run {parent}"),
+        "study": (["--only", parent, "--study", "reg_weight"], "is a run of study scaling_1d_vs_2d, not of reg_weight"),
+        "not alone": (["--only", f"{parent},seed=0"], f"an MLflow run id ({parent}) names one run; pass it alone"),
+        "not planned": (["--only", stale], "is run 0123456789ab of study scaling_1d_vs_2d, which the plan at profile"),
+        "profile": (["--only", parent, "--profile", "paper"], "was run at profile tiny: pass --profile tiny"),
+        "no store": (["--only", unknown, "--tracking-uri", "sqlite:///nowhere/m.db"], "(no such store"),
+        "hash length": (["--only", "0123456789abcdef"], "(a run hash has 12 hex digits, an MLflow run id 32)"),
+        "unknown hash": (["--only", "fedcba"], "--only fedcba: no run of any study at profile tiny has such a hash"),
+    }
+
+
+def test_an_unknown_or_wrong_run_id_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = get_study("scaling_1d_vs_2d").plan(Planner("tiny"))[0]
+    ctx = RunContext(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for name, (args, message) in bad_ids(ctx, spec, make_parent(ctx, spec)).items():
+        code, _, err = run_cli(["cfg_search", *args, "--dry-run"], tmp_path, monkeypatch, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (name, err)
+    assert not (tmp_path / "nowhere").exists()  # a store that is not there is not created
 
 
 # ----------------------------------------------------------------------------------------------------------

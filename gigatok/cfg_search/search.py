@@ -20,6 +20,7 @@ from gigatok.cfg_search.scoring import GenerationScorer, Scorer
 from gigatok.cfg_search.trials import (
     GRACE_S,
     HEARTBEAT_S,
+    TRIAL_RUN_ATTR,
     Heartbeat,
     Recovery,
     SearchState,
@@ -110,6 +111,8 @@ def run_worker(
                     report.trials.append((trial.number, "DUPLICATE"))
                     continue
                 run_id = recorder.start(trial.number, point) if recorder else None
+                if run_id is not None:  # the trial leads to its run (the study run's id is set at the claim)
+                    trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
             state, metrics, error = _evaluate(plan, trial, point, score, recorder, run_id)
             with claim_lock(plan):  # serialised with sync(), which would otherwise complete the child run twice
                 _tell(study, trial, state, metrics, error)

@@ -24,6 +24,7 @@ import secrets
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ HEARTBEAT_S = 20.0
 GRACE_S = 120.0  # a worker silent this long is gone (several heartbeats, and longer than a slow filesystem's lag)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 TAKEN = (TrialState.RUNNING, TrialState.WAITING)
+METRIC_NAME = "gfid"  # the objective's name in the storage
+# A trial's user attributes that lead to MLflow: the study run searched (its id and run hash) and the trial's own run.
+PARENT_RUN_ATTR, RUN_HASH_ATTR, TRIAL_RUN_ATTR = "mlflow_run_id", "run_hash", "mlflow_trial_run_id"
 
 
 class _ExhaustiveGrid(optuna.samplers.GridSampler):
@@ -97,13 +101,25 @@ def create_study(plan: SearchPlan, storage: optuna.storages.BaseStorage) -> optu
     )
     if "settings" not in study.user_attrs:
         study.set_user_attr("settings", plan.describe())
+    name_objective(study)
     return study
 
 
 def load_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, worker_index: int = 0) -> optuna.Study:
-    return optuna.load_study(
+    study = optuna.load_study(
         study_name=plan.study_name, storage=storage, sampler=make_sampler(plan, worker_index), pruner=make_pruner(plan)
     )
+    name_objective(study)
+    return study
+
+
+def name_objective(study: optuna.Study) -> None:
+    """Name the objective ``gfid`` (optuna-dashboard and ``optuna studies`` show it instead of "Objective 0"); a
+    study created before the name came gets it when loaded. Written only when missing: a journal grows by each write."""
+    if study.metric_names != [METRIC_NAME]:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_NAME])
 
 
 def find_study(plan: SearchPlan) -> list[FrozenTrial] | None:
@@ -246,6 +262,9 @@ def claim(plan: SearchPlan, study: optuna.Study, worker_id: str) -> tuple[optuna
             return None
     trial = study.ask()
     trial.set_user_attr("worker", worker_id)
+    trial.set_user_attr(RUN_HASH_ATTR, plan.spec.hash)
+    if plan.parent_run_id is not None:
+        trial.set_user_attr(PARENT_RUN_ATTR, plan.parent_run_id)
     point = suggest(plan, trial)
     return trial, point
 

@@ -5,6 +5,7 @@ The studies must be registered first (``import studies.catalog``, as ``studies/r
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from gigatok.study import (
     parse_seeds,
     parse_sweep,
 )
+from gigatok.tracking import resolve_tracking_uri
+
+MLFLOW_RUN_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as MLflow's stores name runs
 
 
 def select(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
@@ -139,11 +143,15 @@ def search_target(
     weights_dir: str | None,
     study: str | None,
     only: str | None,
+    tracking_uri: str | None = None,
 ) -> RunSpec:
-    """The one run a search tunes: ``study`` with ``only`` filters, or ``only`` run-hash prefixes across all
-    studies."""
+    """The one run a search tunes: ``study`` with ``only`` filters, ``only`` run-hash prefixes across all studies,
+    or ``only`` the run's MLflow run id (its study and run hash read from the store at ``tracking_uri``)."""
     planner = make_planner(profile, data, overrides, seeds, weights_dir)
-    if study:
+    run_id = mlflow_run_id_in(only)
+    if run_id is not None:
+        specs = tracked_run_specs(planner, resolve_tracking_uri(tracking_uri), run_id, study)
+    elif study:
         try:
             specs = select(get_study(study).plan(planner), only)
         except KeyError as exc:
@@ -151,11 +159,16 @@ def search_target(
     else:
         prefixes = [f.strip() for f in (only or "").split(",") if f.strip()]
         if not prefixes or any("=" in f for f in prefixes):
-            raise UsageError("name the run: --study NAME --only FILTERS, or --only RUN_HASH (a prefix of its hash)")
+            raise UsageError(
+                "name the run: --study NAME --only FILTERS, or --only RUN_HASH (a prefix of its hash) or its MLflow "
+                "run id"
+            )
         specs = [s for st in STUDIES.values() for s in st.plan(planner) if any(s.hash.startswith(x) for x in prefixes)]
         if not specs:
+            long = any(len(x) > 12 for x in prefixes)
+            lengths = " (a run hash has 12 hex digits, an MLflow run id 32)" if long else ""
             raise UsageError(
-                f"--only {only}: no run of any study at profile {profile} has such a hash "
+                f"--only {only}: no run of any study at profile {profile} has such a hash{lengths} "
                 "(pass the --set overrides the study was run with)"
             )
     if len(specs) > 1 and len({s.hash for s in specs}) == 1:
@@ -175,6 +188,62 @@ def search_target(
     if spec.ar is None:
         raise UsageError(f"run {spec.hash} ({spec.label}) of study {spec.study} trains no AR model: nothing to search")
     return spec
+
+
+def mlflow_run_id_in(only: str | None) -> str | None:
+    """The MLflow run id ``only`` names (32 hex digits, as MLflow makes them), else None: a run hash has 12, so
+    neither is taken for the other. An id names one run: it comes alone."""
+    values = [f.strip() for f in (only or "").split(",") if f.strip()]
+    ids = [v.lower() for v in values if MLFLOW_RUN_ID.fullmatch(v.lower())]
+    if ids and len(values) > 1:
+        raise UsageError(f"--only {only}: an MLflow run id ({ids[0]}) names one run; pass it alone")
+    return ids[0] if ids else None
+
+
+def tracked_run_specs(planner: Planner, tracking_uri: str, run_id: str, study: str | None) -> list[RunSpec]:
+    """The planned run whose MLflow run is ``run_id``: its study and run hash are the run's tags, the rest of its
+    configuration is the plan's (at the profile, --set and --seeds given, which its hash checks)."""
+    tags = tracked_run_tags(tracking_uri, run_id)
+    run_hash, run_study, run_profile = tags.get(schema.RUN_HASH), tags.get(schema.STUDY), tags.get(schema.PROFILE)
+    if not run_hash or not run_study:
+        parent = tags.get("mlflow.parentRunId")
+        what = f"a {tags.get(schema.KIND, 'child')} run of study run {parent}" if parent else "no run of a study"
+        raise UsageError(f"--only {run_id}: MLflow run {run_id} is {what} (it has no {schema.RUN_HASH} tag)")
+    if study and study != run_study:
+        raise UsageError(f"--only {run_id}: MLflow run {run_id} is a run of study {run_study}, not of {study}")
+    if run_profile and run_profile != planner.profile_name:
+        raise UsageError(
+            f"--only {run_id}: MLflow run {run_id} was run at profile {run_profile}: pass --profile {run_profile}"
+        )
+    try:
+        specs = [s for s in get_study(run_study).plan(planner) if s.hash == run_hash]
+    except KeyError as exc:
+        raise UsageError(f"--only {run_id}: {exc.args[0]}") from None
+    if not specs:
+        raise UsageError(
+            f"--only {run_id}: MLflow run {run_id} is run {run_hash} of study {run_study}, which the plan at profile "
+            f"{planner.profile_name} does not have: pass the --set overrides and --seeds the study was run with"
+        )
+    return specs
+
+
+def tracked_run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """The tags of MLflow run ``run_id``; a one-line error naming it if the store has no such (live) run. A SQLite
+    store that does not exist is not created."""
+    from mlflow.exceptions import MlflowException
+
+    from gigatok.tracking import connect
+
+    unknown = f"--only {run_id}: no MLflow run with this id in {tracking_uri}"
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"{unknown} (no such store: pass --tracking-uri)")
+    try:
+        run = connect(tracking_uri).get_run(run_id)
+    except MlflowException:
+        raise UsageError(unknown) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise UsageError(f"--only {run_id}: MLflow run {run_id} in {tracking_uri} is deleted")
+    return dict(run.data.tags)
 
 
 _param_cache: dict[Any, Any] = {}

@@ -5,6 +5,7 @@ Optuna study."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from gigatok.launch.common import (
     tracked_runs,
 )
 from gigatok.pipeline import RunContext, RunSpec
+
+STORAGE_ENV = "OPTUNA_STORAGE"  # the storage a search uses when --storage is not given (else the default journal)
 
 
 def parse_range(flag: str, text: str) -> tuple[float, float]:
@@ -60,7 +63,7 @@ def _sampler_changes(flags: Any, base: Any) -> dict[str, Any]:
 def search_plan(flags: Any, spec: RunSpec, ctx: RunContext) -> Any:
     """The run's own search settings (``eval.cfg_search``), changed by the flags (the ``cfg_search`` command's
     argparse namespace: range, step, schedule, fraction_range, fraction_step, sampler, trials, low_samples,
-    full_samples, pruner, storage)."""
+    full_samples, pruner, storage; without --storage, ``$OPTUNA_STORAGE`` if set)."""
     from gigatok.cfg_search import SearchPlan
 
     base = spec.eval.cfg_search
@@ -91,7 +94,7 @@ def search_plan(flags: Any, spec: RunSpec, ctx: RunContext) -> Any:
     if flags.pruner is not None:
         changes["pruner"] = flags.pruner
     search = dataclasses.replace(base, **changes)
-    storage = flags.storage
+    storage = flags.storage if flags.storage is not None else os.environ.get(STORAGE_ENV) or None
     if storage is not None and "://" not in storage:
         storage = str(Path(storage).resolve())  # workers may start elsewhere
     return SearchPlan(spec, ctx, search, schedule, storage=storage, low_samples_override=flags.low_samples)
