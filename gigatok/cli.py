@@ -21,12 +21,13 @@ EXIT_BAD_INPUT = 2
 class Command:
     module: str  # imported only when the command runs: `gigatok --help` stays fast
     about: str
-    prefix: tuple[str, ...] = ()  # arguments put before the user's (cfg-search is a mode of studies/run.py)
 
 
 COMMANDS: dict[str, Command] = {
     "run": Command("studies.run", "plan, launch, follow or list a study's runs (python studies/run.py)"),
-    "cfg-search": Command("studies.run", "search one run's CFG scale with Optuna", prefix=("cfg_search",)),
+    "cfg-search": Command(
+        "studies.cfg_search", "search one run's CFG scale with Optuna (python studies/run.py cfg_search)"
+    ),
     "plot": Command("analysis.plot_scaling", "the paper's figures and tables from MLflow"),
     "plot-training": Command("analysis.plot_training", "training curves of runs from MLflow"),
     "weights": Command("gigatok.weights", "the pretrained files: list, verify, fetch"),
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"gigatok: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return int(importlib.import_module(command.module).main([*command.prefix, *rest]) or 0)
+    return int(importlib.import_module(command.module).main(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -600,7 +600,7 @@ def test_optuna_storage_from_the_environment(
     """Without --storage the search uses $OPTUNA_STORAGE when it is set (a path resolved as --storage's), else the
     journal beside the AR model; --storage wins over both, and --help says so."""
     from gigatok import launch
-    from studies import run as cli
+    from studies import cfg_search as cli
 
     monkeypatch.chdir(tmp_path)
     spec, ctx = tiny_spec(), RunContext(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -620,7 +620,7 @@ def test_optuna_storage_from_the_environment(
 
     # The command line: a dry run shows the storage it would use.
     monkeypatch.setenv("OPTUNA_STORAGE", "sqlite:///shared/optuna.db")
-    assert cli.main([*TARGET, "--dry-run", "--json"]) == 0
+    assert cli.main([*TARGET[1:], "--dry-run", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["storage"] == "sqlite:///shared/optuna.db"
     with pytest.raises(SystemExit):
         cli.parse_search_args(["--help"])

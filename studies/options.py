@@ -1,0 +1,57 @@
+"""Flags and exit codes the study command (``studies/run.py``) and the CFG search (``studies/cfg_search.py``)
+share."""
+
+from __future__ import annotations
+
+import argparse
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def add_seeds_option(p: argparse.ArgumentParser) -> None:
+    # Read as text and checked by parse_seeds, so a bad value is a one-line error like every other (also in --dry-run).
+    p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="N",
+        help="replicate every run over seeds 0..N-1 (default: the profile's seeds, 1 at tiny and paper)",
+    )
+
+
+def add_substitute_and_device_options(p: argparse.ArgumentParser) -> None:
+    """What every command that runs stages takes: whether stand-ins may replace missing networks, and the device."""
+    subs = p.add_mutually_exclusive_group()
+    subs.add_argument(
+        "--allow-substitutes",
+        dest="substitutes",
+        action="store_true",
+        default=False,
+        help="let random stand-ins replace missing pretrained networks (tests and smoke runs; every "
+        "affected run is tagged gigatok.substitutes)",
+    )
+    subs.add_argument(
+        "--no-substitutes",
+        dest="substitutes",
+        action="store_false",
+        help="refuse substitutes (the default at every profile)",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def add_slurm_options(p: argparse.ArgumentParser) -> None:
+    slurm = p.add_argument_group("Slurm (flags override --cluster-config)")
+    slurm.add_argument("--cluster-config", default=None, help="TOML file with the keys below ([slurm] table)")
+    for name in ("partition", "account", "qos", "constraint"):
+        slurm.add_argument(f"--{name}")
+    slurm.add_argument("--nodes", type=int)
+    slurm.add_argument("--gpus-per-node", type=int, help="one DDP process per GPU (default 1; 0 at tiny)")
+    slurm.add_argument("--cpus-per-task", type=int)
+    slurm.add_argument("--mem-gb", type=int)
+    slurm.add_argument("--time-min", type=int, help="time limit per job, minutes")
+    slurm.add_argument("--array-parallelism", type=int, help="at most this many jobs of the array run at once")
+    slurm.add_argument("--slurm-extra", action="append", metavar="KEY=VALUE", help="any other sbatch option (repeat)")
+
+
+def load_catalog() -> None:
+    import studies.catalog  # noqa: F401  (registers the studies)
