@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--list", action="store_true", help="list the studies and exit")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit; nothing is written")
     p.add_argument("--json", action="store_true", help="with --list, --dry-run or --status: machine-readable output")
+    p.add_argument(
+        "--show-config", action="store_true", help="with --dry-run: each run's resolved config as JSON (use --only)"
+    )
     p.add_argument("--status", action="store_true", help="show each run's state from MLflow and Slurm and exit")
     p.add_argument("--profile", default="tiny", help="tiny (CPU, built-in data; default) or paper (Table 9, ImageNet)")
     p.add_argument("--executor", default="auto", help="auto (slurm if sbatch exists, else local), slurm, local, debug")
@@ -132,6 +135,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dry_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> int:
+    if args.show_config:  # everything a run is made of, as its hash sees it
+        print(json.dumps([{"hash": s.hash, **s.to_dict()} for s in specs], indent=2))
+        return 0
     tracked, problem = launch.peek_tracked(ctx.tracking_uri, args.study, args.profile)
     rows = launch.plan_rows(specs, ctx, tracked)
     if args.json:
@@ -297,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             args.study, args.profile, args.data, args.overrides, args.seeds, args.weights_dir, args.only, args.sweeps
         )
         ctx = launch.run_context(args.runs_dir, args.tracking_uri, args.weights_dir, args.substitutes, args.device)
+        if args.show_config and not args.dry_run:
+            raise launch.UsageError("--show-config goes with --dry-run: it prints the plan, it runs nothing")
         if args.dry_run:
             return cmd_dry_run(args, specs, ctx)
         if args.status:

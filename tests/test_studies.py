@@ -497,3 +497,18 @@ def test_bad_sweeps_are_one_line_errors(
 ) -> None:
     code, _, err = run_cli(["scaling_1d_vs_2d", "--dry-run", *args], tmp_path, monkeypatch, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_show_config_prints_each_runs_resolved_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["scaling_1d_vs_2d", "--dry-run", "--show-config", "--only", "size=S-S", "--set", "ar.train.epochs=1"]
+    code, out, _ = run_cli(args, tmp_path, monkeypatch, capsys)
+    assert code == 0
+    shown = json.loads(out)
+    specs = planning.plan_study("scaling_1d_vs_2d", "tiny", None, ["ar.train.epochs=1"], None, None, "size=S-S")
+    assert [s["hash"] for s in shown] == [s.hash for s in specs]
+    assert [RunSpec.from_dict({k: v for k, v in s.items() if k != "hash"}) for s in shown] == specs
+    assert shown[0]["ar"]["train"]["epochs"] == 1
+    code, _, err = run_cli(["scaling_1d_vs_2d", "--show-config"], tmp_path, monkeypatch, capsys)
+    assert code == 2 and "--show-config goes with --dry-run" in err
