@@ -53,6 +53,12 @@ MLFLOW_SOURCE_TYPE = "mlflow.source.type"
 MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
 MLFLOW_PARENT_RUN = "mlflow.parentRunId"
 
+# MLflow's shared views: an experiment tag ``mlflow.sharedViewState.<key>`` holds the runs table's state, opened as
+# ``#/experiments/<id>/runs?viewStateShareKey=<key>``. Each study's experiment gets one that shows what a scaling
+# study is read by (the default table shows neither metrics nor the User and Version columns).
+MLFLOW_SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+STUDY_VIEW = "gigatok"
+
 # -- a run's size, logged as metrics when it is registered so the UI's charts can put it on an axis --------------
 PARAMS_TOKENIZER = "params_tokenizer"  # without the discriminator, as the paper counts
 PARAMS_ENCODER = "params_encoder"  # CNN encoder + transformer encoder
@@ -176,6 +182,20 @@ def mlflow_tags(*, user: str, source_name: str, source_type: str, git_commit: st
     if len(git_commit) == 40 and all(c in "0123456789abcdef" for c in git_commit):
         tags[MLFLOW_GIT_COMMIT] = git_commit
     return tags
+
+
+def study_view(factor_names: Sequence[str], metrics: Sequence[str]) -> dict[str, str]:
+    """The experiment tag of a study's shared view (:data:`STUDY_VIEW`): the User, Source, Version and Dataset
+    columns, the study's factors, the size metrics and ``metrics``, in that order."""
+    columns = [f"attributes.`{name}`" for name in ("User", "Source", "Version", "Dataset")]
+    columns += [f"tags.`{factor(name)}`" for name in factor_names]
+    columns += [f"metrics.`{name}`" for name in (*SIZE_METRICS, *metrics)]
+    return {MLFLOW_SHARED_VIEW_PREFIX + STUDY_VIEW: json.dumps({"selectedColumns": columns})}
+
+
+def study_view_path(experiment_id: str) -> str:
+    """The study view's place in the MLflow UI, after the server's address."""
+    return f"/#/experiments/{experiment_id}/runs?viewStateShareKey={STUDY_VIEW}"
 
 
 def trial_tags(*, parent_run_id: str, study: str, profile: str, search: str) -> dict[str, str]:

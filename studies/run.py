@@ -30,6 +30,7 @@ from gigatok.config import get_profile
 from gigatok.dispatch import check_executor_name
 from gigatok.pipeline import RunContext, RunSpec
 from gigatok.study import SEED_FACTOR, get_study
+from gigatok.tracking_schema import study_view_path
 from studies import cfg_search
 from studies.options import (
     EXIT_BAD_INPUT,
@@ -167,12 +168,19 @@ def cmd_status(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) 
     return 0
 
 
-def announce(args: argparse.Namespace, executor: str, ctx: RunContext, n_run: int, n_done: int) -> None:
-    profile = get_profile(args.profile)
+def announce(args: argparse.Namespace, study: launch.StudyLaunch) -> None:
+    profile, ctx = get_profile(args.profile), study.ctx
     print(
-        f"study {args.study} ({get_study(args.study).reproduces}): {n_run} runs to go, {n_done} already "
-        f"finished; profile {args.profile}, executor {executor}, tracking {ctx.tracking_uri}"
+        f"study {args.study} ({get_study(args.study).reproduces}): {len(study.todo)} runs to go, "
+        f"{len(study.finished)} already finished; profile {args.profile}, executor {study.executor}, "
+        f"tracking {ctx.tracking_uri}"
     )
+    view = study_view_path(study.experiment_id)
+    if ctx.tracking_uri.startswith("http"):
+        print(f"  the study's columns (sizes, factors, metrics) in the MLflow UI: {ctx.tracking_uri}{view}")
+    else:
+        print(f"  the study in the MLflow UI: mlflow ui --backend-store-uri {ctx.tracking_uri}, then {view}")
+    executor = study.executor
     if executor == "slurm" and ctx.tracking_uri.startswith("sqlite:"):
         print(
             "  tracking in a SQLite file: fine for a few jobs on one machine; for job arrays on a cluster start a "
@@ -215,7 +223,7 @@ def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> 
         local_tasks=args.local_tasks,
     )
     ctx = study.ctx
-    announce(args, study.executor, ctx, len(study.todo), len(study.finished))
+    announce(args, study)
     if study.executor == "local" and not args.no_wait:
         print(
             f"  {min(study.local_workers, len(study.groups))} local worker process(es), {study.threads} "

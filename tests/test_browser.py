@@ -10,12 +10,22 @@ lets the page's requests complete before the DOM is dumped). The screenshot is k
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageStat
 from services import MlflowServer, chromium, need, study_cli
+
+from gigatok.tracking_schema import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_USER,
+    PARAMS_AR,
+    PARAMS_TOKENIZER,
+    SIZE_RANK,
+    study_view_path,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -53,13 +63,25 @@ def test_mlflow_ui_lists_the_runs_of_a_study(tmp_path: Path) -> None:
         runs = client.search_runs([experiment.experiment_id])
         names = {r.info.run_name for r in runs}
         assert names == {"decoder=B ar_size=B", "decoder=B ar_size=L"}
-        page = f"{server.uri}/#/experiments/{experiment.experiment_id}/runs"
+        # The study's shared view (an experiment tag the launch writes): MLflow's User, Source and Version columns,
+        # the factors and the size metrics a scaling chart needs, beside the run names.
+        page = server.uri + study_view_path(experiment.experiment_id)
 
-        dom = _chromium(tmp_path, "--dump-dom", page)
+        dom = _chromium(tmp_path, "--window-size=5000,900", "--dump-dom", page)  # every column in the DOM
         assert dom.returncode == 0, dom.stderr[-2000:]
         assert "decode_cost-tiny" in dom.stdout, dom.stdout[-2000:]
         missing = [n for n in names if n not in dom.stdout]
         assert not missing, f"runs not on the experiment page: {missing}"
+        headers = {
+            " ".join(re.sub(r"<[^>]+>", " ", m.group(1)).split()).split(" ")[0]
+            for m in re.finditer(r'role="columnheader"[^>]*>(.{0,200})', dom.stdout)
+        }
+        wanted = {"User", "Source", "Version", PARAMS_TOKENIZER, PARAMS_AR, SIZE_RANK, "gigatok.factor.decoder"}
+        assert wanted <= headers, f"columns missing from the study view: {wanted - headers} (shown: {headers})"
+        run = runs[0]
+        assert run.data.tags[MLFLOW_USER] in dom.stdout and "run.py" in dom.stdout
+        if MLFLOW_GIT_COMMIT in run.data.tags:  # a clean checkout (CI's clone): the Version column shows it
+            assert run.data.tags[MLFLOW_GIT_COMMIT][:6] in dom.stdout
 
         folder = Path(os.environ.get("GIGATOK_CI_ARTIFACTS") or tmp_path)
         folder.mkdir(parents=True, exist_ok=True)

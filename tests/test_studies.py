@@ -449,6 +449,12 @@ def test_registered_runs_carry_mlflow_columns_sizes_and_their_folders(tmp_path: 
         assert metrics[schema.PARAMS_ENCODER] + metrics[schema.PARAMS_DECODER] < metrics[schema.PARAMS_TOKENIZER]
         ranks[spec.factor_dict["size"]] = metrics[schema.SIZE_RANK]
     assert ranks == {"S-S": 0, "S-B": 1, "B-L": 3}
+    view = json.loads(client.get_experiment(study.experiment_id).tags[schema.MLFLOW_SHARED_VIEW_PREFIX + "gigatok"])
+    columns = view["selectedColumns"]
+    assert columns[:3] == ["attributes.`User`", "attributes.`Source`", "attributes.`Version`"]
+    assert {"tags.`gigatok.factor.size`", "metrics.`params_tokenizer`", "metrics.`rfid`", "metrics.`gfid`"} <= set(
+        columns
+    )
 
 
 def test_sweeps_multiply_the_grid_with_each_key_as_a_factor() -> None:
