@@ -46,6 +46,8 @@ STORED_TAGS = {
     "GIT_COMMIT": "gigatok.git_commit",
     "EXECUTOR": "gigatok.executor",
     "FACTORS": "gigatok.factors",
+    "TOKENIZER_DIR": "gigatok.tokenizer_dir",
+    "AR_DIR": "gigatok.ar_dir",
     "FACTOR_PREFIX": "gigatok.factor.",
     "HOST": "gigatok.host",
     "SLURM_JOB_ID": "gigatok.slurm_job_id",
