@@ -158,3 +158,35 @@ def test_failed_run_is_recorded_with_its_error(tmp_path: Path, executor: str) ->
         assert "vgg16" in run.data.tags["gigatok.error"] and run.data.tags["gigatok.failed_stage"] == "tokenizer"
     status = study_cli(["reg_weight", "--status", *chosen], tmp_path, timeout=300)
     assert status.stdout.count("FAILED") == 2 and status.stdout.count("error: tokenizer: WeightsHashError") == 2
+
+
+def test_fig9_at_two_seeds_draws_the_spread(tmp_path: Path) -> None:
+    """``studies/run.py scaling_1d_vs_2d --seeds 2`` then ``analysis/plot_scaling.py``, shortened: Fig. 9 with a
+    band per line and the seed spread written out per metric. The figure is kept under $GIGATOK_CI_ARTIFACTS to
+    look at."""
+    import os
+    import shutil
+
+    from analysis import plot_scaling
+
+    fast = ["--set", "tokenizer.tokenizer.semantic.weight=0", "--set", "eval.inception_input=75"]
+    fast += ["--set", "tokenizer.tokenizer.encoder.depth=1", "--set", "tokenizer.tokenizer.decoder.depth=1"]
+    for key in ("recon_images", "reference_images", "gen_samples", "batch_size"):  # 12 runs: a third of SHORT's
+        fast += ["--set", f"eval.{key}=8"]
+    args = ["scaling_1d_vs_2d", "--executor", "local", *SHORT[:-2], *fast, "--seeds", "2"]
+    result = study_cli(args, tmp_path, timeout=2400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs, _ = mlflow_runs(tmp_path, "scaling_1d_vs_2d-tiny")
+    assert len(runs) == 12 and {r.data.tags["gigatok.factor.seed"] for r in runs} == {"0", "1"}
+
+    out = tmp_path / "figures"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert plot_scaling.main(["--tracking-uri", uri, "--out", str(out), "--study", "scaling_1d_vs_2d"]) == 0
+    figure = out / "fig9_1d_vs_2d-tiny.png"
+    assert figure.stat().st_size > 10_000
+    index = (out / "index.md").read_text()
+    assert "Seed spread in fig9_1d_vs_2d (Fig. 9):" in index, index
+    assert "- Reconstruction, rfid, 2 seeds a point" in index
+    assert "| fig9_1d_vs_2d | Fig. 9 | scaling_1d_vs_2d | 12 |" in index  # every run drawn
+    if os.environ.get("GIGATOK_CI_ARTIFACTS"):
+        shutil.copy(figure, Path(os.environ["GIGATOK_CI_ARTIFACTS"]) / "fig9-two-seeds.png")
