@@ -59,13 +59,26 @@ MLFLOW_PARENT_RUN = "mlflow.parentRunId"
 MLFLOW_SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 STUDY_VIEW = "gigatok"
 
-# -- a run's size, logged as metrics when it is registered so the UI's charts can put it on an axis --------------
+# -- a run's size and training compute, logged as metrics when it is registered, for the UI's charts' axes --------
 PARAMS_TOKENIZER = "params_tokenizer"  # without the discriminator, as the paper counts
 PARAMS_ENCODER = "params_encoder"  # CNN encoder + transformer encoder
 PARAMS_DECODER = "params_decoder"  # transformer decoder + CNN decoder
 PARAMS_AR = "params_ar"
 SIZE_RANK = "size_rank"  # the tokenizer's size names as a number: S-S 0, S-B 1, S-L 2, B-L 3, ..., XL-XXL 7
-SIZE_METRICS = (PARAMS_TOKENIZER, PARAMS_ENCODER, PARAMS_DECODER, PARAMS_AR, SIZE_RANK)
+# Training compute from the analytic FLOP model (gigatok.flops.run_training_flops; conventions in docs/flops.md)
+FLOPS_TOKENIZER_TRAIN = "flops_tokenizer_train"  # every step of the tokenizer's schedule, each at its phase
+FLOPS_AR_TRAIN = "flops_ar_train"
+FLOPS_TRAIN = "flops_train"  # the two stages together
+SIZE_METRICS = (
+    PARAMS_TOKENIZER,
+    PARAMS_ENCODER,
+    PARAMS_DECODER,
+    PARAMS_AR,
+    SIZE_RANK,
+    FLOPS_TOKENIZER_TRAIN,
+    FLOPS_AR_TRAIN,
+    FLOPS_TRAIN,
+)
 
 # -- written by the job running a run ------------------------------------------------------------------------------
 HOST = PREFIX + "host"

@@ -418,12 +418,13 @@ def test_a_typo_in_the_executor_fails_a_dry_run_too(
 
 
 def test_registered_runs_carry_mlflow_columns_sizes_and_their_folders(tmp_path: Path) -> None:
-    """What the MLflow UI shows before a run starts: User, Source and Version filled, parameter counts and the size
-    rank as metrics (chartable), and the run folders as tags."""
+    """What the MLflow UI shows before a run starts: User, Source and Version filled, parameter counts, the size
+    rank and the training FLOPs as metrics (chartable), and the run folders as tags."""
     from mlflow import MlflowClient
 
     from gigatok import launch
     from gigatok import tracking_schema as schema
+    from gigatok.flops import run_training_flops
 
     specs = launch.plan_study("scaling_1d_vs_2d", "tiny", None, [], None, None, None)
     ctx = launch.run_context(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}", None, False, None)
@@ -448,6 +449,11 @@ def test_registered_runs_carry_mlflow_columns_sizes_and_their_folders(tmp_path: 
         assert metrics[schema.PARAMS_ENCODER] > 0 and metrics[schema.PARAMS_DECODER] > 0
         assert metrics[schema.PARAMS_ENCODER] + metrics[schema.PARAMS_DECODER] < metrics[schema.PARAMS_TOKENIZER]
         ranks[spec.factor_dict["size"]] = metrics[schema.SIZE_RANK]
+        flops = run_training_flops(spec)
+        assert metrics[schema.FLOPS_TOKENIZER_TRAIN] == pytest.approx(flops["tokenizer"], rel=1e-12)
+        assert metrics[schema.FLOPS_AR_TRAIN] == pytest.approx(flops["ar"], rel=1e-12) and flops["ar"] > 0
+        assert metrics[schema.FLOPS_TRAIN] == pytest.approx(flops["tokenizer"] + flops["ar"], rel=1e-12)
+        assert set(schema.SIZE_METRICS) <= set(metrics)
     assert ranks == {"S-S": 0, "S-B": 1, "B-L": 3}
     view = json.loads(client.get_experiment(study.experiment_id).tags[schema.MLFLOW_SHARED_VIEW_PREFIX + "gigatok"])
     columns = view["selectedColumns"]

@@ -274,19 +274,25 @@ def parameter_count(kind: str, cfg: Any) -> int:
 
 
 def size_metrics(spec: RunSpec) -> dict[str, float]:
-    """A run's size as MLflow metrics (:data:`schema.SIZE_METRICS`): parameter counts and the size names' rank."""
+    """A run's size as MLflow metrics (:data:`schema.SIZE_METRICS`): parameter counts, the size names' rank and the
+    training FLOPs of its stages (:func:`gigatok.flops.run_training_flops`, closed-form from the configs)."""
     from gigatok.config import SIZE_NAMES, parse_tokenizer_name
+    from gigatok.flops import run_training_flops
 
     counts = tokenizer_parameter_counts(spec.tokenizer)
     encoder, decoder = parse_tokenizer_name(spec.tokenizer.tokenizer.name)
-    metrics = {
+    metrics: dict[str, float] = {
         schema.PARAMS_TOKENIZER: counts["total"],
         schema.PARAMS_ENCODER: counts["cnn_encoder"] + counts["encoder_transformer"],
         schema.PARAMS_DECODER: counts["decoder_transformer"] + counts["cnn_decoder"],
         schema.SIZE_RANK: SIZE_NAMES.index(encoder) + SIZE_NAMES.index(decoder),
     }
+    flops = run_training_flops(spec)
+    metrics[schema.FLOPS_TOKENIZER_TRAIN] = flops["tokenizer"]
+    metrics[schema.FLOPS_TRAIN] = flops["total"]
     if spec.ar is not None:
         metrics[schema.PARAMS_AR] = parameter_count("ar", spec.ar)
+        metrics[schema.FLOPS_AR_TRAIN] = flops["ar"]
     return {k: float(v) for k, v in metrics.items()}
 
 

@@ -24,6 +24,7 @@ from gigatok.token_cache import TokenCache, build_token_cache
 from gigatok.train.loop import Cadence, LogFn, checkpointer, claim_run_dir, resume, save_final, start_run, train_steps
 from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import ResumableBatchSampler, view_choice
+from gigatok.train.steps import ar_steps_per_epoch, ar_total_steps
 from gigatok.train.trained import read_run_config
 
 __all__ = [
@@ -156,9 +157,8 @@ def train_ar(
     claim_run_dir(run, cfg.hash(), cfg.to_dict(), ar_run_config_from_dict, t.seed)
 
     # An epoch is every cached view, or (one_view_per_image) every image once at one of its views.
-    steps_per_epoch = (train_cache.num_images if t.one_view_per_image else len(train_cache)) // t.batch_size
-    total_steps = math.ceil(t.epochs * steps_per_epoch)
-    total_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    steps_per_epoch = ar_steps_per_epoch(t, train_cache.num_images, len(train_cache))
+    total_steps = ar_total_steps(t, steps_per_epoch)
     perf = cfg.performance
     model = prepare_module(build_ar_model(cfg.model).to(device), perf)
     opt = build_ar_optimizer(model, t)

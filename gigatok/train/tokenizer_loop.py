@@ -58,6 +58,7 @@ from gigatok.train.codebook_usage import CodebookUsageWindow, default_window
 from gigatok.train.loop import Cadence, LogFn, checkpointer, claim_run_dir, resume, save_final, start_run, train_steps
 from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, flip_mask
+from gigatok.train.steps import tokenizer_total_steps
 from gigatok.weights import resolve_weight
 
 __all__ = [
@@ -97,9 +98,8 @@ def cosine_schedule(cfg: TokenizerRunConfig, total_steps: int) -> Callable[[int]
 
 
 def total_steps_for(cfg: TokenizerRunConfig, dataset_size: int) -> int:
-    per_epoch = cfg.train.steps_per_epoch or dataset_size // cfg.train.batch_size
-    steps = math.ceil(cfg.train.epochs * per_epoch)
-    return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+    """The run's optimizer steps over a training split of ``dataset_size`` images (:mod:`gigatok.train.steps`)."""
+    return tokenizer_total_steps(cfg.train, dataset_size)
 
 
 def build_optimizer(cfg: TokenizerRunConfig, params: Any) -> torch.optim.AdamW:
