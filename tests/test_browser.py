@@ -19,6 +19,7 @@ from PIL import Image, ImageStat
 from services import MlflowServer, chromium, need, study_cli
 
 from gigatok.tracking_schema import (
+    FLOPS_TRAIN,
     MLFLOW_GIT_COMMIT,
     MLFLOW_USER,
     PARAMS_AR,
@@ -76,7 +77,8 @@ def test_mlflow_ui_lists_the_runs_of_a_study(tmp_path: Path) -> None:
             " ".join(re.sub(r"<[^>]+>", " ", m.group(1)).split()).split(" ")[0]
             for m in re.finditer(r'role="columnheader"[^>]*>(.{0,200})', dom.stdout)
         }
-        wanted = {"User", "Source", "Version", PARAMS_TOKENIZER, PARAMS_AR, SIZE_RANK, "gigatok.factor.decoder"}
+        wanted = {"User", "Source", "Version", PARAMS_TOKENIZER, PARAMS_AR, SIZE_RANK, FLOPS_TRAIN}
+        wanted.add("gigatok.factor.decoder")
         assert wanted <= headers, f"columns missing from the study view: {wanted - headers} (shown: {headers})"
         run = runs[0]
         assert run.data.tags[MLFLOW_USER] in dom.stdout and "run.py" in dom.stdout
