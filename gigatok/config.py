@@ -1210,6 +1210,79 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
+def _chosen_stabiliser(prof: Profile, stabiliser: Stabiliser | None, *, large: bool) -> Stabiliser | None:
+    """The stabiliser asked for, else the size's default: XL-XXL's warm-up and entropy loss for a large tokenizer,
+    the profile's ``small_stabiliser`` below XL (None: the profile's own entropy weight and warm-up alone)."""
+    _require(
+        stabiliser in (None, *STABILISERS), "stabiliser", f"unknown stabiliser {stabiliser!r}; known: {STABILISERS}"
+    )
+    return stabiliser if stabiliser is not None else ("warmup_entropy" if large else prof.small_stabiliser)
+
+
+def _quantizer_config(
+    prof: Profile, name: str, kind: Kind, *, warmup_entropy: bool, entropy_weight: float | None
+) -> QuantizerConfig:
+    """The profile's quantizer. Its entropy weight: the caller's if given; else the large-tokenizer weight under the
+    warm-up + entropy stabiliser; else the profile's (a 2D tokenizer's per name, where Table 9 differs)."""
+    base_entropy = prof.entropy_weight_2d.get(name, prof.entropy_weight) if kind == "2d" else prof.entropy_weight
+    return QuantizerConfig(
+        codebook_size=prof.codebook_size,
+        codebook_dim=prof.codebook_dim,
+        entropy_weight=(prof.large_entropy_weight if warmup_entropy else base_entropy)
+        if entropy_weight is None
+        else entropy_weight,
+        entropy_log_offset=1e-5 if prof.authors_layout else 0.0,
+    )
+
+
+def _tokenizer_config(
+    prof: Profile, name: str, kind: Kind, quantizer: QuantizerConfig, semantic: SemanticConfig
+) -> TokenizerConfig:
+    """The tokenizer ``name`` at the profile's sizes: a 1D one has the profile's token count, a 2D one a token per
+    cell of the CNN's feature map."""
+    enc_name, dec_name = parse_tokenizer_name(name)
+    return TokenizerConfig(
+        name=name,
+        kind=kind,
+        encoder=prof.sizes[enc_name],
+        decoder=prof.sizes[dec_name],
+        image_size=prof.image_size,
+        num_tokens=prof.num_tokens if kind == "1d" else (prof.image_size // prof.cnn.downsample) ** 2,
+        cnn=prof.cnn,
+        quantizer=quantizer,
+        semantic=semantic,
+        **(AUTHORS_LAYOUT if prof.authors_layout else {}),
+    )
+
+
+def _loss_config(prof: Profile, chosen: Stabiliser | None, discriminator: Literal["patchgan", "dino"]) -> LossConfig:
+    """The profile's loss, with the shortcut path on for the profile's ``shortcut_steps`` under the "shortcut"
+    stabiliser, and the frozen-DINO discriminator started as late as the authors start it."""
+    loss = prof.loss
+    if chosen == "shortcut":
+        loss = dataclasses.replace(loss, shortcut_end_step=prof.shortcut_steps)
+    if discriminator == "dino":
+        loss = dataclasses.replace(
+            loss, discriminator="dino", gan_start_step=loss.gan_start_step * DINO_GAN_START_FACTOR
+        )
+    return loss
+
+
+def _train_config(
+    prof: Profile, name: str, *, epochs: float | None, batch_size: int | None, seed: int, max_steps: int | None
+) -> TrainConfig:
+    """The training loop's settings: Table 9's epochs and batch size for ``name`` unless given."""
+    return TrainConfig(
+        epochs=prof.default_epochs(name) if epochs is None else epochs,
+        batch_size=prof.default_batch_size(name) if batch_size is None else batch_size,
+        seed=seed,
+        log_every=prof.log_every,
+        checkpoint_every=prof.checkpoint_every,
+        max_steps=max_steps,
+        steps_per_epoch=prof.steps_per_epoch,
+    )
+
+
 def tokenizer_run(
     name: str = "S-S",
     *,
@@ -1240,21 +1313,9 @@ def tokenizer_run(
     """
     prof = get_profile(profile)
     enc_name, dec_name = parse_tokenizer_name(name)
-    large = enc_name in _LARGE or dec_name in _LARGE
-    _require(
-        stabiliser in (None, *STABILISERS), "stabiliser", f"unknown stabiliser {stabiliser!r}; known: {STABILISERS}"
-    )
-    chosen = stabiliser if stabiliser is not None else ("warmup_entropy" if large else prof.small_stabiliser)
+    chosen = _chosen_stabiliser(prof, stabiliser, large=enc_name in _LARGE or dec_name in _LARGE)
     warmup_entropy = chosen == "warmup_entropy"
-    base_entropy = prof.entropy_weight_2d.get(name, prof.entropy_weight) if kind == "2d" else prof.entropy_weight
-    quantizer = QuantizerConfig(
-        codebook_size=prof.codebook_size,
-        codebook_dim=prof.codebook_dim,
-        entropy_weight=(prof.large_entropy_weight if warmup_entropy else base_entropy)
-        if entropy_weight is None
-        else entropy_weight,
-        entropy_log_offset=1e-5 if prof.authors_layout else 0.0,
-    )
+    quantizer = _quantizer_config(prof, name, kind, warmup_entropy=warmup_entropy, entropy_weight=entropy_weight)
     semantic = SemanticConfig(
         weight=0.5 if semantic_weight is None else semantic_weight,
         layer=align_layer,
@@ -1262,40 +1323,15 @@ def tokenizer_run(
         encoder_resolution=prof.semantic_resolution,
         cache_features=prof.cache_semantic_features,
     )
-    tokenizer = TokenizerConfig(
-        name=name,
-        kind=kind,
-        encoder=prof.sizes[enc_name],
-        decoder=prof.sizes[dec_name],
-        image_size=prof.image_size,
-        num_tokens=prof.num_tokens if kind == "1d" else (prof.image_size // prof.cnn.downsample) ** 2,
-        cnn=prof.cnn,
-        quantizer=quantizer,
-        semantic=semantic,
-        **(AUTHORS_LAYOUT if prof.authors_layout else {}),
-    )
+    tokenizer = _tokenizer_config(prof, name, kind, quantizer, semantic)
     # A data root means an image folder, whatever the profile's default (tiny trains on the built-in dataset
     # unless one is given): the profile's sizes and schedule on the user's images.
     data = prof.data if data_root is None else dataclasses.replace(prof.data, dataset="imagefolder", root=data_root)
     optim = prof.optim
     if warmup_entropy:
         optim = dataclasses.replace(optim, warmup_steps=prof.large_warmup_steps)
-    loss = prof.loss
-    if chosen == "shortcut":
-        loss = dataclasses.replace(loss, shortcut_end_step=prof.shortcut_steps)
-    train = TrainConfig(
-        epochs=prof.default_epochs(name) if epochs is None else epochs,
-        batch_size=prof.default_batch_size(name) if batch_size is None else batch_size,
-        seed=seed,
-        log_every=prof.log_every,
-        checkpoint_every=prof.checkpoint_every,
-        max_steps=max_steps,
-        steps_per_epoch=prof.steps_per_epoch,
-    )
-    if discriminator == "dino":
-        loss = dataclasses.replace(
-            loss, discriminator="dino", gan_start_step=loss.gan_start_step * DINO_GAN_START_FACTOR
-        )
+    loss = _loss_config(prof, chosen, discriminator)
+    train = _train_config(prof, name, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps)
     return TokenizerRunConfig(
         profile=profile,
         tokenizer=tokenizer,

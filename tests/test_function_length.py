@@ -15,11 +15,6 @@ LIMIT = 80
 KNOWN_LONG = {
     ("gigatok/train/tokenizer_loop.py", "train_tokenizer"): 168,
     ("gigatok/train/ar_loop.py", "train_ar"): 98,
-    ("gigatok/config.py", "tokenizer_run"): 95,
-    ("analysis/fig_cfg.py", "cfg_curve"): 86,
-    ("gigatok/runs/execute.py", "execute_run"): 85,
-    ("gigatok/metrics/reconstruction.py", "evaluate_reconstruction"): 84,
-    ("gigatok/metrics/linear_probe.py", "lars_probe"): 81,
 }
 
 

@@ -14,6 +14,7 @@ on fresh views of the images (:class:`RandomCropViews`), as the authors' ``lin_p
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Sized
@@ -282,15 +283,7 @@ def lars_probe(
     """
     x_val, y_val = val
     device = x_val.device
-    if isinstance(train[0], torch.Tensor):
-        x_train, y_train = train
-        size = len(x_train)
-        classes_seen = int(torch.unique(y_train).numel())
-        labels_need = int(y_train.max()) + 1
-    else:
-        feature_fn, dataset = train
-        size = dataset_length(dataset)
-        classes_seen = labels_need = int(getattr(dataset, "num_classes", 0))
+    size, classes_seen, labels_need = _training_set_size(train)
     if size < 2:
         raise ValueError(f"linear probe: needs at least 2 training items, got {size}")
     num_classes = num_classes or max(int(y_val.max()) + 1, labels_need)
@@ -300,6 +293,7 @@ def lars_probe(
     total_steps = math.ceil(cfg.epochs * steps_per_epoch)
 
     generator = torch.Generator().manual_seed(cfg.seed)
+    epoch_batches = functools.partial(_epoch_batches, train, batch, chunk_size, generator, num_workers)
     python_state = random.getstate()
     # The head is initialised on the CPU; the seeds (torch's for DataLoader workers, Python's for the crops drawn in
     # this process) are the probe's own and the caller's random state is restored afterwards.
@@ -307,43 +301,84 @@ def lars_probe(
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         head = ProbeHead(x_val.shape[1], num_classes).to(device)
-        optimizer = LARS(
-            head.parameters(),
-            lr=peak_lr,
-            weight_decay=cfg.weight_decay,
-            momentum=cfg.momentum,
-            trust_coefficient=cfg.trust_coefficient,
-        )
-        head.train()
-        step = 0
-        while step < total_steps:
-            if isinstance(train[0], torch.Tensor):
-                batches = _fixed_batches(x_train, y_train, batch, generator)
-            else:
-                batches = _view_batches(feature_fn, dataset, batch, chunk_size, generator, num_workers)
-            for xb, yb in batches:
-                if step >= total_steps:
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = probe_lr(step / steps_per_epoch, peak_lr, cfg)
-                loss = F.cross_entropy(head(xb.float()), yb)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"linear probe: loss is {loss.item()} at step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
+        _train_head(head, epoch_batches, cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch, peak_lr=peak_lr)
         head.eval()
         with torch.no_grad():
             predictions = torch.cat([head(x.float()).argmax(dim=1) for x in x_val.split(4096)])
     random.setstate(python_state)
     accuracy = float((predictions == y_val).double().mean())
+    method = _probe_method(cfg, batch, peak_lr)
+    return ProbeResult(accuracy, 1.0 / max(classes_seen, 1), size, len(y_val), features, method)
+
+
+def _training_set_size(train: tuple[torch.Tensor, torch.Tensor] | tuple[FeatureFn, Dataset]) -> tuple[int, int, int]:
+    """(items, classes seen, labels the head must cover) of fixed training features, or of a dataset (its
+    ``num_classes`` for both: its items are not read before training)."""
+    if isinstance(train[0], torch.Tensor):
+        x_train, y_train = train
+        return len(x_train), int(torch.unique(y_train).numel()), int(y_train.max()) + 1
+    _feature_fn, dataset = train
+    classes = int(getattr(dataset, "num_classes", 0))
+    return dataset_length(dataset), classes, classes
+
+
+def _epoch_batches(
+    train: tuple[torch.Tensor, torch.Tensor] | tuple[FeatureFn, Dataset],
+    batch: int,
+    chunk: int,
+    generator: torch.Generator,
+    num_workers: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of training batches: shuffled fixed features, or features of fresh views of the dataset's items."""
+    if isinstance(train[0], torch.Tensor):
+        x_train, y_train = train
+        return _fixed_batches(x_train, y_train, batch, generator)
+    feature_fn, dataset = train
+    return _view_batches(feature_fn, dataset, batch, chunk, generator, num_workers)
+
+
+def _train_head(
+    head: ProbeHead,
+    epoch_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+    cfg: ProbeConfig,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    peak_lr: float,
+) -> None:
+    """Train ``head`` with LARS for ``total_steps`` steps, the learning rate set by :func:`probe_lr` before each;
+    ``epoch_batches`` gives a fresh epoch's batches each call (the last epoch may stop part-way)."""
+    optimizer = LARS(
+        head.parameters(),
+        lr=peak_lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        trust_coefficient=cfg.trust_coefficient,
+    )
+    head.train()
+    step = 0
+    while step < total_steps:
+        for xb, yb in epoch_batches():
+            if step >= total_steps:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = probe_lr(step / steps_per_epoch, peak_lr, cfg)
+            loss = F.cross_entropy(head(xb.float()), yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"linear probe: loss is {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+
+
+def _probe_method(cfg: ProbeConfig, batch: int, peak_lr: float) -> str:
+    """How the probe was trained, for the result: the schedule, the batch and peak learning rate actually used."""
     views = "random-crop + flip views" if cfg.views == "random_crop" else "fixed views"
-    method = (
+    return (
         f"LARS linear probe (BatchNorm + linear head; {cfg.epochs:g} epochs, warm-up {cfg.warmup_epochs:g}, "
         f"batch {batch}, lr {peak_lr:.4g}, {views})"
     )
-    return ProbeResult(accuracy, 1.0 / max(classes_seen, 1), size, len(y_val), features, method)
 
 
 def lars_probe_on_images(

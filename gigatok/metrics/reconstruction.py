@@ -116,35 +116,9 @@ def evaluate_reconstruction(
             feature_network = load_feature_network("auto", weights_dir, device=device)
         fid = _RfidAccumulator(feature_network, description, reference_cache_dir)
 
-    codebook_size = tokenizer.cfg.quantizer.codebook_size
-    counts = torch.zeros(codebook_size, dtype=torch.long)
-    means = _SetMeans()
-    was_training = tokenizer.training
-    tokenizer.eval()
-    try:
-        with tqdm(
-            total=dataset_length(dataset), unit="img", desc="reconstruction metrics", disable=not progress, leave=False
-        ) as bar:
-            for images in image_batches(dataset, batch_size, num_workers):
-                x = images.to(device, torch.float32)
-                quant = tokenizer.encode(x)
-                recon = tokenizer.decode(quant.quantized)
-                counts += torch.bincount(quant.indices.flatten().cpu(), minlength=codebook_size)
-
-                real_u8, recon_u8 = to_uint8(x), to_uint8(recon)
-                scores = {
-                    "psnr": psnr(real_u8, recon_u8),
-                    "ssim": ssim(real_u8, recon_u8),
-                    "ssim_authors": ssim_authors(real_u8, recon_u8),
-                }
-                if lpips_net is not None:
-                    scores["lpips"] = lpips_net(real_u8.float() / 127.5 - 1.0, recon_u8.float() / 127.5 - 1.0)
-                means.add(x.shape[0], **scores)
-                if fid is not None:
-                    fid.update(real_u8, recon_u8)
-                bar.update(x.shape[0])
-    finally:
-        tokenizer.train(was_training)
+    counts, means = _stream_reconstructions(
+        tokenizer, dataset, device, lpips_net, fid, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
 
     usage, perplexity = codebook_statistics(counts)
     result: dict[str, Any] = {
@@ -161,6 +135,59 @@ def evaluate_reconstruction(
         result["rfid"], provenance["rfid"] = fid.finish()
     result["provenance"] = provenance
     return result
+
+
+def _stream_reconstructions(
+    tokenizer: GigaTokenizer,
+    dataset: Dataset,
+    device: torch.device,
+    lpips_net: PerceptualLoss | None,
+    fid: _RfidAccumulator | None,
+    *,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> tuple[torch.Tensor, _SetMeans]:
+    """Encode and decode every image once, the tokenizer in eval mode (its mode restored afterwards; called under
+    :func:`evaluate_reconstruction`'s inference mode): the code histogram over the whole set and the running sums of
+    the per-image scores; ``fid`` gets both sides' images."""
+    codebook_size = tokenizer.cfg.quantizer.codebook_size
+    counts = torch.zeros(codebook_size, dtype=torch.long)
+    means = _SetMeans()
+    was_training = tokenizer.training
+    tokenizer.eval()
+    try:
+        with tqdm(
+            total=dataset_length(dataset), unit="img", desc="reconstruction metrics", disable=not progress, leave=False
+        ) as bar:
+            for images in image_batches(dataset, batch_size, num_workers):
+                x = images.to(device, torch.float32)
+                quant = tokenizer.encode(x)
+                recon = tokenizer.decode(quant.quantized)
+                counts += torch.bincount(quant.indices.flatten().cpu(), minlength=codebook_size)
+
+                real_u8, recon_u8 = to_uint8(x), to_uint8(recon)
+                means.add(x.shape[0], **_image_scores(real_u8, recon_u8, lpips_net))
+                if fid is not None:
+                    fid.update(real_u8, recon_u8)
+                bar.update(x.shape[0])
+    finally:
+        tokenizer.train(was_training)
+    return counts, means
+
+
+def _image_scores(
+    real_u8: torch.Tensor, recon_u8: torch.Tensor, lpips_net: PerceptualLoss | None
+) -> dict[str, torch.Tensor]:
+    """Per-image PSNR, SSIM and the authors' SSIM of a uint8 batch, and LPIPS (on [-1, 1] again) where it is on."""
+    scores = {
+        "psnr": psnr(real_u8, recon_u8),
+        "ssim": ssim(real_u8, recon_u8),
+        "ssim_authors": ssim_authors(real_u8, recon_u8),
+    }
+    if lpips_net is not None:
+        scores["lpips"] = lpips_net(real_u8.float() / 127.5 - 1.0, recon_u8.float() / 127.5 - 1.0)
+    return scores
 
 
 class _RfidAccumulator:

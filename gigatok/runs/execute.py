@@ -10,11 +10,15 @@ from __future__ import annotations
 import contextlib
 import os
 import traceback
+from typing import TYPE_CHECKING
 
 from gigatok import tracking_schema as schema
-from gigatok.runs.context import StageContext, workspace_for
+from gigatok.runs.context import StageContext, StageOutcome, workspace_for
 from gigatok.runs.spec import TRAINING_STAGES, RunContext, RunSpec
 from gigatok.runs.stages import run_stage
+
+if TYPE_CHECKING:
+    from gigatok.tracking import RunLogger
 
 
 def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 0) -> dict[str, float]:
@@ -32,20 +36,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
     logged: set[str] = set()
     last_step: dict[str, int] = {}
     if logger is not None:
-        run = logger.client.get_run(run_id)
-        logged = {
-            stage for stage, v in schema.family(run.data.tags, schema.LOGGED_PREFIX).items() if v == schema.LOGGED
-        }
-        for stage in TRAINING_STAGES:
-            if stage in spec.stages and stage not in logged:
-                last_step[stage] = logger.last_step(f"{stage}/lr")
-        # An array task's own id (123_4): sacct reports every task of the array for the bare array id.
-        array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-        env_job = f"{array_job}_{array_task}" if array_job and array_task else os.environ.get("SLURM_JOB_ID")
-        logger.tags({schema.HOST: os.uname().nodename, **({schema.SLURM_JOB_ID: env_job} if env_job else {})})
-        if schema.ERROR in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
-            logger.client.delete_tag(run_id, schema.ERROR)
-        logger.set_status("RUNNING")
+        logged, last_step = _open_tracked_run(logger, spec)
     stored = dict(last_step)  # the last step of each curve that MLflow held when this process started
     streamed: dict[str, set[int]] = {stage: set() for stage in TRAINING_STAGES}
 
@@ -68,37 +59,79 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
             outcome = run_stage(stage, sc)
             metrics.update(outcome.metrics)
             substitutes.update(outcome.substitutes)
-            if logger is None or stage in logged:
-                continue
-            # Curves: whatever MLflow lacks, i.e. what neither an earlier process stored nor this one streamed: a
-            # stage finished by another run or process, or the steps a killed process still held in RunLogger's
-            # buffer (up to its last few seconds, possibly before the checkpoint this process resumed from).
-            missing = [
-                (s, v) for s, v in outcome.records if s > stored.get(stage, -1) and s not in streamed.get(stage, ())
-            ]
-            logger.metric_records(missing, prefix=f"{stage}/")
-            logger.metrics(outcome.metrics)
-            for artifact in outcome.artifacts:
-                logger.artifact(artifact, f"eval/{stage}" if artifact.suffix != ".png" else "images")
-            tags = dict(outcome.tags)
-            if substitutes:
-                tags[schema.SUBSTITUTES] = ",".join(sorted(substitutes))
-            tags[schema.logged(stage)] = schema.LOGGED
-            logger.flush()
-            logger.tags(tags)  # the "logged" tag goes last: a crash before it means the stage is logged again
+            if logger is not None and stage not in logged:
+                _log_stage(logger, stage, outcome, stored, streamed, substitutes)
     except BaseException as exc:
         if logger is not None:
-            reason = f"{stage}: {type(exc).__name__}: {exc}".splitlines()[0][:1000]
-            with contextlib.suppress(Exception):
-                logger.tags({schema.ERROR: reason, schema.FAILED_STAGE: stage})
-                error_file = ctx.root / "errors" / f"{spec.hash}.txt"
-                error_file.parent.mkdir(parents=True, exist_ok=True)
-                error_file.write_text(traceback.format_exc())
-                logger.artifact(error_file, "errors")
-                status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
-                logger.set_status(status)
+            _record_failure(logger, spec, ctx, stage, exc)
         raise
     if logger is not None:
         logger.tags({schema.STAGE: schema.STAGE_DONE})
         logger.set_status("FINISHED")
     return metrics
+
+
+def _open_tracked_run(logger: RunLogger, spec: RunSpec) -> tuple[set[str], dict[str, int]]:
+    """Mark the MLflow run RUNNING on this host (and Slurm job); returns the stages it has already logged and, for
+    each training stage of ``spec`` still to log, the last step of its curve that MLflow holds."""
+    run = logger.client.get_run(logger.run_id)
+    logged = {stage for stage, v in schema.family(run.data.tags, schema.LOGGED_PREFIX).items() if v == schema.LOGGED}
+    last_step: dict[str, int] = {}
+    for stage in TRAINING_STAGES:
+        if stage in spec.stages and stage not in logged:
+            last_step[stage] = logger.last_step(f"{stage}/lr")
+    env_job = _slurm_job_id()
+    logger.tags({schema.HOST: os.uname().nodename, **({schema.SLURM_JOB_ID: env_job} if env_job else {})})
+    if schema.ERROR in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
+        logger.client.delete_tag(logger.run_id, schema.ERROR)
+    logger.set_status("RUNNING")
+    return logged, last_step
+
+
+def _slurm_job_id() -> str | None:
+    """The Slurm job this process runs in, if any."""
+    # An array task's own id (123_4): sacct reports every task of the array for the bare array id.
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array_job}_{array_task}" if array_job and array_task else os.environ.get("SLURM_JOB_ID")
+
+
+def _log_stage(
+    logger: RunLogger,
+    stage: str,
+    outcome: StageOutcome,
+    stored: dict[str, int],
+    streamed: dict[str, set[int]],
+    substitutes: set[str],
+) -> None:
+    """Log a finished stage to MLflow: its missing curve points, final metrics, artifacts and tags, then mark it
+    logged. ``stored`` is the last step of each curve MLflow held when this process started, ``streamed`` the steps
+    this process has sent since, ``substitutes`` every substitute used by the run's stages so far."""
+    # Curves: whatever MLflow lacks, i.e. what neither an earlier process stored nor this one streamed: a
+    # stage finished by another run or process, or the steps a killed process still held in RunLogger's
+    # buffer (up to its last few seconds, possibly before the checkpoint this process resumed from).
+    missing = [(s, v) for s, v in outcome.records if s > stored.get(stage, -1) and s not in streamed.get(stage, ())]
+    logger.metric_records(missing, prefix=f"{stage}/")
+    logger.metrics(outcome.metrics)
+    for artifact in outcome.artifacts:
+        logger.artifact(artifact, f"eval/{stage}" if artifact.suffix != ".png" else "images")
+    tags = dict(outcome.tags)
+    if substitutes:
+        tags[schema.SUBSTITUTES] = ",".join(sorted(substitutes))
+    tags[schema.logged(stage)] = schema.LOGGED
+    logger.flush()
+    logger.tags(tags)  # the "logged" tag goes last: a crash before it means the stage is logged again
+
+
+def _record_failure(logger: RunLogger, spec: RunSpec, ctx: RunContext, stage: str, exc: BaseException) -> None:
+    """Mark the MLflow run FAILED (KILLED on an interrupt) with the failing stage and error in its tags and the
+    traceback as an artifact. Called while ``exc`` is being handled (the traceback is the current one); best effort:
+    a tracking error here must not hide the run's own."""
+    reason = f"{stage}: {type(exc).__name__}: {exc}".splitlines()[0][:1000]
+    with contextlib.suppress(Exception):
+        logger.tags({schema.ERROR: reason, schema.FAILED_STAGE: stage})
+        error_file = ctx.root / "errors" / f"{spec.hash}.txt"
+        error_file.parent.mkdir(parents=True, exist_ok=True)
+        error_file.write_text(traceback.format_exc())
+        logger.artifact(error_file, "errors")
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+        logger.set_status(status)
