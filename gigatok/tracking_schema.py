@@ -89,6 +89,7 @@ LOGGED_PREFIX = PREFIX + "logged."  # logged.<stage> = "1": the stage's metrics,
 LOGGED = "1"
 ERROR = PREFIX + "error"
 FAILED_STAGE = PREFIX + "failed_stage"
+DESCRIBED = PREFIX + "described"  # = LOGGED once the run's config artifact and dataset inputs are in MLflow
 SUBSTITUTES = PREFIX + "substitutes"  # the random stand-in networks used, comma-separated
 
 # -- what the stages report ----------------------------------------------------------------------------------------

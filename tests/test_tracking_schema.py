@@ -48,6 +48,7 @@ STORED_TAGS = {
     "FACTORS": "gigatok.factors",
     "TOKENIZER_DIR": "gigatok.tokenizer_dir",
     "AR_DIR": "gigatok.ar_dir",
+    "DESCRIBED": "gigatok.described",
     "FACTOR_PREFIX": "gigatok.factor.",
     "HOST": "gigatok.host",
     "SLURM_JOB_ID": "gigatok.slurm_job_id",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from gigatok import tracking_schema as schema
 from gigatok.runs.context import StageContext, StageOutcome, workspace_for
+from gigatok.runs.run_record import describe_run, system_metrics
 from gigatok.runs.spec import TRAINING_STAGES, RunContext, RunSpec
 from gigatok.runs.stages import run_stage
 
@@ -35,8 +36,10 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
     workspace = workspace_for(ctx)
     logged: set[str] = set()
     last_step: dict[str, int] = {}
+    monitor = contextlib.ExitStack()  # MLflow's system metrics while the stages run (rank 0 logs, as for the rest)
     if logger is not None:
-        logged, last_step = _open_tracked_run(logger, spec)
+        logged, last_step = _open_tracked_run(logger, spec, ctx)
+        monitor.enter_context(system_metrics(logger.run_id, ctx.tracking_uri, rank))
     stored = dict(last_step)  # the last step of each curve that MLflow held when this process started
     streamed: dict[str, set[int]] = {stage: set() for stage in TRAINING_STAGES}
 
@@ -65,15 +68,18 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
         if logger is not None:
             _record_failure(logger, spec, ctx, stage, exc)
         raise
+    finally:
+        monitor.close()
     if logger is not None:
         logger.tags({schema.STAGE: schema.STAGE_DONE})
         logger.set_status("FINISHED")
     return metrics
 
 
-def _open_tracked_run(logger: RunLogger, spec: RunSpec) -> tuple[set[str], dict[str, int]]:
-    """Mark the MLflow run RUNNING on this host (and Slurm job); returns the stages it has already logged and, for
-    each training stage of ``spec`` still to log, the last step of its curve that MLflow holds."""
+def _open_tracked_run(logger: RunLogger, spec: RunSpec, ctx: RunContext) -> tuple[set[str], dict[str, int]]:
+    """Mark the MLflow run RUNNING on this host (and Slurm job), with its config and data described once; returns
+    the stages it has already logged and, for each training stage of ``spec`` still to log, the last step of its
+    curve that MLflow holds."""
     run = logger.client.get_run(logger.run_id)
     logged = {stage for stage, v in schema.family(run.data.tags, schema.LOGGED_PREFIX).items() if v == schema.LOGGED}
     last_step: dict[str, int] = {}
@@ -85,6 +91,7 @@ def _open_tracked_run(logger: RunLogger, spec: RunSpec) -> tuple[set[str], dict[
     if schema.ERROR in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
         logger.client.delete_tag(logger.run_id, schema.ERROR)
     logger.set_status("RUNNING")
+    describe_run(logger.client, logger.run_id, spec, ctx, dict(run.data.tags))
     return logged, last_step
 
 
