@@ -11,7 +11,6 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +20,20 @@ from gigatok.distributed import RankShard, main_first, wrap_ddp
 from gigatok.models.ar import ARModel, build_ar_model
 from gigatok.performance import autocast, maybe_compile, prepare_module
 from gigatok.token_cache import TokenCache, build_token_cache
-from gigatok.train.loop import Cadence, LogFn, checkpointer, claim_run_dir, resume, save_final, start_run, train_steps
+from gigatok.train.loop import (
+    Cadence,
+    LogFn,
+    Run,
+    Stateful,
+    checkpointer,
+    claim_run_dir,
+    load_saved,
+    resume,
+    save_final,
+    saved_states,
+    start_run,
+    train_steps,
+)
 from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import ResumableBatchSampler, view_choice
 from gigatok.train.steps import ar_steps_per_epoch, ar_total_steps
@@ -126,6 +138,66 @@ def validation_loss(model: ARModel, cache: TokenCache, batch_size: int = 256) ->
     return total / count
 
 
+def _tokenizer_hash(cfg: ARRunConfig, tokenizer_run_dir: Path) -> str:
+    """The hash of the tokenizer run in ``tokenizer_run_dir``, refused unless it is the tokenizer ``cfg`` names."""
+    tok_hash = read_run_config(tokenizer_run_dir).hash()
+    if tok_hash != cfg.tokenizer.hash():
+        raise ValueError(
+            f"{tokenizer_run_dir}: holds tokenizer {tok_hash}, but this AR run needs {cfg.tokenizer.hash()}"
+        )
+    return tok_hash
+
+
+def _token_caches(cfg: ARRunConfig, tokenizer_run_dir: Path, run: Run) -> tuple[TokenCache, TokenCache]:
+    """The train and val token caches: rank 0 tokenizes the data and writes them; the other ranks then read them."""
+
+    def token_cache(split: str) -> TokenCache:
+        return build_token_cache(
+            tokenizer_run_dir, split, views=cfg.train.views, device=run.device, progress=run.progress
+        )
+
+    return main_first(run.env, lambda: token_cache("train")), main_first(run.env, lambda: token_cache("val"))
+
+
+def _schedule_steps(t: ARTrainConfig, train_cache: TokenCache) -> tuple[int, int]:
+    """Steps per epoch, and in the whole schedule (at most ``max_steps``)."""
+    # An epoch is every cached view, or (one_view_per_image) every image once at one of its views.
+    steps_per_epoch = ar_steps_per_epoch(t, train_cache.num_images, len(train_cache))
+    return steps_per_epoch, ar_total_steps(t, steps_per_epoch)
+
+
+def _batch_sampler(
+    t: ARTrainConfig, train_cache: TokenCache, start_step: int, end: int
+) -> ResumableBatchSampler | OneViewPerImage:
+    """The global batches of cache rows from ``start_step`` to ``end``, as the seed draws them."""
+    if t.one_view_per_image:
+        images = ResumableBatchSampler(train_cache.num_images, t.batch_size, t.seed, start_step, end)
+        return OneViewPerImage(images, train_cache, t.seed)
+    return ResumableBatchSampler(len(train_cache), t.batch_size, t.seed, start_step, end)
+
+
+def _step_fn(
+    cfg: ARRunConfig, run: Run, model: ARModel, opt: torch.optim.Optimizer, train_cache: TokenCache
+) -> Callable[[list[int], int], dict[str, torch.Tensor]]:
+    """The step train_steps runs: one update on a batch of cache rows, at the LR already set. The loss goes through
+    DDP, whose constructor broadcasts rank 0's weights: built after the resume, so every rank starts from them."""
+    device, perf, grad_clip = run.device, cfg.performance, cfg.train.grad_clip
+    training_loss = maybe_compile(wrap_ddp(_TrainingLoss(model), run.env), perf)
+
+    def one_step(indices: list[int], at: int) -> dict[str, torch.Tensor]:
+        tokens, labels = train_cache.batch(torch.tensor(indices))
+        tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(perf, device):  # the loss itself is taken on fp32 logits (ARModel.loss)
+            loss = training_loss(tokens, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        return {"train_loss": loss, "grad_norm": grad_norm}
+
+    return one_step
+
+
 def train_ar(
     cfg: ARRunConfig,
     run_dir: str | Path,
@@ -139,61 +211,28 @@ def train_ar(
     """Train (or resume) the AR model of ``cfg`` on the token cache of the finished tokenizer run."""
     tokenizer_run_dir = Path(tokenizer_run_dir)
     run = start_run(run_dir, device, progress)
-    run_dir, device, env = run.dir, run.device, run.env
-    tok_hash = read_run_config(tokenizer_run_dir).hash()
-    if tok_hash != cfg.tokenizer.hash():
-        raise ValueError(
-            f"{tokenizer_run_dir}: holds tokenizer {tok_hash}, but this AR run needs {cfg.tokenizer.hash()}"
-        )
-    if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
-        return ARTrainResult(run_dir, summary["steps"], True, summary["val_loss"], summary["final_metrics"])
+    tok_hash = _tokenizer_hash(cfg, tokenizer_run_dir)
+    if (summary := finished_summary(run.dir, cfg.hash())) is not None:  # already finished: nothing to redo
+        return ARTrainResult(run.dir, summary["steps"], True, summary["val_loss"], summary["final_metrics"])
 
-    # Rank 0 tokenizes the data and writes the caches and config.json; the other ranks then read them.
-    def token_cache(split: str) -> TokenCache:
-        return build_token_cache(tokenizer_run_dir, split, views=cfg.train.views, device=device, progress=run.progress)
-
-    train_cache, val_cache = main_first(env, lambda: token_cache("train")), main_first(env, lambda: token_cache("val"))
+    # The token caches first, then config.json, each written by rank 0 before the other ranks read it.
+    train_cache, val_cache = _token_caches(cfg, tokenizer_run_dir, run)
     t = cfg.train
     claim_run_dir(run, cfg.hash(), cfg.to_dict(), ar_run_config_from_dict, t.seed)
 
-    # An epoch is every cached view, or (one_view_per_image) every image once at one of its views.
-    steps_per_epoch = ar_steps_per_epoch(t, train_cache.num_images, len(train_cache))
-    total_steps = ar_total_steps(t, steps_per_epoch)
-    perf = cfg.performance
-    model = prepare_module(build_ar_model(cfg.model).to(device), perf)
+    steps_per_epoch, total_steps = _schedule_steps(t, train_cache)
+    model = prepare_module(build_ar_model(cfg.model).to(run.device), cfg.performance)
     opt = build_ar_optimizer(model, t)
     schedule = wsd_schedule(t, total_steps, steps_per_epoch)
+    saved: dict[str, Stateful] = {"model": model, "opt": opt}  # what a checkpoint holds of the run, in its order
 
-    def load(state: dict[str, Any]) -> None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-
-    resume(run, t.seed, load)
-    training_loss = maybe_compile(wrap_ddp(_TrainingLoss(model), env), perf)
-    checkpoint = checkpointer(
-        run, cfg.hash(), t.keep_checkpoints, lambda: {"model": model.state_dict(), "opt": opt.state_dict()}
-    )
+    resume(run, t.seed, lambda state: load_saved(saved, state))
+    one_step = _step_fn(cfg, run, model, opt, train_cache)
+    checkpoint = checkpointer(run, cfg.hash(), t.keep_checkpoints, lambda: saved_states(saved))
 
     cadence = Cadence.of(t, total_steps, stop_at_step)
-    if t.one_view_per_image:
-        images = ResumableBatchSampler(train_cache.num_images, t.batch_size, t.seed, run.step, cadence.end)
-        sampler: ResumableBatchSampler | OneViewPerImage = OneViewPerImage(images, train_cache, t.seed)
-    else:
-        sampler = ResumableBatchSampler(len(train_cache), t.batch_size, t.seed, run.step, cadence.end)
-    shards = RankShard(sampler, t.batch_size, env)
+    shards = RankShard(_batch_sampler(t, train_cache, run.step, cadence.end), t.batch_size, run.env)
     model.train()
-
-    def one_step(indices: list[int], at: int) -> dict[str, torch.Tensor]:
-        tokens, labels = train_cache.batch(torch.tensor(indices))
-        tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast(perf, device):  # the loss itself is taken on fp32 logits (ARModel.loss)
-            loss = training_loss(tokens, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        return {"train_loss": loss, "grad_norm": grad_norm}
-
     last = train_steps(
         run,
         shards,
@@ -208,7 +247,7 @@ def train_ar(
     )
 
     if run.step < total_steps:
-        return ARTrainResult(run_dir, run.step, False, None, last)
+        return ARTrainResult(run.dir, run.step, False, None, last)
     val = validation_loss(model, val_cache)  # on every rank (identical weights), so every rank returns it
     save_final(
         run,
@@ -222,4 +261,4 @@ def train_ar(
             "tokenizer_hash": tok_hash,
         },
     )
-    return ARTrainResult(run_dir, run.step, True, val, last)
+    return ARTrainResult(run.dir, run.step, True, val, last)

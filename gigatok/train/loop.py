@@ -8,6 +8,8 @@ that makes the run survive preemption and agree across processes is here, once:
 - :func:`resume`: the newest checkpoint that loads, into the loop's modules, the generators, the step and the open
   log window; then the metrics log, cut back to that step;
 - :func:`checkpointer`: the closure that saves a checkpoint, in the one layout both loops write;
+- :func:`saved_states` and :func:`load_saved`: a loop's modules and optimizers, by the key each is saved under, into a
+  checkpoint and back out of one, so each loop names what its checkpoints hold once;
 - :func:`train_steps`: the step loop with its cadence (a log record every ``log_every`` steps, the finite check
   before any weights are saved, a checkpoint every ``checkpoint_every`` steps and at the stop);
 - :func:`save_final`: the final weights, then summary.json (its presence is what "finished" means).
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import torch
 from torch import nn
@@ -47,16 +49,21 @@ __all__ = [
     "Cadence",
     "LogFn",
     "Run",
+    "Stateful",
     "checkpointer",
     "claim_run_dir",
+    "load_saved",
     "resume",
     "save_final",
+    "saved_states",
     "start_run",
     "train_steps",
 ]
 
 B = TypeVar("B")
 LogFn = Callable[[int, dict[str, float]], None]
+# What a checkpoint holds of a loop, besides the scaffold's own entries: anything with a state dict to save and load.
+Stateful: TypeAlias = nn.Module | torch.optim.Optimizer
 
 
 @dataclass
@@ -149,6 +156,18 @@ def checkpointer(
         barrier(run.env)
 
     return checkpoint
+
+
+def saved_states(saved: Mapping[str, Stateful]) -> dict[str, Any]:
+    """The state dicts of ``saved``, each under its key, in the mapping's order (a checkpoint's entries keep the
+    order the loops always wrote them in, so its bytes are unchanged)."""
+    return {key: part.state_dict() for key, part in saved.items()}
+
+
+def load_saved(saved: Mapping[str, Stateful], state: Mapping[str, Any]) -> None:
+    """The inverse of :func:`saved_states`: each module and optimizer of ``saved`` loads its entry of ``state``."""
+    for key, part in saved.items():
+        part.load_state_dict(state[key])
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from gigatok.config import TokenizerRunConfig, run_config_from_dict
-from gigatok.data import build_dataset
+from gigatok.data import BuiltinImages, ImageFolderDataset, build_dataset
 from gigatok.distributed import DistEnv, RankShard, main_first, wrap_ddp
 from gigatok.io import atomic_write_bytes, atomic_write_json
 from gigatok.losses import (
@@ -46,6 +46,7 @@ from gigatok.models.discriminator import DinoDiscriminator, PatchDiscriminator, 
 from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer
 from gigatok.perceptual import (
     VGG16,
+    PerceptualLoss,
     build_perceptual_loss,
     describe_perceptual,
     perceptual_active,
@@ -55,7 +56,20 @@ from gigatok.performance import autocast, maybe_compile, prepare_images, prepare
 from gigatok.semantic_encoders import build_semantic_encoder
 from gigatok.semantic_targets import SemanticTargets
 from gigatok.train.codebook_usage import CodebookUsageWindow, default_window
-from gigatok.train.loop import Cadence, LogFn, checkpointer, claim_run_dir, resume, save_final, start_run, train_steps
+from gigatok.train.loop import (
+    Cadence,
+    LogFn,
+    Run,
+    Stateful,
+    checkpointer,
+    claim_run_dir,
+    load_saved,
+    resume,
+    save_final,
+    saved_states,
+    start_run,
+    train_steps,
+)
 from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, flip_mask
 from gigatok.train.steps import tokenizer_total_steps
@@ -209,6 +223,177 @@ def _semantic_targets(
     return targets, [encoder.network_name] if encoder.substitute else []
 
 
+@dataclass(frozen=True)
+class _Built:
+    """What a tokenizer run builds before it resumes: the networks, their optimizers and the codebook-usage window,
+    with the substitutes and the perceptual term the run reports."""
+
+    model: GigaTokenizer
+    disc: PatchDiscriminator | DinoDiscriminator
+    perceptual: PerceptualLoss | None  # None when the objective has no perceptual term
+    semantic: SemanticTargets | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    usage: CodebookUsageWindow
+    substitutes: list[str]  # stand-ins for missing pretrained networks: every metric logged is marked with them
+    perceptual_note: str
+
+    def saved(self) -> dict[str, Stateful]:
+        """What a checkpoint holds of the run, by key, in the order its entries are written."""
+        return {"model": self.model, "discriminator": self.disc, "opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def load(self, state: dict[str, Any], env: DistEnv) -> None:
+        """A checkpoint's entries into the modules and optimizers, and this rank's codebook-usage window."""
+        load_saved(self.saved(), state)
+        if windows := state.get("usage_window"):  # one state per rank; another world size starts from rank 0's
+            self.usage.load(windows[env.rank] if len(windows) == env.world_size else windows[0])
+
+
+def _finished_result(run_dir: Path, cfg: TokenizerRunConfig, perceptual_note: str) -> TrainResult | None:
+    """The result of a run that already finished (its summary.json is there), or None."""
+    if (summary := finished_summary(run_dir, cfg.hash())) is None:
+        return None
+    return TrainResult(
+        run_dir,
+        summary["steps"],
+        True,
+        summary["final_metrics"],
+        summary["substitutes"],
+        summary.get("perceptual", perceptual_note),
+    )
+
+
+def _open_data(
+    cfg: TokenizerRunConfig, weights_dir: str | None, allow_substitutes: bool
+) -> BuiltinImages | ImageFolderDataset:
+    """The training set, opened before the run directory is touched: bad input leaves nothing behind."""
+    dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed, augment=True)
+    if perceptual_active(cfg) and not allow_substitutes:
+        # A missing or wrong VGG16 file fails here too, before any model is built or anything is written (the
+        # network itself is built in _build, where it always was: its random init draws from the seeded generator).
+        resolve_weight(VGG16, weights_dir)
+    return dataset
+
+
+def _build(
+    cfg: TokenizerRunConfig,
+    run: Run,
+    dataset: Dataset[Any],
+    weights_dir: str | None,
+    allow_substitutes: bool,
+    perceptual_note: str,
+) -> _Built:
+    """The networks, optimizers and usage window of the run. Each random init draws from the generator
+    claim_run_dir seeded, so the order they are built in is part of the run's numbers."""
+    device, env = run.device, run.env
+    perf = cfg.performance  # kernels, memory format, autocast, compile: set before the optimizers see the weights
+    model: GigaTokenizer = prepare_module(build_tokenizer(cfg.tokenizer).to(device), perf)
+    disc = build_discriminator(
+        cfg.loss.discriminator,
+        channels=cfg.loss.disc_channels,
+        layers=cfg.loss.disc_layers,
+        weights_dir=weights_dir,
+        allow_substitute=allow_substitutes,
+    )
+    disc = prepare_module(disc.to(device), perf)
+    perceptual = None
+    if perceptual_active(cfg):
+        perceptual = prepare_module(build_perceptual_loss(weights_dir, allow_substitutes).to(device), perf)
+        if perceptual.substitute:
+            perceptual_note = f"{perceptual.network_name} (weight {cfg.loss.perceptual_weight:g})"
+    if run.main:  # in the job log, as the run's params and summary say it
+        print(f"tokenizer {run.dir.name}: perceptual: {perceptual_note}", flush=True)
+    substitutes = [perceptual.network_name] if perceptual is not None and perceptual.substitute else []
+    substitutes += [cast(str, disc.network_name)] if getattr(disc, "substitute", False) else []
+    semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, run.progress, env)
+    substitutes += sem_subs
+
+    opt_g = build_optimizer(cfg, model.parameters())
+    opt_d = build_optimizer(cfg, [p for p in disc.parameters() if p.requires_grad])  # not a frozen backbone
+    usage = CodebookUsageWindow(
+        cfg.tokenizer.quantizer.codebook_size,
+        default_window(cfg.tokenizer.quantizer.codebook_size, cfg.train.usage_window),
+        env,
+    )
+    return _Built(model, disc, perceptual, semantic, opt_g, opt_d, usage, substitutes, perceptual_note)
+
+
+def _step_modules(built: _Built, cfg: TokenizerRunConfig, env: DistEnv) -> StepModules:
+    """The modules a step runs, its passes behind DDP (which averages the gradients in backward). DDP's constructor
+    broadcasts rank 0's weights, so this comes after the resume: every rank starts from the checkpoint's."""
+    perf = cfg.performance
+    net, disc_net = maybe_compile(wrap_ddp(built.model, env), perf), maybe_compile(wrap_ddp(built.disc, env), perf)
+    return StepModules(
+        built.model, built.disc, built.perceptual, built.semantic, built.opt_g, built.opt_d, net, disc_net, built.usage
+    )
+
+
+def _train_loader(
+    cfg: TokenizerRunConfig, dataset: BuiltinImages | ImageFolderDataset, run: Run, cadence: Cadence
+) -> DataLoader[Any]:
+    """This rank's share of the global batches from the resumed step to ``cadence.end``, as the seed draws them."""
+    sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, run.step, cadence.end)
+    # Random training crops are drawn from (seed, step, index); centre-cropped data reads plain indices as before.
+    batches = KeyedBatches(sampler) if cfg.data.train_crop != "center" else sampler
+    shards = RankShard(batches, cfg.train.batch_size, run.env)
+    return DataLoader(
+        IndexedDataset(dataset),
+        batch_sampler=shards,
+        num_workers=cfg.data.num_workers,
+        pin_memory=run.device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _step_fn(
+    cfg: TokenizerRunConfig, modules: StepModules, run: Run
+) -> Callable[[tuple[torch.Tensor, torch.Tensor, torch.Tensor], int], dict[str, torch.Tensor]]:
+    """The step train_steps runs: the batch onto the device, flipped as (seed, step) draws it, then
+    :func:`training_step` (looked up when called, so a test can replace it)."""
+    device, env = run.device, run.env
+
+    def one_step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], at: int) -> dict[str, torch.Tensor]:
+        images, _labels, indices = batch
+        images = images.to(device, non_blocking=True)
+        if cfg.data.hflip:
+            flip = flip_mask(cfg.train.seed, at, cfg.train.batch_size)[env.rank :: env.world_size].to(device)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return training_step(cfg, modules, images, indices, at)
+
+    return one_step
+
+
+def _postfix(last: dict[str, float]) -> dict[str, str]:
+    """The progress bar's view of a log record."""
+    shown = {
+        "loss": last["total_loss"],
+        "pix": last["pixel_loss"],
+        "lpips": last.get("perceptual_loss"),
+        "usage": last["codebook_usage"],
+    }
+    return {k: f"{v:.4g}" for k, v in shown.items() if v is not None}
+
+
+def _finish(run: Run, cfg: TokenizerRunConfig, built: _Built, last: dict[str, float], total_steps: int) -> TrainResult:
+    """The result of this call; at the end of the schedule, the final weights and summary.json are written first."""
+    finished = run.step >= total_steps
+    if finished:
+        save_final(
+            run,
+            "tokenizer.pt",
+            built.model,
+            {
+                "hash": cfg.hash(),
+                "steps": run.step,
+                "final_metrics": last,
+                "substitutes": built.substitutes,
+                "discriminator": getattr(built.disc, "network_name", "patchgan"),
+                "perceptual": built.perceptual_note,
+            },
+        )
+    return TrainResult(run.dir, run.step, finished, last, built.substitutes, built.perceptual_note)
+
+
 def train_tokenizer(
     cfg: TokenizerRunConfig,
     run_dir: str | Path,
@@ -232,151 +417,49 @@ def train_tokenizer(
     """
     cfg = resolve_perceptual(cfg, weights_dir)
     run = start_run(run_dir, device, progress)
-    run_dir, device, env = run.dir, run.device, run.env
     perceptual_note = describe_perceptual(cfg, weights_dir)
-    if (summary := finished_summary(run_dir, cfg.hash())) is not None:  # already finished: nothing to redo
-        return TrainResult(
-            run_dir,
-            summary["steps"],
-            True,
-            summary["final_metrics"],
-            summary["substitutes"],
-            summary.get("perceptual", perceptual_note),
-        )
-    # Open the data before touching the run directory: bad input leaves nothing behind.
-    dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed, augment=True)
-    if perceptual_active(cfg) and not allow_substitutes:
-        # A missing or wrong VGG16 file fails here too, before any model is built or anything is written (the
-        # network itself is built below, where it always was: its random init draws from the seeded generator).
-        resolve_weight(VGG16, weights_dir)
+    if (done := _finished_result(run.dir, cfg, perceptual_note)) is not None:  # already finished: nothing to redo
+        return done
+    dataset = _open_data(cfg, weights_dir, allow_substitutes)
     claim_run_dir(run, cfg.hash(), cfg.to_dict(), run_config_from_dict, cfg.train.seed)
 
     total_steps = total_steps_for(cfg, len(dataset))
-
-    perf = cfg.performance  # kernels, memory format, autocast, compile: set before the optimizers see the weights
-    model: GigaTokenizer = prepare_module(build_tokenizer(cfg.tokenizer).to(device), perf)
-    disc = build_discriminator(
-        cfg.loss.discriminator,
-        channels=cfg.loss.disc_channels,
-        layers=cfg.loss.disc_layers,
-        weights_dir=weights_dir,
-        allow_substitute=allow_substitutes,
-    )
-    disc = prepare_module(disc.to(device), perf)
-    perceptual = None
-    if perceptual_active(cfg):
-        perceptual = prepare_module(build_perceptual_loss(weights_dir, allow_substitutes).to(device), perf)
-        if perceptual.substitute:
-            perceptual_note = f"{perceptual.network_name} (weight {cfg.loss.perceptual_weight:g})"
-    if run.main:  # in the job log, as the run's params and summary say it
-        print(f"tokenizer {run_dir.name}: perceptual: {perceptual_note}", flush=True)
-    substitutes = [perceptual.network_name] if perceptual is not None and perceptual.substitute else []
-    substitutes += [cast(str, disc.network_name)] if getattr(disc, "substitute", False) else []
-    semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, run.progress, env)
-    substitutes += sem_subs
-
-    opt_g = build_optimizer(cfg, model.parameters())
-    opt_d = build_optimizer(cfg, [p for p in disc.parameters() if p.requires_grad])  # not a frozen backbone
+    built = _build(cfg, run, dataset, weights_dir, allow_substitutes, perceptual_note)
     schedule = cosine_schedule(cfg, total_steps)  # the LR is a function of the step alone: nothing to save
-
-    usage = CodebookUsageWindow(
-        cfg.tokenizer.quantizer.codebook_size,
-        default_window(cfg.tokenizer.quantizer.codebook_size, cfg.train.usage_window),
-        env,
-    )
-
-    def load(state: dict[str, Any]) -> None:
-        model.load_state_dict(state["model"])
-        disc.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        if saved := state.get("usage_window"):  # one state per rank; another world size starts from rank 0's
-            usage.load(saved[env.rank] if len(saved) == env.world_size else saved[0])
-
-    resume(run, cfg.train.seed, load)
-    # DDP averages the gradients in backward; its constructor also broadcasts rank 0's weights.
-    net, disc_net = maybe_compile(wrap_ddp(model, env), perf), maybe_compile(wrap_ddp(disc, env), perf)
-    modules = StepModules(model, disc, perceptual, semantic, opt_g, opt_d, net, disc_net, usage)
+    resume(run, cfg.train.seed, lambda state: built.load(state, run.env))
+    modules = _step_modules(built, cfg, run.env)
     checkpoint = checkpointer(
         run,
         cfg.hash(),
         cfg.train.keep_checkpoints,
-        lambda: {
-            "model": model.state_dict(),
-            "discriminator": disc.state_dict(),
-            "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(),
-        },
-        lambda: {"usage_window": usage.rank_states()},
+        lambda: saved_states(built.saved()),
+        lambda: {"usage_window": built.usage.rank_states()},
     )
 
     snapshots = snapshot_steps(cfg, total_steps)
     cadence = Cadence.of(cfg.train, total_steps, stop_at_step)
-    sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, run.step, cadence.end)
-    # Random training crops are drawn from (seed, step, index); centre-cropped data reads plain indices as before.
-    batches = KeyedBatches(sampler) if cfg.data.train_crop != "center" else sampler
-    shards = RankShard(batches, cfg.train.batch_size, env)
-    loader = DataLoader(
-        IndexedDataset(dataset),
-        batch_sampler=shards,
-        num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-    model.train()
-    disc.train()
-
-    def one_step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], at: int) -> dict[str, torch.Tensor]:
-        images, _labels, indices = batch
-        images = images.to(device, non_blocking=True)
-        if cfg.data.hflip:
-            flip = flip_mask(cfg.train.seed, at, cfg.train.batch_size)[env.rank :: env.world_size].to(device)
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        return training_step(cfg, modules, images, indices, at)
-
-    def postfix(last: dict[str, float]) -> dict[str, str]:
-        shown = {
-            "loss": last["total_loss"],
-            "pix": last["pixel_loss"],
-            "lpips": last.get("perceptual_loss"),
-            "usage": last["codebook_usage"],
-        }
-        return {k: f"{v:.4g}" for k, v in shown.items() if v is not None}
-
+    loader = _train_loader(cfg, dataset, run, cadence)
+    built.model.train()
+    built.disc.train()
+    substitutes = built.substitutes
     last = train_steps(
         run,
         loader,
-        one_step,
+        _step_fn(cfg, modules, run),
         cadence,
         checkpoint,
         lr_at=lambda at: cfg.optim.lr * schedule(at),
-        optimizers=(opt_g, opt_d),
+        optimizers=(built.opt_g, built.opt_d),
         desc=f"tokenizer {cfg.tokenizer.name}",
-        postfix=postfix,
+        postfix=_postfix,
         log_fn=log_fn,
         # Usage as the authors log it (codebook_show_usage): the share of codes among the latest indices.
-        logged=lambda: {"codebook_usage": usage.usage()},
+        logged=lambda: {"codebook_usage": built.usage.usage()},
         record={"substitutes": substitutes} if substitutes else None,
         snapshot_steps=snapshots,
-        snapshot=lambda at, metrics: save_snapshot(run_dir, snapshots[at], at, model, metrics, substitutes),
+        snapshot=lambda at, metrics: save_snapshot(run.dir, snapshots[at], at, built.model, metrics, substitutes),
     )
-
-    finished = run.step >= total_steps
-    if finished:
-        save_final(
-            run,
-            "tokenizer.pt",
-            model,
-            {
-                "hash": cfg.hash(),
-                "steps": run.step,
-                "final_metrics": last,
-                "substitutes": substitutes,
-                "discriminator": getattr(disc, "network_name", "patchgan"),
-                "perceptual": perceptual_note,
-            },
-        )
-    return TrainResult(run_dir, run.step, finished, last, substitutes, perceptual_note)
+    return _finish(run, cfg, built, last, total_steps)
 
 
 def snapshot_steps(cfg: TokenizerRunConfig, total_steps: int) -> dict[int, float]:
