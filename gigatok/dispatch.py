@@ -161,7 +161,8 @@ def job_name(prefix: str, specs: Sequence[RunSpec], limit: int = 64) -> str:
     name for all its tasks), trimmed to ``limit`` characters."""
     shared = specs[0].factor_dict if specs else {}
     for spec in specs[1:]:
-        shared = {k: v for k, v in shared.items() if spec.factor_dict.get(k, shared) == v}
+        theirs = spec.factor_dict
+        shared = {k: v for k, v in shared.items() if k in theirs and theirs[k] == v}
     factors = ",".join(f"{k}={v}" for k, v in shared.items())
     name = f"{prefix}:{factors}" if factors else prefix
     return name if len(name) <= limit else name[: limit - 1] + "~"

@@ -198,11 +198,12 @@ def mlflow_tags(*, user: str, source_name: str, source_type: str, git_commit: st
     return tags
 
 
-def study_view(factor_names: Sequence[str], metrics: Sequence[str]) -> dict[str, str]:
+def study_view(factor_names: Sequence[str], stages: Sequence[str]) -> dict[str, str]:
     """The experiment tag of a study's shared view (:data:`STUDY_VIEW`): the User, Source, Version and Dataset
-    columns, the study's factors, the size metrics and ``metrics``, in that order."""
+    columns, the study's factors, the size metrics and the final metrics of ``stages``, in that order."""
     columns = [f"attributes.`{name}`" for name in ("User", "Source", "Version", "Dataset")]
     columns += [f"tags.`{factor(name)}`" for name in factor_names]
+    metrics = [m for stage in stages for m in STAGE_METRICS.get(stage, ())]
     columns += [f"metrics.`{name}`" for name in (*SIZE_METRICS, *metrics)]
     return {MLFLOW_SHARED_VIEW_PREFIX + STUDY_VIEW: json.dumps({"selectedColumns": columns})}
 

@@ -14,6 +14,7 @@ from gigatok.dispatch import check_executor_name
 from studies.options import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
+    add_place_options,
     add_seeds_option,
     add_slurm_options,
     add_substitute_and_device_options,
@@ -91,15 +92,9 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
         help="worker processes or Slurm tasks pulling trials (default: local 2 on a CPU machine or one "
         "per GPU, slurm min(8, points), debug 1)",
     )
-    p.add_argument("--executor", default="auto", help="auto (slurm if sbatch exists, else local), slurm, local, debug")
     p.add_argument("--wait", action="store_true", help="slurm executor: wait for the workers and show the trials")
     p.add_argument("--profile", default="tiny", help="the profile the run was planned at (default tiny)")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="image folder with train/ and val/ class folders: ImageNet at the "
-        "paper profile; at tiny, your images in place of the built-in dataset",
-    )
+    add_place_options(p)
     p.add_argument(
         "--set",
         dest="overrides",
@@ -109,9 +104,6 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
         help="the overrides the study was run with (they are part of the run's hash)",
     )
     add_seeds_option(p)
-    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.add_argument("--runs-dir", default="runs", help="stage outputs and job logs (default ./runs)")
-    p.add_argument("--weights-dir", default=None, help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
     add_substitute_and_device_options(p)
     add_slurm_options(p)
     return p.parse_args(argv)

@@ -55,3 +55,17 @@ def add_slurm_options(p: argparse.ArgumentParser) -> None:
 
 def load_catalog() -> None:
     import studies.catalog  # noqa: F401  (registers the studies)
+
+
+def add_place_options(p: argparse.ArgumentParser) -> None:
+    """Where runs execute, read their data and weights, and are tracked: the same flags for a study and a search."""
+    p.add_argument("--executor", default="auto", help="auto (slurm if sbatch exists, else local), slurm, local, debug")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="image folder with train/ and val/ class folders: ImageNet at the "
+        "paper profile; at tiny, your images in place of the built-in dataset",
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--runs-dir", default="runs", help="stage outputs and job logs (default ./runs)")
+    p.add_argument("--weights-dir", default=None, help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")

@@ -35,6 +35,7 @@ from studies import cfg_search
 from studies.options import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
+    add_place_options,
     add_seeds_option,
     add_slurm_options,
     add_substitute_and_device_options,
@@ -55,16 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--status", action="store_true", help="show each run's state from MLflow and Slurm and exit")
     p.add_argument("--profile", default="tiny", help="tiny (CPU, built-in data; default) or paper (Table 9, ImageNet)")
-    p.add_argument("--executor", default="auto", help="auto (slurm if sbatch exists, else local), slurm, local, debug")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="image folder with train/ and val/ class folders: ImageNet at the "
-        "paper profile; at tiny, your images in place of the built-in dataset",
-    )
-    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    p.add_argument("--runs-dir", default="runs", help="stage outputs and job logs (default ./runs)")
-    p.add_argument("--weights-dir", default=None, help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
+    add_place_options(p)
     p.add_argument(
         "--set",
         dest="overrides",

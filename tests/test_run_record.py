@@ -28,7 +28,7 @@ def tracked(tmp_path: Path) -> tuple[object, str, RunSpec, RunContext]:
 
 def test_a_run_describes_its_config_and_data_once(tracked: tuple, tmp_path: Path) -> None:
     client, run_id, spec, ctx = tracked
-    describe_run(client, run_id, spec, ctx, {})
+    describe_run(client, run_id, spec, {})
     run = client.get_run(run_id)
     inputs = {
         (i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"]) for i in run.inputs.dataset_inputs
@@ -41,7 +41,7 @@ def test_a_run_describes_its_config_and_data_once(tracked: tuple, tmp_path: Path
     assert run.data.tags[schema.DESCRIBED] == schema.LOGGED
     config = Path(client.download_artifacts(run_id, f"config/{spec.hash}.json", str(tmp_path / "dl")))
     assert RunSpec.from_dict({k: v for k, v in json.loads(config.read_text()).items() if k != "hash"}) == spec
-    describe_run(client, run_id, spec, ctx, dict(run.data.tags))  # a resumed job: nothing twice
+    describe_run(client, run_id, spec, dict(run.data.tags))  # a resumed job: nothing twice
     assert len(client.get_run(run_id).inputs.dataset_inputs) == 3
 
 

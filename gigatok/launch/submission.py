@@ -112,12 +112,8 @@ class StudyLaunch:
             schema.experiment_tags(study, profile),
         )
         view_factors = list(dict.fromkeys(name for spec in specs for name, _ in spec.factors))
-        view_metrics = [
-            m
-            for stage in dict.fromkeys(s for spec in specs for s in spec.ordered_stages())
-            for m in schema.STAGE_METRICS.get(stage, ())
-        ]
-        for key, value in schema.study_view(view_factors, view_metrics).items():
+        view_stages = list(dict.fromkeys(stage for spec in specs for stage in spec.ordered_stages()))
+        for key, value in schema.study_view(view_factors, view_stages).items():
             client.set_experiment_tag(experiment_id, key, value)
         tracked = study_runs(client, experiment_id)  # the one query that decides what is left to do
         finished = [s for s in specs if tracked.get(s.hash) and tracked[s.hash].status == "FINISHED"]

@@ -38,7 +38,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
     last_step: dict[str, int] = {}
     monitor = contextlib.ExitStack()  # MLflow's system metrics while the stages run (rank 0 logs, as for the rest)
     if logger is not None:
-        logged, last_step = _open_tracked_run(logger, spec, ctx)
+        logged, last_step = _open_tracked_run(logger, spec)
         monitor.enter_context(system_metrics(logger.run_id, ctx.tracking_uri, rank))
     stored = dict(last_step)  # the last step of each curve that MLflow held when this process started
     streamed: dict[str, set[int]] = {stage: set() for stage in TRAINING_STAGES}
@@ -76,7 +76,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
     return metrics
 
 
-def _open_tracked_run(logger: RunLogger, spec: RunSpec, ctx: RunContext) -> tuple[set[str], dict[str, int]]:
+def _open_tracked_run(logger: RunLogger, spec: RunSpec) -> tuple[set[str], dict[str, int]]:
     """Mark the MLflow run RUNNING on this host (and Slurm job), with its config and data described once; returns
     the stages it has already logged and, for each training stage of ``spec`` still to log, the last step of its
     curve that MLflow holds."""
@@ -91,7 +91,7 @@ def _open_tracked_run(logger: RunLogger, spec: RunSpec, ctx: RunContext) -> tupl
     if schema.ERROR in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
         logger.client.delete_tag(logger.run_id, schema.ERROR)
     logger.set_status("RUNNING")
-    describe_run(logger.client, logger.run_id, spec, ctx, dict(run.data.tags))
+    describe_run(logger.client, logger.run_id, spec, dict(run.data.tags))
     return logged, last_step
 
 

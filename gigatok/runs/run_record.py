@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
 
 from gigatok import tracking_schema as schema
-from gigatok.runs.spec import RunContext, RunSpec, short_hash
+from gigatok.runs.spec import RunSpec, short_hash
 
 # Seconds between samples of the system metrics: a tiny run lasts minutes, a paper run days.
 SYSTEM_METRICS_INTERVAL_S = 30.0
@@ -48,7 +47,7 @@ def data_source(spec: RunSpec) -> Any:
     return CodeDatasetSource(tags={"source": "the built-in dataset: photographs shipped by installed wheels"})
 
 
-def describe_run(client: Any, run_id: str, spec: RunSpec, ctx: RunContext, tags: dict[str, str]) -> None:
+def describe_run(client: Any, run_id: str, spec: RunSpec, tags: dict[str, str]) -> None:
     """Once per MLflow run (``tags`` are its tags as read): the config artifact and the dataset inputs."""
     if tags.get(schema.DESCRIBED) == schema.LOGGED:
         return
@@ -56,10 +55,7 @@ def describe_run(client: Any, run_id: str, spec: RunSpec, ctx: RunContext, tags:
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    config = ctx.root / "configs" / f"{spec.hash}.json"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps({"hash": spec.hash, **spec.to_dict()}, indent=2))
-    client.log_artifact(run_id, str(config), "config")
+    client.log_dict(run_id, {"hash": spec.hash, **spec.to_dict()}, f"config/{spec.hash}.json")
     source = data_source(spec)
     # MetaDataset: MLflow's dataset of a name, a source and a digest, for data it does not load itself; its stub
     # leaves ``profile`` abstract although the class is instantiable (profile None).
