@@ -351,6 +351,31 @@ def test_imagefolder_val_class_unknown_to_train(tmp_path: Path) -> None:
         ImageFolderDataset(tmp_path, "val", SIZE)
 
 
+def test_check_image_folder_accepts_a_readable_folder_and_opens_one_image_a_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gigatok.data import check
+
+    _make_folder(tmp_path)
+    (tmp_path / "train" / "zebra" / "broken.JPEG").write_bytes(b"not a jpeg")  # another image of the class reads
+    opened: list[Path] = []
+    real = check.readable
+    monkeypatch.setattr(check, "readable", lambda path: opened.append(path) or real(path))
+    check.check_image_folder(tmp_path)
+    assert len({(p.parent.parent.name, p.parent.name) for p in opened}) == 4  # every class of both splits ...
+    assert len([p for p in opened if p.name != "broken.JPEG"]) == 4  # ... one readable image each
+
+
+def test_check_image_folder_names_the_class_without_a_readable_image(tmp_path: Path) -> None:
+    from gigatok.data.check import check_image_folder
+
+    _make_folder(tmp_path)
+    for image in (tmp_path / "val" / "apple").iterdir():
+        image.write_bytes(image.read_bytes()[:10])
+    with pytest.raises(DataError, match=r"no readable image \(1 unreadable\): .*val/apple$"):
+        check_image_folder(tmp_path)
+
+
 # ---- build_dataset -----------------------------------------------------------------------------------------
 
 

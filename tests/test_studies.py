@@ -259,6 +259,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def bad_data_folders(base: Path) -> dict[str, str]:
+    """Data folders a run could not read, each wrong in one way, by placeholder."""
+    from PIL import Image
+
+    def image(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(path)
+
+    (base / "empty").mkdir(parents=True)
+    (base / "no_images" / "train" / "cat").mkdir(parents=True)
+    (base / "no_images" / "val" / "cat").mkdir(parents=True)
+    (base / "no_images" / "train" / "cat" / "notes.txt").write_text("not an image")
+    image(base / "broken" / "train" / "cat" / "a.png")
+    (base / "broken" / "val" / "cat").mkdir(parents=True)
+    (base / "broken" / "val" / "cat" / "b.jpg").write_bytes(b"\xff\xd8 cut short")
+    image(base / "val_only_class" / "train" / "cat" / "a.png")
+    image(base / "val_only_class" / "val" / "dog" / "b.png")
+    return {f"{{{p.name}}}": str(p) for p in base.iterdir()}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -270,6 +290,12 @@ def _free_port() -> int:
         (["reg_weight", "--only", "colour=red"], "--only: unknown factor 'colour'"),
         (["reg_weight", "--profile", "huge"], "unknown profile 'huge'"),
         (["reg_weight", "--executor", "kubernetes"], "unknown executor 'kubernetes'"),
+        (["reg_weight", "--executor", "kubernetes", "--dry-run"], "unknown executor 'kubernetes'"),
+        (["reg_weight", "--data", "{empty}", "--dry-run"], "data folder has no train/ split"),
+        (["reg_weight", "--data", "{empty}"], "data folder has no train/ split"),
+        (["reg_weight", "--data", "{no_images}", "--dry-run"], "class folder has no image"),
+        (["reg_weight", "--data", "{broken}", "--dry-run"], "class folder has no readable image (1 unreadable)"),
+        (["reg_weight", "--data", "{val_only_class}", "--dry-run"], "val/ class not among the train/ classes"),
         (["reg_weight", "--tracking-uri", "http://127.0.0.1:{port}"], "is unreachable"),
         (["reg_weight", "--profile", "paper", "--executor", "local"], "pass --data /path/to/imagenet"),
         (["reg_weight", "--seeds", "0"], "--seeds 0: expected a positive integer"),
@@ -292,7 +318,8 @@ def test_bad_input_is_one_line_and_writes_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.delenv("GIGATOK_DATA_ROOT", raising=False)
-    args = [a.replace("{port}", str(_free_port())) for a in args]
+    folders = bad_data_folders(tmp_path / "data")
+    args = [folders.get(a, a).replace("{port}", str(_free_port())) for a in args]
     code, _, err = run_cli(args, tmp_path, monkeypatch, capsys)
     assert code == 2
     lines = err.strip().splitlines()
@@ -303,6 +330,16 @@ def test_bad_input_is_one_line_and_writes_nothing(
 
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+def test_paper_data_root_from_the_environment_is_checked_before_any_run_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folders = bad_data_folders(tmp_path / "data")
+    monkeypatch.setenv("GIGATOK_DATA_ROOT", folders["{no_images}"])
+    code, _, err = run_cli(["reg_weight", "--profile", "paper", "--executor", "local"], tmp_path, monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: $GIGATOK_DATA_ROOT ") and "class folder has no image" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.skipif(slurm_available(), reason="this machine has Slurm")

@@ -12,14 +12,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gigatok.data.check import IMAGE_SUFFIXES, class_folders
 from gigatok.data.errors import DataError
 from gigatok.data.transforms import adm_center_crop, to_unit_range, uint8_to_tensor
-
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-
-
-def _class_dirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _is_image(path: Path) -> bool:
@@ -55,10 +50,10 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"image folder split {split!r} missing: {split_dir}")
 
         train_dir = self.root / "train"
-        self.classes = _class_dirs(train_dir if train_dir.is_dir() else split_dir)
+        self.classes = class_folders(train_dir if train_dir.is_dir() else split_dir)
         index = {name: i for i, name in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
-        for name in _class_dirs(split_dir):
+        for name in class_folders(split_dir):
             if name not in index:
                 raise DataError(f"image folder class not in {train_dir}: {split_dir / name}")
             files = sorted(p for p in (split_dir / name).iterdir() if _is_image(p))

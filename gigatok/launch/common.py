@@ -63,10 +63,18 @@ def slurm_settings(flags: Any, profile: str | None = None) -> SlurmSettings:
 def require_paper_data(profile: str, data: str | None, needs: str) -> None:
     """The paper profile reads ImageNet: refuse to launch without ``--data`` or $GIGATOK_DATA_ROOT. ``needs`` says
     what for ("trains on", "scores against")."""
-    from gigatok.data import DATA_ROOT_ENV
+    from gigatok.data import DATA_ROOT_ENV, DataError
+    from gigatok.data.check import check_image_folder
 
-    if profile == "paper" and data is None and not os.environ.get(DATA_ROOT_ENV):
+    if profile != "paper" or data is not None:  # --data itself was checked when the study was planned
+        return
+    root = os.environ.get(DATA_ROOT_ENV)
+    if not root:
         raise UsageError(f"the paper profile {needs} ImageNet: pass --data /path/to/imagenet (or set {DATA_ROOT_ENV})")
+    try:
+        check_image_folder(root)
+    except DataError as exc:
+        raise UsageError(f"${DATA_ROOT_ENV} {root}: {exc}") from None
 
 
 def run_context(

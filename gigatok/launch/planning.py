@@ -75,14 +75,28 @@ def make_planner(
     study trains anything (replicas over seeds of one that does not would repeat one run)."""
     parsed = tuple(parse_override(o) for o in overrides)
     check_override_keys(parsed, profile)
-    if data is not None and not Path(data).is_dir():
-        raise UsageError(f"--data {data}: no such directory")
+    if data is not None:
+        check_data_flag(data)
     data_root = str(Path(data).resolve()) if data else None
     n_seeds = parse_seeds(seeds)
     if n_seeds is not None and n_seeds > 1 and not seeded:
         raise UsageError(f"--seeds {n_seeds}: study {study} trains nothing, so every seed would repeat the same run")
     swept = check_sweeps(sweeps or [], parsed, profile)
     return Planner(profile, data_root, parsed, seeds=n_seeds, weights_dir=weights_dir, sweeps=swept)
+
+
+def check_data_flag(data: str) -> None:
+    """``--data`` checked as its runs will read it (splits, classes, a readable image each), before a dry run prints
+    and before any MLflow run exists."""
+    from gigatok.data.check import check_image_folder
+    from gigatok.data.errors import DataError
+
+    if not Path(data).is_dir():
+        raise UsageError(f"--data {data}: no such directory")
+    try:
+        check_image_folder(data)
+    except DataError as exc:
+        raise UsageError(f"--data {data}: {exc}") from None
 
 
 def check_sweeps(sweeps: list[str], overrides: tuple[tuple[str, str], ...], profile: str) -> tuple[Sweep, ...]:
