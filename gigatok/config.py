@@ -463,6 +463,10 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 5_000
     keep_checkpoints: int = 2
+    # Also checkpoint once this many minutes have passed since the last checkpoint (None: by steps only), so a job
+    # killed without warning loses minutes of training, not ``checkpoint_every`` steps. When a run checkpoints does
+    # not change what it trains (a resume is exact at any step): not hashed.
+    checkpoint_minutes: float | None = field(default=10.0, metadata={"hash": False})
     max_steps: int | None = None  # caps the schedule (smoke runs); None trains the whole ``epochs``
     # Epochs at which the model is also kept as a snapshot that runs can evaluate (Fig. 13: probes over training).
     snapshot_epochs: tuple[float, ...] = field(default=(), metadata=NEW_FIELD)
@@ -492,6 +496,11 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")
         _require(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        _require(
+            self.checkpoint_minutes is None or self.checkpoint_minutes > 0,
+            "train.checkpoint_minutes",
+            "must be None (by steps only) or > 0",
+        )
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1")
         _require(
@@ -662,6 +671,10 @@ class ARTrainConfig:
     log_every: int = 50
     checkpoint_every: int = 5_000
     keep_checkpoints: int = 2
+    # Also checkpoint once this many minutes have passed since the last checkpoint (None: by steps only), so a job
+    # killed without warning loses minutes of training, not ``checkpoint_every`` steps. When a run checkpoints does
+    # not change what it trains (a resume is exact at any step): not hashed.
+    checkpoint_minutes: float | None = field(default=10.0, metadata={"hash": False})
     max_steps: int | None = None
     # The warm-up in optimizer steps (the authors' WARM_ITER), in place of ``warmup_epochs``; None: warmup_epochs.
     warmup_steps: int | None = field(default=None, metadata=NEW_FIELD)
@@ -694,6 +707,11 @@ class ARTrainConfig:
             f"must be None or in [0, 1], got {self.warmup_from}",
         )
         _require(0 <= self.decay_fraction <= 1, "ar_train.decay_fraction", "must be in [0, 1]")
+        _require(
+            self.checkpoint_minutes is None or self.checkpoint_minutes > 0,
+            "ar_train.checkpoint_minutes",
+            "must be None (by steps only) or > 0",
+        )
         _require(
             self.decay_shape in ("linear", "sqrt"),
             "ar_train.decay_shape",

@@ -25,6 +25,7 @@ import submitit
 
 from gigatok.runs.execute import execute_run
 from gigatok.runs.spec import RunContext, RunSpec
+from gigatok.train.preemption import Preempted, deferred
 
 if TYPE_CHECKING:  # torch is imported where it is used: the launcher need not load it
     from torch.distributed import ProcessGroup
@@ -293,17 +294,25 @@ class RunJob(submitit.helpers.Checkpointable):
             sync = cast("ProcessGroup", dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=48)))
         results: dict[str, dict[str, float]] = {}
         failures: list[str] = []
-        try:
-            for spec, run_id in zip(self.specs, self.run_ids, strict=True):
-                try:
-                    results[spec.hash] = execute_run(spec, self.ctx, run_id, rank=env.rank)
-                except Exception as exc:  # recorded in MLflow by execute_run; the other runs go on
-                    failures.append(f"{spec.label} ({spec.hash}): {type(exc).__name__}: {exc}")
-                finally:
-                    if sync is not None:
-                        dist.barrier(group=sync)
-        finally:
-            cleanup()
+        # A preemption warning that reaches a training loop stops it at a step boundary with a checkpoint, then the
+        # job is requeued (gigatok.train.preemption); anywhere else Submitit's handler requeues it at once.
+        with deferred() as deferral:
+            try:
+                for spec, run_id in zip(self.specs, self.run_ids, strict=True):
+                    try:
+                        results[spec.hash] = execute_run(spec, self.ctx, run_id, rank=env.rank)
+                    except Exception as exc:  # recorded in MLflow by execute_run; the other runs go on
+                        failures.append(f"{spec.label} ({spec.hash}): {type(exc).__name__}: {exc}")
+                    finally:
+                        if sync is not None:
+                            dist.barrier(group=sync)
+            except Preempted as stop:
+                cleanup()
+                if deferral is None:  # only a deferral's handler raises it
+                    raise
+                deferral.hand_over(stop, env.rank)
+            finally:
+                cleanup()
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(self.specs)} runs failed: " + "; ".join(failures))
         return results

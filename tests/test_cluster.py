@@ -7,7 +7,8 @@ The tests form one story, in file order, on one study (``entropy_loss``: two tok
 
 1. Submit it with one run's folder holding a truncated checkpoint (its only one), and preempt the other run's job
    in the middle of tokenizer training with Submitit's ``job._interrupt()`` (SIGTERM then USR2, as Slurm does
-   before preempting). The preempted job is requeued and resumes from its checkpoint: its metric history has every
+   before preempting), with no periodic checkpoint before the end: the loop finishes its step, checkpoints and is
+   requeued, and resumes from that checkpoint (the steps trained twice are printed): its metric history has every
    step once, and its curve and weights equal those of an uninterrupted run of the same config. The damaged run
    fails, and ``--status`` shows its error, naming the file, while the other task finishes.
 2. Remove the damaged file and submit again: only the failed run is submitted; then the figure is drawn.
@@ -51,9 +52,14 @@ pytestmark = pytest.mark.cluster
 
 STUDY = "entropy_loss"
 STEPS = SMALL_STEPS
-SHORT = SMALL_RUN
+LOG_EVERY = 2
+# No periodic checkpoint before the end (SMALL_RUN's every 4 steps made 1,000): the preemption falls between
+# periodic checkpoints, and the checkpoint written on its signal is what the requeued job resumes from.
+SHORT = [
+    "tokenizer.train.checkpoint_every=1000" if arg == "tokenizer.train.checkpoint_every=4" else arg for arg in SMALL_RUN
+]
 SLURM = ["--executor", "slurm", "--gpus-per-node", "0", "--cpus-per-task", "1", "--time-min", "30"]
-LOGGED = list(range(2, STEPS + 1, 2))
+LOGGED = list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
 
 
 def _slurm(*args: str) -> str:
@@ -166,7 +172,9 @@ def test_a_submission_sbatch_refuses_is_one_line_and_leaves_no_run(study: Study)
     assert study.runs() == {}  # the runs registered for the refused array were taken back
 
 
-def test_job_array_survives_preemption_and_a_failing_run(study: Study, tmp_path: Path) -> None:
+def test_job_array_survives_preemption_and_a_failing_run(
+    study: Study, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     plan = study.plan()
     preempted, damaged = plan[True], plan[False]
     bad_file = study.tokenizer_dir(damaged) / "checkpoints" / "step-00000004.pt"
@@ -185,7 +193,7 @@ def test_job_array_survives_preemption_and_a_failing_run(study: Study, tmp_path:
     job_of = {h: r.data.tags["gigatok.slurm_job_id"] for h, r in study.runs().items()}
     job = job_of[preempted["hash"]]
 
-    # Preempt once the run is past its first checkpoint (step 4) and before it ends.
+    # Preempt in the middle of training, far from any periodic checkpoint (none before the end).
     metrics_file = study.tokenizer_dir(preempted) / "metrics.jsonl"
     deadline = time.monotonic() + 900
     while True:
@@ -208,6 +216,17 @@ def test_job_array_survives_preemption_and_a_failing_run(study: Study, tmp_path:
     resumed = re.findall(r"resuming tokenizer-\w+ from step-(\d+)\.pt", log)
     assert resumed and int(resumed[-1]) < STEPS, log
     assert interrupted_at < STEPS  # the signal came in the middle of training
+    # It stopped at the end of the step the signal came in, checkpointed there, and resumed from that checkpoint:
+    # the steps trained twice are those between the stop and the checkpoint resumed from.
+    stopped = re.findall(r"training stopped at step (\d+) on SIGUSR2, checkpointed", log)
+    assert stopped, log
+    lost = int(stopped[-1]) - int(resumed[-1])
+    with capsys.disabled():  # in CI's output, not only on failure
+        print(
+            f"\npreempted at step {stopped[-1]} (no periodic checkpoint before step {STEPS}), resumed from step "
+            f"{int(resumed[-1])}: {lost} steps trained twice (allowed: one logging interval, {LOG_EVERY})"
+        )
+    assert 0 <= lost <= LOG_EVERY, log
     done = runs[preempted["hash"]]
     assert done.info.status == "FINISHED"
     assert _slurm("sacct", "-n", "-X", "-j", job, "-o", "State").split() == ["COMPLETED"]

@@ -17,6 +17,7 @@ from gigatok.runs.context import StageContext, StageOutcome, workspace_for
 from gigatok.runs.run_record import describe_run, system_metrics
 from gigatok.runs.spec import TRAINING_STAGES, RunContext, RunSpec
 from gigatok.runs.stages import run_stage
+from gigatok.train.preemption import Preempted
 
 if TYPE_CHECKING:
     from gigatok.tracking import RunLogger
@@ -26,9 +27,10 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
     """Run every stage of ``spec``, logging to the MLflow run ``run_id`` (rank 0 only); returns its metrics.
 
     The MLflow run goes RUNNING -> FINISHED, or FAILED with the error in ``gigatok.error`` (and the traceback as
-    an artifact) before the exception propagates. Stages already logged to this MLflow run are not logged again;
-    a resumed training stage logs only the steps after those already in MLflow, so a metric history never has a
-    step twice.
+    an artifact) before the exception propagates, or back to SCHEDULED, its metrics sent, when a training stage
+    stopped at a checkpoint for a preemption (:class:`gigatok.train.preemption.Preempted`). Stages already logged to
+    this MLflow run are not logged again; a resumed training stage logs only the steps after those already in
+    MLflow, so a metric history never has a step twice.
     """
     from gigatok.tracking import RunLogger, connect
 
@@ -64,6 +66,11 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
             substitutes.update(outcome.substitutes)
             if logger is not None and stage not in logged:
                 _log_stage(logger, stage, outcome, stored, streamed, substitutes)
+    except Preempted:  # checkpointed at a step boundary; the job is requeued and this run resumes there
+        if logger is not None:
+            with contextlib.suppress(Exception):  # best effort: the requeue must not wait on the tracking store
+                logger.set_status("SCHEDULED")
+        raise
     except BaseException as exc:
         if logger is not None:
             _record_failure(logger, spec, ctx, stage, exc)

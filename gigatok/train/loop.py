@@ -11,7 +11,9 @@ that makes the run survive preemption and agree across processes is here, once:
 - :func:`saved_states` and :func:`load_saved`: a loop's modules and optimizers, by the key each is saved under, into a
   checkpoint and back out of one, so each loop names what its checkpoints hold once;
 - :func:`train_steps`: the step loop with its cadence (a log record every ``log_every`` steps, the finite check
-  before any weights are saved, a checkpoint every ``checkpoint_every`` steps and at the stop);
+  before any weights are saved, a checkpoint every ``checkpoint_every`` steps, every ``checkpoint_minutes`` and at the
+  stop, and a stop with a checkpoint at the end of the step a preemption signal arrives in
+  (:mod:`gigatok.train.preemption`);
 - :func:`save_final`: the final weights, then summary.json (its presence is what "finished" means).
 
 These are plain functions over a small :class:`Run` record, not a trainer class: each loop stays readable top to
@@ -43,6 +45,7 @@ from gigatok.distributed import (
 )
 from gigatok.io import atomic_write_bytes, atomic_write_json, rng_state
 from gigatok.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from gigatok.train.preemption import CheckpointClock, Preempted, agreed, listening, preempt_signal
 from gigatok.train.run_dir import MeanWindow, MetricsLog, prepare_run_dir, require_finite
 
 __all__ = [
@@ -179,12 +182,13 @@ class Cadence:
     log_every: int
     checkpoint_every: int
     end: int
+    checkpoint_minutes: float | None = None  # also checkpoint when this long has passed since the last one
 
     @classmethod
     def of(cls, train: Any, total_steps: int, stop_at_step: int | None) -> Cadence:
-        """From a loop's train config (``log_every``, ``checkpoint_every``)."""
+        """From a loop's train config (``log_every``, ``checkpoint_every``, ``checkpoint_minutes``)."""
         end = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
-        return cls(total_steps, train.log_every, train.checkpoint_every, end)
+        return cls(total_steps, train.log_every, train.checkpoint_every, end, train.checkpoint_minutes)
 
 
 def train_steps(
@@ -216,34 +220,39 @@ def train_steps(
     """
     env, window = run.env, run.window
     last: dict[str, float] = {}
+    clock = CheckpointClock(cadence.checkpoint_minutes)
     bar = tqdm(total=cadence.total_steps, initial=run.step, desc=desc, disable=not run.progress)
-    for batch in batches:
-        lr = lr_at(run.step)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr
-        window.add(step(batch, run.step))
-        run.step += 1
-        at = run.step
-        bar.update(1)
-        if at % cadence.log_every == 0 or at == cadence.total_steps:
-            last = {**mean_across_ranks(window.means(), env), **logged(), "lr": lr}
-            require_finite(last, at, run.dir)
-            window.reset()
-            if run.log is not None:
-                run.log.append({"step": at, **last, **(record or {})})
-            if log_fn is not None and run.main:
-                log_fn(at, last)
-            bar.set_postfix(postfix(last))
-        snapshot_due = at in snapshot_steps
-        checkpoint_due = at % cadence.checkpoint_every == 0 or at == cadence.end
-        if snapshot_due or checkpoint_due:
-            require_finite(mean_across_ranks(window.means(), env), at, run.dir)
-        if snapshot_due and snapshot is not None and run.main:  # before this step's checkpoint: a resume never skips it
-            snapshot(at, last)
-        if checkpoint_due:
-            checkpoint(at)
-    bar.close()
+    with bar, listening() as received:
+        for batch in batches:
+            lr = lr_at(run.step)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            window.add(step(batch, run.step))
+            run.step += 1
+            at = run.step
+            bar.update(1)
+            if at % cadence.log_every == 0 or at == cadence.total_steps:
+                last = {**mean_across_ranks(window.means(), env), **logged(), "lr": lr}
+                require_finite(last, at, run.dir)
+                window.reset()
+                if run.log is not None:
+                    run.log.append({"step": at, **last, **(record or {})})
+                if log_fn is not None and run.main:
+                    log_fn(at, last)
+                bar.set_postfix(postfix(last))
+            stop, on_time = agreed((received() is not None, clock.due()), env)
+            snapshot_due = at in snapshot_steps
+            checkpoint_due = at % cadence.checkpoint_every == 0 or at == cadence.end or stop or on_time
+            if snapshot_due or checkpoint_due:
+                require_finite(mean_across_ranks(window.means(), env), at, run.dir)
+            if snapshot_due and snapshot is not None and run.main:  # before this checkpoint: a resume never skips it
+                snapshot(at, last)
+            if checkpoint_due:
+                checkpoint(at)
+                clock.reset()
+            if stop:  # the job was told it will be stopped: requeued, it resumes from this step's checkpoint
+                raise Preempted(at, received() or preempt_signal())
     return last
 
 
