@@ -11,68 +11,18 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import pytest
 import torch
-from torch import nn
+from toy_loop import STEPS, ToyTrain, train
 
 from gigatok.train import preemption
 from gigatok.train.checkpoint import latest_checkpoint
-from gigatok.train.loop import Cadence, checkpointer, claim_run_dir, load_saved, resume, saved_states, start_run
-from gigatok.train.loop import train_steps as scaffold_steps
 from gigatok.train.run_dir import read_metrics
 
-STEPS = 30
 SIGNAL_AT = 17  # the signal arrives during this step (0-based); periodic checkpoints are every 1000 steps
-
-
-@dataclass(frozen=True)
-class ToyTrain:
-    log_every: int = 5
-    checkpoint_every: int = 1000
-    checkpoint_minutes: float | None = None
-
-
-def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for step in range(start, STEPS):
-        g = torch.Generator().manual_seed(step)
-        x = torch.randn(8, 4, generator=g)
-        yield x, x @ torch.tensor([1.0, -2.0, 3.0, 0.5]) + 0.1 * torch.randn(8, generator=g)
-
-
-def train(run_dir: Path, on_step=None, train: ToyTrain = ToyTrain()) -> nn.Linear:  # noqa: ANN001
-    run = start_run(run_dir, "cpu", progress=False)
-    claim_run_dir(run, "toy", {"toy": True}, lambda d: d, seed=0)
-    model = nn.Linear(4, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    saved = {"model": model, "opt": opt}
-    resume(run, 0, lambda state: load_saved(saved, state))
-
-    def step(batch: tuple[torch.Tensor, torch.Tensor], at: int) -> dict[str, torch.Tensor]:
-        if on_step is not None:
-            on_step(at)
-        x, y = batch
-        loss = ((model(x).squeeze(1) - y) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return {"loss": loss}
-
-    scaffold_steps(
-        run,
-        batches(run.step),
-        step,
-        Cadence.of(train, STEPS, None),
-        checkpointer(run, "toy", 2, lambda: saved_states(saved)),
-        lr_at=lambda at: 0.05,
-        optimizers=(opt,),
-        desc="toy",
-        postfix=lambda last: {},
-    )
-    return model
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from gigatok.io import atomic_write_bytes, atomic_write_json, read_json
+from gigatok.io import append_line, atomic_write_bytes, atomic_write_json, read_json
 
 
 def prepare_run_dir(
@@ -59,8 +59,7 @@ class MetricsLog:
             atomic_write_bytes(path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
 
     def append(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
 
 
 class MeanWindow:
