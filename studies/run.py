@@ -2,6 +2,8 @@
 
     python studies/run.py --list                          the studies, their run counts, what they reproduce
     python studies/run.py scaling_1d_vs_2d --dry-run      the plan: hashes, factors, parameter counts, what is done
+    python studies/run.py scaling_1d_vs_2d --profile paper --dry-run --estimate
+                                                          its training FLOPs, GPU-hours and wall time (--gpu, --gpus)
     python studies/run.py scaling_1d_vs_2d                run it (tiny profile, locally, ./mlflow.db)
     python studies/run.py scaling_1d_vs_2d --seeds 3      every run at seeds 0, 1, 2 (default: the profile's)
     python studies/run.py scaling_1d_vs_2d --status       each run's state from MLflow (and Slurm)
@@ -187,20 +189,21 @@ def print_estimate(study: str, profile: str, est: launch.Estimate) -> None:
         factors = " ".join(f"{k}={v}" for k, v in r.factors.items())
         hours = (f"{r.gpu_hours:,.1f}", f"{r.gpu_hours / est.gpus:,.1f} h")
         print(row.format(r.hash, factors, tok_flops, ar_flops, tok_h, ar_h, *hours))
-    flops = (_sci(est.stage_flops(s)) for s in ("tokenizer", "ar"))
-    hours = (f"{h:,.1f}" for h in (est.stage_gpu_hours("tokenizer"), est.stage_gpu_hours("ar"), est.gpu_hours))
+    flops = [_sci(est.stage_flops(s)) for s in ("tokenizer", "ar")]
+    totals = [f"{h:,.1f}" for h in (est.stage_gpu_hours("tokenizer"), est.stage_gpu_hours("ar"), est.gpu_hours)]
     wall = f"{est.wall_hours:,.1f} h"
-    print(row.format("total", "", *flops, *hours, wall) + f" ({est.wall_hours / 24:,.1f} days)")
+    print(row.format("total", "", *flops, *totals, wall) + f" ({est.wall_hours / 24:,.1f} days)")
     for why in est.free_reasons():
         print(f"  {why}: {FREE[why]}")
     if est.used:
         print("throughput measured per GPU (MFU against the dense bf16 peak), eager, default performance switches:")
     for t in est.used:
-        note = f"; {t.note}" if t.note else ""
         print(
             f"  {t.label} {t.precision}: {t.achieved_tflops:.1f} TFLOP/s = {t.mfu:.1%} of {t.peak_tflops:g}, batch "
-            f"{t.batch_per_gpu} a GPU ({t.gpu}, {t.measured}, {t.source}){note}"
+            f"{t.batch_per_gpu} a GPU ({t.gpu}, {t.measured}, {t.source})"
         )
+        if t.note:
+            print(f"    {t.note}")
     for note in est.notes:
         print(f"  {note}")
     print(f"evaluation: the generation stage's AR sampling is {_sci(est.sampling_flops)} FLOPs")
