@@ -2,6 +2,8 @@
 
     python studies/run.py --list                          the studies, their run counts, what they reproduce
     python studies/run.py scaling_1d_vs_2d --dry-run      the plan: hashes, factors, parameter counts, what is done
+    python studies/run.py scaling_1d_vs_2d --profile paper --dry-run --estimate
+                                                          its training FLOPs, GPU-hours and wall time (--gpu, --gpus)
     python studies/run.py scaling_1d_vs_2d                run it (tiny profile, locally, ./mlflow.db)
     python studies/run.py scaling_1d_vs_2d --seeds 3      every run at seeds 0, 1, 2 (default: the profile's)
     python studies/run.py scaling_1d_vs_2d --status       each run's state from MLflow (and Slurm)
@@ -23,11 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from typing import Any
 
 from gigatok import launch
+from gigatok.calibration import GPU_TYPES
 from gigatok.config import get_profile
 from gigatok.dispatch import check_executor_name
+from gigatok.launch.estimate import DEFAULT_GPU, DEFAULT_GPUS, FREE, LEFT_OUT
 from gigatok.pipeline import RunContext, RunSpec
 from gigatok.study import SEED_FACTOR, get_study
 from gigatok.tracking_schema import study_view_path
@@ -53,6 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="with --list, --dry-run or --status: machine-readable output")
     p.add_argument(
         "--show-config", action="store_true", help="with --dry-run: each run's resolved config as JSON (use --only)"
+    )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="with --dry-run: training FLOPs, GPU-hours and wall time of each run still to do, from the measured "
+        "throughput of gigatok/calibration.py",
+    )
+    p.add_argument(
+        "--gpu", choices=GPU_TYPES, default=None, help=f"with --estimate: the GPU type (default {DEFAULT_GPU})"
+    )
+    p.add_argument(
+        "--gpus", type=int, default=None, help=f"with --estimate: GPUs the plan runs on (default {DEFAULT_GPUS})"
     )
     p.add_argument("--status", action="store_true", help="show each run's state from MLflow and Slurm and exit")
     p.add_argument("--profile", default="tiny", help="tiny (CPU, built-in data; default) or paper (Table 9, ImageNet)")
@@ -132,6 +149,8 @@ def cmd_dry_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext)
         print(json.dumps([{"hash": s.hash, **s.to_dict()} for s in specs], indent=2))
         return 0
     tracked, problem = launch.peek_tracked(ctx.tracking_uri, args.study, args.profile)
+    if args.estimate:
+        return cmd_estimate(args, specs, ctx, tracked, problem)
     rows = launch.plan_rows(specs, ctx, tracked)
     if args.json:
         print(
@@ -143,6 +162,65 @@ def cmd_dry_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext)
         print_plan(args.study, args.profile, rows)
         if problem:
             print(f"(MLflow status not shown: {problem})")
+    return 0
+
+
+def _sci(x: float) -> str:
+    return f"{x:.2e}".replace("e+", "e") if x else "0"
+
+
+def _stage_cells(stage: launch.StageCost | None) -> tuple[str, str]:
+    """A stage's FLOPs and GPU-hours cells: the numbers where this run pays, else why it costs nothing."""
+    if stage is None:
+        return "-", "-"
+    if not stage.paid:
+        return stage.why, "0"
+    return _sci(stage.flops), f"{stage.gpu_hours:,.1f}"
+
+
+def print_estimate(study: str, profile: str, est: launch.Estimate) -> None:
+    """The estimate as a table, one row per run and the total, then what it rests on and what it leaves out."""
+    width = max([34, *(len(" ".join(f"{k}={v}" for k, v in r.factors.items())) for r in est.runs)])
+    row = f"{{:12}}  {{:{width}}} {{:>9}} {{:>9}} {{:>10}} {{:>9}} {{:>10}} {{:>11}}"
+    print(f"study {study} at profile {profile}: {len(est.runs)} runs, training on {est.gpus} x {est.gpu}")
+    print(row.format("hash", "factors", "tok FLOPs", "AR FLOPs", "tok GPU-h", "AR GPU-h", "GPU-h", f"wall {est.gpus}x"))
+    for r in est.runs:
+        (tok_flops, tok_h), (ar_flops, ar_h) = _stage_cells(r.stages["tokenizer"]), _stage_cells(r.stages.get("ar"))
+        factors = " ".join(f"{k}={v}" for k, v in r.factors.items())
+        hours = (f"{r.gpu_hours:,.1f}", f"{r.gpu_hours / est.gpus:,.1f} h")
+        print(row.format(r.hash, factors, tok_flops, ar_flops, tok_h, ar_h, *hours))
+    flops = [_sci(est.stage_flops(s)) for s in ("tokenizer", "ar")]
+    totals = [f"{h:,.1f}" for h in (est.stage_gpu_hours("tokenizer"), est.stage_gpu_hours("ar"), est.gpu_hours)]
+    wall = f"{est.wall_hours:,.1f} h"
+    print(row.format("total", "", *flops, *totals, wall) + f" ({est.wall_hours / 24:,.1f} days)")
+    for why in est.free_reasons():
+        print(f"  {why}: {FREE[why]}")
+    if est.used:
+        print("throughput measured per GPU (MFU against the dense bf16 peak), eager, default performance switches:")
+    for t in est.used:
+        print(
+            f"  {t.label} {t.precision}: {t.achieved_tflops:.1f} TFLOP/s = {t.mfu:.1%} of {t.peak_tflops:g}, batch "
+            f"{t.batch_per_gpu} a GPU ({t.gpu}, {t.measured}, {t.source})"
+        )
+        if t.note:
+            print(f"    {t.note}")
+    for note in est.notes:
+        print(f"  {note}")
+    print(f"evaluation: the generation stage's AR sampling is {_sci(est.sampling_flops)} FLOPs")
+    print(textwrap.fill(LEFT_OUT, 118))
+
+
+def cmd_estimate(
+    args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext, tracked: dict[str, Any], problem: str | None
+) -> int:
+    gpus = DEFAULT_GPUS if args.gpus is None else args.gpus
+    est = launch.estimate_plan(specs, ctx, tracked, args.gpu or DEFAULT_GPU, gpus)
+    if args.json:
+        print(json.dumps({"study": args.study, "profile": args.profile, **est.to_dict()}, indent=2))
+        return 0
+    print_estimate(args.study, args.profile, est)
+    if problem:
+        print(f"(MLflow not read, so runs FINISHED there are priced too: {problem})")
     return 0
 
 
@@ -288,6 +366,19 @@ def report(study: launch.StudyLaunch) -> int:
     return 1 if failed else 0
 
 
+def check_dry_run_flags(args: argparse.Namespace) -> None:
+    """Flags that only shape a dry run's output are refused without one (they would be silently ignored)."""
+    if args.show_config and not args.dry_run:
+        raise launch.UsageError("--show-config goes with --dry-run: it prints the plan, it runs nothing")
+    if args.estimate and not args.dry_run:
+        raise launch.UsageError("--estimate goes with --dry-run: it prices the plan, it runs nothing")
+    if args.estimate and args.show_config:
+        raise launch.UsageError("--estimate and --show-config: choose one")
+    for flag, value in (("--gpu", args.gpu), ("--gpus", args.gpus)):
+        if value is not None and not args.estimate:
+            raise launch.UsageError(f"{flag} goes with --dry-run --estimate: it is the hardware the plan is priced on")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["cfg_search"]:
@@ -303,8 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             args.study, args.profile, args.data, args.overrides, args.seeds, args.weights_dir, args.only, args.sweeps
         )
         ctx = launch.run_context(args.runs_dir, args.tracking_uri, args.weights_dir, args.substitutes, args.device)
-        if args.show_config and not args.dry_run:
-            raise launch.UsageError("--show-config goes with --dry-run: it prints the plan, it runs nothing")
+        check_dry_run_flags(args)
         if args.dry_run:
             return cmd_dry_run(args, specs, ctx)
         if args.status:

@@ -8,6 +8,8 @@
 - :mod:`~gigatok.launch.submission`: :class:`StudyLaunch`: what is left to do (one MLflow query), an MLflow run for
   each run, the runs grouped by tokenizer and submitted per executor, followed, and taken back when submission
   fails.
+- :mod:`~gigatok.launch.estimate`: a plan's training FLOPs, GPU-hours and wall time from the measured throughput of
+  :mod:`gigatok.calibration` (``--dry-run --estimate``), stages done or shared costing nothing.
 - :mod:`~gigatok.launch.search`: :class:`SearchLaunch`: a CFG search's settings from flags, its dry-run preview, its
   MLflow parent, its workers.
 """
@@ -26,6 +28,7 @@ from gigatok.launch.common import (
     threads_per_worker,
     tracked_runs,
 )
+from gigatok.launch.estimate import Estimate, StageCost, estimate_plan
 from gigatok.launch.planning import (
     catalog_rows,
     check_converted_inputs,
@@ -46,17 +49,20 @@ from gigatok.launch.submission import HEADLINE_METRICS, Outcome, Progress, Study
 __all__ = [
     "HEADLINE_METRICS",
     "INPUT_ERRORS",
+    "Estimate",
     "SLURM_FLAGS",
     "Interrupted",
     "Outcome",
     "Progress",
     "SearchLaunch",
+    "StageCost",
     "StudyLaunch",
     "UsageError",
     "cancel_on_interrupt",
     "catalog_rows",
     "check_converted_inputs",
     "check_pretrained_inputs",
+    "estimate_plan",
     "local_workers",
     "make_planner",
     "parameter_count",
