@@ -53,8 +53,10 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # figures fetch arrays quietly
     import logging
 
+    # -v (gigatok.logs: the gigatok logger at DEBUG) lets them speak
+    level = logging.INFO if logging.getLogger("gigatok").isEnabledFor(logging.DEBUG) else logging.WARNING
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.system_metrics"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager

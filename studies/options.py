@@ -9,6 +9,17 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+def add_verbosity_options(p: argparse.ArgumentParser) -> None:
+    """``-v``/``-q``: how much the command (and the jobs it starts) log; read by :func:`gigatok.logs.configure`."""
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-v", "--verbose", dest="verbosity", action="store_const", const=1, default=None, help="debug messages too"
+    )
+    talk.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const=-1, help="warnings and errors only"
+    )
+
+
 def add_seeds_option(p: argparse.ArgumentParser) -> None:
     # Read as text and checked by parse_seeds, so a bad value is a one-line error like every other (also in --dry-run).
     p.add_argument(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from gigatok.launch.common import local_workers, require_paper_data, slurm_setti
 from gigatok.launch.planning import check_converted_inputs, check_pretrained_inputs, size_metrics
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, tokenizer_dir_of
 from gigatok.study import get_study
+
+log = logging.getLogger(__name__)
 
 HEADLINE_METRICS = ("rfid", "lpips", "gfid", "ar_val_loss", "ar_probe_acc", "decode_fraction")
 TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
@@ -154,6 +157,7 @@ class StudyLaunch:
             if record is not None:  # an unfinished run resumes under its own MLflow run
                 self.run_ids[spec.hash] = record.run_id
                 self.client.update_run(record.run_id, status="SCHEDULED")
+                log.debug("run %s (%s) resumes under MLflow run %s", spec.hash, spec.label, record.run_id)
                 continue
             tags = schema.run_tags(
                 study=self.study,
@@ -174,6 +178,7 @@ class StudyLaunch:
             self.run_ids[spec.hash] = run.info.run_id
             log_params(self.client, run.info.run_id, spec.params(), size_metrics(spec))
             self.client.update_run(run.info.run_id, status="SCHEDULED")
+            log.debug("run %s (%s) registered as MLflow run %s", spec.hash, spec.label, run.info.run_id)
 
     @contextlib.contextmanager
     def submitting(self) -> Iterator[None]:
