@@ -29,6 +29,11 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+def logger(name: str) -> logging.Logger:
+    """The logger of a module outside the package (``studies/``, ``analysis/``), under the ``gigatok`` logger."""
+    return logging.getLogger(f"{LOGGER}.{name}")
+
+
 def level_of(verbosity: int) -> int:
     """-1 (``-q``): WARNING; 0: INFO; 1 and more (``-v``): DEBUG."""
     return logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO

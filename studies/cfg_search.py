@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any
 
@@ -23,7 +22,7 @@ from studies.options import (
     load_catalog,
 )
 
-log = logging.getLogger("gigatok.studies.cfg_search")
+log = logs.logger("studies.cfg_search")
 
 SEARCH_DOC = """Search the CFG scale of one trained run with Optuna (Appendix B: steps of 0.25, lowest gFID wins).
 

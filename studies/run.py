@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any
 
@@ -44,7 +43,7 @@ from studies.options import (
     load_catalog,
 )
 
-log = logging.getLogger("gigatok.studies.run")
+log = logs.logger("studies.run")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
