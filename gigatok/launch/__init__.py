@@ -8,6 +8,8 @@
 - :mod:`~gigatok.launch.submission`: :class:`StudyLaunch`: what is left to do (one MLflow query), an MLflow run for
   each run, the runs grouped by tokenizer and submitted per executor, followed, and taken back when submission
   fails.
+- :mod:`~gigatok.launch.single`: a single run outside a study (``studies/train_tokenizer.py``, ``train_ar.py``),
+  registered and tracked as a study's run, executed in this process.
 - :mod:`~gigatok.launch.search`: :class:`SearchLaunch`: a CFG search's settings from flags, its dry-run preview, its
   MLflow parent, its workers.
 """
@@ -41,22 +43,27 @@ from gigatok.launch.planning import (
     status_rows,
 )
 from gigatok.launch.search import SearchLaunch, parse_range, search_parent, search_plan, search_preview
+from gigatok.launch.single import SINGLE_EXPERIMENT, SINGLE_RUN_ERRORS, SingleResult, data_root, run_single, single_spec
 from gigatok.launch.submission import HEADLINE_METRICS, Outcome, Progress, StudyLaunch, training_step
 
 __all__ = [
     "HEADLINE_METRICS",
     "INPUT_ERRORS",
+    "SINGLE_EXPERIMENT",
+    "SINGLE_RUN_ERRORS",
     "SLURM_FLAGS",
     "Interrupted",
     "Outcome",
     "Progress",
     "SearchLaunch",
+    "SingleResult",
     "StudyLaunch",
     "UsageError",
     "cancel_on_interrupt",
     "catalog_rows",
     "check_converted_inputs",
     "check_pretrained_inputs",
+    "data_root",
     "local_workers",
     "make_planner",
     "parameter_count",
@@ -67,11 +74,13 @@ __all__ = [
     "pretrained_files_needed",
     "require_paper_data",
     "run_context",
+    "run_single",
     "search_parent",
     "search_plan",
     "search_preview",
     "search_target",
     "select",
+    "single_spec",
     "slurm_settings",
     "slurm_state",
     "status_rows",

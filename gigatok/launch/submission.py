@@ -76,6 +76,7 @@ class StudyLaunch:
     # they are followed, are not counted (as before this code left studies/run.py).
     submitted: list[tuple[list[RunSpec], Any]] = field(default_factory=list)
     running: list[tuple[list[RunSpec], Any]] = field(default_factory=list)  # jobs being followed
+    source: str | None = None  # MLflow's Source column (default: studies/run.py STUDY)
     _executor: Any = None
 
     @classmethod
@@ -91,9 +92,12 @@ class StudyLaunch:
         slurm_flags: Any,
         data: str | None,
         local_tasks: int = 1,
+        about: str | None = None,
+        source: str | None = None,
     ) -> StudyLaunch:
         """Check everything that can be wrong before anything is written, then read the study's runs from MLflow
-        (creating its experiment) to split the plan into runs to do and runs FINISHED."""
+        (creating its experiment) to split the plan into runs to do and runs FINISHED. ``about`` describes an
+        experiment that is no study of the catalog (a single run's); ``source`` is what launched the runs."""
         from gigatok.tracking import connect, ensure_experiment, experiment_name, study_runs
 
         executor_name = resolve_executor(executor)
@@ -107,12 +111,11 @@ class StudyLaunch:
         check_converted_inputs(specs, ctx)
         check_pretrained_inputs(specs, ctx)
         client = connect(ctx.tracking_uri)  # fails fast, before anything is written
-        about = get_study(study)
+        if about is None:
+            entry = get_study(study)
+            about = f"{entry.reproduces}: {entry.about}"
         experiment_id = ensure_experiment(
-            client,
-            experiment_name(study, profile),
-            f"{about.reproduces}: {about.about}",
-            schema.experiment_tags(study, profile),
+            client, experiment_name(study, profile), about, schema.experiment_tags(study, profile)
         )
         view_factors = list(dict.fromkeys(name for spec in specs for name, _ in spec.factors))
         view_stages = list(dict.fromkeys(stage for spec in specs for stage in spec.ordered_stages()))
@@ -134,6 +137,7 @@ class StudyLaunch:
             tracked,
             slurm,
             local_tasks,
+            source=source,
         )
 
     @property
@@ -148,7 +152,7 @@ class StudyLaunch:
         commit = git_commit()
         standard = schema.mlflow_tags(
             user=current_user(),
-            source_name=f"studies/run.py {self.study}",
+            source_name=self.source or f"studies/run.py {self.study}",
             source_type="JOB" if self.executor == "slurm" else "LOCAL",
             git_commit=commit,
         )
