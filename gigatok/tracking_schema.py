@@ -91,6 +91,7 @@ ERROR = PREFIX + "error"
 FAILED_STAGE = PREFIX + "failed_stage"
 DESCRIBED = PREFIX + "described"  # = LOGGED once the run's config artifact and dataset inputs are in MLflow
 SUBSTITUTES = PREFIX + "substitutes"  # the random stand-in networks used, comma-separated
+SCHEDULED_AT = PREFIX + "scheduled_at"  # ms since the epoch when the launch (last) marked the run SCHEDULED
 
 # -- what the stages report ----------------------------------------------------------------------------------------
 PROVENANCE_PREFIX = PREFIX + "provenance."  # provenance.<metric>
@@ -130,6 +131,10 @@ STAGE_METRICS: dict[str, tuple[str, ...]] = {
     "decode_cost": ("decode_fraction", "sampling_seconds", "decoding_seconds"),
 }
 FINAL_METRICS: tuple[str, ...] = tuple(m for names in STAGE_METRICS.values() for m in names)
+
+# -- when and how long (logged by the job; the run's MLflow start_time is moved to its first stage's start, so the
+# UI's Duration leaves out the queue where the store allows it: gigatok.tracking.restart_clock) ------------------
+QUEUE_S = "queue_s"  # seconds from SCHEDULED to the job's start of the run, at each start of a scheduled run
 
 
 def factor(name: str) -> str:

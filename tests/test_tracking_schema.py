@@ -57,6 +57,7 @@ STORED_TAGS = {
     "ERROR": "gigatok.error",
     "FAILED_STAGE": "gigatok.failed_stage",
     "SUBSTITUTES": "gigatok.substitutes",
+    "SCHEDULED_AT": "gigatok.scheduled_at",
     "PROVENANCE_PREFIX": "gigatok.provenance.",
     "ARTIFACT_PREFIX": "gigatok.artifact.",
     "SOURCE_PREFIX": "gigatok.source.",

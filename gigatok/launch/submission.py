@@ -158,8 +158,10 @@ class StudyLaunch:
         )
         for spec in self.todo:
             record = self.tracked.get(spec.hash)
+            scheduled = {schema.SCHEDULED_AT: str(int(time.time() * 1000))}  # its job measures the queue from here
             if record is not None:  # an unfinished run resumes under its own MLflow run
                 self.run_ids[spec.hash] = record.run_id
+                self.client.set_tag(record.run_id, schema.SCHEDULED_AT, scheduled[schema.SCHEDULED_AT])
                 self.client.update_run(record.run_id, status="SCHEDULED")
                 log.debug("run %s (%s) resumes under MLflow run %s", spec.hash, spec.label, record.run_id)
                 continue
@@ -174,6 +176,7 @@ class StudyLaunch:
                 executor=self.executor,
             )
             tags.update(standard)
+            tags.update(scheduled)
             tags[schema.TOKENIZER_DIR] = str(tokenizer_dir_of(spec, self.ctx))
             if spec.ar is not None:
                 tags[schema.AR_DIR] = str(ar_dir_of(spec, self.ctx))

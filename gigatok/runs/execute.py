@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import traceback
 from typing import TYPE_CHECKING
 
 from gigatok import tracking_schema as schema
 from gigatok.runs.context import StageContext, StageOutcome, workspace_for
-from gigatok.runs.run_record import describe_run, system_metrics
+from gigatok.runs.run_record import describe_run, record_start, system_metrics
 from gigatok.runs.spec import TRAINING_STAGES, RunContext, RunSpec
 from gigatok.runs.stages import run_stage
 
@@ -86,6 +87,7 @@ def _open_tracked_run(logger: RunLogger, spec: RunSpec) -> tuple[set[str], dict[
     for stage in TRAINING_STAGES:
         if stage in spec.stages and stage not in logged:
             last_step[stage] = logger.last_step(f"{stage}/lr")
+    record_start(logger.client, run, int(time.time() * 1000))  # before the host tag: a first start has none
     env_job = _slurm_job_id()
     logger.tags({schema.HOST: os.uname().nodename, **({schema.SLURM_JOB_ID: env_job} if env_job else {})})
     if schema.ERROR in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
