@@ -92,3 +92,25 @@ def test_train_ar_is_tracked_in_the_named_experiment(single_tokenizer: dict[str,
     (run,) = _runs(single_tokenizer["uri"], "probes")
     assert run.info.status == "FINISHED" and run.data.tags[schema.factor("ar_size")] == "B"
     assert run.data.metrics["ar_val_loss"] > 0
+
+
+def test_the_run_logs_its_measured_cost(single_tokenizer: dict[str, Any]) -> None:
+    from gigatok.runs.timing import read_times
+
+    (run,) = _runs(single_tokenizer["uri"], "single")
+    metrics, tags = run.data.metrics, run.data.tags
+    assert tags[schema.DEVICE_TYPE] == "cpu" and metrics[schema.DEVICES] == 1
+    times = read_times(single_tokenizer["root"] / "runs" / "timing" / f"{tags[schema.RUN_HASH]}.json")
+    assert times["tokenizer"].seconds > 0
+    assert metrics[schema.stage_wall_s("tokenizer")] == pytest.approx(times["tokenizer"].seconds)
+    assert metrics[schema.stage_device_hours("tokenizer")] == pytest.approx(times["tokenizer"].seconds / 3600)
+    assert metrics[schema.WALL_S] == pytest.approx(times["tokenizer"].seconds)
+    assert metrics[schema.QUEUE_S] >= 0
+    # its Duration counts from the first stage: the start moved past the registration's size metrics
+    assert run.info.start_time >= min(m.timestamp for m in _history(single_tokenizer["uri"], run, schema.SIZE_RANK))
+
+
+def _history(uri: str, run: Any, key: str) -> list[Any]:
+    from mlflow import MlflowClient
+
+    return list(MlflowClient(uri).get_metric_history(run.info.run_id, key))

@@ -58,6 +58,7 @@ STORED_TAGS = {
     "FAILED_STAGE": "gigatok.failed_stage",
     "SUBSTITUTES": "gigatok.substitutes",
     "SCHEDULED_AT": "gigatok.scheduled_at",
+    "DEVICE_TYPE": "gigatok.device_type",
     "PROVENANCE_PREFIX": "gigatok.provenance.",
     "ARTIFACT_PREFIX": "gigatok.artifact.",
     "SOURCE_PREFIX": "gigatok.source.",
