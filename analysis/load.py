@@ -7,7 +7,8 @@ one (run, key) at a time: :func:`load_curves` fetches them only for the runs and
 Columns of :func:`load_runs`:
 
 - identity: ``run_id``, ``run_name``, ``experiment``, ``study``, ``profile``, ``status``, ``run_hash``,
-  ``tokenizer_hash``, ``ar_hash``, ``git_commit``, ``stage``, ``error``, ``start_time``, ``end_time``;
+  ``tokenizer_hash``, ``ar_hash``, ``git_commit``, ``stage``, ``error``, ``device_type``, ``start_time`` (the first
+  stage's start where the store allowed it to be moved there, else the submission), ``end_time``;
 - ``factor_<name>``: what the study varies, typed (bool, int, float or text) from the run's ``gigatok.factors``
   (the tag names are :mod:`gigatok.tracking_schema`'s);
 - configuration: ``tokenizer_name``, ``tokenizer_kind``, ``semantic_weight``, ``semantic_encoder``,
@@ -15,6 +16,9 @@ Columns of :func:`load_runs`:
   seed; studies run with ``--seeds N`` also have the factor ``factor_seed``) and ``tokenizer_params``;
 - every final metric (``rfid``, ``gfid``, ..., ``cfg_best_step_fraction``: the schema's ``FINAL_METRICS``, as
   floats, NaN where a run did not log it);
+- measured cost (the schema's ``TIMING_METRICS``): ``queue_s`` (the wait from SCHEDULED to the job's start),
+  ``wall_s`` and ``device_hours`` of the whole run, ``devices`` (with ``device_type``, cuda or cpu), and
+  ``<stage>_wall_s``, ``<stage>_device_hours`` of each stage, summed over its attempts (NaN where not logged);
 - ``substitute`` (True when any number came from a random stand-in network), ``substitutes`` (which ones), and
   ``provenance.<metric>`` (the feature network and sets behind each metric), ``artifact.<name>`` (where a run's
   stored arrays are, e.g. Fig. 8's PCA maps);
@@ -65,6 +69,7 @@ IDENTITY_TAGS = {
     "git_commit": schema.GIT_COMMIT,
     "stage": schema.STAGE,
     "error": schema.ERROR,
+    "device_type": schema.DEVICE_TYPE,  # what the devices of the timing columns were: cuda or cpu
 }
 
 
@@ -231,6 +236,7 @@ def run_row(run: Any, experiment: Any) -> dict[str, Any]:
     row.update({column: _param(params, key, kind) for column, (key, kind) in PARAMS.items()})
     # Final metrics are logged at step 0 under plain names; curves carry a "stage/" prefix and stay out.
     row.update({name: metrics.get(name, math.nan) for name in FINAL_METRICS})
+    row.update({name: metrics.get(name, math.nan) for name in schema.TIMING_METRICS})
     row.update({name: value for name, value in metrics.items() if "/" not in name and name not in row})
     substitutes = tags.get(schema.SUBSTITUTES, "").strip()
     row["substitute"] = bool(substitutes)

@@ -5,6 +5,8 @@
     gigatok cfg-search --study scaling_1d_vs_2d --only size=S-S,kind=1d
     gigatok plot
     gigatok weights
+    gigatok -q run scaling_1d_vs_2d      (-v/--verbose, -q/--quiet before the command: its log level; the study
+                                          and search commands take them after it too)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 EXIT_BAD_INPUT = 2
+VERBOSITY_FLAGS = {"-v": 1, "--verbose": 1, "-q": -1, "--quiet": -1}
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,19 @@ COMMANDS: dict[str, Command] = {
 
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: gigatok COMMAND [ARGS...]   (gigatok COMMAND --help for its flags)", "", "commands:"]
+    lines = ["usage: gigatok [-v|-q] COMMAND [ARGS...]   (gigatok COMMAND --help for its flags)", "", "commands:"]
     lines += [f"  {name:{width}}  {command.about}" for name, command in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    verbosity = None
+    while args[:1] and args[0] in VERBOSITY_FLAGS:  # the log level of every command (gigatok.logs)
+        verbosity = VERBOSITY_FLAGS[args.pop(0)]
+    from gigatok.logs import configure
+
+    configure(verbosity)
     if not args or args[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if args else sys.stderr)
         return 0 if args else EXIT_BAD_INPUT

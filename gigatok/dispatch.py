@@ -274,7 +274,9 @@ class RunJob(submitit.helpers.Checkpointable):
         import torch
 
         from gigatok.distributed import cleanup, init_distributed
+        from gigatok.logs import configure_job
 
+        configure_job()  # the job's log file says what its command was asked to (-v, -q)
         # Slurm without CPU binding (task/none) leaves torch one thread per core of the node: several jobs on one
         # node would each take every core. A job uses the CPUs it was given.
         threads = self.ctx.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))

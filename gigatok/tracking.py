@@ -53,8 +53,10 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # figures fetch arrays quietly
     import logging
 
+    # -v (gigatok.logs: the gigatok logger at DEBUG) lets them speak
+    level = logging.INFO if logging.getLogger("gigatok").isEnabledFor(logging.DEBUG) else logging.WARNING
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.system_metrics"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager
@@ -268,6 +270,33 @@ def sqlite_runs(
         ):
             metrics[run_id][key] = math.nan if is_nan else value
     return [SqlRun(info, SqlRunData(tags[info.run_id], values[info.run_id], metrics[info.run_id])) for info in infos]
+
+
+def restart_clock(client: Any, run_id: str, start_ms: int) -> bool:
+    """Move the run's ``start_time`` (where MLflow's Duration column counts from) to ``start_ms``; False where the
+    store does not allow it.
+
+    MLflow 3.17 has no public way: ``create_run`` fixes ``start_time`` and ``update_run`` (REST ``UpdateRun``) takes
+    only status, end time and name. On a local SQLite store of a schema :func:`sqlite_runs` was tested on, the
+    ``runs`` row is updated directly (one column, in one transaction, through SQLite's own locking); a tracking
+    server's store is out of reach, and there the run keeps its creation time.
+    """
+    uri = client.tracking_uri if hasattr(client, "tracking_uri") else client._tracking_client.tracking_uri
+    if not uri.startswith("sqlite:///"):
+        return False
+    path = Path(uri.removeprefix("sqlite:///"))
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=20)) as db:
+            if store_schema(db) not in TESTED_SCHEMAS:
+                return False
+            with db:  # a transaction: committed on leaving
+                updated = db.execute(
+                    "UPDATE runs SET start_time = ? WHERE run_uuid = ? AND lifecycle_stage = 'active'",
+                    (int(start_ms), run_id),
+                ).rowcount
+    except sqlite3.Error:
+        return False
+    return updated == 1
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:

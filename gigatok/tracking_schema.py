@@ -91,6 +91,7 @@ ERROR = PREFIX + "error"
 FAILED_STAGE = PREFIX + "failed_stage"
 DESCRIBED = PREFIX + "described"  # = LOGGED once the run's config artifact and dataset inputs are in MLflow
 SUBSTITUTES = PREFIX + "substitutes"  # the random stand-in networks used, comma-separated
+SCHEDULED_AT = PREFIX + "scheduled_at"  # ms since the epoch when the launch (last) marked the run SCHEDULED
 
 # -- what the stages report ----------------------------------------------------------------------------------------
 PROVENANCE_PREFIX = PREFIX + "provenance."  # provenance.<metric>
@@ -130,6 +131,47 @@ STAGE_METRICS: dict[str, tuple[str, ...]] = {
     "decode_cost": ("decode_fraction", "sampling_seconds", "decoding_seconds"),
 }
 FINAL_METRICS: tuple[str, ...] = tuple(m for names in STAGE_METRICS.values() for m in names)
+
+# -- when and how long (logged by the job; the run's MLflow start_time is moved to its first stage's start, so the
+# UI's Duration leaves out the queue where the store allows it: gigatok.tracking.restart_clock) ------------------
+QUEUE_S = "queue_s"  # seconds from SCHEDULED to the job's start of the run, at each start of a scheduled run
+# Measured cost (gigatok.runs.timing): each stage's wall time and device-hours (wall hours x the devices the job
+# holds: its GPUs on CUDA, one per rank; else its processes), summed over every attempt of the stage, and the
+# run's totals. DEVICES is the devices of the last attempt, DEVICE_TYPE (a tag) cuda or cpu.
+WALL_S = "wall_s"
+DEVICE_HOURS = "device_hours"
+DEVICES = "devices"
+DEVICE_TYPE = PREFIX + "device_type"
+# every stage a run can have, in the order it runs them (gigatok.runs.spec.STAGES; gigatok.runs.stages checks)
+TIMED_STAGES = (
+    "tokenizer",
+    "token_cache",
+    "ar",
+    "reconstruction",
+    "tokenizer_probe",
+    "feature_pca",
+    "cfg_search",
+    "generation",
+    "ar_probe",
+    "decode_cost",
+)
+
+
+def stage_wall_s(stage: str) -> str:
+    return f"{stage}_{WALL_S}"
+
+
+def stage_device_hours(stage: str) -> str:
+    return f"{stage}_{DEVICE_HOURS}"
+
+
+TIMING_METRICS: tuple[str, ...] = (
+    QUEUE_S,
+    WALL_S,
+    DEVICE_HOURS,
+    DEVICES,
+    *(name for stage in TIMED_STAGES for name in (stage_wall_s(stage), stage_device_hours(stage))),
+)
 
 
 def factor(name: str) -> str:

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from gigatok import launch
+from gigatok import launch, logs
 from gigatok.config import get_profile
 from gigatok.dispatch import check_executor_name
 from studies.options import (
@@ -18,8 +18,11 @@ from studies.options import (
     add_seeds_option,
     add_slurm_options,
     add_substitute_and_device_options,
+    add_verbosity_options,
     load_catalog,
 )
+
+log = logs.logger("studies.cfg_search")
 
 SEARCH_DOC = """Search the CFG scale of one trained run with Optuna (Appendix B: steps of 0.25, lowest gFID wins).
 
@@ -106,6 +109,7 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
     add_seeds_option(p)
     add_substitute_and_device_options(p)
     add_slurm_options(p)
+    add_verbosity_options(p)
     return p.parse_args(argv)
 
 
@@ -178,7 +182,7 @@ def cmd_cfg_search(args: argparse.Namespace) -> int:
     recovery = search.start()
     print(f"CFG search {plan.study_name} of run {spec.hash} ({spec.label}); storage {plan.storage_location}")
     if recovery.requeued:
-        print(f"  {len(recovery.requeued)} failed points queued again")
+        log.info(f"  {len(recovery.requeued)} failed points queued again")
     unit = "point" if plan.search.sampler == "grid" else "trial"
     state = search.state()
     if state.complete:
@@ -188,7 +192,8 @@ def cmd_cfg_search(args: argparse.Namespace) -> int:
             print_search_summary(search.plan, summary)
         return 0
     workers = search.size(args.workers, state.remaining)
-    print(f"  {state.remaining} {unit}s to go; {workers} {search.executor} worker(s); job logs in {ctx.root / 'jobs'}")
+    jobs_dir = ctx.root / "jobs"
+    log.info(f"  {state.remaining} {unit}s to go; {workers} {search.executor} worker(s); job logs in {jobs_dir}")
     jobs = search.submit()
     if search.executor == "slurm":
         print(f"submitted {len(jobs)} Slurm workers: " + " ".join(j.job_id for j in jobs))
@@ -213,6 +218,7 @@ def cmd_cfg_search(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     args = parse_search_args(argv)
+    logs.configure(args.verbosity)
     try:
         return cmd_cfg_search(args)
     except launch.INPUT_ERRORS as exc:

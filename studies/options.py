@@ -9,6 +9,17 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+def add_verbosity_options(p: argparse.ArgumentParser) -> None:
+    """``-v``/``-q``: how much the command (and the jobs it starts) log; read by :func:`gigatok.logs.configure`."""
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-v", "--verbose", dest="verbosity", action="store_const", const=1, default=None, help="debug messages too"
+    )
+    talk.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const=-1, help="warnings and errors only"
+    )
+
+
 def add_seeds_option(p: argparse.ArgumentParser) -> None:
     # Read as text and checked by parse_seeds, so a bad value is a one-line error like every other (also in --dry-run).
     p.add_argument(
@@ -60,12 +71,47 @@ def load_catalog() -> None:
 def add_place_options(p: argparse.ArgumentParser) -> None:
     """Where runs execute, read their data and weights, and are tracked: the same flags for a study and a search."""
     p.add_argument("--executor", default="auto", help="auto (slurm if sbatch exists, else local), slurm, local, debug")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="image folder with train/ and val/ class folders: ImageNet at the "
-        "paper profile; at tiny, your images in place of the built-in dataset",
-    )
+    add_path_options(p)
+
+
+def add_path_options(p: argparse.ArgumentParser, data: bool = True) -> None:
+    """Where runs read their data and weights, write their folders and are tracked: every command that runs one
+    (``data=False``: one that reads the data its tokenizer was trained on)."""
+    if data:
+        p.add_argument(
+            "--data",
+            default=None,
+            help="image folder with train/ and val/ class folders: ImageNet at the "
+            "paper profile; at tiny, your images in place of the built-in dataset",
+        )
+        # the flag's name before it was --data, as studies/run.py names it: still read, no longer shown
+        p.add_argument("--data-root", dest="data", help=argparse.SUPPRESS)
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--runs-dir", default="runs", help="stage outputs and job logs (default ./runs)")
     p.add_argument("--weights-dir", default=None, help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
+
+
+def add_profile_option(p: argparse.ArgumentParser) -> None:
+    from gigatok.config import PROFILES
+
+    p.add_argument(
+        "--profile",
+        default="tiny",
+        choices=sorted(PROFILES),
+        help="tiny (CPU, built-in data; default) or paper (Table 9, ImageNet)",
+    )
+
+
+def add_single_run_options(p: argparse.ArgumentParser, data: bool = True) -> None:
+    """What a single-run script (``train_tokenizer.py``, ``train_ar.py``) takes besides its run: the study
+    command's flags for data, folders, tracking, weights, substitutes, device and log level, and its experiment."""
+    from gigatok.launch.single import SINGLE_EXPERIMENT
+
+    add_path_options(p, data)
+    p.add_argument(
+        "--experiment",
+        default=SINGLE_EXPERIMENT,
+        help="MLflow experiment of the run (default single; single-tiny at the tiny profile, as a study's)",
+    )
+    add_substitute_and_device_options(p)
+    add_verbosity_options(p)

@@ -28,7 +28,7 @@ import sys
 import textwrap
 from typing import Any
 
-from gigatok import launch
+from gigatok import launch, logs
 from gigatok.calibration import GPU_TYPES
 from gigatok.config import get_profile
 from gigatok.dispatch import check_executor_name
@@ -44,8 +44,11 @@ from studies.options import (
     add_seeds_option,
     add_slurm_options,
     add_substitute_and_device_options,
+    add_verbosity_options,
     load_catalog,
 )
+
+log = logs.logger("studies.run")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--local-tasks", type=int, default=1, help="local executor: DDP processes per run (default 1)")
     add_slurm_options(p)
+    add_verbosity_options(p)
     return p.parse_args(argv)
 
 
@@ -252,16 +256,16 @@ def announce(args: argparse.Namespace, study: launch.StudyLaunch) -> None:
         print(f"  the study in the MLflow UI: mlflow ui --backend-store-uri {ctx.tracking_uri}, then {view}")
     executor = study.executor
     if executor == "slurm" and ctx.tracking_uri.startswith("sqlite:"):
-        print(
+        log.warning(
             "  tracking in a SQLite file: fine for a few jobs on one machine; for job arrays on a cluster start a "
             "server (scripts/mlflow-server up) and pass --tracking-uri"
         )
     if args.profile == "tiny":
-        print(
+        log.info(
             f"  tiny profile: {profile.image_size}px images, {profile.num_tokens} tokens, CPU-sized models on the "
             "built-in dataset; numbers show the pipeline and trends, not the paper's values."
         )
-        print(
+        log.info(
             f"  paper scale: python studies/run.py {args.study} --profile paper --data /path/to/imagenet "
             "--executor slurm --partition PART --gpus-per-node 8 --weights-dir /path/to/weights"
         )
@@ -269,12 +273,12 @@ def announce(args: argparse.Namespace, study: launch.StudyLaunch) -> None:
 
     if (missing := vgg16_missing_reason(ctx.weights_dir)) is not None:
         if args.profile == "tiny":
-            print(
+            log.info(
                 f"  {missing}: tiny runs train without the perceptual term and report LPIPS as unavailable "
                 "(tagged gigatok.perceptual; put the file there for LPIPS)"
             )
         if ctx.allow_substitutes:
-            print(
+            log.warning(
                 "  --allow-substitutes: a random SUBSTITUTE VGG16 stands in wherever LPIPS is asked for, and every "
                 "affected run is tagged gigatok.substitutes"
             )
@@ -295,7 +299,7 @@ def cmd_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) -> 
     ctx = study.ctx
     announce(args, study)
     if study.executor == "local" and not args.no_wait:
-        print(
+        log.info(
             f"  {min(study.local_workers, len(study.groups))} local worker process(es), {study.threads} "
             f"thread(s) each; job logs in {ctx.root / 'jobs'}"
         )
@@ -384,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["cfg_search"]:
         return cfg_search.main(argv[1:])
     args = parse_args(argv)
+    logs.configure(args.verbosity)
     try:
         get_profile(args.profile)
         check_executor_name(args.executor)

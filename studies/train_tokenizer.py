@@ -1,23 +1,30 @@
 """Train one tokenizer: ``python studies/train_tokenizer.py S-S --profile tiny``.
 
-A thin command line over :func:`gigatok.train.tokenizer_loop.train_tokenizer`; whole studies come with
-``studies/run.py``. Re-running the same command resumes from the newest checkpoint in the run directory.
+A thin command line over the run pipeline's tokenizer stage; whole studies come with ``studies/run.py``, whose flags
+for data, folders, tracking and weights it shares (``--data``, ``--runs-dir``, ``--tracking-uri``,
+``--weights-dir``). The run is tracked in MLflow as a study's run is (tags, params, config artifact, curves, timing),
+in the experiment ``single`` (``single-tiny`` at tiny; ``--experiment NAME`` for another). Re-running the same command
+resumes from the newest checkpoint in the run directory, under the same MLflow run.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from gigatok.config import ConfigError, tokenizer_run
-from gigatok.weights import MissingWeightsError, WeightsHashError
+from gigatok import launch, logs
+from gigatok.config import tokenizer_run
+from gigatok.tracking import experiment_name
+from gigatok.train.run_dir import read_summary
+from studies.options import EXIT_BAD_INPUT, add_profile_option, add_single_run_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="studies/train_tokenizer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("name", help="tokenizer size as ENC-DEC, e.g. S-S, S-B, B-L, XL-XXL")
-    p.add_argument("--profile", default="tiny", help="tiny (CPU, built-in data) or paper (Table 9, ImageNet)")
+    add_profile_option(p)
     p.add_argument("--kind", default="1d", choices=["1d", "2d"], help="Q-Former (1d) or ViT (2d) transformer")
     p.add_argument("--semantic-weight", type=float, default=None, help="lambda; 0 = no semantic regularization")
     p.add_argument("--align-layer", type=int, default=3, help="decoder layer aligned to the semantic encoder")
@@ -27,24 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="cap the schedule (smoke runs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--data-root",
-        default=None,
-        help="image folder (train/, val/; ImageNet at paper), in place of "
-        "tiny's built-in dataset; or GIGATOK_DATA_ROOT",
-    )
-    p.add_argument("--weights-dir", default=None, help="pretrained files; or GIGATOK_WEIGHTS_DIR")
-    p.add_argument(
-        "--allow-substitutes",
-        action="store_true",
-        help="let randomly initialised stand-ins replace missing pretrained networks (marked in results)",
-    )
-    p.add_argument("--runs-dir", default="runs", help="run directories are RUNS_DIR/tokenizer-HASH")
+    add_single_run_options(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logs.configure(args.verbosity)
     try:
         cfg = tokenizer_run(
             args.name,
@@ -57,30 +53,33 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             seed=args.seed,
-            data_root=args.data_root,
+            data_root=launch.data_root(args.data),
             max_steps=args.max_steps,
         )
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from gigatok.perceptual import resolve_perceptual
+        from gigatok.perceptual import resolve_perceptual
 
-    cfg = resolve_perceptual(cfg, args.weights_dir)  # the folder is named by the objective actually trained
-    run_dir = Path(args.runs_dir) / f"tokenizer-{cfg.hash()}"
-    print(f"run {cfg.hash()} -> {run_dir}")
-    from gigatok.data.errors import DataError
-    from gigatok.train.tokenizer_loop import train_tokenizer
-
-    try:
-        result = train_tokenizer(cfg, run_dir, weights_dir=args.weights_dir, allow_substitutes=args.allow_substitutes)
-    except (MissingWeightsError, WeightsHashError, DataError) as exc:
+        cfg = resolve_perceptual(cfg, args.weights_dir)  # the folder is named by the objective actually trained
+        ctx = launch.run_context(args.runs_dir, args.tracking_uri, args.weights_dir, args.substitutes, args.device)
+        launch.require_paper_data(args.profile, args.data, "trains on")
+        factors = {"size": args.name, "kind": args.kind, "seed": args.seed}
+        spec = launch.single_spec(args.experiment, factors, cfg, None, ("tokenizer",))
+        run_dir = ctx.tokenizer_dir(cfg)
+        print(f"run {cfg.hash()} -> {run_dir}")
+        result = launch.run_single(spec, ctx, data=args.data, source=f"studies/train_tokenizer.py {args.name}")
+    except launch.SINGLE_RUN_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    state = "finished" if result.finished else "stopped"
-    print(f"{state} at step {result.steps}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.final_metrics.items()))
-    if result.substitutes:
+        return EXIT_BAD_INPUT
+    print(
+        f"MLflow run {result.run_id} (experiment {experiment_name(args.experiment, args.profile)}, {ctx.tracking_uri})"
+    )
+    summary = read_summary(run_dir) or {}
+    state = "finished" if result.ran else "already finished"
+    final = summary.get("final_metrics", {})
+    print(f"{state} at step {summary.get('steps')}: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items()))
+    if summary.get("substitutes"):
         print(
-            "SUBSTITUTE networks were used (results are not comparable to the paper): " + ", ".join(result.substitutes)
+            "SUBSTITUTE networks were used (results are not comparable to the paper): "
+            + ", ".join(summary["substitutes"])
         )
     return 0
 

@@ -330,3 +330,28 @@ def test_cli_exits_2_on_an_empty_store(store: dict, tmp_path: Path, capsys: pyte
     assert err.count("\n") == 1 and err.startswith("error: no runs in") and "no gigatok studies" in err
     assert plot_scaling.main(["--tracking-uri", f"sqlite:///{tmp_path / 'absent.db'}"]) == 2
     assert capsys.readouterr().err.startswith("error: no MLflow store at")
+
+
+def test_measured_cost_is_a_column_on_both_reads(tmp_path: Path) -> None:
+    from gigatok import tracking_schema as schema
+    from gigatok.tracking import connect
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = connect(uri)
+    experiment = study_experiment(client, "scaling_1d_vs_2d", PROFILE, "Fig. 9")
+    tags = {**study_run_tags("scaling_1d_vs_2d", PROFILE, "h1", {"size": "S-S"}), schema.DEVICE_TYPE: "cuda"}
+    timing = {
+        schema.QUEUE_S: 30.0,
+        schema.stage_wall_s("tokenizer"): 7200.0,
+        schema.stage_device_hours("tokenizer"): 16.0,
+        schema.WALL_S: 9000.0,
+        schema.DEVICE_HOURS: 20.0,
+        schema.DEVICES: 8.0,
+    }
+    log_study_run(client, experiment, tags, run_name="S-S", metrics=timing)
+    for direct_sql in (True, False):
+        runs = load_runs(uri, direct_sql=direct_sql)
+        assert set(schema.TIMING_METRICS) <= set(runs.columns)
+        row = runs.iloc[0]
+        assert {name: row[name] for name in timing} == timing
+        assert row["device_type"] == "cuda" and math.isnan(row[schema.stage_wall_s("generation")])

@@ -25,7 +25,7 @@ def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
         (["S-S", "--align-layer", "9"], "error: semantic.layer: alignment layer 9 is deeper than the decoder"),
         (["S-S", "--semantic-weight", "-1"], "error: semantic.weight: lambda must be >= 0"),
         (["S-S", "--semantic-encoder", "vgg"], "error: semantic.encoder: unknown semantic encoder 'vgg'"),
-        (["S-S", "--profile", "paper", "--data-root", "/nonexistent"], "error: image folder root does not exist"),
+        (["S-S", "--profile", "paper", "--data-root", "/nonexistent"], "error: --data /nonexistent: no such directory"),
     ],
 )
 def test_train_cli_rejects_bad_input(tmp_path: Path, args: list[str], message: str) -> None:

@@ -23,7 +23,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_no_command_or_an_unknown_one_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 2 and "usage: gigatok COMMAND" in capsys.readouterr().err
+    assert main([]) == 2 and "usage: gigatok [-v|-q] COMMAND" in capsys.readouterr().err
     assert main(["trian"]) == 2
     assert capsys.readouterr().err.strip().startswith("gigatok: unknown command 'trian'; known: run,")
 

@@ -1,4 +1,5 @@
-"""What a run records about itself in MLflow when its job starts: config artifact, dataset inputs, system metrics."""
+"""What a run records about itself in MLflow when its job starts: config artifact, dataset inputs, system metrics,
+its wait in the queue and a start time at its first stage."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 import studies.catalog  # noqa: F401  (registers the studies)
 from gigatok import tracking_schema as schema
 from gigatok.launch import plan_study
-from gigatok.runs.run_record import describe_run, system_metrics
+from gigatok.runs.run_record import describe_run, record_start, system_metrics
 from gigatok.runs.spec import RunContext, RunSpec
+from gigatok.tracking import restart_clock
 
 
 @pytest.fixture
@@ -52,3 +54,64 @@ def test_system_metrics_are_sampled_while_the_stages_run(tracked: tuple, monkeyp
         time.sleep(1.5)
     metrics = client.get_run(run_id).data.metrics
     assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
+
+
+def _scheduled_run(client: object, experiment_id: str, waited_ms: int) -> object:
+    """A run as a launch leaves it: created, then SCHEDULED, ``waited_ms`` before now."""
+    created = int(time.time() * 1000) - waited_ms
+    run_id = client.create_run(experiment_id, start_time=created).info.run_id  # type: ignore[attr-defined]
+    client.update_run(run_id, status="SCHEDULED")  # type: ignore[attr-defined]
+    return client.get_run(run_id)  # type: ignore[attr-defined]
+
+
+def _started_at_first_stage(client: object, experiment_id: str) -> bool:
+    """A job picks up a run that waited 5 s: its queue_s is about 5, and whether its start time moved to now."""
+    run = _scheduled_run(client, experiment_id, 5000)
+    now = int(time.time() * 1000)
+    record_start(client, run, now)
+    after = client.get_run(run.info.run_id)  # type: ignore[attr-defined]
+    assert 4.9 <= after.data.metrics[schema.QUEUE_S] <= 6.0
+    assert after.info.start_time in (now, run.info.start_time)
+    return bool(after.info.start_time == now)
+
+
+def test_a_run_starts_its_clock_at_its_first_stage_on_sqlite(tracked: tuple) -> None:
+    client, run_id, _, _ = tracked
+    experiment_id = client.get_run(run_id).info.experiment_id
+    assert _started_at_first_stage(client, experiment_id)
+    # a run started before (a host tag) keeps its first start; one not SCHEDULED (a requeued job) logs no wait
+    run = _scheduled_run(client, experiment_id, 5000)
+    client.set_tag(run.info.run_id, schema.HOST, "node1")
+    record_start(client, client.get_run(run.info.run_id), int(time.time() * 1000))
+    assert client.get_run(run.info.run_id).info.start_time == run.info.start_time
+    client.update_run(run.info.run_id, status="RUNNING")
+    record_start(client, client.get_run(run.info.run_id), int(time.time() * 1000))
+    assert len(client.get_metric_history(run.info.run_id, schema.QUEUE_S)) == 1
+
+
+def test_a_rescheduled_run_waits_from_its_new_schedule(tracked: tuple) -> None:
+    client, run_id, _, _ = tracked
+    experiment_id = client.get_run(run_id).info.experiment_id
+    run = _scheduled_run(client, experiment_id, 3_600_000)  # created an hour ago, scheduled again 2 s ago
+    client.set_tag(run.info.run_id, schema.SCHEDULED_AT, str(int(time.time() * 1000) - 2000))
+    record_start(client, client.get_run(run.info.run_id), int(time.time() * 1000))
+    assert 1.9 <= client.get_run(run.info.run_id).data.metrics[schema.QUEUE_S] <= 3.0
+
+
+def test_restart_clock_is_refused_where_the_store_cannot_take_it(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    assert not restart_clock(SimpleNamespace(tracking_uri="http://127.0.0.1:1"), "abc", 0)
+    assert not restart_clock(SimpleNamespace(tracking_uri=f"sqlite:///{tmp_path / 'none.db'}"), "abc", 0)
+    assert not (tmp_path / "none.db").exists()  # nor is a store created
+
+
+@pytest.mark.server
+def test_through_a_server_the_wait_is_logged_and_the_start_kept(tmp_path: Path) -> None:
+    from services import MlflowServer
+
+    from gigatok.tracking import connect, ensure_experiment
+
+    with MlflowServer(tmp_path / "mlflow-server") as server:
+        client = connect(server.uri)
+        assert not _started_at_first_stage(client, ensure_experiment(client, "clock", "start times"))

@@ -76,7 +76,8 @@ def test_tiny_study_end_to_end_with_local_processes(tmp_path: Path) -> None:
     args = ["ar_probe_vs_large", "--only", "size=S-S", "--executor", "local", *SHORT]
     first = study_cli(args, tmp_path, timeout=1500)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "2 runs to go" in first.stdout and "tiny profile" in first.stdout and "--profile paper" in first.stdout
+    # the plan's headline is output (stdout); the profile's hints are log lines (stderr, gone with -q)
+    assert "2 runs to go" in first.stdout and "tiny profile" in first.stderr and "--profile paper" in first.stderr
 
     runs, client = mlflow_runs(tmp_path, "ar_probe_vs_large-tiny")
     assert len(runs) == 2

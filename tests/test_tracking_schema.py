@@ -57,6 +57,8 @@ STORED_TAGS = {
     "ERROR": "gigatok.error",
     "FAILED_STAGE": "gigatok.failed_stage",
     "SUBSTITUTES": "gigatok.substitutes",
+    "SCHEDULED_AT": "gigatok.scheduled_at",
+    "DEVICE_TYPE": "gigatok.device_type",
     "PROVENANCE_PREFIX": "gigatok.provenance.",
     "ARTIFACT_PREFIX": "gigatok.artifact.",
     "SOURCE_PREFIX": "gigatok.source.",

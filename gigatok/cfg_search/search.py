@@ -3,6 +3,7 @@ finished search's summary on disk and on the parent MLflow run."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -36,6 +37,8 @@ from gigatok.cfg_search.trials import (
     search_state,
 )
 from gigatok.runs.layout import read_result, write_result
+
+log = logging.getLogger(__name__)
 
 Log = Callable[[str], None]
 
@@ -206,12 +209,15 @@ class SearchWorker(submitit.helpers.Checkpointable):
     def __call__(self) -> WorkerReport:
         import torch
 
+        from gigatok.logs import configure_job
+
+        configure_job()
         if self.plan.ctx.threads:
             torch.set_num_threads(self.plan.ctx.threads)
         local = os.environ.get("SLURM_LOCALID")
         if local is not None and torch.cuda.is_available():  # one worker per GPU of a multi-GPU task
             torch.cuda.set_device(int(local) % torch.cuda.device_count())
-        return run_worker(self.plan, self.scorer, self.worker_index, self.options, log=lambda s: print(s, flush=True))
+        return run_worker(self.plan, self.scorer, self.worker_index, self.options, log=log.info)
 
 
 # ----------------------------------------------------------------------------------------------------------

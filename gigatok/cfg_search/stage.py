@@ -8,6 +8,7 @@ finished) and reports gFID at the best point: :func:`generation_eval` is the set
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from gigatok import tracking_schema as schema
@@ -17,6 +18,8 @@ from gigatok.config import EvalConfig
 from gigatok.runs.context import Stage, StageContext, StageOutcome
 from gigatok.runs.layout import read_result
 from gigatok.runs.spec import RunContext, RunSpec
+
+log = logging.getLogger(__name__)
 
 
 def cfg_search_result_path(spec: RunSpec, ctx: RunContext) -> Path:
@@ -30,9 +33,7 @@ def cfg_search_stage(sc: StageContext) -> StageOutcome:
     else:
         # One worker in this process; a search started (or finished) by the cfg_search CLI resumes here. The
         # best point goes to the parent run with this stage's metrics, not from inside the search.
-        run_here(
-            plan, workspace=sc.workspace, record_parent=False, log=lambda line: print(f"cfg_search: {line}", flush=True)
-        )
+        run_here(plan, workspace=sc.workspace, record_parent=False, log=lambda line: log.info(f"cfg_search: {line}"))
     best = read_result(plan.result_path)
     metrics = {schema.CFG_BEST_SCALE: best["best_scale"], schema.CFG_BEST_GFID: best["best_gfid"]}
     if best.get("fractions"):

@@ -10,6 +10,8 @@
   fails.
 - :mod:`~gigatok.launch.estimate`: a plan's training FLOPs, GPU-hours and wall time from the measured throughput of
   :mod:`gigatok.calibration` (``--dry-run --estimate``), stages done or shared costing nothing.
+- :mod:`~gigatok.launch.single`: a single run outside a study (``studies/train_tokenizer.py``, ``train_ar.py``),
+  registered and tracked as a study's run, executed in this process.
 - :mod:`~gigatok.launch.search`: :class:`SearchLaunch`: a CFG search's settings from flags, its dry-run preview, its
   MLflow parent, its workers.
 """
@@ -44,18 +46,22 @@ from gigatok.launch.planning import (
     status_rows,
 )
 from gigatok.launch.search import SearchLaunch, parse_range, search_parent, search_plan, search_preview
+from gigatok.launch.single import SINGLE_EXPERIMENT, SINGLE_RUN_ERRORS, SingleResult, data_root, run_single, single_spec
 from gigatok.launch.submission import HEADLINE_METRICS, Outcome, Progress, StudyLaunch, training_step
 
 __all__ = [
     "HEADLINE_METRICS",
     "INPUT_ERRORS",
     "Estimate",
+    "SINGLE_EXPERIMENT",
+    "SINGLE_RUN_ERRORS",
     "SLURM_FLAGS",
     "Interrupted",
     "Outcome",
     "Progress",
     "SearchLaunch",
     "StageCost",
+    "SingleResult",
     "StudyLaunch",
     "UsageError",
     "cancel_on_interrupt",
@@ -63,6 +69,7 @@ __all__ = [
     "check_converted_inputs",
     "check_pretrained_inputs",
     "estimate_plan",
+    "data_root",
     "local_workers",
     "make_planner",
     "parameter_count",
@@ -73,11 +80,13 @@ __all__ = [
     "pretrained_files_needed",
     "require_paper_data",
     "run_context",
+    "run_single",
     "search_parent",
     "search_plan",
     "search_preview",
     "search_target",
     "select",
+    "single_spec",
     "slurm_settings",
     "slurm_state",
     "status_rows",

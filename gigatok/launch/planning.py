@@ -5,6 +5,7 @@ The studies must be registered first (``import studies.catalog``, as ``studies/r
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from gigatok.study import (
     parse_sweep,
 )
 from gigatok.tracking import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
 
 MLFLOW_RUN_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as MLflow's stores name runs
 
@@ -137,7 +140,9 @@ def plan_study(
     planner = make_planner(
         profile, data, overrides, seeds, weights_dir, seeded=study.seeded, study=study.name, sweeps=sweeps
     )
-    return select(study.plan(planner), only)
+    specs = select(study.plan(planner), only)
+    log.debug("planned %d runs of study %s at profile %s (--only %s)", len(specs), name, profile, only)
+    return specs
 
 
 def catalog_rows(profile: str, seeds: str | None) -> list[dict[str, Any]]:

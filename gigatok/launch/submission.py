@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from gigatok.launch.common import local_workers, require_paper_data, slurm_setti
 from gigatok.launch.planning import check_converted_inputs, check_pretrained_inputs, size_metrics
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, tokenizer_dir_of
 from gigatok.study import get_study
+
+log = logging.getLogger(__name__)
 
 HEADLINE_METRICS = ("rfid", "lpips", "gfid", "ar_val_loss", "ar_probe_acc", "decode_fraction")
 TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
@@ -73,6 +76,7 @@ class StudyLaunch:
     # they are followed, are not counted (as before this code left studies/run.py).
     submitted: list[tuple[list[RunSpec], Any]] = field(default_factory=list)
     running: list[tuple[list[RunSpec], Any]] = field(default_factory=list)  # jobs being followed
+    source: str | None = None  # MLflow's Source column (default: studies/run.py STUDY)
     _executor: Any = None
 
     @classmethod
@@ -88,9 +92,12 @@ class StudyLaunch:
         slurm_flags: Any,
         data: str | None,
         local_tasks: int = 1,
+        about: str | None = None,
+        source: str | None = None,
     ) -> StudyLaunch:
         """Check everything that can be wrong before anything is written, then read the study's runs from MLflow
-        (creating its experiment) to split the plan into runs to do and runs FINISHED."""
+        (creating its experiment) to split the plan into runs to do and runs FINISHED. ``about`` describes an
+        experiment that is no study of the catalog (a single run's); ``source`` is what launched the runs."""
         from gigatok.tracking import connect, ensure_experiment, experiment_name, study_runs
 
         executor_name = resolve_executor(executor)
@@ -104,12 +111,11 @@ class StudyLaunch:
         check_converted_inputs(specs, ctx)
         check_pretrained_inputs(specs, ctx)
         client = connect(ctx.tracking_uri)  # fails fast, before anything is written
-        about = get_study(study)
+        if about is None:
+            entry = get_study(study)
+            about = f"{entry.reproduces}: {entry.about}"
         experiment_id = ensure_experiment(
-            client,
-            experiment_name(study, profile),
-            f"{about.reproduces}: {about.about}",
-            schema.experiment_tags(study, profile),
+            client, experiment_name(study, profile), about, schema.experiment_tags(study, profile)
         )
         view_factors = list(dict.fromkeys(name for spec in specs for name, _ in spec.factors))
         view_stages = list(dict.fromkeys(stage for spec in specs for stage in spec.ordered_stages()))
@@ -131,6 +137,7 @@ class StudyLaunch:
             tracked,
             slurm,
             local_tasks,
+            source=source,
         )
 
     @property
@@ -145,15 +152,18 @@ class StudyLaunch:
         commit = git_commit()
         standard = schema.mlflow_tags(
             user=current_user(),
-            source_name=f"studies/run.py {self.study}",
+            source_name=self.source or f"studies/run.py {self.study}",
             source_type="JOB" if self.executor == "slurm" else "LOCAL",
             git_commit=commit,
         )
         for spec in self.todo:
             record = self.tracked.get(spec.hash)
+            scheduled = {schema.SCHEDULED_AT: str(int(time.time() * 1000))}  # its job measures the queue from here
             if record is not None:  # an unfinished run resumes under its own MLflow run
                 self.run_ids[spec.hash] = record.run_id
+                self.client.set_tag(record.run_id, schema.SCHEDULED_AT, scheduled[schema.SCHEDULED_AT])
                 self.client.update_run(record.run_id, status="SCHEDULED")
+                log.debug("run %s (%s) resumes under MLflow run %s", spec.hash, spec.label, record.run_id)
                 continue
             tags = schema.run_tags(
                 study=self.study,
@@ -166,6 +176,7 @@ class StudyLaunch:
                 executor=self.executor,
             )
             tags.update(standard)
+            tags.update(scheduled)
             tags[schema.TOKENIZER_DIR] = str(tokenizer_dir_of(spec, self.ctx))
             if spec.ar is not None:
                 tags[schema.AR_DIR] = str(ar_dir_of(spec, self.ctx))
@@ -174,6 +185,7 @@ class StudyLaunch:
             self.run_ids[spec.hash] = run.info.run_id
             log_params(self.client, run.info.run_id, spec.params(), size_metrics(spec))
             self.client.update_run(run.info.run_id, status="SCHEDULED")
+            log.debug("run %s (%s) registered as MLflow run %s", spec.hash, spec.label, run.info.run_id)
 
     @contextlib.contextmanager
     def submitting(self) -> Iterator[None]:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import traceback
 from typing import TYPE_CHECKING
 
 from gigatok import tracking_schema as schema
 from gigatok.runs.context import StageContext, StageOutcome, workspace_for
-from gigatok.runs.run_record import describe_run, system_metrics
+from gigatok.runs.run_record import describe_run, record_start, system_metrics
 from gigatok.runs.spec import TRAINING_STAGES, RunContext, RunSpec
 from gigatok.runs.stages import run_stage
+from gigatok.runs.timing import devices_in_use, read_times, stage_clock, stage_metrics, timing_path, total_metrics
 from gigatok.train.preemption import Preempted
 
 if TYPE_CHECKING:
@@ -39,8 +41,12 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
     logged: set[str] = set()
     last_step: dict[str, int] = {}
     monitor = contextlib.ExitStack()  # MLflow's system metrics while the stages run (rank 0 logs, as for the rest)
+    clock = timing_path(spec, ctx)  # each stage's measured time, summed over attempts (rank 0 measures)
+    devices = devices_in_use()
     if logger is not None:
         logged, last_step = _open_tracked_run(logger, spec)
+        logger.tags({schema.DEVICE_TYPE: workspace.device.type})
+        logger.metrics({schema.DEVICES: devices})
         monitor.enter_context(system_metrics(logger.run_id, ctx.tracking_uri, rank))
     stored = dict(last_step)  # the last step of each curve that MLflow held when this process started
     streamed: dict[str, set[int]] = {stage: set() for stage in TRAINING_STAGES}
@@ -61,18 +67,24 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
                 continue
             if logger is not None:
                 logger.tags({schema.STAGE: stage})
-            outcome = run_stage(stage, sc)
+            with stage_clock(clock, stage, devices) if logger is not None else contextlib.nullcontext():
+                outcome = run_stage(stage, sc)
             metrics.update(outcome.metrics)
             substitutes.update(outcome.substitutes)
             if logger is not None and stage not in logged:
+                times = read_times(clock)
+                outcome.metrics.update({**stage_metrics(times, stage), **total_metrics(times, spec.ordered_stages())})
                 _log_stage(logger, stage, outcome, stored, streamed, substitutes)
     except Preempted:  # checkpointed at a step boundary; the job is requeued and this run resumes there
         if logger is not None:
             with contextlib.suppress(Exception):  # best effort: the requeue must not wait on the tracking store
+                logger.metrics(total_metrics(read_times(clock), spec.ordered_stages()))
                 logger.set_status("SCHEDULED")
         raise
     except BaseException as exc:
         if logger is not None:
+            with contextlib.suppress(Exception):  # what the attempts have cost so far, failed stage included
+                logger.metrics(total_metrics(read_times(clock), spec.ordered_stages()))
             _record_failure(logger, spec, ctx, stage, exc)
         raise
     finally:
@@ -93,6 +105,7 @@ def _open_tracked_run(logger: RunLogger, spec: RunSpec) -> tuple[set[str], dict[
     for stage in TRAINING_STAGES:
         if stage in spec.stages and stage not in logged:
             last_step[stage] = logger.last_step(f"{stage}/lr")
+    record_start(logger.client, run, int(time.time() * 1000))  # before the host tag: a first start has none
     env_job = _slurm_job_id()
     logger.tags({schema.HOST: os.uname().nodename, **({schema.SLURM_JOB_ID: env_job} if env_job else {})})
     if schema.ERROR in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact

@@ -72,6 +72,21 @@ def describe_run(client: Any, run_id: str, spec: RunSpec, tags: dict[str, str]) 
     client.set_tag(run_id, schema.DESCRIBED, schema.LOGGED)
 
 
+def record_start(client: Any, run: Any, now_ms: int) -> None:
+    """A job picks up ``run`` (MLflow's ``Run`` as read when it starts): if the launch had marked it SCHEDULED, its
+    wait as :data:`~gigatok.tracking_schema.QUEUE_S` and, at its first start ever, its MLflow start time moved to
+    now, so that the UI's Duration counts from its first stage, not from its submission (where the store allows:
+    :func:`gigatok.tracking.restart_clock`). A run resumed after a failure keeps its first start."""
+    from gigatok.tracking import restart_clock
+
+    if run.info.status != "SCHEDULED":  # a requeued job's second start: no new wait to measure
+        return
+    scheduled = int(run.data.tags.get(schema.SCHEDULED_AT) or run.info.start_time)
+    client.log_metric(run.info.run_id, schema.QUEUE_S, max(0.0, (now_ms - scheduled) / 1000), timestamp=now_ms)
+    if schema.HOST not in run.data.tags:  # no job has started it before
+        restart_clock(client, run.info.run_id, now_ms)
+
+
 @contextlib.contextmanager
 def system_metrics(run_id: str, tracking_uri: str, rank: int) -> Iterator[None]:
     """MLflow's system-metrics monitor on this process's run while the block runs (``system/*`` metrics, one node

@@ -22,6 +22,7 @@ bottom, and what differs between them (a discriminator, snapshots, the validatio
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ from gigatok.io import atomic_write_bytes, atomic_write_json, rng_state
 from gigatok.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from gigatok.train.preemption import CheckpointClock, Preempted, agreed, listening, preempt_signal
 from gigatok.train.run_dir import MeanWindow, MetricsLog, prepare_run_dir, require_finite
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Cadence",
@@ -117,7 +120,7 @@ def resume(run: Run, seed: int, load: Callable[[dict[str, Any]], None]) -> None:
     if (found := load_latest_checkpoint(run.dir)) is not None:
         path, state = found
         if run.main:  # in the job log: where a requeued job picked up
-            print(f"resuming {run.dir.name} from {path.name}", flush=True)
+            log.info(f"resuming {run.dir.name} from {path.name}")
         load(state)
         restore_rank_rng(state, run.env, run.device, seed)
         run.step = int(state["step"])

@@ -21,6 +21,7 @@ progress. Checkpoints hold the unwrapped modules, so they resume with any number
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, flip_mask
 from gigatok.train.steps import tokenizer_total_steps
 from gigatok.weights import resolve_weight
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "StepModules",
@@ -302,7 +305,7 @@ def _build(
         if perceptual.substitute:
             perceptual_note = f"{perceptual.network_name} (weight {cfg.loss.perceptual_weight:g})"
     if run.main:  # in the job log, as the run's params and summary say it
-        print(f"tokenizer {run.dir.name}: perceptual: {perceptual_note}", flush=True)
+        log.info(f"tokenizer {run.dir.name}: perceptual: {perceptual_note}")
     substitutes = [perceptual.network_name] if perceptual is not None and perceptual.substitute else []
     substitutes += [cast(str, disc.network_name)] if getattr(disc, "substitute", False) else []
     semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, run.progress, env)
