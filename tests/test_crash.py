@@ -261,7 +261,7 @@ def test_sigkilled_local_worker_resumes_and_finished_runs_stay_finished(tmp_path
     resumed = study_cli(args, tmp_path, timeout=1200)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "1 runs to go, 1 already finished" in resumed.stdout
-    job_logs = "".join(p.read_text() for p in (tmp_path / "runs" / "jobs").glob("*/*_log.out"))
+    job_logs = "".join(p.read_text() for p in (tmp_path / "runs" / "jobs").glob("*/*_log.*"))
     assert re.search(rf"resuming tokenizer-{second['tokenizer_hash']} from step-0000000[48]\.pt", job_logs)
     runs = _mlflow_runs(tmp_path, "entropy_loss-tiny")
     assert {r.info.status for r in runs.values()} == {"FINISHED"} and len(runs) == 2

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gigatok import dispatch
@@ -30,6 +31,17 @@ from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, tokenizer_dir_of
 from gigatok.study import get_study
 
 log = logging.getLogger(__name__)
+
+
+def warn_if_locks_fail(runs_dir: Path) -> None:
+    """Say at start-up when file locks in the runs folder would not keep two launches of a study from training the
+    same model at once (gigatok.file_locks); a single launch is unaffected."""
+    from gigatok.file_locks import lock_warning
+
+    reason = lock_warning(runs_dir)
+    if reason is not None:
+        log.warning(f"{reason}: two launches of a study sharing this runs folder could train the same model twice")
+
 
 HEADLINE_METRICS = ("rfid", "lpips", "gfid", "ar_val_loss", "ar_probe_acc", "decode_fraction")
 TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
@@ -122,6 +134,7 @@ class StudyLaunch:
         for key, value in schema.study_view(view_factors, view_stages).items():
             client.set_experiment_tag(experiment_id, key, value)
         tracked = study_runs(client, experiment_id)  # the one query that decides what is left to do
+        warn_if_locks_fail(Path(ctx.runs_dir))  # after every check: the runs folder is made here
         finished = [s for s in specs if tracked.get(s.hash) and tracked[s.hash].status == "FINISHED"]
         return cls(
             study,
@@ -146,7 +159,23 @@ class StudyLaunch:
         return group_by_tokenizer(self.todo)
 
     def register(self) -> None:
-        """An MLflow run, SCHEDULED, for each run to do: a new one (tags, params), or an unfinished one's own."""
+        """An MLflow run, SCHEDULED, for each run to do: a new one (tags, params), or an unfinished one's own.
+
+        Under a lock in the runs folder, with the study's runs read again inside it: two launches of one study at
+        once give each planned run one MLflow run (the second launch takes the first's, and its jobs find the
+        stages done or wait for them; gigatok.file_locks)."""
+        from gigatok.file_locks import held
+        from gigatok.tracking import study_runs
+
+        lock = self.ctx.root / ".locks" / f"register-{self.experiment_id}.lock"
+        with held(lock, f"the MLflow runs of {self.study}"):
+            self.tracked = study_runs(self.client, self.experiment_id)
+            done = [s for s in self.todo if s.hash in self.tracked and self.tracked[s.hash].status == "FINISHED"]
+            self.todo = [s for s in self.todo if s not in done]
+            self.finished.extend(done)
+            self._register_todo()
+
+    def _register_todo(self) -> None:
         from gigatok.tracking import current_user, git_commit, log_params
 
         commit = git_commit()

@@ -71,7 +71,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
                 outcome = run_stage(stage, sc)
             metrics.update(outcome.metrics)
             substitutes.update(outcome.substitutes)
-            if logger is not None and stage not in logged:
+            if logger is not None and stage not in logged and not _logged_meanwhile(logger, stage, stored):
                 times = read_times(clock)
                 outcome.metrics.update({**stage_metrics(times, stage), **total_metrics(times, spec.ordered_stages())})
                 _log_stage(logger, stage, outcome, stored, streamed, substitutes)
@@ -93,6 +93,18 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
         logger.tags({schema.STAGE: schema.STAGE_DONE})
         logger.set_status("FINISHED")
     return metrics
+
+
+def _logged_meanwhile(logger: RunLogger, stage: str, stored: dict[str, int]) -> bool:
+    """Whether another job logged ``stage`` to this run while this one waited for the stage's lock (two launches of
+    one study run the same MLflow run); if not, ``stored`` is brought up to what MLflow holds of its curve now, so
+    that no point is sent twice."""
+    tags = logger.client.get_run(logger.run_id).data.tags
+    if schema.family(tags, schema.LOGGED_PREFIX).get(stage) == schema.LOGGED:
+        return True
+    if stage in TRAINING_STAGES:
+        stored[stage] = max(stored.get(stage, -1), logger.last_step(f"{stage}/lr"))
+    return False
 
 
 def _open_tracked_run(logger: RunLogger, spec: RunSpec) -> tuple[set[str], dict[str, int]]:

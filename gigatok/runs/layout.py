@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from gigatok.config import ProbeConfig
+from gigatok.file_locks import held
 from gigatok.runs.spec import RunContext, RunSpec, short_hash
 
 
@@ -53,16 +53,12 @@ def probe_key(spec: RunSpec) -> str:
 
 
 @contextlib.contextmanager
-def stage_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock beside a stage's result: a second process waits, then finds the stage done."""
-    lock_path = path.parent / f".{path.stem}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def stage_lock(path: Path, rank: int | None = None) -> Iterator[None]:
+    """An exclusive lock beside a stage's result: a second process waits, then finds the stage done. ``rank``: a
+    training stage's, each rank locking its own file (:mod:`gigatok.file_locks`)."""
+    name = path.stem if rank is None else f"{path.stem}.rank{rank}"
+    with held(path.parent / f".{name}.lock", f"{path.parent.name}/{path.name}"):
+        yield
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ evaluation stage keeps two processes from working on the same result at once.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from gigatok import tracking_schema as schema
@@ -89,10 +90,13 @@ def completed_stages(spec: RunSpec, ctx: RunContext) -> list[str]:
 
 
 def run_stage(stage: str, sc: StageContext) -> StageOutcome:
-    """Compute (or read back) one stage of ``sc.spec``. Evaluation stages hold their result's lock; training stages
-    resume and skip by themselves and take their own care of ranks, so they take none."""
+    """Compute (or read back) one stage of ``sc.spec`` holding its result's lock, so that two jobs needing the same
+    stage (two launches of one study) take turns and the second finds it done. Training stages run on every rank of
+    a DDP job: each rank locks a file of its own (rank r of one job waits for rank r of the other)."""
     entry = REGISTRY[stage]
-    if stage in TRAINING_STAGES:
-        return entry.compute(sc)
-    with stage_lock(entry.result_path(sc.spec, sc.ctx)):
+    result = entry.result_path(sc.spec, sc.ctx)
+    if stage in TRAINING_STAGES:  # the lock beside the run's folder, not in it (a converted run's folder is renamed in)
+        with stage_lock(result.parent, rank=int(os.environ.get("RANK", "0"))):
+            return entry.compute(sc)
+    with stage_lock(result):
         return entry.compute(sc)
