@@ -14,6 +14,8 @@ import pandas as pd
 from analysis.fig_cfg import cfg_curve
 from analysis.fig_curves import fig5_entropy_curves
 from analysis.fig_features import fig8_feature_pca
+from analysis.fig_fits import fit_plot
+from analysis.fig_frontier import FRONTIER_STUDIES, frontier_plot
 from analysis.figures import (
     Plot,
     fig6_ar_probe_vs_large,
@@ -23,6 +25,7 @@ from analysis.figures import (
     scaling_semreg,
     scaling_vanilla,
 )
+from analysis.fit_scaling import FIT_STUDIES, FitStudy
 from analysis.sources import Source
 
 
@@ -49,3 +52,22 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("fig13_checkpoint_probes", "Fig. 13", "tokenizer_checkpoints", _runs_only(fig13_checkpoint_probes)),
     FigureSpec("cfg_curve", "App. B (CFG search)", None, cfg_curve),
 )
+
+
+def _fits(spec: FitStudy) -> Callable[[pd.DataFrame, Source], Plot]:
+    return lambda runs, _source: fit_plot(runs, spec)
+
+
+def _frontier(spec: FitStudy) -> Callable[[pd.DataFrame, Source], Plot]:
+    return lambda runs, _source: frontier_plot(runs, spec)
+
+
+# Beyond the paper: a power law fitted to every study with a size or compute axis (its plot carries the fits, which
+# make the exponent table), and the compute frontier of the studies that vary size and training length.
+FIT_FIGURES: tuple[FigureSpec, ...] = tuple(
+    FigureSpec(f"fits_{s.study}", "scaling-law fit", s.study, _fits(s)) for s in FIT_STUDIES
+)
+FRONTIER_FIGURES: tuple[FigureSpec, ...] = tuple(
+    FigureSpec(f"frontier_{s.study}", "compute frontier", s.study, _frontier(s)) for s in FRONTIER_STUDIES
+)
+FIGURES += FIT_FIGURES + FRONTIER_FIGURES

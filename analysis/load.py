@@ -13,9 +13,11 @@ Columns of :func:`load_runs`:
   (the tag names are :mod:`gigatok.tracking_schema`'s);
 - configuration: ``tokenizer_name``, ``tokenizer_kind``, ``semantic_weight``, ``semantic_encoder``,
   ``align_layer``, ``entropy_weight``, ``tokenizer_epochs``, ``ar_size``, ``ar_epochs``, ``seed`` (the training
-  seed; studies run with ``--seeds N`` also have the factor ``factor_seed``) and ``tokenizer_params``;
+  seed; studies run with ``--seeds N`` also have the factor ``factor_seed``), ``tokenizer_snapshot`` (the epoch of
+  the tokenizer checkpoint a run probes; NaN for the finished tokenizer) and ``tokenizer_params``;
 - every final metric (``rfid``, ``gfid``, ..., ``cfg_best_step_fraction``: the schema's ``FINAL_METRICS``, as
-  floats, NaN where a run did not log it);
+  floats, NaN where a run did not log it), and the size metrics a run logs when it is registered
+  (``params_tokenizer``, ``flops_tokenizer_train``, ``flops_train``, ...: the schema's ``SIZE_METRICS``);
 - measured cost (the schema's ``TIMING_METRICS``): ``queue_s`` (the wait from SCHEDULED to the job's start),
   ``wall_s`` and ``device_hours`` of the whole run, ``devices`` (with ``device_type``, cuda or cpu), and
   ``<stage>_wall_s``, ``<stage>_device_hours`` of each stage, summed over its attempts (NaN where not logged);
@@ -57,6 +59,7 @@ PARAMS: dict[str, tuple[str, type]] = {
     "ar_size": ("ar.size", str),
     "ar_epochs": ("ar.train.epochs", float),
     "seed": ("tokenizer.train.seed", int),  # its AR probe's too (studies/run.py --seeds)
+    "tokenizer_snapshot": ("tokenizer_snapshot", float),  # the checkpoint (epochs) a run probes, if not the last
 }
 
 PARAM_DTYPES = {str: "string", int: "Int64", float: "float64"}

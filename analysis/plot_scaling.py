@@ -8,6 +8,10 @@
 Each figure is written per profile as PNG and PDF (``fig9_1d_vs_2d-tiny.png``: a tiny-profile figure never
 overwrites a paper one), and each table of ``analysis/tables.py`` as markdown and LaTeX
 (``table5_align_layer-tiny.md``).
+Beyond the paper: for each study with a size or compute axis a power-law fit figure (``fits_scaling_semreg-tiny``:
+points, fitted curve, 95% bootstrap band, extrapolation, refused fits' notes; :mod:`analysis.fit_scaling`) and the
+exponent table of every fit (``exponents-tiny.csv`` and ``.md``); for the studies that vary size and training
+length a compute-frontier figure (``frontier_train_duration-tiny``).
 ``index.md`` lists the figures and tables, the runs behind them and what was skipped and why. Where a study ran
 several seeds per point, figures draw the mean with a 95% band and tables show mean ± std (n); the index and the
 output say, for each difference a figure shows, whether it stands above the seed spread.
@@ -26,7 +30,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.catalog import FIGURES, FigureSpec
+from analysis.fig_fits import FitPlot
 from analysis.figures import missing_runs_reason
+from analysis.fit_scaling import StudyFit, write_exponents
 from analysis.load import StoreError, load_runs
 from analysis.sources import SnapshotSource, Source, StoreSource, save_snapshot_bundle
 from analysis.tables import SkippedTable, WrittenTable, index_lines, write_tables
@@ -43,6 +49,7 @@ class Made:
     runs: int
     notes: tuple[str, ...]
     spread: tuple[str, ...] = ()  # which differences stand above the seed spread (several seeds a point)
+    fits: tuple[StudyFit, ...] = ()  # a fit figure's fits, for the exponent table
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,8 @@ def make_figures(
                 skipped.append(Skipped(spec, profile, str(exc)))
                 continue
             paths = plot.save(out, f"{spec.name}-{profile}")
-            made.append(Made(spec, profile, tuple(paths), plot.data["run_id"].nunique(), plot.notes, plot.spread))
+            fits = plot.fits if isinstance(plot, FitPlot) else ()
+            made.append(Made(spec, profile, tuple(paths), plot.data["run_id"].nunique(), plot.notes, plot.spread, fits))
     return made, skipped
 
 
@@ -121,6 +129,7 @@ def write_index(
     skipped: list[Skipped],
     tables: Sequence[WrittenTable] = (),
     skipped_tables: Sequence[SkippedTable] = (),
+    exponents: dict[str, tuple[Path, ...]] | None = None,
 ) -> Path:
     lines = [
         "# Scaling figures",
@@ -151,6 +160,9 @@ def write_index(
         if gaps:
             lines += ["Skipped:", ""] + [f"- {s.spec.name} ({s.spec.reproduces}): {s.reason}" for s in gaps] + [""]
         lines += index_lines(profile, tables, skipped_tables)
+        if exponents and profile in exponents:
+            files = " ".join(f"[{p.suffix[1:]}]({p.name})" for p in exponents[profile])
+            lines += [f"Scaling-law exponents of every fit figure (alpha, E, A with 95% intervals): {files}", ""]
         runs = df[df["profile"] == profile].sort_values(["study", "run_name"])
         lines += [
             "### Runs",
@@ -180,6 +192,12 @@ def write_index(
     return path
 
 
+def write_exponent_tables(made: Sequence[Made], out: Path) -> dict[str, tuple[Path, ...]]:
+    """``exponents-<profile>.csv`` and ``.md`` from the fits of the fit figures made, per profile that has any."""
+    fits = [f for m in made for f in m.fits]
+    return {profile: write_exponents(fits, out, profile) for profile in dict.fromkeys(f.profile for f in fits)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -207,7 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{t.spec.name} ({t.spec.source}, {t.profile}, {t.runs} runs): {', '.join(map(str, t.paths))}")
     for s in skipped_tables:
         print(f"skipped {s.spec.name} ({s.spec.source}, {s.profile}): {s.reason}")
-    print(f"index: {write_index(args.out, df, origin, made, skipped, tables, skipped_tables)}")
+    exponents = write_exponent_tables(made, args.out)
+    for paths in exponents.values():
+        print(f"exponent table: {', '.join(map(str, paths))}")
+    print(f"index: {write_index(args.out, df, origin, made, skipped, tables, skipped_tables, exponents)}")
     return 0
 
 
