@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gigatok import tracking_schema as schema
+from gigatok.file_locks import held
 
 DEFAULT_DB_NAME = "mlflow.db"
 SEARCH_PAGE = 50_000  # the SQL stores' largest page: a study's runs come back in one query
@@ -79,16 +80,24 @@ def connect(uri: str | None, check: bool = True) -> Any:
     from mlflow import MlflowClient
 
     uri = resolve_tracking_uri(uri)
+    opening: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
-    if check:
-        try:
-            with _fail_fast():
-                client.search_experiments(max_results=1)
-        except Exception as exc:  # MLflow raises several types for a dead server or a bad URI
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise TrackingError(f"tracking store {uri} is unreachable: {reason}") from None
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # MLflow creates and migrates a SQLite store on first use: two processes doing it at once (two launches of a
+        # study on a fresh store) collide in the migration. They take turns.
+        opening = held(db.parent / f".{db.name}.open.lock", f"the MLflow store {db}")
+    try:
+        with opening:
+            client = MlflowClient(tracking_uri=uri)
+            if check:
+                with _fail_fast():
+                    client.search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises several types for a dead server or a bad URI
+        if not check:
+            raise
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise TrackingError(f"tracking store {uri} is unreachable: {reason}") from None
     return client
 
 
@@ -368,6 +377,20 @@ def _metric_list(records: Iterable[tuple[int, dict[str, float]]], prefix: str) -
     ]
 
 
+def set_tag(client: Any, run_id: str, key: str, value: str) -> None:
+    """``client.set_tag``, again once when another process set the same tag of the run at the same moment: MLflow's
+    SQL store inserts a new tag and updates an existing one in two steps, so two jobs of one run (two launches of a
+    study) can both try the insert; the second attempt updates."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_tag(run_id, key, value)
+    except MlflowException as exc:
+        if "UNIQUE constraint failed" not in str(exc) and "duplicate key" not in str(exc).lower():
+            raise
+        client.set_tag(run_id, key, value)
+
+
 class RunLogger:
     """Writes to one MLflow run from inside a job: metrics batched and sent asynchronously.
 
@@ -414,7 +437,7 @@ class RunLogger:
 
     def tags(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
-            self.client.set_tag(self.run_id, key, str(value)[:5000])
+            set_tag(self.client, self.run_id, key, str(value)[:5000])
 
     def artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)

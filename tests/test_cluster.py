@@ -290,14 +290,30 @@ def test_resubmission_submits_only_the_failed_run(study: Study, tmp_path: Path) 
     assert before[damaged["hash"]].info.status == "FAILED", "needs the previous test's state"
     shutil.rmtree(study.tokenizer_dir(damaged) / "checkpoints")  # the operator's fix: the run starts over
 
-    again = study.cli(*SLURM, "--wait", timeout=1200)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "1 runs to go, 1 already finished" in again.stdout
-    assert len(_submitted_jobs(again.stdout)) == 1
+    # Submitted twice at once (two users, or a re-submission while the first array still runs): two arrays, one
+    # MLflow run, the tokenizer trained by one job while the other waits for it, and both launches see it done.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        launches = list(pool.map(lambda _: study.cli(*SLURM, "--wait", timeout=1200), range(2)))
+    for again in launches:
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "1 runs to go, 1 already finished" in again.stdout
+        assert len(_submitted_jobs(again.stdout)) == 1
+    jobs = [_submitted_jobs(again.stdout)[0] for again in launches]
+    assert len({j.split("_")[0] for j in jobs}) == 2, jobs  # two arrays
     after = study.runs()
     assert {h: r.info.status for h, r in after.items()} == {h: "FINISHED" for h in before}
     assert after[damaged["hash"]].info.run_id == before[damaged["hash"]].info.run_id  # the same MLflow run, resumed
     assert "gigatok.error" not in after[damaged["hash"]].data.tags
+    metrics_file = study.tokenizer_dir(damaged) / "metrics.jsonl"
+    assert [json.loads(x)["step"] for x in metrics_file.read_text().splitlines()] == LOGGED  # trained once
+    from mlflow import MlflowClient
+
+    history = MlflowClient(study.uri).get_metric_history(after[damaged["hash"]].info.run_id, "tokenizer/total_loss")
+    assert sorted(m.step for m in history) == LOGGED  # logged once
+    logs = "".join(_job_log(study, job) for job in jobs)
+    assert re.search(r"waiting for \S*tokenizer-\w+: another process holds", logs), logs
 
     # Fig. 5 from what the cluster's runs logged.
     figures = tmp_path / "figures"

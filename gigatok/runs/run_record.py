@@ -69,7 +69,9 @@ def describe_run(client: Any, run_id: str, spec: RunSpec, tags: dict[str, str]) 
             for context, name, digest in data_inputs(spec)
         ],
     )
-    client.set_tag(run_id, schema.DESCRIBED, schema.LOGGED)
+    from gigatok.tracking import set_tag
+
+    set_tag(client, run_id, schema.DESCRIBED, schema.LOGGED)
 
 
 def record_start(client: Any, run: Any, now_ms: int) -> None:
