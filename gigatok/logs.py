@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 LOGGER = "gigatok"
 LEVEL_ENV = "GIGATOK_LOG_VERBOSITY"  # -1 quiet, 0 default, 1 verbose: the command's choice, for its jobs
@@ -19,14 +20,19 @@ NOISY = ("mlflow", "alembic", "optuna")  # third-party loggers held at WARNING u
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to the ``sys.stderr`` of the moment (pytest's capture, a redirected job log), not the one at setup."""
+    """Writes to the ``sys.stderr`` of the moment (pytest's capture, a redirected job log), not the one at setup, and
+    never touches an earlier one (which may be closed by now)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
-        super().emit(record)
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler's constructor and setStream assign it: always stderr
+        pass
 
 
 def logger(name: str) -> logging.Logger:

@@ -141,9 +141,14 @@ def test_describe_says_why(empty: Path, with_vgg: Path) -> None:
 
 
 def test_training_without_the_file_has_no_perceptual_term(
-    empty: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    empty: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    import logging
+
     import gigatok.train.tokenizer_loop as loop
+
+    monkeypatch.setattr(logging.getLogger("gigatok"), "propagate", True)  # to caplog, whatever configured it before
+    caplog.set_level(logging.INFO, logger="gigatok")
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a perceptual network was built for a run without the term")
@@ -156,7 +161,7 @@ def test_training_without_the_file_has_no_perceptual_term(
     assert result.finished and result.substitutes == []
     why = f"unavailable (vgg16 not found at {empty / VGG_FILE}): trained without the perceptual term"
     assert result.perceptual == why
-    assert f"perceptual: {why}" in capsys.readouterr().out  # the job log says it too
+    assert f"perceptual: {why}" in caplog.text  # the job log says it too
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["perceptual"] == why and summary["substitutes"] == []
     records = read_metrics(run_dir)
