@@ -23,10 +23,11 @@ from gigatok.dispatch import (
     sbatch_errors,
     spread,
 )
-from gigatok.launch.common import local_workers, require_paper_data, slurm_settings
+from gigatok.launch.common import local_workers, reconciled, require_paper_data, slurm_settings
 from gigatok.launch.planning import check_converted_inputs, check_pretrained_inputs, size_metrics
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, tokenizer_dir_of
 from gigatok.study import get_study
+from gigatok.tracking_spool import Reconciled
 
 HEADLINE_METRICS = ("rfid", "lpips", "gfid", "ar_val_loss", "ar_probe_acc", "decode_fraction")
 TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
@@ -74,6 +75,7 @@ class StudyLaunch:
     submitted: list[tuple[list[RunSpec], Any]] = field(default_factory=list)
     running: list[tuple[list[RunSpec], Any]] = field(default_factory=list)  # jobs being followed
     _executor: Any = None
+    spooled: Reconciled | None = None  # the runs whose spooled tracking the launch sent, and those still pending
 
     @classmethod
     def prepare(
@@ -115,7 +117,8 @@ class StudyLaunch:
         view_stages = list(dict.fromkeys(stage for spec in specs for stage in spec.ordered_stages()))
         for key, value in schema.study_view(view_factors, view_stages).items():
             client.set_experiment_tag(experiment_id, key, value)
-        tracked = study_runs(client, experiment_id)  # the one query that decides what is left to do
+        # the one query that decides what is left to do, after sending what jobs spooled during an outage
+        tracked, spooled = reconciled(client, experiment_id, ctx.root, study_runs(client, experiment_id))
         finished = [s for s in specs if tracked.get(s.hash) and tracked[s.hash].status == "FINISHED"]
         return cls(
             study,
@@ -131,6 +134,7 @@ class StudyLaunch:
             tracked,
             slurm,
             local_tasks,
+            spooled=spooled,
         )
 
     @property
@@ -257,10 +261,12 @@ class StudyLaunch:
             time.sleep(poll_s)
 
     def outcomes(self) -> list[Outcome]:
-        """How each run to do ended (one query)."""
+        """How each run to do ended (one query; first, what its job left spooled is sent)."""
         from gigatok.tracking import study_runs
 
-        tracked = study_runs(self.client, self.experiment_id)
+        tracked, _ = reconciled(
+            self.client, self.experiment_id, self.ctx.root, study_runs(self.client, self.experiment_id)
+        )
         rows = []
         for spec in self.todo:
             record = tracked.get(spec.hash)
