@@ -39,10 +39,11 @@ def retry_seconds() -> float:
         raise ValueError(f"${RETRY_ENV}={value!r}: must be a number of seconds > 0")
     return seconds
 
-# A job's MLflow HTTP settings: one request waits at most 20 s for an answer and is retried twice, 1 s and 2 s apart
-# (plus up to 1 s of MLflow's jitter), so a dead server costs an attempt seconds and a hung one about a minute,
-# against MLflow's default of 7 retries over about 4 minutes at 120 s each. A server that is away is the spool's
-# business, not the request's. Values the user exported win.
+
+# A job's MLflow HTTP settings: one request waits at most 20 s for an answer and is retried twice (at once, then after
+# 2-3 s: urllib3's backoff with MLflow's jitter), so a dead server costs an attempt about 3 s and a hung one about a
+# minute, against MLflow's default of 7 retries over about 4 minutes at 120 s each. A server that is away is the
+# spool's business, not the request's. Values the user exported win.
 JOB_HTTP_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

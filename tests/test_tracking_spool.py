@@ -258,3 +258,16 @@ def test_status_says_finished_on_disk_until_the_spool_is_sent(
     assert code == 0 and row["status"] == "FINISHED" and row["tracking_pending"] is None
     history = study.client.get_metric_history(run_id, "tokenizer/loss")
     assert sorted(m.step for m in history) == [2, 4]
+
+
+def test_a_bad_retry_interval_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gigatok.tracking_delivery import RETRY_ENV, RETRY_SECONDS, retry_seconds
+
+    monkeypatch.delenv(RETRY_ENV, raising=False)
+    assert retry_seconds() == RETRY_SECONDS
+    monkeypatch.setenv(RETRY_ENV, "5")
+    assert retry_seconds() == 5.0
+    for bad in ("0", "soon"):
+        monkeypatch.setenv(RETRY_ENV, bad)
+        with pytest.raises(ValueError, match=rf"^\${RETRY_ENV}='{bad}': must be a number of seconds > 0$"):
+            retry_seconds()
