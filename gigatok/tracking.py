@@ -25,6 +25,8 @@ from typing import Any
 
 from gigatok import tracking_schema as schema
 from gigatok.file_locks import held
+from gigatok.tracking_delivery import Delivery
+from gigatok.tracking_spool import Spool, metric_op
 
 DEFAULT_DB_NAME = "mlflow.db"
 SEARCH_PAGE = 50_000  # the SQL stores' largest page: a study's runs come back in one query
@@ -47,10 +49,11 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 
 def _quiet_mlflow() -> None:
-    # MLflow's alembic migrations of a new SQLite file would otherwise print a page of INFO lines. MLflow's own
-    # HTTP retries (7, over about 4 minutes) are kept for logging: a server busy with a job array's writes, or
-    # restarted, must not fail a run (measured: with no retries and a 10 s time-out, the study's poll of a
-    # one-worker server busy with four concurrent writers timed out). Only connect()'s check fails fast.
+    # MLflow's alembic migrations of a new SQLite file would otherwise print a page of INFO lines. The study
+    # command keeps MLflow's own HTTP retries (7, over about 4 minutes): a server busy with a job array's writes, or
+    # restarted, must not fail it (measured: with no retries and a 10 s time-out, the study's poll of a one-worker
+    # server busy with four concurrent writers timed out). Only connect()'s check fails fast; a job's logging uses
+    # short retries and spools through an outage (gigatok.tracking_delivery).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # figures fetch arrays quietly
     import logging
 
@@ -377,43 +380,39 @@ def _metric_list(records: Iterable[tuple[int, dict[str, float]]], prefix: str) -
     ]
 
 
-def set_tag(client: Any, run_id: str, key: str, value: str) -> None:
-    """``client.set_tag``, again once when another process set the same tag of the run at the same moment: MLflow's
-    SQL store inserts a new tag and updates an existing one in two steps, so two jobs of one run (two launches of a
-    study) can both try the insert; the second attempt updates."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.set_tag(run_id, key, value)
-    except MlflowException as exc:
-        if "UNIQUE constraint failed" not in str(exc) and "duplicate key" not in str(exc).lower():
-            raise
-        client.set_tag(run_id, key, value)
-
-
 class RunLogger:
-    """Writes to one MLflow run from inside a job: metrics batched and sent asynchronously.
+    """Writes to one MLflow run from inside a job: every operation queued, sent in order by a background thread.
 
-    Training loops call :meth:`metrics` at every logging step and never wait for the store: the values are queued on
-    MLflow's async logging queue, in batches of at most one per ``batch_seconds`` (the values of a fast loop wait in
-    a buffer until then; a slow loop's go out at once). Every batch is one store transaction, about 12 ms of CPU on
-    SQLite whatever its size up to ~10 steps: one per step costs a fast loop several percent of a core, one per five
-    seconds nothing measurable (``bench/tracking_overhead.py``). :meth:`flush` sends the buffer and waits for the
-    queue (called at the end of every stage, so a stage counts as logged only once its numbers are stored). A job
-    killed without a flush loses at most its last ``batch_seconds`` of curve points from MLflow; the run
-    directory's ``metrics.jsonl`` has every one.
+    Training loops call :meth:`metrics` at every logging step and never wait for the store: the values are queued in
+    batches of at most one per ``batch_seconds`` (the values of a fast loop wait in a buffer until then; a slow
+    loop's go out at once). Every batch is one store transaction, about 12 ms of CPU on SQLite whatever its size up
+    to ~10 steps: one per step costs a fast loop several percent of a core, one per five seconds nothing measurable
+    (``bench/tracking_overhead.py``). Tags, artifacts and the status go through the same queue, so they reach the
+    store in the order they were made. :meth:`flush` sends the buffer and waits for the queue (called at the end of
+    every stage). A job killed without a flush loses at most its last ``batch_seconds`` of curve points from
+    MLflow; the run directory's ``metrics.jsonl`` has every one.
+
+    With a ``spool`` (:class:`gigatok.tracking_spool.Spool`), a store that stops answering costs the job nothing
+    but the bounded wait of one attempt: what cannot be sent is kept in the spool and replayed, without duplicate
+    points, once the store answers (:mod:`gigatok.tracking_delivery`).
     """
 
     def __init__(
-        self, client: Any, run_id: str, batch_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic
+        self,
+        client: Any,
+        run_id: str,
+        batch_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        spool: Spool | None = None,
+        retry_seconds: float | None = None,
     ) -> None:
         self.client = client
         self.run_id = run_id
         self.batch_seconds = batch_seconds
         self._clock = clock
-        self._pending: list[Any] = []
         self._buffer: list[Any] = []
         self._last_sent = -math.inf
+        self.delivery = Delivery(client, run_id, spool, retry_seconds)
 
     def metrics(self, values: dict[str, float], step: int = 0, prefix: str = "") -> None:
         self._buffer.extend(_metric_list([(step, values)], prefix))
@@ -424,40 +423,42 @@ class RunLogger:
 
     def _send(self) -> None:
         buffer, self._buffer = self._buffer, []
-        for start in range(0, len(buffer), MAX_BATCH_METRICS):
-            batch = buffer[start : start + MAX_BATCH_METRICS]
-            self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        self._queue_metrics(buffer)
         self._last_sent = self._clock()
 
+    def _queue_metrics(self, metrics: list[Any]) -> None:
+        for start in range(0, len(metrics), MAX_BATCH_METRICS):
+            self.delivery.put(metric_op(metrics[start : start + MAX_BATCH_METRICS]))
+
     def metric_records(self, records: Iterable[tuple[int, dict[str, float]]], prefix: str = "") -> None:
-        """Many (step, values) records in as few calls as MLflow allows (1000 metrics per batch)."""
-        batch = _metric_list(records, prefix)
-        for start in range(0, len(batch), MAX_BATCH_METRICS):
-            self.client.log_batch(self.run_id, metrics=batch[start : start + MAX_BATCH_METRICS], synchronous=True)
+        """Many (step, values) records in as few batches as MLflow allows (1000 metrics per batch)."""
+        self._queue_metrics(_metric_list(records, prefix))
 
     def tags(self, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            set_tag(self.client, self.run_id, key, str(value)[:5000])
+        self.delivery.put({"op": "tags", "tags": {key: str(value)[:5000] for key, value in values.items()}})
 
     def artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self.delivery.put({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
     def last_step(self, key: str) -> int:
-        """Highest step already logged for ``key`` (-1 if none): a resumed stage logs only what comes after."""
+        """Highest step already logged for ``key`` (-1 if none): a resumed stage logs only what comes after. A read,
+        made at once (at a job's start, when the store has just answered)."""
         history = self.client.get_metric_history(self.run_id, key)
         return max((m.step for m in history), default=-1)
 
     def flush(self) -> None:
         if self._buffer:
             self._send()
-        pending, self._pending = self._pending, []
-        for operation in pending:
-            if operation is not None:
-                operation.wait()
+        self.delivery.flush()
 
     def set_status(self, status: str) -> None:
+        if self._buffer:
+            self._send()
+        self.delivery.put({"op": "status", "status": status})
         self.flush()
-        if status in ("FINISHED", "FAILED", "KILLED"):
-            self.client.set_terminated(self.run_id, status)
-        else:
-            self.client.update_run(self.run_id, status=status)
+
+    def close(self) -> None:
+        """Send what is queued (or spool it) and stop the sending thread: the last call on a logger."""
+        if self._buffer:
+            self._send()
+        self.delivery.close()

@@ -239,6 +239,8 @@ def cmd_status(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext) 
         print(f"{r['hash']}  {r['label']:34} {r['status']:13}{where}{slurm}")
         if r["error"]:
             print(f"    error: {r['error']}")
+        if r["tracking_pending"]:  # its job spooled tracking during an outage; sent when the store answers
+            print(f"    {r['tracking_pending']}")
     return 0
 
 
@@ -249,6 +251,8 @@ def announce(args: argparse.Namespace, study: launch.StudyLaunch) -> None:
         f"{len(study.finished)} already finished; profile {args.profile}, executor {study.executor}, "
         f"tracking {ctx.tracking_uri}"
     )
+    if study.spooled and study.spooled.sent:
+        print(f"  sent the tracking that {len(study.spooled.sent)} run(s) spooled while the store was away")
     view = study_view_path(study.experiment_id)
     if ctx.tracking_uri.startswith("http"):
         print(f"  the study's columns (sizes, factors, metrics) in the MLflow UI: {ctx.tracking_uri}{view}")

@@ -1,4 +1,5 @@
-"""RunLogger's batching: what a training loop logs reaches MLflow in few transactions, all of it, in order."""
+"""RunLogger's batching: what a training loop logs reaches MLflow in few transactions, all of it, in order, without
+the loop waiting for the store."""
 
 from __future__ import annotations
 
@@ -14,25 +15,14 @@ import pytest
 from gigatok.tracking import MAX_BATCH_METRICS, RunLogger
 
 
-class Operation:
-    def __init__(self) -> None:
-        self.waited = False
-
-    def wait(self) -> None:
-        self.waited = True
-
-
 class FakeClient:
-    """Records every log_batch call: (run id, metric (key, step) pairs, synchronous)."""
+    """Records every log_batch call: (run id, metric (key, step) pairs)."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, list[tuple[str, int]], bool]] = []
-        self.operations: list[Operation] = []
+        self.calls: list[tuple[str, list[tuple[str, int]]]] = []
 
-    def log_batch(self, run_id: str, metrics: list[Any], synchronous: bool) -> Operation:
-        self.calls.append((run_id, [(m.key, m.step) for m in metrics], synchronous))
-        self.operations.append(Operation())
-        return self.operations[-1]
+    def log_batch(self, run_id: str, metrics: list[Any], synchronous: bool) -> None:
+        self.calls.append((run_id, [(m.key, m.step) for m in metrics]))
 
 
 class Clock:
@@ -49,13 +39,38 @@ def test_a_fast_loop_sends_one_batch_per_interval_and_flush_sends_the_rest() -> 
     for step in range(1, 11):  # ten steps, one second apart
         logger.metrics({"loss": 1.0 / step, "lr": 0.1}, step=step, prefix="ar/")
         clock.now += 1.0
+    logger.delivery.flush()  # what the sending thread was given so far, sent
     # Step 1 goes at once (nothing was sent yet); steps 2-6 wait until five seconds have passed since then.
-    assert [sorted({s for _, s in metrics}) for _, metrics, _ in client.calls] == [[1], [2, 3, 4, 5, 6]]
-    assert all(not sync for _, _, sync in client.calls)  # the loop never waits for the store
+    assert [sorted({s for _, s in metrics}) for _, metrics in client.calls] == [[1], [2, 3, 4, 5, 6]]
     logger.flush()
-    sent = [pair for _, metrics, _ in client.calls for pair in metrics]
+    sent = [pair for _, metrics in client.calls for pair in metrics]
     assert sorted(sent) == sorted((f"ar/{k}", s) for s in range(1, 11) for k in ("loss", "lr"))  # all, once each
-    assert len(client.calls) == 3 and all(op.waited for op in client.operations)
+    assert len(client.calls) == 3
+    logger.close()
+
+
+def test_the_loop_never_waits_for_the_store() -> None:
+    """A store that takes its time (here: until released) holds up the sending thread, not the training loop."""
+    import threading
+    import time
+
+    release = threading.Event()
+
+    class SlowClient(FakeClient):
+        def log_batch(self, run_id: str, metrics: list[Any], synchronous: bool) -> None:
+            release.wait(60)
+            super().log_batch(run_id, metrics, synchronous)
+
+    client = SlowClient()
+    logger = RunLogger(client, "run", batch_seconds=0.0)
+    start = time.monotonic()
+    for step in range(50):
+        logger.metrics({"loss": 1.0}, step=step)
+    assert time.monotonic() - start < 2.0 and client.calls == []
+    release.set()
+    logger.flush()
+    assert [s for _, metrics in client.calls for _, s in metrics] == list(range(50))  # all, in order
+    logger.close()
 
 
 def test_a_slow_loop_sends_every_step_at_once() -> None:
@@ -64,7 +79,9 @@ def test_a_slow_loop_sends_every_step_at_once() -> None:
     for step in range(3):
         logger.metrics({"loss": 1.0}, step=step)
         clock.now += 60.0  # a minute between logging steps: nothing may wait for the next one
-    assert [[s for _, s in metrics] for _, metrics, _ in client.calls] == [[0], [1], [2]]
+    logger.delivery.flush()
+    assert [[s for _, s in metrics] for _, metrics in client.calls] == [[0], [1], [2]]
+    logger.close()
 
 
 def test_batches_respect_mlflow_limit_and_nan_is_left_out() -> None:
@@ -75,9 +92,10 @@ def test_batches_respect_mlflow_limit_and_nan_is_left_out() -> None:
     for step in range(1, 5):
         logger.metrics({**wide, "nan": float("nan")}, step=step)
     logger.flush()
-    sizes = [len(metrics) for _, metrics, _ in client.calls]
+    sizes = [len(metrics) for _, metrics in client.calls]
     assert max(sizes) <= MAX_BATCH_METRICS and sum(sizes) == 1 + 4 * 300
-    assert all(key != "nan" for _, metrics, _ in client.calls for key, _ in metrics)
+    assert all(key != "nan" for _, metrics in client.calls for key, _ in metrics)
+    logger.close()
 
 
 def test_sqlite_tables_read_as_mlflow_search_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

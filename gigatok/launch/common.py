@@ -15,6 +15,7 @@ from gigatok.config import ConfigError
 from gigatok.dispatch import DispatchError, SlurmSettings, default_local_workers, parse_extra_flags
 from gigatok.pipeline import RunContext
 from gigatok.tracking import TrackingError
+from gigatok.tracking_spool import Reconciled
 
 
 class UsageError(Exception):
@@ -136,6 +137,19 @@ def tracked_runs(client: Any, study: str, profile: str) -> tuple[str | None, dic
     if experiment is None:
         return None, {}
     return experiment.experiment_id, study_runs(client, experiment.experiment_id)
+
+
+def reconciled(
+    client: Any, experiment_id: str, runs_root: Path, tracked: dict[str, Any]
+) -> tuple[dict[str, Any], Reconciled]:
+    """Send what jobs of the study's runs left spooled while the store was away (a spool a live job is writing is
+    left to it), then the study's runs by run hash as they now stand: a run whose job finished during an outage is
+    FINISHED here, not RUNNING."""
+    from gigatok.tracking import study_runs
+    from gigatok.tracking_spool import reconcile
+
+    result = reconcile(client, runs_root, [record.run_id for record in tracked.values()])
+    return (study_runs(client, experiment_id) if result.sent else tracked), result
 
 
 def peek_tracked(uri: str, study: str, profile: str) -> tuple[dict[str, Any], str | None]:

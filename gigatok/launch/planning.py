@@ -12,7 +12,7 @@ from typing import Any
 
 from gigatok import tracking_schema as schema
 from gigatok.config import ARRunConfig, ConfigError, TokenizerRunConfig
-from gigatok.launch.common import UsageError, tracked_runs
+from gigatok.launch.common import UsageError, reconciled, tracked_runs
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, completed_stages
 from gigatok.study import (
     SEED_FACTOR,
@@ -26,6 +26,7 @@ from gigatok.study import (
     parse_sweep,
 )
 from gigatok.tracking import resolve_tracking_uri
+from gigatok.tracking_spool import spool_path
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,11 @@ def status_rows(specs: list[RunSpec], ctx: RunContext, study: str, profile: str)
     from gigatok.tracking import connect
 
     client = connect(ctx.tracking_uri)
-    _, tracked = tracked_runs(client, study, profile)
+    experiment_id, tracked = tracked_runs(client, study, profile)
+    pending: dict[str, str | None] = {}
+    if experiment_id is not None:
+        tracked, result = reconciled(client, experiment_id, ctx.root, tracked)
+        pending = result.pending
     rows = []
     for spec in specs:
         record = tracked.get(spec.hash)
@@ -355,6 +360,8 @@ def status_rows(specs: list[RunSpec], ctx: RunContext, study: str, profile: str)
                 "hash": spec.hash,
                 "label": spec.label,
                 "status": record.status if record else "NOT SUBMITTED",
+                # operations a job spooled during an outage and not sent yet; "FINISHED" where the job finished
+                "tracking_pending": _pending(pending, record, ctx),
                 "stage": tags.get(schema.STAGE),
                 "error": tags.get(schema.ERROR),
                 "slurm_job_id": tags.get(schema.SLURM_JOB_ID),
@@ -363,6 +370,17 @@ def status_rows(specs: list[RunSpec], ctx: RunContext, study: str, profile: str)
             }
         )
     return rows
+
+
+def _pending(pending: dict[str, str | None], record: Any, ctx: RunContext) -> str | None:
+    """What a status row says of a run's spooled tracking: None when nothing waits."""
+    if record is None or record.run_id not in pending:
+        return None
+    final = pending[record.run_id]
+    where = spool_path(ctx.root, record.run_id)
+    if final == "FINISHED":
+        return f"finished on disk, tracking pending ({where})"
+    return f"tracking pending ({where})"
 
 
 def slurm_state(job_id: str | None) -> str | None:

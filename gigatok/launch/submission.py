@@ -25,10 +25,11 @@ from gigatok.dispatch import (
     sbatch_errors,
     spread,
 )
-from gigatok.launch.common import local_workers, require_paper_data, slurm_settings
+from gigatok.launch.common import local_workers, reconciled, require_paper_data, slurm_settings
 from gigatok.launch.planning import check_converted_inputs, check_pretrained_inputs, size_metrics
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, tokenizer_dir_of
 from gigatok.study import get_study
+from gigatok.tracking_spool import Reconciled
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class StudyLaunch:
     running: list[tuple[list[RunSpec], Any]] = field(default_factory=list)  # jobs being followed
     source: str | None = None  # MLflow's Source column (default: studies/run.py STUDY)
     _executor: Any = None
+    spooled: Reconciled | None = None  # the runs whose spooled tracking the launch sent, and those still pending
 
     @classmethod
     def prepare(
@@ -133,7 +135,8 @@ class StudyLaunch:
         view_stages = list(dict.fromkeys(stage for spec in specs for stage in spec.ordered_stages()))
         for key, value in schema.study_view(view_factors, view_stages).items():
             client.set_experiment_tag(experiment_id, key, value)
-        tracked = study_runs(client, experiment_id)  # the one query that decides what is left to do
+        # the one query that decides what is left to do, after sending what jobs spooled during an outage
+        tracked, spooled = reconciled(client, experiment_id, ctx.root, study_runs(client, experiment_id))
         warn_if_locks_fail(Path(ctx.runs_dir))  # after every check: the runs folder is made here
         finished = [s for s in specs if tracked.get(s.hash) and tracked[s.hash].status == "FINISHED"]
         return cls(
@@ -151,6 +154,7 @@ class StudyLaunch:
             slurm,
             local_tasks,
             source=source,
+            spooled=spooled,
         )
 
     @property
@@ -298,10 +302,12 @@ class StudyLaunch:
             time.sleep(poll_s)
 
     def outcomes(self) -> list[Outcome]:
-        """How each run to do ended (one query)."""
+        """How each run to do ended (one query; first, what its job left spooled is sent)."""
         from gigatok.tracking import study_runs
 
-        tracked = study_runs(self.client, self.experiment_id)
+        tracked, _ = reconciled(
+            self.client, self.experiment_id, self.ctx.root, study_runs(self.client, self.experiment_id)
+        )
         rows = []
         for spec in self.todo:
             record = tracked.get(spec.hash)

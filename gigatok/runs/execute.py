@@ -19,6 +19,7 @@ from gigatok.runs.run_record import describe_run, record_start, system_metrics
 from gigatok.runs.spec import TRAINING_STAGES, RunContext, RunSpec
 from gigatok.runs.stages import run_stage
 from gigatok.runs.timing import devices_in_use, read_times, stage_clock, stage_metrics, timing_path, total_metrics
+from gigatok.tracking_spool import is_outage
 from gigatok.train.preemption import Preempted
 
 if TYPE_CHECKING:
@@ -33,10 +34,36 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
     stopped at a checkpoint for a preemption (:class:`gigatok.train.preemption.Preempted`). Stages already logged to
     this MLflow run are not logged again; a resumed training stage logs only the steps after those already in
     MLflow, so a metric history never has a step twice.
-    """
-    from gigatok.tracking import RunLogger, connect
 
-    logger = RunLogger(connect(ctx.tracking_uri), run_id) if (run_id is not None and rank == 0) else None
+    The store must answer when the run starts (its state decides what to log); after that, a store that stops
+    answering never stops the stages: what cannot be sent waits in the run's spool file under ``RUNS`` and is sent
+    when the store answers again, by this job or the next invocation (:mod:`gigatok.tracking_delivery`).
+    """
+    from gigatok.tracking_delivery import job_http_settings
+
+    with job_http_settings():
+        logger = _job_logger(ctx, run_id) if (run_id is not None and rank == 0) else None
+        try:
+            return _execute(spec, ctx, logger, rank)
+        finally:
+            if logger is not None:
+                logger.close()
+
+
+def _job_logger(ctx: RunContext, run_id: str) -> RunLogger:
+    """The run's logger, after sending what an earlier job of the run left in its spool (the state the run starts
+    from is read next, and must include it)."""
+    from gigatok.tracking import RunLogger, connect
+    from gigatok.tracking_spool import Spool
+
+    client = connect(ctx.tracking_uri)
+    spool = Spool.of(ctx.root, run_id)
+    if spool.pending():
+        spool.replay(client)
+    return RunLogger(client, run_id, spool=spool)
+
+
+def _execute(spec: RunSpec, ctx: RunContext, logger: RunLogger | None, rank: int) -> dict[str, float]:
     workspace = workspace_for(ctx)
     logged: set[str] = set()
     last_step: dict[str, int] = {}
@@ -98,12 +125,17 @@ def execute_run(spec: RunSpec, ctx: RunContext, run_id: str | None, rank: int = 
 def _logged_meanwhile(logger: RunLogger, stage: str, stored: dict[str, int]) -> bool:
     """Whether another job logged ``stage`` to this run while this one waited for the stage's lock (two launches of
     one study run the same MLflow run); if not, ``stored`` is brought up to what MLflow holds of its curve now, so
-    that no point is sent twice."""
-    tags = logger.client.get_run(logger.run_id).data.tags
-    if schema.family(tags, schema.LOGGED_PREFIX).get(stage) == schema.LOGGED:
-        return True
-    if stage in TRAINING_STAGES:
-        stored[stage] = max(stored.get(stage, -1), logger.last_step(f"{stage}/lr"))
+    that no point is sent twice. A store that does not answer leaves both as they were (the spool's replay skips
+    points the run already holds)."""
+    try:
+        tags = logger.client.get_run(logger.run_id).data.tags
+        if schema.family(tags, schema.LOGGED_PREFIX).get(stage) == schema.LOGGED:
+            return True
+        if stage in TRAINING_STAGES:
+            stored[stage] = max(stored.get(stage, -1), logger.last_step(f"{stage}/lr"))
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
     return False
 
 
@@ -123,7 +155,11 @@ def _open_tracked_run(logger: RunLogger, spec: RunSpec) -> tuple[set[str], dict[
     if schema.ERROR in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
         logger.client.delete_tag(logger.run_id, schema.ERROR)
     logger.set_status("RUNNING")
-    describe_run(logger.client, logger.run_id, spec, dict(run.data.tags))
+    try:
+        describe_run(logger.client, logger.run_id, spec, dict(run.data.tags))
+    except Exception as exc:  # the store went away since the reads above: the next start describes the run
+        if not is_outage(exc):
+            raise
     return logged, last_step
 
 

@@ -69,7 +69,7 @@ def describe_run(client: Any, run_id: str, spec: RunSpec, tags: dict[str, str]) 
             for context, name, digest in data_inputs(spec)
         ],
     )
-    from gigatok.tracking import set_tag
+    from gigatok.tracking_spool import set_tag
 
     set_tag(client, run_id, schema.DESCRIBED, schema.LOGGED)
 
