@@ -29,7 +29,10 @@ mds@tcp:/lustre2 /lustre2 lustre rw,flock 0 0
 """
 
 
-def test_second_holder_waits_for_the_first_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_second_holder_waits_for_the_first_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.getLogger("gigatok"), "propagate", True)  # to caplog, whatever configured it before
     lock = tmp_path / ".stage.lock"
     order: list[str] = []
     inside = threading.Event()
