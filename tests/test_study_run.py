@@ -189,5 +189,14 @@ def test_fig9_at_two_seeds_draws_the_spread(tmp_path: Path) -> None:
     assert "Seed spread in fig9_1d_vs_2d (Fig. 9):" in index, index
     assert "- Reconstruction, rfid, 2 seeds a point" in index
     assert "| fig9_1d_vs_2d | Fig. 9 | scaling_1d_vs_2d | 12 |" in index  # every run drawn
+    # The scaling-law fits of the same runs: a figure and the exponent table, in parameters and training FLOPs.
+    fits = out / "fits_scaling_1d_vs_2d-tiny.png"
+    assert fits.stat().st_size > 10_000
+    exponents = (out / "exponents-tiny.md").read_text()
+    for axis in ("params", "flops"):
+        assert f"| scaling_1d_vs_2d | 1D tokenizer (Q-Former) | rfid | {axis} |" in exponents, exponents
     if os.environ.get("GIGATOK_CI_ARTIFACTS"):
-        shutil.copy(figure, Path(os.environ["GIGATOK_CI_ARTIFACTS"]) / "fig9-two-seeds.png")
+        artifacts = Path(os.environ["GIGATOK_CI_ARTIFACTS"])
+        shutil.copy(figure, artifacts / "fig9-two-seeds.png")
+        shutil.copy(fits, artifacts / "fits-two-seeds.png")
+        shutil.copy(out / "exponents-tiny.md", artifacts / "exponents-two-seeds.md")
