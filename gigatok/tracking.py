@@ -25,7 +25,7 @@ from typing import Any
 
 from gigatok import tracking_schema as schema
 from gigatok.file_locks import held
-from gigatok.tracking_delivery import Delivery
+from gigatok.tracking_delivery import Delivery, http_settings
 from gigatok.tracking_spool import Spool, metric_op
 
 DEFAULT_DB_NAME = "mlflow.db"
@@ -63,18 +63,10 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-@contextlib.contextmanager
-def _fail_fast() -> Iterator[None]:
+def _fail_fast() -> contextlib.AbstractContextManager[None]:
     """No retries and a 30 s time-out, for this block only (MLflow reads both per request): a dead server or a
     wrong URI is reported in seconds rather than after minutes of retries. Values the user exported win."""
-    defaults = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-    added = [k for k in defaults if k not in os.environ]
-    os.environ.update({k: defaults[k] for k in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
+    return http_settings({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"})
 
 
 def connect(uri: str | None, check: bool = True) -> Any:

@@ -52,15 +52,21 @@ JOB_HTTP_SETTINGS = {
 
 
 @contextlib.contextmanager
-def job_http_settings() -> Iterator[None]:
-    """:data:`JOB_HTTP_SETTINGS` for this block (MLflow reads them at each request)."""
-    added = [k for k in JOB_HTTP_SETTINGS if k not in os.environ]
-    os.environ.update({k: JOB_HTTP_SETTINGS[k] for k in added})
+def http_settings(defaults: dict[str, str]) -> Iterator[None]:
+    """MLflow's HTTP settings ``defaults`` for this block (MLflow reads them at each request); values the user
+    exported win."""
+    added = [k for k in defaults if k not in os.environ]
+    os.environ.update({k: defaults[k] for k in added})
     try:
         yield
     finally:
         for key in added:
             os.environ.pop(key, None)
+
+
+def job_http_settings() -> contextlib.AbstractContextManager[None]:
+    """:data:`JOB_HTTP_SETTINGS` for this block."""
+    return http_settings(JOB_HTTP_SETTINGS)
 
 
 _STOP = object()

@@ -219,11 +219,19 @@ def test_a_finished_run_in_the_store_costs_nothing(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--gpu", "h100"], "--gpu h100: no throughput measured on h100; calibrated GPU types: h200"),
-        (["--gpu", "a100"], "--gpu a100: no throughput measured on a100; calibrated GPU types: h200"),
-        (["--gpus", "0"], "--gpus 0: expected a positive number of GPUs"),
-        (["--show-config"], "--estimate and --show-config: choose one"),
-        (["--set", "ar.performance.autocast=off"], "no AR throughput measured on h200 at fp32"),
+        ([*PAPER_ESTIMATE, "--gpu", "h100"], "--gpu h100: no throughput measured on h100; calibrated GPU types: h200"),
+        ([*PAPER_ESTIMATE, "--gpu", "a100"], "--gpu a100: no throughput measured on a100; calibrated GPU types: h200"),
+        ([*PAPER_ESTIMATE, "--gpus", "0"], "--gpus 0: expected a positive number of GPUs"),
+        ([*PAPER_ESTIMATE, "--show-config"], "--estimate and --show-config: choose one"),
+        ([*PAPER_ESTIMATE, "--set", "ar.performance.autocast=off"], "no AR throughput measured on h200 at fp32"),
+        # estimate flags without a priced dry run
+        (["scaling_semreg", "--estimate"], "--estimate goes with --dry-run"),
+        (["scaling_semreg", "--dry-run", "--gpu", "h200"], "--gpu goes with --dry-run --estimate"),
+        (["scaling_semreg", "--dry-run", "--gpus", "4"], "--gpus goes with --dry-run --estimate"),
+        (
+            ["scaling_semreg", "--dry-run", "--estimate"],
+            "--profile tiny: the h200 throughputs were measured at the paper profile's",
+        ),
     ],
 )
 def test_what_cannot_be_priced_is_a_one_line_error(
@@ -233,28 +241,8 @@ def test_what_cannot_be_priced_is_a_one_line_error(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, err = run_cli([*PAPER_ESTIMATE, *args], tmp_path, monkeypatch, capsys)
+    code, out, err = run_cli(args, tmp_path, monkeypatch, capsys)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err, err
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--estimate"], "--estimate goes with --dry-run"),
-        (["--dry-run", "--gpu", "h200"], "--gpu goes with --dry-run --estimate"),
-        (["--dry-run", "--gpus", "4"], "--gpus goes with --dry-run --estimate"),
-        (["--dry-run", "--estimate"], "--profile tiny: the h200 throughputs were measured at the paper profile's"),
-    ],
-)
-def test_estimate_flags_without_a_priced_dry_run_are_refused(
-    args: list[str],
-    message: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    code, _, err = run_cli(["scaling_semreg", *args], tmp_path, monkeypatch, capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
 def test_an_unknown_gpu_type_is_an_argparse_error(

@@ -28,19 +28,9 @@ from gigatok.config import (
 )
 
 # The stages in the order a run executes them. A run's hash includes its stage names, so these names are identity;
-# what each stage does is in the registry, gigatok.runs.stages.
-STAGES = (
-    "tokenizer",
-    "token_cache",
-    "ar",
-    "reconstruction",
-    "tokenizer_probe",
-    "feature_pca",
-    "cfg_search",
-    "generation",
-    "ar_probe",
-    "decode_cost",
-)
+# they are written once, in the tracking schema (each names its timing metrics); what each stage does is in the
+# registry, gigatok.runs.stages.
+STAGES = schema.STAGES
 TOKENIZER_STAGES = ("tokenizer", "reconstruction", "tokenizer_probe")  # a tokenizer scored on its own
 PROBE_STAGES = (*TOKENIZER_STAGES, "token_cache", "ar", "generation", "ar_probe")  # the AR-probing default
 # Stages that run on every process of a DDP job, stream training curves, and resume by themselves (no stage lock).
