@@ -63,7 +63,7 @@ def test_a_job_logs_at_its_command_level(capsys: pytest.CaptureFixture[str]) -> 
 
 def _announce(args: argparse.Namespace, tmp_path: Path) -> None:
     ctx = RunContext(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}", weights_dir=str(tmp_path))
-    study = SimpleNamespace(todo=[1, 2], finished=[], executor="local", ctx=ctx, experiment_id="1")
+    study = SimpleNamespace(todo=[1, 2], finished=[], executor="local", ctx=ctx, experiment_id="1", spooled=None)
     run.announce(args, study)  # type: ignore[arg-type]
 
 
