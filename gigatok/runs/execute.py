@@ -98,7 +98,7 @@ def _execute(spec: RunSpec, ctx: RunContext, logger: RunLogger | None, rank: int
                 outcome = run_stage(stage, sc)
             metrics.update(outcome.metrics)
             substitutes.update(outcome.substitutes)
-            if logger is not None and stage not in logged and not _logged_meanwhile(logger, stage, stored):
+            if logger is not None and stage not in logged and not _logged_meanwhile(logger, stage, streamed):
                 times = read_times(clock)
                 outcome.metrics.update({**stage_metrics(times, stage), **total_metrics(times, spec.ordered_stages())})
                 _log_stage(logger, stage, outcome, stored, streamed, substitutes)
@@ -122,17 +122,18 @@ def _execute(spec: RunSpec, ctx: RunContext, logger: RunLogger | None, rank: int
     return metrics
 
 
-def _logged_meanwhile(logger: RunLogger, stage: str, stored: dict[str, int]) -> bool:
+def _logged_meanwhile(logger: RunLogger, stage: str, streamed: dict[str, set[int]]) -> bool:
     """Whether another job logged ``stage`` to this run while this one waited for the stage's lock (two launches of
-    one study run the same MLflow run); if not, ``stored`` is brought up to what MLflow holds of its curve now, so
-    that no point is sent twice. A store that does not answer leaves both as they were (the spool's replay skips
-    points the run already holds)."""
+    one study run the same MLflow run); if not, the steps of its curve MLflow holds now join ``streamed``, so that
+    no point is sent twice and none is skipped (the exact steps, not the highest: a job resumed after a kill may hold
+    a gap below its own new points that the stage's records fill). A store that does not answer leaves both as they
+    were (the spool's replay skips points the run already holds)."""
     try:
         tags = logger.client.get_run(logger.run_id).data.tags
         if schema.family(tags, schema.LOGGED_PREFIX).get(stage) == schema.LOGGED:
             return True
         if stage in TRAINING_STAGES:
-            stored[stage] = max(stored.get(stage, -1), logger.last_step(f"{stage}/lr"))
+            streamed[stage] |= {m.step for m in logger.client.get_metric_history(logger.run_id, f"{stage}/lr")}
     except Exception as exc:
         if not is_outage(exc):
             raise
