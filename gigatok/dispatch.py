@@ -309,7 +309,7 @@ class RunJob(submitit.helpers.Checkpointable):
                         if sync is not None:
                             dist.barrier(group=sync)
             except Preempted as stop:
-                cleanup()
+                cleanup()  # before the hand-over: the other ranks may wait there for the requeue to stop them
                 if deferral is None:  # only a deferral's handler raises it
                     raise
                 deferral.hand_over(stop, env.rank)

@@ -67,11 +67,8 @@ class Deferral:
         self.call_previous(signum, frame)
 
     def call_previous(self, signum: int, frame: FrameType | None) -> None:
-        if callable(self.previous):
+        if callable(self.previous):  # always, where a deferral exists: deferred() sets none over SIG_DFL or SIG_IGN
             self.previous(signum, frame)
-        elif self.previous == signal.SIG_DFL:  # the signal's default action, as if no handler had been set
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
 
     def hand_over(self, stop: Preempted, rank: int) -> None:
         """After a loop stopped: Submitit's handler requeues the job and exits (rank 0). The other ranks wait for
