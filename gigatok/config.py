@@ -526,6 +526,11 @@ class PerformanceConfig:
     channels_last: bool = False  # NHWC activations and convolution weights in the CNNs, LPIPS and the discriminator
     autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere (CPU bf16 is emulated)
     compile: bool = False  # torch.compile the training forward; pays minutes of compilation at the first step
+    # How several processes share the model (gigatok.fsdp): "ddp" replicates it and averages gradients; "fsdp" shards
+    # parameters, gradients and optimizer states over the ranks (FSDP2, one unit per transformer block) and saves
+    # sharded checkpoints; "auto" is fsdp for the models the authors train with FSDP (tokenizers with an XL or XXL
+    # part, AR-XXL) and ddp below. One process trains the same either way; only the checkpoint format follows it.
+    parallelism: Literal["auto", "ddp", "fsdp"] = "auto"
 
     def __post_init__(self) -> None:
         _require(
@@ -533,6 +538,32 @@ class PerformanceConfig:
             "performance.autocast",
             f"'auto', 'bf16' or 'off', got {self.autocast!r}",
         )
+        _require(
+            self.parallelism in ("auto", "ddp", "fsdp"),
+            "performance.parallelism",
+            f"'auto', 'ddp' or 'fsdp', got {self.parallelism!r}",
+        )
+
+
+Parallelism = Literal["ddp", "fsdp"]
+FSDP_TOKENIZER_SIZES = ("XL", "XXL")  # a tokenizer with an encoder or decoder of these sizes shards by default
+FSDP_AR_SIZES = ("XXL",)
+
+
+def tokenizer_parallelism(cfg: TokenizerRunConfig) -> Parallelism:
+    """DDP or FSDP for this tokenizer run: ``performance.parallelism``, with "auto" settled by the tokenizer's
+    size name (fsdp when its encoder or decoder is XL or XXL, as the authors' XL-XXL runs use vq_train_fsdp.py)."""
+    if cfg.performance.parallelism != "auto":
+        return cfg.performance.parallelism
+    parts = cfg.tokenizer.name.split("-")
+    return "fsdp" if any(part in FSDP_TOKENIZER_SIZES for part in parts) else "ddp"
+
+
+def ar_parallelism(cfg: ARRunConfig) -> Parallelism:
+    """DDP or FSDP for this AR run: ``performance.parallelism``, with "auto" fsdp for AR-XXL alone."""
+    if cfg.performance.parallelism != "auto":
+        return cfg.performance.parallelism
+    return "fsdp" if cfg.size in FSDP_AR_SIZES else "ddp"
 
 
 @dataclass(frozen=True)
