@@ -2,7 +2,9 @@
 
 Run directory: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``ar.pt`` and ``summary.json`` (with the
 teacher-forced validation loss), as for tokenizer runs. Several processes (see gigatok.distributed) split each
-global batch and average gradients, as in the tokenizer loop; rank 0 alone writes.
+global batch and average gradients, as in the tokenizer loop; rank 0 alone writes. With ``performance.parallelism``
+fsdp (by default for AR-XXL) the model is sharded, one unit per transformer block (gigatok.fsdp), and checkpoints
+are sharded (gigatok.train.sharded); ``ar.pt`` is the whole model either way.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gigatok.config import ARRunConfig, ARTrainConfig, ar_run_config_from_dict
+from gigatok.config import ARRunConfig, ARTrainConfig, ar_parallelism, ar_run_config_from_dict
 from gigatok.distributed import RankShard, main_first, wrap_ddp
+from gigatok.fsdp import clip_gradients, is_sharded, shard_model
 from gigatok.models.ar import ARModel, build_ar_model
-from gigatok.performance import autocast, maybe_compile, prepare_module
+from gigatok.performance import autocast, autocast_dtype, maybe_compile, prepare_module
 from gigatok.token_cache import TokenCache, build_token_cache
 from gigatok.train.loop import (
     Cadence,
     LogFn,
+    Pair,
     Run,
     Stateful,
     checkpointer,
@@ -180,9 +184,11 @@ def _step_fn(
     cfg: ARRunConfig, run: Run, model: ARModel, opt: torch.optim.Optimizer, train_cache: TokenCache
 ) -> Callable[[list[int], int], dict[str, torch.Tensor]]:
     """The step train_steps runs: one update on a batch of cache rows, at the LR already set. The loss goes through
-    DDP, whose constructor broadcasts rank 0's weights: built after the resume, so every rank starts from them."""
+    DDP, whose constructor broadcasts rank 0's weights: built after the resume, so every rank starts from them. A
+    sharded model is called as it is: its loss calls its forward, where FSDP gathers and reduces."""
     device, perf, grad_clip = run.device, cfg.performance, cfg.train.grad_clip
-    training_loss = maybe_compile(wrap_ddp(_TrainingLoss(model), run.env), perf)
+    loss_fn = model.loss if is_sharded(model) else wrap_ddp(_TrainingLoss(model), run.env)
+    training_loss = maybe_compile(loss_fn, perf)
 
     def one_step(indices: list[int], at: int) -> dict[str, torch.Tensor]:
         tokens, labels = train_cache.batch(torch.tensor(indices))
@@ -191,7 +197,7 @@ def _step_fn(
             loss = training_loss(tokens, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        grad_norm = clip_gradients(model.parameters(), grad_clip)
         opt.step()
         return {"train_loss": loss, "grad_norm": grad_norm}
 
@@ -222,13 +228,19 @@ def train_ar(
 
     steps_per_epoch, total_steps = _schedule_steps(t, train_cache)
     model = prepare_module(build_ar_model(cfg.model).to(run.device), cfg.performance)
+    fsdp = ar_parallelism(cfg) == "fsdp"
+    if fsdp:  # sharded before its optimizer is built over the shards
+        shard_model(model, model.layers, run.env, run.device, autocast_dtype(cfg.performance, run.device))
     opt = build_ar_optimizer(model, t)
     schedule = wsd_schedule(t, total_steps, steps_per_epoch)
     saved: dict[str, Stateful] = {"model": model, "opt": opt}  # what a checkpoint holds of the run, in its order
+    pairs = [Pair("model", model, "opt", opt)]
 
-    resume(run, t.seed, lambda state: load_saved(saved, state))
+    resume(run, t.seed, lambda state: load_saved(saved, state, pairs))
     one_step = _step_fn(cfg, run, model, opt, train_cache)
-    checkpoint = checkpointer(run, cfg.hash(), t.keep_checkpoints, lambda: saved_states(saved))
+    checkpoint = checkpointer(
+        run, cfg.hash(), t.keep_checkpoints, lambda: saved_states(saved), sharded=pairs if fsdp else ()
+    )
 
     cadence = Cadence.of(t, total_steps, stop_at_step)
     shards = RankShard(_batch_sampler(t, train_cache, run.step, cadence.end), t.batch_size, run.env)

@@ -2,11 +2,16 @@
 
 A run resumes from what is in its directory, never from state captured when the job was submitted, so a requeued
 job always picks up the newest checkpoint.
+
+Two formats, by the run's parallelism: ``step-NNNNNNNN.pt``, one file rank 0 writes (DDP and one process), and
+``step-NNNNNNNN.dcp/``, a sharded checkpoint every rank writes its part of (FSDP: gigatok.train.sharded). Both are
+listed, kept and pruned together, by step; a folder appears under its name only once complete.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,10 +28,17 @@ __all__ = [
     "load_checkpoint",
     "load_latest_checkpoint",
     "load_weights",
+    "prune_checkpoints",
     "save_checkpoint",
 ]
 
-_CKPT = re.compile(r"^step-(\d{8,})\.pt$")
+_CKPT = re.compile(r"^step-(\d{8,})\.(pt|dcp)$")
+SHARDED_SUFFIX = ".dcp"
+# In a sharded checkpoint's folder, beside torch.distributed.checkpoint's files: the scaffold's entries (step, RNG,
+# log window, config hash), written by rank 0 after every rank's shards.
+SCAFFOLD_FILE = "scaffold.pt"
+# The key under which a loaded sharded checkpoint's state names its folder (the modules are read from there).
+SHARDED_KEY = "sharded_checkpoint"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -37,9 +49,17 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
     """Save ``state`` as ``checkpoints/step-NNNNNNNN.pt`` and delete all but the newest ``keep``."""
     path = checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
     atomic_write_bytes(path, lambda f: torch.save(state, f))
-    for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+    prune_checkpoints(run_dir, keep)
     return path
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints, of either format."""
+    for old in list_checkpoints(run_dir)[:-keep]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -71,8 +91,15 @@ def _load(path: Path, what: str) -> Any:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with ``weights_only=True``: tensors and plain containers only, no arbitrary unpickling."""
-    return _load(path, "checkpoint")
+    """Load with ``weights_only=True``: tensors and plain containers only, no arbitrary unpickling.
+
+    A sharded checkpoint gives its scaffold entries and, under ``SHARDED_KEY``, its folder: the modules' shards are
+    read from there by every rank together (gigatok.train.sharded.load_sharded), into modules of any world size."""
+    if path.suffix != SHARDED_SUFFIX:
+        return _load(path, "checkpoint")
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path}: sharded checkpoint without its .metadata file")
+    return {**_load(path / SCAFFOLD_FILE, "checkpoint"), SHARDED_KEY: str(path)}
 
 
 def load_weights(path: Path) -> dict[str, Any]:

@@ -9,7 +9,9 @@ that makes the run survive preemption and agree across processes is here, once:
   log window; then the metrics log, cut back to that step;
 - :func:`checkpointer`: the closure that saves a checkpoint, in the one layout both loops write;
 - :func:`saved_states` and :func:`load_saved`: a loop's modules and optimizers, by the key each is saved under, into a
-  checkpoint and back out of one, so each loop names what its checkpoints hold once;
+  checkpoint and back out of one, so each loop names what its checkpoints hold once; an FSDP run's checkpoints are
+  sharded (:mod:`gigatok.train.sharded`), and either format loads into a run of either parallelism but one: a
+  one-file checkpoint into a sharded model;
 - :func:`train_steps`: the step loop with its cadence (a log record every ``log_every`` steps, the finite check
   before any weights are saved, a checkpoint every ``checkpoint_every`` steps, every ``checkpoint_minutes`` and at the
   stop, and a stop with a checkpoint at the end of the step a preemption signal arrives in
@@ -44,16 +46,19 @@ from gigatok.distributed import (
     restore_rank_rng,
     seed_for_rank,
 )
+from gigatok.fsdp import full_state_dict, is_sharded
 from gigatok.io import atomic_write_bytes, atomic_write_json, rng_state
-from gigatok.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from gigatok.train.checkpoint import SHARDED_KEY, CheckpointError, load_latest_checkpoint, save_checkpoint
 from gigatok.train.preemption import CheckpointClock, Preempted, agreed, listening, preempt_signal
 from gigatok.train.run_dir import MeanWindow, MetricsLog, prepare_run_dir, require_finite
+from gigatok.train.sharded import Pair, load_sharded, save_sharded
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Cadence",
     "LogFn",
+    "Pair",
     "Run",
     "Stateful",
     "checkpointer",
@@ -135,12 +140,15 @@ def checkpointer(
     keep: int,
     modules: Callable[[], dict[str, Any]],
     gathered: Callable[[], dict[str, Any]] = dict,
+    sharded: Sequence[Pair] = (),
 ) -> Callable[[int], None]:
     """The function that saves the checkpoint of step ``at`` (every rank calls it; rank 0 writes).
 
     ``modules`` gives the loop's module and optimizer states, read on rank 0 only. ``gathered`` gives state collected
     from every rank (a collective, so every rank calls it), saved after the log window. The modules saved are the
-    unwrapped ones, so a checkpoint resumes with any number of processes.
+    unwrapped ones, so a checkpoint resumes with any number of processes. With ``sharded`` (an FSDP run: its
+    modules and optimizers, by pair) the checkpoint is a sharded one every rank writes its part of, in place of
+    ``modules``'s file.
     """
 
     def checkpoint(at: int) -> None:
@@ -148,6 +156,11 @@ def checkpointer(
             run.window.sums = dict(mean_across_ranks(run.window.sums, run.env))
         rank_states = rank_rng_states(run.env, run.device)
         shared = gathered()
+        if sharded:
+            scaffold = {"step": at, "config_hash": config_hash, "log_window": run.window.state(), **shared}
+            scaffold.update(rng_state(run.device), **rank_states)
+            save_sharded(run.dir, at, sharded, scaffold if run.main else None, keep, run.env)
+            return
         if run.main:  # the keys in the order the loops always wrote them: a checkpoint's bytes are unchanged
             state = {
                 "step": at,
@@ -170,8 +183,20 @@ def saved_states(saved: Mapping[str, Stateful]) -> dict[str, Any]:
     return {key: part.state_dict() for key, part in saved.items()}
 
 
-def load_saved(saved: Mapping[str, Stateful], state: Mapping[str, Any]) -> None:
-    """The inverse of :func:`saved_states`: each module and optimizer of ``saved`` loads its entry of ``state``."""
+def load_saved(saved: Mapping[str, Stateful], state: Mapping[str, Any], pairs: Sequence[Pair] = ()) -> None:
+    """The inverse of :func:`saved_states`: each module and optimizer of ``saved`` loads its entry of ``state``; from
+    a sharded checkpoint, each of ``pairs`` (the same modules and optimizers, paired) loads its shards (every rank
+    together)."""
+    if (path := state.get(SHARDED_KEY)) is not None:
+        if not pairs:
+            raise CheckpointError(f"{path}: a sharded checkpoint, and this loop names no modules to load it into")
+        load_sharded(path, pairs)
+        return
+    if any(is_sharded(pair.module) for pair in pairs):
+        raise CheckpointError(
+            f"checkpoint of step {state['step']}: a one-file (ddp) checkpoint cannot load into a sharded model; "
+            "resume this run with performance.parallelism 'ddp'"
+        )
     for key, part in saved.items():
         part.load_state_dict(state[key])
 
@@ -209,7 +234,7 @@ def train_steps(
     logged: Callable[[], dict[str, float]] = dict,
     record: Mapping[str, Any] | None = None,
     snapshot_steps: Collection[int] = (),
-    snapshot: Callable[[int, dict[str, float]], object] | None = None,  # what it returns is not used
+    snapshot: Callable[[int, dict[str, float]], object] | None = None,  # every rank calls it; what it returns is unused
 ) -> dict[str, float]:
     """Run ``step(batch, step_index)`` on each batch at the LR ``lr_at(step_index)``; returns the last log record's
     metrics (empty when none was logged).
@@ -217,9 +242,9 @@ def train_steps(
     A log record (every ``log_every`` steps and at the last step of the schedule) holds the interval means of the
     step's terms over all ranks, then ``logged()`` (read at the log step alone), then the LR; ``record`` adds fixed
     fields to metrics.jsonl only. A stop before the end (preemption) logs nothing partial: the open window is saved
-    with the checkpoint. Before weights are saved (a checkpoint, or a snapshot on rank 0 at ``snapshot_steps``) the
-    steps since the last record must have been finite: a GPU is never synchronised per step for that check, and no
-    checkpoint ever holds the weights of a diverged step.
+    with the checkpoint. Before weights are saved (a checkpoint, or a snapshot at ``snapshot_steps``, which every
+    rank calls and rank 0 writes) the steps since the last record must have been finite: a GPU is never synchronised
+    per step for that check, and no checkpoint ever holds the weights of a diverged step.
     """
     env, window = run.env, run.window
     last: dict[str, float] = {}
@@ -249,7 +274,8 @@ def train_steps(
             checkpoint_due = at % cadence.checkpoint_every == 0 or at == cadence.end or stop or on_time
             if snapshot_due or checkpoint_due:
                 require_finite(mean_across_ranks(window.means(), env), at, run.dir)
-            if snapshot_due and snapshot is not None and run.main:  # before this checkpoint: a resume never skips it
+            if snapshot_due and snapshot is not None:  # every rank (a sharded model is gathered); before this
+                # checkpoint: a resume never skips it
                 snapshot(at, last)
             if checkpoint_due:
                 checkpoint(at)
@@ -260,9 +286,11 @@ def train_steps(
 
 
 def save_final(run: Run, weights_file: str, model: nn.Module, summary: dict[str, Any]) -> None:
-    """Rank 0 writes the final weights, then summary.json (written last: its presence means finished); no rank
-    returns before the run's files are there."""
+    """Rank 0 writes the final weights (the whole model's state dict, gathered if sharded: the same file for any
+    parallelism), then summary.json (written last: its presence means finished); no rank returns before the run's
+    files are there."""
+    weights = full_state_dict(model, run.main)  # every rank: a collective for a sharded model
     if run.main:
-        atomic_write_bytes(run.dir / weights_file, lambda f: torch.save(model.state_dict(), f))
+        atomic_write_bytes(run.dir / weights_file, lambda f: torch.save(weights, f))
         atomic_write_json(run.dir / "summary.json", summary)
     barrier(run.env)

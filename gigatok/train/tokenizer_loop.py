@@ -16,6 +16,12 @@ Run directory layout::
 Started as several processes (see gigatok.distributed), each rank trains on its shard of every global batch behind
 DistributedDataParallel; rank 0 alone writes the run directory, logs metrics averaged over the ranks, and shows
 progress. Checkpoints hold the unwrapped modules, so they resume with any number of processes.
+
+With ``performance.parallelism`` fsdp (by default for XL-XXL), the generator is sharded instead (gigatok.fsdp) and
+checkpoints are sharded (``step-NNNNNNNN.dcp/``, gigatok.train.sharded). The discriminator stays under DDP: a few
+million parameters (PatchGAN) or a frozen backbone with a small head (DINO), whose sharding would save little memory
+for an all-gather in each of its three passes a step; LPIPS and the semantic teacher are frozen, have no gradients
+or optimizer states to shard, and run replicated. ``tokenizer.pt`` is the whole generator either way.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -32,9 +38,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from gigatok.config import TokenizerRunConfig, run_config_from_dict
+from gigatok.config import TokenizerRunConfig, run_config_from_dict, tokenizer_parallelism
 from gigatok.data import BuiltinImages, ImageFolderDataset, build_dataset
 from gigatok.distributed import DistEnv, RankShard, main_first, wrap_ddp
+from gigatok.fsdp import clip_gradients, full_state_dict, is_sharded, shard_model
 from gigatok.io import atomic_write_bytes, atomic_write_json
 from gigatok.losses import (
     adversarial_active,
@@ -53,13 +60,14 @@ from gigatok.perceptual import (
     perceptual_active,
     resolve_perceptual,
 )
-from gigatok.performance import autocast, maybe_compile, prepare_images, prepare_module
+from gigatok.performance import autocast, autocast_dtype, maybe_compile, prepare_images, prepare_module
 from gigatok.semantic_encoders import build_semantic_encoder
 from gigatok.semantic_targets import SemanticTargets
 from gigatok.train.codebook_usage import CodebookUsageWindow, default_window
 from gigatok.train.loop import (
     Cadence,
     LogFn,
+    Pair,
     Run,
     Stateful,
     checkpointer,
@@ -173,7 +181,7 @@ def training_step(
         )
     m.opt_g.zero_grad(set_to_none=True)
     terms["total_loss"].backward()
-    grad_norm = nn.utils.clip_grad_norm_(m.model.parameters(), cfg.optim.grad_clip)
+    grad_norm = clip_gradients(m.model.parameters(), cfg.optim.grad_clip)  # over the shards when sharded
     m.opt_g.step()
 
     if gan_on:
@@ -245,9 +253,13 @@ class _Built:
         """What a checkpoint holds of the run, by key, in the order its entries are written."""
         return {"model": self.model, "discriminator": self.disc, "opt_g": self.opt_g, "opt_d": self.opt_d}
 
+    def pairs(self) -> list[Pair]:
+        """The same, each module with its optimizer, as a sharded checkpoint holds them."""
+        return [Pair("model", self.model, "opt_g", self.opt_g), Pair("discriminator", self.disc, "opt_d", self.opt_d)]
+
     def load(self, state: dict[str, Any], env: DistEnv) -> None:
         """A checkpoint's entries into the modules and optimizers, and this rank's codebook-usage window."""
-        load_saved(self.saved(), state)
+        load_saved(self.saved(), state, self.pairs())
         if windows := state.get("usage_window"):  # one state per rank; another world size starts from rank 0's
             self.usage.load(windows[env.rank] if len(windows) == env.world_size else windows[0])
 
@@ -311,6 +323,9 @@ def _build(
     semantic, sem_subs = _semantic_targets(cfg, dataset, device, weights_dir, allow_substitutes, run.progress, env)
     substitutes += sem_subs
 
+    if tokenizer_parallelism(cfg) == "fsdp":  # sharded before its optimizer is built over the shards
+        blocks = [*model.encoder.stack.blocks, *model.decoder.stack.blocks]
+        shard_model(model, blocks, env, device, autocast_dtype(perf, device), fp32_units=[model.quantizer])
     opt_g = build_optimizer(cfg, model.parameters())
     opt_d = build_optimizer(cfg, [p for p in disc.parameters() if p.requires_grad])  # not a frozen backbone
     usage = CodebookUsageWindow(
@@ -325,7 +340,8 @@ def _step_modules(built: _Built, cfg: TokenizerRunConfig, env: DistEnv) -> StepM
     """The modules a step runs, its passes behind DDP (which averages the gradients in backward). DDP's constructor
     broadcasts rank 0's weights, so this comes after the resume: every rank starts from the checkpoint's."""
     perf = cfg.performance
-    net, disc_net = maybe_compile(wrap_ddp(built.model, env), perf), maybe_compile(wrap_ddp(built.disc, env), perf)
+    generator = built.model if is_sharded(built.model) else wrap_ddp(built.model, env)
+    net, disc_net = maybe_compile(generator, perf), maybe_compile(wrap_ddp(built.disc, env), perf)
     return StepModules(
         built.model, built.disc, built.perceptual, built.semantic, built.opt_g, built.opt_d, net, disc_net, built.usage
     )
@@ -437,6 +453,7 @@ def train_tokenizer(
         cfg.train.keep_checkpoints,
         lambda: saved_states(built.saved()),
         lambda: {"usage_window": built.usage.rank_states()},
+        built.pairs() if tokenizer_parallelism(cfg) == "fsdp" else (),
     )
 
     snapshots = snapshot_steps(cfg, total_steps)
@@ -460,7 +477,9 @@ def train_tokenizer(
         logged=lambda: {"codebook_usage": built.usage.usage()},
         record={"substitutes": substitutes} if substitutes else None,
         snapshot_steps=snapshots,
-        snapshot=lambda at, metrics: save_snapshot(run.dir, snapshots[at], at, built.model, metrics, substitutes),
+        snapshot=lambda at, metrics: save_snapshot(
+            run.dir, snapshots[at], at, full_state_dict(built.model, run.main), metrics, substitutes, run.main
+        ),
     )
     return _finish(run, cfg, built, last, total_steps)
 
@@ -476,14 +495,23 @@ def snapshot_dir(run_dir: str | Path, epoch: float) -> Path:
 
 
 def save_snapshot(
-    run_dir: Path, epoch: float, step: int, model: nn.Module, last: dict[str, float], substitutes: list[str]
+    run_dir: Path,
+    epoch: float,
+    step: int,
+    weights: Mapping[str, Any],
+    last: dict[str, float],
+    substitutes: list[str],
+    main: bool = True,
 ) -> Path:
-    """The model at ``step`` as a finished run directory of its own; summary.json is written last."""
+    """The model's ``weights`` at ``step`` as a finished run directory of its own, written by the main rank;
+    summary.json is written last."""
     folder = snapshot_dir(run_dir, epoch)
+    if not main:
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     config = (run_dir / "config.json").read_bytes()
     atomic_write_bytes(folder / "config.json", lambda f: f.write(config))
-    atomic_write_bytes(folder / "tokenizer.pt", lambda f: torch.save(model.state_dict(), f))
+    atomic_write_bytes(folder / "tokenizer.pt", lambda f: torch.save(weights, f))
     atomic_write_json(
         folder / "summary.json",
         {
