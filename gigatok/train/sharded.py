@@ -51,6 +51,12 @@ def _states(pairs: Sequence[Pair]) -> dict[str, Any]:
     return states
 
 
+def _no_group() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized())
+
+
 def sharded_path(run_dir: Path, step: int) -> Path:
     return checkpoint_dir(run_dir) / f"step-{step:08d}{SHARDED_SUFFIX}"
 
@@ -88,7 +94,8 @@ def save_sharded(
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     barrier(env)
-    dcp.save(_states(pairs), checkpoint_id=partial)  # collective; returns once .metadata is written after all shards
+    # Collective; returns once .metadata is written after every rank's shards. One process has no group to gather.
+    dcp.save(_states(pairs), checkpoint_id=partial, no_dist=_no_group())
     if is_main(env):
         atomic_write_bytes(partial / SCAFFOLD_FILE, lambda f: torch.save(scaffold, f))
         _fsync_dir(partial)
@@ -105,7 +112,7 @@ def load_sharded(path: str | Path, pairs: Sequence[Pair]) -> None:
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     states = _states(pairs)  # the targets: DCP loads in place, each rank the slices its shards cover
-    dcp.load(states, checkpoint_id=Path(path))
+    dcp.load(states, checkpoint_id=Path(path), no_dist=_no_group())
     for pair in pairs:
         set_state_dict(
             pair.module,
