@@ -33,6 +33,7 @@ from gigatok.calibration import GPU_TYPES
 from gigatok.config import get_profile
 from gigatok.dispatch import check_executor_name
 from gigatok.launch.estimate import DEFAULT_GPU, DEFAULT_GPUS, FREE, LEFT_OUT
+from gigatok.launch.memory import memory_lines
 from gigatok.pipeline import RunContext, RunSpec
 from gigatok.study import SEED_FACTOR, get_study
 from gigatok.tracking_schema import study_view_path
@@ -223,6 +224,7 @@ def cmd_estimate(
         print(json.dumps({"study": args.study, "profile": args.profile, **est.to_dict()}, indent=2))
         return 0
     print_estimate(args.study, args.profile, est)
+    print("\n".join(memory_lines(specs, gpus)))
     if problem:
         print(f"(MLflow not read, so runs FINISHED there are priced too: {problem})")
     return 0
