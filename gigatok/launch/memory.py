@@ -1,5 +1,5 @@
 """Peak GPU memory per GPU of a training stage, DDP against FSDP, estimated (no GPU is asked): model states from the
-meta-device model, plus an activation model.
+model's parameter count, activations counted from the autograd graph of one training forward on fake tensors.
 
 Model states, per parameter, under the mixed-precision policy the loops use on CUDA (gigatok.fsdp):
 
@@ -9,18 +9,21 @@ Model states, per parameter, under the mixed-precision policy the loops use on C
   gathered at once: the root (never resharded between forward and backward) and two blocks (the one computing and
   the one prefetched), each as bf16 weights (2 B) and unsharded fp32 gradients before their reduce-scatter (4 B).
 
-Activations per sample, bf16 (2 B an element), from an analytic count per transformer block: 34 s w bytes for a
-block over s tokens of width w (the attention and MLP inputs, outputs and masks of Korthikanti et al. 2022, "Reducing
-activation recomputation", without the s^2 softmax term that fused attention does not keep), plus 6 s_kv w for a
-cross-attention over s_kv context tokens (its input and the keys and values); the AR head adds its logits (bf16, their
-fp32 copy, and the fp32 gradient: 10 B per token and vocabulary entry). The tokenizer's CNNs, LPIPS and the
-discriminator are convolutional and are not in this count (the tokenizer row says so): for the tokenizer the
-estimate is a lower bound. Frozen networks (LPIPS-VGG16, the DINOv2
-teacher) are replicated in either mode and counted as bf16 weights at their parameter count.
+Activations: the model is built in ``FakeTensorMode`` (shapes and dtypes, no memory, no arithmetic) and the training
+forward runs under bf16 autocast (CPU's, whose casts are those of CUDA's for convolutions and matmuls); every tensor
+autograd saves for backward is counted once by its storage (``saved_tensors_hooks``), parameters left out. The count
+at batch 2 minus the count at batch 1 is what one sample adds: the rest (autocast's bf16 weight copies) is already a
+model state above. The tokenizer's forward is the generator's: CNN encoder, transformers, quantizer, decoders, and the
+loss networks its gradient flows through (LPIPS-VGG16 on the reconstruction, the discriminator once the GAN is on);
+the AR's is teacher forcing plus its cross-entropy on fp32 logits. Fused attention keeps no score matrix on either
+device. Not counted: the allocator's fragmentation, NCCL buffers and the discriminator's own update (a later, smaller
+pass). Frozen networks (LPIPS-VGG16, the DINOv2 teacher) are replicated in either mode, as bf16 weights.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +31,7 @@ from unittest import mock
 
 GIB = 2**30
 DDP_BYTES, FSDP_SHARDED_BYTES, GATHERED_BYTES = 22, 16, 6
-ACT_PER_TOKEN_WIDTH, CROSS_PER_TOKEN_WIDTH, LOGIT_BYTES = 34, 6, 10
+IMAGE_SIZE = 256  # the paper's tokenizer resolution
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,45 @@ class MemoryEstimate:
 
 
 @contextmanager
-def _meta_init() -> Any:
-    """Build on the meta device: truncated-normal init's rejection loop asks a meta tensor for a value, so it is
-    skipped (what is counted is the shapes, never the values)."""
+def _fake_build() -> Iterator[None]:
+    """Build and run models on fake tensors under bf16 autocast. Truncated-normal init's rejection loop and the
+    quantizer's code histogram (``bincount``, whose output shape depends on values) ask for values, so they are
+    stood in for: only shapes are counted here, never values."""
+    import torch
+    from torch import nn
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with (
+        FakeTensorMode(allow_non_fake_inputs=True),
+        mock.patch.object(nn.init, "trunc_normal_", lambda t, *a, **k: t),
+        mock.patch.object(torch, "bincount", lambda x, minlength=0: torch.zeros(minlength)),
+        torch.autocast("cpu", torch.bfloat16),
+    ):
+        yield
+
+
+def saved_bytes(forward: Callable[[], Any]) -> int:
+    """Bytes autograd keeps for backward while ``forward`` runs: each saved storage once, parameters (and views of
+    them) left out."""
     import torch
     from torch import nn
 
-    with torch.device("meta"), mock.patch.object(nn.init, "trunc_normal_", lambda t, *a, **k: t):
-        yield
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, nn.Parameter) and not isinstance(t._base, nn.Parameter):  # a weight's transpose
+            storage = t.untyped_storage()
+            seen[id(storage)] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(seen.values())
+
+
+def per_sample_bytes(forward: Callable[[int], Any]) -> float:
+    """What one more sample adds to the saved activations of ``forward(batch)``: batch 2 minus batch 1."""
+    return float(saved_bytes(lambda: forward(2)) - saved_bytes(lambda: forward(1)))
 
 
 def _states(params: int, root: int, block: int, gpus: int) -> tuple[float, float]:
@@ -70,48 +104,71 @@ def _states(params: int, root: int, block: int, gpus: int) -> tuple[float, float
     return ddp, fsdp
 
 
-def _block_acts(width: int, depth: int, tokens: int, context: int = 0) -> float:
-    return depth * (ACT_PER_TOKEN_WIDTH * tokens * width + CROSS_PER_TOKEN_WIDTH * context * width)
+def _loss_networks(cfg: Any) -> list[Any]:
+    """The frozen networks the generator's gradient flows through: LPIPS's VGG16 trunk and the PatchGAN. Built with
+    real weights (small), run on fake inputs. The DINO discriminator's random crop and augmentation ask for values,
+    which fake tensors do not have: its row says it is left out."""
+    from lpips.pretrained_networks import vgg16
+
+    from gigatok.models.discriminator import PatchDiscriminator
+
+    nets: list[Any] = []
+    if cfg.loss.perceptual_weight > 0:
+        with warnings.catch_warnings():  # lpips asks torchvision for vgg16(pretrained=False): no weights, a warning
+            warnings.simplefilter("ignore", UserWarning)
+            nets.append(vgg16(requires_grad=False, pretrained=False))
+    if cfg.loss.gan_weight > 0 and cfg.loss.discriminator == "patchgan":
+        nets.append(PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).requires_grad_(False))
+    return nets
 
 
 def tokenizer_memory(cfg: Any, gpus: int) -> MemoryEstimate:
     """The tokenizer run ``cfg`` (a TokenizerRunConfig) at its global batch over ``gpus`` GPUs."""
+    import torch
+
     from gigatok.models.tokenizer import build_tokenizer
 
     t = cfg.tokenizer
-    with _meta_init():
+    nets = _loss_networks(cfg)
+    with _fake_build():
         model = build_tokenizer(t)
+
+        def forward(batch: int) -> None:
+            reconstruction = model(torch.randn(batch, 3, t.image_size, t.image_size)).reconstruction
+            for net in nets:
+                net(reconstruction)
+
+        per_sample = per_sample_bytes(forward)
     params = sum(p.numel() for p in model.parameters())
     blocks = [*model.encoder.stack.blocks, *model.decoder.stack.blocks]
     block = max(sum(p.numel() for p in b.parameters()) for b in blocks)
     root = params - sum(sum(p.numel() for p in b.parameters()) for b in blocks)
-    grid = t.grid_size**2
-    one_d = t.kind == "1d"
-    per_sample = 2 * (
-        _block_acts(t.encoder.width, t.encoder.depth, t.num_tokens if one_d else grid, grid if one_d else 0)
-        + _block_acts(t.decoder.width, t.decoder.depth, grid, t.num_tokens if one_d else 0)
-    )
     batch = cfg.train.batch_size / gpus
     frozen = 2 * (14_700_000 * (cfg.loss.perceptual_weight > 0) + 86_600_000 * t.semantic.enabled)
     ddp, fsdp = _states(params, root, block, gpus)
     acts = per_sample * batch
-    left = "(transformer activations only: CNNs, LPIPS, discriminator not counted)"
-    return MemoryEstimate(
-        f"tokenizer {t.name}", params, batch, acts, frozen, ddp + acts + frozen, fsdp + acts + frozen, left
-    )
+    left = "(the DINO discriminator's activations not counted)" if cfg.loss.discriminator == "dino" else ""
+    total = acts + frozen
+    return MemoryEstimate(f"tokenizer {t.name}", params, batch, acts, frozen, ddp + total, fsdp + total, left)
 
 
 def ar_memory(cfg: Any, gpus: int) -> MemoryEstimate:
     """The AR run ``cfg`` (an ARRunConfig) at its global batch over ``gpus`` GPUs."""
+    import torch
+
     from gigatok.models.ar import build_ar_model
 
     m = cfg.model
-    with _meta_init():
-        model = build_ar_model(m, device="meta")
+    with _fake_build():
+        model = build_ar_model(m)
+
+        def forward(batch: int) -> None:
+            tokens = torch.zeros(batch, m.num_tokens, dtype=torch.long)
+            model.loss(tokens, torch.zeros(batch, dtype=torch.long))
+
+        per_sample = per_sample_bytes(forward)
     params = sum(p.numel() for p in model.parameters())
     block = sum(p.numel() for p in model.layers[0].parameters())
-    tokens = m.num_tokens
-    per_sample = 2 * _block_acts(m.width, m.depth, tokens) + LOGIT_BYTES * tokens * m.vocab_size
     batch = cfg.train.batch_size / gpus
     ddp, fsdp = _states(params, params - block * m.depth, block, gpus)
     acts = per_sample * batch
@@ -135,5 +192,8 @@ def plan_memory(specs: list[Any], gpus: int) -> list[MemoryEstimate]:
 def memory_lines(specs: list[Any], gpus: int) -> list[str]:
     """The estimate's memory section, as printed by ``studies/run.py --dry-run --estimate``."""
     rows = plan_memory(specs, gpus)
-    head = "peak memory per GPU, ESTIMATED (meta-device parameters + analytic activations; gigatok/launch/memory.py):"
+    head = (
+        "peak memory per GPU, ESTIMATED (parameter count + activations autograd saves on fake tensors under bf16;"
+        " gigatok/launch/memory.py):"
+    )
     return [head, *(r.row(gpus) for r in rows)]
