@@ -676,7 +676,7 @@ class ARConfig:
         return self.ffn_multiple_of * -(-hidden // self.ffn_multiple_of)
 
 
-# Which views of each training image the token cache holds (gigatok.token_cache.VIEW_SETS): "flip" the image and its
+# Which views of each training image the token cache holds (gigatok.token_views.VIEW_SETS): "flip" the image and its
 # mirror; "ten_crop" LlamaGen's recipe, torchvision's TenCrop of a centre crop 1.1x the image size (the four corners
 # and the centre, and the same five of the mirrored crop); "centre_pair" two of those ten, the centre and its
 # mirrored counterpart (the same tokenizing cost as "flip").

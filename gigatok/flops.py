@@ -452,8 +452,8 @@ def tokenizer_training_flops(cfg: TokenizerRunConfig, dataset_size: int | None =
 
 def ar_training_flops(cfg: ARRunConfig, dataset_size: int | None = None) -> float:
     """Every step of the AR schedule (:mod:`gigatok.train.steps`) over the token cache of the training split, one
-    row per view of each image (gigatok.token_cache)."""
-    from gigatok.token_cache import view_set
+    row per view of each image (gigatok.token_views)."""
+    from gigatok.token_views import view_set
 
     images = train_split_size(cfg.tokenizer.data) if dataset_size is None else dataset_size
     rows = images * len(view_set(cfg.train.views).crops)

@@ -1,10 +1,10 @@
 """Token cache: a dataset tokenized once by a trained tokenizer, reused by every AR run on that tokenizer.
 
 The training split is stored as several views of every image (the AR models' only augmentation), chosen by
-``ARTrainConfig.views`` (:data:`VIEW_SETS`); the validation split as the image alone. Tokens are stored as int16
-when the codebook fits (16384 codes: 512 bytes an image at 256 tokens), with the labels, the image each row is a
-view of and which view, in ``<tokenizer run>/token_cache/<split>.pt`` (``train-<views>.pt`` for views other than
-"flip"), written atomically.
+``ARTrainConfig.views`` (:data:`gigatok.token_views.VIEW_SETS`); the validation split as the image alone. Tokens are
+stored as int16 when the codebook fits (16384 codes: 512 bytes an image at 256 tokens), with the labels, the image
+each row is a view of and which view, in ``<tokenizer run>/token_cache/<split>.pt`` (``train-<views>.pt`` for
+views other than "flip"), written atomically.
 """
 
 from __future__ import annotations
@@ -20,48 +20,10 @@ from tqdm.auto import tqdm
 from gigatok.data import build_dataset
 from gigatok.io import atomic_write_bytes
 from gigatok.models.tokenizer import GigaTokenizer
+from gigatok.token_views import DEFAULT_VIEWS, MIRRORED, PLAIN, ViewSet, view_set
 from gigatok.train.trained import load_trained_tokenizer, read_run_config
 
 CACHE_VERSION = 1
-DEFAULT_VIEWS = "flip"
-MIRRORED = 5  # torchvision's ten_crop: outputs 0-4 are the crops of the image, 5-9 the same crops of its mirror
-CENTRE = 4  # five_crop's order: top-left, top-right, bottom-left, bottom-right, centre
-
-
-@dataclass(frozen=True)
-class ViewSet:
-    """Views of one image: a centre crop ``crop_range`` x the image size, then some of torchvision's ten_crop of it.
-
-    ``crops`` index ten_crop's outputs; ``plain`` is the position in ``crops`` of the unmirrored centre view, the one
-    view per image that a linear probe reads.
-    """
-
-    name: str
-    crop_range: float
-    crops: tuple[int, ...]
-    plain: int
-
-    def crop_size(self, image_size: int) -> int:
-        # int() as extract_codes_c2i.py: int(256 * 1.1) = 281
-        return int(image_size * self.crop_range)
-
-
-VIEW_SETS: dict[str, ViewSet] = {
-    # The image and its mirror (at crop range 1.0 every one of the five crops is the whole image).
-    "flip": ViewSet("flip", 1.0, (CENTRE, MIRRORED + CENTRE), 0),
-    # LlamaGen's and GigaTok's extract_codes_c2i.py --ten-crop --crop-range 1.1: centre_crop_arr to 1.1x the image
-    # size, then transforms.TenCrop(image_size).
-    "ten_crop": ViewSet("ten_crop", 1.1, tuple(range(10)), CENTRE),
-    # Two of ten_crop's views, the centre and the centre of the mirror: the tokenizing cost of "flip".
-    "centre_pair": ViewSet("centre_pair", 1.1, (CENTRE, MIRRORED + CENTRE), 0),
-}
-PLAIN = ViewSet("plain", 1.0, (CENTRE,), 0)  # the validation split: the image alone
-
-
-def view_set(name: str) -> ViewSet:
-    if name not in VIEW_SETS:
-        raise ValueError(f"token cache views {name!r}: unknown; known: {sorted(VIEW_SETS)}")
-    return VIEW_SETS[name]
 
 
 @dataclass
@@ -159,7 +121,8 @@ def build_token_cache(
 ) -> TokenCache:
     """Load ``split``'s token cache of a finished tokenizer run, building it first if it is not there yet.
 
-    ``views`` names the training split's view set (:data:`VIEW_SETS`); the validation split is the image alone.
+    ``views`` names the training split's view set (:data:`gigatok.token_views.VIEW_SETS`); the validation split is
+    the image alone.
     """
     run_dir = Path(tokenizer_run_dir)
     chosen = view_set(views) if split == "train" else PLAIN

@@ -32,6 +32,7 @@ DEFAULT_DB_NAME = "mlflow.db"
 SEARCH_PAGE = 50_000  # the SQL stores' largest page: a study's runs come back in one query
 PARAM_CHUNK = 100  # MLflow's limit of params per log_batch call
 MAX_BATCH_METRICS = 1000  # MLflow's limit of metrics per log_batch call
+PARAM_VALUE_LIMIT = 6000  # MLflow's longest param value: a longer one is cut
 
 
 class TrackingError(RuntimeError):
@@ -322,7 +323,7 @@ def log_params(client: Any, run_id: str, params: dict[str, str], metrics: dict[s
     submission of a 1,000-run study)."""
     from mlflow.entities import Metric, Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in sorted(params.items())]
     now = int(time.time() * 1000)
     values = [Metric(k, v, now, 0) for k, v in sorted((metrics or {}).items())]
     for start in range(0, max(len(items), 1), PARAM_CHUNK):

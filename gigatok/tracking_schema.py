@@ -52,6 +52,7 @@ MLFLOW_SOURCE_NAME = "mlflow.source.name"
 MLFLOW_SOURCE_TYPE = "mlflow.source.type"
 MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
 MLFLOW_PARENT_RUN = "mlflow.parentRunId"
+MLFLOW_RUN_NAME = "mlflow.runName"  # MLflow adds it to every run it creates (the run's name)
 
 # MLflow's shared views: an experiment tag ``mlflow.sharedViewState.<key>`` holds the runs table's state, opened as
 # ``#/experiments/<id>/runs?viewStateShareKey=<key>``. Each study's experiment gets one that shows what a scaling

@@ -13,7 +13,8 @@ import torch
 import studies.catalog  # noqa: F401  (registers the studies)
 from gigatok.config import ARTrainConfig, ConfigError, ar_run, get_profile, hashed_fields, tokenizer_run
 from gigatok.study import STUDIES, Planner, get_study
-from gigatok.token_cache import VIEW_SETS, TokenCache, _tokenize, cache_path, crop_views, view_set
+from gigatok.token_cache import TokenCache, _tokenize, cache_path, crop_views
+from gigatok.token_views import VIEW_SETS, view_set
 from gigatok.train.ar_loop import OneViewPerImage, wsd_schedule
 from gigatok.train.sampling import ResumableBatchSampler
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ from gigatok.models.tokenizer import build_tokenizer, multilevel_pool
 from gigatok.models.transformer import DetrBlock, QFormerBlock, ViTBlock
 
 M = 1e6
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("kind", ["1d", "2d"])
@@ -47,6 +51,29 @@ def test_vanilla_tokenizer_has_no_projector() -> None:
     assert model.semantic_projector is None
     size = model.cfg.image_size
     assert model(torch.zeros(1, 3, size, size)).semantic_projection is None
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_a_meta_build_has_the_shapes_of_a_real_one(kind: str) -> None:
+    from gigatok.config import ar_run
+    from gigatok.models.ar import build_ar_model
+
+    cfg = tokenizer_run("S-B", profile="tiny", kind=kind)
+    for build, config in ((build_tokenizer, cfg.tokenizer), (build_ar_model, ar_run(cfg, "B").model)):
+        meta, real = build(config, "meta").state_dict(), build(config).state_dict()  # type: ignore[operator]
+        assert {k: v.shape for k, v in meta.items()} == {k: v.shape for k, v in real.items()}
+        assert all(v.is_meta for v in meta.values()) and not any(v.is_meta for v in real.values())
+
+
+def test_a_meta_build_initialises_nothing() -> None:
+    """Filling a meta tensor at random imports torch._dynamo (seconds): a dry run's parameter counts skip the fills."""
+    code = (
+        "import sys; from gigatok.config import tokenizer_run; from gigatok.models.tokenizer import build_tokenizer; "
+        "model = build_tokenizer(tokenizer_run('S-S', profile='tiny').tokenizer, 'meta'); "
+        "assert model.parameter_counts()['total'] > 0; print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "False"
 
 
 # Table 9 totals (M) and Table 1 transformer parts (M) of the paper.

@@ -253,6 +253,21 @@ def test_parameter_counts_build_each_architecture_once(monkeypatch: pytest.Monke
     assert planning.parameter_count("tokenizer", p.tokenizer("S-B")) != counts.pop() and len(built) == 2
 
 
+def test_a_sweep_over_lambda_builds_one_model_with_and_one_without_the_projector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gigatok.models.tokenizer import build_tokenizer
+
+    monkeypatch.setattr(planning, "_param_cache", {})
+    p = Planner("tiny")
+    runs = {w: p.tokenizer("S-S", semantic_weight=w) for w in (0.0, 0.25, 1.0)}
+    counts = {w: planning.tokenizer_parameter_counts(t) for w, t in runs.items()}
+    for w, t in runs.items():  # the counts of the model each run trains
+        assert counts[w] == build_tokenizer(t.tokenizer, "meta").parameter_counts()
+    assert "semantic_projector" not in counts[0.0] and counts[0.25]["semantic_projector"] > 0
+    assert len(planning._param_cache) == 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

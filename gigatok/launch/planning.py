@@ -5,6 +5,7 @@ The studies must be registered first (``import studies.catalog``, as ``studies/r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -273,11 +274,14 @@ def tokenizer_parameter_counts(cfg: Any) -> dict[str, int]:
     """Parameters of a tokenizer run's model per part and in total (:meth:`parameter_counts`), built on the meta
     device once per architecture: a sweep over seeds or schedules has a few dozen shapes in 1,000 runs, and a
     meta-device build costs 0.1-1 s."""
-    key = ("tokenizer", cfg.tokenizer)
+    # lambda only switches the semantic projector on or off: a sweep over lambda shares the shapes of lambda = 1
+    semantic = dataclasses.replace(cfg.tokenizer.semantic, weight=float(cfg.tokenizer.semantic.enabled))
+    shape = dataclasses.replace(cfg.tokenizer, semantic=semantic)
+    key = ("tokenizer", shape)
     if key not in _param_cache:
         from gigatok.models.tokenizer import build_tokenizer
 
-        _param_cache[key] = build_tokenizer(cfg.tokenizer, "meta").parameter_counts()
+        _param_cache[key] = build_tokenizer(shape, "meta").parameter_counts()
     return dict(_param_cache[key])
 
 

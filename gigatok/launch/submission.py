@@ -29,6 +29,7 @@ from gigatok.launch.common import local_workers, reconciled, require_paper_data,
 from gigatok.launch.planning import check_converted_inputs, check_pretrained_inputs, size_metrics
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, tokenizer_dir_of
 from gigatok.study import get_study
+from gigatok.tracking_batch import NewRun
 from gigatok.tracking_spool import Reconciled
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,27 @@ class StudyLaunch:
             self._register_todo()
 
     def _register_todo(self) -> None:
-        from gigatok.tracking import current_user, git_commit, log_params
+        """Every run to do SCHEDULED, its job measuring the queue from then (:data:`schema.SCHEDULED_AT`): an
+        unfinished run under its own MLflow run, a new one created with its tags, params and size metrics. All in
+        one store transaction on SQLite, else run by run through MLflow's API (:mod:`gigatok.tracking_batch`)."""
+        from gigatok.tracking_batch import create_runs, reschedule
+
+        resumed = [s for s in self.todo if s.hash in self.tracked]  # an unfinished run resumes under its own run
+        for spec in resumed:
+            self.run_ids[spec.hash] = self.tracked[spec.hash].run_id
+            log.debug("run %s (%s) resumes under MLflow run %s", spec.hash, spec.label, self.run_ids[spec.hash])
+        reschedule(self.client, [self.run_ids[s.hash] for s in resumed], "SCHEDULED", schema.SCHEDULED_AT)
+        new = [s for s in self.todo if s.hash not in self.tracked]
+        run_ids = create_runs(self.client, self.experiment_id, self.new_runs(new), "SCHEDULED", schema.SCHEDULED_AT)
+        self.created.extend(run_ids)
+        for spec, run_id in zip(new, run_ids, strict=True):
+            self.run_ids[spec.hash] = run_id
+            log.debug("run %s (%s) registered as MLflow run %s", spec.hash, spec.label, run_id)
+
+    def new_runs(self, specs: list[RunSpec]) -> list[NewRun]:
+        """The MLflow runs of ``specs``, as created: name, tags (the study's, MLflow's standard ones, the run
+        folders), the config as params and the size metrics."""
+        from gigatok.tracking import current_user, git_commit
 
         commit = git_commit()
         standard = schema.mlflow_tags(
@@ -189,15 +210,8 @@ class StudyLaunch:
             source_type="JOB" if self.executor == "slurm" else "LOCAL",
             git_commit=commit,
         )
-        for spec in self.todo:
-            record = self.tracked.get(spec.hash)
-            scheduled = {schema.SCHEDULED_AT: str(int(time.time() * 1000))}  # its job measures the queue from here
-            if record is not None:  # an unfinished run resumes under its own MLflow run
-                self.run_ids[spec.hash] = record.run_id
-                self.client.set_tag(record.run_id, schema.SCHEDULED_AT, scheduled[schema.SCHEDULED_AT])
-                self.client.update_run(record.run_id, status="SCHEDULED")
-                log.debug("run %s (%s) resumes under MLflow run %s", spec.hash, spec.label, record.run_id)
-                continue
+        runs = []
+        for spec in specs:
             tags = schema.run_tags(
                 study=self.study,
                 profile=self.profile,
@@ -209,16 +223,11 @@ class StudyLaunch:
                 executor=self.executor,
             )
             tags.update(standard)
-            tags.update(scheduled)
             tags[schema.TOKENIZER_DIR] = str(tokenizer_dir_of(spec, self.ctx))
             if spec.ar is not None:
                 tags[schema.AR_DIR] = str(ar_dir_of(spec, self.ctx))
-            run = self.client.create_run(self.experiment_id, run_name=spec.label, tags=tags)
-            self.created.append(run.info.run_id)
-            self.run_ids[spec.hash] = run.info.run_id
-            log_params(self.client, run.info.run_id, spec.params(), size_metrics(spec))
-            self.client.update_run(run.info.run_id, status="SCHEDULED")
-            log.debug("run %s (%s) registered as MLflow run %s", spec.hash, spec.label, run.info.run_id)
+            runs.append(NewRun(spec.label, tags, spec.params(), size_metrics(spec)))
+        return runs
 
     @contextlib.contextmanager
     def submitting(self) -> Iterator[None]:

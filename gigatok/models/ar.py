@@ -21,6 +21,7 @@ from torch import nn
 
 from gigatok.config import ARConfig
 from gigatok.models.attention import AttentionModule
+from gigatok.models.placement import placed
 
 
 class RMSNorm(nn.Module):
@@ -175,7 +176,8 @@ class ARModel(nn.Module):
 
 
 def build_ar_model(cfg: ARConfig, device: torch.device | str | None = None) -> ARModel:
-    with torch.device(device or "cpu"):
+    """Build the AR model; ``device='meta'`` allocates and initialises nothing (for parameter counts)."""
+    with placed(device):
         return ARModel(cfg)
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from gigatok.config import TokenizerConfig, pooling_regions
 from gigatok.models.cnn import CNNDecoder, CNNEncoder
+from gigatok.models.placement import placed
 from gigatok.models.quantizer import QuantizerOutput, VectorQuantizer
 from gigatok.models.transformer import (
     Attention,
@@ -308,6 +309,7 @@ def apply_authors_init(model: GigaTokenizer) -> None:
 
 
 def build_tokenizer(cfg: TokenizerConfig, device: torch.device | str | None = None) -> GigaTokenizer:
-    """Build the tokenizer; ``device='meta'`` allocates nothing (for parameter counts of paper-scale models)."""
-    with torch.device(device or "cpu"):
+    """Build the tokenizer; ``device='meta'`` allocates and initialises nothing (for parameter counts of paper-scale
+    models)."""
+    with placed(device):
         return GigaTokenizer(cfg)

@@ -200,7 +200,8 @@ def ar_probe_stage(sc: StageContext) -> StageOutcome:
         import torch
 
         from gigatok.metrics.linear_probe import ar_features, linear_probe
-        from gigatok.token_cache import load_token_cache, view_set
+        from gigatok.token_cache import load_token_cache
+        from gigatok.token_views import view_set
         from gigatok.train.trained import load_trained_ar
 
         assert sc.spec.ar is not None
