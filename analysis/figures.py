@@ -63,10 +63,12 @@ class Plot:
     spread: tuple[str, ...] = ()
     comparisons: pd.DataFrame | None = None
 
-    def save(self, out_dir: str | Path, stem: str | None = None) -> list[Path]:
+    def save(self, out_dir: str | Path, stem: str | None = None, formats: Sequence[str] = ("png",)) -> list[Path]:
+        """The figure as ``<stem>.<format>`` for each of ``formats`` (PNG alone by default: a PDF costs as much
+        drawing again, most of the time of a figure)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = [out / f"{stem or self.name}.{ext}" for ext in ("png", "pdf")]
+        paths = [out / f"{stem or self.name}.{ext}" for ext in formats]
         for path in paths:
             self.figure.savefig(path, dpi=150)
         return paths

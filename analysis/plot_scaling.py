@@ -2,12 +2,13 @@
 
     python analysis/plot_scaling.py                             every figure with FINISHED runs: ./mlflow.db -> figures/
     python analysis/plot_scaling.py --study scaling_1d_vs_2d --out figs
+    python analysis/plot_scaling.py --formats png,pdf           PDF beside each PNG (for a paper)
     python analysis/plot_scaling.py --snapshot runs.parquet      also save the loaded runs, to redraw without the store
     python analysis/plot_scaling.py --from-snapshot runs.parquet redraw from a saved snapshot
 
-Each figure is written per profile as PNG and PDF (``fig9_1d_vs_2d-tiny.png``: a tiny-profile figure never
-overwrites a paper one), and each table of ``analysis/tables.py`` as markdown and LaTeX
-(``table5_align_layer-tiny.md``).
+Each figure is written per profile as PNG (``fig9_1d_vs_2d-tiny.png``: a tiny-profile figure never overwrites a
+paper one; ``--formats png,pdf`` adds a PDF, ``svg`` is the third choice), and each table of ``analysis/tables.py``
+as markdown and LaTeX (``table5_align_layer-tiny.md``).
 Beyond the paper: for each study with a size or compute axis a power-law fit figure (``fits_scaling_semreg-tiny``:
 points, fitted curve, 95% bootstrap band, extrapolation, refused fits' notes; :mod:`analysis.fit_scaling`) and the
 exponent table of every fit (``exponents-tiny.csv`` and ``.md``); for the studies that vary size and training
@@ -15,7 +16,8 @@ length a compute-frontier figure (``frontier_train_duration-tiny``).
 ``index.md`` lists the figures and tables, the runs behind them and what was skipped and why. Where a study ran
 several seeds per point, figures draw the mean with a 95% band and tables show mean ± std (n); the index and the
 output say, for each difference a figure shows, whether it stands above the seed spread.
-Exit status 2, with a one-line error, when the store cannot be read or holds no matching runs.
+Exit status 2, with a one-line error, when the store cannot be read or holds no matching runs, or ``--formats``
+names a format not offered.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ from analysis.tables import SkippedTable, WrittenTable, index_lines, write_table
 from analysis.theme import house_theme
 
 EXIT_NO_RUNS = 2
+EXIT_USAGE = 2
+# Image formats a figure can be saved in. PNG alone by default: each format draws the whole figure again, and a PDF
+# cost as much as the PNG (0.6-0.8 s a four-panel figure here), so it is made only when asked for.
+FORMATS = ("png", "pdf", "svg")
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default ./figures)")
     p.add_argument("--snapshot", type=Path, default=None, help="also save the loaded runs to this parquet file")
     p.add_argument("--from-snapshot", type=Path, default=None, help="read runs from a snapshot instead of MLflow")
+    p.add_argument(
+        "--formats",
+        default="png",
+        help=f"image formats of each figure, comma-separated, of {', '.join(FORMATS)} (default png; e.g. png,pdf)",
+    )
     return p.parse_args(argv)
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """The formats of ``--formats`` in the order given, without repeats; ValueError naming a format not offered."""
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"--formats {text!r}: {', '.join(unknown) or 'no format'} is not one of {', '.join(FORMATS)}")
+    return formats
 
 
 def read_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Source]:
@@ -90,7 +110,7 @@ def read_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Source]:
 
 
 def make_figures(
-    df: pd.DataFrame, out: Path, source: Source, studies: Sequence[str] = ()
+    df: pd.DataFrame, out: Path, source: Source, studies: Sequence[str] = (), formats: Sequence[str] = ("png",)
 ) -> tuple[list[Made], list[Skipped]]:
     """Every figure, once per profile, for which FINISHED runs exist; the others with the reason they were not."""
     made, skipped = [], []
@@ -109,7 +129,7 @@ def make_figures(
             except ValueError as exc:
                 skipped.append(Skipped(spec, profile, str(exc)))
                 continue
-            paths = plot.save(out, f"{spec.name}-{profile}")
+            paths = plot.save(out, f"{spec.name}-{profile}", formats)
             fits = plot.fits if isinstance(plot, FitPlot) else ()
             made.append(Made(spec, profile, tuple(paths), plot.data["run_id"].nunique(), plot.notes, plot.spread, fits))
     return made, skipped
@@ -201,9 +221,14 @@ def write_exponent_tables(made: Sequence[Made], out: Path) -> dict[str, tuple[Pa
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        formats = parse_formats(args.formats)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         df, origin, source = read_runs(args)
         args.out.mkdir(parents=True, exist_ok=True)
-        made, skipped = make_figures(df, args.out, source, args.study)
+        made, skipped = make_figures(df, args.out, source, args.study, formats)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_RUNS

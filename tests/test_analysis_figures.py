@@ -274,7 +274,8 @@ def test_cfg_curve_from_trials(runs: pd.DataFrame, store: dict) -> None:
 
 def test_cli_makes_every_figure_and_redraws_from_a_snapshot(store: dict, tmp_path: Path) -> None:
     out, snapshot = tmp_path / "figs", tmp_path / "snap" / "runs.parquet"
-    assert plot_scaling.main(["--tracking-uri", store["uri"], "--out", str(out), "--snapshot", str(snapshot)]) == 0
+    options = ["--out", str(out), "--snapshot", str(snapshot), "--formats", "png,pdf"]
+    assert plot_scaling.main(["--tracking-uri", store["uri"], *options]) == 0
     expected = {
         "fig5_entropy_curves",
         "fig6_ar_probe_vs_large",
