@@ -334,6 +334,24 @@ def test_cli_formats_add_pdf_on_request_and_refuse_unknown_ones(
     assert "no format is not one of" in capsys.readouterr().err
 
 
+def test_cli_jobs_draw_the_same_files_in_worker_processes(
+    store: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    printed, folders = [], []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        assert plot_scaling.main(["--tracking-uri", store["uri"], "--out", str(out), "--jobs", jobs]) == 0
+        printed.append(capsys.readouterr().out.replace(str(out), "OUT"))
+        folders.append(out)
+    pngs = sorted(p.name for p in folders[0].glob("*.png"))
+    assert len(pngs) >= 4 and pngs == sorted(p.name for p in folders[1].glob("*.png"))
+    for name in pngs:  # the figures (and their order in the output and the index) do not depend on where drawn
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
+    assert printed[0] == printed[1]
+    assert plot_scaling.main(["--tracking-uri", store["uri"], "--out", str(tmp_path / "none"), "--jobs", "0"]) == 2
+    assert capsys.readouterr().err == "error: --jobs 0: must be at least 1\n"
+
+
 def test_cli_exits_2_on_an_empty_store(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from gigatok.tracking import connect
 
