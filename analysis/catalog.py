@@ -35,6 +35,13 @@ class FigureSpec:
     reproduces: str
     study: str | None  # the study whose runs it draws; None: every study's runs (the CFG curve)
     make: Callable[[pd.DataFrame, Source], Plot]
+    # Whether it fetches from the Source (curves, trials, arrays). Those are drawn in the process that holds the
+    # store's Source, which remembers the fetches for a snapshot; the others can be drawn in worker processes.
+    reads_source: bool = False
+
+    def __reduce__(self) -> tuple[Callable[[str], FigureSpec], tuple[str]]:
+        # Pickled by name (``make`` is often a lambda), for worker processes: the catalog there is the same.
+        return figure_spec, (self.name,)
 
 
 def _runs_only(make: Callable[[pd.DataFrame], Plot]) -> Callable[[pd.DataFrame, Source], Plot]:
@@ -43,14 +50,14 @@ def _runs_only(make: Callable[[pd.DataFrame], Plot]) -> Callable[[pd.DataFrame, 
 
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("fig3_scaling_vanilla", "Fig. 3", "scaling_vanilla", _runs_only(scaling_vanilla)),
-    FigureSpec("fig5_entropy_curves", "Fig. 5", "entropy_loss", fig5_entropy_curves),
+    FigureSpec("fig5_entropy_curves", "Fig. 5", "entropy_loss", fig5_entropy_curves, reads_source=True),
     FigureSpec("fig6_ar_probe_vs_large", "Fig. 6", "ar_probe_vs_large", _runs_only(fig6_ar_probe_vs_large)),
     FigureSpec("fig7_scaling_semreg", "Figs. 1 and 7", "scaling_semreg", _runs_only(scaling_semreg)),
-    FigureSpec("fig8_feature_pca", "Fig. 8", "feature_pca", fig8_feature_pca),
+    FigureSpec("fig8_feature_pca", "Fig. 8", "feature_pca", fig8_feature_pca, reads_source=True),
     FigureSpec("fig9_1d_vs_2d", "Fig. 9", "scaling_1d_vs_2d", _runs_only(fig9_1d_vs_2d)),
     FigureSpec("fig12_train_duration", "Fig. 12", "train_duration", _runs_only(fig12_train_duration)),
     FigureSpec("fig13_checkpoint_probes", "Fig. 13", "tokenizer_checkpoints", _runs_only(fig13_checkpoint_probes)),
-    FigureSpec("cfg_curve", "App. B (CFG search)", None, cfg_curve),
+    FigureSpec("cfg_curve", "App. B (CFG search)", None, cfg_curve, reads_source=True),
 )
 
 
@@ -71,3 +78,11 @@ FRONTIER_FIGURES: tuple[FigureSpec, ...] = tuple(
     FigureSpec(f"frontier_{s.study}", "compute frontier", s.study, _frontier(s)) for s in FRONTIER_STUDIES
 )
 FIGURES += FIT_FIGURES + FRONTIER_FIGURES
+
+
+def figure_spec(name: str) -> FigureSpec:
+    """The figure of the catalog named ``name`` (KeyError if none is)."""
+    for spec in FIGURES:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no figure named {name!r} in analysis/catalog.py")

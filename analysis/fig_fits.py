@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from analysis.figures import Plot, log_ticks, profile_heading, single_profile
 from analysis.fit_scaling import METRICS, FitMetric, FitStudy, StudyFit, fit_study
@@ -154,7 +155,7 @@ def _style(ax: Axes, metric: FitMetric, axis: str, label: str, x: np.ndarray, sh
     if axis == "params" and len(x):
         ticks = log_ticks(float(x.min()), float(x.max()) * EXTRAPOLATE)
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.xaxis.set_minor_formatter("")
+        ax.xaxis.set_minor_locator(NullLocator())  # unlabelled minor ticks show nothing in the theme (no marks)
     ax.set_xlabel(label, fontsize=8)
     ylabel = "top-1 accuracy (%), fit to 1 - acc" if metric.accuracy else metric.label
     ax.set_ylabel(ylabel, fontsize=8)

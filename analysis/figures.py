@@ -27,7 +27,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import NullLocator
 
 from analysis.load import ar_parameters
 from analysis.seeds import beyond_spread, ci95, newest_per_seed, summary
@@ -63,10 +63,12 @@ class Plot:
     spread: tuple[str, ...] = ()
     comparisons: pd.DataFrame | None = None
 
-    def save(self, out_dir: str | Path, stem: str | None = None) -> list[Path]:
+    def save(self, out_dir: str | Path, stem: str | None = None, formats: Sequence[str] = ("png",)) -> list[Path]:
+        """The figure as ``<stem>.<format>`` for each of ``formats`` (PNG alone by default: a PDF costs as much
+        drawing again, most of the time of a figure)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = [out / f"{stem or self.name}.{ext}" for ext in ("png", "pdf")]
+        paths = [out / f"{stem or self.name}.{ext}" for ext in formats]
         for path in paths:
             self.figure.savefig(path, dpi=150)
         return paths
@@ -85,6 +87,15 @@ def unavailable_reason(run: pd.Series, metric: str) -> str | None:
     if isinstance(provenance, str) and provenance.startswith("unavailable"):
         return provenance
     return None
+
+
+def unavailable_reasons(runs: pd.DataFrame, metric: str) -> set[str]:
+    """The :func:`unavailable_reason` of every run of ``runs`` that has one, read from the provenance column at once
+    (a row-by-row walk built a Series of the whole wide row per run)."""
+    provenance = runs.get(f"provenance.{metric}")
+    if provenance is None:
+        return set()
+    return {p for p in provenance.dropna() if isinstance(p, str) and p.startswith("unavailable")}
 
 
 def missing_runs_reason(runs: pd.DataFrame, study: str) -> str | None:
@@ -192,9 +203,7 @@ def _draw_panels(
     for ax, panel in zip(axes, panels, strict=True):
         values = runs[panel.metric] if panel.metric in runs else pd.Series(float("nan"), index=runs.index)
         logged = runs[values.notna()]
-        reasons = sorted(
-            {r for _, run in runs[values.isna()].iterrows() if (r := unavailable_reason(run, panel.metric)) is not None}
-        )
+        reasons = sorted(unavailable_reasons(runs[values.isna()], panel.metric))
         why = f" ({UNAVAILABLE}: {'; '.join(reasons)})" if reasons else ""
         if logged.empty:
             notes.append(skip_panel(ax, panel.title, panel.metric) + why)
@@ -427,7 +436,9 @@ def _style_axes(ax: Axes, panel: Panel, x: pd.Series, x_axis: XAxis) -> None:
         ax.set_xscale("log")
         ticks = log_ticks(float(x.min()), float(x.max()))
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        # No minor ticks: unlabelled, and the theme draws no tick marks, so they showed nothing; laying out their
+        # dozens of empty labels was a tenth of the time of drawing a log-axis figure.
+        ax.xaxis.set_minor_locator(NullLocator())
     else:
         ticks = sorted(x.unique())
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])

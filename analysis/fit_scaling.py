@@ -43,7 +43,7 @@ from analysis.figures import (
     kind_series,
     semreg_series,
     size_series,
-    unavailable_reason,
+    unavailable_reasons,
 )
 from analysis.load import StoreError, load_runs
 from analysis.power_law import BOOT_SEED, CI_LEVEL, EXTRAPOLATE, N_BOOT, PowerLawFit, fit_power_law, refused
@@ -168,7 +168,7 @@ def _missing_note(runs: pd.DataFrame, metric: FitMetric, axis: str) -> str:
     lacking = runs[_column(runs, metric.column).isna()]
     parts = []
     if len(lacking):
-        why = {r for _, run in lacking.iterrows() if (r := unavailable_reason(run, metric.column))}
+        why = unavailable_reasons(lacking, metric.column)
         parts.append(f"{len(lacking)} runs without {metric.column}" + (f" ({'; '.join(sorted(why))})" if why else ""))
     no_n = runs[n_column(runs, metric, axis).isna()]
     if len(no_n):

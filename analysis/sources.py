@@ -74,6 +74,20 @@ class StoreSource:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+class NoSource:
+    """The source of a figure drawn from the runs table alone (in a worker process): a fetch is a mistake in the
+    catalog (a figure that reads its source must say so, ``FigureSpec.reads_source``), so it raises."""
+
+    def curves(self, run_ids: Sequence[str], keys: Sequence[str]) -> pd.DataFrame:
+        raise RuntimeError("a figure drawn from the runs table alone asked for curves (catalog: reads_source)")
+
+    def trials(self, experiments: Sequence[str]) -> pd.DataFrame:
+        raise RuntimeError("a figure drawn from the runs table alone asked for CFG trials (catalog: reads_source)")
+
+    def artifact(self, run_id: str, path: str) -> Path | None:
+        raise RuntimeError("a figure drawn from the runs table alone asked for an artifact (catalog: reads_source)")
+
+
 def _siblings(path: Path) -> tuple[Path, Path, Path]:
     stem = path.with_suffix("")
     return (

@@ -304,8 +304,8 @@ def test_cli_writes_figures_index_and_snapshot(
     assert plot_scaling.main(["--tracking-uri", store["uri"], "--out", str(out), "--snapshot", str(snap)]) == 0
     printed = capsys.readouterr().out
     for name in ("fig9_1d_vs_2d-tiny", "fig7_scaling_semreg-tiny"):
-        for ext in ("png", "pdf"):
-            assert (out / f"{name}.{ext}").stat().st_size > 1000
+        assert (out / f"{name}.png").stat().st_size > 1000
+        assert not (out / f"{name}.pdf").exists()  # PDF only on request (--formats)
     assert "skipped fig3_scaling_vanilla (Fig. 3, tiny): no runs of study scaling_vanilla" in printed
     index = (out / "index.md").read_text()
     assert "fig9_1d_vs_2d" in index and "Profile `tiny`" in index and "FAILED" in index
@@ -313,6 +313,43 @@ def test_cli_writes_figures_index_and_snapshot(
     assert load_snapshot(snap)["run_id"].tolist() == runs["run_id"].tolist()
     assert plot_scaling.main(["--from-snapshot", str(snap), "--study", "scaling_vanilla"]) == 2
     assert capsys.readouterr().err.startswith(f"error: snapshot {snap} holds no runs of the requested studies")
+
+
+def test_cli_formats_add_pdf_on_request_and_refuse_unknown_ones(
+    store: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "figures"
+    options = ["--tracking-uri", store["uri"], "--out", str(out), "--study", "scaling_1d_vs_2d"]
+    assert plot_scaling.main([*options, "--formats", "png,pdf"]) == 0
+    assert (out / "fig9_1d_vs_2d-tiny.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "fig9_1d_vs_2d-tiny.pdf").read_bytes().startswith(b"%PDF")
+    assert "[png](fig9_1d_vs_2d-tiny.png) [pdf](fig9_1d_vs_2d-tiny.pdf)" in (out / "index.md").read_text()
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert plot_scaling.main([*options[:2], "--out", str(bad), "--formats", "png,jpg"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --formats 'png,jpg': jpg is not one of png, pdf, svg\n"
+    assert not bad.exists()  # refused before reading the store or writing anything
+    assert plot_scaling.main([*options[:2], "--out", str(bad), "--formats", ","]) == 2
+    assert "no format is not one of" in capsys.readouterr().err
+
+
+def test_cli_jobs_draw_the_same_files_in_worker_processes(
+    store: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    printed, folders = [], []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        assert plot_scaling.main(["--tracking-uri", store["uri"], "--out", str(out), "--jobs", jobs]) == 0
+        printed.append(capsys.readouterr().out.replace(str(out), "OUT"))
+        folders.append(out)
+    pngs = sorted(p.name for p in folders[0].glob("*.png"))
+    assert len(pngs) >= 4 and pngs == sorted(p.name for p in folders[1].glob("*.png"))
+    for name in pngs:  # the figures (and their order in the output and the index) do not depend on where drawn
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
+    assert printed[0] == printed[1]
+    assert plot_scaling.main(["--tracking-uri", store["uri"], "--out", str(tmp_path / "none"), "--jobs", "0"]) == 2
+    assert capsys.readouterr().err == "error: --jobs 0: must be at least 1\n"
 
 
 def test_cli_exits_2_on_an_empty_store(store: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
