@@ -79,6 +79,7 @@ from gigatok.train.loop import (
     start_run,
     train_steps,
 )
+from gigatok.train.optimizer import adamw
 from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, flip_mask
 from gigatok.train.steps import tokenizer_total_steps
@@ -128,18 +129,9 @@ def total_steps_for(cfg: TokenizerRunConfig, dataset_size: int) -> int:
 
 
 def build_optimizer(cfg: TokenizerRunConfig, params: Any) -> torch.optim.AdamW:
-    """AdamW with the run's settings, fused where torch has the kernel (CPU and CUDA tensors).
-
-    The fused kernel makes one pass per parameter tensor; torch's default on a CPU is ~10 elementwise ops per
-    tensor, each a parallel region. On a shared 2-core CPU those regions wait for a descheduled thread: the S-S
-    paper-profile step spent 5-16 s of wall time in AdamW (0.8 s fused). Same update, to float rounding.
-    """
+    """AdamW with the run's settings (fused: :func:`gigatok.train.optimizer.adamw`)."""
     o = cfg.optim
-    params = list(params)
-    fused = bool(params) and all(isinstance(p, torch.Tensor) and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(
-        params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, fused=True if fused else None
-    )
+    return adamw(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
 
 
 @dataclass
