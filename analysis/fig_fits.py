@@ -2,8 +2,9 @@
 
 One row of panels per N (parameters, training FLOPs), one panel per metric. Each run is a faint dot; each N's mean
 over seeds a marker with its seed spread (95% interval, :mod:`analysis.seeds`); the fitted curve is solid over the
-trained range with its bootstrap band, dashed beyond it (to 4x the largest N) with a lighter band; the legend gives
-each group's exponent with its interval. A group whose fit was refused keeps its points and shows, in the panel,
+trained range with its bootstrap band, dashed beyond it (to 4x the largest N) with a lighter band, unless the fit is
+undetermined (alpha at a bound or its interval spanning the bounds: no extrapolation); the legend gives each group's
+exponent with its interval. A group whose fit was refused keeps its points and shows, in the panel,
 why (``not fitted: 2 points < 3 parameters``). Probe accuracy is drawn as accuracy (%), its curve ``1 - fit``.
 """
 
@@ -139,15 +140,19 @@ def _draw_curve(ax: Axes, f: StudyFit, metric: FitMetric, unit: float, color: st
     beyond = ~trained
     beyond[max(int(trained.sum()) - 1, 0)] = True  # the two parts meet at the largest N
     interval = "" if np.isnan(p.alpha_ci[0]) else f" [{p.alpha_ci[0]:.2f}, {p.alpha_ci[1]:.2f}]"
-    ax.plot(
-        grid[trained], curve[trained], "-", color=color, lw=1.6, label=f"{_short(f.group)}: α={p.alpha:.2f}{interval}"
-    )
-    ax.plot(grid[beyond], curve[beyond], "--", color=color, lw=1.3)
+    # An undetermined fit (alpha at a bound, or an interval spanning the bounds) says nothing beyond the data: its
+    # curve only joins the points, and the legend says so instead of extrapolating a guess.
+    verdict = "" if p.extrapolates else ", undetermined: not extrapolated"
+    label = f"{_short(f.group)}: α={p.alpha:.2f}{interval}{verdict}"
+    ax.plot(grid[trained], curve[trained], "-", color=color, lw=1.6, label=label)
+    if p.extrapolates:
+        ax.plot(grid[beyond], curve[beyond], "--", color=color, lw=1.3)
     if len(p.band[0]):
         low, high = drawn(metric, p.band[0]), drawn(metric, p.band[1])
         ax.fill_between(grid[trained], low[trained], high[trained], color=color, alpha=0.2, lw=0)
-        ax.fill_between(grid[beyond], low[beyond], high[beyond], color=color, alpha=0.08, lw=0, hatch="///")
-    return curve
+        if p.extrapolates:
+            ax.fill_between(grid[beyond], low[beyond], high[beyond], color=color, alpha=0.08, lw=0, hatch="///")
+    return np.where(trained | p.extrapolates, curve, np.nan)
 
 
 def _style(ax: Axes, metric: FitMetric, axis: str, label: str, x: np.ndarray, shown: list[np.ndarray]) -> None:

@@ -65,6 +65,15 @@ class PowerLawFit:
     def predict(self, n: np.ndarray | float) -> np.ndarray:
         return self.E + self.A * np.asarray(n, dtype="float64") ** (-self.alpha)
 
+    @property
+    def extrapolates(self) -> bool:
+        """Whether the curve says anything beyond the largest N trained: alpha inside its bounds, with a bootstrap
+        interval that does not span them. Otherwise the curve only joins the points it was fitted to."""
+        if not self.fitted or math.isnan(self.alpha_ci[0]):
+            return False
+        at_bound = self.alpha <= ALPHA_MIN * 1.01 or self.alpha >= ALPHA_MAX * 0.999
+        return not at_bound and not _spans_bounds(self.alpha_ci)
+
 
 def refused(note: str, n_points: int, n_runs: int) -> PowerLawFit:
     return PowerLawFit(False, f"not fitted: {note}", n_points, n_runs)

@@ -148,6 +148,17 @@ def test_fit_recovers_a_known_power_law_within_its_interval() -> None:
     assert fit_power_law(n, y).alpha_ci == fit.alpha_ci
 
 
+def test_only_a_determined_fit_extrapolates() -> None:
+    rng = np.random.default_rng(0)
+    n = np.repeat([1e6, 3e6, 1e7, 3e7, 1e8], 3)
+    clean = fit_power_law(n, 2.0 + 40.0 * n**-0.3 * (1 + 0.02 * rng.standard_normal(len(n))))
+    assert clean.extrapolates
+    # Three sizes of pure noise: the bootstrap cannot place alpha, so the curve must not run past the data.
+    noise = fit_power_law(np.repeat([1e6, 1e7, 1e8], 2), [5.0, 3.0, 4.1, 4.9, 3.2, 5.1])
+    assert noise.fitted and not noise.extrapolates
+    assert "undetermined" in noise.note or "bound" in noise.note
+
+
 def test_the_interval_covers_the_truth_about_95_percent_of_the_time() -> None:
     rng = np.random.default_rng(5)
     n = np.repeat([1e6, 3e6, 1e7, 3e7, 1e8], 2)
