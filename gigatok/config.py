@@ -529,7 +529,8 @@ class PerformanceConfig:
     # How several processes share the model (gigatok.fsdp): "ddp" replicates it and averages gradients; "fsdp" shards
     # parameters, gradients and optimizer states over the ranks (FSDP2, one unit per transformer block) and saves
     # sharded checkpoints; "auto" is fsdp for the models the authors train with FSDP (tokenizers with an XL or XXL
-    # part, AR-XXL) and ddp below. One process trains the same either way; only the checkpoint format follows it.
+    # part, AR-XXL) at the paper profile and ddp below and at tiny. One process trains the same either way; only the
+    # checkpoint format follows it.
     parallelism: Literal["auto", "ddp", "fsdp"] = "auto"
 
     def __post_init__(self) -> None:
@@ -551,19 +552,21 @@ FSDP_AR_SIZES = ("XXL",)
 
 
 def tokenizer_parallelism(cfg: TokenizerRunConfig) -> Parallelism:
-    """DDP or FSDP for this tokenizer run: ``performance.parallelism``, with "auto" settled by the tokenizer's
-    size name (fsdp when its encoder or decoder is XL or XXL, as the authors' XL-XXL runs use vq_train_fsdp.py)."""
+    """DDP or FSDP for this tokenizer run: ``performance.parallelism``, with "auto" settled by the profile and the
+    tokenizer's size name (fsdp at the paper profile when its encoder or decoder is XL or XXL, as the authors' XL-XXL
+    runs use vq_train_fsdp.py; the tiny profile's models are small whatever their names, and stay on DDP)."""
     if cfg.performance.parallelism != "auto":
         return cfg.performance.parallelism
     parts = cfg.tokenizer.name.split("-")
-    return "fsdp" if any(part in FSDP_TOKENIZER_SIZES for part in parts) else "ddp"
+    large = any(part in FSDP_TOKENIZER_SIZES for part in parts)
+    return "fsdp" if large and cfg.profile == "paper" else "ddp"
 
 
 def ar_parallelism(cfg: ARRunConfig) -> Parallelism:
-    """DDP or FSDP for this AR run: ``performance.parallelism``, with "auto" fsdp for AR-XXL alone."""
+    """DDP or FSDP for this AR run: ``performance.parallelism``, with "auto" fsdp for AR-XXL at the paper profile."""
     if cfg.performance.parallelism != "auto":
         return cfg.performance.parallelism
-    return "fsdp" if cfg.size in FSDP_AR_SIZES else "ddp"
+    return "fsdp" if cfg.size in FSDP_AR_SIZES and cfg.profile == "paper" else "ddp"
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ def test_auto_shards_the_sizes_the_authors_shard() -> None:
         "XL": "ddp",
         "XXL": "fsdp",
     }
+    # The tiny profile's XL-XXL and AR-XXL are small models: they stay on DDP (and its one-file checkpoints).
+    tiny = tokenizer_run("XL-XXL", profile="tiny")
+    assert (tokenizer_parallelism(tiny), ar_parallelism(ar_run(tiny, "XXL"))) == ("ddp", "ddp")
     forced = dataclasses.replace(paper["S-S"], performance=FSDP)
     assert tokenizer_parallelism(forced) == "fsdp"
     assert forced.hash() == paper["S-S"].hash()  # how, not what: the run keeps its hash
