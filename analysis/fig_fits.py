@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 from analysis.figures import Plot, log_ticks, profile_heading, single_profile
 from analysis.fit_scaling import METRICS, FitMetric, FitStudy, StudyFit, fit_study
@@ -161,6 +161,12 @@ def _style(ax: Axes, metric: FitMetric, axis: str, label: str, x: np.ndarray, sh
         ticks = log_ticks(float(x.min()), float(x.max()) * EXTRAPOLATE)
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_locator(NullLocator())  # unlabelled minor ticks show nothing in the theme (no marks)
+    elif len(x) and x.max() < 10 * x.min():
+        # FLOPs spanning under a decade (the tiny profile's sizes differ by a few %): matplotlib labels every minor
+        # tick there, and the labels overlap. A few plain ticks instead.
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(label, fontsize=8)
     ylabel = "top-1 accuracy (%), fit to 1 - acc" if metric.accuracy else metric.label
     ax.set_ylabel(ylabel, fontsize=8)
