@@ -212,6 +212,21 @@ def store_records(db: Path) -> dict[str, Any]:
     return runs
 
 
+def compare_records(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """Whether two submissions left the same records. A config field added since the baseline (a param key no run of
+    the baseline has) is a change of the config, not of how runs are written: it is named, not counted against."""
+    if before == now:
+        return "yes"
+    if before.keys() != now.keys():
+        return "NO: different runs"
+    old_keys = {key for record in before.values() for key, _ in record["params"]}
+    added = {key for record in now.values() for key, _ in record["params"]} - old_keys
+    trimmed = {h: {**r, "params": {p for p in r["params"] if p[0] not in added}} for h, r in now.items()}
+    if added and trimmed == before:
+        return f"yes, besides params added since: {', '.join(sorted(added))}"
+    return "NO"
+
+
 def submission_rows(runs: int, repeats: int, baseline: str, tmp: Path) -> tuple[list[Row], Path]:
     """The submission of this tree and of ``baseline`` (unless 'none'), interleaved: their rows, and the store of
     this tree's last submission (for the skip-check)."""
@@ -240,10 +255,10 @@ def submission_rows(runs: int, repeats: int, baseline: str, tmp: Path) -> tuple[
         if "before" in results and label == "now":
             ratio = paired_ratio([r["total_s"] for r in results["before"]], [r["total_s"] for r in measured])
             extra["speed-up"] = f"{ratio[0]:.1f}x ({ratio[1]:.1f}-{ratio[2]:.1f})"
-            same = store_records(tmp / f"before-{repeats - 1}" / "mlflow.db") == store_records(
-                tmp / f"now-{repeats - 1}" / "mlflow.db"
+            extra["same runs as before"] = compare_records(
+                store_records(tmp / f"before-{repeats - 1}" / "mlflow.db"),
+                store_records(tmp / f"now-{repeats - 1}" / "mlflow.db"),
             )
-            extra["same runs as before"] = "yes" if same else "NO"
         name = "submit, local executor, " + (f"before ({baseline})" if label == "before" else "this tree")
         rows.append(Row(name, total, "s", extra))
         rows.append(
