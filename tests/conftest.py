@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,12 @@ def trained_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tokeniz
     result = train_tokenizer(cfg, run_dir, allow_substitutes=True, progress=False)
     assert result.finished and result.steps == TINY_STEPS
     return cfg, run_dir
+
+
+@pytest.fixture(scope="module")
+def worker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One thread per process, and a fresh feature cache so rank 0 really fills it while rank 1 waits."""
+    with pytest.MonkeyPatch.context() as mp:  # the local executor passes os.environ on to the job
+        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.setenv("GIGATOK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield

@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import cloudpickle
 import pytest
 import torch
 from torch import nn
+from two_ranks import run_two_ranks
 
 from gigatok.config import TokenizerRunConfig, ar_run, tokenizer_run
 from gigatok.distributed import DistEnv, RankShard, init_distributed, mean_across_ranks, seed_for_rank
@@ -71,24 +72,6 @@ def _ar_task(cfg: Any, run_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
     )
 
 
-def _run_two_tasks(folder: Path, fn: Callable[..., dict[str, Any]], *args: Any) -> list[dict[str, Any]]:
-    import submitit
-
-    executor = submitit.LocalExecutor(folder=folder)
-    executor.update_parameters(tasks_per_node=2, nodes=1, timeout_min=10)
-    job = executor.submit(fn, *args)
-    return sorted(job.results(), key=lambda r: r["rank"])
-
-
-@pytest.fixture(scope="module")
-def worker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One thread per process, and a fresh feature cache so rank 0 really fills it while rank 1 waits."""
-    with pytest.MonkeyPatch.context() as mp:  # the local executor passes os.environ on to the job
-        mp.setenv("OMP_NUM_THREADS", "1")
-        mp.setenv("GIGATOK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def ddp_tokenizer(
     tmp_path_factory: pytest.TempPathFactory, worker_env: None
@@ -104,7 +87,7 @@ def ddp_tokenizer(
     # "auto" settled as a study settles it, so the AR test's run names the tokenizer that was trained.
     cfg = resolve_perceptual(dataclasses.replace(cfg, train=train, loss=loss, tokenizer=tokenizer))
     run_dir = tmp_path_factory.mktemp("ddp_tokenizer")
-    results = _run_two_tasks(tmp_path_factory.mktemp("submitit"), _tokenizer_task, cfg, run_dir)
+    results = run_two_ranks(tmp_path_factory.mktemp("submitit"), _tokenizer_task, cfg, run_dir)
     return cfg, run_dir, results
 
 
@@ -137,7 +120,7 @@ def test_ar_trains_on_two_processes(
     tok_cfg, tok_dir, _ = ddp_tokenizer
     cfg = ar_run(tok_cfg, "B", max_steps=4)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, log_every=2, checkpoint_every=2))
-    results = _run_two_tasks(tmp_path / "submitit", _ar_task, cfg, tmp_path / "ar", tok_dir)
+    results = run_two_ranks(tmp_path / "submitit", _ar_task, cfg, tmp_path / "ar", tok_dir)
     assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)]
     assert all(r["full"].steps == 4 and r["full"].finished for r in results)
     assert results[0]["full"].val_loss == results[1]["full"].val_loss

@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,6 +26,7 @@ import cloudpickle
 import pytest
 import torch
 from torch import nn
+from two_ranks import run_two_ranks
 
 from gigatok.config import (
     PerformanceConfig,
@@ -167,23 +168,6 @@ def _task(loop_module: str, jobs: list[tuple[str, Callable[..., Any]]]) -> dict[
     return out
 
 
-def _two_tasks(folder: Path, loop_module: str, jobs: list[tuple[str, Callable[..., Any]]]) -> list[dict[str, Any]]:
-    import submitit
-
-    executor = submitit.LocalExecutor(folder=folder)
-    executor.update_parameters(tasks_per_node=2, nodes=1, timeout_min=15)
-    job = executor.submit(_task, loop_module, jobs)
-    return sorted(job.results(), key=lambda r: r["rank"])
-
-
-@pytest.fixture(scope="module")
-def worker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:  # the local executor passes os.environ on to the job
-        mp.setenv("OMP_NUM_THREADS", "1")
-        mp.setenv("GIGATOK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 def _losses(run_dir: Path, key: str) -> dict[int, float]:
     return {r["step"]: r[key] for r in read_metrics(run_dir)}
 
@@ -235,7 +219,9 @@ def fsdp_tokenizer(tmp_path_factory: pytest.TempPathFactory, worker_env: None) -
 
         return train_tokenizer(cfg, two, allow_substitutes=True, progress=False)
 
-    results = _two_tasks(tmp_path_factory.mktemp("submitit"), "gigatok.train.tokenizer_loop", [("preempt", train)])
+    results = run_two_ranks(
+        tmp_path_factory.mktemp("submitit"), _task, "gigatok.train.tokenizer_loop", [("preempt", train)]
+    )
     return {"cfg": cfg, "single": single, "two": two, "results": results}
 
 
@@ -296,7 +282,7 @@ def test_sharded_ar_resumes_on_two_from_one_and_after_preemption(
         return train_ar(cfg, fresh, tok_dir, progress=False)
 
     jobs = [("from_one", resume_from_one), ("preempt", preempted)]
-    results = _two_tasks(tmp_path / "submitit", "gigatok.train.ar_loop", jobs)
+    results = run_two_ranks(tmp_path / "submitit", _task, "gigatok.train.ar_loop", jobs)
     assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)]
     assert all(r["from_one"].finished and r["preempt"][0] == PREEMPT_AT for r in results)
     assert results[0]["preempt"][1].val_loss == results[1]["preempt"][1].val_loss  # every rank ran the validation
