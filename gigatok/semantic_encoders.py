@@ -391,6 +391,17 @@ def build_semantic_encoder(
     return ViTSemanticEncoder(spec, trunk, resolution, input_size, False, network_name)
 
 
+def semantic_encoder_architecture(name: str, resolution: int) -> nn.Module:
+    """The trunk ``build_semantic_encoder`` would load for ``name`` at ``resolution``, with random weights and no
+    weights file: for counting its parameters (build it on the meta device or fake tensors to skip the init)."""
+    if name not in ENCODER_SPECS:
+        raise KeyError(f"unknown semantic encoder {name!r}; known: {sorted(ENCODER_SPECS)}")
+    spec = ENCODER_SPECS[name]
+    if spec.arch is None:  # TF-Inception: the same trunk to Mixed_6e, in torchvision's layout
+        return _inception_blocks_substitute()
+    return create_vit_trunk(spec, vit_input_size(resolution, spec.patch_size))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Matching the tokenizer's grid
 # ----------------------------------------------------------------------------------------------------------

@@ -46,3 +46,29 @@ def test_paper_estimates_shard_states_and_keep_activations() -> None:
     assert est.ddp - est.activations - est.frozen == memory.DDP_BYTES * est.params
     ar = memory.ar_memory(ar_run(tok, "B"), gpus=8)
     assert ar.activations > 0 and ar.fsdp < ar.ddp
+
+
+def test_a_storage_freed_mid_forward_does_not_hide_a_later_one() -> None:
+    layer = nn.Linear(8, 4)
+    x = torch.randn(3, 8, requires_grad=True)
+
+    def discarded_graphs() -> None:
+        for scale in range(20):
+            layer(x * scale)  # each graph, and the input it saved, is freed at once (as a loss network's output)
+
+    assert memory.saved_bytes(discarded_graphs) == 20 * 3 * 8 * 4
+
+
+def test_frozen_networks_are_counted_from_their_architectures() -> None:
+    from lpips.pretrained_networks import vgg16
+
+    vgg = sum(p.numel() for p in vgg16(requires_grad=False, pretrained=False).parameters())
+    counts = {}
+    for encoder in ("dinov2-b", "siglip"):
+        cfg = tokenizer_run("S-S", profile="paper", semantic_encoder=encoder)
+        counts[encoder] = memory._frozen_params(cfg, memory._loss_networks(cfg)) - vgg
+    # DINOv2 ViT-B/14 is ~86M parameters, SigLIP So400m ~0.4B: each run is charged its own teacher.
+    assert 80e6 < counts["dinov2-b"] < 90e6
+    assert 380e6 < counts["siglip"] < 440e6
+    no_teacher = tokenizer_run("S-S", profile="paper", semantic_weight=0)
+    assert memory._frozen_params(no_teacher, memory._loss_networks(no_teacher)) == vgg

@@ -17,11 +17,13 @@ model state above. The tokenizer's forward is the generator's: CNN encoder, tran
 loss networks its gradient flows through (LPIPS-VGG16 on the reconstruction, the discriminator once the GAN is on);
 the AR's is teacher forcing plus its cross-entropy on fp32 logits. Fused attention keeps no score matrix on either
 device. Not counted: the allocator's fragmentation, NCCL buffers and the discriminator's own update (a later, smaller
-pass). Frozen networks (LPIPS-VGG16, the DINOv2 teacher) are replicated in either mode, as bf16 weights.
+pass). Frozen networks (LPIPS-VGG16, the run's semantic teacher) are replicated in either mode, as bf16 weights;
+their parameters are counted from the built architectures.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -79,17 +81,19 @@ def saved_bytes(forward: Callable[[], Any]) -> int:
     import torch
     from torch import nn
 
-    seen: dict[int, int] = {}
+    # Keyed by id, holding the storage: a storage freed mid-forward (a loss network's discarded graph) would
+    # otherwise hand its id to a later one, and the later one would go uncounted.
+    seen: dict[int, tuple[torch.UntypedStorage, int]] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         if not isinstance(t, nn.Parameter) and not isinstance(t._base, nn.Parameter):  # a weight's transpose
             storage = t.untyped_storage()
-            seen[id(storage)] = storage.nbytes()
+            seen[id(storage)] = (storage, storage.nbytes())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         forward()
-    return sum(seen.values())
+    return sum(nbytes for _, nbytes in seen.values())
 
 
 def per_sample_bytes(forward: Callable[[int], Any]) -> float:
@@ -104,22 +108,52 @@ def _states(params: int, root: int, block: int, gpus: int) -> tuple[float, float
     return ddp, fsdp
 
 
+@functools.cache
+def _lpips_trunk() -> Any:
+    """LPIPS's VGG16 trunk, randomly initialised (its shapes are all that is used), built once a process: torchvision
+    builds and initialises the whole VGG16 with its 120M-parameter classifier first, ~2 s each time."""
+    from lpips.pretrained_networks import vgg16
+
+    with warnings.catch_warnings():  # lpips asks torchvision for vgg16(pretrained=False): no weights, a warning
+        warnings.simplefilter("ignore", UserWarning)
+        return vgg16(requires_grad=False, pretrained=False)
+
+
 def _loss_networks(cfg: Any) -> list[Any]:
     """The frozen networks the generator's gradient flows through: LPIPS's VGG16 trunk and the PatchGAN. Built with
     real weights (small), run on fake inputs. The DINO discriminator's random crop and augmentation ask for values,
     which fake tensors do not have: its row says it is left out."""
-    from lpips.pretrained_networks import vgg16
-
     from gigatok.models.discriminator import PatchDiscriminator
 
     nets: list[Any] = []
     if cfg.loss.perceptual_weight > 0:
-        with warnings.catch_warnings():  # lpips asks torchvision for vgg16(pretrained=False): no weights, a warning
-            warnings.simplefilter("ignore", UserWarning)
-            nets.append(vgg16(requires_grad=False, pretrained=False))
+        nets.append(_lpips_trunk())
     if cfg.loss.gan_weight > 0 and cfg.loss.discriminator == "patchgan":
         nets.append(PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).requires_grad_(False))
     return nets
+
+
+def _frozen_params(cfg: Any, loss_networks: list[Any]) -> int:
+    """Parameters of the replicated frozen networks, counted from the built architectures: LPIPS's VGG16 trunk
+    (the loss networks' frozen ones) and the run's own semantic teacher at its resolution."""
+    import torch
+
+    from gigatok.semantic_encoders import semantic_encoder_architecture
+
+    frozen = sum(p.numel() for net in loss_networks if not _trained(net) for p in net.parameters())
+    sem = cfg.tokenizer.semantic
+    if sem.enabled:
+        with torch.device("meta"):  # shapes only: no init arithmetic, no memory
+            teacher = semantic_encoder_architecture(sem.encoder, sem.encoder_resolution)
+        frozen += sum(p.numel() for p in teacher.parameters())
+    return frozen
+
+
+def _trained(net: Any) -> bool:
+    """The PatchGAN trains (its states are the discriminator's own, not a frozen replica); LPIPS's trunk does not."""
+    from gigatok.models.discriminator import PatchDiscriminator
+
+    return isinstance(net, PatchDiscriminator)
 
 
 def tokenizer_memory(cfg: Any, gpus: int) -> MemoryEstimate:
@@ -144,7 +178,7 @@ def tokenizer_memory(cfg: Any, gpus: int) -> MemoryEstimate:
     block = max(sum(p.numel() for p in b.parameters()) for b in blocks)
     root = params - sum(sum(p.numel() for p in b.parameters()) for b in blocks)
     batch = cfg.train.batch_size / gpus
-    frozen = 2 * (14_700_000 * (cfg.loss.perceptual_weight > 0) + 86_600_000 * t.semantic.enabled)
+    frozen = 2 * _frozen_params(cfg, nets)
     ddp, fsdp = _states(params, root, block, gpus)
     acts = per_sample * batch
     left = "(the DINO discriminator's activations not counted)" if cfg.loss.discriminator == "dino" else ""
