@@ -21,6 +21,7 @@ Sizes: on a GPU the paper profile, per-GPU batches of Table 9 / Appendix B over 
     python bench/gpu_mfu.py                 # on a GPU: ~2 minutes on an H100/H200
     python bench/gpu_mfu.py --quick         # fewer steps
     python bench/gpu_mfu.py --peak-tflops 989 --compile
+    python bench/gpu_mfu.py --profile-ops --batches 16,32,64   # where the time goes; MFU against per-GPU batch
 """
 
 from __future__ import annotations
@@ -47,12 +48,14 @@ if str(ROOT) not in sys.path:  # run as a script: make the project importable wi
 
 # torch and this repository only: nothing here may import lpips, timm, torchvision, mlflow or torch-fidelity.
 from bench.common import Row, add_common_args, add_threads_arg, log_to_mlflow, print_table, set_threads  # noqa: E402
+from bench.op_profile import format_profile, profile_ops  # noqa: E402
 from gigatok.config import PerformanceConfig, ar_run, tokenizer_run  # noqa: E402
 from gigatok.losses import generator_loss, hinge_discriminator_loss  # noqa: E402
 from gigatok.models.ar import build_ar_model  # noqa: E402
 from gigatok.models.discriminator import PatchDiscriminator  # noqa: E402
 from gigatok.models.tokenizer import build_tokenizer  # noqa: E402
 from gigatok.performance import autocast, maybe_compile, prepare_images, prepare_module  # noqa: E402
+from gigatok.train.optimizer import adamw  # noqa: E402  (fused, as both training loops build it)
 
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets; first match wins.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -112,8 +115,8 @@ def tokenizer_step(case: Case, profile: str, device: torch.device) -> Callable[[
     disc = prepare_module(PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device), perf)
     perceptual = prepare_module(VGGPerceptualStandIn().to(device), perf)
     o = cfg.optim
-    opt_g = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    opt_g = adamw(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    opt_d = adamw(disc.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
     net, disc_net = maybe_compile(model, perf), maybe_compile(disc, perf)
     size, grid = cfg.tokenizer.image_size, cfg.tokenizer.grid_size
     g = torch.Generator(device).manual_seed(0)
@@ -161,7 +164,7 @@ def ar_step(case: Case, profile: str, device: torch.device) -> Callable[[], None
     model = prepare_module(build_ar_model(cfg.model, device), perf).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]  # the AR loop's grouping
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
+    opt = adamw(
         [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=t.lr,
         betas=(t.beta1, t.beta2),
@@ -265,6 +268,52 @@ def token_cache_ratios(per_sample: dict[str, float]) -> list[Row]:
     return out
 
 
+def with_batches(todo: list[Case], batches: list[int]) -> list[Case]:
+    """Each training case at each per-GPU batch of ``batches`` (its name says which): MFU against batch size."""
+    if not batches:
+        return todo
+    out = []
+    for case in todo:
+        if case.kind == "tokenize":
+            out.append(case)
+            continue
+        out += [dataclasses.replace(case, name=f"{case.name} batch {b}", batch=b) for b in batches]
+    return out
+
+
+def run_case(
+    case: Case, profile: str, device: torch.device, steps: tuple[int, int], peak: float | None, ops: bool
+) -> tuple[Row, float | None, str]:
+    """One case: (its table row, seconds per sample or None when it failed, its operator profile or "")."""
+    gpu = device.type == "cuda"
+    start = time.perf_counter()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        build = {"tokenizer": tokenizer_step, "tokenize": tokenize_step, "ar": ar_step}[case.kind]
+        step = build(case, profile, device)
+        flops, seconds = measure(step, device, *steps)
+        extra: dict[str, object] = {
+            "batch": case.batch,
+            "TFLOP/step": f"{flops / 1e12:.3g}",
+            "step ms": f"{seconds * 1e3:.1f}",
+            "samples/s": f"{case.batch / seconds:.1f}",
+            "MFU": f"{flops / seconds / (peak * 1e12):.1%}" if peak else "n/a",
+        }
+        if gpu:
+            extra["peak GiB"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}"
+        text = format_profile(case.name, *profile_ops(step, device)) if ops else ""
+    except Exception as err:  # one case failing (OOM, a compile error) must not cost the others
+        traceback.print_exc()
+        return Row(case.name, float("nan"), "TFLOP/s", {"error": f"{type(err).__name__}: {err}"[:80]}), None, ""
+    finally:
+        gc.collect()
+        if gpu:
+            torch.cuda.empty_cache()
+    print(f"  {case.name}: {flops / seconds / 1e12:.3g} TFLOP/s ({time.perf_counter() - start:.0f} s)", flush=True)
+    return Row(case.name, flops / seconds / 1e12, "TFLOP/s", extra), seconds / case.batch, text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer warm-up and timed steps")
@@ -276,15 +325,28 @@ def main() -> None:
     )
     parser.add_argument("--compile", action="store_true", help="also the compiled forms (minutes of compilation)")
     parser.add_argument("--only", default=None, help="run only the cases whose name contains this text")
+    parser.add_argument(
+        "--batches", default="", help="comma-separated per-GPU batches: each training case at each (default: its own)"
+    )
+    parser.add_argument(
+        "--profile-ops",
+        action="store_true",
+        help="also profile two steps of each case: time by kind of work and the most expensive kernels",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_common_args(parser)
     add_threads_arg(parser, default=0 if torch.cuda.is_available() else 1)  # 0: torch's own choice
     args = parser.parse_args()
     set_threads(args.threads)
     device = torch.device(args.device)
+    try:
+        batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    except ValueError:
+        parser.error(f"--batches: not a comma-separated list of integers: {args.batches!r}")
+    if any(b < 1 for b in batches):
+        parser.error(f"--batches: batches must be >= 1, got {args.batches!r}")
     profile, todo = cases(device, args.compile)
-    if args.only:
-        todo = [c for c in todo if args.only in c.name]
+    todo = with_batches([c for c in todo if not args.only or args.only in c.name], batches)
     peak, peak_source = peak_tflops(device, args.peak_tflops)
     gpu = device.type == "cuda"
     warmup, repeats = ((2, 5) if args.quick else (3, 10)) if gpu else ((1, 2) if args.quick else (1, 3))
@@ -294,37 +356,18 @@ def main() -> None:
         f"{f'{peak:g} TFLOP/s bf16' if peak else 'n/a'} ({peak_source}); {warmup} warm-up + {repeats} timed steps",
         flush=True,
     )
-    rows, per_sample = [], {}
+    rows, per_sample, profiles = [], {}, []
     for case in todo:
-        start = time.perf_counter()
-        if gpu:
-            torch.cuda.reset_peak_memory_stats(device)
-        try:
-            build = {"tokenizer": tokenizer_step, "tokenize": tokenize_step, "ar": ar_step}[case.kind]
-            flops, seconds = measure(build(case, profile, device), device, warmup, repeats)
-        except Exception as err:  # one case failing (OOM, a compile error) must not cost the others
-            traceback.print_exc()
-            rows.append(Row(case.name, float("nan"), "TFLOP/s", {"error": f"{type(err).__name__}: {err}"[:80]}))
-            continue
-        finally:
-            gc.collect()
-            if gpu:
-                torch.cuda.empty_cache()
-        achieved = flops / seconds
-        per_sample[case.name] = seconds / case.batch
-        extra: dict[str, object] = {
-            "batch": case.batch,
-            "TFLOP/step": f"{flops / 1e12:.3g}",
-            "step ms": f"{seconds * 1e3:.1f}",
-            "samples/s": f"{case.batch / seconds:.1f}",
-            "MFU": f"{achieved / (peak * 1e12):.1%}" if peak else "n/a",
-        }
-        if gpu:
-            extra["peak GiB"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}"
-        rows.append(Row(case.name, achieved / 1e12, "TFLOP/s", extra))
-        print(f"  {case.name}: {achieved / 1e12:.3g} TFLOP/s ({time.perf_counter() - start:.0f} s)", flush=True)
+        row, seconds, text = run_case(case, profile, device, (warmup, repeats), peak, args.profile_ops)
+        rows.append(row)
+        if seconds is not None:
+            per_sample[case.name] = seconds
+        if text:
+            profiles.append(text)
     rows += token_cache_ratios(per_sample)
     print_table(f"Training-step FLOP/s and MFU ({name}, {profile} profile)", rows)
+    if profiles:
+        print("\nWhere each step's time goes (torch.profiler, two steps):\n" + "\n".join(profiles))
     log_to_mlflow(args.mlflow, "gpu_mfu", rows, {"device": name, "peak_tflops": peak, "profile": profile})
 
 
