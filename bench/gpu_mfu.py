@@ -104,6 +104,7 @@ class Case:
     model: str  # tokenizer name ("S-S") or AR size ("B")
     batch: int
     perf: PerformanceConfig
+    memory_check: bool = False  # also print gigatok.launch.memory's estimate for this step beside the measured peak
 
 
 def tokenizer_step(case: Case, profile: str, device: torch.device) -> Callable[[], None]:
@@ -183,6 +184,33 @@ def ar_step(case: Case, profile: str, device: torch.device) -> Callable[[], None
         opt.step()
 
     return step
+
+
+def memory_cases(device: torch.device) -> list[Case]:
+    """The two models that need FSDP at the paper's batch, at a per-GPU batch that fits one GPU unsharded: their
+    measured peak against the estimate the dry run prints (``--estimate``) for the same step."""
+    bf16 = PerformanceConfig(autocast="bf16")
+    if device.type == "cuda":
+        return [
+            Case("tokenizer XL-XXL bf16 memory", "tokenizer", "XL-XXL", 8, bf16, memory_check=True),
+            Case("AR-XXL bf16 memory", "ar", "XXL", 16, bf16, memory_check=True),
+        ]
+    return [Case("tokenizer XL-XXL fp32 memory", "tokenizer", "XL-XXL", 4, PerformanceConfig(autocast="off"), True)]
+
+
+def estimated_gib(case: Case, profile: str) -> float:
+    """gigatok.launch.memory's estimate of one process running ``case`` alone (bf16 autocast, as on a GPU)."""
+    from gigatok.launch import memory
+
+    if case.kind == "ar":
+        cfg = ar_run(tokenizer_run("S-S", profile=profile), case.model, batch_size=case.batch)
+        estimate = memory.ar_memory(cfg, gpus=1)
+    else:
+        cfg = tokenizer_run(case.model, profile=profile, batch_size=case.batch)
+        estimate = memory.tokenizer_memory(
+            dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, perceptual="lpips")), gpus=1
+        )
+    return memory.single_process_bytes(estimate) / 2**30
 
 
 def cases(device: torch.device, with_compile: bool) -> tuple[str, list[Case]]:
@@ -302,6 +330,8 @@ def run_case(
         }
         if gpu:
             extra["peak GiB"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}"
+        if case.memory_check:
+            extra["estimated GiB"] = f"{estimated_gib(case, profile):.1f}"
         text = format_profile(case.name, *profile_ops(step, device)) if ops else ""
     except Exception as err:  # one case failing (OOM, a compile error) must not cost the others
         traceback.print_exc()
@@ -333,6 +363,11 @@ def main() -> None:
         action="store_true",
         help="also profile two steps of each case: time by kind of work and the most expensive kernels",
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also XL-XXL and AR-XXL at a batch one GPU holds: peak memory beside the dry run's estimate",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_common_args(parser)
     add_threads_arg(parser, default=0 if torch.cuda.is_available() else 1)  # 0: torch's own choice
@@ -346,6 +381,7 @@ def main() -> None:
     if any(b < 1 for b in batches):
         parser.error(f"--batches: batches must be >= 1, got {args.batches!r}")
     profile, todo = cases(device, args.compile)
+    todo += memory_cases(device) if args.memory else []
     todo = with_batches([c for c in todo if not args.only or args.only in c.name], batches)
     peak, peak_source = peak_tflops(device, args.peak_tflops)
     gpu = device.type == "cuda"

@@ -24,7 +24,6 @@ their parameters are counted from the built architectures.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from unittest import mock
 
 GIB = 2**30
 DDP_BYTES, FSDP_SHARDED_BYTES, GATHERED_BYTES = 22, 16, 6
+DDP_BUCKET_BYTES = 4  # of DDP_BYTES: the gradient buckets, which a single process without DDP does not have
 IMAGE_SIZE = 256  # the paper's tokenizer resolution
 
 
@@ -110,13 +110,12 @@ def _states(params: int, root: int, block: int, gpus: int) -> tuple[float, float
 
 @functools.cache
 def _lpips_trunk() -> Any:
-    """LPIPS's VGG16 trunk, randomly initialised (its shapes are all that is used), built once a process: torchvision
-    builds and initialises the whole VGG16 with its 120M-parameter classifier first, ~2 s each time."""
-    from lpips.pretrained_networks import vgg16
+    """LPIPS's VGG16 trunk (torchvision's VGG16 features to relu5_3, the layers ``lpips.pretrained_networks.vgg16``
+    slices), randomly initialised: its shapes are all that is used. Built once a process: torchvision builds and
+    initialises the whole VGG16 with its 120M-parameter classifier first, ~2 s each time."""
+    from torchvision.models import vgg16
 
-    with warnings.catch_warnings():  # lpips asks torchvision for vgg16(pretrained=False): no weights, a warning
-        warnings.simplefilter("ignore", UserWarning)
-        return vgg16(requires_grad=False, pretrained=False)
+    return vgg16(weights=None).features[:30].requires_grad_(False)
 
 
 def _loss_networks(cfg: Any) -> list[Any]:
@@ -207,6 +206,12 @@ def ar_memory(cfg: Any, gpus: int) -> MemoryEstimate:
     ddp, fsdp = _states(params, params - block * m.depth, block, gpus)
     acts = per_sample * batch
     return MemoryEstimate(f"AR-{cfg.size}", params, batch, acts, 0.0, ddp + acts, fsdp + acts)
+
+
+def single_process_bytes(estimate: MemoryEstimate) -> float:
+    """The estimate for one process training alone (no DDP wrapper, so no gradient buckets): what
+    ``bench/gpu_mfu.py --memory`` measures on one GPU, to check the estimate against."""
+    return estimate.ddp - DDP_BUCKET_BYTES * estimate.params
 
 
 def plan_memory(specs: list[Any], gpus: int) -> list[MemoryEstimate]:
