@@ -15,6 +15,9 @@ What one step is:
   DINOv2 forward, ~1.5% of an S-S step's FLOPs, is not run).
 - AR: ``ARModel.loss`` on random tokens (teacher-forced, class dropout on), backward, clipping, AdamW.
 
+A case with activation checkpointing (``--memory``'s "checkpointed" rows) counts the blocks' second forward too:
+its rate is the hardware's, not model FLOPs; those rows are there for their peak memory.
+
 Sizes: on a GPU the paper profile, per-GPU batches of Table 9 / Appendix B over 8 GPUs (tokenizer S-S 16, B-L 16; AR-B
 32, AR-L 32); on a CPU the tiny profile. Everything runs through ``gigatok.performance`` as the training loops do.
 
@@ -190,12 +193,26 @@ def memory_cases(device: torch.device) -> list[Case]:
     """The two models that need FSDP at the paper's batch, at a per-GPU batch that fits one GPU unsharded: their
     measured peak against the estimate the dry run prints (``--estimate``) for the same step."""
     bf16 = PerformanceConfig(autocast="bf16")
+    checkpointed = dataclasses.replace(bf16, activation_checkpointing=True)
     if device.type == "cuda":
         return [
             Case("tokenizer XL-XXL bf16 memory", "tokenizer", "XL-XXL", 8, bf16, memory_check=True),
+            Case("tokenizer XL-XXL bf16 checkpointed memory", "tokenizer", "XL-XXL", 8, checkpointed, True),
             Case("AR-XXL bf16 memory", "ar", "XXL", 16, bf16, memory_check=True),
+            Case("AR-XXL bf16 checkpointed memory", "ar", "XXL", 16, checkpointed, memory_check=True),
         ]
-    return [Case("tokenizer XL-XXL fp32 memory", "tokenizer", "XL-XXL", 4, PerformanceConfig(autocast="off"), True)]
+    fp32 = PerformanceConfig(autocast="off")
+    return [
+        Case("tokenizer XL-XXL fp32 memory", "tokenizer", "XL-XXL", 4, fp32, memory_check=True),
+        Case(
+            "AR-XXL fp32 checkpointed memory",
+            "ar",
+            "XXL",
+            4,
+            dataclasses.replace(fp32, activation_checkpointing=True),
+            True,
+        ),
+    ]
 
 
 def estimated_gib(case: Case, profile: str) -> float:
@@ -203,10 +220,11 @@ def estimated_gib(case: Case, profile: str) -> float:
     from gigatok.launch import memory
 
     if case.kind == "ar":
-        cfg = ar_run(tokenizer_run("S-S", profile=profile), case.model, batch_size=case.batch)
+        tokenizer = tokenizer_run("S-S", profile=profile)
+        cfg = ar_run(tokenizer, case.model, batch_size=case.batch, performance=case.perf)
         estimate = memory.ar_memory(cfg, gpus=1)
     else:
-        cfg = tokenizer_run(case.model, profile=profile, batch_size=case.batch)
+        cfg = tokenizer_run(case.model, profile=profile, batch_size=case.batch, performance=case.perf)
         estimate = memory.tokenizer_memory(
             dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, perceptual="lpips")), gpus=1
         )

@@ -532,6 +532,10 @@ class PerformanceConfig:
     # part, AR-XXL) at the paper profile and ddp below and at tiny. One process trains the same either way; only the
     # checkpoint format follows it.
     parallelism: Literal["auto", "ddp", "fsdp"] = "auto"
+    # Keep only each transformer block's input through the forward and run the block again in backward
+    # (gigatok.models.checkpointing): the transformers' activations for one more forward of them. For per-GPU
+    # batches that do not fit otherwise (the dry run's --estimate prints both); off by default.
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         _require(

@@ -1,5 +1,5 @@
-"""Applying a :class:`~gigatok.config.PerformanceConfig`: the attention kernel, the memory format of convolutions,
-bf16 autocast and ``torch.compile``.
+"""Applying a :class:`~gigatok.config.PerformanceConfig`: the attention kernel, activation checkpointing, the memory
+format of convolutions, bf16 autocast and ``torch.compile``.
 
 The training loops, ``bench/tokenizer_step.py`` and ``bench/gpu_mfu.py`` all go through these few functions, so a
 benchmark measures what training runs. Imports torch and this package's models only (the GPU benchmark runs where
@@ -17,6 +17,7 @@ from torch import nn
 
 from gigatok.config import PerformanceConfig
 from gigatok.models.attention import set_fused_attention
+from gigatok.models.checkpointing import enable_activation_checkpointing
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -36,8 +37,11 @@ def autocast(perf: PerformanceConfig, device: torch.device) -> contextlib.Abstra
 
 
 def prepare_module(module: M, perf: PerformanceConfig) -> M:
-    """Set ``module``'s attention kernel and convolution memory format in place (before building its optimizer)."""
+    """Set ``module``'s attention kernel, activation checkpointing and convolution memory format in place (before
+    building its optimizer)."""
     set_fused_attention(module, perf.fused_attention)
+    if perf.activation_checkpointing:
+        enable_activation_checkpointing(module)
     if perf.channels_last:
         module.to(memory_format=torch.channels_last)
     return module

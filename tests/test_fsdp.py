@@ -7,7 +7,8 @@ Submitit's local executor, against one process in the test:
   two-process run at the end of its step with a sharded checkpoint, and the resume finishes the run;
 - a checkpoint written by two ranks resumes on one (tokenizer) and one written by one process resumes on two (AR),
   continuing as the uninterrupted run does;
-- the final weights are the one-file state dict the DDP path writes.
+- the final weights are the one-file state dict the DDP path writes;
+- the AR run does all of this with activation checkpointing on, each block recomputed inside its FSDP unit.
 """
 
 from __future__ import annotations
@@ -262,7 +263,9 @@ def test_sharded_ar_resumes_on_two_from_one_and_after_preemption(
     from gigatok.train.ar_loop import train_ar
 
     tok_dir = fsdp_tokenizer["single"]
-    cfg = ar_run(fsdp_tokenizer["cfg"], "B", max_steps=STEPS, performance=FSDP)
+    # With activation checkpointing: each block's recomputation inside its FSDP unit gathers the block's shards again.
+    performance = dataclasses.replace(FSDP, activation_checkpointing=True)
+    cfg = ar_run(fsdp_tokenizer["cfg"], "B", max_steps=STEPS, performance=performance)
     model = dataclasses.replace(cfg.model, dropout=0.0, class_dropout=0.0)  # no per-rank random stream
     train = dataclasses.replace(cfg.train, log_every=1, checkpoint_every=2, keep_checkpoints=3)
     cfg = dataclasses.replace(cfg, model=model, train=train)

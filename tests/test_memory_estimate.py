@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -72,3 +74,30 @@ def test_frozen_networks_are_counted_from_their_architectures() -> None:
     assert 380e6 < counts["siglip"] < 440e6
     no_teacher = tokenizer_run("S-S", profile="paper", semantic_weight=0)
     assert memory._frozen_params(no_teacher, memory._loss_networks(no_teacher)) == vgg
+
+
+def test_checkpointed_count_lies_between_what_checkpointing_keeps_and_the_plain_count() -> None:
+    from gigatok.models.checkpointing import checkpoint_units, enable_activation_checkpointing
+
+    t = tokenizer_run("S-B", profile="tiny", kind="1d").tokenizer
+    torch.manual_seed(0)
+    model = build_tokenizer(t)
+    images = torch.randn(2, 3, t.image_size, t.image_size)
+    plain, checkpointed = memory.saved_bytes_split(lambda: model(images), list(checkpoint_units(model)))
+    assert plain == memory.saved_bytes(lambda: model(images))
+    enable_activation_checkpointing(model)
+    # What autograd still holds outside the blocks, for real; the estimate adds the blocks' inputs and one block's
+    # own activations (rebuilt in backward), so it is above that and well below the plain count.
+    outside = memory.saved_bytes(lambda: model(images))
+    assert outside < checkpointed < plain
+
+
+def test_the_estimate_reports_both_checkpointing_settings() -> None:
+    tok = tokenizer_run("S-S", profile="paper")
+    plain = memory.ar_memory(ar_run(tok, "B"), gpus=8)
+    on = memory.ar_memory(
+        ar_run(tok, "B", performance=dataclasses.replace(tok.performance, activation_checkpointing=True)), gpus=8
+    )
+    assert on.checkpointing and not plain.checkpointing
+    assert on.activations == plain.other_activations < plain.activations == on.other_activations
+    assert on.fsdp < plain.fsdp and "with activation checkpointing" in plain.row(8)

@@ -38,7 +38,8 @@ IMAGE_SIZE = 256  # the paper's tokenizer resolution
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """One stage's estimated peak per GPU, in bytes, for DDP and FSDP on ``gpus`` GPUs."""
+    """One stage's estimated peak per GPU, in bytes, for DDP and FSDP on ``gpus`` GPUs, with the run's own
+    activation checkpointing setting; ``other_activations`` is what the other setting would keep."""
 
     what: str  # "tokenizer XL-XXL", "AR-XXL"
     params: int  # trained parameters
@@ -48,12 +49,18 @@ class MemoryEstimate:
     ddp: float
     fsdp: float
     left_out: str = ""
+    checkpointing: bool = False  # the run's performance.activation_checkpointing
+    other_activations: float = 0.0  # at batch_per_gpu, with checkpointing the other way
 
     def row(self, gpus: int) -> str:
+        other = self.other_activations - self.activations
+        label = "without activation checkpointing" if self.checkpointing else "with activation checkpointing"
         return (
             f"  {self.what:18} {self.params / 1e9:6.2f} B params, batch {self.batch_per_gpu:g} a GPU: "
             f"DDP {self.ddp / GIB:6.1f} GiB, FSDP on {gpus} {self.fsdp / GIB:6.1f} GiB (activations "
-            f"{self.activations / GIB:.1f} GiB){' ' + self.left_out if self.left_out else ''}"
+            f"{self.activations / GIB:.1f} GiB{', checkpointed' if self.checkpointing else ''}; {label}: DDP "
+            f"{(self.ddp + other) / GIB:.1f}, FSDP {(self.fsdp + other) / GIB:.1f})"
+            f"{' ' + self.left_out if self.left_out else ''}"
         )
 
 
@@ -96,9 +103,72 @@ def saved_bytes(forward: Callable[[], Any]) -> int:
     return sum(nbytes for _, nbytes in seen.values())
 
 
+def saved_bytes_split(forward: Callable[[], Any], units: list[Any]) -> tuple[int, int]:
+    """(bytes kept for backward as ``forward`` runs, bytes kept when each module of ``units`` is checkpointed), from
+    one plain pass: what each unit saves inside itself is told apart from the rest by hooks around its call. A
+    checkpointed unit keeps its tensor inputs instead, and during backward one unit at a time holds what it saves
+    (the largest counted)."""
+    import torch
+    from torch import nn
+
+    outside: dict[int, tuple[torch.UntypedStorage, int]] = {}  # held: see saved_bytes
+    inside: list[dict[int, tuple[torch.UntypedStorage, int]]] = [{} for _ in units]
+    inputs: dict[int, tuple[torch.UntypedStorage, int]] = {}
+    current: list[int | None] = [None]
+
+    def keep(into: dict[int, tuple[torch.UntypedStorage, int]], t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        into[id(storage)] = (storage, storage.nbytes())
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, nn.Parameter) and not isinstance(t._base, nn.Parameter):
+            keep(outside if current[0] is None else inside[current[0]], t)
+        return t
+
+    def entering(index: int) -> Callable[..., None]:
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            current[0] = index
+            for value in [*args, *kwargs.values()]:
+                if isinstance(value, torch.Tensor):
+                    keep(inputs, value)
+
+        return hook
+
+    def leaving(*_: Any) -> None:
+        current[0] = None
+
+    handles = [u.register_forward_pre_hook(entering(i), with_kwargs=True) for i, u in enumerate(units)]
+    handles += [u.register_forward_hook(leaving) for u in units]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def total(*parts: dict[int, tuple[torch.UntypedStorage, int]]) -> int:
+        return sum(nbytes for _, nbytes in {k: v for part in parts for k, v in part.items()}.values())
+
+    largest_unit = max((total(unit) for unit in inside), default=0)
+    return total(outside, *inside), total(outside, inputs) + largest_unit
+
+
 def per_sample_bytes(forward: Callable[[int], Any]) -> float:
     """What one more sample adds to the saved activations of ``forward(batch)``: batch 2 minus batch 1."""
     return float(saved_bytes(lambda: forward(2)) - saved_bytes(lambda: forward(1)))
+
+
+def per_sample_split(forward: Callable[[int], Any], units: list[Any]) -> tuple[float, float]:
+    """:func:`saved_bytes_split` of one more sample: batch 2 minus batch 1, without and with checkpointing."""
+    plain_2, checkpointed_2 = saved_bytes_split(lambda: forward(2), units)
+    plain_1, checkpointed_1 = saved_bytes_split(lambda: forward(1), units)
+    return float(plain_2 - plain_1), float(checkpointed_2 - checkpointed_1)
+
+
+def _activations(per_sample: tuple[float, float], batch: float, checkpointing: bool) -> tuple[float, float]:
+    """(activations with the run's checkpointing setting, with the other one) at ``batch``."""
+    plain, checkpointed = (x * batch for x in per_sample)
+    return (checkpointed, plain) if checkpointing else (plain, checkpointed)
 
 
 def _states(params: int, root: int, block: int, gpus: int) -> tuple[float, float]:
@@ -159,6 +229,7 @@ def tokenizer_memory(cfg: Any, gpus: int) -> MemoryEstimate:
     """The tokenizer run ``cfg`` (a TokenizerRunConfig) at its global batch over ``gpus`` GPUs."""
     import torch
 
+    from gigatok.models.checkpointing import checkpoint_units
     from gigatok.models.tokenizer import build_tokenizer
 
     t = cfg.tokenizer
@@ -171,7 +242,7 @@ def tokenizer_memory(cfg: Any, gpus: int) -> MemoryEstimate:
             for net in nets:
                 net(reconstruction)
 
-        per_sample = per_sample_bytes(forward)
+        per_sample = per_sample_split(forward, list(checkpoint_units(model)))
     params = sum(p.numel() for p in model.parameters())
     blocks = [*model.encoder.stack.blocks, *model.decoder.stack.blocks]
     block = max(sum(p.numel() for p in b.parameters()) for b in blocks)
@@ -179,10 +250,13 @@ def tokenizer_memory(cfg: Any, gpus: int) -> MemoryEstimate:
     batch = cfg.train.batch_size / gpus
     frozen = 2 * _frozen_params(cfg, nets)
     ddp, fsdp = _states(params, root, block, gpus)
-    acts = per_sample * batch
+    checkpointing = cfg.performance.activation_checkpointing
+    acts, other = _activations(per_sample, batch, checkpointing)
     left = "(the DINO discriminator's activations not counted)" if cfg.loss.discriminator == "dino" else ""
     total = acts + frozen
-    return MemoryEstimate(f"tokenizer {t.name}", params, batch, acts, frozen, ddp + total, fsdp + total, left)
+    return MemoryEstimate(
+        f"tokenizer {t.name}", params, batch, acts, frozen, ddp + total, fsdp + total, left, checkpointing, other
+    )
 
 
 def ar_memory(cfg: Any, gpus: int) -> MemoryEstimate:
@@ -190,6 +264,7 @@ def ar_memory(cfg: Any, gpus: int) -> MemoryEstimate:
     import torch
 
     from gigatok.models.ar import build_ar_model
+    from gigatok.models.checkpointing import checkpoint_units
 
     m = cfg.model
     with _fake_build():
@@ -199,13 +274,24 @@ def ar_memory(cfg: Any, gpus: int) -> MemoryEstimate:
             tokens = torch.zeros(batch, m.num_tokens, dtype=torch.long)
             model.loss(tokens, torch.zeros(batch, dtype=torch.long))
 
-        per_sample = per_sample_bytes(forward)
+        per_sample = per_sample_split(forward, list(checkpoint_units(model)))
     params = sum(p.numel() for p in model.parameters())
     block = sum(p.numel() for p in model.layers[0].parameters())
     batch = cfg.train.batch_size / gpus
     ddp, fsdp = _states(params, params - block * m.depth, block, gpus)
-    acts = per_sample * batch
-    return MemoryEstimate(f"AR-{cfg.size}", params, batch, acts, 0.0, ddp + acts, fsdp + acts)
+    checkpointing = cfg.performance.activation_checkpointing
+    acts, other = _activations(per_sample, batch, checkpointing)
+    return MemoryEstimate(
+        f"AR-{cfg.size}",
+        params,
+        batch,
+        acts,
+        0.0,
+        ddp + acts,
+        fsdp + acts,
+        checkpointing=checkpointing,
+        other_activations=other,
+    )
 
 
 def single_process_bytes(estimate: MemoryEstimate) -> float:
