@@ -3,6 +3,7 @@ forward, dropout included, for less kept for backward; nothing changes without g
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -75,6 +76,9 @@ def test_less_is_kept_for_backward_and_the_state_dict_is_unchanged() -> None:
     assert enable_activation_checkpointing(checkpointed) == cfg.depth == len(list(checkpoint_units(checkpointed)))
     assert enable_activation_checkpointing(checkpointed) == cfg.depth  # a second call wraps nothing twice
     assert checkpointed.state_dict().keys() == plain.state_dict().keys()
+    copied = copy.deepcopy(checkpointed)  # its blocks run themselves, not the original's
+    with torch.no_grad():
+        next(copied.layers[0].parameters()).add_(1.0)  # seen only if the copy's block runs its own weights
     tokens = torch.randint(0, cfg.vocab_size, (4, cfg.num_tokens))
     labels = torch.zeros(4, dtype=torch.long)
     kept = {
@@ -83,5 +87,8 @@ def test_less_is_kept_for_backward_and_the_state_dict_is_unchanged() -> None:
     }
     assert kept["ckpt"] < kept["plain"] / 2
     with torch.no_grad():  # sampling and evaluation: no checkpoint, the same outputs
-        plain.eval(), checkpointed.eval()
+        plain.eval(), checkpointed.eval(), copied.eval()
         torch.testing.assert_close(plain(tokens, labels), checkpointed(tokens, labels), rtol=0, atol=0)
+        assert not torch.equal(copied(tokens, labels), checkpointed(tokens, labels))
+    copied.train()
+    assert memory.saved_bytes(lambda: copied.loss(tokens, labels)) == kept["ckpt"]

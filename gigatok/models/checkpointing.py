@@ -10,6 +10,7 @@ the block runs again (the RNG state is kept), so gradients are those of the plai
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,16 +37,15 @@ def enable_activation_checkpointing(module: nn.Module) -> int:
     count = 0
     for block in checkpoint_units(module):
         if not getattr(block, "_gigatok_checkpointed", False):
-            block.forward = _checkpointed(block.forward)
+            # A method bound to the block (not a closure over its old forward): a deep copy binds it to the copy.
+            block.forward = types.MethodType(_checkpointed_forward, block)
             block._gigatok_checkpointed = True  # type: ignore[assignment]
         count += 1
     return count
 
 
-def _checkpointed(forward: Any) -> Any:
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled():
-            return forward(*args, **kwargs)
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-    return run
+def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    forward = type(self).forward.__get__(self)  # the class's forward (FSDP's subclass keeps it)
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
