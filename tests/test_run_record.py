@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -115,3 +116,24 @@ def test_through_a_server_the_wait_is_logged_and_the_start_kept(tmp_path: Path) 
     with MlflowServer(tmp_path / "mlflow-server") as server:
         client = connect(server.uri)
         assert not _started_at_first_stage(client, ensure_experiment(client, "clock", "start times"))
+
+
+def test_a_tag_another_job_deleted_first_is_not_an_error(tmp_path: Path) -> None:
+    """Two launches of one study at once start two jobs for a run; both see its old error tag, one deletes it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from gigatok.runs.execute import delete_tag_if_present
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    client.set_tag(run_id, "gigatok.error", "old")
+    delete_tag_if_present(client, run_id, "gigatok.error")
+    delete_tag_if_present(client, run_id, "gigatok.error")  # the second job: already gone
+    assert "gigatok.error" not in client.get_run(run_id).data.tags
+
+    def unreachable(run_id: str, key: str) -> None:
+        raise MlflowException("the store is down", error_code="TEMPORARILY_UNAVAILABLE")
+
+    with pytest.raises(MlflowException, match="store is down"):  # any other failure still surfaces
+        delete_tag_if_present(SimpleNamespace(delete_tag=unreachable), run_id, "gigatok.error")

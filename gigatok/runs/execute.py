@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gigatok import tracking_schema as schema
 from gigatok.runs.context import StageContext, StageOutcome, workspace_for
@@ -154,7 +154,7 @@ def _open_tracked_run(logger: RunLogger, spec: RunSpec) -> tuple[set[str], dict[
     env_job = _slurm_job_id()
     logger.tags({schema.HOST: os.uname().nodename, **({schema.SLURM_JOB_ID: env_job} if env_job else {})})
     if schema.ERROR in run.data.tags:  # a re-run starts clean; the old traceback stays an artifact
-        logger.client.delete_tag(logger.run_id, schema.ERROR)
+        delete_tag_if_present(logger.client, logger.run_id, schema.ERROR)
     logger.set_status("RUNNING")
     try:
         describe_run(logger.client, logger.run_id, spec, dict(run.data.tags))
@@ -162,6 +162,19 @@ def _open_tracked_run(logger: RunLogger, spec: RunSpec) -> tuple[set[str], dict[
         if not is_outage(exc):
             raise
     return logged, last_step
+
+
+def delete_tag_if_present(client: Any, run_id: str, key: str) -> None:
+    """Delete the run's tag ``key``, which another job may have deleted first: two launches of one study at once
+    start two jobs for a run, and both read the tag before either deletes it (MLflow then answers
+    RESOURCE_DOES_NOT_EXIST, which failed the second job)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_tag(run_id, key)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
 
 
 def _slurm_job_id() -> str | None:
