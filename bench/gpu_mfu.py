@@ -58,7 +58,7 @@ from gigatok.models.ar import build_ar_model  # noqa: E402
 from gigatok.models.discriminator import PatchDiscriminator  # noqa: E402
 from gigatok.models.tokenizer import build_tokenizer  # noqa: E402
 from gigatok.performance import autocast, maybe_compile, prepare_images, prepare_module  # noqa: E402
-from gigatok.train.optimizer import adamw  # noqa: E402  (fused, as both training loops build it)
+from gigatok.train.optimizer import build_ar_optimizer, build_optimizer  # noqa: E402  (the loops' own)
 
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets; first match wins.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -119,8 +119,7 @@ def tokenizer_step(case: Case, profile: str, device: torch.device) -> Callable[[
     disc = prepare_module(PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device), perf)
     perceptual = prepare_module(VGGPerceptualStandIn().to(device), perf)
     o = cfg.optim
-    opt_g = adamw(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
-    opt_d = adamw(disc.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    opt_g, opt_d = build_optimizer(cfg, model.parameters()), build_optimizer(cfg, disc.parameters())
     net, disc_net = maybe_compile(model, perf), maybe_compile(disc, perf)
     size, grid = cfg.tokenizer.image_size, cfg.tokenizer.grid_size
     g = torch.Generator(device).manual_seed(0)
@@ -166,13 +165,7 @@ def ar_step(case: Case, profile: str, device: torch.device) -> Callable[[], None
     cfg = ar_run(tokenizer_run("S-S", profile=profile), case.model, batch_size=case.batch, performance=case.perf)
     perf, t = cfg.performance, cfg.train
     model = prepare_module(build_ar_model(cfg.model, device), perf).train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # the AR loop's grouping
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = adamw(
-        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=t.lr,
-        betas=(t.beta1, t.beta2),
-    )
+    opt = build_ar_optimizer(model, t)
     loss_fn = maybe_compile(model.loss, perf)
     g = torch.Generator(device).manual_seed(0)
     tokens = torch.randint(0, cfg.model.vocab_size, (case.batch, cfg.model.num_tokens), device=device, generator=g)
@@ -228,7 +221,7 @@ def estimated_gib(case: Case, profile: str) -> float:
         estimate = memory.tokenizer_memory(
             dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, perceptual="lpips")), gpus=1
         )
-    return memory.single_process_bytes(estimate) / 2**30
+    return memory.single_process_bytes(estimate) / memory.GIB
 
 
 def cases(device: torch.device, with_compile: bool) -> tuple[str, list[Case]]:

@@ -80,7 +80,8 @@ def ours(work: Work) -> tuple[Callable[[torch.Tensor], Any], Callable[[torch.Ten
     from gigatok.config import tokenizer_run
     from gigatok.models.discriminator import PatchDiscriminator
     from gigatok.models.tokenizer import build_tokenizer
-    from gigatok.train.tokenizer_loop import StepModules, build_optimizer, training_step
+    from gigatok.train.optimizer import build_optimizer
+    from gigatok.train.tokenizer_loop import StepModules, training_step
 
     cfg = tokenizer_run("S-S", profile="paper", batch_size=work.batch, semantic_weight=0.0)
     tok = dataclasses.replace(cfg.tokenizer, image_size=work.image_size, num_tokens=work.num_tokens)

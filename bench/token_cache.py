@@ -52,7 +52,7 @@ from gigatok.models.ar import build_ar_model  # noqa: E402
 from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer  # noqa: E402
 from gigatok.performance import autocast, prepare_module  # noqa: E402
 from gigatok.token_cache import build_token_cache  # noqa: E402
-from gigatok.train.ar_loop import build_ar_optimizer  # noqa: E402
+from gigatok.train.optimizer import build_ar_optimizer  # noqa: E402
 from gigatok.train.sampling import ResumableBatchSampler  # noqa: E402
 from gigatok.train.tokenizer_loop import train_tokenizer  # noqa: E402
 from gigatok.train.trained import load_trained_tokenizer  # noqa: E402

@@ -50,7 +50,8 @@ from gigatok.perceptual import build_perceptual_loss  # noqa: E402
 from gigatok.performance import autocast_dtype, maybe_compile, prepare_module  # noqa: E402
 from gigatok.semantic_encoders import build_semantic_encoder  # noqa: E402
 from gigatok.semantic_targets import SemanticTargets  # noqa: E402
-from gigatok.train.tokenizer_loop import StepModules, build_optimizer, training_step  # noqa: E402
+from gigatok.train.optimizer import build_optimizer  # noqa: E402
+from gigatok.train.tokenizer_loop import StepModules, training_step  # noqa: E402
 
 PLAIN = PerformanceConfig(fused_attention=False, channels_last=False, autocast="off", compile=False)
 

@@ -93,7 +93,7 @@ class ARLoop:
 
         from gigatok.config import ar_run, tokenizer_run
         from gigatok.models.ar import build_ar_model
-        from gigatok.train.ar_loop import build_ar_optimizer
+        from gigatok.train.optimizer import build_ar_optimizer
 
         self.cfg = ar_run(tokenizer_run("S-S", profile="tiny"), size)
         self.model = build_ar_model(self.cfg.model).train()

@@ -15,7 +15,8 @@ from gigatok.config import TokenizerRunConfig, tokenizer_run
 from gigatok.data import build_dataset
 from gigatok.losses import generator_loss, shortcut_active, shortcut_direct_active
 from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer
-from gigatok.train.tokenizer_loop import build_optimizer, cosine_schedule
+from gigatok.train.optimizer import build_optimizer
+from gigatok.train.tokenizer_loop import cosine_schedule
 
 FIXED_CROPS = 8
 STEPS = 60

@@ -68,12 +68,12 @@ def test_frozen_networks_are_counted_from_their_architectures() -> None:
     counts = {}
     for encoder in ("dinov2-b", "siglip"):
         cfg = tokenizer_run("S-S", profile="paper", semantic_encoder=encoder)
-        counts[encoder] = memory._frozen_params(cfg, memory._loss_networks(cfg)) - vgg
+        counts[encoder] = memory._frozen_params(cfg) - vgg
     # DINOv2 ViT-B/14 is ~86M parameters, SigLIP So400m ~0.4B: each run is charged its own teacher.
     assert 80e6 < counts["dinov2-b"] < 90e6
     assert 380e6 < counts["siglip"] < 440e6
     no_teacher = tokenizer_run("S-S", profile="paper", semantic_weight=0)
-    assert memory._frozen_params(no_teacher, memory._loss_networks(no_teacher)) == vgg
+    assert memory._frozen_params(no_teacher) == vgg
 
 
 def test_checkpointed_count_lies_between_what_checkpointing_keeps_and_the_plain_count() -> None:

@@ -22,8 +22,9 @@ from gigatok.models.discriminator import PatchDiscriminator
 from gigatok.models.quantizer import QuantizerOutput
 from gigatok.models.tokenizer import TokenizerOutput, build_tokenizer
 from gigatok.train.codebook_usage import CodebookUsageWindow, default_window
+from gigatok.train.optimizer import build_optimizer
 from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, crop_seed
-from gigatok.train.tokenizer_loop import StepModules, build_optimizer, training_step
+from gigatok.train.tokenizer_loop import StepModules, training_step
 
 # ---- paper profile: the authors' configs ------------------------------------------------------------------------
 

@@ -85,22 +85,7 @@ def _fake_build() -> Iterator[None]:
 def saved_bytes(forward: Callable[[], Any]) -> int:
     """Bytes autograd keeps for backward while ``forward`` runs: each saved storage once, parameters (and views of
     them) left out."""
-    import torch
-    from torch import nn
-
-    # Keyed by id, holding the storage: a storage freed mid-forward (a loss network's discarded graph) would
-    # otherwise hand its id to a later one, and the later one would go uncounted.
-    seen: dict[int, tuple[torch.UntypedStorage, int]] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if not isinstance(t, nn.Parameter) and not isinstance(t._base, nn.Parameter):  # a weight's transpose
-            storage = t.untyped_storage()
-            seen[id(storage)] = (storage, storage.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        forward()
-    return sum(nbytes for _, nbytes in seen.values())
+    return saved_bytes_split(forward, [])[0]
 
 
 def saved_bytes_split(forward: Callable[[], Any], units: list[Any]) -> tuple[int, int]:
@@ -111,7 +96,9 @@ def saved_bytes_split(forward: Callable[[], Any], units: list[Any]) -> tuple[int
     import torch
     from torch import nn
 
-    outside: dict[int, tuple[torch.UntypedStorage, int]] = {}  # held: see saved_bytes
+    # Keyed by id, holding the storage: a storage freed mid-forward (a loss network's discarded graph) would
+    # otherwise hand its id to a later one, and the later one would go uncounted.
+    outside: dict[int, tuple[torch.UntypedStorage, int]] = {}
     inside: list[dict[int, tuple[torch.UntypedStorage, int]]] = [{} for _ in units]
     inputs: dict[int, tuple[torch.UntypedStorage, int]] = {}
     current: list[int | None] = [None]
@@ -121,7 +108,7 @@ def saved_bytes_split(forward: Callable[[], Any], units: list[Any]) -> tuple[int
         into[id(storage)] = (storage, storage.nbytes())
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if not isinstance(t, nn.Parameter) and not isinstance(t._base, nn.Parameter):
+        if not isinstance(t, nn.Parameter) and not isinstance(t._base, nn.Parameter):  # a weight's transpose
             keep(outside if current[0] is None else inside[current[0]], t)
         return t
 
@@ -202,27 +189,20 @@ def _loss_networks(cfg: Any) -> list[Any]:
     return nets
 
 
-def _frozen_params(cfg: Any, loss_networks: list[Any]) -> int:
-    """Parameters of the replicated frozen networks, counted from the built architectures: LPIPS's VGG16 trunk
-    (the loss networks' frozen ones) and the run's own semantic teacher at its resolution."""
+def _frozen_params(cfg: Any) -> int:
+    """Parameters of the replicated frozen networks, counted from the built architectures: LPIPS's VGG16 trunk and
+    the run's own semantic teacher at its resolution."""
     import torch
 
     from gigatok.semantic_encoders import semantic_encoder_architecture
 
-    frozen = sum(p.numel() for net in loss_networks if not _trained(net) for p in net.parameters())
+    frozen = sum(p.numel() for p in _lpips_trunk().parameters()) if cfg.loss.perceptual_weight > 0 else 0
     sem = cfg.tokenizer.semantic
     if sem.enabled:
         with torch.device("meta"):  # shapes only: no init arithmetic, no memory
             teacher = semantic_encoder_architecture(sem.encoder, sem.encoder_resolution)
         frozen += sum(p.numel() for p in teacher.parameters())
     return frozen
-
-
-def _trained(net: Any) -> bool:
-    """The PatchGAN trains (its states are the discriminator's own, not a frozen replica); LPIPS's trunk does not."""
-    from gigatok.models.discriminator import PatchDiscriminator
-
-    return isinstance(net, PatchDiscriminator)
 
 
 def tokenizer_memory(cfg: Any, gpus: int) -> MemoryEstimate:
@@ -248,7 +228,7 @@ def tokenizer_memory(cfg: Any, gpus: int) -> MemoryEstimate:
     block = max(sum(p.numel() for p in b.parameters()) for b in blocks)
     root = params - sum(sum(p.numel() for p in b.parameters()) for b in blocks)
     batch = cfg.train.batch_size / gpus
-    frozen = 2 * _frozen_params(cfg, nets)
+    frozen = 2 * _frozen_params(cfg)
     ddp, fsdp = _states(params, root, block, gpus)
     checkpointing = cfg.performance.activation_checkpointing
     acts, other = _activations(per_sample, batch, checkpointing)

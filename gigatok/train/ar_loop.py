@@ -38,7 +38,7 @@ from gigatok.train.loop import (
     start_run,
     train_steps,
 )
-from gigatok.train.optimizer import adamw
+from gigatok.train.optimizer import build_ar_optimizer
 from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import ResumableBatchSampler, view_choice
 from gigatok.train.steps import ar_steps_per_epoch, ar_total_steps
@@ -47,7 +47,6 @@ from gigatok.train.trained import read_run_config
 __all__ = [
     "ARTrainResult",
     "OneViewPerImage",
-    "build_ar_optimizer",
     "train_ar",
     "validation_loss",
     "wsd_schedule",
@@ -116,14 +115,6 @@ def wsd_schedule(train: ARTrainConfig, total_steps: int, steps_per_epoch: int) -
         return floor + (1 - floor) * (1 - shape(progress))
 
     return factor
-
-
-def build_ar_optimizer(model: nn.Module, train: ARTrainConfig) -> torch.optim.AdamW:
-    """Weight decay on matrices and embeddings, not on norm gains (LlamaGen's grouping); fused AdamW."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return adamw(groups, lr=train.lr, betas=(train.beta1, train.beta2))
 
 
 @torch.no_grad()

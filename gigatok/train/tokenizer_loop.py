@@ -79,7 +79,7 @@ from gigatok.train.loop import (
     start_run,
     train_steps,
 )
-from gigatok.train.optimizer import adamw
+from gigatok.train.optimizer import build_optimizer
 from gigatok.train.run_dir import finished_summary
 from gigatok.train.sampling import IndexedDataset, KeyedBatches, ResumableBatchSampler, flip_mask
 from gigatok.train.steps import tokenizer_total_steps
@@ -126,12 +126,6 @@ def cosine_schedule(cfg: TokenizerRunConfig, total_steps: int) -> Callable[[int]
 def total_steps_for(cfg: TokenizerRunConfig, dataset_size: int) -> int:
     """The run's optimizer steps over a training split of ``dataset_size`` images (:mod:`gigatok.train.steps`)."""
     return tokenizer_total_steps(cfg.train, dataset_size)
-
-
-def build_optimizer(cfg: TokenizerRunConfig, params: Any) -> torch.optim.AdamW:
-    """AdamW with the run's settings (fused: :func:`gigatok.train.optimizer.adamw`)."""
-    o = cfg.optim
-    return adamw(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
 
 
 @dataclass
