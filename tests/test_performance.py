@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from gigatok.config import PerformanceConfig, ar_run, ar_run_config_from_dict, run_config_from_dict, tokenizer_run
 from gigatok.models.ar import build_ar_model
 from gigatok.models.attention import AttentionModule, math_attention, set_fused_attention
+from gigatok.models.cnn import CNNDecoder, depth_to_space
 from gigatok.models.quantizer import VectorQuantizer
 from gigatok.models.tokenizer import build_tokenizer
 from gigatok.performance import autocast, autocast_dtype, prepare_images, prepare_module
@@ -90,6 +91,43 @@ def test_tokenizer_is_the_same_function_under_every_kernel_and_layout(kind: str)
         assert torch.equal(other.quant.indices, fused.quant.indices)
         assert torch.allclose(other.reconstruction, fused.reconstruction, atol=1e-4)
     assert prepare_images(images, ALL_ON).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_reaches_every_decoder_block() -> None:
+    """Under channels-last each block of the authors' CNN decoder (adaptive norms, depth-to-space upsampling) hands
+    the next one NHWC activations. Depth-to-space used to return NCHW, so every later residual add and convolution
+    converted formats: the paper S-S step ran slower in channels-last on a CPU instead of faster
+    (bench/reference_step.py)."""
+    torch.manual_seed(0)
+    cnn = dataclasses.replace(
+        tokenizer_run("S-S", profile="paper").tokenizer.cnn, base_channels=16, channel_mult=(1, 2, 2), norm_groups=4
+    )
+    assert cnn.upsample == "depth_to_space" and cnn.decoder_adaptive_norm
+    decoder = CNNDecoder(cnn).eval()
+    z = torch.randn(2, cnn.latent_channels, 4, 4)
+    with torch.no_grad():
+        nchw = decoder(z)
+        prepare_module(decoder, ALL_ON)
+        formats: list[bool] = []
+        hooks = [
+            layer.register_forward_hook(
+                lambda m, i, out: formats.append(out.is_contiguous(memory_format=torch.channels_last))
+            )
+            for layer in decoder.up
+        ]
+        nhwc = decoder(prepare_images(z, ALL_ON))
+    for hook in hooks:
+        hook.remove()
+    assert len(formats) == len(decoder.up) and all(formats)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(nhwc, nchw, atol=1e-5)
+
+
+def test_depth_to_space_keeps_the_memory_format() -> None:
+    x = torch.randn(2, 64, 5, 7)
+    nhwc = depth_to_space(x.contiguous(memory_format=torch.channels_last), 2)
+    assert torch.equal(nhwc, depth_to_space(x, 2))
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and depth_to_space(x, 2).is_contiguous()
 
 
 def test_ar_model_is_the_same_function_under_both_kernels() -> None:

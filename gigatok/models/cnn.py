@@ -75,6 +75,10 @@ def depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
     """(B, C*block^2, H, W) -> (B, C, H*block, W*block), channels read as (block_row, block_col, C): the DCR order
     of the authors' ``depth_to_space``, not ``pixel_shuffle``'s (C, block_row, block_col)."""
     b, c, h, w = x.shape
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # Channels-last in, channels-last out (one copy): an NCHW result here made every later block mix formats.
+        out = x.permute(0, 2, 3, 1).reshape(b, h, w, block, block, c // block**2).permute(0, 1, 3, 2, 4, 5)
+        return out.reshape(b, h * block, w * block, c // block**2).permute(0, 3, 1, 2)
     out = x.view(b, block, block, c // block**2, h, w).permute(0, 3, 4, 1, 5, 2)
     return out.reshape(b, c // block**2, h * block, w * block)
 
