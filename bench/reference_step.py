@@ -1,13 +1,15 @@
 """The workbench's paper S-S 1D tokenizer against the authors' own code, on the same work, side by side.
 
 Cases: forward (encode + decode, eval mode, no grad) and a training step (forward, L2 pixel loss + codebook and
-commitment losses, backward, gradient clipping at 10, AdamW), for ours and theirs. No LPIPS, GAN, semantic or
+commitment losses, backward, gradient clipping at 10, AdamW), for ours (the default performance settings), ours with
+``performance.channels_last=true`` (``ours-nhwc``: NHWC convolutions, applied as the training loop applies them) and
+theirs. No LPIPS, GAN, semantic or
 shortcut term on either side: ours runs ``training_step`` from the training loop at a step past the shortcut and
 before the GAN with the perceptual and semantic terms off; theirs runs ``VQVitModelPlus(..., rec_loss=False)`` built
 from configs/vq/VQ_SS256.yaml's options with the same loss terms, clipping and AdamW settings.
 
 Each case runs in a fresh process (one warm-up call, then ``--steps`` timed calls), and the cases are interleaved
-round by round (ours, theirs, ours, theirs; who goes first alternates), so that a shared machine's load swings fall
+round by round (ours, ours-nhwc, theirs, then the reverse order), so that a shared machine's load swings fall
 on both sides; the table gives medians over rounds, the min-max spread, and the per-round ratio theirs / ours.
 
     python bench/reference_step.py --authors /path/to/GigaTok              # 256 px, batch 2, 2 threads, 3 rounds
@@ -43,7 +45,8 @@ from bench.common import Row, add_common_args, log_to_mlflow, median, paired_rat
 VQ_MODULE = "tokenizer.tokenizer_image.vq.vq_vit_model"
 VQ_FILE = Path("tokenizer/tokenizer_image/vq/vq_vit_model.py")
 CONFIG_FILE = Path("configs/vq/VQ_SS256.yaml")
-SIDES = ("ours", "theirs")
+# ours-nhwc: ours with performance.channels_last=true (NHWC convolutions, as the training loop applies it).
+SIDES = ("ours", "ours-nhwc", "theirs")
 MODES = ("forward", "train")
 
 
@@ -76,19 +79,25 @@ def skip_reason(authors: Path | None) -> str | None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def ours(work: Work) -> tuple[Callable[[torch.Tensor], Any], Callable[[torch.Tensor], Any]]:
+def ours(
+    work: Work, channels_last: bool = False
+) -> tuple[Callable[[torch.Tensor], Any], Callable[[torch.Tensor], Any]]:
     from gigatok.config import tokenizer_run
     from gigatok.models.discriminator import PatchDiscriminator
     from gigatok.models.tokenizer import build_tokenizer
+    from gigatok.performance import prepare_images, prepare_module
     from gigatok.train.optimizer import build_optimizer
     from gigatok.train.tokenizer_loop import StepModules, training_step
 
     cfg = tokenizer_run("S-S", profile="paper", batch_size=work.batch, semantic_weight=0.0)
     tok = dataclasses.replace(cfg.tokenizer, image_size=work.image_size, num_tokens=work.num_tokens)
-    cfg = dataclasses.replace(cfg, tokenizer=tok, loss=dataclasses.replace(cfg.loss, perceptual="off"))
+    perf = dataclasses.replace(cfg.performance, channels_last=channels_last)
+    cfg = dataclasses.replace(
+        cfg, tokenizer=tok, loss=dataclasses.replace(cfg.loss, perceptual="off"), performance=perf
+    )
     step = cfg.loss.shortcut_end_step  # past the shortcut, before the GAN: L2 + codebook + commitment only
     assert step < cfg.loss.gan_start_step
-    model = build_tokenizer(cfg.tokenizer)
+    model = prepare_module(build_tokenizer(cfg.tokenizer), perf)
     disc = PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers)  # built as the loop does; unused here
     m = StepModules(
         model, disc, None, None, build_optimizer(cfg, model.parameters()), build_optimizer(cfg, disc.parameters()),
@@ -99,11 +108,11 @@ def ours(work: Work) -> tuple[Callable[[torch.Tensor], Any], Callable[[torch.Ten
     def forward(images: torch.Tensor) -> Any:
         model.eval()
         with torch.no_grad():
-            return model.decode(model.encode(images).quantized)
+            return model.decode(model.encode(prepare_images(images, perf)).quantized)
 
     def train(images: torch.Tensor) -> Any:
         model.train()
-        return float(training_step(cfg, m, images, indices, step)["total_loss"].detach())
+        return float(training_step(cfg, m, images, indices, step)["total_loss"].detach())  # prepares the images
 
     return forward, train
 
@@ -171,7 +180,7 @@ def run_case(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     side, mode = args.worker.split(":")
     work = Work(args.image_size, args.num_tokens, args.batch)
-    calls = ours(work) if side == "ours" else theirs(args.authors, work)
+    calls = theirs(args.authors, work) if side == "theirs" else ours(work, channels_last=side == "ours-nhwc")
     fn = calls[MODES.index(mode)]
     images = torch.rand(work.batch, 3, work.image_size, work.image_size, generator=torch.Generator().manual_seed(0))
     images = images * 2 - 1

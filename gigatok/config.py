@@ -516,10 +516,11 @@ class PerformanceConfig:
     changes at most the rounding. Run configs hold it with ``metadata={"hash": False}``, so a run keeps its hash (and
     resumes) whichever switches it is computed with. ``bench/tokenizer_step.py`` measures each one.
 
-    ``channels_last`` is off by default: on a CPU it made the paper S-S step slower (0.75x; within noise at tiny),
-    GroupNorm between every pair of convolutions reducing over channels-then-space, and CUDA's GroupNorm has
-    returned contiguous tensors, which makes the next convolution convert back. ``bench/gpu_mfu.py`` measures it on
-    a GPU.
+    ``channels_last`` is off by default. On an H200 it made the tokenizer step 0.87x (``bench/gpu_mfu.py``), measured
+    while the authors' decoder's depth-to-space still returned NCHW (every later block then converted formats), so it
+    is to be measured again there. On a CPU it now pays at 256 px: the paper S-S step 1.07x the default's, 1.31x the
+    authors' against 1.22x (``bench/reference_step.py``); at tiny 1.04-1.11x, which would change the rounding of
+    every tiny number in the README.
     """
 
     fused_attention: bool = True  # F.scaled_dot_product_attention; False: the explicit softmax(q k^T) v reference
