@@ -31,7 +31,10 @@ def test_extra_options_reach_submitit_and_flags_replace_the_files(tmp_path: Path
     assert params["slurm_partition"] == "gpu" and params["gpus_per_node"] == 1
 
 
-def test_extra_options_land_in_the_sbatch_script(tmp_path: Path) -> None:
+def test_extra_options_land_in_the_sbatch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Writing the sbatch script needs no Slurm: submitit looks for srun only to refuse building a Slurm executor on a
+    # machine without one (this fast test runs before CI installs the cluster).
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
     settings = SlurmSettings(gpus_per_node=0, extra=(("comment", "gigatok-ci"), ("exclude", "node07")))
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
     executor.update_parameters(name="study:size=S-S", **settings.submitit_parameters())
