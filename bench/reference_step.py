@@ -3,10 +3,10 @@
 Cases: forward (encode + decode, eval mode, no grad) and a training step (forward, L2 pixel loss + codebook and
 commitment losses, backward, gradient clipping at 10, AdamW), for ours (the default performance settings), ours with
 ``performance.channels_last=true`` (``ours-nhwc``: NHWC convolutions, applied as the training loop applies them) and
-theirs. No LPIPS, GAN, semantic or
-shortcut term on either side: ours runs ``training_step`` from the training loop at a step past the shortcut and
-before the GAN with the perceptual and semantic terms off; theirs runs ``VQVitModelPlus(..., rec_loss=False)`` built
-from configs/vq/VQ_SS256.yaml's options with the same loss terms, clipping and AdamW settings.
+theirs. No LPIPS, GAN, semantic or shortcut term on either side: ours runs ``training_step`` from the training loop
+at a step past the shortcut and before the GAN with the perceptual and semantic terms off; theirs runs
+``VQVitModelPlus(..., rec_loss=False)`` built from configs/vq/VQ_SS256.yaml's options with the same loss terms,
+clipping and AdamW settings.
 
 Each case runs in a fresh process (one warm-up call, then ``--steps`` timed calls), and the cases are interleaved
 round by round (ours, ours-nhwc, theirs, then the reverse order), so that a shared machine's load swings fall
@@ -45,7 +45,6 @@ from bench.common import Row, add_common_args, log_to_mlflow, median, paired_rat
 VQ_MODULE = "tokenizer.tokenizer_image.vq.vq_vit_model"
 VQ_FILE = Path("tokenizer/tokenizer_image/vq/vq_vit_model.py")
 CONFIG_FILE = Path("configs/vq/VQ_SS256.yaml")
-# ours-nhwc: ours with performance.channels_last=true (NHWC convolutions, as the training loop applies it).
 SIDES = ("ours", "ours-nhwc", "theirs")
 MODES = ("forward", "train")
 
