@@ -143,6 +143,8 @@ WALL_S = "wall_s"
 DEVICE_HOURS = "device_hours"
 DEVICES = "devices"
 DEVICE_TYPE = PREFIX + "device_type"
+# What a CPU job did with glibc's allocator thresholds (gigatok.host_memory): timings compare only at equal values.
+HOST_ALLOCATOR = PREFIX + "host_allocator"
 # Every stage a run can have, in the order it runs them: gigatok.runs.spec.STAGES, written here once because each
 # names its timing metrics (a run's hash includes the stage names, so they are identity).
 STAGES = (

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gigatok import tracking_schema as schema
+from gigatok.host_memory import keep_freed_host_memory
 from gigatok.tracking import experiment_name
 from studies import train_ar, train_tokenizer
 
@@ -100,6 +101,8 @@ def test_the_run_logs_its_measured_cost(single_tokenizer: dict[str, Any]) -> Non
     (run,) = _runs(single_tokenizer["uri"], "single")
     metrics, tags = run.data.metrics, run.data.tags
     assert tags[schema.DEVICE_TYPE] == "cpu" and metrics[schema.DEVICES] == 1
+    # a CPU job keeps freed host memory for reuse (gigatok.host_memory), and says so: timings compare at equal values
+    assert tags[schema.HOST_ALLOCATOR] == keep_freed_host_memory()
     times = read_times(single_tokenizer["root"] / "runs" / "timing" / f"{tags[schema.RUN_HASH]}.json")
     assert times["tokenizer"].seconds > 0
     assert metrics[schema.stage_wall_s("tokenizer")] == pytest.approx(times["tokenizer"].seconds)

@@ -59,6 +59,7 @@ STORED_TAGS = {
     "SUBSTITUTES": "gigatok.substitutes",
     "SCHEDULED_AT": "gigatok.scheduled_at",
     "DEVICE_TYPE": "gigatok.device_type",
+    "HOST_ALLOCATOR": "gigatok.host_allocator",
     "PROVENANCE_PREFIX": "gigatok.provenance.",
     "ARTIFACT_PREFIX": "gigatok.artifact.",
     "SOURCE_PREFIX": "gigatok.source.",

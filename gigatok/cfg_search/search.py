@@ -36,6 +36,7 @@ from gigatok.cfg_search.trials import (
     recover,
     search_state,
 )
+from gigatok.host_memory import keep_freed_host_memory
 from gigatok.runs.layout import read_result, write_result
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,8 @@ class SearchWorker(submitit.helpers.Checkpointable):
         configure_job()
         if self.plan.ctx.threads:
             torch.set_num_threads(self.plan.ctx.threads)
+        if (self.plan.ctx.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
+            keep_freed_host_memory()  # sampling and Inception features reuse their freed memory (gigatok.host_memory)
         local = os.environ.get("SLURM_LOCALID")
         if local is not None and torch.cuda.is_available():  # one worker per GPU of a multi-GPU task
             torch.cuda.set_device(int(local) % torch.cuda.device_count())

@@ -14,6 +14,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from gigatok import tracking_schema as schema
+from gigatok.host_memory import keep_freed_host_memory
 from gigatok.runs.context import StageContext, StageOutcome, workspace_for
 from gigatok.runs.run_record import describe_run, record_start, system_metrics
 from gigatok.runs.spec import TRAINING_STAGES, RunContext, RunSpec
@@ -70,9 +71,13 @@ def _execute(spec: RunSpec, ctx: RunContext, logger: RunLogger | None, rank: int
     monitor = contextlib.ExitStack()  # MLflow's system metrics while the stages run (rank 0 logs, as for the rest)
     clock = timing_path(spec, ctx)  # each stage's measured time, summed over attempts (rank 0 measures)
     devices = devices_in_use()
+    # A CPU job reuses its freed activations' memory instead of faulting it in again each step (same results).
+    allocator = keep_freed_host_memory() if workspace.device.type == "cpu" else None
     if logger is not None:
         logged, last_step = _open_tracked_run(logger, spec)
         logger.tags({schema.DEVICE_TYPE: workspace.device.type})
+        if allocator is not None:
+            logger.tags({schema.HOST_ALLOCATOR: allocator})
         logger.metrics({schema.DEVICES: devices})
         monitor.enter_context(system_metrics(logger.run_id, ctx.tracking_uri, rank))
     stored = dict(last_step)  # the last step of each curve that MLflow held when this process started
