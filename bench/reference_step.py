@@ -1,10 +1,18 @@
 """The workbench's paper S-S 1D tokenizer against the authors' own code, on the same work, side by side.
 
 Cases: forward (encode + decode, eval mode, no grad) and a training step (forward, L2 pixel loss + codebook and
-commitment losses, backward, gradient clipping at 10, AdamW), for ours (the default performance settings), ours with
-``performance.channels_last=true`` (``ours-nhwc``: NHWC convolutions, applied as the training loop applies them) and
-theirs. No LPIPS, GAN, semantic or shortcut term on either side: ours runs ``training_step`` from the training loop
-at a step past the shortcut and before the GAN with the perceptual and semantic terms off; theirs runs
+commitment losses, backward, gradient clipping at 10, AdamW). Sides:
+
+- ``ours``: the default performance settings, in a process that keeps freed host memory as every CPU job of the
+  workbench does (:mod:`gigatok.host_memory`);
+- ``ours-glibc``: the same with the C library's allocator defaults: our code alone;
+- ``ours-nhwc``: ``ours`` with ``performance.channels_last=true`` (NHWC convolutions, applied as the training
+  loop applies them);
+- ``theirs``: the authors' code as it runs, with the C library's defaults;
+- ``theirs-kept``: their code in a process with our allocator setting: like for like with ``ours``.
+
+No LPIPS, GAN, semantic or shortcut term on either side: ours runs ``training_step`` from the training loop at a
+step past the shortcut and before the GAN with the perceptual and semantic terms off; theirs runs
 ``VQVitModelPlus(..., rec_loss=False)`` built from configs/vq/VQ_SS256.yaml's options with the same loss terms,
 clipping and AdamW settings.
 
@@ -15,6 +23,7 @@ on both sides; the table gives medians over rounds, the min-max spread, and the 
     python bench/reference_step.py --authors /path/to/GigaTok              # 256 px, batch 2, 2 threads, 3 rounds
     python bench/reference_step.py --authors /path/to/GigaTok --quick      # 128 px, 64 tokens: for iterating
     python bench/reference_step.py --authors /path/to/GigaTok --profile    # one profiled training step per side
+    python bench/reference_step.py --authors /path/to/GigaTok --sides ours,theirs   # some sides only
 
 Without ``--authors`` (or with a path that is not a git checkout of the authors' code) it says so and exits 0.
 Needs ``einops`` (the authors' code imports it; the project does not).
@@ -45,7 +54,8 @@ from bench.common import Row, add_common_args, log_to_mlflow, median, paired_rat
 VQ_MODULE = "tokenizer.tokenizer_image.vq.vq_vit_model"
 VQ_FILE = Path("tokenizer/tokenizer_image/vq/vq_vit_model.py")
 CONFIG_FILE = Path("configs/vq/VQ_SS256.yaml")
-SIDES = ("ours", "ours-nhwc", "theirs")
+SIDES = ("ours", "ours-glibc", "ours-nhwc", "theirs", "theirs-kept")
+KEPT_MEMORY_SIDES = ("ours", "ours-nhwc", "theirs-kept")  # processes that keep freed host memory
 MODES = ("forward", "train")
 
 
@@ -178,8 +188,15 @@ def run_case(args: argparse.Namespace) -> None:
     """Worker: build one side, one warm-up call, ``--steps`` timed calls; prints one JSON line."""
     torch.set_num_threads(args.threads)
     side, mode = args.worker.split(":")
+    if side in KEPT_MEMORY_SIDES:
+        from gigatok.host_memory import keep_freed_host_memory
+
+        status = keep_freed_host_memory()
+        if status != "kept":
+            sys.exit(f"{side}: freed host memory cannot be kept here: {status}")
     work = Work(args.image_size, args.num_tokens, args.batch)
-    calls = theirs(args.authors, work) if side == "theirs" else ours(work, channels_last=side == "ours-nhwc")
+    nhwc = side == "ours-nhwc"
+    calls = theirs(args.authors, work) if side.startswith("theirs") else ours(work, channels_last=nhwc)
     fn = calls[MODES.index(mode)]
     images = torch.rand(work.batch, 3, work.image_size, work.image_size, generator=torch.Generator().manual_seed(0))
     images = images * 2 - 1
@@ -238,11 +255,11 @@ def spawn(args: argparse.Namespace, case: str) -> dict[str, list[float]]:
 def measure(args: argparse.Namespace, modes: list[str]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall-clock and CPU seconds per call of each case, one fresh process per case and round (per round the
     median of its calls)."""
-    times: dict[str, list[float]] = {f"{s}:{m}": [] for m in modes for s in SIDES}
+    times: dict[str, list[float]] = {f"{s}:{m}": [] for m in modes for s in args.sides}
     cpu: dict[str, list[float]] = {case: [] for case in times}
     for r in range(args.rounds):
         for mode in modes:
-            for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+            for side in args.sides if r % 2 == 0 else args.sides[::-1]:
                 case = f"{side}:{mode}"
                 result = spawn(args, case)
                 times[case].append(median(result["times"]))
@@ -254,10 +271,12 @@ def measure(args: argparse.Namespace, modes: list[str]) -> tuple[dict[str, list[
     return times, cpu
 
 
-def rows_for(times: dict[str, list[float]], cpu: dict[str, list[float]], modes: list[str], work: Work) -> list[Row]:
+def rows_for(
+    times: dict[str, list[float]], cpu: dict[str, list[float]], modes: list[str], sides: list[str], work: Work
+) -> list[Row]:
     rows = []
     for mode in modes:
-        for side in SIDES:
+        for side in sides:
             t = times[f"{side}:{mode}"]
             ratio, low, high = paired_ratio(times[f"theirs:{mode}"], t)
             cpu_ratio = median(cpu[f"theirs:{mode}"]) / median(cpu[f"{side}:{mode}"])
@@ -291,12 +310,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", choices=MODES, default=None, help="measure only the forward or the training step")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one training step")
     parser.add_argument("--profile-rows", type=int, default=25)
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, among {', '.join(SIDES)}")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     add_common_args(parser)
     args = parser.parse_args(argv)
     args.image_size = args.image_size or (128 if args.quick else 256)
     args.num_tokens = args.num_tokens or (64 if args.quick else 256)
     args.rounds = args.rounds or (5 if args.quick else 3)
+    args.sides = [side.strip() for side in args.sides.split(",") if side.strip()]
+    unknown = sorted(set(args.sides) - set(SIDES))
+    if unknown or "theirs" not in args.sides:
+        what = ", ".join(unknown) or "theirs missing"
+        parser.error(f"--sides: {what} (known: {', '.join(SIDES)}; the ratios need theirs)")
     return args
 
 
@@ -313,11 +338,11 @@ def main(argv: list[str] | None = None) -> None:
     modes = [args.only] if args.only else list(MODES)
     print(f"torch {torch.__version__}, {args.threads} threads per case, {work}; fresh process per case")
     if args.profile:
-        for side in SIDES:
+        for side in args.sides:
             spawn(args, f"{side}:{args.only or 'train'}")
         return
     times, cpu = measure(args, modes)
-    rows = rows_for(times, cpu, modes, work)
+    rows = rows_for(times, cpu, modes, args.sides, work)
     print_table("Paper S-S 1D tokenizer, ours vs the authors' code (medians over rounds)", rows)
     log_to_mlflow(args.mlflow, "reference_step", rows, {"work": work, "threads": args.threads})
 
