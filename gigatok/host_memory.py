@@ -16,6 +16,7 @@ the C library's defaults. No effect outside glibc (macOS, musl): the status says
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -28,30 +29,29 @@ M_MMAP_THRESHOLD = -3
 KEEP_UP_TO = 2**31 - 1
 TOP_PAD = 256 << 20  # grow the heap in steps of 256 MiB, not a block's size at a time
 
-_status: str | None = None  # what the first call did; later calls repeat it
 
-
+@functools.cache
 def keep_freed_host_memory() -> str:
     """Raise glibc's mmap and trim thresholds for this process (once); returns what was done, for the job's log
     and the run's ``gigatok.host_allocator`` tag: ``kept``, ``system (<why>)`` or ``partial (<why>)``."""
-    global _status
-    if _status is None:
-        _status = _apply()
-    return _status
-
-
-def _apply() -> str:
     if os.environ.get(ENV_VAR, "").strip().lower() == "system":
         return f"system ({ENV_VAR}=system)"
-    if not sys.platform.startswith("linux"):
+    libc = glibc()
+    if libc is None:
         return f"system (not glibc: {sys.platform})"
-    try:
-        libc = ctypes.CDLL(None)  # the symbols this process already has, the C library's among them
-    except OSError:
-        return "system (no C library found)"
-    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only; musl's mallopt is a stub that does nothing
-        return "system (not glibc)"
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     settings = ((M_MMAP_THRESHOLD, KEEP_UP_TO), (M_TRIM_THRESHOLD, KEEP_UP_TO), (M_TOP_PAD, TOP_PAD))
     refused = [param for param, value in settings if libc.mallopt(param, value) != 1]
     return "kept" if not refused else f"partial (mallopt refused parameters {refused})"
+
+
+def glibc() -> ctypes.CDLL | None:
+    """This process's C library where it is glibc (whose mallopt thresholds this module sets), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)  # the symbols this process already has, the C library's among them
+    except OSError:
+        return None
+    # glibc only: musl's mallopt is a stub that does nothing
+    return libc if hasattr(libc, "gnu_get_libc_version") else None

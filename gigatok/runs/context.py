@@ -12,10 +12,13 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gigatok.runs.layout import ar_dir_of, tokenizer_dir_of
 from gigatok.runs.spec import RunContext, RunSpec
+
+if TYPE_CHECKING:
+    import torch
 
 # Live training curves: (stage, step, values), sent while a training stage runs.
 CurveLog = Callable[[str, int, dict[str, float]], None]
@@ -39,10 +42,8 @@ class Workspace:
     """
 
     def __init__(self, ctx: RunContext) -> None:
-        import torch
-
         self.ctx = ctx
-        self.device = torch.device(ctx.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = run_device(ctx)
         self._networks: dict[int, Any] = {}
         self._perceptual: Any = None
 
@@ -65,6 +66,13 @@ class Workspace:
 
 
 @functools.cache
+def run_device(ctx: RunContext) -> torch.device:
+    """The device a job of ``ctx`` runs on: the one asked for, else a GPU where there is one."""
+    import torch
+
+    return torch.device(ctx.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def workspace_for(ctx: RunContext) -> Workspace:
     """One workspace per process and context: a job's runs load each network once."""
     return Workspace(ctx)
