@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import os
 import re
 import shutil
 import sys
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -29,6 +30,8 @@ from gigatok.train.preemption import Preempted, deferred
 
 if TYPE_CHECKING:  # torch is imported where it is used: the launcher need not load it
     from torch.distributed import ProcessGroup
+
+    from gigatok.config import ARRunConfig, TokenizerRunConfig
 
 ExecutorName = Literal["auto", "slurm", "local", "debug"]
 EXECUTORS = ("auto", "slurm", "local", "debug")
@@ -237,13 +240,51 @@ def group_by_tokenizer(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
     return list(groups.values())
 
 
-def spread(groups: Sequence[list[RunSpec]], workers: int) -> list[list[RunSpec]]:
-    """Groups dealt round-robin onto ``workers`` local worker processes, each running its runs in turn (one
-    process per worker: imports and networks are loaded once, not once per run)."""
-    bins: list[list[RunSpec]] = [[] for _ in range(min(workers, len(groups)))]
-    for i, group in enumerate(groups):
-        bins[i % len(bins)].extend(group)
-    return bins
+def group_training_flops(group: Sequence[RunSpec]) -> float:
+    """What a group's job trains, in FLOPs (:mod:`gigatok.flops`): its shared tokenizer once, each AR model."""
+    tokenizer = group[0].tokenizer
+    return _tokenizer_flops(dataclasses.replace(tokenizer, train=dataclasses.replace(tokenizer.train, seed=0))) + sum(
+        _ar_flops(dataclasses.replace(spec.ar, tokenizer=tokenizer, train=dataclasses.replace(spec.ar.train, seed=0)))
+        for spec in group
+        if spec.ar is not None
+    )
+
+
+# Memoized on the config without its seed: a study's replicas cost the same, and the analytic model takes ~0.5 ms a
+# tokenizer, which a 1,000-run local submission (bench/orchestration.py, under 10 s) would feel.
+@functools.cache
+def _tokenizer_flops(cfg: TokenizerRunConfig) -> float:
+    from gigatok.flops import tokenizer_training_flops
+
+    return tokenizer_training_flops(cfg)
+
+
+@functools.cache
+def _ar_flops(cfg: ARRunConfig) -> float:
+    from gigatok.flops import ar_training_flops
+
+    return ar_training_flops(cfg)
+
+
+def spread(
+    groups: Sequence[list[RunSpec]], workers: int, cost: Callable[[Sequence[RunSpec]], float] = group_training_flops
+) -> list[list[RunSpec]]:
+    """Groups dealt onto ``workers`` local worker processes, each running its runs in turn (one process per
+    worker: imports and networks are loaded once, not once per run).
+
+    The dealing balances the workers' estimated ``cost``: the costliest group first, each to the worker with the
+    least so far (longest-processing-time first), so that one worker is not left running alone at the end. Dealt
+    round-robin in plan order, the two workers of a CPU machine took all the 1D runs of ``scaling_1d_vs_2d`` and
+    all the 2D ones, and one finished 49 s before the other. Replicas of one run (``--seeds``) cost the same and
+    so go to different workers. Each worker runs its groups in plan order."""
+    bins: list[list[int]] = [[] for _ in range(min(workers, len(groups)))]
+    loads = [0.0] * len(bins)
+    costs = [cost(group) for group in groups]
+    for index in sorted(range(len(groups)), key=lambda i: -costs[i]):  # stable: ties keep plan order
+        lightest = loads.index(min(loads))
+        bins[lightest].append(index)
+        loads[lightest] += costs[index]
+    return [[spec for index in sorted(indices) for spec in groups[index]] for indices in bins]
 
 
 def default_local_workers() -> tuple[int, int]:

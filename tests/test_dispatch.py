@@ -10,7 +10,16 @@ import pytest
 import submitit
 
 import studies.catalog  # noqa: F401  (registers the studies)
-from gigatok.dispatch import DispatchError, SlurmSettings, job_name, parse_extra_flags, sbatch_errors
+from gigatok.dispatch import (
+    DispatchError,
+    SlurmSettings,
+    group_by_tokenizer,
+    group_training_flops,
+    job_name,
+    parse_extra_flags,
+    sbatch_errors,
+    spread,
+)
 from gigatok.launch.common import SLURM_FLAGS, slurm_settings
 from gigatok.study import Planner, get_study
 
@@ -97,3 +106,27 @@ def test_a_refused_submission_is_one_line_with_sbatch_reason(capsys: pytest.Capt
     with sbatch_errors():  # a submission that went through shows what it printed
         print("note", file=__import__("sys").stderr)
     assert capsys.readouterr().err == "note\n"
+
+
+def test_local_workers_get_balanced_shares_each_in_plan_order() -> None:
+    specs = get_study("scaling_1d_vs_2d").plan(Planner(profile_name="tiny", seeds=2))
+    groups = group_by_tokenizer(specs)
+    workers = spread(groups, 2)
+    # Dealt round-robin, one worker took every 1D run and the other every 2D one; by cost, the replicas of each
+    # run (equal cost) go to different workers, so each worker's share costs the same.
+    for seed, share in enumerate(workers):
+        assert [s.factor_dict["seed"] for s in share] == [seed] * 6
+        assert [s.hash for s in share] == [s.hash for s in specs if s.factor_dict["seed"] == seed]  # plan order
+    loads = [group_training_flops([s]) for s in workers[0]], [group_training_flops([s]) for s in workers[1]]
+    assert sum(loads[0]) == pytest.approx(sum(loads[1]))
+    # Replicas are costed once: the seed is not part of what a job trains.
+    assert group_training_flops([specs[0]]) == group_training_flops([specs[6]]) > 0
+
+
+def test_spread_puts_the_costliest_group_alone_when_it_outweighs_the_rest() -> None:
+    specs = get_study("scaling_1d_vs_2d").plan(Planner(profile_name="tiny"))
+    groups = group_by_tokenizer(specs)
+    costs = {id(g): c for g, c in zip(groups, [1.0, 1.0, 1.0, 1.0, 1.0, 10.0], strict=True)}
+    heavy, light = spread(groups, 2, cost=lambda g: costs[id(g)])
+    assert heavy == groups[5] and light == [s for g in groups[:5] for s in g]
+    assert spread(groups, 8) and len(spread(groups, 8)) == 6  # never an empty worker
