@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import submitit
 
+from gigatok.job_threads import use_threads
 from gigatok.runs.execute import execute_run
 from gigatok.runs.spec import RunContext, RunSpec
 from gigatok.train.preemption import Preempted, deferred
@@ -319,10 +320,10 @@ class RunJob(submitit.helpers.Checkpointable):
 
         configure_job()  # the job's log file says what its command was asked to (-v, -q)
         # Slurm without CPU binding (task/none) leaves torch one thread per core of the node: several jobs on one
-        # node would each take every core. A job uses the CPUs it was given.
+        # node would each take every core. A job uses the CPUs it was given, in torch and in NumPy/SciPy/sklearn.
         threads = self.ctx.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
         if threads:
-            torch.set_num_threads(threads)
+            use_threads(threads)
 
         env = init_distributed("cuda" if torch.cuda.is_available() and self.ctx.device != "cpu" else "cpu")
         # Rank 0 alone evaluates (50k samples can take hours); the other ranks wait for it before the next run's

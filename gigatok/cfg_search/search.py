@@ -37,6 +37,7 @@ from gigatok.cfg_search.trials import (
     search_state,
 )
 from gigatok.host_memory import keep_freed_host_memory
+from gigatok.job_threads import use_threads
 from gigatok.runs.context import run_device
 from gigatok.runs.layout import read_result, write_result
 
@@ -215,7 +216,7 @@ class SearchWorker(submitit.helpers.Checkpointable):
 
         configure_job()
         if self.plan.ctx.threads:
-            torch.set_num_threads(self.plan.ctx.threads)
+            use_threads(self.plan.ctx.threads)
         if run_device(self.plan.ctx).type == "cpu":
             keep_freed_host_memory()  # sampling and Inception features reuse their freed memory (gigatok.host_memory)
         local = os.environ.get("SLURM_LOCALID")
