@@ -1255,9 +1255,10 @@ TINY = Profile(
     # ar_probe_vs_large and system_level search their scale as a stage.
     cfg_search_every_gfid=False,
     # One seed by default: scaling_1d_vs_2d took 11 min 39 s for its six runs on two cores (fresh caches, no VGG16
-    # file), so two seeds (23 min 38 s then, 24 min 35 s on 2026-12-02; 20 min 47 s once CPU jobs kept freed host
-    # memory, the same numbers) would not fit the 20-minute budget, and this default doubles every tiny study;
-    # `--seeds 2` draws the seed spread.
+    # file), so two seeds (23 min 38 s then; 20 min 47 s and 20 min 43 s on 2026-12-02 once CPU jobs kept freed host
+    # memory, balanced the local workers and kept BLAS to the job's threads: README, "What the tiny profile shows")
+    # are at the 20-minute budget, not within it, and this default doubles every tiny study; `--seeds 2` draws the
+    # seed spread.
     seeds=1,
 )
 
