@@ -243,8 +243,8 @@ def group_by_tokenizer(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
 
 def group_training_flops(group: Sequence[RunSpec]) -> float:
     """What a group's job trains, in FLOPs (:mod:`gigatok.flops`): its shared tokenizer once, each AR model."""
-    tokenizer = group[0].tokenizer
-    return _tokenizer_flops(dataclasses.replace(tokenizer, train=dataclasses.replace(tokenizer.train, seed=0))) + sum(
+    tokenizer = dataclasses.replace(group[0].tokenizer, train=dataclasses.replace(group[0].tokenizer.train, seed=0))
+    return _tokenizer_flops(tokenizer) + sum(
         _ar_flops(dataclasses.replace(spec.ar, tokenizer=tokenizer, train=dataclasses.replace(spec.ar.train, seed=0)))
         for spec in group
         if spec.ar is not None

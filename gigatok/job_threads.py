@@ -3,8 +3,8 @@
 ``torch.set_num_threads`` sizes torch's pool only. OpenBLAS (NumPy's and SciPy's) and scikit-learn's OpenMP start
 one thread per core of the machine whatever torch was told, so each of two local workers sharing two cores ran its
 linear probes' L-BFGS on two spinning BLAS threads against the other worker's training: the tokenizer probe, whose
-fit is small matrix products (900 x 128 features, 18 classes), took 11-24 s a run in ``scaling_1d_vs_2d`` where
-the same fit on one BLAS thread takes a tenth of the time (see :func:`use_threads`).
+fit is small matrix products (900 x 128 features, 18 classes), took 11-24 s a run in ``scaling_1d_vs_2d`` and
+4-6 s once limited to the job's one thread (features included; the fit alone: :func:`use_threads`).
 """
 
 from __future__ import annotations
