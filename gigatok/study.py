@@ -48,7 +48,8 @@ class Study:
 
     def plan(self, planner: Planner) -> list[RunSpec]:
         """The study's runs, each replicated over the planner's seeds (as the factor ``seed``) when it trains."""
-        specs = sweep(self.build(dataclasses.replace(planner, study=self.name)), planner.sweeps, planner.weights_dir)
+        planner = dataclasses.replace(planner, study=self.name)  # the profile's seed default can be per study
+        specs = sweep(self.build(planner), planner.sweeps, planner.weights_dir)
         if self.seeded:
             swept = tuple((key, values[0]) for key, values in planner.sweeps)
             specs = replicate(specs, planner.seed_count, (*planner.overrides, *swept))
@@ -309,8 +310,10 @@ class Planner:
 
     @property
     def seed_count(self) -> int:
-        """How many seeds each run is replicated over: ``--seeds``, else the profile's default."""
-        return self.profile.seeds if self.seeds is None else self.seeds
+        """How many seeds each run is replicated over: ``--seeds``, else the profile's default for this study."""
+        if self.seeds is not None:
+            return self.seeds
+        return self.profile.study_seeds.get(self.study, self.profile.seeds)
 
     def paper_epochs(self, epochs: float) -> float:
         """This profile's training length for a run the paper trains ``epochs`` epochs."""

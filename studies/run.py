@@ -17,7 +17,8 @@ their checkpoints. ``--set key=value`` changes any config field (``tokenizer.tra
 ``ar.train.epochs=1``, ``eval.gen_samples=500``); a changed config is a different run with a different hash.
 ``--seeds N`` replicates every run over seeds 0 .. N-1 (the factor ``seed``: a tokenizer and its AR probe share
 it); seed 0 is the run as planned with one seed, so raising N later adds runs and keeps the finished ones. Both
-profiles plan one seed per point by default (the tiny six-run study fits 20 minutes on two cores; two seeds do not).
+profiles plan one seed per point by default, except scaling_1d_vs_2d at tiny: two seeds, within 20 minutes on two
+cores, so its Fig. 9 shows the seed spread.
 """
 
 from __future__ import annotations
