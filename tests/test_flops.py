@@ -299,8 +299,8 @@ def test_ar_sampling_matches_the_counter(guided: bool, one_thread: None) -> None
 
 
 def test_run_flops_count_every_step_at_its_phase() -> None:
-    """The tiny S-S run: 150 steps (a fixed steps_per_epoch), the shortcut's direct decoding on the first 49 (1-based
-    t < 50), no GAN (it starts at 400); its AR probe: 4 epochs of 900 // 32 = 28 steps, one view of each of the
+    """The tiny S-S run: 200 steps (a fixed steps_per_epoch), the shortcut's direct decoding on the first 66 (1-based
+    t < 67), no GAN (it starts at 400); its AR probe: 4 epochs of 900 // 32 = 28 steps, one view of each of the
     builtin set's 900 training crops an epoch."""
     from gigatok.perceptual import resolve_perceptual
     from gigatok.pipeline import RunSpec
@@ -310,8 +310,9 @@ def test_run_flops_count_every_step_at_its_phase() -> None:
     spec = RunSpec("flops", (), cfg, ar, get_profile("tiny").eval)
     out = flops.run_training_flops(spec)
     step = flops.tokenizer_step_flops
-    assert out["tokenizer"] == pytest.approx(49 * step(cfg, 0)["total"] + 101 * step(cfg, 49)["total"], rel=REL)
-    assert step(cfg, 0)["cnn_decoder"] == 2 * step(cfg, 49)["cnn_decoder"] and step(cfg, 49)["discriminator_d"] == 0
+    assert out["tokenizer"] == pytest.approx(66 * step(cfg, 0)["total"] + 134 * step(cfg, 66)["total"], rel=REL)
+    assert step(cfg, 0)["cnn_decoder"] == 2 * step(cfg, 66)["cnn_decoder"] and step(cfg, 66)["discriminator_d"] == 0
+    assert step(cfg, 65)["cnn_decoder"] == step(cfg, 0)["cnn_decoder"]  # the last step with direct decoding
     assert out["ar"] == pytest.approx(112 * flops.ar_step_flops(ar), rel=REL)
     assert out["total"] == out["tokenizer"] + out["ar"]
     bigger = flops.run_training_flops(spec, dataset_size=1800)
