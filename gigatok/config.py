@@ -1217,11 +1217,11 @@ TINY = Profile(
     # steps: S-S 1D 18.1 / 17.7 -> 19.7 / 19.1 dB, 2D 18.9 / 19.2 -> 20.3 / 20.9; B-L 1D 17.4 / 19.5 -> 17.9 / 19.7,
     # 2D 20.7 / 19.1 -> 21.2 / 21.7 (B-L 2D now above S-S 2D beyond the two seeds' ranges, 1D still not ordered);
     # tokenizer training +33%, the two-seed study ~2.5 minutes longer. Earlier measurements, 150 steps: S-B 1D
-    # validation PSNR (224 crops), shortcut for 50 steps, 8x8 grid: 15.6 / 16.6 / 17.6 / 18.2 / 18.1 / 18.4 dB at 25 / 50 / 75 / 100 / 125 / 150 steps (still
-    # rising). B-L (the study's largest), pixel and quantizer terms only: 1D 16.5 / 17.0 / 18.0 dB, 2D 16.9 / 18.3 /
-    # 19.4 dB at 50 / 100 / 150 steps, 1.2-1.3 s a step single-threaded on a busy machine. On the earlier 4x4
-    # grid, shortcut for 100 steps: 16.1 / 16.7 / 16.9 dB at 50 / 100 / 150; without
-    # the shortcut 13.1 / 13.3 / 13.1 / 13.7 dB at 50-200 steps, the dataset-mean image.
+    # validation PSNR (224 crops), shortcut for 50 steps, 8x8 grid: 15.6 / 16.6 / 17.6 / 18.2 / 18.1 / 18.4 dB at
+    # 25 / 50 / 75 / 100 / 125 / 150 steps (still rising). B-L (the study's largest), pixel and quantizer terms
+    # only: 1D 16.5 / 17.0 / 18.0 dB, 2D 16.9 / 18.3 / 19.4 dB at 50 / 100 / 150 steps, 1.2-1.3 s a step
+    # single-threaded on a busy machine. On the earlier 4x4 grid, shortcut for 100 steps: 16.1 / 16.7 / 16.9 dB at
+    # 50 / 100 / 150; without the shortcut 13.1 / 13.3 / 13.1 / 13.7 dB at 50-200 steps, the dataset-mean image.
     epochs={"default": 1},
     steps_per_epoch=200,
     batch_size={"default": 16},
