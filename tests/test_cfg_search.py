@@ -585,7 +585,7 @@ def test_target_must_be_one_run(
     code, _, err = run_cli(
         ["cfg_search", "--study", "scaling_1d_vs_2d", "--only", "size=S-S", "--dry-run"], tmp_path, monkeypatch, capsys
     )
-    assert code == 2 and "has 2 matching --only size=S-S" in err and "narrow --only" in err  # 1d and 2d
+    assert code == 2 and "has 4 matching --only size=S-S" in err and "narrow --only" in err  # 1d, 2d; two seeds
     spec = get_study("ar_probe_vs_large").plan(Planner("tiny"))[0]
     code, out, _ = run_cli(["cfg_search", "--only", spec.hash[:8], "--dry-run"], tmp_path, monkeypatch, capsys)
     assert code == 0 and f"run {spec.hash} ({spec.label}) of study ar_probe_vs_large" in out

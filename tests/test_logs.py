@@ -85,9 +85,9 @@ def test_quiet_study_command_keeps_its_output_and_drops_the_hints(
 def test_verbose_dry_run_shows_a_debug_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["scaling_1d_vs_2d", "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]
     assert run.main(argv) == 0
-    assert "planned 6 runs" not in capsys.readouterr().err
+    assert "planned 12 runs" not in capsys.readouterr().err
     assert run.main([*argv, "-v"]) == 0
     out, err = capsys.readouterr()
-    assert "planned 6 runs of study scaling_1d_vs_2d" in err and "planned" not in out
+    assert "planned 12 runs of study scaling_1d_vs_2d" in err and "planned" not in out  # two seeds at tiny
     assert cli.main(["-v", "run", *argv]) == 0  # the console script's own flag, before the command
-    assert "planned 6 runs" in capsys.readouterr().err
+    assert "planned 12 runs" in capsys.readouterr().err

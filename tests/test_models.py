@@ -17,7 +17,7 @@ from gigatok.config import (
     pooling_regions,
     tokenizer_run,
 )
-from gigatok.models.cnn import depth_to_space
+from gigatok.models.cnn import CNNDecoder, depth_to_space
 from gigatok.models.discriminator import PatchDiscriminator
 from gigatok.models.quantizer import VectorQuantizer, entropy_loss, rotate_to
 from gigatok.models.tokenizer import build_tokenizer, multilevel_pool
@@ -105,13 +105,16 @@ def test_paper_cnn_matches_the_authors(part: str, expected: float, kind: str) ->
 
 def test_authors_decoder_options_change_the_cnn() -> None:
     """The paper profile's decoder is the authors' (no attention, adaptive GroupNorm, depth-to-space); the tiny
-    profile keeps the workbench's original one."""
+    profile keeps the workbench's original upsampling and norms, without attention (a CPU-scale cut)."""
     paper = build_tokenizer(tokenizer_run("S-S", profile="paper").tokenizer, "meta").cnn_decoder
     tiny = build_tokenizer(tokenizer_run("S-S", profile="tiny").tokenizer).cnn_decoder
     names = {type(m).__name__ for m in paper.modules()}
     assert {"AdaptiveGroupNorm", "DepthToSpaceUpsample"} <= names and "AttnBlock" not in names
     tiny_names = {type(m).__name__ for m in tiny.modules()}
-    assert "AttnBlock" in tiny_names and "Upsample" in tiny_names and "AdaptiveGroupNorm" not in tiny_names
+    assert "Upsample" in tiny_names and "AdaptiveGroupNorm" not in tiny_names and "AttnBlock" not in tiny_names
+    with_attention = dataclasses.replace(tokenizer_run("S-S", profile="tiny").tokenizer.cnn, decoder_attention=True)
+    workbench = CNNDecoder(with_attention)  # the workbench's original decoder keeps its attention block
+    assert "AttnBlock" in {type(m).__name__ for m in workbench.modules()}
 
 
 @pytest.mark.parametrize("size,expected", TABLE1_1D.items())

@@ -44,13 +44,21 @@ def planned_count(name: str, seeds: int) -> int:
     return PAPER_STUDIES[name] * (1 if name in UNSEEDED else seeds)
 
 
+def default_seeds(profile: str, name: str) -> int:
+    """The seeds a study plans without --seeds: the profile's, or its per-study default."""
+    prof = get_profile(profile)
+    return prof.study_seeds.get(name, prof.seeds)
+
+
 @pytest.mark.parametrize("profile", ["tiny", "paper"])
 def test_every_study_plans_and_validates(profile: str) -> None:
     assert set(STUDIES) == set(PAPER_STUDIES)
     assert get_profile("tiny").seeds == 1 and get_profile("paper").seeds == 1
+    # The README's main study draws its seed spread by default at tiny; nothing else does, and nothing at paper.
+    assert get_profile("tiny").study_seeds == {"scaling_1d_vs_2d": 2} and get_profile("paper").study_seeds == {}
     for name in PAPER_STUDIES:
         specs = get_study(name).plan(Planner(profile))
-        count = planned_count(name, get_profile(profile).seeds)
+        count = planned_count(name, default_seeds(profile, name))
         assert len(specs) == count, name
         assert len({s.hash for s in specs}) == count, f"{name}: two runs share a hash"
         for spec in specs:
@@ -207,7 +215,9 @@ def test_list_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     code, out, _ = run_cli(["--list", "--json"], tmp_path, monkeypatch, capsys)
     assert code == 0
     listed = {r["study"]: r for r in json.loads(out)}
-    assert {k: v["runs"] for k, v in listed.items()} == {k: planned_count(k, 1) for k in PAPER_STUDIES}  # tiny
+    assert {k: v["runs"] for k, v in listed.items()} == {
+        k: planned_count(k, default_seeds("tiny", k)) for k in PAPER_STUDIES
+    }
     assert listed["scaling_1d_vs_2d"]["reproduces"] == "Fig. 9"
 
     code, out, _ = run_cli(
@@ -423,6 +433,16 @@ def test_seeds_replicate_every_run_and_keep_seed_zero() -> None:
     assert len(get_study("decode_cost").plan(Planner("tiny", seeds=3))) == PAPER_STUDIES["decode_cost"]
 
 
+def test_tiny_main_study_plans_two_seeds_unless_told() -> None:
+    # Profile.study_seeds: scaling_1d_vs_2d at tiny replicates over seeds 0 and 1 without --seeds; --seeds 1 plans
+    # its seed-0 runs alone, with the same hashes; other tiny studies keep the profile's one seed.
+    two = get_study("scaling_1d_vs_2d").plan(Planner("tiny"))
+    assert [s.factor_dict["seed"] for s in two] == [0] * 6 + [1] * 6
+    one = get_study("scaling_1d_vs_2d").plan(Planner("tiny", seeds=1))
+    assert [s.hash for s in one] == [s.hash for s in two[:6]]
+    assert len(get_study("reg_weight").plan(Planner("tiny"))) == PAPER_STUDIES["reg_weight"]
+
+
 def test_seeds_flag_is_validated() -> None:
     assert parse_seeds(None) is None and parse_seeds("3") == 3 and parse_seeds(" 2 ") == 2
     for bad in ("0", "-2", "1.5", "two", ""):
@@ -517,7 +537,7 @@ def test_registered_runs_carry_mlflow_columns_sizes_and_their_folders(tmp_path: 
 
 def test_sweeps_multiply_the_grid_with_each_key_as_a_factor() -> None:
     sweeps = ("--sweep", "tokenizer.optim.lr=1e-4,1e-3", "--sweep", "ar.train.batch_size=8,16")
-    base = planning.plan_study("scaling_1d_vs_2d", "tiny", None, [], None, None, "size=S-S")
+    base = planning.plan_study("scaling_1d_vs_2d", "tiny", None, [], "1", None, "size=S-S")
     specs = planning.plan_study("scaling_1d_vs_2d", "tiny", None, [], "2", None, "size=S-S", list(sweeps[1::2]))
     assert len(specs) == len(base) * 4 * 2 and len({s.hash for s in specs}) == len(specs)
     first = specs[0].factor_dict

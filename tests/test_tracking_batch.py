@@ -173,7 +173,7 @@ def launch(tmp_path: Path, store_name: str, empty_store: Path | None = None) -> 
     """A launch of two runs of a catalog study, on a copy of the empty store if given (else the one already there)."""
     from gigatok import launch
 
-    specs = launch.plan_study("scaling_1d_vs_2d", "tiny", None, [], None, None, "size=S-S")
+    specs = launch.plan_study("scaling_1d_vs_2d", "tiny", None, [], None, None, "size=S-S,seed=0")
     uri = (
         f"sqlite:///{tmp_path / store_name / 'mlflow.db'}"
         if empty_store is None
