@@ -1213,15 +1213,15 @@ TINY = Profile(
     optim=OptimConfig(lr=3e-4, min_lr=3e-5, warmup_steps=10, grad_clip=10.0),
     # One epoch is a fixed 200 steps of batch 16 (steps_per_epoch below), not a pass over the built-in set, so the
     # study's cost does not move when photographs are added. 200, not 150, once the lighter CNN left room in the
-    # 20-minute budget: validation PSNR (96 crops, seeds 0 / 1, shortcut for a third of the run) at 150 -> 200
-    # steps: S-S 1D 18.1 / 17.7 -> 19.7 / 19.1 dB, 2D 18.9 / 19.2 -> 20.3 / 20.9; B-L 1D 17.4 / 19.5 -> 17.9 / 19.7,
-    # 2D 20.7 / 19.1 -> 21.2 / 21.7 (B-L 2D now above S-S 2D beyond the two seeds' ranges, 1D still not ordered);
-    # tokenizer training +33%, the two-seed study ~2.5 minutes longer. Earlier measurements, 150 steps: S-B 1D
-    # validation PSNR (224 crops), shortcut for 50 steps, 8x8 grid: 15.6 / 16.6 / 17.6 / 18.2 / 18.1 / 18.4 dB at
-    # 25 / 50 / 75 / 100 / 125 / 150 steps (still rising). B-L (the study's largest), pixel and quantizer terms
-    # only: 1D 16.5 / 17.0 / 18.0 dB, 2D 16.9 / 18.3 / 19.4 dB at 50 / 100 / 150 steps, 1.2-1.3 s a step
-    # single-threaded on a busy machine. On the earlier 4x4 grid, shortcut for 100 steps: 16.1 / 16.7 / 16.9 dB at
-    # 50 / 100 / 150; without the shortcut 13.1 / 13.3 / 13.1 / 13.7 dB at 50-200 steps, the dataset-mean image.
+    # 20-minute budget: validation PSNR (96 crops, seeds 0 / 1, shortcut for a third of the run) at 150 -> 200 steps:
+    # S-S 1D 18.1 / 17.7 -> 19.7 / 19.1 dB, 2D 18.9 / 19.2 -> 20.3 / 20.9; B-L 1D 17.4 / 19.5 -> 17.9 / 19.7, 2D 20.7 /
+    # 19.1 -> 21.2 / 21.7 (B-L 2D now above S-S 2D beyond the two seeds' ranges, 1D still not ordered); tokenizer
+    # training +39% (the shortcut's steps cost ~1.4x), the two-seed study 14 min 44 s -> 17 min 46 s. Earlier
+    # measurements, 150 steps: S-B 1D validation PSNR (224 crops), shortcut for 50 steps, 8x8 grid: 15.6 / 16.6 / 17.6 /
+    # 18.2 / 18.1 / 18.4 dB at 25 / 50 / 75 / 100 / 125 / 150 steps (still rising). B-L (the study's largest), pixel and
+    # quantizer terms only: 1D 16.5 / 17.0 / 18.0 dB, 2D 16.9 / 18.3 / 19.4 dB at 50 / 100 / 150 steps, 1.2-1.3 s a step
+    # single-threaded on a busy machine. On the earlier 4x4 grid, shortcut for 100 steps: 16.1 / 16.7 / 16.9 dB at 50 /
+    # 100 / 150; without the shortcut 13.1 / 13.3 / 13.1 / 13.7 dB at 50-200 steps, the dataset-mean image.
     epochs={"default": 1},
     steps_per_epoch=200,
     batch_size={"default": 16},
@@ -1268,11 +1268,11 @@ TINY = Profile(
     # of a loaded pair of cores): about +10 minutes over the six runs of scaling_1d_vs_2d, past its 20-minute budget.
     # ar_probe_vs_large and system_level search their scale as a stage.
     cfg_search_every_gfid=False,
-    # One seed by default for every study but the README's main one: scaling_1d_vs_2d took 11 min 39 s for its six
-    # runs on two cores with the earlier CNN (fresh caches, no VGG16 file) and 20 min 43 s over two seeds, at the
-    # 20-minute budget; the lighter CNN above brings its two seeds inside it (README, "What the tiny profile
-    # shows"), and two seeds are what let Fig. 9 show which differences stand above seed noise. Other tiny studies
-    # draw the spread with `--seeds 2` (about double their time).
+    # One seed by default for every study but the README's main one: scaling_1d_vs_2d took 11 min 39 s for its six runs
+    # on two cores with the earlier CNN (fresh caches, no VGG16 file) and 20 min 43 s over two seeds, at the 20-minute
+    # budget; with the lighter CNN above and 200 steps its two seeds took 17 min 46 s (README, "What the tiny profile
+    # shows"), and two seeds are what let Fig. 9 show which differences stand above seed noise. Other tiny studies draw
+    # the spread with `--seeds 2` (about double their time).
     seeds=1,
     study_seeds={"scaling_1d_vs_2d": 2},
 )
