@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from gigatok.config import PROFILES
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -20,13 +22,22 @@ def add_verbosity_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def seeds_default_text() -> str:
+    """The profiles' seed defaults in words, from the profiles themselves: '1, but 2 for scaling_1d_vs_2d at tiny'."""
+    plain = sorted({prof.seeds for prof in PROFILES.values()})
+    per_study = [
+        f"{n} for {study} at {prof.name}" for prof in PROFILES.values() for study, n in prof.study_seeds.items()
+    ]
+    return ", ".join(str(n) for n in plain) + (f", but {'; '.join(per_study)}" if per_study else "")
+
+
 def add_seeds_option(p: argparse.ArgumentParser) -> None:
     # Read as text and checked by parse_seeds, so a bad value is a one-line error like every other (also in --dry-run).
     p.add_argument(
         "--seeds",
         default=None,
         metavar="N",
-        help="replicate every run over seeds 0..N-1 (default: 1, but 2 for scaling_1d_vs_2d at tiny)",
+        help=f"replicate every run over seeds 0..N-1 (default: {seeds_default_text()})",
     )
 
 

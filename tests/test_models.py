@@ -107,13 +107,14 @@ def test_authors_decoder_options_change_the_cnn() -> None:
     """The paper profile's decoder is the authors' (no attention, adaptive GroupNorm, depth-to-space); the tiny
     profile keeps the workbench's original upsampling and norms, without attention (a CPU-scale cut)."""
     paper = build_tokenizer(tokenizer_run("S-S", profile="paper").tokenizer, "meta").cnn_decoder
-    tiny = build_tokenizer(tokenizer_run("S-S", profile="tiny").tokenizer).cnn_decoder
+    tiny_cfg = tokenizer_run("S-S", profile="tiny").tokenizer
+    tiny = build_tokenizer(tiny_cfg).cnn_decoder
     names = {type(m).__name__ for m in paper.modules()}
     assert {"AdaptiveGroupNorm", "DepthToSpaceUpsample"} <= names and "AttnBlock" not in names
     tiny_names = {type(m).__name__ for m in tiny.modules()}
     assert "Upsample" in tiny_names and "AdaptiveGroupNorm" not in tiny_names and "AttnBlock" not in tiny_names
-    with_attention = dataclasses.replace(tokenizer_run("S-S", profile="tiny").tokenizer.cnn, decoder_attention=True)
-    workbench = CNNDecoder(with_attention)  # the workbench's original decoder keeps its attention block
+    # The workbench's original decoder keeps its attention block.
+    workbench = CNNDecoder(dataclasses.replace(tiny_cfg.cnn, decoder_attention=True))
     assert "AttnBlock" in {type(m).__name__ for m in workbench.modules()}
 
 

@@ -44,10 +44,13 @@ def planned_count(name: str, seeds: int) -> int:
     return PAPER_STUDIES[name] * (1 if name in UNSEEDED else seeds)
 
 
+# What each study plans without --seeds, written out rather than read from the profile: one seed, except the
+# README's main study at tiny.
+DEFAULT_SEEDS = {("tiny", "scaling_1d_vs_2d"): 2}
+
+
 def default_seeds(profile: str, name: str) -> int:
-    """The seeds a study plans without --seeds: the profile's, or its per-study default."""
-    prof = get_profile(profile)
-    return prof.study_seeds.get(name, prof.seeds)
+    return DEFAULT_SEEDS.get((profile, name), 1)
 
 
 @pytest.mark.parametrize("profile", ["tiny", "paper"])
