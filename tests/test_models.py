@@ -20,7 +20,7 @@ from gigatok.config import (
 from gigatok.models.cnn import CNNDecoder, depth_to_space
 from gigatok.models.discriminator import PatchDiscriminator
 from gigatok.models.quantizer import VectorQuantizer, entropy_loss, rotate_to
-from gigatok.models.tokenizer import build_tokenizer, multilevel_pool
+from gigatok.models.tokenizer import build_tokenizer, multilevel_pool, multilevel_unpool
 from gigatok.models.transformer import DetrBlock, QFormerBlock, ViTBlock
 
 M = 1e6
@@ -180,6 +180,25 @@ def test_multilevel_pool_width_first() -> None:
     pooled = multilevel_pool(feats, 16, first_split="width")[0, :, 0]
     assert torch.allclose(pooled[2:4], torch.tensor([feats[..., :2].mean(), feats[..., 2:].mean()]))
     assert pooling_regions(3, "width") == (2, 4)
+
+
+def test_multilevel_unpool_sends_each_token_to_its_region() -> None:
+    """The unpooled decoder queries: a cell averages the tokens of the regions holding it, one a level."""
+    tokens = torch.zeros(1, 16, 1)
+    assert torch.equal(multilevel_unpool(tokens + 3.0, 4), torch.full((1, 16, 1), 3.0))
+    # 16 tokens on a 4x4 grid: global, then levels of 1, 2, 4, 8 regions; the last is 4 rows x 2 columns, so its
+    # first token (index 8) is the region of cells (0, 0) and (0, 1), and the five levels average.
+    tokens[0, 8, 0] = 5.0
+    cells = multilevel_unpool(tokens, 4)[0, :, 0].view(4, 4)
+    expected = torch.zeros(4, 4)
+    expected[0, :2] = 1.0
+    assert torch.equal(cells, expected)
+    # A level-1 token (index 2, top half under the height-first split) reaches the top two rows; width-first, the
+    # left two columns.
+    tokens.zero_()
+    tokens[0, 2, 0] = 5.0
+    assert torch.equal(multilevel_unpool(tokens, 4)[0, :, 0].view(4, 4)[:2], torch.ones(2, 4))
+    assert torch.equal(multilevel_unpool(tokens, 4, first_split="width")[0, :, 0].view(4, 4)[:, :2], torch.ones(4, 2))
 
 
 def test_depth_to_space_reads_channels_block_first() -> None:

@@ -41,6 +41,20 @@ def multilevel_pool(features: torch.Tensor, num_tokens: int, first_split: str = 
     return torch.cat(pooled, dim=1)
 
 
+def multilevel_unpool(tokens: torch.Tensor, grid_size: int, first_split: str = "height") -> torch.Tensor:
+    """The transpose of :func:`multilevel_pool`, averaged: (B, num_tokens, C) -> (B, grid_size**2, C), each cell the
+    mean over levels of the token whose region contains it (the global token at every cell)."""
+    levels = int(math.log2(tokens.shape[1]))
+    cells = tokens[:, :1].expand(-1, grid_size**2, -1)
+    start = 1
+    for level in range(levels):
+        rows, cols = pooling_regions(level, first_split)
+        region = tokens[:, start : start + rows * cols].transpose(1, 2).unflatten(2, (rows, cols))
+        cells = cells + F.interpolate(region, size=(grid_size, grid_size), mode="nearest").flatten(2).transpose(1, 2)
+        start += rows * cols
+    return cells / (levels + 1)
+
+
 def _to_grid(tokens: torch.Tensor, size: int) -> torch.Tensor:
     """(B, size*size, C) row-major tokens -> (B, C, size, size), contiguous.
 
@@ -170,6 +184,16 @@ class TransformerDecoder(_Stack):
             out_kernel=cfg.decoder_out_kernel,
         )
         self.grid_size = cfg.grid_size
+        self.unpooled_queries = cfg.decoder_queries_1d == "unpooled"
+        self.first_split = cfg.pool_first_split
+
+    def _queries_1d(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if self.unpooled_queries:
+            if self.proj_in is None:
+                return multilevel_unpool(context, self.grid_size, self.first_split)
+            return self.proj_in(multilevel_unpool(tokens, self.grid_size, self.first_split))
+        first = context[:, :1] if self.proj_in is None else self.proj_in(tokens[:, :1])
+        return first.expand(-1, self.grid_size**2, -1)
 
     def forward(
         self, tokens: torch.Tensor, capture_layer: int | None = None
@@ -177,9 +201,7 @@ class TransformerDecoder(_Stack):
         tokens = self._norm_in(tokens)
         if self.one_d:
             context = self.context_in(tokens)
-            first = context[:, :1] if self.proj_in is None else self.proj_in(tokens[:, :1])
-            queries = first.expand(-1, self.grid_size**2, -1)
-            out, captured = self._run_1d(queries, context, capture_layer)
+            out, captured = self._run_1d(self._queries_1d(tokens, context), context, capture_layer)
         else:
             out, captured = self._run_2d(tokens, capture_layer)
         if isinstance(self.proj_out, nn.Conv2d):
