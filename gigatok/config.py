@@ -1226,7 +1226,8 @@ TINY = Profile(
     optim=OptimConfig(lr=3e-4, min_lr=3e-5, warmup_steps=10, grad_clip=10.0),
     # One epoch is a fixed 200 steps of batch 16 (steps_per_epoch below), not a pass over the built-in set, so the
     # study's cost does not move when photographs are added. 200, not 150, once the lighter CNN left room in the
-    # 20-minute budget: validation PSNR (96 crops, seeds 0 / 1, shortcut for a third of the run) at 150 -> 200 steps:
+    # 20-minute budget: validation PSNR (96 crops, seeds 0 / 1, shortcut for a third of the run, 1D decoder queries
+    # repeated as then) at 150 -> 200 steps:
     # S-S 1D 18.1 / 17.7 -> 19.7 / 19.1 dB, 2D 18.9 / 19.2 -> 20.3 / 20.9; B-L 1D 17.4 / 19.5 -> 17.9 / 19.7, 2D 20.7 /
     # 19.1 -> 21.2 / 21.7 (B-L 2D now above S-S 2D beyond the two seeds' ranges, 1D still not ordered); tokenizer
     # training +39% (the shortcut's steps cost ~1.4x), the two-seed study 14 min 44 s -> 17 min 46 s. Earlier
@@ -1261,10 +1262,11 @@ TINY = Profile(
     # .decoder_queries_1d): after the shortcut the repeated-token queries left the 1D pixel loss flat (B-L 0.13 ->
     # 0.10-0.12 over steps 70-190, 2D 0.08-0.10 -> 0.05), every cell's query the same until cross-attention learns
     # to route. Validation PSNR (96 crops, 200 steps, seeds 0 / 1), repeated -> unpooled: S-S 1D 19.7 / 19.1 ->
-    # 21.6 / 21.2 dB, B-L 1D 17.9 / 19.7 -> 20.9 / 21.2, no slower. Measured and not adopted (B-L 1D, S-S 1D): the
-    # authors' layout 16.1 / 16.9, 17.2 / 16.5 (codebook usage 9-50%); DETR blocks alone 17.3 / 19.2, 17.8 / 19.4;
-    # with unpooled queries, zero-initialised residual branches 19.4 / 21.5, 21.2 / 21.2; a 33-step shortcut
-    # 20.5 / 21.0, 20.9 / 20.4; lr 5e-4 20.7 / 21.3, 21.2 / 19.1.
+    # 21.6 / 21.2 dB, B-L 1D 17.9 / 19.7 -> 20.9 / 21.2, no slower (B-L 1D, 40 steps on one thread, alternated:
+    # 32.5 / 31.1 s repeated, 34.1 / 31.7 s unpooled). Measured and not adopted (B-L 1D, then S-S 1D): queries
+    # repeated, the authors' layout 16.1 / 16.9, 17.2 / 16.5 dB (codebook usage 9-50%) and DETR blocks alone
+    # 17.3 / 19.2, 17.8 / 19.4; queries unpooled, zero-initialised residual branches 19.4 / 21.5, 21.2 / 21.2, a
+    # 33-step shortcut 20.5 / 21.0, 20.9 / 20.4, and lr 5e-4 20.7 / 21.3, 21.2 / 19.1. None orders B-L above S-S.
     tokenizer_options_1d={"decoder_queries_1d": "unpooled"},
     log_every=10,
     checkpoint_every=20,  # a killed tiny run loses at most ~25 s
@@ -1292,9 +1294,10 @@ TINY = Profile(
     cfg_search_every_gfid=False,
     # One seed by default for every study but the README's main one: scaling_1d_vs_2d took 11 min 39 s for its six runs
     # on two cores with the earlier CNN (fresh caches, no VGG16 file) and 20 min 43 s over two seeds, at the 20-minute
-    # budget; with the lighter CNN above and 200 steps its two seeds took 17 min 46 s (README, "What the tiny profile
-    # shows"), and two seeds are what let Fig. 9 show which differences stand above seed noise. Other tiny studies draw
-    # the spread with `--seeds 2` (about double their time).
+    # budget; with the lighter CNN above and 200 steps its two seeds took 17 min 46 s, and 18 min 56 s and 20 min 4 s
+    # on a slower day (README, "What the tiny profile shows"), and two seeds are what let Fig. 9 show which
+    # differences stand above seed noise. Other tiny studies draw the spread with `--seeds 2` (about double their
+    # time).
     seeds=1,
     study_seeds={"scaling_1d_vs_2d": 2},
 )

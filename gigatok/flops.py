@@ -134,7 +134,10 @@ def transformer_decoder_forward(cfg: TokenizerConfig, batch: int) -> Forward:
         return Forward(linear(batch * grid, c, w) + out) + tokenizer_blocks(
             cfg, w, cfg.decoder.depth, grid, grid, batch
         )
-    query = 0.0 if cfg.queries_from_context else linear(batch, c, w)  # the first latent token, embedded once
+    # The query projection embeds the first latent token once, or every unpooled cell (the unpooling's averages are
+    # not multiply-adds a FLOP counter sees).
+    queries = grid if cfg.decoder_queries_1d == "unpooled" else 1
+    query = 0.0 if cfg.queries_from_context else linear(batch * queries, c, w)
     io = linear(batch * n, c, w) + query + out
     return Forward(io) + tokenizer_blocks(cfg, w, cfg.decoder.depth, grid, n, batch)
 

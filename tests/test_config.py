@@ -82,6 +82,14 @@ def test_hash_is_the_same_in_another_process() -> None:
     assert other.stdout.strip() == tokenizer_run("B-L", profile="paper", kind="2d").hash()
 
 
+def test_only_tiny_1d_tokenizers_unpool_their_decoder_queries() -> None:
+    """The tiny profile's 1D decoder queries differ from the authors' (docs/fidelity.md); 2D and paper runs keep the
+    default, so their hashes do not move."""
+    assert tokenizer_run("B-L", kind="1d").tokenizer.decoder_queries_1d == "unpooled"
+    assert tokenizer_run("B-L", kind="2d").tokenizer.decoder_queries_1d == "first"
+    assert tokenizer_run("B-L", profile="paper", kind="1d").tokenizer.decoder_queries_1d == "first"
+
+
 def _tok(**changes: object) -> TokenizerConfig:
     return dataclasses.replace(tokenizer_run("S-S", profile="paper").tokenizer, **changes)
 
@@ -94,6 +102,7 @@ def _tok(**changes: object) -> TokenizerConfig:
         (lambda: _tok(num_tokens=1024), "tokenizer.num_tokens", "finer than the 16x16"),
         (lambda: _tok(kind="2d", num_tokens=128), "tokenizer.num_tokens", "one token per grid cell"),
         (lambda: _tok(image_size=250), "tokenizer.image_size", "not divisible by the downsample factor 16"),
+        (lambda: _tok(decoder_queries_1d="pooled"), "tokenizer.decoder_queries_1d", "'first' or 'unpooled'"),
         (lambda: tokenizer_run("S-M"), "tokenizer name", "unknown size 'M'"),
         (lambda: tokenizer_run("SB"), "tokenizer name", "not of the form"),
         (lambda: tokenizer_run("S-S", semantic_encoder="resnet"), "semantic.encoder", "unknown semantic encoder"),

@@ -72,12 +72,13 @@ def tiny_objective(name: str = "S-S", kind: str = "1d") -> TokenizerRunConfig:
 
 @pytest.mark.slow  # ~25 s alone on two cores, ~65 s on a busy machine
 def test_fixed_crops_are_reproduced() -> None:
-    """60 steps on 8 fixed crops (S-S 1D). Measured with the lighter tiny CNN (one block a level, widths 32/64/64)
-    and the shortcut on for all 60 steps (it ends at 67): 18.16 dB (one thread) and 18.14 dB (two), mean colour error
-    0.080 / 0.079 (largest 0.31 / 0.28; the crops' mean colours are 0.35 apart). With the earlier CNN and the shortcut
-    ending at 50: 19.1 / 19.7 dB, colour error 0.076 / 0.083. The earlier profile (4x4 grid, no shortcut) reached
-    17.1 dB with colour errors up to 0.53, reconstructions near the crops' common mean. The trajectory moves with
-    thread count and kernel order, so the thresholds leave room below both.
+    """60 steps on 8 fixed crops (S-S 1D). Measured with the lighter tiny CNN (one block a level, widths 32/64/64),
+    the unpooled decoder queries and the shortcut on for all 60 steps (it ends at 67): 20.23 dB (one thread) and
+    20.91 dB (two), mean colour error 0.063 / 0.030 (largest 0.16 / 0.07; the crops' mean colours are 0.35 apart).
+    With the repeated-token queries: 18.16 / 18.14 dB, colour error 0.080 / 0.079; with the earlier CNN and the
+    shortcut ending at 50: 19.1 / 19.7 dB, colour error 0.076 / 0.083. The earlier profile (4x4 grid, no shortcut)
+    reached 17.1 dB with colour errors up to 0.53, reconstructions near the crops' common mean. The trajectory moves
+    with thread count and kernel order, so the thresholds leave room below both.
     """
     cfg = tiny_objective()
     images = fixed_crops(cfg)
@@ -86,7 +87,7 @@ def test_fixed_crops_are_reproduced() -> None:
         recon = model(images).reconstruction.clamp(-1, 1)
     colour_error = (recon.mean((2, 3)) - images.mean((2, 3))).abs()
     assert colour_error.mean().item() < 0.12, colour_error
-    assert psnr(recon, images) > 17.5
+    assert psnr(recon, images) > 18.5
 
 
 def test_tiny_schedule_is_a_step_count_not_a_pass_over_the_data() -> None:

@@ -17,11 +17,12 @@ from gigatok.train.trained import load_trained_tokenizer
 
 pytestmark = pytest.mark.slow
 
-# Measured on the 150-step S-S 1D fixture (the lighter tiny CNN, shortcut for its first 67 steps, 8x8 grid, semantic
-# term on, no perceptual term without the VGG16 file): 19.4 dB on the 216 validation crops, against 14.2 dB for the
-# dataset-mean image (17.6 against 13.5 dB with the earlier CNN and validation split). Rounding alone moves a tiny run
-# by up to ~2 dB (README, "What the tiny profile shows"), hence the margin.
-VAL_PSNR_MIN = 17.5
+# Measured on the 150-step S-S 1D fixture (the lighter tiny CNN, unpooled decoder queries, shortcut for its first 67
+# steps, 8x8 grid, semantic term on, no perceptual term without the VGG16 file): 20.2 dB on the 216 validation crops,
+# against 14.2 dB for the dataset-mean image (19.4 dB with the repeated-token decoder queries; 17.6 against 13.5 dB
+# with the earlier CNN and validation split). Rounding alone moves a tiny run by up to ~2 dB (README, "What the tiny
+# profile shows"), hence the margin.
+VAL_PSNR_MIN = 18.5
 
 
 def test_training_lowers_reconstruction_loss(trained_tokenizer: tuple[TokenizerRunConfig, Path]) -> None:
@@ -38,7 +39,7 @@ def test_training_lowers_reconstruction_loss(trained_tokenizer: tuple[TokenizerR
 
 def test_trained_tokenizer_reconstructs_unseen_crops(trained_tokenizer: tuple[TokenizerRunConfig, Path]) -> None:
     """Validation PSNR of the 150-step S-S fixture, against the dataset-mean image's (what a tokenizer that has
-    not learned returns): measured 19.4 against 14.2 dB (see VAL_PSNR_MIN)."""
+    not learned returns): measured 20.2 against 14.2 dB (see VAL_PSNR_MIN)."""
     cfg, run_dir = trained_tokenizer
     val = build_dataset(cfg.data, "val", cfg.tokenizer.image_size, seed=0, augment=False)
     images = torch.stack([val[i][0] for i in range(len(val))])
