@@ -166,7 +166,8 @@ class TransformerDecoder(_Stack):
     """Latent tokens (B, N, C) -> 2D features (B, C, h, w); also returns decoder layer ``capture_layer``'s output.
 
     1D: the 2D queries are the first latent token (embedded by the query projection, or the embedded context's
-    first token with ``queries_from_context``) plus a learned 2D position embedding, cross-attending to the latent
+    first token with ``queries_from_context``), or with ``decoder_queries_1d="unpooled"`` the latent tokens unpooled
+    onto the grid (:func:`multilevel_unpool`), plus a learned 2D position embedding, cross-attending to the latent
     tokens.
     """
 
