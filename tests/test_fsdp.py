@@ -253,7 +253,13 @@ def test_sharded_tokenizer_matches_one_process_and_resumes_on_one(
     assert train_tokenizer(cfg, resumed, allow_substitutes=True, progress=False).finished
     again = _losses(resumed, "total_loss")
     assert again[PREEMPT_AT + 1] == pytest.approx(one[PREEMPT_AT + 1], rel=1e-4)
-    assert again[STEPS] == pytest.approx(both[STEPS], rel=2e-2)  # one process's BatchNorm sees the whole batch
+    # The last step (the GAN on): the generator is the two-rank run's, so its own terms agree; the adversarial term
+    # moves because one process's BatchNorm sees the whole batch (0.4% measured). The total is compared term by term:
+    # it nearly cancels (pixel 0.350 against half the adversarial -0.72: 0.027), so a relative tolerance on it
+    # would measure the cancellation, not the runs.
+    last = {name: read_metrics(run)[-1] for name, run in (("resumed", resumed), ("two", two))}
+    assert last["resumed"]["pixel_loss"] == pytest.approx(last["two"]["pixel_loss"], rel=1e-4)
+    assert last["resumed"]["adversarial_loss"] == pytest.approx(last["two"]["adversarial_loss"], rel=2e-2)
 
 
 @pytest.mark.slow
