@@ -245,9 +245,9 @@ class TokenizerConfig:
     # sample_multi_level_1d_tokens with first_grow="row").
     pool_first_split: Literal["height", "width"] = field(default="height", metadata=NEW_FIELD)
     # The 1D decoder's 2D queries before their position embedding. "first": the first latent token repeated at
-    # every cell (the authors'). "unpooled": the transpose of the encoder's multi-level pooling, each cell the mean
-    # of the latent tokens whose pooling regions contain it, so that at initialisation a cell's query already
-    # carries its own region's tokens (the tiny profile's, see docs/fidelity.md).
+    # every cell (the paper's App. C and the authors'). "unpooled": the transpose of the encoder's multi-level
+    # pooling, each cell the mean of the latent tokens whose pooling regions contain it, so that at initialisation a
+    # cell's query already carries its own region's tokens (the tiny profile's, see docs/fidelity.md).
     decoder_queries_1d: Literal["first", "unpooled"] = field(default="first", metadata=NEW_FIELD)
     # Kernel of the decoder's output projection to the latent channels (their ViTDecoder conv_out is 3x3).
     decoder_out_kernel: int = field(default=1, metadata=NEW_FIELD)
