@@ -195,7 +195,12 @@ def main() -> None:
         default=None,
         help="which settings to run (default: both; --quick: tiny)",
     )
-    parser.add_argument("--tiny-batch", type=int, default=16, help="tiny profile batch (its default is 16)")
+    parser.add_argument(
+        "--tiny-batch",
+        type=int,
+        default=16,
+        help="tiny S-S batch (default 16, as earlier measurements; the profile trains S-S on 8)",
+    )
     parser.add_argument(
         "--paper-batch",
         type=int,

@@ -1301,9 +1301,9 @@ TINY = Profile(
     # One seed by default for every study but the README's main one: scaling_1d_vs_2d took 11 min 39 s for its six runs
     # on two cores with the earlier CNN (fresh caches, no VGG16 file) and 20 min 43 s over two seeds, at the 20-minute
     # budget; with the lighter CNN above and 200 steps its two seeds took 17 min 46 s, and 18 min 56 s and 20 min 4 s
-    # on a slower day (README, "What the tiny profile shows"), and two seeds are what let Fig. 9 show which
-    # differences stand above seed noise. Other tiny studies draw the spread with `--seeds 2` (about double their
-    # time).
+    # on a slower day, then 17 min 38 s with Table 9's per-size recipe (README, "What the tiny profile shows"), and
+    # two seeds are what let Fig. 9 show which differences stand above seed noise. Other tiny studies draw the spread
+    # with `--seeds 2` (about double their time).
     seeds=1,
     study_seeds={"scaling_1d_vs_2d": 2},
 )

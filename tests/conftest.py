@@ -15,8 +15,9 @@ TINY_STEPS = 150
 
 def tiny_run(steps: int, log_every: int = 10, **kwargs: object) -> TokenizerRunConfig:
     """A tiny S-S tokenizer run capped at ``steps``, logging every ``log_every`` steps."""
-    # Eight epochs of schedule so that ``steps`` (not the profile's short default) ends the run.
-    kwargs = {"epochs": 8, **kwargs}
+    # Eight epochs of schedule so that ``steps`` (not the profile's short default) ends the run; batch 16, the
+    # batch the thresholds of tests/test_training.py were measured at (the profile's S-S trains on 8).
+    kwargs = {"epochs": 8, "batch_size": 16, **kwargs}
     cfg = tokenizer_run("S-S", profile="tiny", max_steps=steps, **kwargs)  # type: ignore[arg-type]
     train = dataclasses.replace(cfg.train, log_every=log_every, checkpoint_every=10)
     return dataclasses.replace(cfg, train=train)

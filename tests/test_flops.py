@@ -299,9 +299,9 @@ def test_ar_sampling_matches_the_counter(guided: bool, one_thread: None) -> None
 
 
 def test_run_flops_count_every_step_at_its_phase() -> None:
-    """The tiny S-S run: 200 steps (a fixed steps_per_epoch), the shortcut's direct decoding on the first 66 (1-based
-    t < 67), no GAN (it starts at 400); its AR probe: 4 epochs of 900 // 32 = 28 steps, one view of each of the
-    builtin set's 900 training crops an epoch."""
+    """The tiny S-S run: 200 steps (an epoch of 1,600 images at batch 8), the shortcut's direct decoding on the
+    first 66 (1-based t < 67), no GAN (it starts at 400); its AR probe: 4 epochs of 900 // 32 = 28 steps, one view
+    of each of the builtin set's 900 training crops an epoch."""
     from gigatok.perceptual import resolve_perceptual
     from gigatok.pipeline import RunSpec
 

@@ -199,7 +199,9 @@ def _tokenizer_cfg() -> TokenizerRunConfig:
     """Tiny S-S, sharded, with no term that a rank computes from its shard's statistics before the GAN starts at
     the last step: the entropy loss off, LPIPS off (a substitute VGG would be drawn per rank). The shortcut's
     direct decoding (a call of the sharded generator's CNN decoder outside its forward) runs in the first steps."""
-    cfg = tokenizer_run("S-S", profile="tiny", max_steps=STEPS, epochs=8, semantic_weight=0.0, entropy_weight=0.0)
+    cfg = tokenizer_run(
+        "S-S", profile="tiny", max_steps=STEPS, epochs=8, batch_size=16, semantic_weight=0.0, entropy_weight=0.0
+    )
     train = dataclasses.replace(cfg.train, log_every=1, checkpoint_every=2, keep_checkpoints=3)
     loss = dataclasses.replace(cfg.loss, gan_start_step=STEPS - 1, shortcut_end_step=2, perceptual="off")
     return resolve_perceptual(dataclasses.replace(cfg, train=train, loss=loss, performance=FSDP))

@@ -90,15 +90,31 @@ def test_fixed_crops_are_reproduced() -> None:
     assert psnr(recon, images) > 18.5
 
 
-def test_tiny_schedule_is_a_step_count_not_a_pass_over_the_data() -> None:
+def test_tiny_schedule_is_a_fixed_image_count_not_a_pass_over_the_data() -> None:
     from gigatok.train.tokenizer_loop import total_steps_for
 
     cfg = tokenizer_run("B-L")
-    assert cfg.train.steps_per_epoch is not None
-    # The built-in set today (896 training crops) and a grown one train for the same number of steps.
-    assert total_steps_for(cfg, 896) == total_steps_for(cfg, 5_000) == cfg.train.steps_per_epoch
-    half = tokenizer_run("B-L", epochs=0.5)
-    assert total_steps_for(half, 5_000) == cfg.train.steps_per_epoch // 2
+    # The built-in set today (900 training crops) and a grown one train for the same number of steps.
+    assert total_steps_for(cfg, 900) == total_steps_for(cfg, 5_000) == 200
+    assert total_steps_for(tokenizer_run("B-L", epochs=1), 5_000) == 100
+    # A batch given by hand keeps the images an epoch, not the steps.
+    assert tokenizer_run("B-L", batch_size=8).train.steps_per_epoch == 2 * cfg.train.steps_per_epoch
     assert tokenizer_run("S-S", profile="paper").train.steps_per_epoch is None  # the paper counts passes
     with pytest.raises(ValueError, match="train.steps_per_epoch"):
         dataclasses.replace(cfg.train, steps_per_epoch=0)
+
+
+def test_tiny_sizes_keep_table_9_ratios_of_batch_epochs_and_images() -> None:
+    """Table 9: S-S 100 epochs of batch 128, S-B 200 of 128, B-L 200 of 256; at tiny a sixteenth of the batch and a
+    hundredth of the epochs, so S-S and B-L take the same steps and S-S sees half the images of the other two."""
+    from gigatok.train.tokenizer_loop import total_steps_for
+
+    runs = {name: tokenizer_run(name) for name in ("S-S", "S-B", "B-L")}
+    paper = {name: tokenizer_run(name, profile="paper") for name in runs}
+    steps = {name: total_steps_for(cfg, 900) for name, cfg in runs.items()}
+    assert steps == {"S-S": 200, "S-B": 400, "B-L": 200}
+    for name, cfg in runs.items():
+        assert cfg.train.batch_size * 16 == paper[name].train.batch_size
+        assert cfg.train.epochs * 100 == paper[name].train.epochs
+    images = {name: steps[name] * cfg.train.batch_size for name, cfg in runs.items()}
+    assert 2 * images["S-S"] == images["S-B"] == images["B-L"]

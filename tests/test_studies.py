@@ -396,7 +396,7 @@ def test_snapshot_runs_have_their_own_tokenizer_and_ar_folders(tmp_path) -> None
     specs = get_study("tokenizer_checkpoints").plan(Planner("tiny", seeds=1))
     ctx = RunContext(str(tmp_path), "sqlite:///unused.db")
     bl = [s for s in specs if s.factor_dict["size"] == "B-L"]
-    assert [s.factor_dict["checkpoint"] for s in bl] == [20, 40, 60, 80, 100]
+    assert [s.factor_dict["checkpoint"] for s in bl] == [40, 80, 120, 160, 200]  # Table 9: B-L trains 200 epochs
     assert len({s.tokenizer.hash() for s in bl}) == 1  # one training serves the five checkpoints
     assert len({tokenizer_dir_of(s, ctx) for s in bl}) == 5 and len({ar_dir_of(s, ctx) for s in bl}) == 5
     assert len({stage_result_path(s, ctx, "tokenizer") for s in bl}) == 1
