@@ -1237,7 +1237,7 @@ TINY = Profile(
     # at these recipes. Validation PSNR (96 crops, seeds 0 / 1, one thread a run): every size at 200 steps of batch
     # 16 (the profile until 2026-12-03): S-S 1D 21.6 / 21.2 dB, 2D 20.3 / 20.9; S-B 1D 20.8 / 21.2, 2D 21.1 /
     # 21.9; B-L 1D 20.9 / 21.2, 2D 21.2 / 21.7: the 1D sizes not ordered beyond the seeds. At Table 9's recipe: S-S
-    # 1D 19.1 / 18.9, 2D 19.0 / 19.1 (tokenizer training 45-53 s against 104-142 s); S-B 1D 21.1 / 21.4, 2D 21.5 /
+    # 1D 19.1 / 18.9, 2D 19.0 / 19.1 (tokenizer training 45-53 s, S-S 1D at 16: 87-96 s); S-B 1D 21.1 / 21.4, 2D 21.5 /
     # 21.6 (98-119 s); B-L unchanged. So the order of the sizes at tiny is mostly the smaller tokenizer's shorter
     # training, as far as two seeds show. Earlier measurements, 150 steps of 16: S-B 1D validation PSNR (224 crops),
     # shortcut for 50 steps, 8x8 grid: 15.6 / 16.6 / 17.6 / 18.2 / 18.1 / 18.4 dB at 25 / 50 / 75 / 100 / 125 / 150
