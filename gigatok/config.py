@@ -1182,6 +1182,12 @@ PAPER = Profile(
     authors_layout=True,
 )
 
+# The tiny profile's Table 9: the paper's per-size epochs and batch sizes divided by these (its 100 epochs are one
+# here, its batch of 128 is 8), so the sizes keep the paper's ratios of steps and images. Every Table 9 entry is a
+# multiple of both.
+TINY_EPOCH_DIVISOR = 100
+TINY_BATCH_DIVISOR = 16
+
 TINY = Profile(
     name="tiny",
     sizes=TINY_TRANSFORMER_SIZES,
@@ -1246,9 +1252,9 @@ TINY = Profile(
     # 150; without the shortcut 13.1 / 13.3 / 13.1 / 13.7 dB at 50-200 steps, the dataset-mean image. 150 -> 200
     # steps of 16 lifted every 2D tokenizer by 0.3-2.6 dB (S-S 2D 18.9 / 19.2 -> 20.3 / 20.9, B-L 2D 20.7 / 19.1 ->
     # 21.2 / 21.7).
-    epochs={"S-S": 1, "S-B": 2, "S-L": 2, "B-L": 2, "XL-XXL": 3, "default": 1},
+    epochs={name: e // TINY_EPOCH_DIVISOR for name, e in PAPER.epochs.items()},
     images_per_epoch=1_600,
-    batch_size={"S-S": 8, "S-B": 8, "S-L": 16, "B-L": 16, "XL-XXL": 16, "default": 8},
+    batch_size={name: b // TINY_BATCH_DIVISOR for name, b in PAPER.batch_size.items()},
     # Without the entropy loss a tiny tokenizer collapses onto one code, with or without the shortcut (S-B 1D,
     # 4x4 grid, shortcut on: 1 code of 256 in use at step 50, 13.0 dB). With the shortcut, 5e-3 keeps 8% / 19% of
     # the codebook at 50 / 200 steps (16.4 / 17.3 dB), 0.05 keeps 42% / 72% at 50 / 150 (16.1 / 16.9 dB); 89% at
@@ -1296,7 +1302,7 @@ TINY = Profile(
         # Five scales (1.0-2.0), each scored first on one batch of 48 samples.
         cfg_search=CfgSearchConfig(scale_max=2.0, low_fraction=0.5, startup_trials=2),
     ),
-    epochs_per_paper_epoch=0.01,  # the paper's 100 epochs are one here
+    epochs_per_paper_epoch=1 / TINY_EPOCH_DIVISOR,
     system_ar_train={"default": dataclasses.replace(TINY_AR_PROBE, epochs=40)},  # 1,120 steps
     # A search at tiny (five scales) took 147 s where sampling at the fixed scale took 42 s (S-S probe, one thread
     # of a loaded pair of cores): about +10 minutes over the six runs of scaling_1d_vs_2d, past its 20-minute budget.
