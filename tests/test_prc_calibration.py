@@ -36,11 +36,34 @@ def test_psnr_matches_its_definition(tool):
     assert tool.psnr(x, y) == pytest.approx(20.0, abs=1e-4)
 
 
+def test_patches_round_trip_in_grid_order(tool):
+    images = torch.randn(2, 3, 8, 8)
+    rows = tool.patches(images, 4)
+    assert rows.shape == (2 * 4, 3 * 4 * 4)
+    assert torch.equal(rows[1].reshape(3, 4, 4), images[0, :, :4, 4:])  # row-major cells: the second is top-right
+    assert torch.equal(tool.from_patches(rows, images.shape, 4), images)
+
+
+def test_patch_quantizer_maps_each_patch_to_the_nearest_of_k_centroids(tool):
+    # Two colours, each cell flat in one of them: two codes reproduce the images exactly; one code gives their mean.
+    cells = torch.tensor([[0, 1], [1, 0]], dtype=torch.float32).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    images = torch.stack([cells * 0.8 - 0.4] * 3)[None].repeat(3, 1, 1, 1)
+    images[1] = -images[1]
+    assert torch.allclose(tool.patch_quantizer(images, 4, 2, seed=0)(images), images, atol=1e-6)
+    flat = tool.patch_quantizer(images, 4, 2, seed=0)(torch.zeros(1, 3, 8, 8) + 0.39)
+    assert torch.allclose(flat, torch.full_like(flat, 0.4), atol=1e-6)  # nearer +0.4 than -0.4
+    mean = tool.patch_quantizer(images, 4, 1, seed=0)(images)
+    assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--sizes", "32,a"], "--sizes"),
         (["--images", "3"], "--images"),
+        (["--patch-codes", "256,x"], "--patch-codes"),
+        (["--patch-codes", "1"], "--patch-codes"),
+        (["--image-size", "36"], "--image-size"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tool, capsys, argv, message):

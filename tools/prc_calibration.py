@@ -4,9 +4,13 @@ reconstructions when ``--tokenizer`` names its run folder.
 
     python tools/prc_calibration.py                                   the built-in set at 32 px, r = 32, 16, 12, 8
     python tools/prc_calibration.py --tokenizer runs/tokenizer-92d91a25a3c0
+    python tools/prc_calibration.py --patch-codes 256,1024     patch k-means with the tokenizers' bits
 
 Generated samples cannot score better than the reconstructions of the tokenizer that decodes them, so this answers
-"how good must a tokenizer be before recall can leave 0?". Samples: ``--images`` training crops (seeded draw);
+"how good must a tokenizer be before recall can leave 0?". The patch k-means rows answer "what do the tiny
+tokenizers' bits allow?": each grid cell's pixels (a 4x4 patch at 32 px on the 8x8 grid) replaced by the nearest
+of K centroids fitted by k-means to every training crop's patches, one code of K a cell as a tokenizer spends, with
+no encoder, decoder or context. Samples: ``--images`` training crops (seeded draw);
 reference: the first ``--images`` validation crops, as the generation stage's reference at tiny. Features: the
 profile's FID network (TF-Inception at 299 px), precision and recall with k = 3 (Kynkaanniemi et al.).
 """
@@ -14,7 +18,9 @@ profile's FID network (TF-Inception at 299 px), precision and recall with k = 3 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,12 +45,49 @@ def degrade(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(small, size=full, mode="bilinear", align_corners=False)
 
 
+def patches(images: torch.Tensor, cell: int) -> torch.Tensor:
+    """Non-overlapping ``cell`` x ``cell`` patches of NCHW images as rows (N * cells, C * cell * cell)."""
+    _, c, h, w = images.shape
+    if h % cell or w % cell:
+        raise ValueError(f"a {cell} px patch grid does not tile {h}x{w} images")
+    return images.unfold(2, cell, cell).unfold(3, cell, cell).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * cell * cell)
+
+
+def from_patches(rows: torch.Tensor, shape: torch.Size, cell: int) -> torch.Tensor:
+    """The inverse of :func:`patches` for images of ``shape``."""
+    n, c, h, w = shape
+    grid = rows.reshape(n, h // cell, w // cell, c, cell, cell).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(n, c, h, w)
+
+
+def patch_quantizer(
+    train_images: torch.Tensor, cell: int, codes: int, seed: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """k-means with ``codes`` centroids on every ``cell`` px patch of ``train_images``; returns the map replacing each
+    patch of a batch by its nearest centroid."""
+    from sklearn.cluster import KMeans
+
+    kmeans = KMeans(codes, n_init=1, random_state=seed).fit(patches(train_images, cell).numpy())
+    centroids = torch.from_numpy(kmeans.cluster_centers_).to(train_images.dtype)
+
+    def quantize(images: torch.Tensor) -> torch.Tensor:
+        nearest = torch.cdist(patches(images, cell), centroids).argmin(dim=1)
+        return from_patches(centroids[nearest], images.shape, cell)
+
+    return quantize
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--image-size", type=int, default=TINY.image_size)
     ap.add_argument("--sizes", default="32,16,12,8", help="comma-separated sizes r to degrade to (px)")
     ap.add_argument("--images", type=int, default=TINY.eval.gen_samples, help="samples and reference images")
     ap.add_argument("--tokenizer", help="a trained tokenizer's run folder: also score its reconstructions")
+    ap.add_argument(
+        "--patch-codes",
+        default="",
+        help="comma-separated codebook sizes K: also score patch k-means with K codes a grid cell (e.g. 256)",
+    )
     ap.add_argument("--weights-dir", help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -52,6 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         print(f"--sizes: not a comma-separated list of integers: {args.sizes!r}", file=sys.stderr)
+        return 2
+    try:
+        patch_codes = [int(k) for k in args.patch_codes.split(",")] if args.patch_codes else []
+    except ValueError:
+        print(f"--patch-codes: not a comma-separated list of integers: {args.patch_codes!r}", file=sys.stderr)
+        return 2
+    if any(k < 2 for k in patch_codes):
+        print(f"--patch-codes: a codebook needs at least 2 codes, got {args.patch_codes!r}", file=sys.stderr)
+        return 2
+    grid = math.isqrt(TINY.num_tokens)  # the 2D tokenizers' grid side (8), whatever the image size
+    if args.image_size % grid:
+        print(f"--image-size: {args.image_size} px is not a multiple of the {grid}x{grid} token grid", file=sys.stderr)
         return 2
     if args.images <= 3:
         print(f"--images: precision and recall with k = 3 need more than 3 images, got {args.images}", file=sys.stderr)
@@ -81,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, torch.Tensor]] = [
         (f"training crops at {s} px" if s < args.image_size else "training crops", degrade(images, s)) for s in sizes
     ]
+    cell = args.image_size // grid
+    for codes in patch_codes:
+        quantize = patch_quantizer(torch.stack([train[i][0] for i in range(len(train))]), cell, codes, args.seed)
+        rows.append((f"patch k-means, {codes} codes a {cell}x{cell} cell", quantize(images)))
     if args.tokenizer:
         from gigatok.train.trained import load_trained_tokenizer
 
