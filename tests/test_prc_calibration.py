@@ -63,7 +63,7 @@ def test_patch_quantizer_maps_each_patch_to_the_nearest_of_k_centroids(tool):
         (["--images", "3"], "--images"),
         (["--patch-codes", "256,x"], "--patch-codes"),
         (["--patch-codes", "1"], "--patch-codes"),
-        (["--image-size", "36"], "--image-size"),
+        (["--patch-codes", "256", "--image-size", "36"], "--image-size"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tool, capsys, argv, message):

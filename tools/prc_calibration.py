@@ -10,9 +10,9 @@ Generated samples cannot score better than the reconstructions of the tokenizer 
 "how good must a tokenizer be before recall can leave 0?". The patch k-means rows answer "what do the tiny
 tokenizers' bits allow?": each grid cell's pixels (a 4x4 patch at 32 px on the 8x8 grid) replaced by the nearest
 of K centroids fitted by k-means to every training crop's patches, one code of K a cell as a tokenizer spends, with
-no encoder, decoder or context. Samples: ``--images`` training crops (seeded draw);
-reference: the first ``--images`` validation crops, as the generation stage's reference at tiny. Features: the
-profile's FID network (TF-Inception at 299 px), precision and recall with k = 3 (Kynkaanniemi et al.).
+no encoder, decoder or context. Samples: ``--images`` training crops (seeded draw); reference: the first
+``--images`` validation crops, as the generation stage's reference at tiny. Features: the profile's FID network
+(TF-Inception at 299 px), precision and recall with k = 3 (Kynkaanniemi et al.).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from gigatok.config import TINY, ConfigError
+
+TOKEN_GRID = math.isqrt(TINY.num_tokens)  # the 2D tokenizers' grid side (8), whatever the image size
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -77,6 +79,27 @@ def patch_quantizer(
     return quantize
 
 
+def int_list(text: str) -> list[int]:
+    """A comma-separated list of integers; "" is the empty list."""
+    return [int(v) for v in text.split(",")] if text else []
+
+
+def argument_error(args: argparse.Namespace) -> str | None:
+    """The first bad argument as a one-line message naming its flag; None when every one is good."""
+    for flag, text in (("--sizes", args.sizes), ("--patch-codes", args.patch_codes)):
+        try:
+            int_list(text)
+        except ValueError:
+            return f"{flag}: not a comma-separated list of integers: {text!r}"
+    if any(k < 2 for k in int_list(args.patch_codes)):
+        return f"--patch-codes: a codebook needs at least 2 codes, got {args.patch_codes!r}"
+    if args.patch_codes and args.image_size % TOKEN_GRID:
+        return f"--image-size: {args.image_size} px is not a multiple of the {TOKEN_GRID}x{TOKEN_GRID} token grid"
+    if args.images <= 3:
+        return f"--images: precision and recall with k = 3 need more than 3 images, got {args.images}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--image-size", type=int, default=TINY.image_size)
@@ -91,26 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights-dir", help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    try:
-        sizes = [int(s) for s in args.sizes.split(",")]
-    except ValueError:
-        print(f"--sizes: not a comma-separated list of integers: {args.sizes!r}", file=sys.stderr)
+    if (error := argument_error(args)) is not None:
+        print(error, file=sys.stderr)
         return 2
-    try:
-        patch_codes = [int(k) for k in args.patch_codes.split(",")] if args.patch_codes else []
-    except ValueError:
-        print(f"--patch-codes: not a comma-separated list of integers: {args.patch_codes!r}", file=sys.stderr)
-        return 2
-    if any(k < 2 for k in patch_codes):
-        print(f"--patch-codes: a codebook needs at least 2 codes, got {args.patch_codes!r}", file=sys.stderr)
-        return 2
-    grid = math.isqrt(TINY.num_tokens)  # the 2D tokenizers' grid side (8), whatever the image size
-    if args.image_size % grid:
-        print(f"--image-size: {args.image_size} px is not a multiple of the {grid}x{grid} token grid", file=sys.stderr)
-        return 2
-    if args.images <= 3:
-        print(f"--images: precision and recall with k = 3 need more than 3 images, got {args.images}", file=sys.stderr)
-        return 2
+    sizes, patch_codes = int_list(args.sizes), int_list(args.patch_codes)
 
     from gigatok.data import build_dataset
     from gigatok.metrics.features import load_feature_network
@@ -136,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, torch.Tensor]] = [
         (f"training crops at {s} px" if s < args.image_size else "training crops", degrade(images, s)) for s in sizes
     ]
-    cell = args.image_size // grid
+    cell = args.image_size // TOKEN_GRID
+    every_training_crop = torch.stack([train[i][0] for i in range(len(train))]) if patch_codes else images
     for codes in patch_codes:
-        quantize = patch_quantizer(torch.stack([train[i][0] for i in range(len(train))]), cell, codes, args.seed)
+        quantize = patch_quantizer(every_training_crop, cell, codes, args.seed)
         rows.append((f"patch k-means, {codes} codes a {cell}x{cell} cell", quantize(images)))
     if args.tokenizer:
         from gigatok.train.trained import load_trained_tokenizer
