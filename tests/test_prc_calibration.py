@@ -49,8 +49,9 @@ def test_patch_quantizer_maps_each_patch_to_the_nearest_of_k_centroids(tool):
     cells = torch.tensor([[0, 1], [1, 0]], dtype=torch.float32).repeat_interleave(4, 0).repeat_interleave(4, 1)
     images = torch.stack([cells * 0.8 - 0.4] * 3)[None].repeat(3, 1, 1, 1)
     images[1] = -images[1]
-    assert torch.allclose(tool.patch_quantizer(images, 4, 2, seed=0)(images), images, atol=1e-6)
-    flat = tool.patch_quantizer(images, 4, 2, seed=0)(torch.zeros(1, 3, 8, 8) + 0.39)
+    two_codes = tool.patch_quantizer(images, 4, 2, seed=0)
+    assert torch.allclose(two_codes(images), images, atol=1e-6)
+    flat = two_codes(torch.zeros(1, 3, 8, 8) + 0.39)
     assert torch.allclose(flat, torch.full_like(flat, 0.4), atol=1e-6)  # nearer +0.4 than -0.4
     mean = tool.patch_quantizer(images, 4, 1, seed=0)(images)
     assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-6)

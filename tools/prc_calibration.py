@@ -84,20 +84,25 @@ def int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",")] if text else []
 
 
-def argument_error(args: argparse.Namespace) -> str | None:
-    """The first bad argument as a one-line message naming its flag; None when every one is good."""
+def checked_lists(args: argparse.Namespace) -> tuple[list[int], list[int]]:
+    """``--sizes`` and ``--patch-codes`` as integers, every argument checked; ValueError with a one-line message
+    naming the flag at fault."""
+    lists = []
     for flag, text in (("--sizes", args.sizes), ("--patch-codes", args.patch_codes)):
         try:
-            int_list(text)
+            lists.append(int_list(text))
         except ValueError:
-            return f"{flag}: not a comma-separated list of integers: {text!r}"
-    if any(k < 2 for k in int_list(args.patch_codes)):
-        return f"--patch-codes: a codebook needs at least 2 codes, got {args.patch_codes!r}"
-    if args.patch_codes and args.image_size % TOKEN_GRID:
-        return f"--image-size: {args.image_size} px is not a multiple of the {TOKEN_GRID}x{TOKEN_GRID} token grid"
+            raise ValueError(f"{flag}: not a comma-separated list of integers: {text!r}") from None
+    sizes, patch_codes = lists
+    if any(k < 2 for k in patch_codes):
+        raise ValueError(f"--patch-codes: a codebook needs at least 2 codes, got {args.patch_codes!r}")
+    if patch_codes and args.image_size % TOKEN_GRID:
+        raise ValueError(
+            f"--image-size: {args.image_size} px is not a multiple of the {TOKEN_GRID}x{TOKEN_GRID} token grid"
+        )
     if args.images <= 3:
-        return f"--images: precision and recall with k = 3 need more than 3 images, got {args.images}"
-    return None
+        raise ValueError(f"--images: precision and recall with k = 3 need more than 3 images, got {args.images}")
+    return sizes, patch_codes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights-dir", help="pretrained files (default $GIGATOK_WEIGHTS_DIR)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if (error := argument_error(args)) is not None:
-        print(error, file=sys.stderr)
+    try:
+        sizes, patch_codes = checked_lists(args)
+    except ValueError as err:
+        print(err, file=sys.stderr)
         return 2
-    sizes, patch_codes = int_list(args.sizes), int_list(args.patch_codes)
 
     from gigatok.data import build_dataset
     from gigatok.metrics.features import load_feature_network
