@@ -291,7 +291,7 @@ def test_resubmission_submits_only_the_failed_run(study: Study, tmp_path: Path) 
     shutil.rmtree(study.tokenizer_dir(damaged) / "checkpoints")  # the operator's fix: the run starts over
 
     # Submitted twice at once (two users, or a re-submission while the first array still runs): two arrays, one
-    # MLflow run, the tokenizer trained by one job while the other waits for it, and both launches see it done.
+    # MLflow run, each stage run and logged by one job while the other waits for it, and both launches see it done.
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(2) as pool:
@@ -313,7 +313,7 @@ def test_resubmission_submits_only_the_failed_run(study: Study, tmp_path: Path) 
     history = MlflowClient(study.uri).get_metric_history(after[damaged["hash"]].info.run_id, "tokenizer/total_loss")
     assert sorted(m.step for m in history) == LOGGED  # logged once
     logs = "".join(_job_log(study, job) for job in jobs)
-    assert re.search(r"waiting for \S*tokenizer-\w+: another process holds", logs), logs
+    assert re.search(r"waiting for the \w+ stage of MLflow run \w+: another process holds", logs), logs
 
     # Fig. 5 from what the cluster's runs logged.
     figures = tmp_path / "figures"

@@ -14,6 +14,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from gigatok import tracking_schema as schema
+from gigatok.file_locks import held
 from gigatok.host_memory import keep_freed_host_memory
 from gigatok.runs.context import StageContext, StageOutcome, workspace_for
 from gigatok.runs.run_record import describe_run, record_start, system_metrics
@@ -97,16 +98,19 @@ def _execute(spec: RunSpec, ctx: RunContext, logger: RunLogger | None, rank: int
         for stage in spec.ordered_stages():
             if rank != 0 and stage not in TRAINING_STAGES:
                 continue
-            if logger is not None:
-                logger.tags({schema.STAGE: stage})
-            with stage_clock(clock, stage, devices) if logger is not None else contextlib.nullcontext():
-                outcome = run_stage(stage, sc)
-            metrics.update(outcome.metrics)
-            substitutes.update(outcome.substitutes)
-            if logger is not None and stage not in logged and not _logged_meanwhile(logger, stage, streamed):
-                times = read_times(clock)
-                outcome.metrics.update({**stage_metrics(times, stage), **total_metrics(times, spec.ordered_stages())})
-                _log_stage(logger, stage, outcome, stored, streamed, substitutes)
+            with _tracked_stage_lock(ctx, logger, stage):
+                if logger is not None:
+                    logger.tags({schema.STAGE: stage})
+                with stage_clock(clock, stage, devices) if logger is not None else contextlib.nullcontext():
+                    outcome = run_stage(stage, sc)
+                metrics.update(outcome.metrics)
+                substitutes.update(outcome.substitutes)
+                if logger is not None and stage not in logged and not _logged_meanwhile(logger, stage, streamed):
+                    times = read_times(clock)
+                    outcome.metrics.update(
+                        {**stage_metrics(times, stage), **total_metrics(times, spec.ordered_stages())}
+                    )
+                    _log_stage(logger, stage, outcome, stored, streamed, substitutes)
     except Preempted:  # checkpointed at a step boundary; the job is requeued and this run resumes there
         if logger is not None:
             with contextlib.suppress(Exception):  # best effort: the requeue must not wait on the tracking store
@@ -125,6 +129,21 @@ def _execute(spec: RunSpec, ctx: RunContext, logger: RunLogger | None, rank: int
         logger.tags({schema.STAGE: schema.STAGE_DONE})
         logger.set_status("FINISHED")
     return metrics
+
+
+def _tracked_stage_lock(
+    ctx: RunContext, logger: RunLogger | None, stage: str
+) -> contextlib.AbstractContextManager[None]:
+    """Held by the job that runs and logs ``stage`` of an MLflow run, from the stage's start until what it logged
+    has left the job's send queue. A second job of the same MLflow run (two launches of one study) waits here, then
+    finds the stage both done and logged. Waiting on the stage's own lock instead let it in as soon as the first job
+    finished the stage, while that job's last curve points still sat in its queue: both jobs then sent them, and
+    MLflow kept every such point twice. Rank 0 only (the one that logs); runs of other MLflow runs that share a
+    model wait on the model's own lock, as before."""
+    if logger is None:
+        return contextlib.nullcontext()
+    lock = ctx.root / ".locks" / f"run-{logger.run_id}.lock"
+    return held(lock, f"the {stage} stage of MLflow run {logger.run_id}")
 
 
 def _logged_meanwhile(logger: RunLogger, stage: str, streamed: dict[str, set[int]]) -> bool:
@@ -214,6 +233,7 @@ def _log_stage(
     tags[schema.logged(stage)] = schema.LOGGED
     logger.flush()
     logger.tags(tags)  # the "logged" tag goes last: a crash before it means the stage is logged again
+    logger.flush()  # sent while the stage's lock is held: a second job of this run, let in next, sees the tag
 
 
 def _record_failure(logger: RunLogger, spec: RunSpec, ctx: RunContext, stage: str, exc: BaseException) -> None:
