@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -137,6 +138,36 @@ def _wait_for_jobs(jobs: list[str], timeout: float) -> None:
 
 def _job_log(study: Study, job: str) -> str:
     return "".join(p.read_text() for p in sorted((study.folder / "runs" / "jobs" / job).glob("*_log.*")))
+
+
+def _run_report(study: Study, run: Any, job: str) -> str:
+    """What to read when a run's MLflow record is not what its job should have left: the record, Slurm's history of
+    the job, the job's log, what it left in its tracking spool, and the server's last requests."""
+    info = run.info
+    spool = study.folder / "runs" / "tracking-spool" / f"{info.run_id}.jsonl"
+    server_log = study.folder / "mlflow-server" / "server.log"
+    history = subprocess.run(
+        ["sacct", "-n", "-D", "-X", "-j", job, "-o", "JobID,JobIDRaw,State,Start,End"], capture_output=True, text=True
+    )
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(study.uri)
+    experiment = client.get_experiment_by_name(f"{STUDY}-tiny")
+    every = [
+        (r.data.tags.get("gigatok.run_hash"), r.info.run_id, r.info.status, r.info.lifecycle_stage)
+        for r in client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    ]
+    return "\n".join(
+        [
+            f"MLflow run {info.run_id}: {info.status}, tags {sorted(run.data.tags)}",
+            f"every run of the experiment (hash, id, status, stage): {every}",
+            f"sacct:\n{history.stdout}{history.stderr}",
+            f"job log:\n{_job_log(study, job)[-6000:]}",
+            f"spool {spool}:\n{spool.read_text()[-3000:] if spool.exists() else '(none)'}",
+            "server log, last 80 lines:\n" + "\n".join(server_log.read_text().splitlines()[-80:]),
+        ]
+    )
 
 
 def _truncated_checkpoint(path: Path) -> None:
@@ -268,10 +299,10 @@ def test_job_array_survives_preemption_and_a_failing_run(
 
     # The damaged run failed, saying which file, and the study status shows it with Slurm's view.
     failed = runs[damaged["hash"]]
-    assert failed.info.status == "FAILED"
+    failed_job = job_of[damaged["hash"]]
+    assert failed.info.status == "FAILED", _run_report(study, failed, failed_job)
     assert str(bad_file) in failed.data.tags["gigatok.error"]
     assert failed.data.tags["gigatok.failed_stage"] == "tokenizer"
-    failed_job = job_of[damaged["hash"]]
     assert _slurm("sacct", "-n", "-X", "-j", failed_job, "-o", "State").split() == ["FAILED"]
     status = study.cli("--status", timeout=300)
     assert status.returncode == 0, status.stderr
