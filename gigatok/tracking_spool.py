@@ -23,12 +23,13 @@ import fcntl
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 SPOOL_DIR = "tracking-spool"
+T = TypeVar("T")
 
 # MLflow error codes that retrying cannot fix (a rejected value, a deleted run): the operation is dropped with a
 # warning instead of holding every later one back. Anything else (no connection, a time-out, a 5xx, a locked SQLite
@@ -50,18 +51,25 @@ def metric_op(metrics: Iterable[Any]) -> dict[str, Any]:
     return {"op": "metrics", "metrics": [[m.key, m.value, m.timestamp, m.step] for m in metrics]}
 
 
-def set_tag(client: Any, run_id: str, key: str, value: str) -> None:
-    """``client.set_tag``, again once when another process set the same tag of the run at the same moment: MLflow's
-    SQL store inserts a new tag and updates an existing one in two steps, so two jobs of one run (two launches of a
-    study) can both try the insert; the second attempt updates."""
+def once_more_if_duplicate(call: Callable[[], T]) -> T:
+    """``call()``, again once when it failed on a row another process inserted at the same moment. MLflow's SQL store
+    looks a row up and inserts it in two steps (a run's tag; an experiment's dataset, which every run of a study logs
+    as its input), so two jobs doing the same at once can both try the insert, and the second is refused (BAD_REQUEST,
+    "UNIQUE constraint failed", or "duplicate key" on PostgreSQL). The second attempt finds the row and uses it."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.set_tag(run_id, key, value)
+        return call()
     except MlflowException as exc:
         if "UNIQUE constraint failed" not in str(exc) and "duplicate key" not in str(exc).lower():
             raise
-        client.set_tag(run_id, key, value)
+        return call()
+
+
+def set_tag(client: Any, run_id: str, key: str, value: str) -> None:
+    """``client.set_tag``, again once when another process set the same tag of the run at the same moment (two jobs
+    of one run, or a launch tagging the run its job has just started): the second attempt updates."""
+    once_more_if_duplicate(lambda: client.set_tag(run_id, key, value))
 
 
 def send(client: Any, run_id: str, op: dict[str, Any], stored: dict[str, set[int]] | None = None) -> None:

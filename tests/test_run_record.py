@@ -137,3 +137,100 @@ def test_a_tag_another_job_deleted_first_is_not_an_error(tmp_path: Path) -> None
 
     with pytest.raises(MlflowException, match="store is down"):  # any other failure still surfaces
         delete_tag_if_present(SimpleNamespace(delete_tag=unreachable), run_id, "gigatok.error")
+
+
+# One side of the race below, in its own process: describe its run of each experiment at the moment the test sets.
+_DESCRIBER = """
+import json, sys, time
+from pathlib import Path
+import studies.catalog
+from mlflow import MlflowClient
+from gigatok.launch import plan_study
+from gigatok.runs.run_record import describe_run
+
+folder, side = Path(sys.argv[1]), int(sys.argv[2])
+plan = json.loads((folder / "plan.json").read_text())
+spec = plan_study("scaling_1d_vs_2d", "tiny", None, [], None, None, "size=S-S,kind=1d")[0]
+client = MlflowClient(plan["uri"])
+(folder / f"ready{side}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.01)
+start = float((folder / "go").read_text())
+failures = []
+for i, runs in enumerate(plan["runs"]):
+    time.sleep(max(0.0, start + 0.3 * i - time.time()))
+    try:
+        describe_run(client, runs[side], spec, {})
+    except Exception as exc:
+        failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+print(json.dumps(failures))
+"""
+
+
+def test_runs_started_together_each_log_the_experiments_dataset(tmp_path: Path) -> None:
+    """The jobs of a study's array start together, and each run logs the study's dataset, which MLflow keeps once per
+    experiment: two runs describing themselves at the same moment both try to create it. Both runs must get their
+    inputs; the loser of that race was refused (BAD_REQUEST, UNIQUE constraint failed), which failed its run before
+    it started, its MLflow record left RUNNING."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+    from services import ROOT
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    runs = []
+    for i in range(6):  # each a fresh experiment, so that each describe creates its dataset
+        experiment = client.create_experiment(f"e{i}", artifact_location=(tmp_path / f"artifacts{i}").as_uri())
+        runs.append([client.create_run(experiment).info.run_id for _ in range(2)])
+    (tmp_path / "plan.json").write_text(json.dumps({"uri": uri, "runs": runs}))
+    sides = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DESCRIBER, str(tmp_path), str(side)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for side in (0, 1)
+    ]
+    deadline = time.monotonic() + 300
+    while not all((tmp_path / f"ready{side}").exists() for side in (0, 1)):
+        assert all(p.poll() is None for p in sides), [p.communicate() for p in sides]
+        assert time.monotonic() < deadline, "the describing processes never got ready"
+        time.sleep(0.05)
+    (tmp_path / "go").write_text(str(time.time() + 0.5))
+    outputs = [p.communicate(timeout=300) for p in sides]
+    assert [p.returncode for p in sides] == [0, 0], outputs
+    assert [json.loads(out) for out, _ in outputs] == [[], []], outputs
+    for pair in runs:
+        for run_id in pair:
+            assert len(client.get_run(run_id).inputs.dataset_inputs) == 3
+
+
+def test_a_run_that_fails_to_start_is_failed_with_its_error(tracked: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tracking call refused while the job opens its run (here the description) fails the run as any stage would:
+    FAILED, at stage ``start``, with the error, instead of a run left RUNNING that no job works on."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+    from gigatok.runs import execute
+
+    client, run_id, spec, ctx = tracked
+
+    def refused(*args: object) -> None:
+        raise MlflowException("refused for the test", error_code=BAD_REQUEST)  # a refusal, not an outage
+
+    def no_stage(stage: str, sc: object) -> None:
+        pytest.fail(f"stage {stage} ran after the run failed to start")
+
+    monkeypatch.setattr(execute, "describe_run", refused)
+    monkeypatch.setattr(execute, "run_stage", no_stage)
+    monkeypatch.setattr(execute, "keep_freed_host_memory", lambda: "system (test)")  # leave this process's malloc
+    with pytest.raises(MlflowException, match="refused for the test"):
+        execute.execute_run(spec, ctx, run_id)
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[schema.FAILED_STAGE] == "start"
+    assert run.data.tags[schema.ERROR] == "start: MlflowException: refused for the test"

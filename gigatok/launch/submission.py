@@ -30,7 +30,7 @@ from gigatok.launch.planning import check_converted_inputs, check_pretrained_inp
 from gigatok.pipeline import RunContext, RunSpec, ar_dir_of, tokenizer_dir_of
 from gigatok.study import get_study
 from gigatok.tracking_batch import NewRun
-from gigatok.tracking_spool import Reconciled
+from gigatok.tracking_spool import Reconciled, set_tag
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class StudyLaunch:
         self.submitted.extend(pending)
         for group, job in self.submitted:
             for spec in group:
-                self.client.set_tag(self.run_ids[spec.hash], schema.SLURM_JOB_ID, job.job_id)
+                set_tag(self.client, self.run_ids[spec.hash], schema.SLURM_JOB_ID, job.job_id)  # its job may too
         self.running = list(self.submitted)
         return [job for _, job in self.submitted]
 

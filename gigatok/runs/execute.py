@@ -74,14 +74,6 @@ def _execute(spec: RunSpec, ctx: RunContext, logger: RunLogger | None, rank: int
     devices = devices_in_use()
     # A CPU job reuses its freed activations' memory instead of faulting it in again each step (same results).
     allocator = keep_freed_host_memory() if workspace.device.type == "cpu" else None
-    if logger is not None:
-        logged, last_step = _open_tracked_run(logger, spec)
-        logger.tags({schema.DEVICE_TYPE: workspace.device.type})
-        if allocator is not None:
-            logger.tags({schema.HOST_ALLOCATOR: allocator})
-        logger.metrics({schema.DEVICES: devices})
-        monitor.enter_context(system_metrics(logger.run_id, ctx.tracking_uri, rank))
-    stored = dict(last_step)  # the last step of each curve that MLflow held when this process started
     streamed: dict[str, set[int]] = {stage: set() for stage in TRAINING_STAGES}
 
     def stream(stage: str, step: int, values: dict[str, float]) -> None:
@@ -95,6 +87,17 @@ def _execute(spec: RunSpec, ctx: RunContext, logger: RunLogger | None, rank: int
     substitutes: set[str] = set()
     stage = "start"
     try:
+        # Inside the try: a run that fails to start (a refused tracking call, say) is FAILED with its error, not left
+        # RUNNING with none.
+        if logger is not None:
+            logged, found = _open_tracked_run(logger, spec)
+            last_step.update(found)
+            logger.tags({schema.DEVICE_TYPE: workspace.device.type})
+            if allocator is not None:
+                logger.tags({schema.HOST_ALLOCATOR: allocator})
+            logger.metrics({schema.DEVICES: devices})
+            monitor.enter_context(system_metrics(logger.run_id, ctx.tracking_uri, rank))
+        stored = dict(last_step)  # the last step of each curve that MLflow held when this process started
         for stage in spec.ordered_stages():
             if rank != 0 and stage not in TRAINING_STAGES:
                 continue

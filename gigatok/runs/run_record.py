@@ -55,22 +55,21 @@ def describe_run(client: Any, run_id: str, spec: RunSpec, tags: dict[str, str]) 
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+    from gigatok.tracking_spool import once_more_if_duplicate, set_tag
+
     client.log_dict(run_id, {"hash": spec.hash, **spec.to_dict()}, f"config/{spec.hash}.json")
     source = data_source(spec)
     # MetaDataset: MLflow's dataset of a name, a source and a digest, for data it does not load itself; its stub
     # leaves ``profile`` abstract although the class is instantiable (profile None).
-    client.log_inputs(
-        run_id,
-        datasets=[
-            DatasetInput(
-                MetaDataset(source, name=name, digest=digest)._to_mlflow_entity(),  # type: ignore[abstract]
-                tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)],
-            )
-            for context, name, digest in data_inputs(spec)
-        ],
-    )
-    from gigatok.tracking_spool import set_tag
-
+    datasets = [
+        DatasetInput(
+            MetaDataset(source, name=name, digest=digest)._to_mlflow_entity(),  # type: ignore[abstract]
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)],
+        )
+        for context, name, digest in data_inputs(spec)
+    ]
+    # The dataset belongs to the experiment: the jobs of a study's array, started together, each try to create it.
+    once_more_if_duplicate(lambda: client.log_inputs(run_id, datasets=datasets))
     set_tag(client, run_id, schema.DESCRIBED, schema.LOGGED)
 
 
