@@ -143,14 +143,13 @@ def test_a_tag_another_job_deleted_first_is_not_an_error(tmp_path: Path) -> None
 _DESCRIBER = """
 import json, sys, time
 from pathlib import Path
-import studies.catalog
 from mlflow import MlflowClient
-from gigatok.launch import plan_study
 from gigatok.runs.run_record import describe_run
+from gigatok.runs.spec import RunSpec
 
 folder, side = Path(sys.argv[1]), int(sys.argv[2])
 plan = json.loads((folder / "plan.json").read_text())
-spec = plan_study("scaling_1d_vs_2d", "tiny", None, [], None, None, "size=S-S,kind=1d")[0]
+spec = RunSpec.from_dict(plan["spec"])
 client = MlflowClient(plan["uri"])
 (folder / f"ready{side}").touch()
 while not (folder / "go").exists():
@@ -167,7 +166,7 @@ print(json.dumps(failures))
 """
 
 
-def test_runs_started_together_each_log_the_experiments_dataset(tmp_path: Path) -> None:
+def test_runs_started_together_each_log_the_experiments_dataset(tracked: tuple, tmp_path: Path) -> None:
     """The jobs of a study's array start together, and each run logs the study's dataset, which MLflow keeps once per
     experiment: two runs describing themselves at the same moment both try to create it. Both runs must get their
     inputs; the loser of that race was refused (BAD_REQUEST, UNIQUE constraint failed), which failed its run before
@@ -175,16 +174,17 @@ def test_runs_started_together_each_log_the_experiments_dataset(tmp_path: Path) 
     import subprocess
     import sys
 
-    from mlflow import MlflowClient
     from services import ROOT
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    from gigatok.runs.run_record import data_inputs
+
+    client, _, spec, ctx = tracked
     runs = []
     for i in range(6):  # each a fresh experiment, so that each describe creates its dataset
         experiment = client.create_experiment(f"e{i}", artifact_location=(tmp_path / f"artifacts{i}").as_uri())
         runs.append([client.create_run(experiment).info.run_id for _ in range(2)])
-    (tmp_path / "plan.json").write_text(json.dumps({"uri": uri, "runs": runs}))
+    plan = {"uri": ctx.tracking_uri, "runs": runs, "spec": spec.to_dict()}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
     sides = [
         subprocess.Popen(
             [sys.executable, "-c", _DESCRIBER, str(tmp_path), str(side)],
@@ -200,13 +200,14 @@ def test_runs_started_together_each_log_the_experiments_dataset(tmp_path: Path) 
         assert all(p.poll() is None for p in sides), [p.communicate() for p in sides]
         assert time.monotonic() < deadline, "the describing processes never got ready"
         time.sleep(0.05)
-    (tmp_path / "go").write_text(str(time.time() + 0.5))
+    (tmp_path / "go.tmp").write_text(str(time.time() + 0.5))
+    (tmp_path / "go.tmp").rename(tmp_path / "go")  # whole when it appears: a side never reads it half-written
     outputs = [p.communicate(timeout=300) for p in sides]
     assert [p.returncode for p in sides] == [0, 0], outputs
     assert [json.loads(out) for out, _ in outputs] == [[], []], outputs
     for pair in runs:
         for run_id in pair:
-            assert len(client.get_run(run_id).inputs.dataset_inputs) == 3
+            assert len(client.get_run(run_id).inputs.dataset_inputs) == len(data_inputs(spec))
 
 
 def test_a_run_that_fails_to_start_is_failed_with_its_error(tracked: tuple, monkeypatch: pytest.MonkeyPatch) -> None:

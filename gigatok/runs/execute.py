@@ -150,11 +150,12 @@ def _tracked_stage_lock(
 
 
 def _logged_meanwhile(logger: RunLogger, stage: str, streamed: dict[str, set[int]]) -> bool:
-    """Whether another job logged ``stage`` to this run while this one waited for the stage's lock (two launches of
-    one study run the same MLflow run); if not, the steps of its curve MLflow holds now join ``streamed``, so that
-    no point is sent twice and none is skipped (the exact steps, not the highest: a job resumed after a kill may hold
-    a gap below its own new points that the stage's records fill). A store that does not answer leaves both as they
-    were (the spool's replay skips points the run already holds)."""
+    """Whether another job logged ``stage`` to this run before this one held the run's lock (two launches of one study
+    run the same MLflow run; the other's send queue may have spooled it, not sent it); if not, the steps of its
+    curve MLflow holds now join ``streamed``, so that no point is sent twice and none is skipped (the exact steps,
+    not the highest: a job resumed after a kill may hold a gap below its own new points that the stage's records
+    fill). A store that does not answer leaves both as they were (the spool's replay skips points the run already
+    holds)."""
     try:
         tags = logger.client.get_run(logger.run_id).data.tags
         if schema.family(tags, schema.LOGGED_PREFIX).get(stage) == schema.LOGGED:
