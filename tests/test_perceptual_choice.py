@@ -153,7 +153,7 @@ def test_training_without_the_file_has_no_perceptual_term(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a perceptual network was built for a run without the term")
 
-    monkeypatch.setattr(loop, "build_perceptual_loss", refuse)
+    monkeypatch.setattr(loop, "build_perceptual_network", refuse)
     cfg = short_tiny()
     run_dir = tmp_path / "run"
     # Substitutes allowed or not, "auto" never trains towards a random network.

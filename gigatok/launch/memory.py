@@ -175,28 +175,47 @@ def _lpips_trunk() -> Any:
     return vgg16(weights=None).features[:30].requires_grad_(False)
 
 
+@functools.cache
+def _inception_distance_trunk() -> Any:
+    """The Inception distance's blocks (Inception-v3 through Mixed_5d, torchvision's layout), randomly initialised:
+    shapes only, as :func:`_lpips_trunk`."""
+    from gigatok.perceptual import INCEPTION_DISTANCE_TAPS
+    from gigatok.semantic_encoders import inception_blocks_substitute
+
+    return inception_blocks_substitute()[: max(INCEPTION_DISTANCE_TAPS) + 1].requires_grad_(False)
+
+
+def _perceptual_trunk(cfg: Any) -> Any | None:
+    """The perceptual term's frozen network, or None without the term ("auto" counts as LPIPS: the larger)."""
+    if cfg.loss.perceptual_weight == 0 or cfg.loss.perceptual == "off":
+        return None
+    return _inception_distance_trunk() if cfg.loss.perceptual == "inception" else _lpips_trunk()
+
+
 def _loss_networks(cfg: Any) -> list[Any]:
-    """The frozen networks the generator's gradient flows through: LPIPS's VGG16 trunk and the PatchGAN. Built with
-    real weights (small), run on fake inputs. The DINO discriminator's random crop and augmentation ask for values,
-    which fake tensors do not have: its row says it is left out."""
+    """The frozen networks the generator's gradient flows through: the perceptual term's (LPIPS's VGG16 trunk or the
+    Inception distance's blocks) and the PatchGAN. Built with real weights (small), run on fake inputs. The DINO
+    discriminator's random crop and augmentation ask for values, which fake tensors do not have: its row says it is
+    left out."""
     from gigatok.models.discriminator import PatchDiscriminator
 
     nets: list[Any] = []
-    if cfg.loss.perceptual_weight > 0:
-        nets.append(_lpips_trunk())
+    if (trunk := _perceptual_trunk(cfg)) is not None:
+        nets.append(trunk)
     if cfg.loss.gan_weight > 0 and cfg.loss.discriminator == "patchgan":
         nets.append(PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).requires_grad_(False))
     return nets
 
 
 def _frozen_params(cfg: Any) -> int:
-    """Parameters of the replicated frozen networks, counted from the built architectures: LPIPS's VGG16 trunk and
-    the run's own semantic teacher at its resolution."""
+    """Parameters of the replicated frozen networks, counted from the built architectures: the perceptual term's
+    and the run's own semantic teacher at its resolution."""
     import torch
 
     from gigatok.semantic_encoders import semantic_encoder_architecture
 
-    frozen = sum(p.numel() for p in _lpips_trunk().parameters()) if cfg.loss.perceptual_weight > 0 else 0
+    trunk = _perceptual_trunk(cfg)
+    frozen = sum(p.numel() for p in trunk.parameters()) if trunk is not None else 0
     sem = cfg.tokenizer.semantic
     if sem.enabled:
         with torch.device("meta"):  # shapes only: no init arithmetic, no memory

@@ -53,11 +53,12 @@ from gigatok.losses import (
 from gigatok.models.discriminator import DinoDiscriminator, PatchDiscriminator, build_discriminator
 from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer
 from gigatok.perceptual import (
-    VGG16,
+    InceptionDistance,
     PerceptualLoss,
-    build_perceptual_loss,
+    build_perceptual_network,
     describe_perceptual,
     perceptual_active,
+    perceptual_weight_file,
     resolve_perceptual,
 )
 from gigatok.performance import autocast, autocast_dtype, maybe_compile, prepare_images, prepare_module
@@ -237,7 +238,7 @@ class _Built:
 
     model: GigaTokenizer
     disc: PatchDiscriminator | DinoDiscriminator
-    perceptual: PerceptualLoss | None  # None when the objective has no perceptual term
+    perceptual: PerceptualLoss | InceptionDistance | None  # None when the objective has no perceptual term
     semantic: SemanticTargets | None
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
@@ -280,9 +281,10 @@ def _open_data(
     """The training set, opened before the run directory is touched: bad input leaves nothing behind."""
     dataset = build_dataset(cfg.data, "train", cfg.tokenizer.image_size, seed=cfg.train.seed, augment=True)
     if perceptual_active(cfg) and not allow_substitutes:
-        # A missing or wrong VGG16 file fails here too, before any model is built or anything is written (the
-        # network itself is built in _build, where it always was: its random init draws from the seeded generator).
-        resolve_weight(VGG16, weights_dir)
+        # A missing or wrong VGG16 (or Inception) file fails here too, before any model is built or anything is
+        # written (the network itself is built in _build, where it always was: its random init draws from the
+        # seeded generator).
+        resolve_weight(perceptual_weight_file(cfg), weights_dir)
     return dataset
 
 
@@ -309,7 +311,7 @@ def _build(
     disc = prepare_module(disc.to(device), perf)
     perceptual = None
     if perceptual_active(cfg):
-        perceptual = prepare_module(build_perceptual_loss(weights_dir, allow_substitutes).to(device), perf)
+        perceptual = prepare_module(build_perceptual_network(cfg, weights_dir, allow_substitutes).to(device), perf)
         if perceptual.substitute:
             perceptual_note = f"{perceptual.network_name} (weight {cfg.loss.perceptual_weight:g})"
     if run.main:  # in the job log, as the run's params and summary say it
@@ -383,7 +385,7 @@ def _postfix(last: dict[str, float]) -> dict[str, str]:
     shown = {
         "loss": last["total_loss"],
         "pix": last["pixel_loss"],
-        "lpips": last.get("perceptual_loss"),
+        "perc": last.get("perceptual_loss"),
         "usage": last["codebook_usage"],
     }
     return {k: f"{v:.4g}" for k, v in shown.items() if v is not None}
