@@ -73,30 +73,45 @@ def _kaiming_fan_in_(module: nn.Module, seed: int) -> None:
                 nn.init.zeros_(layer.bias)
 
 
-class PerceptualLoss(nn.Module):
-    """Frozen LPIPS: ``forward(x, y)`` on images in [-1, 1] returns the per-sample distance, shape (B,).
+class FrozenImageDistance(nn.Module):
+    """A frozen network that scores pairs of images in [-1, 1]: ``forward(x, y)`` returns one distance a sample.
 
-    Parameters never require grad and the module stays in eval mode (lpips' linear layers carry dropout), but
-    gradients flow to the inputs.
+    Parameters never require grad and the module stays in eval mode whatever its parent's mode (dropout off, batch
+    norms on their running statistics), but gradients flow to the inputs. ``substitute`` and ``network_name`` say
+    what the network is, for the run's records.
     """
 
-    def __init__(self, lpips_model: nn.Module, substitute: bool, network_name: str) -> None:
-        super().__init__()
-        self.lpips = lpips_model
+    substitute: bool
+    network_name: str
+
+    def _freeze(self, substitute: bool, network_name: str) -> None:
+        """Called by a subclass once its networks are attributes."""
         self.substitute = substitute
         self.network_name = network_name
         for p in self.parameters():
             p.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> PerceptualLoss:
-        # A frozen loss network: a parent's .train() must not switch its dropout on.
+    def train(self, mode: bool = True) -> FrozenImageDistance:
         return super().train(False)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
             shapes = f"{tuple(x.shape)} and {tuple(y.shape)}"
             raise ValueError(f"expected two Bx3xHxW images of one shape, got {shapes}")
+
+
+class PerceptualLoss(FrozenImageDistance):
+    """Frozen LPIPS (lpips' linear layers carry dropout, kept off): the per-sample distance, shape (B,)."""
+
+    def __init__(self, lpips_model: nn.Module, substitute: bool, network_name: str) -> None:
+        super().__init__()
+        self.lpips = lpips_model
+        self._freeze(substitute, network_name)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._check_pair(x, y)
         return self.lpips(x, y, normalize=False).reshape(x.shape[0])
 
 
@@ -132,7 +147,7 @@ INCEPTION_DISTANCE_RESOLUTION = 75
 _TF_SCALE = 128 / 255
 
 
-class InceptionDistance(nn.Module):
+class InceptionDistance(FrozenImageDistance):
     """Frozen: ``forward(x, y)`` on images in [-1, 1] returns the per-sample distance, shape (B,).
 
     Both images are resized (bilinear) to ``resolution`` and run through the trunk's first blocks; at each tapped
@@ -144,15 +159,7 @@ class InceptionDistance(nn.Module):
     def __init__(self, blocks: nn.ModuleList, substitute: bool, network_name: str) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(list(blocks)[: max(INCEPTION_DISTANCE_TAPS) + 1])
-        self.substitute = substitute
-        self.network_name = network_name
-        for p in self.parameters():
-            p.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> InceptionDistance:
-        # A frozen loss network: its batch norms keep their running statistics whatever the parent's mode.
-        return super().train(False)
+        self._freeze(substitute, network_name)
 
     def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
         size = INCEPTION_DISTANCE_RESOLUTION
@@ -167,9 +174,7 @@ class InceptionDistance(nn.Module):
         return tapped
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
-            shapes = f"{tuple(x.shape)} and {tuple(y.shape)}"
-            raise ValueError(f"expected two Bx3xHxW images of one shape, got {shapes}")
+        self._check_pair(x, y)
         with torch.no_grad():
             target = self._features(y)
         pairs = zip(self._features(x), target, strict=True)
@@ -201,7 +206,7 @@ def build_inception_distance(
 
 def build_perceptual_network(
     cfg: TokenizerRunConfig, weights_dir: str | os.PathLike[str] | None = None, allow_substitute: bool = False
-) -> PerceptualLoss | InceptionDistance:
+) -> FrozenImageDistance:
     """The network of ``cfg``'s perceptual term (settled and active: see :func:`perceptual_active`)."""
     if cfg.loss.perceptual == INCEPTION:
         return build_inception_distance(weights_dir, allow_substitute)

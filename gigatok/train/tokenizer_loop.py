@@ -53,8 +53,7 @@ from gigatok.losses import (
 from gigatok.models.discriminator import DinoDiscriminator, PatchDiscriminator, build_discriminator
 from gigatok.models.tokenizer import GigaTokenizer, build_tokenizer
 from gigatok.perceptual import (
-    InceptionDistance,
-    PerceptualLoss,
+    FrozenImageDistance,
     build_perceptual_network,
     describe_perceptual,
     perceptual_active,
@@ -238,7 +237,7 @@ class _Built:
 
     model: GigaTokenizer
     disc: PatchDiscriminator | DinoDiscriminator
-    perceptual: PerceptualLoss | InceptionDistance | None  # None when the objective has no perceptual term
+    perceptual: FrozenImageDistance | None  # None when the objective has no perceptual term
     semantic: SemanticTargets | None
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
