@@ -150,10 +150,10 @@ _TF_SCALE = 128 / 255
 class InceptionDistance(FrozenImageDistance):
     """Frozen: ``forward(x, y)`` on images in [-1, 1] returns the per-sample distance, shape (B,).
 
-    Both images are resized (bilinear) to ``resolution`` and run through the trunk's first blocks; at each tapped
-    block the features are scaled to unit length along the channels, and the distance is the squared difference
-    summed over channels and averaged over positions, summed over the taps (LPIPS' form with every layer weighted
-    1). Gradients flow to ``x`` only: the target's features are computed without them.
+    Both images are resized (bilinear) to 75 px and run through the trunk's first blocks (through Mixed_5d); at each
+    tapped block the features are scaled to unit length along the channels, and the distance is the squared
+    difference summed over channels and averaged over positions, summed over the taps (LPIPS' form with every layer
+    weighted 1). Gradients flow to ``x`` only: the target's features are computed without them.
     """
 
     def __init__(self, blocks: nn.ModuleList, substitute: bool, network_name: str) -> None:
