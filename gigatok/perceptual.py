@@ -140,6 +140,7 @@ INCEPTION = "inception"
 # resolution level below Mixed_6a, as LPIPS takes VGG16's last convolution of each level.
 INCEPTION_DISTANCE_TAPS = (2, 5, 9)
 INCEPTION_DISTANCE_BLOCK_NAMES = ("Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d")
+INCEPTION_DISTANCE_BLOCKS = max(INCEPTION_DISTANCE_TAPS) + 1  # the blocks run: the stem and Mixed_5b-d
 # Images are resized to Inception-v3's smallest input (torchvision's documented minimum, 75 px): on one CPU thread
 # the blocks above take 0.13 s forward and backward for a batch of 16 at 75 px, 0.31 s at 107 px, 0.63 s at 139 px.
 INCEPTION_DISTANCE_RESOLUTION = 75
@@ -158,7 +159,7 @@ class InceptionDistance(FrozenImageDistance):
 
     def __init__(self, blocks: nn.ModuleList, substitute: bool, network_name: str) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(list(blocks)[: max(INCEPTION_DISTANCE_TAPS) + 1])
+        self.blocks = nn.ModuleList(list(blocks)[:INCEPTION_DISTANCE_BLOCKS])
         self._freeze(substitute, network_name)
 
     def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -187,7 +188,6 @@ def build_inception_distance(
     """The Inception distance from the registry's ``inception`` file; a labelled random-trunk SUBSTITUTE if allowed."""
     from gigatok.semantic_encoders import inception_blocks_from_script, inception_blocks_substitute
 
-    taps = "/".join(INCEPTION_DISTANCE_BLOCK_NAMES)
     try:
         path = resolve_weight(INCEPTION, weights_dir)  # a wrong hash raises here, substitute or not
     except MissingWeightsError as err:
@@ -197,11 +197,19 @@ def build_inception_distance(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SUBSTITUTE_SEED)
             blocks = inception_blocks_substitute()
-        name = f"inception distance ({taps} at {INCEPTION_DISTANCE_RESOLUTION} px) {SUBSTITUTE_TAG}"
+        name = f"inception distance ({_inception_layers()}) {SUBSTITUTE_TAG}"
         return InceptionDistance(blocks.to(memory_format=torch.channels_last), True, name)
     blocks = inception_blocks_from_script(path).to(memory_format=torch.channels_last)
-    name = f"inception distance ({get_weight_file(INCEPTION).filename}: {taps} at {INCEPTION_DISTANCE_RESOLUTION} px)"
-    return InceptionDistance(blocks, False, name)
+    return InceptionDistance(blocks, False, f"inception distance ({_inception_network()})")
+
+
+def _inception_layers() -> str:
+    return f"{'/'.join(INCEPTION_DISTANCE_BLOCK_NAMES)} at {INCEPTION_DISTANCE_RESOLUTION} px"
+
+
+def _inception_network() -> str:
+    """The real network as the run's records name it: the file and the layers compared."""
+    return f"{get_weight_file(INCEPTION).filename}: {_inception_layers()}"
 
 
 def build_perceptual_network(
@@ -288,9 +296,7 @@ def describe_perceptual(cfg: TokenizerRunConfig, weights_dir: str | os.PathLike[
     if loss.perceptual_weight == 0:
         return "off (loss.perceptual_weight=0): trained without the perceptual term"
     if loss.perceptual == INCEPTION:
-        taps = "/".join(INCEPTION_DISTANCE_BLOCK_NAMES)
-        network = f"{get_weight_file(INCEPTION).filename}: {taps} at {INCEPTION_DISTANCE_RESOLUTION} px"
-        return f"inception distance, not LPIPS ({network}; weight {loss.perceptual_weight:g})"
+        return f"inception distance, not LPIPS ({_inception_network()}; weight {loss.perceptual_weight:g})"
     return f"lpips-vgg16 (weight {loss.perceptual_weight:g})"
 
 

@@ -179,10 +179,10 @@ def _lpips_trunk() -> Any:
 def _inception_distance_trunk() -> Any:
     """The Inception distance's blocks (Inception-v3 through Mixed_5d, torchvision's layout), randomly initialised:
     shapes only, as :func:`_lpips_trunk`."""
-    from gigatok.perceptual import INCEPTION_DISTANCE_TAPS
+    from gigatok.perceptual import INCEPTION_DISTANCE_BLOCKS
     from gigatok.semantic_encoders import inception_blocks_substitute
 
-    return inception_blocks_substitute()[: max(INCEPTION_DISTANCE_TAPS) + 1].requires_grad_(False)
+    return inception_blocks_substitute()[:INCEPTION_DISTANCE_BLOCKS].requires_grad_(False)
 
 
 def _perceptual_trunk(cfg: Any) -> Any | None:

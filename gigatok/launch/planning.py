@@ -406,11 +406,11 @@ def slurm_state(job_id: str | None) -> str | None:
 def pretrained_files_needed(cfg: TokenizerRunConfig) -> list[tuple[str, ...]]:
     """The registry files training ``cfg``'s tokenizer loads, each as interchangeable alternatives."""
     from gigatok.models.discriminator import DINO_WEIGHTS
-    from gigatok.perceptual import perceptual_weight_file
+    from gigatok.perceptual import perceptual_active, perceptual_weight_file
     from gigatok.semantic_encoders import ENCODER_SPECS
 
     needed: list[tuple[str, ...]] = []
-    if cfg.loss.perceptual in ("lpips", "inception") and cfg.loss.perceptual_weight > 0:
+    if cfg.loss.perceptual != "auto" and perceptual_active(cfg):  # "auto" is settled by the file being there
         needed.append((perceptual_weight_file(cfg),))
     if cfg.tokenizer.semantic.enabled:
         needed.append(tuple(ENCODER_SPECS[cfg.tokenizer.semantic.encoder].weights))
