@@ -42,6 +42,7 @@ from studies import cfg_search
 from studies.options import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
+    PROFILE_HELP,
     add_place_options,
     add_seeds_option,
     add_slurm_options,
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gpus", type=int, default=None, help=f"with --estimate: GPUs the plan runs on (default {DEFAULT_GPUS})"
     )
     p.add_argument("--status", action="store_true", help="show each run's state from MLflow and Slurm and exit")
-    p.add_argument("--profile", default="tiny", help="tiny (CPU, built-in data; default) or paper (Table 9, ImageNet)")
+    p.add_argument("--profile", default="tiny", help=PROFILE_HELP)
     add_place_options(p)
     p.add_argument(
         "--set",
@@ -267,10 +268,10 @@ def announce(args: argparse.Namespace, study: launch.StudyLaunch) -> None:
             "  tracking in a SQLite file: fine for a few jobs on one machine; for job arrays on a cluster start a "
             "server (scripts/mlflow-server up) and pass --tracking-uri"
         )
-    if args.profile == "tiny":
+    if args.profile != "paper":
         log.info(
-            f"  tiny profile: {profile.image_size}px images, {profile.num_tokens} tokens, CPU-sized models on the "
-            "built-in dataset; numbers show the pipeline and trends, not the paper's values."
+            f"  {args.profile} profile: {profile.image_size}px images, {profile.num_tokens} tokens, CPU-sized models "
+            "on the built-in dataset; numbers show the pipeline and trends, not the paper's values."
         )
         log.info(
             f"  paper scale: python studies/run.py {args.study} --profile paper --data /path/to/imagenet "
@@ -279,7 +280,7 @@ def announce(args: argparse.Namespace, study: launch.StudyLaunch) -> None:
     from gigatok.perceptual import vgg16_missing_reason
 
     if (missing := vgg16_missing_reason(ctx.weights_dir)) is not None:
-        if args.profile == "tiny":
+        if profile.loss.perceptual == "auto":  # tiny; the paper profile asks for LPIPS by name
             log.info(
                 f"  {missing}: tiny runs train without the perceptual term and report LPIPS as unavailable "
                 "(tagged gigatok.perceptual; put the file there for LPIPS)"

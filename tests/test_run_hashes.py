@@ -1,5 +1,5 @@
-"""Run identities do not drift: every planned run's hash, and the tokenizer and AR folders it names, at both
-profiles, against values recorded in tests/fixtures/pinned_run_hashes.json.
+"""Run identities do not drift: every planned run's hash, and the tokenizer and AR folders it names, at every
+profile, against values recorded in tests/fixtures/pinned_run_hashes.json.
 
 A refactor must leave these unchanged (a changed hash orphans finished runs and their folders). A deliberate change
 of what a run is (a new config field that is not hash-neutral, a new default) rewrites the file on purpose:
@@ -17,7 +17,7 @@ import studies.catalog  # noqa: F401  (registers the studies)
 from gigatok.study import STUDIES, Planner, get_study
 
 PINNED = Path(__file__).resolve().parent / "fixtures" / "pinned_run_hashes.json"
-PROFILES = ("tiny", "paper")
+PROFILES = ("tiny", "tiny-long", "paper")
 
 
 def planned_hashes(weights_dir: str) -> dict[str, dict[str, str]]:

@@ -46,7 +46,7 @@ SLURM_FLAGS = (
 
 # Profiles whose models are CPU-sized: their jobs ask Slurm for no GPU unless told to (a GPU request on a
 # CPU-only cluster is refused outright, and a tiny run does not need one).
-CPU_PROFILES = ("tiny",)
+CPU_PROFILES = ("tiny", "tiny-long")
 
 
 def slurm_settings(flags: Any, profile: str | None = None) -> SlurmSettings:
