@@ -273,6 +273,66 @@ def test_sigkilled_local_worker_resumes_and_finished_runs_stay_finished(tmp_path
     assert _steps(metrics) == LOGGED
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_study_command_stops_its_local_worker_and_the_run_resumes(tmp_path: Path) -> None:
+    """``studies/run.py`` terminated (SIGTERM, as ``kill`` or a batch system's time limit sends it) while its local
+    worker trains: the command cancels the worker and exits 130, no training process is left running, the run is
+    shown KILLED (not RUNNING, not FINISHED), and the next invocation resumes it from its checkpoint to FINISHED with
+    no step logged twice."""
+    args = ["entropy_loss", "--executor", "local", "--local-parallel", "1", "--only", "entropy=True", *SMALL_RUN]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    plan = json.loads(study_cli([*args, "--dry-run", "--json"], tmp_path, 300).stdout)
+    (run,) = plan["runs"]
+    metrics = tmp_path / "runs" / f"tokenizer-{run['tokenizer_hash']}" / "metrics.jsonl"
+    with (tmp_path / "first.log").open("w") as log:
+        cli = subprocess.Popen(
+            [sys.executable, str(ROOT / "studies" / "run.py"), *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 1200
+        while not (_steps(metrics) and _steps(metrics)[-1] >= 6):  # past its first checkpoint (step 4)
+            assert cli.poll() is None, "ended before the signal: " + (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "the run never reached step 6"
+            time.sleep(0.2)
+        (worker,) = _training_processes(cli.pid)
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()
+        deadline = time.monotonic() + 60
+        while _alive(worker):
+            assert time.monotonic() < deadline, "the training process outlived the command by a minute"
+            time.sleep(0.2)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert "interrupted: the runs resume from their checkpoints" in (tmp_path / "first.log").read_text()
+    (record,) = _mlflow_runs(tmp_path, "entropy_loss-tiny").values()
+    assert record.info.status == "KILLED"
+    assert not (metrics.parent / "summary.json").exists()
+
+    resumed = study_cli(args, tmp_path, timeout=1200)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    job_logs = "".join(p.read_text() for p in (tmp_path / "runs" / "jobs").glob("*/*_log.*"))
+    assert re.search(rf"resuming tokenizer-{run['tokenizer_hash']} from step-0000000[48]\.pt", job_logs)
+    (record,) = _mlflow_runs(tmp_path, "entropy_loss-tiny").values()
+    assert record.info.status == "FINISHED"
+    assert _steps(metrics) == LOGGED
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (an ended one not yet reaped is a zombie, state Z)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
+
+
 def _training_processes(pid: int) -> list[int]:
     """The processes under ``pid`` that run a job (the local executor starts a controller, which starts them)."""
     parents: dict[int, int] = {}
