@@ -219,25 +219,11 @@ def test_sigkilled_local_worker_resumes_and_finished_runs_stay_finished(tmp_path
     second run's training: the first stays FINISHED, the second is not shown finished anywhere, and the next
     invocation runs only the second, from its checkpoint, with no step logged twice."""
     args = ["entropy_loss", "--executor", "local", "--local-parallel", "1", *SMALL_RUN]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     plan = json.loads(study_cli(["entropy_loss", "--dry-run", "--json", *SMALL_RUN], tmp_path, 300).stdout)
     first, second = plan["runs"]  # the order the worker runs them in
     metrics = tmp_path / "runs" / f"tokenizer-{second['tokenizer_hash']}" / "metrics.jsonl"
-    with (tmp_path / "first.log").open("w") as log:
-        cli = subprocess.Popen(
-            [sys.executable, str(ROOT / "studies" / "run.py"), *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    cli = _study_at_step_6(args, tmp_path, metrics)
     try:
-        deadline = time.monotonic() + 1200
-        while not (_steps(metrics) and _steps(metrics)[-1] >= 6):  # past its first checkpoint (step 4)
-            assert cli.poll() is None, "ended before the kill: " + (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "the second run never reached step 6"
-            time.sleep(0.2)
         (worker,) = _training_processes(cli.pid)
         os.kill(worker, signal.SIGKILL)  # as the kernel's OOM killer would
         assert cli.wait(timeout=300) == 1  # the study reports a run that did not finish
@@ -280,25 +266,11 @@ def test_sigterm_to_the_study_command_stops_its_local_worker_and_the_run_resumes
     shown KILLED (not RUNNING, not FINISHED), and the next invocation resumes it from its checkpoint to FINISHED with
     no step logged twice."""
     args = ["entropy_loss", "--executor", "local", "--local-parallel", "1", "--only", "entropy=True", *SMALL_RUN]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     plan = json.loads(study_cli([*args, "--dry-run", "--json"], tmp_path, 300).stdout)
     (run,) = plan["runs"]
     metrics = tmp_path / "runs" / f"tokenizer-{run['tokenizer_hash']}" / "metrics.jsonl"
-    with (tmp_path / "first.log").open("w") as log:
-        cli = subprocess.Popen(
-            [sys.executable, str(ROOT / "studies" / "run.py"), *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    cli = _study_at_step_6(args, tmp_path, metrics)
     try:
-        deadline = time.monotonic() + 1200
-        while not (_steps(metrics) and _steps(metrics)[-1] >= 6):  # past its first checkpoint (step 4)
-            assert cli.poll() is None, "ended before the signal: " + (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "the run never reached step 6"
-            time.sleep(0.2)
         (worker,) = _training_processes(cli.pid)
         cli.send_signal(signal.SIGTERM)
         assert cli.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()
@@ -322,6 +294,29 @@ def test_sigterm_to_the_study_command_stops_its_local_worker_and_the_run_resumes
     (record,) = _mlflow_runs(tmp_path, "entropy_loss-tiny").values()
     assert record.info.status == "FINISHED"
     assert _steps(metrics) == LOGGED
+
+
+def _study_at_step_6(args: list[str], folder: Path, metrics: Path) -> subprocess.Popen[bytes]:
+    """``studies/run.py ARGS`` started in ``folder`` (its output in first.log), returned once the run whose
+    ``metrics`` file is given has logged step 6: past its first checkpoint (step 4)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with (folder / "first.log").open("w") as log:
+        cli = subprocess.Popen(
+            [sys.executable, str(ROOT / "studies" / "run.py"), *args],
+            cwd=folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 1200
+    while not (_steps(metrics) and _steps(metrics)[-1] >= 6):
+        if cli.poll() is not None or time.monotonic() > deadline:
+            cli.kill()
+            cli.wait()
+            raise AssertionError("the run never reached step 6: " + (folder / "first.log").read_text())
+        time.sleep(0.2)
+    return cli
 
 
 def _alive(pid: int) -> bool:
