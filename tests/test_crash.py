@@ -310,7 +310,7 @@ def _study_at_step_6(args: list[str], folder: Path, metrics: Path) -> subprocess
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 1200
-    while not (_steps(metrics) and _steps(metrics)[-1] >= 6):
+    while not (steps := _steps(metrics)) or steps[-1] < 6:  # one read of the file a poll
         if cli.poll() is not None or time.monotonic() > deadline:
             cli.kill()
             cli.wait()
