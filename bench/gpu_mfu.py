@@ -260,6 +260,47 @@ def cases(device: torch.device, with_compile: bool) -> tuple[str, list[Case]]:
     return profile, out
 
 
+# The switches a --variants entry joins with "+" ("cudnn+cl+norm"): each sets PerformanceConfig fields on top of
+# bf16 autocast with everything else at its default ("base": nothing more; "fp32": autocast off).
+VARIANT_SWITCHES: dict[str, dict[str, object]] = {
+    "base": {},
+    "fp32": {"autocast": "off"},
+    "cudnn": {"cudnn_benchmark": True},
+    "cl": {"channels_last": True},
+    "norm": {"low_precision_norms": True},
+    "compile": {"compile": True},
+    "ro": {"compile": True, "compile_mode": "reduce-overhead"},
+    "ckpt": {"activation_checkpointing": True},
+}
+
+
+def variant_perf(spec: str) -> PerformanceConfig:
+    """The PerformanceConfig a variant names: its "+"-joined switches over bf16 autocast (see VARIANT_SWITCHES)."""
+    fields: dict[str, object] = {"autocast": "bf16"}
+    for switch in spec.split("+"):
+        if switch not in VARIANT_SWITCHES:
+            raise ValueError(f"--variants: unknown switch {switch!r} in {spec!r}; known: {', '.join(VARIANT_SWITCHES)}")
+        fields.update(VARIANT_SWITCHES[switch])
+    return PerformanceConfig(**fields)  # type: ignore[arg-type]
+
+
+def variant_cases(models: str, variants: str) -> list[Case]:
+    """Each model of ``models`` ("tokenizer:S-S:16,ar:B:32": kind, size, per-GPU batch) under each variant of
+    ``variants`` ("base,cudnn+cl"), named "<kind> <size> <precision> <variant>"."""
+    out = []
+    for model in (m.strip() for m in models.split(",") if m.strip()):
+        parts = model.split(":")
+        if len(parts) != 3 or parts[0] not in ("tokenizer", "tokenize", "ar") or not parts[2].isdigit():
+            raise ValueError(f"--models: expected kind:size:batch (kind tokenizer, tokenize or ar), got {model!r}")
+        kind, size, batch = parts[0], parts[1], int(parts[2])
+        label = f"AR-{size}" if kind == "ar" else f"{kind} {size}"
+        for spec in (v.strip() for v in variants.split(",") if v.strip()):
+            perf = variant_perf(spec)
+            precision = "fp32" if perf.autocast == "off" else "bf16"
+            out.append(Case(f"{label} {precision} {spec}", kind, size, batch, perf))
+    return out
+
+
 def peak_tflops(device: torch.device, flag: float | None) -> tuple[float | None, str]:
     if flag:
         return flag, "--peak-tflops"
@@ -277,12 +318,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> tuple[float, float]:
-    """(FLOPs of one step, median seconds of ``repeats`` steps after ``warmup``)."""
+def measure(
+    step: Callable[[], None],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    count: Callable[[], Callable[[], None]] | None = None,
+) -> tuple[float, float]:
+    """(FLOPs of one step, median seconds of ``repeats`` steps after ``warmup``). The FLOPs are counted on the
+    step ``count`` builds where given (the eager form of a compiled step: a compiled graph's kernels are not aten
+    operators for the counter to see), else on ``step``."""
     for _ in range(warmup):
-        step()
-    sync(device)
-    with FlopCounterMode(display=False) as counter:
         step()
     sync(device)
     times = []
@@ -291,6 +337,12 @@ def measure(step: Callable[[], None], device: torch.device, warmup: int, repeats
         step()
         sync(device)
         times.append(time.perf_counter() - start)
+    # Counted last: a dispatch mode over a compiled step may make it recompile or leave its CUDA graphs, which must
+    # not land in the timed steps.
+    counted = count() if count is not None else step
+    with FlopCounterMode(display=False) as counter:
+        counted()
+    sync(device)
     return float(counter.get_total_flops()), statistics.median(times)
 
 
@@ -331,7 +383,11 @@ def run_case(
     try:
         build = {"tokenizer": tokenizer_step, "tokenize": tokenize_step, "ar": ar_step}[case.kind]
         step = build(case, profile, device)
-        flops, seconds = measure(step, device, *steps)
+        warmup, repeats = steps
+        eager = dataclasses.replace(case, perf=dataclasses.replace(case.perf, compile=False))
+        count = (lambda: build(eager, profile, device)) if case.perf.compile else None
+        # Compiled steps compile at the first call and, with CUDA graphs, record at a later one: one more warm-up.
+        flops, seconds = measure(step, device, warmup + 1 if case.perf.compile else warmup, repeats, count)
         extra: dict[str, object] = {
             "batch": case.batch,
             "TFLOP/step": f"{flops / 1e12:.3g}",
@@ -348,10 +404,15 @@ def run_case(
         traceback.print_exc()
         return Row(case.name, float("nan"), "TFLOP/s", {"error": f"{type(err).__name__}: {err}"[:80]}), None, ""
     finally:
+        if case.perf.compile:  # each case compiles its own modules: no guards or graphs carried into the next
+            torch._dynamo.reset()
         gc.collect()
         if gpu:
             torch.cuda.empty_cache()
-    print(f"  {case.name}: {flops / seconds / 1e12:.3g} TFLOP/s ({time.perf_counter() - start:.0f} s)", flush=True)
+    # The whole row as soon as the case ends: a part cut short by its time limit keeps every case it finished.
+    details = ", ".join(f"{k} {v}" for k, v in extra.items())
+    took = time.perf_counter() - start
+    print(f"  {case.name}: {flops / seconds / 1e12:.3g} TFLOP/s; {details} ({took:.0f} s)", flush=True)
     return Row(case.name, flops / seconds / 1e12, "TFLOP/s", extra), seconds / case.batch, text
 
 
@@ -379,6 +440,16 @@ def main() -> None:
         action="store_true",
         help="also XL-XXL and AR-XXL at a batch one GPU holds: peak memory beside the dry run's estimate",
     )
+    parser.add_argument(
+        "--models",
+        default="",
+        help="instead of the standard cases: kind:size:batch list (tokenizer:S-S:16,ar:B:32), each under --variants",
+    )
+    parser.add_argument(
+        "--variants",
+        default="base",
+        help=f"with --models: comma-separated variants, each '+'-joined switches of {', '.join(VARIANT_SWITCHES)}",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_common_args(parser)
     add_threads_arg(parser, default=0 if torch.cuda.is_available() else 1)  # 0: torch's own choice
@@ -392,6 +463,11 @@ def main() -> None:
     if any(b < 1 for b in batches):
         parser.error(f"--batches: batches must be >= 1, got {args.batches!r}")
     profile, todo = cases(device, args.compile)
+    if args.models:
+        try:
+            todo = variant_cases(args.models, args.variants)
+        except ValueError as err:
+            parser.error(str(err))
     todo += memory_cases(device) if args.memory else []
     todo = with_batches([c for c in todo if not args.only or args.only in c.name], batches)
     peak, peak_source = peak_tflops(device, args.peak_tflops)

@@ -549,8 +549,22 @@ class PerformanceConfig:
     # (gigatok.models.checkpointing): the transformers' activations for one more forward of them. For per-GPU
     # batches that do not fit otherwise (the dry run's --estimate prints both); off by default.
     activation_checkpointing: bool = False
+    # torch.backends.cudnn.benchmark: cuDNN times its convolution algorithms at each new shape and keeps the fastest
+    # (a training run's shapes are fixed, so it pays once). Process-wide; set by prepare_module. GPU only.
+    cudnn_benchmark: bool = False
+    # The CNNs' GroupNorms take and return the autocast dtype instead of fp32 (gigatok.models.norms): statistics
+    # still in fp32, only the output's rounding changes. No effect without autocast (the CPU default).
+    low_precision_norms: bool = False
+    # torch.compile's mode when compile is on: "reduce-overhead" adds CUDA graphs (launch-bound steps), and
+    # "max-autotune-no-cudagraphs" searches kernels (much longer compilation).
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
 
     def __post_init__(self) -> None:
+        _require(
+            self.compile_mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+            "performance.compile_mode",
+            f"'default', 'reduce-overhead' or 'max-autotune-no-cudagraphs', got {self.compile_mode!r}",
+        )
         _require(
             self.autocast in ("auto", "bf16", "off"),
             "performance.autocast",

@@ -1,5 +1,5 @@
 """Applying a :class:`~gigatok.config.PerformanceConfig`: the attention kernel, activation checkpointing, the memory
-format of convolutions, bf16 autocast and ``torch.compile``.
+format of convolutions, cuDNN autotuning, the norms' precision, bf16 autocast and ``torch.compile``.
 
 The training loops, ``bench/tokenizer_step.py`` and ``bench/gpu_mfu.py`` all go through these few functions, so a
 benchmark measures what training runs. Imports torch and this package's models only (the GPU benchmark runs where
@@ -18,6 +18,7 @@ from torch import nn
 from gigatok.config import PerformanceConfig
 from gigatok.models.attention import set_fused_attention
 from gigatok.models.checkpointing import enable_activation_checkpointing
+from gigatok.models.norms import set_low_precision_norms
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -37,9 +38,12 @@ def autocast(perf: PerformanceConfig, device: torch.device) -> contextlib.Abstra
 
 
 def prepare_module(module: M, perf: PerformanceConfig) -> M:
-    """Set ``module``'s attention kernel, activation checkpointing and convolution memory format in place (before
-    building its optimizer)."""
+    """Set ``module``'s attention kernel, norm precision, activation checkpointing and convolution memory format in
+    place (before building its optimizer), and the process-wide cuDNN autotuning: every loop and benchmark prepares
+    its modules before the first step, so this is the one place the switch needs."""
+    torch.backends.cudnn.benchmark = perf.cudnn_benchmark
     set_fused_attention(module, perf.fused_attention)
+    set_low_precision_norms(module, perf.low_precision_norms)
     if perf.activation_checkpointing:
         enable_activation_checkpointing(module)
     if perf.channels_last:
@@ -55,4 +59,4 @@ def prepare_images(images: torch.Tensor, perf: PerformanceConfig) -> torch.Tenso
 def maybe_compile(fn: Callable[..., Any], perf: PerformanceConfig) -> Callable[..., Any]:
     """``torch.compile(fn)`` when asked. The loops compile the DDP-wrapped module: compile then splits its graph at
     DDP's gradient buckets, so the all-reduces still overlap the backward pass."""
-    return torch.compile(fn) if perf.compile else fn
+    return torch.compile(fn, mode=perf.compile_mode) if perf.compile else fn

@@ -15,6 +15,7 @@ from gigatok.config import PerformanceConfig, ar_run, ar_run_config_from_dict, r
 from gigatok.models.ar import build_ar_model
 from gigatok.models.attention import AttentionModule, math_attention, set_fused_attention
 from gigatok.models.cnn import CNNDecoder, depth_to_space
+from gigatok.models.norms import GroupNorm
 from gigatok.models.quantizer import VectorQuantizer
 from gigatok.models.tokenizer import build_tokenizer
 from gigatok.performance import autocast, autocast_dtype, prepare_images, prepare_module
@@ -155,6 +156,40 @@ def test_quantizer_searches_codes_in_fp32_under_bf16_autocast() -> None:
     assert mixed.quantized.dtype == torch.float32
     assert torch.equal(mixed.indices, reference.indices)
     assert (mixed.indices == exact.indices).float().mean() > 0.9  # only the input's rounding moved any code
+
+
+def test_low_precision_norms_round_only_the_output() -> None:
+    """Under bf16 autocast the switched GroupNorm returns bf16, equal to the fp32 norm rounded to bf16 (statistics in
+    fp32); switched off, or outside autocast, it is nn.GroupNorm exactly."""
+    torch.manual_seed(0)
+    norm = GroupNorm(4, 16, eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = (torch.randn(2, 16, 8, 8) * 3 + 1).bfloat16()  # a bf16 convolution's output
+    reference = F.group_norm(x.float(), 4, norm.weight, norm.bias, 1e-6)
+    bf16 = PerformanceConfig(autocast="bf16", low_precision_norms=True)
+    prepare_module(norm, bf16)
+    assert norm.compute_in_autocast_dtype
+    with autocast(bf16, torch.device("cpu")):
+        low = norm(x)
+    assert low.dtype == torch.bfloat16
+    assert torch.allclose(low.float(), reference, rtol=2**-7, atol=2**-7)  # within bf16's rounding of the output
+    assert torch.equal(norm(x.float()), reference)  # no autocast: the fp32 module
+    prepare_module(norm, PerformanceConfig(autocast="bf16"))
+    with autocast(bf16, torch.device("cpu")):  # switch off: autocast's own policy for group_norm, as before
+        assert torch.equal(norm(x), F.group_norm(x, 4, norm.weight, norm.bias, 1e-6))
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_cudnn_benchmark_and_compile_mode_are_applied() -> None:
+    prepare_module(torch.nn.Linear(2, 2), PerformanceConfig(cudnn_benchmark=True))
+    try:
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        prepare_module(torch.nn.Linear(2, 2), PerformanceConfig())
+    assert torch.backends.cudnn.benchmark is False
+    with pytest.raises(ValueError, match="performance.compile_mode"):
+        PerformanceConfig(compile_mode="fast")  # type: ignore[arg-type]
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, module: object) -> list[PerformanceConfig]:

@@ -16,10 +16,11 @@ from torch import nn
 
 from gigatok.config import CNNConfig
 from gigatok.models.attention import AttentionModule
+from gigatok.models.norms import GroupNorm
 
 
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+def _norm(channels: int, groups: int) -> GroupNorm:
+    return GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
@@ -100,7 +101,7 @@ class AdaptiveGroupNorm(nn.Module):
 
     def __init__(self, cond_channels: int, channels: int, groups: int, eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=eps, affine=False)
+        self.norm = GroupNorm(groups, channels, eps=eps, affine=False)
         self.gamma = nn.Linear(cond_channels, channels)
         self.beta = nn.Linear(cond_channels, channels)
         self.eps = eps

@@ -98,7 +98,10 @@ class VectorQuantizer(nn.Module):
         else:
             q_st = flat + (q - flat).detach()
         with torch.no_grad():
-            counts = torch.bincount(indices, minlength=self.cfg.codebook_size).float()
+            # scatter, not bincount: CUDA's bincount reads the largest index back to the host (a synchronisation
+            # every step) and its data-dependent shape breaks the torch.compile graph. Counts of ones are exact.
+            counts = flat.new_zeros(self.cfg.codebook_size, dtype=torch.float32)
+            counts.index_add_(0, indices, torch.ones_like(indices, dtype=torch.float32))
             usage = (counts > 0).float().mean()
             p = counts / counts.sum()
             perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
