@@ -16,7 +16,12 @@ What one step is:
 - AR: ``ARModel.loss`` on random tokens (teacher-forced, class dropout on), backward, clipping, AdamW.
 
 A case with activation checkpointing (``--memory``'s "checkpointed" rows) counts the blocks' second forward too:
-its rate is the hardware's, not model FLOPs; those rows are there for their peak memory.
+its rate is the hardware's, not model FLOPs; those rows are there for their peak memory. A compiled step's FLOPs
+are counted on its eager form (the counter sees aten operators, not a compiled graph's kernels), after the timing.
+
+The standard cases use the default switches, as training does (on a GPU the AR step compiled, the tokenizer eager);
+``--models``/``--variants`` measure chosen models under chosen combinations of switches instead (VARIANT_SWITCHES),
+each case's row and profile printed as it ends.
 
 Sizes: on a GPU the paper profile, per-GPU batches of Table 9 / Appendix B over 8 GPUs (tokenizer S-S 16, B-L 16; AR-B
 32, AR-L 32); on a CPU the tiny profile. Everything runs through ``gigatok.performance`` as the training loops do.
@@ -25,6 +30,7 @@ Sizes: on a GPU the paper profile, per-GPU batches of Table 9 / Appendix B over 
     python bench/gpu_mfu.py --quick         # fewer steps
     python bench/gpu_mfu.py --peak-tflops 989 --compile
     python bench/gpu_mfu.py --profile-ops --batches 16,32,64   # where the time goes; MFU against per-GPU batch
+    python bench/gpu_mfu.py --models tokenizer:S-S:16,ar:B:32 --variants base,cl,compile
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ from gigatok.losses import generator_loss, hinge_discriminator_loss  # noqa: E40
 from gigatok.models.ar import build_ar_model  # noqa: E402
 from gigatok.models.discriminator import PatchDiscriminator  # noqa: E402
 from gigatok.models.tokenizer import build_tokenizer  # noqa: E402
-from gigatok.performance import autocast, maybe_compile, prepare_images, prepare_module  # noqa: E402
+from gigatok.performance import autocast, compiles, maybe_compile, prepare_images, prepare_module  # noqa: E402
 from gigatok.train.optimizer import build_ar_optimizer, build_optimizer  # noqa: E402  (the loops' own)
 
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets; first match wins.
@@ -120,7 +126,7 @@ def tokenizer_step(case: Case, profile: str, device: torch.device) -> Callable[[
     perceptual = prepare_module(VGGPerceptualStandIn().to(device), perf)
     o = cfg.optim
     opt_g, opt_d = build_optimizer(cfg, model.parameters()), build_optimizer(cfg, disc.parameters())
-    net, disc_net = maybe_compile(model, perf), maybe_compile(disc, perf)
+    net, disc_net = maybe_compile(model, perf, device, "tokenizer"), maybe_compile(disc, perf, device, "tokenizer")
     size, grid = cfg.tokenizer.image_size, cfg.tokenizer.grid_size
     g = torch.Generator(device).manual_seed(0)
     images = prepare_images(torch.rand(case.batch, 3, size, size, device=device, generator=g) * 2 - 1, perf)
@@ -166,7 +172,7 @@ def ar_step(case: Case, profile: str, device: torch.device) -> Callable[[], None
     perf, t = cfg.performance, cfg.train
     model = prepare_module(build_ar_model(cfg.model, device), perf).train()
     opt = build_ar_optimizer(model, t)
-    loss_fn = maybe_compile(model.loss, perf)
+    loss_fn = maybe_compile(model.loss, perf, device, "ar")
     g = torch.Generator(device).manual_seed(0)
     tokens = torch.randint(0, cfg.model.vocab_size, (case.batch, cfg.model.num_tokens), device=device, generator=g)
     labels = torch.randint(0, cfg.model.num_classes, (case.batch,), device=device, generator=g)
@@ -225,7 +231,10 @@ def estimated_gib(case: Case, profile: str) -> float:
 
 
 def cases(device: torch.device, with_compile: bool) -> tuple[str, list[Case]]:
-    bf16, fp32 = PerformanceConfig(autocast="bf16"), PerformanceConfig(autocast="off")
+    """The standard cases. "bf16" is what training runs on a GPU (the default switches: the AR step compiled by
+    compile="auto", the tokenizer eager); "eager" and fp32 cases are not compiled unless --compile adds them."""
+    bf16, fp32 = PerformanceConfig(autocast="bf16"), PerformanceConfig(autocast="off", compile=False)
+    eager = dataclasses.replace(bf16, compile=False)
     if device.type == "cuda":
         out = [
             Case("tokenizer S-S bf16", "tokenizer", "S-S", 16, bf16),
@@ -240,8 +249,10 @@ def cases(device: torch.device, with_compile: bool) -> tuple[str, list[Case]]:
             Case("tokenizer B-L bf16", "tokenizer", "B-L", 16, bf16),
             Case("tokenize S-S bf16", "tokenize", "S-S", 64, bf16),
             Case("AR-B bf16", "ar", "B", 32, bf16),
+            Case("AR-B bf16 eager", "ar", "B", 32, eager),
             Case("AR-B fp32", "ar", "B", 32, fp32),
             Case("AR-L bf16", "ar", "L", 32, bf16),
+            Case("AR-L bf16 eager", "ar", "L", 32, eager),
         ]
         profile = "paper"
     else:
@@ -255,19 +266,22 @@ def cases(device: torch.device, with_compile: bool) -> tuple[str, list[Case]]:
         out += [
             dataclasses.replace(c, name=f"{c.name} compiled", perf=dataclasses.replace(c.perf, compile=True))
             for c in out
-            if c.name in ("tokenizer S-S bf16", "AR-B bf16", "tokenizer S-S fp32", "AR-B fp32")
+            if c.name in ("tokenizer S-S bf16", "tokenizer S-S fp32", "AR-B fp32")
         ]
     return profile, out
 
 
 # The switches a --variants entry joins with "+" ("cudnn+cl+norm"): each sets PerformanceConfig fields on top of
-# bf16 autocast with everything else at its default ("base": nothing more; "fp32": autocast off).
+# bf16 autocast, eager, with everything else at its default ("base": nothing more; "fp32": autocast off; "auto":
+# compile as the default does).
 VARIANT_SWITCHES: dict[str, dict[str, object]] = {
     "base": {},
+    "auto": {"compile": "auto"},
     "fp32": {"autocast": "off"},
     "cudnn": {"cudnn_benchmark": True},
     "cl": {"channels_last": True},
-    "norm": {"low_precision_norms": True},
+    "norm": {"low_precision_norms": True},  # the default since 2026-12-04; "fp32norm" is autocast's fp32 GroupNorm
+    "fp32norm": {"low_precision_norms": False},
     "compile": {"compile": True},
     "ro": {"compile": True, "compile_mode": "reduce-overhead"},
     "ckpt": {"activation_checkpointing": True},
@@ -276,7 +290,7 @@ VARIANT_SWITCHES: dict[str, dict[str, object]] = {
 
 def variant_perf(spec: str) -> PerformanceConfig:
     """The PerformanceConfig a variant names: its "+"-joined switches over bf16 autocast (see VARIANT_SWITCHES)."""
-    fields: dict[str, object] = {"autocast": "bf16"}
+    fields: dict[str, object] = {"autocast": "bf16", "compile": False}
     for switch in spec.split("+"):
         if switch not in VARIANT_SWITCHES:
             raise ValueError(f"--variants: unknown switch {switch!r} in {spec!r}; known: {', '.join(VARIANT_SWITCHES)}")
@@ -377,6 +391,7 @@ def run_case(
 ) -> tuple[Row, float | None, str]:
     """One case: (its table row, seconds per sample or None when it failed, its operator profile or "")."""
     gpu = device.type == "cuda"
+    compiled = compiles(case.perf, device, "ar" if case.kind == "ar" else "tokenizer")
     start = time.perf_counter()
     if gpu:
         torch.cuda.reset_peak_memory_stats(device)
@@ -385,9 +400,9 @@ def run_case(
         step = build(case, profile, device)
         warmup, repeats = steps
         eager = dataclasses.replace(case, perf=dataclasses.replace(case.perf, compile=False))
-        count = (lambda: build(eager, profile, device)) if case.perf.compile else None
+        count = (lambda: build(eager, profile, device)) if compiled else None
         # Compiled steps compile at the first call and, with CUDA graphs, record at a later one: one more warm-up.
-        flops, seconds = measure(step, device, warmup + 1 if case.perf.compile else warmup, repeats, count)
+        flops, seconds = measure(step, device, warmup + 1 if compiled else warmup, repeats, count)
         extra: dict[str, object] = {
             "batch": case.batch,
             "TFLOP/step": f"{flops / 1e12:.3g}",
@@ -404,7 +419,7 @@ def run_case(
         traceback.print_exc()
         return Row(case.name, float("nan"), "TFLOP/s", {"error": f"{type(err).__name__}: {err}"[:80]}), None, ""
     finally:
-        if case.perf.compile:  # each case compiles its own modules: no guards or graphs carried into the next
+        if compiled:  # each case compiles its own modules: no guards or graphs carried into the next
             torch._dynamo.reset()
         gc.collect()
         if gpu:
@@ -479,18 +494,16 @@ def main() -> None:
         f"{f'{peak:g} TFLOP/s bf16' if peak else 'n/a'} ({peak_source}); {warmup} warm-up + {repeats} timed steps",
         flush=True,
     )
-    rows, per_sample, profiles = [], {}, []
+    rows, per_sample = [], {}
     for case in todo:
         row, seconds, text = run_case(case, profile, device, (warmup, repeats), peak, args.profile_ops)
         rows.append(row)
         if seconds is not None:
             per_sample[case.name] = seconds
-        if text:
-            profiles.append(text)
+        if text:  # printed as the case ends, like its row: a part cut short by its time limit keeps it
+            print("Where its step's time goes (torch.profiler, two steps):\n" + text, flush=True)
     rows += token_cache_ratios(per_sample)
     print_table(f"Training-step FLOP/s and MFU ({name}, {profile} profile)", rows)
-    if profiles:
-        print("\nWhere each step's time goes (torch.profiler, two steps):\n" + "\n".join(profiles))
     log_to_mlflow(args.mlflow, "gpu_mfu", rows, {"device": name, "peak_tflops": peak, "profile": profile})
 
 

@@ -47,7 +47,7 @@ from gigatok.models.attention import set_fused_attention  # noqa: E402
 from gigatok.models.discriminator import PatchDiscriminator  # noqa: E402
 from gigatok.models.tokenizer import build_tokenizer  # noqa: E402
 from gigatok.perceptual import build_perceptual_loss  # noqa: E402
-from gigatok.performance import autocast_dtype, maybe_compile, prepare_module  # noqa: E402
+from gigatok.performance import autocast_dtype, compiles, maybe_compile, prepare_module  # noqa: E402
 from gigatok.semantic_encoders import build_semantic_encoder  # noqa: E402
 from gigatok.semantic_targets import SemanticTargets  # noqa: E402
 from gigatok.train.optimizer import build_optimizer  # noqa: E402
@@ -90,7 +90,7 @@ def variants(device: torch.device, with_compile: bool, with_bf16: bool) -> dict[
 
 def resolved(perf: PerformanceConfig, device: torch.device) -> tuple[object, ...]:
     """What ``perf`` does on ``device`` (autocast 'auto' resolved), to recognise the default among the variants."""
-    return perf.fused_attention, perf.channels_last, autocast_dtype(perf, device), perf.compile
+    return perf.fused_attention, perf.channels_last, autocast_dtype(perf, device), compiles(perf, device, "tokenizer")
 
 
 def build_modules(
@@ -105,7 +105,14 @@ def build_modules(
         perceptual = prepare_module(build_perceptual_loss(allow_substitute=True).to(device), perf)
     opt_g, opt_d = build_optimizer(cfg, model.parameters()), build_optimizer(cfg, disc.parameters())
     return StepModules(
-        model, disc, perceptual, semantic, opt_g, opt_d, maybe_compile(model, perf), maybe_compile(disc, perf)
+        model,
+        disc,
+        perceptual,
+        semantic,
+        opt_g,
+        opt_d,
+        maybe_compile(model, perf, device, "tokenizer"),
+        maybe_compile(disc, perf, device, "tokenizer"),
     )
 
 
@@ -153,7 +160,7 @@ def bench_setting(setting: Setting, args: argparse.Namespace, device: torch.devi
     for group_index, perfs in enumerate(groups):
         calls = {}
         for name, perf in perfs.items():
-            key = (perf.channels_last, perf.compile)
+            key = (perf.channels_last, compiles(perf, device, "tokenizer"))
             if key not in built:
                 built[key] = build_modules(cfg, perf, semantic, device)
             modules, run_cfg = built[key], dataclasses.replace(cfg, performance=perf)

@@ -2,10 +2,11 @@
 (:mod:`gigatok.flops`) into GPU-hours (:mod:`gigatok.launch.estimate`).
 
 Every entry is a measurement, never a guess: ``python bench/gpu_mfu.py`` on one GPU, each training step's FLOPs
-(``FlopCounterMode``: the FLOPs :mod:`gigatok.flops` counts, docs/flops.md) over its median wall time, eager, default
-performance switches (SDPA attention, NCHW), per-GPU batches of an 8-GPU job. A GPU type with no entry has no
-estimate: add its rows after running the bench there. A size with no entry of its own borrows the nearest measured
-size of its family (:func:`lookup` says so); a precision with no entry in the family has none.
+(``FlopCounterMode``: the FLOPs :mod:`gigatok.flops` counts, docs/flops.md) over its median wall time, default
+performance switches (SDPA attention, NCHW), eager or compiled (``compiled``), per-GPU batches of an 8-GPU job. A GPU
+type with no entry has no estimate: add its rows after running the bench there. A size with no entry of its own
+borrows the nearest measured size of its family, and a step compiled (or eager) with no such entry in its family the
+other form's (:func:`lookup` says so); a precision with no entry in the family has none.
 
 No torch: the dry run prices a whole plan with this.
 """
@@ -47,6 +48,7 @@ class Throughput:
     measured: str  # date, ISO
     source: str  # the command that measured it
     note: str = ""
+    compiled: bool = False  # the step under torch.compile (performance.compile), else eager
 
     @property
     def mfu(self) -> float:
@@ -54,10 +56,20 @@ class Throughput:
 
     @property
     def label(self) -> str:
-        return f"{self.family} {self.size}" if self.family == "tokenizer" else f"AR-{self.size}"
+        name = f"{self.family} {self.size}" if self.family == "tokenizer" else f"AR-{self.size}"
+        return f"{name} compiled" if self.compiled else name
 
 
-def _h200(family: Family, size: str, precision: Precision, tflops: float, batch: int, note: str = "") -> Throughput:
+def _h200(
+    family: Family,
+    size: str,
+    precision: Precision,
+    tflops: float,
+    batch: int,
+    note: str = "",
+    measured: str = "2026-11-28",
+    compiled: bool = False,
+) -> Throughput:
     return Throughput(
         gpu="h200",
         family=family,
@@ -68,15 +80,16 @@ def _h200(family: Family, size: str, precision: Precision, tflops: float, batch:
         batch_per_gpu=batch,
         profile="paper",
         kind="1d" if family == "tokenizer" else "",
-        measured="2026-11-28",
-        source=GPU_MFU_BENCH,
+        measured=measured,
+        source=GPU_MFU_BENCH if not compiled else f"{GPU_MFU_BENCH} --quick --models ar:B:32 --variants compile",
         note=note,
+        compiled=compiled,
     )
 
 
 # One H200, 2026-11-28 (README, Benchmarks, "GPU MFU"): the bench's cases "tokenizer S-S bf16", "tokenizer S-S fp32",
-# "tokenizer B-L bf16" (1D, batch 16), "AR-B bf16", "AR-L bf16" (batch 32). Where the README gives MFU, the rate is
-# MFU x 989.
+# "tokenizer B-L bf16" (1D, batch 16), "AR-B bf16", "AR-L bf16" (batch 32), all eager then. Where the README gives
+# MFU, the rate is MFU x 989. 2026-12-04: AR-B compiled, what the AR step runs by default on a GPU since.
 CALIBRATION: tuple[Throughput, ...] = (
     _h200("tokenizer", "S-S", "bf16", 117.0, 16),  # 11.8% MFU
     _h200("tokenizer", "S-S", "fp32", 91.0, 16),
@@ -90,6 +103,16 @@ CALIBRATION: tuple[Throughput, ...] = (
         "the low end of 11-16% MFU over two runs (noisy 32-45 ms steps): its GPU-hours err high",
     ),
     _h200("ar", "L", "bf16", 0.205 * H200_BF16_PEAK_TFLOPS, 32),
+    _h200(
+        "ar",
+        "B",
+        "bf16",
+        325.0,  # 32.9% MFU: 15.6 ms a step against 40.1 ms eager in the same run
+        32,
+        "2 warm-up and 5 timed steps after compilation",
+        measured="2026-12-04",
+        compiled=True,
+    ),
 )
 
 
@@ -123,9 +146,11 @@ def lookup(
     precision: Precision,
     profile: str,
     table: tuple[Throughput, ...] = CALIBRATION,
+    compiled: bool = False,
 ) -> tuple[Throughput, str | None]:
-    """The measured throughput for ``size`` of ``family`` on ``gpu`` at ``precision``, and a note when it is another
-    size's (the nearest measured; on a tie the larger). :class:`CalibrationError` where nothing was measured."""
+    """The measured throughput for ``size`` of ``family`` on ``gpu`` at ``precision``, compiled or eager, and a note
+    when it is another size's (the nearest measured; on a tie the larger) or the other form's (where the family has
+    none of this form). :class:`CalibrationError` where nothing was measured at that precision."""
     check_gpu(gpu, table)
     on_gpu = [t for t in table if t.gpu == gpu]
     at_profile = [t for t in on_gpu if t.profile == profile]
@@ -143,9 +168,14 @@ def lookup(
             f"no {what} throughput measured on {gpu} at {precision} (performance.autocast={autocast}); measured: "
             + ", ".join(sorted({f"{t.label} {t.precision}" for t in at_profile}))
         )
-    rank = size_rank(family, size)
-    best = min(candidates, key=lambda t: (abs(size_rank(family, t.size) - rank), -size_rank(family, t.size)))
-    if best.size == size:
-        return best, None
     what = f"tokenizer {size}" if family == "tokenizer" else f"AR-{size}"
-    return best, f"{what}: throughput of {best.label} (nearest measured)"
+    form = "compiled" if compiled else "eager"
+    same_form = [t for t in candidates if t.compiled == compiled]
+    notes = [] if same_form else [f"{what}: no {form} step measured on {gpu}; priced at the other form's rate"]
+    rank = size_rank(family, size)
+    best = min(
+        same_form or candidates, key=lambda t: (abs(size_rank(family, t.size) - rank), -size_rank(family, t.size))
+    )
+    if best.size != size:
+        notes.append(f"{what}: throughput of {best.label} (nearest measured)")
+    return best, "; ".join(notes) or None

@@ -538,7 +538,12 @@ class PerformanceConfig:
     fused_attention: bool = True  # F.scaled_dot_product_attention; False: the explicit softmax(q k^T) v reference
     channels_last: bool = False  # NHWC activations and convolution weights in the CNNs, LPIPS and the discriminator
     autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere (CPU bf16 is emulated)
-    compile: bool = False  # torch.compile the training forward; pays minutes of compilation at the first step
+    # torch.compile of the training forward (gigatok.performance.compiles): True, False, or "auto": the AR step on
+    # CUDA, unsharded, and nothing else. One H200 (bench/gpu_mfu.py, 2026-12-04): AR-B at batch 32 15.6 ms a step
+    # compiled against 40.1 ms eager (2.6x; 33% MFU against 13%), ~30 s of compilation. Not the tokenizer: Inductor
+    # (torch 2.11) failed on its backward, and without that pass it compiled for over 150 s; to measure again. Not
+    # on a CPU: minutes of C++ compilation for a tiny run of minutes.
+    compile: bool | Literal["auto"] = "auto"
     # How several processes share the model (gigatok.fsdp): "ddp" replicates it and averages gradients; "fsdp" shards
     # parameters, gradients and optimizer states over the ranks (FSDP2, one unit per transformer block) and saves
     # sharded checkpoints; "auto" is fsdp for the models the authors train with FSDP (tokenizers with an XL or XXL
@@ -549,17 +554,23 @@ class PerformanceConfig:
     # (gigatok.models.checkpointing): the transformers' activations for one more forward of them. For per-GPU
     # batches that do not fit otherwise (the dry run's --estimate prints both); off by default.
     activation_checkpointing: bool = False
-    # torch.backends.cudnn.benchmark: cuDNN times its convolution algorithms at each new shape and keeps the fastest
-    # (a training run's shapes are fixed, so it pays once). Process-wide; set by prepare_module. GPU only.
+    # torch.backends.cudnn.benchmark: cuDNN times its convolution algorithms at each new shape and keeps the fastest.
+    # Process-wide; set by prepare_module. GPU only. Off: on one H200 the tokenizer S-S step took 264 ms with it
+    # against 215 ms without (bench/gpu_mfu.py, 2026-12-04).
     cudnn_benchmark: bool = False
-    # The CNNs' GroupNorms take and return the autocast dtype instead of fp32 (gigatok.models.norms): statistics
-    # still in fp32, only the output's rounding changes. No effect without autocast (the CPU default).
-    low_precision_norms: bool = False
+    # The CNNs' GroupNorms take and return the autocast dtype instead of autocast's fp32 (gigatok.models.norms):
+    # statistics still in fp32, only the output's rounding changes. On one H200 (2026-12-04) the tokenizer step's
+    # peak memory fell 35% (S-S batch 16: 28.5 -> 18.5 GiB; B-L 41.5 -> 32.8 GiB) at the same speed (264.1 vs
+    # 263.7 ms). No effect without autocast (the CPU default).
+    low_precision_norms: bool = True
     # torch.compile's mode when compile is on: "reduce-overhead" adds CUDA graphs (launch-bound steps), and
     # "max-autotune-no-cudagraphs" searches kernels (much longer compilation).
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
 
     def __post_init__(self) -> None:
+        _require(
+            self.compile in (True, False, "auto"), "performance.compile", f"true, false or 'auto', got {self.compile!r}"
+        )
         _require(
             self.compile_mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
             "performance.compile_mode",
@@ -578,6 +589,16 @@ class PerformanceConfig:
 
 
 Parallelism = Literal["ddp", "fsdp"]
+
+
+def compiles_step(perf: PerformanceConfig, part: Literal["tokenizer", "ar"], cuda: bool, sharded: bool) -> bool:
+    """Whether ``part``'s training forward is compiled: ``perf.compile``, where "auto" is the AR step on CUDA when
+    it is not sharded (measured there; FSDP's compiled step is not). Torch-free, for the dry run's pricing too."""
+    if perf.compile == "auto":
+        return part == "ar" and cuda and not sharded
+    return bool(perf.compile)
+
+
 FSDP_TOKENIZER_SIZES = ("XL", "XXL")  # a tokenizer with an encoder or decoder of these sizes shards by default
 FSDP_AR_SIZES = ("XXL",)
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
 
-from gigatok.config import PerformanceConfig
+from gigatok.config import PerformanceConfig, compiles_step
 from gigatok.models.attention import set_fused_attention
 from gigatok.models.checkpointing import enable_activation_checkpointing
 from gigatok.models.norms import set_low_precision_norms
 
 M = TypeVar("M", bound=nn.Module)
+Part = Literal["tokenizer", "ar"]
 
 
 def autocast_dtype(perf: PerformanceConfig, device: torch.device) -> torch.dtype | None:
@@ -56,7 +57,14 @@ def prepare_images(images: torch.Tensor, perf: PerformanceConfig) -> torch.Tenso
     return images.contiguous(memory_format=torch.channels_last) if perf.channels_last else images
 
 
-def maybe_compile(fn: Callable[..., Any], perf: PerformanceConfig) -> Callable[..., Any]:
-    """``torch.compile(fn)`` when asked. The loops compile the DDP-wrapped module: compile then splits its graph at
-    DDP's gradient buckets, so the all-reduces still overlap the backward pass."""
-    return torch.compile(fn, mode=perf.compile_mode) if perf.compile else fn
+def compiles(perf: PerformanceConfig, device: torch.device, part: Part, sharded: bool = False) -> bool:
+    """Whether ``part``'s training forward is compiled on ``device`` (:func:`gigatok.config.compiles_step`)."""
+    return compiles_step(perf, part, device.type == "cuda", sharded)
+
+
+def maybe_compile(
+    fn: Callable[..., Any], perf: PerformanceConfig, device: torch.device, part: Part, sharded: bool = False
+) -> Callable[..., Any]:
+    """``torch.compile(fn)`` where :func:`compiles` says so. The loops compile the DDP-wrapped module: compile then
+    splits its graph at DDP's gradient buckets, so the all-reduces still overlap the backward pass."""
+    return torch.compile(fn, mode=perf.compile_mode) if compiles(perf, device, part, sharded) else fn

@@ -203,7 +203,7 @@ def print_estimate(study: str, profile: str, est: launch.Estimate) -> None:
     for why in est.free_reasons():
         print(f"  {why}: {FREE[why]}")
     if est.used:
-        print("throughput measured per GPU (MFU against the dense bf16 peak), eager, default performance switches:")
+        print("throughput measured per GPU (MFU against the dense bf16 peak), default performance switches:")
     for t in est.used:
         print(
             f"  {t.label} {t.precision}: {t.achieved_tflops:.1f} TFLOP/s = {t.mfu:.1%} of {t.peak_tflops:g}, batch "

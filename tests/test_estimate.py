@@ -27,9 +27,10 @@ def context(tmp_path: Path) -> RunContext:
     return RunContext(str(tmp_path / "runs"), f"sqlite:///{tmp_path}/mlflow.db")
 
 
-def rate(family: str, size: str) -> float:
-    """The measured TFLOP/s of the calibration entry of exactly this size on the H200."""
-    (entry,) = [t for t in CALIBRATION if (t.gpu, t.family, t.size, t.precision) == ("h200", family, size, "bf16")]
+def rate(family: str, size: str, compiled: bool = False) -> float:
+    """The measured TFLOP/s of the calibration entry of exactly this size and form on the H200."""
+    key = ("h200", family, size, "bf16", compiled)
+    (entry,) = [t for t in CALIBRATION if (t.gpu, t.family, t.size, t.precision, t.compiled) == key]
     return entry.achieved_tflops
 
 
@@ -54,7 +55,8 @@ def test_each_stage_is_priced_at_its_familys_measured_rate(tmp_path: Path) -> No
     assert run.stages["tokenizer"].gpu_hours == pytest.approx(
         flops["tokenizer"] / (rate("tokenizer", "S-S") * 1e12) / 3600
     )
-    assert run.stages["ar"].gpu_hours == pytest.approx(flops["ar"] / (rate("ar", "B") * 1e12) / 3600)
+    # The AR step runs compiled on a GPU by default (performance.compile "auto"): priced at the compiled rate.
+    assert run.stages["ar"].gpu_hours == pytest.approx(flops["ar"] / (rate("ar", "B", compiled=True) * 1e12) / 3600)
     assert est.gpu_hours == pytest.approx(run.stages["tokenizer"].gpu_hours + run.stages["ar"].gpu_hours)
     assert est.wall_hours == pytest.approx(est.gpu_hours / 8)
     # Eight GPUs or sixteen: the same GPU-hours, half the wall time.
@@ -73,6 +75,19 @@ def test_unmeasured_sizes_borrow_the_nearest_measured_one_and_say_so() -> None:
     assert lookup("h200", "tokenizer", "S-B", "bf16", "paper")[0].size == "S-S"  # rank 1: nearer S-S (0) than B-L (3)
     entry, note = lookup("h200", "tokenizer", "XL-XXL", "bf16", "paper")
     assert entry.size == "B-L" and note == "tokenizer XL-XXL: throughput of tokenizer B-L (nearest measured)"
+    # Compiled: AR-B's own; AR-L borrows AR-B's compiled rate before its own eager one; a compiled tokenizer, with
+    # none measured, takes the eager rate and says so.
+    assert lookup("h200", "ar", "B", "bf16", "paper", compiled=True)[0].compiled
+    entry, note = lookup("h200", "ar", "L", "bf16", "paper", compiled=True)
+    assert (entry.size, entry.compiled) == (
+        "B",
+        True,
+    ) and note == "AR-L: throughput of AR-B compiled (nearest measured)"
+    entry, note = lookup("h200", "tokenizer", "S-S", "bf16", "paper", compiled=True)
+    assert (
+        not entry.compiled
+        and note == "tokenizer S-S: no compiled step measured on h200; priced at the other form's rate"
+    )
     with pytest.raises(CalibrationError, match="no AR throughput measured on h200 at fp32"):
         lookup("h200", "ar", "B", "fp32", "paper")
     with pytest.raises(CalibrationError, match="--profile tiny"):
@@ -82,12 +97,14 @@ def test_unmeasured_sizes_borrow_the_nearest_measured_one_and_say_so() -> None:
 def test_the_calibration_holds_measurements_only() -> None:
     assert calibrated_gpus() == ["h200"]
     for t in CALIBRATION:
-        assert t.source == "python bench/gpu_mfu.py" and t.measured == "2026-11-28" and t.profile == "paper"
+        assert t.source.startswith("python bench/gpu_mfu.py") and t.profile == "paper"
+        assert t.measured == ("2026-12-04" if t.compiled else "2026-11-28")
         assert 0 < t.mfu < 1 and t.batch_per_gpu in (16, 32)
     # The README's numbers: S-S 117 TFLOP/s = 11.8%, B-L 12.0%, AR-L 20.5% MFU of the H200's 989.
     assert rate("tokenizer", "S-S") == 117.0 and round(rate("tokenizer", "S-S") / 989, 3) == 0.118
     assert rate("tokenizer", "B-L") / 989 == pytest.approx(0.120)
     assert rate("ar", "L") / 989 == pytest.approx(0.205)
+    assert rate("ar", "B", compiled=True) == 325.0  # 2026-12-04: AR-B compiled, 32.9% MFU
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -173,6 +190,7 @@ def test_estimate_of_a_study_end_to_end(
     assert "days" in total
     assert "tokenizer XL-XXL: throughput of tokenizer B-L (nearest measured)" in out
     assert "tokenizer S-S bf16: 117.0 TFLOP/s" in out and "python bench/gpu_mfu.py" in out and "2026-11-28" in out
+    assert "AR-B compiled bf16: 325.0 TFLOP/s = 32.9% of 989" in out  # the AR step's default form on a GPU
     assert "not priced: evaluation" in out
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()  # a dry run writes nothing
 
@@ -184,7 +202,7 @@ def test_estimate_of_a_study_end_to_end(
         sum(
             flops["tokenizer"]
             / (rate("tokenizer", "S-S" if s.tokenizer.tokenizer.name in ("S-S", "S-B") else "B-L") * 1e12)
-            + flops["ar"] / (rate("ar", "B") * 1e12)
+            + flops["ar"] / (rate("ar", "B", compiled=True) * 1e12)
             for s in specs
             for flops in [run_training_flops(s)]
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from gigatok.models.cnn import CNNDecoder, depth_to_space
 from gigatok.models.norms import GroupNorm
 from gigatok.models.quantizer import VectorQuantizer
 from gigatok.models.tokenizer import build_tokenizer
-from gigatok.performance import autocast, autocast_dtype, prepare_images, prepare_module
+from gigatok.performance import autocast, autocast_dtype, compiles, prepare_images, prepare_module
 
 PLAIN = PerformanceConfig(fused_attention=False, channels_last=False, autocast="off")
 ALL_ON = PerformanceConfig(fused_attention=True, channels_last=True, autocast="bf16")
@@ -167,7 +168,8 @@ def test_low_precision_norms_round_only_the_output() -> None:
     torch.nn.init.normal_(norm.bias)
     x = (torch.randn(2, 16, 8, 8) * 3 + 1).bfloat16()  # a bf16 convolution's output
     reference = F.group_norm(x.float(), 4, norm.weight, norm.bias, 1e-6)
-    bf16 = PerformanceConfig(autocast="bf16", low_precision_norms=True)
+    bf16 = PerformanceConfig(autocast="bf16")
+    assert bf16.low_precision_norms  # the default
     prepare_module(norm, bf16)
     assert norm.compute_in_autocast_dtype
     with autocast(bf16, torch.device("cpu")):
@@ -175,7 +177,7 @@ def test_low_precision_norms_round_only_the_output() -> None:
     assert low.dtype == torch.bfloat16
     assert torch.allclose(low.float(), reference, rtol=2**-7, atol=2**-7)  # within bf16's rounding of the output
     assert torch.equal(norm(x.float()), reference)  # no autocast: the fp32 module
-    prepare_module(norm, PerformanceConfig(autocast="bf16"))
+    prepare_module(norm, PerformanceConfig(autocast="bf16", low_precision_norms=False))
     with autocast(bf16, torch.device("cpu")):  # switch off: autocast's own policy for group_norm, as before
         assert torch.equal(norm(x), F.group_norm(x, 4, norm.weight, norm.bias, 1e-6))
     assert torch.backends.cudnn.benchmark is False
@@ -190,6 +192,23 @@ def test_cudnn_benchmark_and_compile_mode_are_applied() -> None:
     assert torch.backends.cudnn.benchmark is False
     with pytest.raises(ValueError, match="performance.compile_mode"):
         PerformanceConfig(compile_mode="fast")  # type: ignore[arg-type]
+
+
+def test_compile_auto_is_the_unsharded_ar_step_on_cuda_only() -> None:
+    """ "auto" (the default) compiles where it was measured to pay: the AR step on a GPU, not under FSDP, not the
+    tokenizer, nothing on a CPU; True and False are what they say, and --set reads all three."""
+    from gigatok.study import _convert
+
+    auto, cuda, cpu = PerformanceConfig(), torch.device("cuda"), torch.device("cpu")
+    assert auto.compile == "auto"
+    assert compiles(auto, cuda, "ar") and not compiles(auto, cuda, "ar", sharded=True)
+    assert not compiles(auto, cuda, "tokenizer") and not compiles(auto, cpu, "ar")
+    assert compiles(PerformanceConfig(compile=True), cpu, "tokenizer")
+    assert not compiles(PerformanceConfig(compile=False), cuda, "ar")
+    hint = typing.get_type_hints(PerformanceConfig)["compile"]
+    assert [_convert(hint, raw, "ar.performance.compile") for raw in ("auto", "true", "false")] == ["auto", True, False]
+    with pytest.raises(ValueError, match="performance.compile"):
+        PerformanceConfig(compile="yes")  # type: ignore[arg-type]
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, module: object) -> list[PerformanceConfig]:

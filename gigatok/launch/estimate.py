@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gigatok.calibration import CalibrationError, Family, Precision, Throughput, check_gpu, lookup
-from gigatok.config import PerformanceConfig
+from gigatok.config import PerformanceConfig, ar_parallelism, compiles_step, tokenizer_parallelism
 from gigatok.launch.common import UsageError
 from gigatok.runs.spec import RunContext, RunSpec
 
@@ -50,6 +50,12 @@ def wall_hours(hours_of_gpu: float, gpus: int) -> float:
 def precision_of(perf: PerformanceConfig) -> Precision:
     """The precision a run trains at on a GPU: autocast "auto" is bf16 on CUDA."""
     return "fp32" if perf.autocast == "off" else "bf16"
+
+
+def compiled_on_gpu(cfg: Any, stage: Family) -> bool:
+    """Whether the stage's training step runs compiled on a GPU (performance.compile, "auto" resolved as there)."""
+    sharded = (tokenizer_parallelism(cfg) if stage == "tokenizer" else ar_parallelism(cfg)) == "fsdp"
+    return compiles_step(cfg.performance, stage, cuda=True, sharded=sharded)
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ class Estimate:
                     "throughput_of": t.label,
                     "gpu": t.gpu,
                     "precision": t.precision,
+                    "compiled": t.compiled,
                     "achieved_tflops": t.achieved_tflops,
                     "mfu": t.mfu,
                     "batch_per_gpu": t.batch_per_gpu,
@@ -172,7 +179,7 @@ class _Pricer:
     def __init__(self, gpu: str, gpus: int) -> None:
         self.gpu, self.gpus = gpu, gpus
         self.paid_by: dict[str, str] = {}  # stage folder -> the run that pays for it
-        self.used: dict[tuple[str, str, str], Throughput] = {}
+        self.used: dict[tuple[str, str, str, bool], Throughput] = {}
         self.notes: dict[str, None] = {}  # ordered set
 
     def stage(self, spec: RunSpec, stage: Family, flops: float, free: str, folder: str) -> StageCost:
@@ -188,10 +195,12 @@ class _Pricer:
         cfg: Any = spec.tokenizer if stage == "tokenizer" else spec.ar
         size = spec.tokenizer.tokenizer.name if stage == "tokenizer" else cfg.size
         try:
-            rate, borrowed = lookup(self.gpu, stage, size, precision_of(cfg.performance), spec.profile)
+            rate, borrowed = lookup(
+                self.gpu, stage, size, precision_of(cfg.performance), spec.profile, compiled=compiled_on_gpu(cfg, stage)
+            )
         except CalibrationError as exc:
             raise UsageError(str(exc)) from None
-        self.used[(rate.family, rate.size, rate.precision)] = rate
+        self.used[(rate.family, rate.size, rate.precision, rate.compiled)] = rate
         if borrowed:
             self.notes[borrowed] = None
         kind = spec.tokenizer.tokenizer.kind

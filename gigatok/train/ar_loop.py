@@ -180,7 +180,7 @@ def _step_fn(
     sharded model is called as it is: its loss calls its forward, where FSDP gathers and reduces."""
     device, perf, grad_clip = run.device, cfg.performance, cfg.train.grad_clip
     loss_fn = model.loss if is_sharded(model) else wrap_ddp(_TrainingLoss(model), run.env)
-    training_loss = maybe_compile(loss_fn, perf)
+    training_loss = maybe_compile(loss_fn, perf, device, "ar", sharded=is_sharded(model))
 
     def one_step(indices: list[int], at: int) -> dict[str, torch.Tensor]:
         tokens, labels = train_cache.batch(torch.tensor(indices))

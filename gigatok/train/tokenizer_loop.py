@@ -338,7 +338,9 @@ def _step_modules(built: _Built, cfg: TokenizerRunConfig, env: DistEnv) -> StepM
     broadcasts rank 0's weights, so this comes after the resume: every rank starts from the checkpoint's."""
     perf = cfg.performance
     generator = built.model if is_sharded(built.model) else wrap_ddp(built.model, env)
-    net, disc_net = maybe_compile(generator, perf), maybe_compile(wrap_ddp(built.disc, env), perf)
+    device, sharded = next(built.model.parameters()).device, is_sharded(built.model)
+    net = maybe_compile(generator, perf, device, "tokenizer", sharded)
+    disc_net = maybe_compile(wrap_ddp(built.disc, env), perf, device, "tokenizer")
     return StepModules(
         built.model, built.disc, built.perceptual, built.semantic, built.opt_g, built.opt_d, net, disc_net, built.usage
     )
