@@ -284,6 +284,7 @@ VARIANT_SWITCHES: dict[str, dict[str, object]] = {
     "fp32norm": {"low_precision_norms": False},
     "compile": {"compile": True},
     "ro": {"compile": True, "compile_mode": "reduce-overhead"},
+    "blocks": {"compile": True, "compile_scope": "blocks"},  # each block compiled on its own
     "ckpt": {"activation_checkpointing": True},
 }
 

@@ -9,7 +9,7 @@ nothing else is installed).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -17,7 +17,8 @@ from torch import nn
 
 from gigatok.config import PerformanceConfig, compiles_step
 from gigatok.models.attention import set_fused_attention
-from gigatok.models.checkpointing import enable_activation_checkpointing
+from gigatok.models.checkpointing import checkpoint_units, enable_activation_checkpointing
+from gigatok.models.cnn import AttnBlock, ResnetBlock
 from gigatok.models.norms import set_low_precision_norms
 
 M = TypeVar("M", bound=nn.Module)
@@ -62,9 +63,27 @@ def compiles(perf: PerformanceConfig, device: torch.device, part: Part, sharded:
     return compiles_step(perf, part, device.type == "cuda", sharded)
 
 
+def compile_units(module: nn.Module) -> Iterator[nn.Module]:
+    """What ``compile_scope="blocks"`` compiles: every transformer block (those activation checkpointing wraps) and
+    every residual and attention block of the CNNs."""
+    yield from checkpoint_units(module)
+    yield from (child for child in module.modules() if isinstance(child, ResnetBlock | AttnBlock))
+
+
 def maybe_compile(
     fn: Callable[..., Any], perf: PerformanceConfig, device: torch.device, part: Part, sharded: bool = False
 ) -> Callable[..., Any]:
     """``torch.compile(fn)`` where :func:`compiles` says so. The loops compile the DDP-wrapped module: compile then
-    splits its graph at DDP's gradient buckets, so the all-reduces still overlap the backward pass."""
-    return torch.compile(fn, mode=perf.compile_mode) if compiles(perf, device, part, sharded) else fn
+    splits its graph at DDP's gradient buckets, so the all-reduces still overlap the backward pass. With
+    ``compile_scope="blocks"`` the blocks of the module behind ``fn`` (a module, a DDP wrapper's module, or a bound
+    method's owner) are compiled in place instead and ``fn`` is returned as it is."""
+    if not compiles(perf, device, part, sharded):
+        return fn
+    if perf.compile_scope == "model":
+        return torch.compile(fn, mode=perf.compile_mode)
+    owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+    if not isinstance(owner, nn.Module):
+        raise TypeError(f"performance.compile_scope='blocks': {fn!r} is neither a module nor a module's method")
+    for unit in compile_units(getattr(owner, "module", owner)):  # DDP keeps the model as .module
+        unit.compile(mode=perf.compile_mode)
+    return fn

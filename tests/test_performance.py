@@ -19,7 +19,15 @@ from gigatok.models.cnn import CNNDecoder, depth_to_space
 from gigatok.models.norms import GroupNorm
 from gigatok.models.quantizer import VectorQuantizer
 from gigatok.models.tokenizer import build_tokenizer
-from gigatok.performance import autocast, autocast_dtype, compiles, prepare_images, prepare_module
+from gigatok.performance import (
+    autocast,
+    autocast_dtype,
+    compile_units,
+    compiles,
+    maybe_compile,
+    prepare_images,
+    prepare_module,
+)
 
 PLAIN = PerformanceConfig(fused_attention=False, channels_last=False, autocast="off")
 ALL_ON = PerformanceConfig(fused_attention=True, channels_last=True, autocast="bf16")
@@ -209,6 +217,29 @@ def test_compile_auto_is_the_unsharded_ar_step_on_cuda_only() -> None:
     assert [_convert(hint, raw, "ar.performance.compile") for raw in ("auto", "true", "false")] == ["auto", True, False]
     with pytest.raises(ValueError, match="performance.compile"):
         PerformanceConfig(compile="yes")  # type: ignore[arg-type]
+
+
+def test_block_scope_compiles_each_block_in_place() -> None:
+    """compile_scope="blocks" compiles every transformer and CNN block of the module behind the step (a module, or
+    a module's method as the AR loop passes) and hands the step back uncompiled; "model" compiles the step itself.
+    (Nothing is run here: compiling costs minutes on a CPU; bench/gpu_mfu.py measures it on a GPU.)"""
+    perf = PerformanceConfig(compile=True, compile_scope="blocks")
+    cpu = torch.device("cpu")
+    tokenizer = build_tokenizer(tokenizer_run("S-S", kind="2d").tokenizer)
+    units = list(compile_units(tokenizer))
+    kinds = {type(u).__name__ for u in units}
+    assert {"ResnetBlock", "ViTBlock"} <= kinds and len(units) == len({id(u) for u in units})
+    assert maybe_compile(tokenizer, perf, cpu, "tokenizer") is tokenizer
+    assert all(u._compiled_call_impl is not None for u in units)
+    ar = build_ar_model(ar_run(tokenizer_run("S-S"), "B").model)
+    assert maybe_compile(ar.loss, perf, cpu, "ar") == ar.loss
+    assert all(layer._compiled_call_impl is not None for layer in ar.layers)
+    whole = maybe_compile(ar.loss, dataclasses.replace(perf, compile_scope="model"), cpu, "ar")
+    assert whole != ar.loss  # a compiled callable
+    with pytest.raises(TypeError, match="compile_scope='blocks'"):
+        maybe_compile(lambda x: x, perf, cpu, "ar")
+    with pytest.raises(ValueError, match="performance.compile_scope"):
+        PerformanceConfig(compile_scope="layers")  # type: ignore[arg-type]
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, module: object) -> list[PerformanceConfig]:
