@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gigatok.config import AR_SIZE_NAMES, SIZE_NAMES, parse_tokenizer_name
+from gigatok.config import AR_SIZE_NAMES, SIZE_NAMES, Part, parse_tokenizer_name
 
-Family = Literal["tokenizer", "ar"]
+Family = Part
 Precision = Literal["bf16", "fp32"]
 
 # The --gpu choices: the GPU types bench/gpu_mfu.py knows a dense bf16 peak for. Measured ones have entries below.
@@ -69,6 +69,7 @@ def _h200(
     note: str = "",
     measured: str = "2026-11-28",
     compiled: bool = False,
+    source: str = GPU_MFU_BENCH,
 ) -> Throughput:
     return Throughput(
         gpu="h200",
@@ -81,7 +82,7 @@ def _h200(
         profile="paper",
         kind="1d" if family == "tokenizer" else "",
         measured=measured,
-        source=GPU_MFU_BENCH if not compiled else f"{GPU_MFU_BENCH} --quick --models ar:B:32 --variants compile",
+        source=source,
         note=note,
         compiled=compiled,
     )
@@ -112,6 +113,7 @@ CALIBRATION: tuple[Throughput, ...] = (
         "2 warm-up and 5 timed steps after compilation",
         measured="2026-12-04",
         compiled=True,
+        source=f"{GPU_MFU_BENCH} --quick --models ar:B:32 --variants compile",
     ),
 )
 

@@ -598,9 +598,10 @@ class PerformanceConfig:
 
 
 Parallelism = Literal["ddp", "fsdp"]
+Part = Literal["tokenizer", "ar"]  # the two trained models, as the performance switches and the pricing name them
 
 
-def compiles_step(perf: PerformanceConfig, part: Literal["tokenizer", "ar"], cuda: bool, sharded: bool) -> bool:
+def compiles_step(perf: PerformanceConfig, part: Part, cuda: bool, sharded: bool) -> bool:
     """Whether ``part``'s training forward is compiled: ``perf.compile``, where "auto" is the AR step on CUDA when
     it is not sharded (measured there; FSDP's compiled step is not). Torch-free, for the dry run's pricing too."""
     if perf.compile == "auto":

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from gigatok.config import PerformanceConfig, compiles_step
+from gigatok.config import Part, PerformanceConfig, compiles_step
 from gigatok.models.attention import set_fused_attention
 from gigatok.models.checkpointing import checkpoint_units, enable_activation_checkpointing
 from gigatok.models.cnn import AttnBlock, ResnetBlock
 from gigatok.models.norms import set_low_precision_norms
 
 M = TypeVar("M", bound=nn.Module)
-Part = Literal["tokenizer", "ar"]
 
 
 def autocast_dtype(perf: PerformanceConfig, device: torch.device) -> torch.dtype | None:

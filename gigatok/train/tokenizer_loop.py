@@ -333,12 +333,12 @@ def _build(
     return _Built(model, disc, perceptual, semantic, opt_g, opt_d, usage, substitutes, perceptual_note)
 
 
-def _step_modules(built: _Built, cfg: TokenizerRunConfig, env: DistEnv) -> StepModules:
+def _step_modules(built: _Built, cfg: TokenizerRunConfig, env: DistEnv, device: torch.device) -> StepModules:
     """The modules a step runs, its passes behind DDP (which averages the gradients in backward). DDP's constructor
     broadcasts rank 0's weights, so this comes after the resume: every rank starts from the checkpoint's."""
     perf = cfg.performance
-    generator = built.model if is_sharded(built.model) else wrap_ddp(built.model, env)
-    device, sharded = next(built.model.parameters()).device, is_sharded(built.model)
+    sharded = is_sharded(built.model)
+    generator = built.model if sharded else wrap_ddp(built.model, env)
     net = maybe_compile(generator, perf, device, "tokenizer", sharded)
     disc_net = maybe_compile(wrap_ddp(built.disc, env), perf, device, "tokenizer")
     return StepModules(
@@ -445,7 +445,7 @@ def train_tokenizer(
     built = _build(cfg, run, dataset, weights_dir, allow_substitutes, perceptual_note)
     schedule = cosine_schedule(cfg, total_steps)  # the LR is a function of the step alone: nothing to save
     resume(run, cfg.train.seed, lambda state: built.load(state, run.env))
-    modules = _step_modules(built, cfg, run.env)
+    modules = _step_modules(built, cfg, run.env, run.device)
     checkpoint = checkpointer(
         run,
         cfg.hash(),
