@@ -464,24 +464,33 @@ def train_split_size(data: DataConfig) -> int:
     return IMAGENET_TRAIN_IMAGES
 
 
-def tokenizer_training_flops(cfg: TokenizerRunConfig, dataset_size: int | None = None) -> float:
-    """Every step of the tokenizer's schedule (:func:`gigatok.train.steps.tokenizer_total_steps`), each at its
-    phase: the steps between the phase changes (shortcut over, GAN on) cost the same."""
+def tokenizer_phases(cfg: TokenizerRunConfig, dataset_size: int | None = None) -> list[tuple[int, int]]:
+    """The tokenizer's schedule (:func:`gigatok.train.steps.tokenizer_total_steps`) as ``(start, end)`` step ranges
+    between the phase changes (shortcut over, GAN on): the steps of one range cost the same."""
     steps = tokenizer_total_steps(cfg.train, train_split_size(cfg.data) if dataset_size is None else dataset_size)
     changes = {cfg.loss.shortcut_end_step - 1, cfg.loss.gan_start_step}
-    bounds = sorted({0, steps, *(s for s in changes if 0 < s < steps)})
-    return sum((end - start) * tokenizer_step_flops(cfg, start)["total"] for start, end in pairwise(bounds))
+    return list(pairwise(sorted({0, steps, *(s for s in changes if 0 < s < steps)})))
 
 
-def ar_training_flops(cfg: ARRunConfig, dataset_size: int | None = None) -> float:
-    """Every step of the AR schedule (:mod:`gigatok.train.steps`) over the token cache of the training split, one
-    row per view of each image (gigatok.token_views)."""
+def tokenizer_training_flops(cfg: TokenizerRunConfig, dataset_size: int | None = None) -> float:
+    """Every step of the tokenizer's schedule, each at its phase (:func:`tokenizer_phases`)."""
+    phases = tokenizer_phases(cfg, dataset_size)
+    return sum((end - start) * tokenizer_step_flops(cfg, start)["total"] for start, end in phases)
+
+
+def ar_training_steps(cfg: ARRunConfig, dataset_size: int | None = None) -> int:
+    """The AR schedule's steps (:mod:`gigatok.train.steps`) over the token cache of the training split, one row per
+    view of each image (gigatok.token_views)."""
     from gigatok.token_views import view_set
 
     images = train_split_size(cfg.tokenizer.data) if dataset_size is None else dataset_size
     rows = images * len(view_set(cfg.train.views).crops)
-    steps = ar_total_steps(cfg.train, ar_steps_per_epoch(cfg.train, images, rows))
-    return steps * ar_step_flops(cfg)
+    return ar_total_steps(cfg.train, ar_steps_per_epoch(cfg.train, images, rows))
+
+
+def ar_training_flops(cfg: ARRunConfig, dataset_size: int | None = None) -> float:
+    """Every step of the AR schedule (:func:`ar_training_steps`)."""
+    return ar_training_steps(cfg, dataset_size) * ar_step_flops(cfg)
 
 
 def run_training_flops(spec: RunSpec, dataset_size: int | None = None) -> dict[str, float]:

@@ -26,19 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
 from typing import Any
 
 from gigatok import launch, logs
 from gigatok.calibration import GPU_TYPES
 from gigatok.config import get_profile
 from gigatok.dispatch import check_executor_name
-from gigatok.launch.estimate import DEFAULT_GPU, DEFAULT_GPUS, FREE, LEFT_OUT
+from gigatok.launch.estimate import DEFAULT_GPU, DEFAULT_GPUS
+from gigatok.launch.local_estimate import estimate_here
 from gigatok.launch.memory import memory_lines
 from gigatok.pipeline import RunContext, RunSpec
 from gigatok.study import SEED_FACTOR, get_study
 from gigatok.tracking_schema import study_view_path
 from studies import cfg_search
+from studies.estimate_report import print_estimate, print_local_estimate
 from studies.options import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -76,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--gpus", type=int, default=None, help=f"with --estimate: GPUs the plan runs on (default {DEFAULT_GPUS})"
+    )
+    p.add_argument(
+        "--here",
+        action="store_true",
+        help="with --estimate: time each training step of the plan on this machine, as a local worker runs it, and "
+        "forecast the local workers' wall time (instead of pricing GPU-hours)",
     )
     p.add_argument("--status", action="store_true", help="show each run's state from MLflow and Slurm and exit")
     p.add_argument("--profile", default="tiny", help=PROFILE_HELP)
@@ -172,54 +179,11 @@ def cmd_dry_run(args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext)
     return 0
 
 
-def _sci(x: float) -> str:
-    return f"{x:.2e}".replace("e+", "e") if x else "0"
-
-
-def _stage_cells(stage: launch.StageCost | None) -> tuple[str, str]:
-    """A stage's FLOPs and GPU-hours cells: the numbers where this run pays, else why it costs nothing."""
-    if stage is None:
-        return "-", "-"
-    if not stage.paid:
-        return stage.why, "0"
-    return _sci(stage.flops), f"{stage.gpu_hours:,.1f}"
-
-
-def print_estimate(study: str, profile: str, est: launch.Estimate) -> None:
-    """The estimate as a table, one row per run and the total, then what it rests on and what it leaves out."""
-    width = max([34, *(len(" ".join(f"{k}={v}" for k, v in r.factors.items())) for r in est.runs)])
-    row = f"{{:12}}  {{:{width}}} {{:>9}} {{:>9}} {{:>10}} {{:>9}} {{:>10}} {{:>11}}"
-    print(f"study {study} at profile {profile}: {len(est.runs)} runs, training on {est.gpus} x {est.gpu}")
-    print(row.format("hash", "factors", "tok FLOPs", "AR FLOPs", "tok GPU-h", "AR GPU-h", "GPU-h", f"wall {est.gpus}x"))
-    for r in est.runs:
-        (tok_flops, tok_h), (ar_flops, ar_h) = _stage_cells(r.stages["tokenizer"]), _stage_cells(r.stages.get("ar"))
-        factors = " ".join(f"{k}={v}" for k, v in r.factors.items())
-        hours = (f"{r.gpu_hours:,.1f}", f"{r.gpu_hours / est.gpus:,.1f} h")
-        print(row.format(r.hash, factors, tok_flops, ar_flops, tok_h, ar_h, *hours))
-    flops = [_sci(est.stage_flops(s)) for s in ("tokenizer", "ar")]
-    totals = [f"{h:,.1f}" for h in (est.stage_gpu_hours("tokenizer"), est.stage_gpu_hours("ar"), est.gpu_hours)]
-    wall = f"{est.wall_hours:,.1f} h"
-    print(row.format("total", "", *flops, *totals, wall) + f" ({est.wall_hours / 24:,.1f} days)")
-    for why in est.free_reasons():
-        print(f"  {why}: {FREE[why]}")
-    if est.used:
-        print("throughput measured per GPU (MFU against the dense bf16 peak), default performance switches:")
-    for t in est.used:
-        print(
-            f"  {t.label} {t.precision}: {t.achieved_tflops:.1f} TFLOP/s = {t.mfu:.1%} of {t.peak_tflops:g}, batch "
-            f"{t.batch_per_gpu} a GPU ({t.gpu}, {t.measured}, {t.source})"
-        )
-        if t.note:
-            print(f"    {t.note}")
-    for note in est.notes:
-        print(f"  {note}")
-    print(f"evaluation: the generation stage's AR sampling is {_sci(est.sampling_flops)} FLOPs")
-    print(textwrap.fill(LEFT_OUT, 118))
-
-
 def cmd_estimate(
     args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext, tracked: dict[str, Any], problem: str | None
 ) -> int:
+    if args.here:
+        return cmd_estimate_here(args, specs, ctx, tracked, problem)
     gpus = DEFAULT_GPUS if args.gpus is None else args.gpus
     est = launch.estimate_plan(specs, ctx, tracked, args.gpu or DEFAULT_GPU, gpus)
     if args.json:
@@ -229,6 +193,20 @@ def cmd_estimate(
     print("\n".join(memory_lines(specs, gpus)))
     if problem:
         print(f"(MLflow not read, so runs FINISHED there are priced too: {problem})")
+    return 0
+
+
+def cmd_estimate_here(
+    args: argparse.Namespace, specs: list[RunSpec], ctx: RunContext, tracked: dict[str, Any], problem: str | None
+) -> int:
+    workers, threads = launch.local_workers(args.local_parallel)
+    est = estimate_here(specs, ctx, tracked, workers, ctx.threads or threads)
+    if args.json:
+        print(json.dumps({"study": args.study, "profile": args.profile, **est.to_dict()}, indent=2))
+        return 0
+    print_local_estimate(args.study, args.profile, est)
+    if problem:
+        print(f"(MLflow not read, so runs FINISHED there are timed too: {problem})")
     return 0
 
 
@@ -386,6 +364,10 @@ def check_dry_run_flags(args: argparse.Namespace) -> None:
         raise launch.UsageError("--estimate goes with --dry-run: it prices the plan, it runs nothing")
     if args.estimate and args.show_config:
         raise launch.UsageError("--estimate and --show-config: choose one")
+    if args.here and not args.estimate:
+        raise launch.UsageError("--here goes with --dry-run --estimate: it times the plan's steps on this machine")
+    if args.here and (args.gpu is not None or args.gpus is not None):
+        raise launch.UsageError("--here times the plan on this machine: leave out --gpu and --gpus")
     for flag, value in (("--gpu", args.gpu), ("--gpus", args.gpus)):
         if value is not None and not args.estimate:
             raise launch.UsageError(f"{flag} goes with --dry-run --estimate: it is the hardware the plan is priced on")

@@ -10,6 +10,8 @@
   fails.
 - :mod:`~gigatok.launch.estimate`: a plan's training FLOPs, GPU-hours and wall time from the measured throughput of
   :mod:`gigatok.calibration` (``--dry-run --estimate``), stages done or shared costing nothing.
+- :mod:`~gigatok.launch.local_estimate`: the same plan forecast for this machine's local workers from its training
+  steps timed here (``--dry-run --estimate --here``).
 - :mod:`~gigatok.launch.single`: a single run outside a study (``studies/train_tokenizer.py``, ``train_ar.py``),
   registered and tracked as a study's run, executed in this process.
 - :mod:`~gigatok.launch.search`: :class:`SearchLaunch`: a CFG search's settings from flags, its dry-run preview, its
