@@ -159,6 +159,18 @@ def test_a_step_too_large_for_a_cpu_is_refused_before_it_is_timed(
     assert fake_timer["tokenizer"] == []
 
 
+def test_a_step_that_does_not_fit_in_memory_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_timer: dict[str, list[Any]]
+) -> None:
+    def out_of_memory(*args: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(step_timing, "time_tokenizer_steps", out_of_memory)
+    specs = tiny_plan("scaling_1d_vs_2d", "size=B-L,kind=2d,seed=0")
+    with pytest.raises(UsageError, match=r"--here: a tokenizer B-L 2d step of batch 16 does not fit in this cpu"):
+        estimate_here(specs, context(tmp_path), {}, workers=1, threads=1)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Real steps
 # ----------------------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ the workers (:func:`gigatok.dispatch.spread`): the busiest worker's sum.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -164,6 +166,19 @@ class _Timer:
                 "--gpu instead (or run --here on the machine with the GPU)"
             )
 
+    @contextmanager
+    def _fits(self, label: str, batch: int) -> Iterator[None]:
+        """A step that does not fit in the GPU's memory as a one-line error, as the run itself would fail."""
+        import torch
+
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            raise UsageError(
+                f"--here: a {label} step of batch {batch} does not fit in this {self.device.type} device's memory "
+                "(a local run would fail the same way)"
+            ) from None
+
     def tokenizer(self, cfg: TokenizerRunConfig, label: str) -> tuple[int, tuple[Phase, ...]]:
         from gigatok.flops import tokenizer_phases, tokenizer_step_flops
         from gigatok.step_timing import time_tokenizer_steps
@@ -173,7 +188,8 @@ class _Timer:
         for start in missing:
             self._check_size(label, tokenizer_step_flops(key, start)["total"])
         if missing:
-            timed = time_tokenizer_steps(key, missing, self.device, self.ctx.weights_dir, self.repeats, self.warmup)
+            with self._fits(label, cfg.train.batch_size):
+                timed = time_tokenizer_steps(key, missing, self.device, self.ctx.weights_dir, self.repeats, self.warmup)
             self.tokenizer_steps.update({(key, s): t for s, t in zip(missing, timed, strict=True)})
         phases = tuple(Phase(start, end, self.tokenizer_steps[(key, start)]) for start, end in ranges)
         return (ranges[-1][1] if ranges else 0), phases
@@ -187,7 +203,8 @@ class _Timer:
         key, steps = (cfg.model, cfg.train.batch_size, cfg.performance), ar_training_steps(cfg)
         if key not in self.ar_steps:
             self._check_size(label, ar_step_flops(cfg))
-            self.ar_steps[key] = time_ar_step(cfg, self.device, self.repeats, self.warmup)
+            with self._fits(label, cfg.train.batch_size):
+                self.ar_steps[key] = time_ar_step(cfg, self.device, self.repeats, self.warmup)
         return steps, ((Phase(0, steps, self.ar_steps[key]),) if steps else ())
 
     def inception(self, spec: RunSpec) -> StepTime | None:
@@ -231,7 +248,7 @@ class _Timer:
         if key in self.references:
             return 0
         self.references.add(key)
-        return _split_count(spec, count)
+        return _split_count(spec, count, split)
 
     def stage(self, spec: RunSpec, stage: str, free: str, folder: str) -> TimedStage:
         label = _label(spec, stage)
@@ -248,15 +265,15 @@ class _Timer:
         return TimedStage(stage, label, steps, phases)
 
 
-def _split_count(spec: RunSpec, count: int | None) -> int:
-    """Images of a split's first ``count`` (None: the whole split: the built-in set's crops, or ImageNet val)."""
+def _split_count(spec: RunSpec, count: int | None, split: str = "val") -> int:
+    """Images of a split's first ``count`` (None: the whole split: the built-in set's, or ImageNet val's 50,000)."""
     if count is not None:
         return count
-    data = spec.tokenizer.data
-    if data.dataset == "builtin":
-        from gigatok.data import sources_for
+    tok = spec.tokenizer
+    if tok.data.dataset == "builtin":  # built in well under a second
+        from gigatok.data import build_dataset
 
-        return data.crops_per_image * len(sources_for(data.builtin_version))
+        return len(build_dataset(tok.data, split, tok.tokenizer.image_size, seed=tok.train.seed))
     return IMAGENET_VAL_IMAGES
 
 
