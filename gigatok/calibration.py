@@ -160,7 +160,7 @@ def lookup(
         measured = ", ".join(sorted({t.profile for t in on_gpu}))
         raise CalibrationError(
             f"--profile {profile}: the {gpu} throughputs were measured at the {measured} profile's sizes only "
-            f"(pass --profile {measured.split(', ')[0]})"
+            f"(pass --profile {measured.split(', ')[0]}, or --here to time this plan on this machine)"
         )
     candidates = [t for t in at_profile if t.family == family and t.precision == precision]
     if not candidates:
