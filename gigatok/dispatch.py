@@ -241,9 +241,14 @@ def group_by_tokenizer(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
     return list(groups.values())
 
 
+def seedless_tokenizer(cfg: TokenizerRunConfig) -> TokenizerRunConfig:
+    """``cfg`` at seed 0: a study's replicas of one tokenizer cost the same, so their costs are keyed by this."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=0))
+
+
 def group_training_flops(group: Sequence[RunSpec]) -> float:
     """What a group's job trains, in FLOPs (:mod:`gigatok.flops`): its shared tokenizer once, each AR model."""
-    tokenizer = dataclasses.replace(group[0].tokenizer, train=dataclasses.replace(group[0].tokenizer.train, seed=0))
+    tokenizer = seedless_tokenizer(group[0].tokenizer)
     return _tokenizer_flops(tokenizer) + sum(
         _ar_flops(dataclasses.replace(spec.ar, tokenizer=tokenizer, train=dataclasses.replace(spec.ar.train, seed=0)))
         for spec in group

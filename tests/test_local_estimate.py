@@ -92,7 +92,10 @@ def test_each_stage_is_its_steps_times_the_step_timed_here(tmp_path: Path, fake_
     assert est.seconds == pytest.approx(sum(r.seconds for r in est.runs))
     # Evaluation: each run's 96 reconstructions and 96 samples; the 96 validation crops both FIDs and
     # precision/recall compare against once, by the first run (cached after it, whatever the seed).
-    assert [r.stages["evaluation"].steps for r in est.runs] == [288, 192, 192, 192]
+    e = specs[0].eval
+    assert e.gen_reference == "val" and e.reference_images == e.recon_images == 96  # one reference set for both
+    scored = e.recon_images + e.gen_samples
+    assert [r.stages["evaluation"].steps for r in est.runs] == [scored + e.recon_images, scored, scored, scored]
     assert all(r.stages["evaluation"].seconds == pytest.approx(r.stages["evaluation"].steps * 0.2) for r in est.runs)
     assert fake_timer["inception"] == [(299, 32)]  # one network, timed once
     # Each distinct step timed once: the 1D and the 2D tokenizer (each at its two phases), one AR model for all.
@@ -118,7 +121,10 @@ def test_stages_done_finished_or_shared_cost_nothing(tmp_path: Path, fake_timer:
     done_run, finished_run = est.runs
     assert done_run.stages["tokenizer"].why == "done" and done_run.stages["tokenizer"].seconds == 0
     evaluation = done_run.stages["evaluation"]
-    assert evaluation.steps == 288 and done_run.seconds == done_run.stages["ar"].seconds + evaluation.seconds
+    assert (
+        evaluation.steps == 2 * first.eval.recon_images + first.eval.gen_samples
+        and done_run.seconds == done_run.stages["ar"].seconds + evaluation.seconds
+    )
     assert {s.why for s in finished_run.stages.values()} == {"finished"} and finished_run.seconds == 0
     assert est.worker_seconds == [done_run.seconds]  # the finished run is not launched
     assert fake_timer["tokenizer"] == []  # nothing to train, nothing timed

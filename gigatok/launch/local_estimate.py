@@ -14,7 +14,6 @@ the workers (:func:`gigatok.dispatch.spread`): the busiest worker's sum.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,10 +143,6 @@ class LocalEstimate:
         }
 
 
-def _seedless_tokenizer(cfg: TokenizerRunConfig) -> TokenizerRunConfig:
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=0))
-
-
 class _Timer:
     """Times each distinct step once (seedless configs as keys) and remembers which stage folders are paid."""
 
@@ -180,10 +175,11 @@ class _Timer:
             ) from None
 
     def tokenizer(self, cfg: TokenizerRunConfig, label: str) -> tuple[int, tuple[Phase, ...]]:
+        from gigatok.dispatch import seedless_tokenizer
         from gigatok.flops import tokenizer_phases, tokenizer_step_flops
         from gigatok.step_timing import time_tokenizer_steps
 
-        key, ranges = _seedless_tokenizer(cfg), tokenizer_phases(cfg)
+        key, ranges = seedless_tokenizer(cfg), tokenizer_phases(cfg)
         missing = [start for start, _ in ranges if (key, start) not in self.tokenizer_steps]
         for start in missing:
             self._check_size(label, tokenizer_step_flops(key, start)["total"])
@@ -306,15 +302,13 @@ def estimate_here(
     device = torch.device(ctx.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     timer = _Timer(ctx, device, repeats, warmup)
     runs = []
+    finished_runs = {h for h, record in tracked.items() if record.status == "FINISHED"}
     with torch_threads(threads):
         for spec in specs:
-            record = tracked.get(spec.hash)
-            finished = record is not None and record.status == "FINISHED"
+            finished = spec.hash in finished_runs
             done = [] if finished else completed_stages(spec, ctx)
-            folder = str(ctx.tokenizer_dir(spec.tokenizer))
-            stages = {
-                "tokenizer": timer.stage(spec, "tokenizer", free_because(spec, "tokenizer", done, finished), folder)
-            }
+            free = free_because(spec, "tokenizer", done, finished)
+            stages = {"tokenizer": timer.stage(spec, "tokenizer", free, str(ctx.tokenizer_dir(spec.tokenizer)))}
             if spec.ar is not None:
                 free = free_because(spec, "ar", done, finished)
                 stages["ar"] = timer.stage(spec, "ar", free, str(ar_dir_of(spec, ctx)))
@@ -322,7 +316,7 @@ def estimate_here(
             stages["evaluation"] = timer.evaluation(spec, todo, finished)
             runs.append(TimedRun(spec.hash, spec.factor_dict, stages))
     seconds = {r.hash: r.seconds for r in runs}
-    to_run = [s for s in specs if not (tracked.get(s.hash) and tracked[s.hash].status == "FINISHED")]
+    to_run = [s for s in specs if s.hash not in finished_runs]  # the launch skips FINISHED runs
     shares = spread(group_by_tokenizer(to_run), workers) if to_run else []
     worker_seconds = [sum(seconds[s.hash] for s in share) for share in shares]
     return LocalEstimate(device.type, workers, threads, runs, worker_seconds, repeats, warmup)
