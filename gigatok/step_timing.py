@@ -165,6 +165,27 @@ def time_ar_step(cfg: ARRunConfig, device: torch.device, repeats: int, warmup: i
     return StepTime(median_seconds(call, repeats, warmup), ar_step_flops(cfg))
 
 
+def time_tokenizer_passes(
+    cfg: TokenizerRunConfig, batch: int, device: torch.device, repeats: int, warmup: int
+) -> tuple[float, float]:
+    """Seconds an image of a trained tokenizer's two inference passes, ``batch`` images a call (the evaluations'
+    batch): images to token indices (the token cache, the probes' encoder features, half of a reconstruction) and
+    indices to images (the other half, and each generated sample)."""
+    from gigatok.models.tokenizer import build_tokenizer
+    from gigatok.performance import prepare_module
+
+    torch.manual_seed(0)
+    model = prepare_module(build_tokenizer(cfg.tokenizer).to(device), cfg.performance).eval()
+    size = cfg.tokenizer.image_size
+    images = (torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+    with torch.inference_mode():
+        indices = model.tokenize(images)
+        # .cpu() waits for the device, as the stages' own copies of tokens and images off it do
+        encode = median_seconds(lambda: model.tokenize(images).cpu(), repeats, warmup)
+        decode = median_seconds(lambda: model.decode_indices(indices).cpu(), repeats, warmup)
+    return encode / batch, decode / batch
+
+
 def time_inception_image(
     input_size: int, image_size: int, device: torch.device, weights_dir: str | None, repeats: int, warmup: int
 ) -> float:

@@ -95,12 +95,12 @@ def print_local_estimate(study: str, profile: str, est: LocalEstimate) -> None:
     for r in est.runs:
         for stage in r.stages.values():
             for phase in stage.phases:
-                key = (stage.label, phase.start, phase.step.seconds)
+                key = (phase.what or stage.label, phase.start, phase.step.seconds)
                 if key in seen:
                     continue
                 seen.add(key)
                 if stage.stage == "evaluation":
-                    print(f"  {stage.label}: {phase.step.seconds:.3f} s an image")
+                    print(f"  {phase.what}: {phase.step.seconds:.4f} s an image")
                     continue
                 print(
                     f"  {stage.label}, steps from {phase.start}: {phase.step.seconds:.3f} s a step, "

@@ -28,10 +28,23 @@ TOKENIZER_SECONDS = {"S-S": 0.5, "S-B": 0.7, "B-L": 1.5}  # the fixed steps the 
 SHORTCUT_EXTRA = 0.25  # and what a step inside the shortcut's direct decoding adds
 AR_SECONDS = 0.3
 INCEPTION_SECONDS = 0.2  # an image
+ENCODE_SECONDS, DECODE_SECONDS = 0.01, 0.02  # an image through the tokenizer, each way
 
 
 def tiny_plan(study: str, only: str | None = None) -> list[RunSpec]:
     return plan_study(study, "tiny", None, [], None, None, only)
+
+
+def pass_images(spec: RunSpec) -> tuple[int, int]:
+    """The images a tiny run's tokenizer encodes and decodes in its evaluation stages, counted from the data."""
+    from gigatok.data import build_dataset
+    from gigatok.token_views import view_set
+
+    tok, e = spec.tokenizer, spec.eval
+    train, val = (len(build_dataset(tok.data, split, 32, seed=tok.train.seed)) for split in ("train", "val"))
+    assert spec.ar is not None and e.probe.method == "logistic_regression" and e.recon_images is not None
+    views = len(view_set(spec.ar.train.views).crops)
+    return (train * views + val) + e.recon_images + (train + val), e.recon_images + e.gen_samples
 
 
 def context(tmp_path: Path, device: str | None = "cpu") -> RunContext:
@@ -41,7 +54,7 @@ def context(tmp_path: Path, device: str | None = "cpu") -> RunContext:
 @pytest.fixture
 def fake_timer(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     """Step timing replaced by fixed seconds a step; returns the calls made, by kind."""
-    calls: dict[str, list[Any]] = {"tokenizer": [], "ar": [], "inception": []}
+    calls: dict[str, list[Any]] = {"tokenizer": [], "ar": [], "inception": [], "passes": []}
 
     def tokenizer_steps(cfg: Any, steps: Any, device: Any, weights_dir: Any, repeats: int, warmup: int) -> Any:
         calls["tokenizer"].append((cfg, list(steps)))
@@ -62,7 +75,12 @@ def fake_timer(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
         calls["inception"].append((input_size, image_size))
         return INCEPTION_SECONDS
 
+    def tokenizer_passes(cfg: Any, batch: int, *args: Any) -> tuple[float, float]:
+        calls["passes"].append((cfg.tokenizer.name, cfg.tokenizer.kind, batch))
+        return ENCODE_SECONDS, DECODE_SECONDS
+
     monkeypatch.setattr(step_timing, "time_inception_image", inception_image)
+    monkeypatch.setattr(step_timing, "time_tokenizer_passes", tokenizer_passes)
     monkeypatch.setattr(step_timing, "time_tokenizer_steps", tokenizer_steps)
     monkeypatch.setattr(step_timing, "time_ar_step", ar_step)
     return calls
@@ -96,8 +114,19 @@ def test_each_stage_is_its_steps_times_the_step_timed_here(tmp_path: Path, fake_
     assert e.gen_reference == "val" and e.reference_images == e.recon_images == 96  # one reference set for both
     scored = e.recon_images + e.gen_samples
     assert [r.stages["evaluation"].steps for r in est.runs] == [scored + e.recon_images, scored, scored, scored]
-    assert all(r.stages["evaluation"].seconds == pytest.approx(r.stages["evaluation"].steps * 0.2) for r in est.runs)
+    # The tokenizer encodes every view of the training crops and the validation crops for the token cache, the
+    # reconstructed crops, and both splits for the probe's features; it decodes reconstructions and samples.
+    encoded, decoded = pass_images(specs[0])
+    for r in est.runs:
+        evaluation = r.stages["evaluation"]
+        passes = {p.what: p.end for p in evaluation.phases if p.what != "Inception features"}
+        assert passes == {f"tokenizer S-S {r.factors['kind']}, images to tokens": encoded} | {
+            f"tokenizer S-S {r.factors['kind']}, tokens to images": decoded
+        }
+        inception = evaluation.steps * INCEPTION_SECONDS
+        assert evaluation.seconds == pytest.approx(inception + encoded * ENCODE_SECONDS + decoded * DECODE_SECONDS)
     assert fake_timer["inception"] == [(299, 32)]  # one network, timed once
+    assert fake_timer["passes"] == [("S-S", "1d", e.batch_size), ("S-S", "2d", e.batch_size)]  # once a tokenizer
     # Each distinct step timed once: the 1D and the 2D tokenizer (each at its two phases), one AR model for all.
     assert [(cfg.tokenizer.kind, steps) for cfg, steps in fake_timer["tokenizer"]] == [("1d", [0, 66]), ("2d", [0, 66])]
     assert len(fake_timer["ar"]) == 1
@@ -141,6 +170,15 @@ def test_stages_done_finished_or_shared_cost_nothing(tmp_path: Path, fake_timer:
     assert one.stages["tokenizer"].seconds > 0
     assert two.stages["tokenizer"].why == "shared" and two.stages["tokenizer"].paid_by == one.hash
     assert two.stages["ar"].seconds > 0 and two.stages["ar"].label != one.stages["ar"].label
+    # The tokenizer's token cache, reconstructions and probe are computed once, for the first run; the second
+    # scores and decodes only its own samples.
+    second = two.stages["evaluation"]
+    spec = shared[1]
+    assert second.steps == spec.eval.gen_samples
+    assert {p.what: p.end for p in second.phases} == {
+        "Inception features": spec.eval.gen_samples,
+        f"tokenizer B-L {spec.tokenizer.tokenizer.kind}, tokens to images": spec.eval.gen_samples,
+    }
 
 
 def test_without_the_inception_weights_evaluation_is_not_timed_and_says_why(
@@ -191,11 +229,12 @@ def test_real_tiny_steps_are_timed_at_each_phase() -> None:
         assert spec.ar is not None
         ar = step_timing.time_ar_step(spec.ar, cpu, repeats=1, warmup=0)
         inception = step_timing.time_inception_image(spec.eval.inception_input, 32, cpu, None, repeats=1, warmup=0)
+        encode, decode = step_timing.time_tokenizer_passes(spec.tokenizer, 8, cpu, repeats=1, warmup=0)
     assert [t.flops for t in timed] == [tokenizer_step_flops(spec.tokenizer, s)["total"] for s in steps]
     assert timed[0].flops > timed[1].flops  # the shortcut decodes twice
     assert all(t.seconds > 0 and t.gflops_per_s > 0 for t in timed)
     assert ar.flops == ar_step_flops(spec.ar) and ar.seconds > 0
-    assert inception > 0
+    assert inception > 0 and encode > 0 and decode > 0
 
 
 def test_median_seconds_calls_the_warm_up_then_the_timed_calls() -> None:
@@ -237,7 +276,9 @@ def test_here_forecast_end_to_end(
         assert any(line.startswith(spec.hash) and " 200 " in line and " 112 " in line for line in lines)
     assert "wall time on 2 local worker(s):" in out
     assert "tokenizer S-S 2d, steps from 66: 0.500 s a step" in out and "AR-B, steps from 0: 0.300 s a step" in out
-    assert "Inception features: 0.200 s an image" in out
+    assert "Inception features: 0.2000 s an image" in out
+    assert "tokenizer S-S 1d, images to tokens: 0.0100 s an image" in out
+    assert "tokenizer S-S 2d, tokens to images: 0.0200 s an image" in out
     assert "not timed: the rest of evaluation" in out
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()  # a dry run writes nothing
 

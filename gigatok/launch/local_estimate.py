@@ -37,19 +37,23 @@ INCEPTION = "Inception features"
 # Why a stage costs nothing here: the GPU estimate's reasons, and one of this forecast's own.
 FREE_HERE = {**FREE, "no-weights": "the Inception weights are not on this machine, so its scoring is not timed"}
 IMAGENET_VAL_IMAGES = 50_000  # a split of None: the whole ImageNet val split (eval.recon_images, reference_images)
+IMAGENET_TRAIN_IMAGES = 1_281_167  # the token cache's and the probes' training split on an image folder
+TOKENIZE, DECODE = "images to tokens", "tokens to images"  # the tokenizer's two inference passes
 LEFT_OUT_HERE = (
-    "not timed: the rest of evaluation (the tokenizer's and the AR model's passes, AR sampling, PSNR/SSIM, the "
-    "probes), the token and semantic-feature caches, start-up, and two workers slowing each other down on shared cores"
+    "not timed: the rest of evaluation (AR sampling, the AR probe, the probes' classifier fits, LPIPS, PSNR/SSIM, "
+    "a CFG search), the semantic-feature cache, start-up, and two workers slowing each other down on shared cores"
 )
 
 
 @dataclass(frozen=True)
 class Phase:
-    """Steps ``start`` to ``end`` (0-based, end excluded) of a stage, all costing one timed step."""
+    """Steps ``start`` to ``end`` (0-based, end excluded) of a stage, all costing one timed step; in the evaluation,
+    ``end`` images of one timed pass, ``what`` naming the pass."""
 
     start: int
     end: int
     step: StepTime
+    what: str = ""
 
     @property
     def seconds(self) -> float:
@@ -80,7 +84,13 @@ class TimedStage:
             "free_because": FREE_HERE[self.why] if self.why else None,
             "paid_by": self.paid_by,
             "phases": [
-                {"start": p.start, "end": p.end, "step_seconds": p.step.seconds, "step_flops": p.step.flops}
+                {
+                    "start": p.start,
+                    "end": p.end,
+                    "step_seconds": p.step.seconds,
+                    "step_flops": p.step.flops,
+                    **({"pass": p.what} if p.what else {}),
+                }
                 for p in self.phases
             ],
         }
@@ -152,7 +162,9 @@ class _Timer:
         self.ar_steps: dict[tuple[Any, ...], StepTime] = {}
         self.paid_by: dict[str, str] = {}
         self.inception_images: dict[tuple[int, int], StepTime | None] = {}
+        self.passes: dict[tuple[Any, ...], tuple[StepTime, StepTime]] = {}
         self.references: set[tuple[Any, ...]] = set()
+        self.results: set[str] = set()  # evaluation results already priced: runs sharing a tokenizer share them
 
     def _check_size(self, label: str, flops: float) -> None:
         if self.device.type == "cpu" and flops > CPU_STEP_FLOPS_LIMIT:
@@ -217,24 +229,58 @@ class _Timer:
                 self.inception_images[key] = None
         return self.inception_images[key]
 
+    def tokenizer_passes(self, spec: RunSpec) -> tuple[StepTime, StepTime]:
+        """Seconds an image of the tokenizer's encoding and decoding passes, timed once a tokenizer architecture."""
+        from gigatok.step_timing import StepTime, time_tokenizer_passes
+
+        tok, batch = spec.tokenizer, spec.eval.batch_size
+        key = (tok.tokenizer, tok.performance, batch)
+        if key not in self.passes:
+            with self._fits(f"tokenizer {tok.tokenizer.name} pass", batch):
+                encode, decode = time_tokenizer_passes(tok, batch, self.device, self.repeats, self.warmup)
+            self.passes[key] = (StepTime(encode, 0.0), StepTime(decode, 0.0))
+        return self.passes[key]
+
     def evaluation(self, spec: RunSpec, todo: list[str], finished: bool) -> TimedStage:
-        """The images the run's Inception network scores: reconstructions, generated samples, and each reference
-        set (validation images) the first time the plan meets it, as the reference is cached for the later runs."""
-        e = spec.eval
-        images = 0
+        """The images the run's Inception network scores (reconstructions, generated samples, and each reference
+        set the first time the plan meets it, as it is cached for the later runs) and those its tokenizer encodes
+        and decodes (token cache, reconstructions, probe features, samples). A result two runs share (same
+        tokenizer) is priced once, for the first."""
+        from gigatok.runs.stages import stage_result_path
+
+        fresh = []
+        for stage in todo:
+            path = str(stage_result_path(spec, self.ctx, stage))
+            if path not in self.results:
+                self.results.add(path)
+                fresh.append(stage)
+        images = self._inception_images(spec, fresh)
+        encoded, decoded = _tokenizer_pass_images(spec, fresh)
+        if not images and not encoded and not decoded:
+            scored = {"reconstruction", "generation"} & set(spec.stages)
+            return TimedStage("evaluation", INCEPTION, 0, (), "finished" if finished else "done" if scored else "-")
+        step = self.inception(spec) if images else None
+        if images and step is None:  # the run cannot score its images here either
+            return TimedStage("evaluation", INCEPTION, images, (), "no-weights")
+        encode, decode = self.tokenizer_passes(spec)
+        who = _label(spec, "tokenizer")
+        passes = tuple(
+            Phase(0, n, pass_time, f"{who}, {what}")
+            for n, pass_time, what in ((encoded, encode, TOKENIZE), (decoded, decode, DECODE))
+            if n
+        )
+        scoring = (Phase(0, images, step, INCEPTION),) if step is not None else ()
+        return TimedStage("evaluation", INCEPTION, images, scoring + passes)
+
+    def _inception_images(self, spec: RunSpec, todo: list[str]) -> int:
+        e, images = spec.eval, 0
         if "reconstruction" in todo:
             images += _split_count(spec, e.recon_images) + self._reference(spec, "val", e.recon_images)
         if "generation" in todo and spec.ar is not None:
             images += e.gen_samples
             if e.gen_reference != "adm":  # ADM's reference batch is a file of statistics
                 images += self._reference(spec, e.gen_reference, e.reference_images)
-        if not images:
-            scored = {"reconstruction", "generation"} & set(spec.stages)
-            return TimedStage("evaluation", INCEPTION, 0, (), "finished" if finished else "done" if scored else "-")
-        step = self.inception(spec)
-        if step is None:
-            return TimedStage("evaluation", INCEPTION, images, (), "no-weights")
-        return TimedStage("evaluation", INCEPTION, images, (Phase(0, images, step),))
+        return images
 
     def _reference(self, spec: RunSpec, split: str, count: int | None) -> int:
         tok = spec.tokenizer
@@ -262,7 +308,7 @@ class _Timer:
 
 
 def _split_count(spec: RunSpec, count: int | None, split: str = "val") -> int:
-    """Images of a split's first ``count`` (None: the whole split: the built-in set's, or ImageNet val's 50,000)."""
+    """Images of a split's first ``count`` (None: the whole split: the built-in set's, or ImageNet's)."""
     if count is not None:
         return count
     tok = spec.tokenizer
@@ -270,7 +316,26 @@ def _split_count(spec: RunSpec, count: int | None, split: str = "val") -> int:
         from gigatok.data import build_dataset
 
         return len(build_dataset(tok.data, split, tok.tokenizer.image_size, seed=tok.train.seed))
-    return IMAGENET_VAL_IMAGES
+    return IMAGENET_TRAIN_IMAGES if split == "train" else IMAGENET_VAL_IMAGES
+
+
+def _tokenizer_pass_images(spec: RunSpec, todo: list[str]) -> tuple[int, int]:
+    """Images the tokenizer encodes and decodes in the run's evaluation stages still to do."""
+    from gigatok.token_views import view_set
+
+    e, encoded, decoded = spec.eval, 0, 0
+    train, val = (_split_count(spec, None, split) for split in ("train", "val"))
+    if "token_cache" in todo and spec.ar is not None:  # every view of every training image, and val once
+        encoded += train * len(view_set(spec.ar.train.views).crops) + val
+    if "reconstruction" in todo:
+        recon = _split_count(spec, e.recon_images)
+        encoded, decoded = encoded + recon, decoded + recon
+    if "tokenizer_probe" in todo:  # features of each split; fresh views every epoch for a LARS probe on crops
+        fresh_views = e.probe.method == "lars" and e.probe.views == "random_crop"
+        encoded += (round(e.probe.epochs * train) if fresh_views else train) + val
+    if "generation" in todo and spec.ar is not None:
+        decoded += e.gen_samples
+    return encoded, decoded
 
 
 def _label(spec: RunSpec, stage: str) -> str:
