@@ -1387,11 +1387,13 @@ TINY_LONG = dataclasses.replace(
     # Every size 2,000 steps of batch 8 (16,000 images, five times tiny's B-L), not Table 9's per-size ratios. At this
     # length without the perceptual term B-L 2D reached 25.5 / 25.5 dB (tiny: 21.2 / 21.7), and its reconstructions of
     # training crops score recall 0.09 (tools/prc_calibration.py; tiny's: 0). Half of it (1,000 steps of 8, with the
-    # term below) left the samples at recall 0.02 (seed 0). Cheaper variants measured on S-S 2D (this profile otherwise;
-    # at it 26.3 / 26.1 dB, sample recall 0.12 / 0.09, seeds 0 / 1): 1,000 steps of 8 25.4 / 21.6 dB, recall 0.10 /
-    # 0.115; the same at lr 1e-3 24.5 dB, recall 0.06; 1,000 steps of 4 (0.66-0.73x its training time) 23.9 / 22.2 dB,
-    # recall 0.08 / 0.06. Neither a higher rate nor smaller batches buys back the images, and the half-length
-    # tokenizer's AR probe at 280 steps (not 560) samples at precision 0.42, recall 0.07.
+    # term below) left the samples at recall 0.02 / 0.01 (seeds 0 / 1; 25.9 dB for seed 1), and S-B 2D's at 0.04 (seed
+    # 0, 24.7 dB, precision 0.45), so the half-length tokenizer does not keep recall beyond S-S. Cheaper variants
+    # measured on S-S 2D (this profile otherwise; at it 26.3 / 26.1 dB, sample recall 0.12 / 0.09, seeds 0 / 1): 1,000
+    # steps of 8 25.4 / 21.6 dB, recall 0.10 / 0.115; the same at lr 1e-3 24.5 dB, recall 0.06; 1,000 steps of 4
+    # (0.66-0.73x its training time) 23.9 / 22.2 dB, recall 0.08 / 0.06. Neither a higher rate nor smaller batches buys
+    # back the images, and the half-length tokenizer's AR probe at 280 steps (not 560) samples at precision 0.42, recall
+    # 0.07.
     epochs={"default": 10},
     batch_size={"default": 8},
     epochs_per_paper_epoch=10 / 200,  # B-L's 200 paper epochs are this profile's 10
