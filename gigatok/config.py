@@ -1393,7 +1393,12 @@ TINY_LONG = dataclasses.replace(
     # steps of 8 25.4 / 21.6 dB, recall 0.10 / 0.115; the same at lr 1e-3 24.5 dB, recall 0.06; 1,000 steps of 4
     # (0.66-0.73x its training time) 23.9 / 22.2 dB, recall 0.08 / 0.06. Neither a higher rate nor smaller batches buys
     # back the images, and the half-length tokenizer's AR probe at 280 steps (not 560) samples at precision 0.42, recall
-    # 0.07.
+    # 0.07. At 16 px (CNN multipliers 1, 2: the same 8x8 grid, a token per 2x2 pixels), this profile otherwise
+    # (2026-12-05, seeds 0 / 1): half the tokenizer training keeps recall, S-S 2D 26.5 / 27.7 dB, precision 0.68 /
+    # 0.64, recall 0.20 / 0.14 (S-S 1D 24.6 / 25.7 dB, recall 0.03 / 0.22), but tiny's tokenizer training does not,
+    # even with this term and AR probe (seed 0: S-S 2D 20.5 dB, recall 0; B-L 2D 22.0 dB, recall 0.02). A half-length
+    # 16 px S-S run took 21-22 min on the slower machine kind (tokenizer 695-744 s, 1,000 steps; AR 441-471 s), and the
+    # 560 AR steps alone, twelve times, cost more than the whole tiny study there (5,107 s): no 16 px recipe fits it.
     epochs={"default": 10},
     batch_size={"default": 8},
     epochs_per_paper_epoch=10 / 200,  # B-L's 200 paper epochs are this profile's 10
